@@ -155,7 +155,7 @@ def _to_storage(activations: torch.Tensor, dtype: str) -> np.ndarray:
 
 
 def _from_storage(array: np.ndarray, dtype: str) -> torch.Tensor:
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    tensor = torch.from_numpy(np.array(array))  # a private copy: the shard file is memory-mapped read-only
     return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
 
 

@@ -17,7 +17,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .fetch import PackagePin
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONF_DIR = REPO_ROOT / "conf"
 
 DTYPES = ("float32", "bfloat16", "float16")
 SITES = ("resid_post", "mlp_out", "attn_z")
@@ -135,7 +136,7 @@ class CacheConfig:
     dtype: str = "bfloat16"
     shard_sequences: int = 256
     batch_sequences: int = 16
-    train_tokens: int = 1_000_000  # stop once this many (non-BOS) training tokens are cached
+    train_tokens: int = 500_000  # stop once this many (non-BOS) training tokens are cached
     heldout_tokens: int = 50_000
     device: str = "cpu"
     threads: int = 0  # 0: torch's default

@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from .atomic import atomic_path, write_json_atomic
-from .config import Config, CorpusConfig, PathsConfig, SourceConfig, to_dict
+from .config import REPO_ROOT, Config, CorpusConfig, PathsConfig, SourceConfig, to_dict
 from .corpus_sources import Document, extract_documents
 from .fetch import fetch_package
 
@@ -37,6 +37,7 @@ class CorpusUnavailableError(RuntimeError):
 
 def _text_file_documents(source: SourceConfig) -> Iterator[Document]:
     folder = Path(source.path or "")
+    folder = folder if folder.is_absolute() else REPO_ROOT / folder  # paths in conf/ are relative to the repo
     files = sorted(folder.glob("*.txt"))
     if not files:
         raise CorpusUnavailableError(f"source '{source.name}': no .txt files in {folder.resolve()}")

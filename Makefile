@@ -1,0 +1,48 @@
+# Entry points. Each target installs what it needs first (scripts/setup.sh, idempotent).
+#   make replicate              the default replication (dvc repro → Snakemake), versioned by DVC
+#   make test                   the test suite
+#   make run EXPERIMENT=smoke   Snakemake alone, any experiment in conf/experiment/
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXPERIMENT ?= default
+export DVC_NO_ANALYTICS := 1
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: setup replicate run dry-run test test-fast sync push bench lock clean
+
+setup:
+	@bash scripts/setup.sh
+
+replicate: setup
+	@[ -n "$$(git rev-parse --git-dir 2>/dev/null)" ] || { echo "make replicate needs a git checkout (DVC versions the artifacts); use 'make run' otherwise"; exit 1; }
+	dvc repro
+
+run: setup
+	snakemake --profile profiles/local --config experiment=$(EXPERIMENT)
+
+dry-run: setup
+	snakemake -n --profile profiles/local --config experiment=$(EXPERIMENT)
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not integration and not slow"
+
+# After `dvc pull`, `dvc checkout` or `git checkout`: make Snakemake's metadata agree with the files.
+sync: setup
+	snakemake --profile profiles/local --config experiment=$(EXPERIMENT) --touch --forceall --quiet
+
+push: setup
+	dvc push
+
+bench: setup
+	$(BIN)/python scripts/bench_cache.py
+
+# Re-pin every dependency from the current environment (torch is installed apart, first).
+lock:
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^torch==' | sed '1i # Exact versions of every dependency (pip freeze of a working environment, torch excluded:\n# scripts/setup.sh installs torch==2.13.0 first so nothing pulls a CUDA build). Regenerate with `make lock`.' > requirements.lock
+
+clean:
+	rm -rf .snakemake logs benchmarks

@@ -1,0 +1,146 @@
+"""Benchmark: activation caching vs a bare forward to the same layer; fp32 vs bf16 model weights.
+
+    python scripts/bench_cache.py [--windows 256] [hydra overrides...]
+
+Writes results/benchmarks/cache.json. All timings come from one run on one machine, so the figures
+that matter are ratios: `caching_overhead` = cached time / bare time − 1 for the default configuration
+(the experiment's sites and layers, its storage dtype and batch), with the model in float32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gatedsae.activations import cache_activations
+from gatedsae.atomic import write_json_atomic
+from gatedsae.config import REPO_ROOT, load_config
+from gatedsae.corpus import load_windows
+from gatedsae.models import load_model
+
+
+def machine() -> dict:
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    flags = set()
+    try:
+        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
+    except (OSError, StopIteration):
+        pass
+    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "cpu_features": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def bare_forward(model, windows: np.ndarray, batch: int, stop_at: int) -> float:
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for start in range(0, len(windows), batch):
+            model(torch.from_numpy(np.asarray(windows[start : start + batch], dtype=np.int64)), stop_at_layer=stop_at)
+    return time.perf_counter() - started
+
+
+def cached_forward(config, loaded, scratch: Path) -> float:
+    shutil.rmtree(scratch, ignore_errors=True)
+    tokens_dir = config.paths.tokens_dir(config.model.name, config.corpus.name)
+    (scratch / tokens_dir.relative_to(config.paths.root)).parent.mkdir(parents=True)
+    (scratch / tokens_dir.relative_to(config.paths.root)).symlink_to(tokens_dir.resolve())
+    local = replace(config, paths=replace(config.paths, data=str(scratch)))
+    started = time.perf_counter()
+    cache_activations(local, loaded=loaded)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--windows", type=int, default=256, help="context windows per timed run")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs of each kind (the fastest counts)")
+    parser.add_argument("--bf16-windows", type=int, default=16, help="windows for the bf16-weights comparison")
+    parser.add_argument("--out", default=str(REPO_ROOT / "results" / "benchmarks" / "cache.json"))
+    args, overrides = parser.parse_known_args()
+
+    base = load_config(["experiment=default", *overrides])
+    per_shard = base.cache.shard_sequences
+    windows_total = max(per_shard, args.windows // per_shard * per_shard)
+    positions = base.experiment.context_length - 1
+    # Cache exactly `windows_total` training windows and one held-out shard.
+    base.cache.train_tokens = windows_total * positions
+    base.cache.heldout_tokens = 1
+    windows = load_windows(base.paths.tokens_dir(base.model.name, base.corpus.name), "train")[:windows_total]
+    stop_at = max(base.experiment.layers) + 1
+    heldout_windows = per_shard
+
+    # Caching vs bare forward, float32 weights (the default): same windows, same batch, same process.
+    loaded = load_model(base.model, base.paths)
+    batch = base.cache.batch_sequences
+    bare_forward(loaded.model, windows[:batch], batch, stop_at)  # warm-up
+    bare, cached = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.repeats):
+            # The cached run also fills one held-out shard: time its bare equivalent too.
+            bare.append(bare_forward(loaded.model, windows, batch, stop_at)
+                        + bare_forward(loaded.model, windows[:heldout_windows], batch, stop_at))
+            cached.append(cached_forward(base, loaded, Path(tmp) / "store"))
+    tokens = (windows_total + heldout_windows) * positions
+    float32 = {"bare_seconds": min(bare), "cached_seconds": min(cached), "tokens": tokens,
+               "bare_tokens_per_s": tokens / min(bare), "cached_tokens_per_s": tokens / min(cached),
+               "caching_overhead": min(cached) / min(bare) - 1}
+    print("float32", json.dumps(float32), file=sys.stderr)
+
+    # bf16 weights: speed of a bare forward on a few windows, and the quality cost in log-probs.
+    probe = windows[: args.bf16_windows]
+    probe_tokens = torch.from_numpy(np.asarray(probe, dtype=np.int64))
+    speed, logprobs = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        model = loaded.model if dtype == "float32" else load_model(replace(base.model, dtype=dtype), base.paths).model
+        bare_forward(model, probe[:1], batch, stop_at)
+        speed[dtype] = len(probe) * positions / bare_forward(model, probe, batch, stop_at)
+        with torch.inference_mode():
+            logprobs[dtype] = model(probe_tokens).float().log_softmax(-1)
+    diff = (logprobs["bfloat16"] - logprobs["float32"]).abs()
+    ce = {d: -lp[:, :-1].gather(-1, probe_tokens[:, 1:, None]).mean().item() for d, lp in logprobs.items()}
+    report = {
+        "benchmark": "activation caching",
+        "command": "python scripts/bench_cache.py " + " ".join(sys.argv[1:]),
+        "machine": machine(),
+        "model": base.model.name,
+        "sites": base.experiment.sites,
+        "layers": base.experiment.layers,
+        "storage_dtype": base.cache.dtype,
+        "batch_sequences": batch,
+        "context_length": base.experiment.context_length,
+        "caching_overhead": float32["caching_overhead"],
+        "target_caching_overhead": 0.10,
+        "float32": float32,
+        "bf16_weights": {
+            "bare_tokens_per_s_float32": speed["float32"],
+            "bare_tokens_per_s_bfloat16": speed["bfloat16"],
+            "bf16_speedup": speed["bfloat16"] / speed["float32"],
+            "max_abs_logprob_diff": diff.max().item(),
+            "mean_abs_logprob_diff": diff.mean().item(),
+            "cross_entropy_float32": ce["float32"],
+            "cross_entropy_bfloat16": ce["bfloat16"],
+            "probe_tokens": int(probe_tokens.numel()),
+        },
+    }
+    write_json_atomic(args.out, report)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

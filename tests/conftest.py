@@ -1,0 +1,49 @@
+"""Shared fixtures: the smoke experiment (tiny random model, tiny in-repo corpus) in a temp data dir."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from gatedsae.config import REPO_ROOT, Config, load_config  # noqa: E402
+
+
+def smoke_config(data_dir: Path, *overrides: str) -> Config:
+    return load_config(["experiment=smoke", f"paths.data={data_dir}", *overrides])
+
+
+@pytest.fixture(scope="session")
+def smoke_tokens(tmp_path_factory) -> Config:
+    """The smoke corpus fetched and tokenized once per session (read-only for tests)."""
+    from gatedsae.corpus import fetch_corpus, tokenize_corpus
+
+    config = smoke_config(tmp_path_factory.mktemp("smoke-data"))
+    fetch_corpus(config.corpus, config.paths)
+    tokenize_corpus(config)
+    return config
+
+
+@pytest.fixture(scope="session")
+def tiny_model(smoke_tokens):
+    from gatedsae.models import load_model
+
+    return load_model(smoke_tokens.model, smoke_tokens.paths)
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+def copy_token_data(source: Config, target_dir: Path) -> Config:
+    """A fresh data dir holding `source`'s text and tokens, so a test can cache into it."""
+    import shutil
+
+    for part in ("text", "tokens"):
+        shutil.copytree(source.paths.root / part, target_dir / part)
+    return smoke_config(target_dir)

@@ -1,0 +1,62 @@
+"""Bad configuration is rejected before any compute, with a message naming the key and the fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from gatedsae.config import ConfigError, load_config
+
+EXPERIMENTS = ["default", "gemma3", "smoke", "paper_pythia_2.8b", "paper_gemma_7b"]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(experiment):
+    config = load_config([f"experiment={experiment}"])
+    assert config.experiment.name == experiment
+    assert all(0 <= layer < config.model.n_layers for layer in config.experiment.layers)
+
+
+def test_paper_experiments_use_the_papers_layers_and_contexts():
+    pythia = load_config(["experiment=paper_pythia_2.8b"])
+    gemma = load_config(["experiment=paper_gemma_7b"])
+    assert pythia.experiment.layers == [4, 12, 16, 20, 28] and pythia.experiment.context_length == 2048
+    assert gemma.experiment.layers == [6, 13, 20, 27] and gemma.experiment.context_length == 1024
+    assert pythia.model.d_model == 2560 and gemma.model.d_model == 3072
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("cache.dtype=int8", "cache.dtype"),
+        ("cache.train_tokens=lots", "cache.train_tokens"),
+        ("experiment.layers=[99]", "experiment.layers"),
+        ("experiment.sites=[resid_pre]", "experiment.sites"),
+        ("experiment.context_length=100000", "experiment.context_length"),
+        ("corpus.heldout_fraction=0.01", "corpus.heldout_fraction"),
+        ("cache.shard_sequences=10", "cache.shard_sequences"),
+        ("cache.bogus_key=1", "cache.bogus_key"),
+        ("model=no-such-model", "model/no-such-model"),
+    ],
+)
+def test_bad_config_names_the_key(override, named):
+    with pytest.raises(ConfigError) as error:
+        load_config([override])
+    assert named in str(error.value)
+
+
+def test_cli_rejects_bad_config_before_compute(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "gatedsae", "cache", "experiment=smoke", "cache.dtype=int8", f"paths.data={tmp_path}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "cache.dtype" in result.stderr and "bfloat16" in result.stderr
+    assert not any(tmp_path.iterdir()), "nothing may be written for a bad config"
+
+
+def test_cli_usage_lists_stages():
+    result = subprocess.run([sys.executable, "-m", "gatedsae"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "cache" in result.stderr

@@ -1,0 +1,100 @@
+"""The workflow itself: dry runs of every experiment without network, the smoke DAG end to end in a
+scratch copy of the repository (a second run does nothing), and `dvc repro` twice (second: no-op)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gatedsae.config import REPO_ROOT
+
+
+def _env() -> dict:
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _run(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def snakemake(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    return _run([sys.executable, "-m", "snakemake", *args], cwd, timeout)
+
+
+@pytest.fixture(scope="module")
+def scratch_repo(tmp_path_factory) -> Path:
+    """The repository's tracked (and untracked, not ignored) files, copied without data or metadata."""
+    listing = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT,
+                             capture_output=True, text=True)
+    files = listing.stdout.split() if listing.returncode == 0 else None
+    target = tmp_path_factory.mktemp("repo") / "repo"
+    if files is None:  # not a git checkout: copy everything but the heavy, generated folders
+        shutil.copytree(REPO_ROOT, target, ignore=shutil.ignore_patterns(".venv", "data", ".snakemake", ".git"))
+    else:
+        for name in files:
+            if (REPO_ROOT / name).is_file():
+                (target / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO_ROOT / name, target / name)
+    return target
+
+
+@pytest.mark.parametrize("experiment", ["default", "gemma3", "smoke", "paper_pythia_2.8b", "paper_gemma_7b"])
+def test_dry_run_lists_the_dag_without_network(experiment, tmp_path):
+    result = snakemake("-n", "--config", f"experiment={experiment}",
+                       f"overrides=paths.data={tmp_path / 'data'}", cwd=REPO_ROOT)
+    for rule in ("prepare_model", "fetch_corpus", "tokenize", "cache_activations"):
+        assert rule in result.stdout
+    assert not (tmp_path / "data").exists(), "a dry run must not create anything"
+
+
+def test_dry_run_of_paper_experiment_lists_every_site_and_layer(tmp_path):
+    result = snakemake("-n", "--config", "experiment=paper_pythia_2.8b", f"overrides=paths.data={tmp_path}",
+                       cwd=REPO_ROOT)
+    for site in ("resid_post", "mlp_out", "attn_z"):
+        for layer in (4, 12, 16, 20, 28):
+            assert f"{site}/layer{layer}/manifest.json" in result.stdout
+
+
+def test_slurm_profile_dry_run_has_gpu_resources(tmp_path):
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    result = snakemake("-n", "--profile", "profiles/slurm", "--config", "experiment=paper_gemma_7b",
+                       f"overrides=paths.data={tmp_path}", cwd=REPO_ROOT)
+    assert "cache_activations" in result.stdout
+
+
+@pytest.mark.slow
+def test_smoke_workflow_end_to_end_then_nothing_to_do(scratch_repo):
+    snakemake("--profile", "profiles/local", "--cores", "2", "--config", "experiment=smoke", cwd=scratch_repo)
+    manifests = sorted(scratch_repo.glob("data/activations/tiny/tiny/*/layer1/manifest.json"))
+    assert len(manifests) == 3
+    for site in ("resid_post", "mlp_out", "attn_z"):
+        assert (scratch_repo / "logs/smoke/cache_activations/tiny/tiny.log").exists()
+        assert (scratch_repo / f"data/activations/tiny/tiny/{site}/layer1/train/shard_00000.npy").stat().st_size > 0
+    again = snakemake("--profile", "profiles/local", "--cores", "2", "--config", "experiment=smoke",
+                      cwd=scratch_repo)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_dvc_repro_twice_second_is_a_no_op(scratch_repo):
+    config = scratch_repo / ".dvc" / "config"
+    config.write_text(config.read_text().replace("[core]", "[core]\n    no_scm = true", 1))
+    (scratch_repo / "params.yaml").write_text("experiment: smoke\n")
+    dvc = [sys.executable, "-m", "dvc"]
+    _run([*dvc, "repro"], scratch_repo, timeout=900)
+    assert (scratch_repo / "dvc.lock").exists()
+    second = _run([*dvc, "repro"], scratch_repo)
+    output = second.stdout + second.stderr
+    assert "didn't change" in output or "up to date" in output, output
+    assert "Running stage" not in output
+    status = _run([*dvc, "status"], scratch_repo)
+    assert "up to date" in status.stdout
