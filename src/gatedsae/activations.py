@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-import time
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
@@ -174,7 +174,10 @@ class _StoreWriter:
             previous = StoreManifest.read(journal)
             if previous.config_hash == fresh.config_hash and previous.format_version == FORMAT_VERSION:
                 return cls(directory, previous)
+        # Different settings (or no journal): nothing on disk can be reused.
         (directory / MANIFEST).unlink(missing_ok=True)
+        for split in fresh.splits:
+            shutil.rmtree(directory / split, ignore_errors=True)
         return cls(directory, fresh)
 
     def finished_shards(self, split: str) -> int:
