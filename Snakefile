@@ -4,6 +4,7 @@
 #   snakemake --profile profiles/local                                  # the default experiment
 #   snakemake --profile profiles/local --config experiment=smoke
 #   snakemake --profile profiles/local --config experiment=default overrides="cache.train_tokens=200000"
+#   snakemake --profile profiles/local train      # build through a given stage: cache | train
 
 from gatedsae.workflow import ExperimentPlan
 
@@ -16,11 +17,23 @@ wildcard_constraints:
     corpus=r"[^/]+",
     site="resid_post|mlp_out|attn_z",
     layer=r"\d+",
+    sweep=r"[^/]+",
 
 
 rule all:
+    """The experiment through its last stage (experiment.through in conf/)."""
     input:
         plan.targets(),
+
+
+rule cache:
+    input:
+        plan.stage_targets("cache"),
+
+
+rule train:
+    input:
+        plan.stage_targets("train"),
 
 
 rule prepare_model:
@@ -91,3 +104,23 @@ rule cache_activations:
         gpu=1 if plan.config.cache.device.startswith("cuda") else 0,
     shell:
         plan.command("cache") + " > {log} 2>&1"
+
+
+rule train_grid:
+    """Every SAE of the sweep (architecture × λ × width) in one pass over the site's activations."""
+    input:
+        plan.store_manifest(),
+    output:
+        plan.grid_index(),
+    params:
+        config=plan.params("sweep", "train"),
+    log:
+        LOGS + "/train_grid/{model}/{corpus}/{site}/layer{layer}/{sweep}.log",
+    benchmark:
+        BENCH + "/train_grid/{model}/{corpus}/{site}/layer{layer}/{sweep}.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        gpu=1 if plan.config.train.device.startswith("cuda") else 0,
+    shell:
+        plan.command("train") + " --site={wildcards.site} --layer={wildcards.layer} > {log} 2>&1"

@@ -35,9 +35,14 @@ def tiny_model(smoke_tokens):
     return load_model(smoke_tokens.model, smoke_tokens.paths)
 
 
-@pytest.fixture
-def repo_root() -> Path:
-    return REPO_ROOT
+@pytest.fixture(scope="session")
+def smoke_cache(smoke_tokens, tiny_model, tmp_path_factory) -> Config:
+    """One uninterrupted cache run of the smoke experiment (float32 storage), read-only for tests."""
+    from gatedsae.activations import cache_activations
+
+    config = copy_token_data(smoke_tokens, tmp_path_factory.mktemp("cached"))
+    cache_activations(config, loaded=tiny_model)
+    return config
 
 
 def copy_token_data(source: Config, target_dir: Path) -> Config:

@@ -21,12 +21,9 @@ from gatedsae.corpus import load_windows
 from gatedsae.sites import flatten, hook_name
 
 
-@pytest.fixture(scope="module")
-def cached(smoke_tokens, tiny_model, tmp_path_factory):
-    """One uninterrupted cache run of the smoke experiment (float32 storage)."""
-    config = copy_token_data(smoke_tokens, tmp_path_factory.mktemp("cached"))
-    cache_activations(config, loaded=tiny_model)
-    return config
+@pytest.fixture
+def cached(smoke_cache):
+    return smoke_cache
 
 
 def _store_bytes(config, split="train") -> dict:

@@ -3,6 +3,7 @@ scratch copy of the repository (a second run does nothing), and `dvc repro` twic
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -53,6 +54,9 @@ def test_dry_run_lists_the_dag_without_network(experiment, tmp_path):
                        f"overrides=paths.data={tmp_path / 'data'}", cwd=REPO_ROOT)
     for rule in ("prepare_model", "fetch_corpus", "tokenize", "cache_activations"):
         assert rule in result.stdout
+    trained = snakemake("-n", "train", "--config", f"experiment={experiment}",
+                        f"overrides=paths.data={tmp_path / 'data'}", cwd=REPO_ROOT)
+    assert "train_grid" in trained.stdout
     assert not (tmp_path / "data").exists(), "a dry run must not create anything"
 
 
@@ -79,6 +83,11 @@ def test_smoke_workflow_end_to_end_then_nothing_to_do(scratch_repo):
     for site in ("resid_post", "mlp_out", "attn_z"):
         assert (scratch_repo / "logs/smoke/cache_activations/tiny/tiny.log").exists()
         assert (scratch_repo / f"data/activations/tiny/tiny/{site}/layer1/train/shard_00000.npy").stat().st_size > 0
+    grids = sorted(scratch_repo.glob("data/checkpoints/tiny/tiny/*/layer1/smoke/grid.json"))
+    assert len(grids) == 3, "the smoke experiment runs through training"
+    for grid in grids:
+        for entry in json.loads(grid.read_text())["saes"]:
+            assert (scratch_repo / entry["path"] / "sae_weights.safetensors").stat().st_size > 0
     again = snakemake("--profile", "profiles/local", "--cores", "2", "--config", "experiment=smoke",
                       cwd=scratch_repo)
     assert "Nothing to be done" in again.stdout + again.stderr

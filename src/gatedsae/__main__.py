@@ -37,26 +37,45 @@ def _cache(config: Config) -> None:
         print(f"wrote {path}")
 
 
-STAGES: dict[str, Callable[[Config], None]] = {
+def _train(config: Config, site: str, layer: str) -> None:
+    from .train import train_grid
+
+    print(f"wrote {train_grid(config, site, int(layer))}")
+
+
+STAGES: dict[str, Callable[..., None]] = {
     "prepare-model": _prepare_model,
     "fetch-corpus": _fetch_corpus,
     "tokenize": _tokenize,
     "cache": _cache,
+    "train": _train,  # takes --site=<site> --layer=<layer>
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in STAGES:
-        print(f"usage: python -m gatedsae {{{'|'.join(STAGES)}}} [key=value ...]", file=sys.stderr)
+        print(f"usage: python -m gatedsae {{{'|'.join(STAGES)}}} [key=value ...] [--site=S --layer=L]",
+              file=sys.stderr)
         return 2
+    options = dict(a[2:].split("=", 1) for a in argv[1:] if a.startswith("--") and "=" in a)
+    overrides = [a for a in argv[1:] if not a.startswith("--")]
     try:
-        config = load_config(argv[1:])
+        config = load_config(overrides)
+        if argv[0] == "train":
+            _check_target(config, options)
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
-    STAGES[argv[0]](config)
+    STAGES[argv[0]](config, **options)
     return 0
+
+
+def _check_target(config: Config, options: dict[str, str]) -> None:
+    site, layer = options.get("site"), options.get("layer", "")
+    if site not in config.experiment.sites or not layer.isdigit() or int(layer) not in config.experiment.layers:
+        raise ConfigError(f"train needs --site=<one of {config.experiment.sites}> and "
+                          f"--layer=<one of {config.experiment.layers}>; got site={site!r}, layer={layer!r}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ CONF_DIR = REPO_ROOT / "conf"
 
 DTYPES = ("float32", "bfloat16", "float16")
 SITES = ("resid_post", "mlp_out", "attn_z")
+STAGES = ("cache", "train")  # pipeline stages, in order, that an experiment can be run through
 
 
 class ConfigError(ValueError):
@@ -156,6 +157,7 @@ class ExperimentConfig:
     layers: list[int] = field(default_factory=list)
     sites: list[str] = field(default_factory=lambda: list(SITES))
     context_length: int = 128
+    through: str = "cache"  # the last stage `snakemake all` builds: cache | train
 
     def validate(self) -> None:
         _require(bool(self.name), "experiment.name", "must be set")
@@ -164,6 +166,78 @@ class ExperimentConfig:
         for site in self.sites:
             _choice(site, "experiment.sites", SITES)
         _require(self.context_length >= 2, "experiment.context_length", "must be at least 2 (BOS + one token)")
+        _choice(self.through, "experiment.through", STAGES)
+
+
+@dataclass
+class SAEGroupConfig:
+    """SAEs of one architecture trained together: one per λ in `l1`, width = width_ratio × d."""
+
+    arch: str = "gated"
+    width_ratio: float = 4.0
+    lr: float = 1e-3
+    l1: list[float] = field(default_factory=list)
+
+    def validate(self, key: str) -> None:
+        from .saes import ARCHITECTURES
+
+        _choice(self.arch, f"{key}.arch", sorted(ARCHITECTURES))
+        _require(self.width_ratio > 0, f"{key}.width_ratio", "must be positive")
+        _require(self.lr > 0, f"{key}.lr", "must be positive")
+        _require(bool(self.l1) and all(v >= 0 for v in self.l1), f"{key}.l1", "list one or more λ ≥ 0")
+        _require(len(set(self.l1)) == len(self.l1), f"{key}.l1", "λ values must be distinct")
+
+    def width(self, d: int) -> int:
+        return int(round(self.width_ratio * d))
+
+
+@dataclass
+class SweepConfig:
+    """The grid: (architecture × λ × width) groups, trained in one pass over the activations."""
+
+    name: str = "default"
+    groups: list[SAEGroupConfig] = field(default_factory=list)
+
+    def validate(self) -> None:
+        _require(bool(self.groups), "sweep.groups", "list at least one group of SAEs")
+        for index, group in enumerate(self.groups):
+            group.validate(f"sweep.groups.{index}")
+
+
+@dataclass
+class TrainConfig:
+    """Training as in the paper's App. D (Adam β1 = 0, warm-up, resampling), sized for the machine."""
+
+    tokens: int = 500_000          # training tokens per SAE (epochs over the store as needed)
+    batch_size: int = 4096
+    adam_beta1: float = 0.0
+    adam_beta2: float = 0.999
+    lr_warmup_steps: int = 20
+    normalize: str = "mean_sq_norm"  # scale activations so E||x||² = 1 (from the store manifest) | none
+    resample_at: list[float] = field(default_factory=lambda: [0.25, 0.5])  # fractions of training
+    resample_window_steps: int = 20  # a feature is dead if it did not fire in this many recent steps
+    resample_lr_factor: float = 0.1  # lr drop after a resample, recovered along a cosine ...
+    resample_recovery_steps: int = 20  # ... over this many steps
+    buffer_rows: int = 262_144
+    checkpoint_every_steps: int = 50
+    autocast_bf16: bool = False
+    device: str = "cpu"
+    threads: int = 0
+    seed: int = 0
+
+    def validate(self) -> None:
+        for key in ("tokens", "batch_size", "checkpoint_every_steps", "buffer_rows"):
+            _require(getattr(self, key) > 0, f"train.{key}", "must be a positive integer")
+        _require(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "train.adam_beta1",
+                 "Adam betas must lie in [0, 1)")
+        _choice(self.normalize, "train.normalize", ("mean_sq_norm", "none"))
+        _require(all(0 < f < 1 for f in self.resample_at), "train.resample_at",
+                 "list fractions of training strictly between 0 and 1")
+        _require(self.buffer_rows >= self.batch_size, "train.buffer_rows", "must be at least train.batch_size")
+
+    @property
+    def steps(self) -> int:
+        return max(1, self.tokens // self.batch_size)
 
 
 @dataclass
@@ -190,6 +264,9 @@ class PathsConfig:
     def activations_dir(self, model: str, corpus: str, site: str, layer: int) -> Path:
         return self.root / "activations" / model / corpus / site / f"layer{layer}"
 
+    def checkpoints_dir(self, model: str, corpus: str, site: str, layer: int, sweep: str) -> Path:
+        return self.root / "checkpoints" / model / corpus / site / f"layer{layer}" / sweep
+
 
 @dataclass
 class Config:
@@ -197,11 +274,13 @@ class Config:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 0
 
     def validate(self) -> None:
-        for part in (self.model, self.corpus, self.cache, self.experiment):
+        for part in (self.model, self.corpus, self.cache, self.experiment, self.sweep, self.train):
             part.validate()
         for layer in self.experiment.layers:
             _require(0 <= layer < self.model.n_layers, "experiment.layers",

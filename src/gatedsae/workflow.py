@@ -60,8 +60,24 @@ class ExperimentPlan:
             for layer in self.config.experiment.layers
         ]
 
+    def grid_index(self) -> str:
+        return str(self.data / "checkpoints" / "{model}" / "{corpus}" / "{site}" / "layer{layer}" / "{sweep}"
+                   / "grid.json")
+
+    def _concrete(self, pattern: str) -> list[str]:
+        return [
+            pattern.format(model=self.model, corpus=self.corpus, site=site, layer=layer, sweep=self.config.sweep.name)
+            for site in self.config.experiment.sites
+            for layer in self.config.experiment.layers
+        ]
+
+    def stage_targets(self, stage: str) -> list[str]:
+        patterns = {"cache": self.store_manifest(), "train": self.grid_index()}
+        return sorted(set(self._concrete(patterns[stage])))
+
     def targets(self) -> list[str]:
-        return [p.format(model=self.model, corpus=self.corpus) for p in self.store_manifests()]
+        """What `snakemake all` builds: every output of the experiment's last stage."""
+        return self.stage_targets(self.config.experiment.through)
 
     # --- commands and params --------------------------------------------------------------------------
 

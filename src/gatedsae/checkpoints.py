@@ -1,0 +1,121 @@
+"""SAE checkpoints: one directory per SAE, in the layout sae-lens 6.x loads, plus a training record.
+
+    <dir>/cfg.json                  sae-lens config (architecture, d_in, d_sae, dtype, meta: model, hook, ...)
+    <dir>/sae_weights.safetensors   sae-lens tensor names ([d_in, d_sae] encoders, [d_sae, d_in] decoder)
+    <dir>/training.json             our record: spec, λ, lr, steps, tokens, seed, final losses, provenance
+
+The activation scale used in training is folded into the weights, so an exported SAE works on the
+model's raw activations (sae-lens' `normalize_activations: none`). Tied Gated SAEs (and the
+rescale-and-shift baseline, which is one) load as sae-lens `gated`; the untied ablation has no sae-lens
+equivalent and is saved under our own architecture name.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .atomic import write_json_atomic
+from .config import REPO_ROOT
+from .saes import BatchedSAE, slice_state
+
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+RECORD_FILE = "training.json"
+
+SAELENS_ARCHITECTURE = {
+    "baseline": "standard",
+    "gated": "gated",
+    "gated_unfrozen_decoder": "gated",
+    "gated_no_rmag": "gated",
+    "baseline_rescale_shift": "gated",
+    "gated_untied": "gated_untied",  # not loadable by sae-lens
+}
+
+
+def code_version() -> str:
+    try:
+        result = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT,
+                                capture_output=True, text=True, timeout=10)
+        return result.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def saelens_tensors(sae: BatchedSAE, index: int, scale: float) -> dict[str, torch.Tensor]:
+    """SAE `index` of a batched module as sae-lens tensors, for raw (unscaled) activations.
+
+    Trained on s·x: pre-activations (s·x − b_dec) W + b = (x − b_dec/s)(s·W) + b, and x̂ = (f W_dec + b_dec)/s.
+    """
+    state = {k: v.detach().float().cpu() for k, v in slice_state(sae, index).items()}
+    tensors = {"W_dec": state["W_dec"] / scale, "b_dec": state["b_dec"] / scale}
+    if sae.arch == "baseline":
+        tensors |= {"W_enc": state["W_enc"] * scale, "b_enc": state["b_enc"]}
+    elif sae.arch == "baseline_rescale_shift":  # a tied Gated SAE with W_gate = W_enc, b_gate = b_enc
+        tensors |= {"W_enc": state["W_enc"] * scale, "b_gate": state["b_enc"], "r_mag": state["r_mag"],
+                    "b_mag": state["b_mag"]}
+    else:
+        tensors |= {"W_enc": state["W_gate"] * scale, "b_gate": state["b_gate"], "b_mag": state["b_mag"]}
+        if sae.arch == "gated_untied":
+            tensors["W_mag"] = state["W_mag"] * scale
+        else:
+            tensors["r_mag"] = state["r_mag"] if "r_mag" in state else torch.zeros_like(state["b_mag"])
+    return {k: v.contiguous() for k, v in tensors.items()}
+
+
+def saelens_cfg(arch: str, d: int, width: int, meta: dict) -> dict:
+    return {
+        "architecture": SAELENS_ARCHITECTURE[arch],
+        "d_in": d,
+        "d_sae": width,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "hook_z" if meta.get("hook_name", "").endswith("hook_z") else "none",
+        "meta": meta,
+    }
+
+
+def write_checkpoint(directory: Path, sae: BatchedSAE, index: int, scale: float, meta: dict, record: dict) -> Path:
+    """Write one SAE's directory atomically (staged beside it, then renamed into place)."""
+    directory = Path(directory)
+    staging = directory.with_name(directory.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_file(saelens_tensors(sae, index, scale), staging / WEIGHTS_FILE)
+    (staging / CFG_FILE).write_text(json.dumps(saelens_cfg(sae.arch, sae.d, sae.width, meta), indent=2) + "\n")
+    write_json_atomic(staging / RECORD_FILE, record)
+    shutil.rmtree(directory, ignore_errors=True)
+    staging.rename(directory)
+    return directory
+
+
+def read_checkpoint(directory: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """(cfg, tensors, training record) of one checkpoint directory."""
+    directory = Path(directory)
+    cfg = json.loads((directory / CFG_FILE).read_text())
+    record = json.loads((directory / RECORD_FILE).read_text())
+    return cfg, load_file(directory / WEIGHTS_FILE), record
+
+
+def encode_raw(cfg: dict, tensors: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Features of raw activations x [B, d] from a checkpoint's tensors (sae-lens semantics)."""
+    centred = x - tensors["b_dec"]
+    if cfg["architecture"] == "standard":
+        return torch.relu(centred @ tensors["W_enc"] + tensors["b_enc"])
+    gate = centred @ tensors["W_enc"] + tensors["b_gate"]
+    if "W_mag" in tensors:
+        magnitude = centred @ tensors["W_mag"] + tensors["b_mag"]
+    else:
+        magnitude = torch.exp(tensors["r_mag"]) * (centred @ tensors["W_enc"]) + tensors["b_mag"]
+    return (gate > 0).to(x.dtype) * torch.relu(magnitude)
+
+
+def decode_raw(tensors: dict[str, torch.Tensor], features: torch.Tensor) -> torch.Tensor:
+    return features @ tensors["W_dec"] + tensors["b_dec"]

@@ -1,0 +1,423 @@
+"""Sparse autoencoders as *batched* torch modules: one module holds `n` independent SAEs of the same
+architecture and width (every parameter stacked on dim 0), so a grid of L1 coefficients trains in one
+pass with batched matmuls. Slice i of every parameter and buffer is SAE i, and no computation mixes
+slices: training SAE i inside a grid equals training it alone, up to float rounding.
+
+Orientation follows sae-lens: encoder weights are [n, d, width] (pre-activations = (x − b_dec) @ W + b),
+decoder weights are [n, width, d] and their rows are the dictionary directions, kept at unit norm.
+
+Architectures (see PAPER.md; `ARCHITECTURES` maps names to classes):
+
+    baseline                 ReLU SAE with an L1 penalty on the features
+    gated                    Gated SAE, tied magnitude weights W_mag = exp(r_mag) ⊙ W_gate
+    gated_unfrozen_decoder   ablation: the auxiliary loss also trains W_dec and b_dec
+    gated_no_rmag            ablation: r_mag fixed at 0 (W_mag = W_gate)
+    gated_untied             ablation: a separate W_mag parameter
+    baseline_rescale_shift   a frozen trained baseline plus learned per-feature rescale and shift (Fig. 9)
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "ARCHITECTURES",
+    "BaselineSAE",
+    "BatchedSAE",
+    "GatedNoRmagSAE",
+    "GatedSAE",
+    "GatedUnfrozenDecoderSAE",
+    "GatedUntiedSAE",
+    "LossTerms",
+    "RescaleShiftSAE",
+    "default_seeds",
+    "jumprelu_encode",
+    "load_slice_state",
+    "make_sae",
+    "slice_state",
+    "to_jumprelu",
+]
+
+
+@dataclass
+class LossTerms:
+    """Per-SAE loss terms of one batch. Training backpropagates `total.sum()`: the SAEs are independent,
+    so each slice's gradient is that of its own loss."""
+
+    total: Tensor           # [n]  reconstruction + λ · sparsity + auxiliary
+    reconstruction: Tensor  # [n]  mean over the batch of ||x − x̂||² (summed over d)
+    sparsity: Tensor        # [n]  mean over the batch of the L1 term, before multiplying by λ
+    auxiliary: Tensor       # [n]  zeros for architectures without one
+    features: Tensor        # [n, B, width]
+    x_hat: Tensor           # [n, B, d]
+
+
+def default_seeds(seed: int, n: int) -> list[int]:
+    """Per-slice seeds derived from one run seed."""
+    return [seed * 1_000_003 + i for i in range(n)]
+
+
+def _random_unit_rows(rows: int, d: int, seed: int) -> Tensor:
+    generator = torch.Generator().manual_seed(int(seed))
+    w = torch.randn(rows, d, generator=generator)
+    return w / w.norm(dim=-1, keepdim=True)
+
+
+def _squared_error(x: Tensor, x_hat: Tensor) -> Tensor:
+    """[n] mean over the batch of ||x − x̂||²; x is [B, d] (broadcast over the SAEs) or [n, B, d]."""
+    return (x - x_hat).pow(2).sum(-1).mean(-1)
+
+
+class BatchedSAE(nn.Module, ABC):
+    """`n` SAEs of one architecture. Holds the decoder (shared by all architectures), the loss, and the
+    decoder-norm constraint; subclasses supply the encoder through `_encode_terms`."""
+
+    arch: ClassVar[str]
+    # Names of tensors stored as (non-trainable) buffers instead of parameters, e.g. an ablation's fixed
+    # r_mag or the frozen baseline under a rescale-and-shift.
+    frozen: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, n: int, d: int, width: int, l1: Tensor | float | Sequence[float], seeds: Sequence[int]):
+        super().__init__()
+        seeds = [int(s) for s in seeds]
+        if len(seeds) != n:
+            raise ValueError(f"{self.arch}: got {len(seeds)} seeds for n={n} SAEs")
+        self.n, self.d, self.width, self.seeds = n, d, width, seeds
+        l1 = torch.as_tensor(l1, dtype=torch.float32).flatten()
+        if l1.numel() == 1:
+            l1 = l1.expand(n)
+        if l1.shape != (n,):
+            raise ValueError(f"{self.arch}: l1 must have one coefficient per SAE ({n}), got shape {tuple(l1.shape)}")
+        self.register_buffer("l1", l1.clone())
+        # Each slice draws from its own generator, so its init depends on its seed only (not on n or i).
+        self._add("W_dec", torch.stack([_random_unit_rows(width, d, s) for s in seeds]))
+        self._add("b_dec", torch.zeros(n, d))
+
+    def _add(self, name: str, value: Tensor) -> None:
+        if name in self.frozen:
+            self.register_buffer(name, value)
+        else:
+            self.register_parameter(name, nn.Parameter(value))
+
+    def _encoder_init(self) -> Tensor:
+        """[n, d, width]: encoder weights start as the decoder transposed."""
+        return self.W_dec.detach().transpose(1, 2).clone()
+
+    def _project(self, x: Tensor, W: Tensor) -> Tensor:
+        """(x − b_dec) @ W per SAE: x [B, d] or [n, B, d], W [n, d, width] -> [n, B, width]."""
+        centred = x - self.b_dec[:, None, :]  # [B, d] broadcasts to [n, B, d]
+        return torch.bmm(centred, W)
+
+    @abstractmethod
+    def _encode_terms(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(features, penalised): the features [n, B, width] and the non-negative activations whose L1 norm
+        is the sparsity term (the features themselves for a baseline, ReLU(π_gate) for a Gated SAE)."""
+
+    def _auxiliary(self, x: Tensor, penalised: Tensor) -> Tensor:
+        return penalised.new_zeros(self.n)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self._encode_terms(x)[0]
+
+    def decode(self, f: Tensor) -> Tensor:
+        return torch.bmm(f, self.W_dec) + self.b_dec[:, None, :]
+
+    def forward(self, x: Tensor) -> LossTerms:
+        features, penalised = self._encode_terms(x)
+        x_hat = self.decode(features)
+        reconstruction = _squared_error(x, x_hat)
+        sparsity = penalised.sum(-1).mean(-1)  # penalised ≥ 0, so its sum is its L1 norm
+        auxiliary = self._auxiliary(x, penalised)
+        total = reconstruction + self.l1.to(reconstruction.dtype) * sparsity + auxiliary
+        return LossTerms(total, reconstruction, sparsity, auxiliary, features, x_hat)
+
+    @property
+    def decoder_trainable(self) -> bool:
+        return isinstance(self.W_dec, nn.Parameter)
+
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        """Project every decoder row back to unit norm (after each optimizer step). A frozen decoder is
+        left alone."""
+        if self.decoder_trainable:
+            self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True))
+
+    @torch.no_grad()
+    def remove_parallel_decoder_grad_(self) -> None:
+        """Drop the component of W_dec.grad parallel to each decoder row (before each optimizer step), so
+        the step moves rows along the unit sphere rather than changing their norm."""
+        if not self.decoder_trainable or self.W_dec.grad is None:
+            return
+        W, grad = self.W_dec, self.W_dec.grad
+        parallel = (grad * W).sum(-1, keepdim=True) / (W * W).sum(-1, keepdim=True)
+        grad.sub_(parallel * W)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # --- dead-feature resampling (Bricken et al.) ----------------------------------------------------
+    # Which axis of each named tensor indexes the features: [n, d, width] encoders, [n, width, d]
+    # decoder, [n, width] biases and r_mag.
+    _FEATURE_AXIS: ClassVar[dict[str, int]] = {
+        "W_enc": 2, "W_gate": 2, "W_mag": 2, "W_dec": 1, "b_enc": 1, "b_gate": 1, "b_mag": 1, "r_mag": 1,
+    }
+
+    def feature_mask_for(self, param: Tensor, dead: Tensor) -> Tensor | None:
+        """A boolean mask over `param` selecting the entries of the features marked in `dead` [n, width]."""
+        name = next((k for k, p in self.named_parameters() if p is param), None)
+        if name not in self._FEATURE_AXIS:
+            return None
+        return (dead[:, None, :] if self._FEATURE_AXIS[name] == 2 and param.dim() == 3
+                else dead[:, :, None] if param.dim() == 3 else dead).expand_as(param)
+
+    @torch.no_grad()
+    def resample_(self, dead: Tensor, x: Tensor, errors: Tensor, seeds: Sequence[int]) -> Tensor:
+        """Re-initialise the features in `dead` [n, width] towards inputs drawn with probability ∝ their
+        squared reconstruction error (`errors` [n, B]): decoder row = the centred input's direction,
+        encoder column = that direction × 0.2 × the mean norm of alive encoder columns, biases and r_mag
+        zero. `seeds[i]` drives SAE i's draws, so no SAE's resampling depends on the others'. Returns the
+        number of features resampled per SAE. A frozen decoder is left alone."""
+        counts = torch.zeros(self.n, dtype=torch.long)
+        if not self.decoder_trainable:
+            return counts
+        params = dict(self.named_parameters())
+        encoders = [params[k] for k in ("W_enc", "W_gate", "W_mag") if k in params]
+        biases = [params[k] for k in ("b_enc", "b_gate", "b_mag", "r_mag") if k in params]
+        for i in range(self.n):
+            index = dead[i].nonzero().squeeze(-1)
+            weights = errors[i].float().cpu() ** 2
+            if len(index) == 0 or not torch.isfinite(weights).all() or weights.sum() <= 0:
+                continue
+            generator = torch.Generator().manual_seed(int(seeds[i]))
+            picks = torch.multinomial(weights / weights.sum(), len(index), replacement=True, generator=generator)
+            centred = x[picks.to(x.device)] - self.b_dec[i]
+            directions = centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            self.W_dec[i, index] = directions
+            for encoder in encoders:
+                alive = ~dead[i]
+                norm = encoder[i][:, alive].norm(dim=0).mean() if alive.any() else torch.tensor(1.0)
+                encoder[i][:, index] = directions.T * 0.2 * norm
+            for bias in biases:
+                bias[i, index] = 0.0
+            counts[i] = len(index)
+        return counts
+
+    def extra_repr(self) -> str:
+        return f"arch={self.arch}, n={self.n}, d={self.d}, width={self.width}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Baseline.
+
+
+class BaselineSAE(BatchedSAE):
+    """f = ReLU((x − b_dec) W_enc + b_enc); L = ||x − x̂||² + λ ||f||₁."""
+
+    arch = "baseline"
+
+    def __init__(self, n: int, d: int, width: int, l1: Tensor | float | Sequence[float], seeds: Sequence[int]):
+        super().__init__(n, d, width, l1, seeds)
+        self._add("W_enc", self._encoder_init())
+        self._add("b_enc", torch.zeros(n, width))
+
+    def _encode_terms(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        f = torch.relu(self._project(x, self.W_enc) + self.b_enc[:, None, :])
+        return f, f
+
+
+class RescaleShiftSAE(BaselineSAE):
+    """Paper Fig. 9: a trained baseline frozen, with only a per-feature rescale r_mag and shift b_mag
+    learned on top. The baseline's pre-activation π gates; the magnitude is re-derived from it:
+
+        π = (x − b_dec) W_enc + b_enc,   f = 1[π > 0] ⊙ ReLU(exp(r_mag) ⊙ (π − b_enc) + b_mag).
+
+    With r_mag = 0 and b_mag = b_enc it is exactly the baseline. This is a tied Gated SAE with
+    W_gate = W_enc, b_gate = b_enc frozen. The sparsity term ||ReLU(π)||₁ is constant in the trainable
+    parameters (reported, not trained); there is no auxiliary term. Build it with `from_baseline`.
+    """
+
+    arch = "baseline_rescale_shift"
+    frozen = frozenset({"W_enc", "b_enc", "W_dec", "b_dec"})
+
+    def __init__(self, n: int, d: int, width: int, l1: Tensor | float | Sequence[float], seeds: Sequence[int]):
+        super().__init__(n, d, width, l1, seeds)
+        self._add("r_mag", torch.zeros(n, width))
+        self._add("b_mag", self.b_enc.clone())
+
+    @classmethod
+    def from_baseline(cls, baseline: BaselineSAE) -> RescaleShiftSAE:
+        if type(baseline) is not BaselineSAE:
+            raise TypeError(f"from_baseline needs a BaselineSAE, got {type(baseline).__name__}")
+        sae = cls(baseline.n, baseline.d, baseline.width, baseline.l1.detach().clone(), baseline.seeds)
+        sae.to(device=baseline.W_dec.device, dtype=baseline.W_dec.dtype)
+        with torch.no_grad():
+            for name in cls.frozen:
+                getattr(sae, name).copy_(getattr(baseline, name))
+            sae.b_mag.copy_(baseline.b_enc)
+        return sae
+
+    def _encode_terms(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        z = self._project(x, self.W_enc)
+        pi = z + self.b_enc[:, None, :]
+        magnitude = torch.exp(self.r_mag)[:, None, :] * z + self.b_mag[:, None, :]  # z = π − b_enc
+        features = (pi > 0).to(z.dtype) * torch.relu(magnitude)
+        return features, torch.relu(pi)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Gated SAEs: the variants override small methods (`_init_magnitude`, `magnitude_weight`,
+# `_magnitude_preactivation`, `_decode_auxiliary`) or `frozen`.
+
+
+class GatedSAE(BatchedSAE):
+    """π_gate = (x − b_dec) W_gate + b_gate,  π_mag = (x − b_dec) W_mag + b_mag,  W_mag = W_gate ⊙ exp(r_mag),
+    f = 1[π_gate > 0] ⊙ ReLU(π_mag)   (the Heaviside passes no gradient),
+    L = ||x − x̂||² + λ ||ReLU(π_gate)||₁ + ||x − (ReLU(π_gate) W_dec' + b_dec')||²   (' = gradient stopped).
+
+    As in the paper's pseudo-code, only the decoder *output* of the auxiliary term is detached; the
+    b_dec subtracted from x at the encoder input still receives the auxiliary gradient."""
+
+    arch = "gated"
+
+    def __init__(self, n: int, d: int, width: int, l1: Tensor | float | Sequence[float], seeds: Sequence[int]):
+        super().__init__(n, d, width, l1, seeds)
+        self._add("W_gate", self._encoder_init())
+        self._add("b_gate", torch.zeros(n, width))
+        self._add("b_mag", torch.zeros(n, width))
+        self._init_magnitude()
+
+    def _init_magnitude(self) -> None:
+        self._add("r_mag", torch.zeros(self.n, self.width))
+
+    def magnitude_weight(self) -> Tensor:
+        """The effective W_mag [n, d, width]."""
+        return self.W_gate * torch.exp(self.r_mag)[:, None, :]
+
+    def _magnitude_preactivation(self, x: Tensor, z_gate: Tensor) -> Tensor:
+        # Tied: (x − b_dec)(W_gate ⊙ exp(r_mag)) = exp(r_mag) ⊙ ((x − b_dec) W_gate), so reuse the gate's matmul.
+        return torch.exp(self.r_mag)[:, None, :] * z_gate + self.b_mag[:, None, :]
+
+    def preactivations(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(π_gate, π_mag), each [n, B, width]."""
+        z_gate = self._project(x, self.W_gate)
+        return z_gate + self.b_gate[:, None, :], self._magnitude_preactivation(x, z_gate)
+
+    def _encode_terms(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        pi_gate, pi_mag = self.preactivations(x)
+        features = (pi_gate > 0).to(pi_mag.dtype) * torch.relu(pi_mag)  # comparison: no gradient to the gate
+        return features, torch.relu(pi_gate)
+
+    def _decode_auxiliary(self, gate_acts: Tensor) -> Tensor:
+        # Stopped decoder: the auxiliary term trains the gate path only.
+        return torch.bmm(gate_acts, self.W_dec.detach()) + self.b_dec.detach()[:, None, :]
+
+    def _auxiliary(self, x: Tensor, penalised: Tensor) -> Tensor:
+        return _squared_error(x, self._decode_auxiliary(penalised))
+
+
+class GatedUnfrozenDecoderSAE(GatedSAE):
+    """Ablation (Fig. 8): the auxiliary reconstruction also trains W_dec and b_dec."""
+
+    arch = "gated_unfrozen_decoder"
+
+    def _decode_auxiliary(self, gate_acts: Tensor) -> Tensor:
+        return self.decode(gate_acts)
+
+
+class GatedNoRmagSAE(GatedSAE):
+    """Ablation (Fig. 8): r_mag fixed at 0 (a buffer), so W_mag = W_gate."""
+
+    arch = "gated_no_rmag"
+    frozen = frozenset({"r_mag"})
+
+
+class GatedUntiedSAE(GatedSAE):
+    """Ablation (Fig. 8): a separate W_mag [n, d, width], no r_mag. Not expressible as a JumpReLU."""
+
+    arch = "gated_untied"
+
+    def _init_magnitude(self) -> None:
+        self._add("W_mag", self._encoder_init())
+
+    def magnitude_weight(self) -> Tensor:
+        return self.W_mag
+
+    def _magnitude_preactivation(self, x: Tensor, z_gate: Tensor) -> Tensor:
+        return self._project(x, self.W_mag) + self.b_mag[:, None, :]
+
+
+ARCHITECTURES: dict[str, type[BatchedSAE]] = {
+    cls.arch: cls
+    for cls in (BaselineSAE, GatedSAE, GatedUnfrozenDecoderSAE, GatedNoRmagSAE, GatedUntiedSAE, RescaleShiftSAE)
+}
+
+
+def make_sae(
+    arch: str,
+    n: int,
+    d: int,
+    width: int,
+    l1: Tensor | float | Sequence[float],
+    seed: int,
+    seeds: Sequence[int] | Tensor | None = None,
+) -> BatchedSAE:
+    """`n` SAEs of architecture `arch`; slice i is initialised from `seeds[i]` when given, else from
+    `default_seeds(seed, n)[i]`. (`baseline_rescale_shift` built here wraps a freshly initialised baseline;
+    use `RescaleShiftSAE.from_baseline` to wrap a trained one.)"""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown SAE architecture {arch!r}; known architectures: {', '.join(ARCHITECTURES)}")
+    per_slice = default_seeds(seed, n) if seeds is None else [int(s) for s in seeds]
+    return ARCHITECTURES[arch](n, d, width, l1, per_slice)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Export and checkpoints.
+
+
+def to_jumprelu(sae: GatedSAE, i: int) -> dict[str, Tensor]:
+    """Slice i of a tied Gated SAE as the equivalent JumpReLU SAE (inference costs as a baseline):
+    W_enc = W_gate ⊙ exp(r_mag), b_enc = b_mag, threshold θ = b_mag − exp(r_mag) ⊙ b_gate.
+    Since π_mag − θ = exp(r_mag) ⊙ π_gate and exp > 0, π_gate > 0 ⇔ π_mag > θ."""
+    if not isinstance(sae, GatedSAE) or isinstance(sae, GatedUntiedSAE):
+        raise TypeError(f"only a tied Gated SAE is a JumpReLU; got {getattr(sae, 'arch', type(sae).__name__)}")
+    with torch.no_grad():
+        scale = torch.exp(sae.r_mag[i])
+        return {
+            "W_enc": (sae.W_gate[i] * scale).clone(),
+            "b_enc": sae.b_mag[i].clone(),
+            "threshold": (sae.b_mag[i] - scale * sae.b_gate[i]).clone(),
+            "W_dec": sae.W_dec[i].clone(),
+            "b_dec": sae.b_dec[i].clone(),
+        }
+
+
+def jumprelu_encode(params: dict[str, Tensor], x: Tensor) -> Tensor:
+    """x [B, d] -> features [B, width] = 1[π > θ] ⊙ ReLU(π), π = (x − b_dec) W_enc + b_enc."""
+    pi = (x - params["b_dec"]) @ params["W_enc"] + params["b_enc"]
+    return (pi > params["threshold"]).to(pi.dtype) * torch.relu(pi)
+
+
+def slice_state(sae: BatchedSAE, i: int) -> dict[str, Tensor]:
+    """SAE i's parameters and buffers (λ included) without the leading n dim."""
+    tensors = {**dict(sae.named_parameters()), **dict(sae.named_buffers())}
+    return {name: t.detach()[i].clone() for name, t in tensors.items()}
+
+
+def load_slice_state(sae: BatchedSAE, i: int, state: dict[str, Tensor]) -> None:
+    """Write a `slice_state` into slice i (keys and shapes must match exactly)."""
+    tensors = {**dict(sae.named_parameters()), **dict(sae.named_buffers())}
+    if set(state) != set(tensors):
+        raise KeyError(
+            f"{sae.arch} slice state mismatch: missing {sorted(set(tensors) - set(state))}, "
+            f"unexpected {sorted(set(state) - set(tensors))}"
+        )
+    with torch.no_grad():
+        for name, target in tensors.items():
+            if state[name].shape != target.shape[1:]:
+                raise ValueError(f"{name}: expected shape {tuple(target.shape[1:])}, got {tuple(state[name].shape)}")
+            target[i].copy_(state[name])

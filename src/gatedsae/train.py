@@ -1,0 +1,312 @@
+"""Grid trainer: one pass over an activation store trains every (architecture × λ × width) SAE.
+
+Each sweep group is one batched module (its SAEs stacked on dim 0) with its own Adam; every batch of
+activations is read once and fed to all groups. Training follows the paper's App. D: Adam with
+β1 = 0, linear lr warm-up, unit-norm decoder rows (gradient projected, rows renormalised each step),
+and dead-feature resampling with an lr drop and cosine recovery.
+
+The whole training state (parameters, optimiser, step and so data position, feature activity) is
+saved atomically every `checkpoint_every_steps`; a killed run resumes from it and ends with the same
+parameters as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+
+from .activations import ActivationStore
+from .atomic import atomic_path, write_json_atomic
+from .config import Config, TrainConfig, config_hash
+from .saes import BatchedSAE, make_sae
+
+STATE_FILE = "training_state.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or inf; the message names the SAE and the step, the last good state is kept."""
+
+
+@dataclass(frozen=True)
+class SAESpec:
+    """One SAE of the grid: where it sits (group, index) and what it is."""
+
+    group: int
+    index: int
+    arch: str
+    width: int
+    l1: float
+    lr: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch}_w{self.width}_l1_{self.l1:g}"
+
+
+def build_grid(config: Config, d: int) -> tuple[list[BatchedSAE], list[SAESpec]]:
+    """Batched modules for the sweep's groups; an SAE's init depends only on (seed, its spec)."""
+    modules, specs = [], []
+    for g, group in enumerate(config.sweep.groups):
+        width = group.width(d)
+        seeds = [_sae_seed(config.train.seed, group.arch, width, l1) for l1 in group.l1]
+        modules.append(make_sae(group.arch, len(group.l1), d, width, torch.tensor(group.l1), config.train.seed,
+                                seeds=seeds))
+        specs += [SAESpec(g, i, group.arch, width, l1, group.lr) for i, l1 in enumerate(group.l1)]
+    return modules, specs
+
+
+def _sae_seed(seed: int, arch: str, width: int, l1: float) -> int:
+    text = json.dumps([seed, arch, width, float(l1)])
+    return int(config_hash({"seed": text}), 16) % (2**31)
+
+
+def batch_stream(store: ActivationStore, train: TrainConfig, skip: int = 0) -> Iterator[torch.Tensor]:
+    """Full batches forever, epoch after epoch (each epoch reshuffled with seed + epoch); skip `skip`."""
+    produced = 0
+    for epoch in itertools.count():
+        for batch in store.batches(train.batch_size, seed=train.seed + epoch, buffer_rows=train.buffer_rows):
+            if len(batch) < train.batch_size:
+                continue  # keep every step the same size
+            produced += 1
+            if produced > skip:
+                yield batch
+
+
+def lr_factor(step: int, train: TrainConfig, resample_steps: list[int]) -> float:
+    """Linear warm-up, then after each resample a drop to `resample_lr_factor` and a cosine back to 1."""
+    factor = min(1.0, (step + 1) / max(1, train.lr_warmup_steps))
+    for at in resample_steps:
+        since = step - at
+        if 0 <= since < train.resample_recovery_steps:
+            progress = since / train.resample_recovery_steps
+            low = train.resample_lr_factor
+            factor *= low + (1 - low) * (1 - math.cos(math.pi * progress)) / 2
+    return factor
+
+
+class GridTrainer:
+    def __init__(self, config: Config, store: ActivationStore, out_dir: Path):
+        self.config, self.train, self.store, self.out_dir = config, config.train, store, Path(out_dir)
+        self.device = torch.device(self.train.device)
+        self.scale = self._activation_scale()
+        self.modules, self.specs = build_grid(config, store.d)
+        self.modules = [m.to(self.device) for m in self.modules]
+        self.optimizers = [
+            torch.optim.Adam(m.trainable_parameters(), lr=group.lr, betas=(self.train.adam_beta1, self.train.adam_beta2))
+            for m, group in zip(self.modules, config.sweep.groups)
+        ]
+        self.base_lrs = [group.lr for group in config.sweep.groups]
+        self.steps = self.train.steps
+        self.resample_steps = sorted({int(f * self.steps) for f in self.train.resample_at})
+        self.step = 0
+        # Steps since each feature last fired, per group: [n, width].
+        self.idle_steps = [torch.zeros(m.n, m.width, dtype=torch.long) for m in self.modules]
+        self.fired_ever = [torch.zeros(m.n, m.width, dtype=torch.bool) for m in self.modules]
+        self.last_losses: dict[str, dict[str, float]] = {}
+        self.resampled: list[dict] = []
+
+    # --- set-up ---------------------------------------------------------------------------------------
+
+    def _activation_scale(self) -> float:
+        if self.train.normalize == "none":
+            return 1.0
+        mean_sq_norm = self.store.manifest.mean_sq_norm[self.store.split]
+        return 1.0 / math.sqrt(mean_sq_norm)
+
+    def _init_decoder_bias(self) -> None:
+        """b_dec starts at the data mean (as in Bricken et al. / the paper's codebase), scaled."""
+        mean = torch.tensor(self.store.manifest.mean[self.store.split], dtype=torch.float32) * self.scale
+        for module in self.modules:
+            with torch.no_grad():
+                module.b_dec.copy_(mean.expand_as(module.b_dec))
+
+    # --- state ----------------------------------------------------------------------------------------
+
+    def state(self) -> dict:
+        return {
+            "step": self.step,
+            "modules": [m.state_dict() for m in self.modules],
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "idle_steps": self.idle_steps,
+            "fired_ever": self.fired_ever,
+            "last_losses": self.last_losses,
+            "resampled": self.resampled,
+            "identity": self.identity(),
+        }
+
+    def identity(self) -> str:
+        """Settings a saved state must share to be resumed."""
+        return config_hash({"sweep": asdict(self.config.sweep), "train": asdict(self.train),
+                            "store": self.store.manifest.config_hash, "d": self.store.d})
+
+    def save_state(self) -> None:
+        with atomic_path(self.out_dir / STATE_FILE) as tmp:
+            torch.save(self.state(), tmp)
+
+    def try_resume(self) -> bool:
+        path = self.out_dir / STATE_FILE
+        if not path.exists():
+            return False
+        state = torch.load(path, weights_only=False)
+        if state.get("identity") != self.identity():
+            return False
+        for module, saved in zip(self.modules, state["modules"]):
+            module.load_state_dict(saved)
+        for optimizer, saved in zip(self.optimizers, state["optimizers"]):
+            optimizer.load_state_dict(saved)
+        self.step, self.idle_steps, self.fired_ever = state["step"], state["idle_steps"], state["fired_ever"]
+        self.last_losses, self.resampled = state["last_losses"], state["resampled"]
+        return True
+
+    # --- training -------------------------------------------------------------------------------------
+
+    def run(self, progress: bool = True, stop_after: Optional[int] = None) -> None:
+        """Train to `train.steps` (or stop after `stop_after` more steps: used by tests)."""
+        if self.train.threads > 0:
+            torch.set_num_threads(self.train.threads)
+        if not self.try_resume():
+            self._init_decoder_bias()
+        bar = _progress_bar(self.steps, self.step, progress)
+        batches = batch_stream(self.store, self.train, skip=self.step)
+        started, start_step = time.time(), self.step
+        while self.step < self.steps and (stop_after is None or self.step - start_step < stop_after):
+            x = next(batches).to(self.device, torch.float32) * self.scale
+            self._train_step(x)
+            self.step += 1
+            if self.step in self.resample_steps:
+                self._resample_dead(x)
+            if self.step % self.train.checkpoint_every_steps == 0 or self.step == self.steps:
+                self.save_state()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(self._postfix(started, start_step), refresh=False)
+        if bar is not None:
+            bar.close()
+
+    def _train_step(self, x: torch.Tensor) -> None:
+        factor = lr_factor(self.step, self.train, self.resample_steps)
+        for g, (module, optimizer) in enumerate(zip(self.modules, self.optimizers)):
+            for param_group in optimizer.param_groups:
+                param_group["lr"] = self.base_lrs[g] * factor
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.train.autocast_bf16):
+                terms = module(x)
+            total = terms.total.float()
+            if not torch.isfinite(total).all():
+                bad = int((~torch.isfinite(total)).nonzero()[0])
+                spec = next(s for s in self.specs if s.group == g and s.index == bad)
+                raise NonFiniteLossError(
+                    f"loss of SAE {spec.name} became {total[bad].item()} at step {self.step}; the last good state "
+                    f"(step {self.step - self.step % self.train.checkpoint_every_steps}) is kept in "
+                    f"{self.out_dir / STATE_FILE}. Lower its lr or check the activations."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            total.sum().backward()
+            module.remove_parallel_decoder_grad_()
+            optimizer.step()
+            module.normalize_decoder_()
+            with torch.no_grad():
+                fired = (terms.features > 0).any(dim=1).cpu()
+                self.idle_steps[g] = torch.where(fired, 0, self.idle_steps[g] + 1)
+                self.fired_ever[g] |= fired
+                l0 = (terms.features > 0).float().sum(-1).mean(-1)
+                for spec in (s for s in self.specs if s.group == g):
+                    self.last_losses[spec.name] = {
+                        "total": float(terms.total[spec.index]), "reconstruction": float(terms.reconstruction[spec.index]),
+                        "sparsity": float(terms.sparsity[spec.index]), "auxiliary": float(terms.auxiliary[spec.index]),
+                        "l0": float(l0[spec.index]),
+                    }
+
+    @torch.no_grad()
+    def _resample_dead(self, x: torch.Tensor) -> None:
+        """Bricken et al.: re-initialise dead features towards inputs the SAE reconstructs badly."""
+        for g, (module, optimizer) in enumerate(zip(self.modules, self.optimizers)):
+            dead = self.idle_steps[g] >= self.train.resample_window_steps  # [n, width]
+            if not dead.any():
+                continue
+            terms = module(x)
+            errors = ((x.unsqueeze(0) - terms.x_hat) ** 2).sum(-1)  # [n, B]
+            seeds = [seed * 7919 + self.step for seed in module.seeds]  # per SAE and per resampling
+            counts = module.resample_(dead.to(x.device), x, errors, seeds)
+            _reset_adam_state(optimizer, module, dead.to(x.device))
+            self.idle_steps[g][dead] = 0
+            for spec in (s for s in self.specs if s.group == g):
+                self.resampled.append({"step": self.step, "sae": spec.name, "features": int(counts[spec.index])})
+
+    def _postfix(self, started: float, start_step: int) -> dict:
+        elapsed = max(time.time() - started, 1e-9)
+        tokens_per_s = (self.step - start_step) * self.train.batch_size / elapsed
+        first = self.specs[0].name
+        return {"tok/s": f"{tokens_per_s:,.0f}", "loss": f"{self.last_losses[first]['total']:.3f}",
+                "L0": f"{self.last_losses[first]['l0']:.0f}"}
+
+
+def _reset_adam_state(optimizer: torch.optim.Optimizer, module: BatchedSAE, dead: torch.Tensor) -> None:
+    """Zero Adam's moments for the resampled features (rows/columns of every feature-indexed tensor)."""
+    for param in module.trainable_parameters():
+        state = optimizer.state.get(param)
+        if not state:
+            continue
+        mask = module.feature_mask_for(param, dead)
+        if mask is None:
+            continue
+        for key in ("exp_avg", "exp_avg_sq"):
+            state[key][mask] = 0
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", desc="train grid", smoothing=0.1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The stage: train a site's grid from its activation store and export every SAE.
+
+GRID_INDEX = "grid.json"
+
+
+def train_grid(config: Config, site: str, layer: int, progress: bool = True) -> Path:
+    """Train the sweep on (site, layer)'s store; write one checkpoint per SAE, then `grid.json` last."""
+    from .checkpoints import code_version, write_checkpoint
+    from .sites import hook_name
+
+    store_dir = config.paths.activations_dir(config.model.name, config.corpus.name, site, layer)
+    out_dir = config.paths.checkpoints_dir(config.model.name, config.corpus.name, site, layer, config.sweep.name)
+    store = ActivationStore(store_dir, "train")
+    trainer = GridTrainer(config, store, out_dir)
+    trainer.run(progress=progress)
+
+    meta = {
+        "model_name": config.model.name, "hook_name": hook_name(site, layer), "hook_layer": layer,
+        "context_size": config.experiment.context_length, "prepend_bos": True, "dataset_path": config.corpus.name,
+        "model_from_pretrained_kwargs": {},
+    }
+    entries = []
+    for spec in trainer.specs:
+        record = {
+            "sae": spec.name, "arch": spec.arch, "width": spec.width, "l1": spec.l1, "lr": spec.lr,
+            "site": site, "layer": layer, "d": store.d, "steps": trainer.step,
+            "tokens": trainer.step * config.train.batch_size, "seed": config.train.seed,
+            "activation_scale": trainer.scale, "final_losses": trainer.last_losses[spec.name],
+            "resampled": [r for r in trainer.resampled if r["sae"] == spec.name],
+            "alive_fraction": float(trainer.fired_ever[spec.group][spec.index].float().mean()),
+            "train_config": asdict(config.train), "code_version": code_version(),
+            "activation_store": {"path": str(store_dir), "config_hash": store.manifest.config_hash,
+                                 "shard_sha256": [r.sha256 for r in store.records]},
+        }
+        directory = write_checkpoint(out_dir / spec.name, trainer.modules[spec.group], spec.index, trainer.scale,
+                                     meta, record)
+        entries.append({"sae": spec.name, "path": str(directory), "arch": spec.arch, "l1": spec.l1,
+                        "width": spec.width})
+    write_json_atomic(out_dir / GRID_INDEX, {"site": site, "layer": layer, "sweep": config.sweep.name,
+                                             "saes": entries})
+    return out_dir / GRID_INDEX

@@ -1,0 +1,197 @@
+"""The grid trainer: a grid equals its SAEs trained alone, resume after SIGKILL, NaN stop, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+
+from conftest import smoke_config
+from gatedsae.activations import ActivationStore
+from gatedsae.checkpoints import SAELENS_ARCHITECTURE, decode_raw, encode_raw, read_checkpoint
+from gatedsae.config import ConfigError, SAEGroupConfig, SweepConfig, load_config
+from gatedsae.train import STATE_FILE, GridTrainer, NonFiniteLossError, lr_factor, train_grid
+
+SITE, LAYER = "resid_post", 1
+
+
+def _trainer(config, out_dir, sweep=None, **train):
+    config = replace(config, sweep=sweep or config.sweep, train=replace(config.train, **train))
+    store = ActivationStore(config.paths.activations_dir("tiny", "tiny", SITE, LAYER), "train")
+    return GridTrainer(config, store, out_dir)
+
+
+def _params(trainer, spec):
+    module = trainer.modules[spec.group]
+    return {name: p[spec.index].detach().clone() for name, p in module.named_parameters()}
+
+
+def _kill_features(trainer, count=5):
+    """Make the first `count` features of every SAE dead (their gate never opens), so resampling runs."""
+    with torch.no_grad():
+        for module in trainer.modules:
+            bias = module.b_gate if hasattr(module, "b_gate") else module.b_enc
+            bias[:, :count] = -1e4
+
+
+def test_an_sae_trained_in_a_grid_equals_it_trained_alone(smoke_cache, tmp_path):
+    grid = _trainer(smoke_cache, tmp_path / "grid")
+    _kill_features(grid)
+    grid.run(progress=False)
+    assert {r["sae"] for r in grid.resampled} == {s.name for s in grid.specs}, "resampling must run for every SAE"
+    for spec in grid.specs:
+        alone_sweep = SweepConfig("alone", [SAEGroupConfig(spec.arch, smoke_cache.sweep.groups[spec.group].width_ratio,
+                                                           spec.lr, [spec.l1])])
+        alone = _trainer(smoke_cache, tmp_path / f"alone-{spec.name}", sweep=alone_sweep)
+        _kill_features(alone)
+        alone.run(progress=False)
+        expected = _params(alone, alone.specs[0])
+        for name, value in _params(grid, spec).items():
+            torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-5, msg=f"{spec.name}.{name}")
+
+
+def test_resampling_reinitialises_only_dead_features(smoke_cache, tmp_path):
+    trainer = _trainer(smoke_cache, tmp_path)
+    trainer.run(progress=False, stop_after=4)
+    _kill_features(trainer, count=3)
+    for idle in trainer.idle_steps:
+        idle[:, :3] = trainer.train.resample_window_steps
+    before = [{k: p.detach().clone() for k, p in m.named_parameters()} for m in trainer.modules]
+    x = next(iter(trainer.store.batches(128, seed=5))) * trainer.scale
+    trainer._resample_dead(x)
+    for module, optimizer, old in zip(trainer.modules, trainer.optimizers, before):
+        new = dict(module.named_parameters())
+        assert not torch.equal(new["W_dec"][:, :3], old["W_dec"][:, :3])
+        assert torch.equal(new["W_dec"][:, 3:], old["W_dec"][:, 3:]), "alive features must not move"
+        torch.testing.assert_close(new["W_dec"].norm(dim=-1), torch.ones(module.n, module.width))
+        bias = new["b_gate"] if "b_gate" in new else new["b_enc"]
+        assert (bias[:, :3] == 0).all()
+        assert (optimizer.state[new["W_dec"]]["exp_avg_sq"][:, :3] == 0).all()
+        assert (optimizer.state[new["W_dec"]]["exp_avg_sq"][:, 3:] != 0).any()
+    assert len(trainer.resampled) == len(trainer.specs)
+
+
+def test_decoder_rows_stay_unit_norm_and_loss_falls(smoke_cache, tmp_path):
+    trainer = _trainer(smoke_cache, tmp_path)
+    x = next(iter(trainer.store.batches(256, seed=123))) * trainer.scale
+    with torch.no_grad():
+        before = [m(x).reconstruction for m in trainer.modules]
+    trainer.run(progress=False)
+    with torch.no_grad():
+        after = [m(x).reconstruction for m in trainer.modules]
+    for module, b, a in zip(trainer.modules, before, after):
+        norms = module.W_dec.norm(dim=-1)
+        torch.testing.assert_close(norms, torch.ones_like(norms))
+        assert (a < b).all()
+
+
+def test_lr_schedule_warms_up_and_recovers_after_resampling():
+    train = load_config(["experiment=smoke"]).train
+    factors = [lr_factor(step, train, [10]) for step in range(20)]
+    assert factors[0] == pytest.approx(1 / train.lr_warmup_steps)
+    assert factors[5] == 1.0
+    assert factors[10] == pytest.approx(train.resample_lr_factor)
+    assert factors[10] < factors[12] < factors[13] and factors[10 + train.resample_recovery_steps] == 1.0
+
+
+def test_resume_continues_to_the_same_parameters(smoke_cache, tmp_path):
+    reference = _trainer(smoke_cache, tmp_path / "reference")
+    reference.run(progress=False)
+    first = _trainer(smoke_cache, tmp_path / "resumed")
+    first.run(progress=False, stop_after=12)  # saved at step 8; steps 9-12 are lost with the "kill"
+    resumed = _trainer(smoke_cache, tmp_path / "resumed")
+    resumed.run(progress=False)
+    assert resumed.step == reference.step
+    for spec in reference.specs:
+        for name, value in _params(resumed, spec).items():
+            assert torch.equal(value, _params(reference, spec)[name]), f"{spec.name}.{name}"
+
+
+@pytest.mark.slow
+def test_train_cli_resumes_after_sigkill(smoke_cache, tmp_path):
+    import shutil
+
+    shutil.copytree(smoke_cache.paths.root / "activations", tmp_path / "activations")
+    overrides = ["train.tokens=16384", "train.checkpoint_every_steps=4"]
+    command = [sys.executable, "-m", "gatedsae", "train", "experiment=smoke", f"paths.data={tmp_path}",
+               f"--site={SITE}", f"--layer={LAYER}", *overrides]
+    out_dir = smoke_config(tmp_path, *overrides).paths.checkpoints_dir("tiny", "tiny", SITE, LAYER, "smoke")
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if (out_dir / STATE_FILE).exists():
+            state = torch.load(out_dir / STATE_FILE, weights_only=False)
+            if state["step"] >= 8:
+                os.killpg(process.pid, signal.SIGKILL)
+                break
+        time.sleep(0.02)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    assert not (out_dir / "grid.json").exists()
+    subprocess.run(command, check=True, capture_output=True)
+
+    config = smoke_config(tmp_path / "uninterrupted", *overrides)
+    shutil.copytree(smoke_cache.paths.root / "activations", tmp_path / "uninterrupted" / "activations")
+    train_grid(config, SITE, LAYER, progress=False)
+    reference_dir = config.paths.checkpoints_dir("tiny", "tiny", SITE, LAYER, "smoke")
+    for entry in json.loads((out_dir / "grid.json").read_text())["saes"]:
+        _, resumed, _ = read_checkpoint(out_dir / entry["sae"])
+        _, expected, _ = read_checkpoint(reference_dir / entry["sae"])
+        for name in expected:
+            assert torch.equal(resumed[name], expected[name]), f"{entry['sae']}.{name}"
+
+
+def test_nan_loss_stops_naming_the_sae_and_keeps_the_last_good_state(smoke_cache, tmp_path):
+    trainer = _trainer(smoke_cache, tmp_path)
+    trainer.run(progress=False, stop_after=8)
+    saved = (tmp_path / STATE_FILE).read_bytes()
+    trainer.base_lrs[1] = 1e30  # the baseline group diverges on the next step
+    with pytest.raises(NonFiniteLossError, match=trainer.specs[2].name) as error:
+        trainer.run(progress=False)
+    assert "at step 9" in str(error.value) and "(step 8)" in str(error.value)
+    assert (tmp_path / STATE_FILE).read_bytes() == saved
+
+
+def test_bad_sweep_config_is_rejected_before_compute():
+    with pytest.raises(ConfigError, match=r"sweep.groups.0.arch"):
+        load_config(["experiment=smoke", "sweep.groups.0.arch=topk"])
+    with pytest.raises(ConfigError, match=r"sweep.groups.1.l1"):
+        load_config(["experiment=smoke", "sweep.groups.1.l1=[]"])
+    with pytest.raises(ConfigError, match=r"train.buffer_rows"):
+        load_config(["experiment=smoke", "train.buffer_rows=8"])
+
+
+def test_checkpoints_are_saelens_layout_and_work_on_raw_activations(smoke_cache, tmp_path):
+    config = smoke_config(tmp_path)
+    import shutil
+
+    shutil.copytree(smoke_cache.paths.root / "activations", tmp_path / "activations")
+    index = json.loads(train_grid(config, SITE, LAYER, progress=False).read_text())
+    store = ActivationStore(config.paths.activations_dir("tiny", "tiny", SITE, LAYER), "heldout")
+    raw = store.shard(0).float()[:64]
+    trainer = _trainer(config, config.paths.checkpoints_dir("tiny", "tiny", SITE, LAYER, "smoke"))
+    assert trainer.try_resume()
+    for entry in index["saes"]:
+        cfg, tensors, record = read_checkpoint(entry["path"])
+        spec = next(s for s in trainer.specs if s.name == entry["sae"])
+        assert cfg["architecture"] == SAELENS_ARCHITECTURE[spec.arch]
+        assert (cfg["d_in"], cfg["d_sae"]) == (store.d, spec.width)
+        assert tensors["W_enc"].shape == (store.d, spec.width) and tensors["W_dec"].shape == (spec.width, store.d)
+        expected_names = {"W_enc", "b_enc", "W_dec", "b_dec"} if cfg["architecture"] == "standard" else \
+            {"W_enc", "b_gate", "b_mag", "r_mag", "W_dec", "b_dec"}
+        assert set(tensors) == expected_names
+        assert record["l1"] == spec.l1 and record["steps"] == trainer.steps and record["activation_store"]
+        module = trainer.modules[spec.group]
+        with torch.no_grad():
+            scaled = raw * trainer.scale
+            features = module.encode(scaled)[spec.index]
+            recon = module.decode(module.encode(scaled))[spec.index] / trainer.scale
+        torch.testing.assert_close(encode_raw(cfg, tensors, raw), features, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(decode_raw(tensors, encode_raw(cfg, tensors, raw)), recon, rtol=1e-4, atol=1e-4)
