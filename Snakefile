@@ -12,6 +12,13 @@ plan = ExperimentPlan(str(config.get("experiment", "default")), str(config.get("
 LOGS = "logs/" + plan.experiment
 BENCH = "benchmarks/" + plan.experiment
 
+onsuccess:
+    # dvc.yaml versions both artifact folders; an experiment that stops before training has no
+    # checkpoints yet, and DVC needs the (empty) folder to exist.
+    for folder in ("activations", "checkpoints"):
+        (plan.data / folder).mkdir(parents=True, exist_ok=True)
+
+
 wildcard_constraints:
     model=r"[^/]+",
     corpus=r"[^/]+",
