@@ -79,7 +79,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO_ROOT / "results" / "benchmarks" / "train.json"))
     args, overrides = parser.parse_known_args()
 
-    config = load_config(["experiment=default", *overrides])
+    # Every row is kept (no outlier exclusion) so that sae-lens, which reads the store as it is, sees
+    # exactly the same batches and scale.
+    config = load_config(["experiment=default", "train.max_norm_ratio=null", *overrides])
     layer = config.experiment.layers[0]
     store_dir = config.paths.activations_dir(config.model.name, config.corpus.name, args.site, layer)
     store = ActivationStore(store_dir, "train")
@@ -96,7 +98,7 @@ def main() -> None:
         "machine": machine(),
         "store": str(store_dir),
         "batch_size": config.train.batch_size,
-        "single_gated": {**single, "width": width, "l1": single_group.l1},
+        "single_gated": {**single, "width": width, "l1": single_group.l1[0]},
         "default_grid": {**grid, "groups": [{"arch": g.arch, "width": g.width(store.d), "l1": g.l1}
                                             for g in config.sweep.groups]},
         "grid_speedup_per_sae": grid["sae_tokens_per_s"] / single["sae_tokens_per_s"],
@@ -109,8 +111,11 @@ def main() -> None:
         with tempfile.NamedTemporaryFile(suffix=".json") as peer_out:
             subprocess.run([args.peer_python, str(REPO_ROOT / "scripts" / "bench_saelens_peer.py"),
                             "--store", str(store_dir), "--tokens", str(single["tokens"]), "--width", str(width),
-                            "--l1", str(single_group.l1), "--lr", str(single_group.lr),
-                            "--batch", str(config.train.batch_size), "--out", peer_out.name], check=True)
+                            "--l1", str(single_group.l1[0]), "--lr", str(single_group.lr),
+                            "--batch", str(config.train.batch_size), "--seed", str(config.train.seed),
+                            "--buffer-rows", str(config.train.buffer_rows),
+                            "--lr-warm-up-steps", str(config.train.lr_warmup_steps), "--out", peer_out.name],
+                           check=True)
             peer = json.loads(Path(peer_out.name).read_text())
         report["sae_lens"] = peer
         report["ratio_vs_sae_lens"] = single["tokens_per_s"] / peer["tokens_per_s"]

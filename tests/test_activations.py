@@ -172,3 +172,20 @@ def test_shuffled_batches_cover_every_row_once_and_depend_on_the_seed(cached):
     per_shard = len(every_row) // store.n_shards
     shard_of = {tuple(r.tolist()): i // per_shard for i, r in enumerate(every_row)}
     assert len({shard_of[tuple(r.tolist())] for r in first[1]}) > 1
+
+
+def test_outlier_rows_can_be_left_out_and_statistics_follow(cached):
+    store = ActivationStore(cached.activation_dirs()[("resid_post", 1)], "train")
+    everything = store.statistics(None)
+    assert everything["excluded"] == 0 and everything["rows"] == len(store)
+    ratio = 1.05  # far below any real threshold, so that many rows count as outliers here
+    kept = [store.rows(i, ratio) for i in range(store.n_shards)]
+    for index, rows in enumerate(kept):
+        norms = store.shard(index).float().norm(dim=-1)
+        assert 0 < len(rows) < len(norms)
+        assert (rows.norm(dim=-1) <= ratio * norms.median() + 1e-4).all()
+    stats = store.statistics(ratio)
+    rows = torch.cat(kept)
+    assert stats["rows"] == len(rows) and stats["excluded"] == len(store) - len(rows)
+    assert stats["mean_sq_norm"] == pytest.approx(float((rows.double() ** 2).sum(1).mean()), rel=1e-6)
+    assert sum(len(b) for b in store.batches(16, seed=0, buffer_rows=64, max_norm_ratio=ratio)) == len(rows)

@@ -327,29 +327,56 @@ class ActivationStore:
             self._verified.add(index)
         return _from_storage(np.load(path, mmap_mode="r"), self.manifest.dtype)
 
-    def tokens(self, limit: Optional[int] = None) -> Iterator[torch.Tensor]:
-        """Every row in stored order, shard by shard (for evaluation), at most `limit` rows."""
+    def rows(self, index: int, max_norm_ratio: Optional[float] = None,
+             dtype: Optional[torch.dtype] = torch.float32) -> torch.Tensor:
+        """Shard `index` in `dtype` (None: as stored); with `max_norm_ratio`, without the rows whose norm
+        exceeds that multiple of the shard's median norm (the massive activations counted as outliers)."""
+        rows = self.shard(index)
+        rows = rows if dtype is None else rows.to(dtype)
+        if max_norm_ratio is None:
+            return rows
+        norms = rows.float().norm(dim=-1)
+        return rows[norms <= max_norm_ratio * norms.median()]
+
+    def tokens(self, limit: Optional[int] = None, max_norm_ratio: Optional[float] = None) -> Iterator[torch.Tensor]:
+        """Every (kept) row in stored order, shard by shard (for evaluation), at most `limit` rows."""
         remaining = len(self) if limit is None else limit
         for index in range(self.n_shards):
             if remaining <= 0:
                 return
-            rows = self.shard(index)[:remaining]
+            rows = self.rows(index, max_norm_ratio, dtype=None)[:remaining]
             remaining -= len(rows)
             yield rows
 
+    def statistics(self, max_norm_ratio: Optional[float] = None) -> dict:
+        """Mean, E||x||² and row counts over the split, outliers excluded if `max_norm_ratio` is set.
+        Without it the manifest's figures are returned and nothing is read."""
+        if max_norm_ratio is None:
+            return {"mean": torch.tensor(self.manifest.mean[self.split]), "rows": len(self), "excluded": 0,
+                    "mean_sq_norm": self.manifest.mean_sq_norm[self.split]}
+        total, sum_sq, rows = torch.zeros(self.d, dtype=torch.float64), 0.0, 0
+        for index in range(self.n_shards):
+            kept = self.rows(index, max_norm_ratio).double()
+            total += kept.sum(0)
+            sum_sq += float((kept**2).sum())
+            rows += len(kept)
+        return {"mean": (total / rows).float(), "mean_sq_norm": sum_sq / rows, "rows": rows,
+                "excluded": len(self) - rows}
+
     def batches(self, batch_size: int, seed: int, buffer_rows: int = 1 << 18,
-                dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
+                dtype: torch.dtype = torch.float32, max_norm_ratio: Optional[float] = None) -> Iterator[torch.Tensor]:
         """One epoch of shuffled batches: shards in a seeded order flow through a mixing buffer.
 
         The buffer is filled to `buffer_rows`, permuted, and its first half is emitted while the rest
         stays to mix with the next shards, so rows from different shards meet in one batch while memory
         stays bounded by the buffer. The tail is emitted at the end (the last batch may be short).
+        With `max_norm_ratio`, outlier rows are left out (see `rows`).
         """
         generator = torch.Generator().manual_seed(seed)
         order = torch.randperm(self.n_shards, generator=generator).tolist()
         buffer = torch.empty(0, self.d, dtype=dtype)
         for index in order:
-            buffer = torch.cat([buffer, self.shard(index).to(dtype)])
+            buffer = torch.cat([buffer, self.rows(index, max_norm_ratio, dtype)])
             while len(buffer) >= buffer_rows:
                 buffer = buffer[torch.randperm(len(buffer), generator=generator)]
                 emit = (len(buffer) // 2 // batch_size) * batch_size or batch_size

@@ -213,7 +213,8 @@ class TrainConfig:
     adam_beta1: float = 0.0
     adam_beta2: float = 0.999
     lr_warmup_steps: int = 20
-    normalize: str = "mean_sq_norm"  # scale activations so E||x||² = 1 (from the store manifest) | none
+    normalize: str = "mean_sq_norm"  # scale activations so E||x||² = 1 over the training rows | none
+    max_norm_ratio: Optional[float] = 50.0  # leave out rows above this × their shard's median norm (None: keep)
     resample_at: list[float] = field(default_factory=lambda: [0.25, 0.5])  # fractions of training
     resample_window_steps: int = 20  # a feature is dead if it did not fire in this many recent steps
     resample_lr_factor: float = 0.1  # lr drop after a resample, recovered along a cosine ...
@@ -234,6 +235,8 @@ class TrainConfig:
         _require(all(0 < f < 1 for f in self.resample_at), "train.resample_at",
                  "list fractions of training strictly between 0 and 1")
         _require(self.buffer_rows >= self.batch_size, "train.buffer_rows", "must be at least train.batch_size")
+        _require(self.max_norm_ratio is None or self.max_norm_ratio > 1, "train.max_norm_ratio",
+                 "must be above 1 (a multiple of the median norm), or null to keep every row")
 
     @property
     def steps(self) -> int:

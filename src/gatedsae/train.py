@@ -71,7 +71,8 @@ def batch_stream(store: ActivationStore, train: TrainConfig, skip: int = 0) -> I
     """Full batches forever, epoch after epoch (each epoch reshuffled with seed + epoch); skip `skip`."""
     produced = 0
     for epoch in itertools.count():
-        for batch in store.batches(train.batch_size, seed=train.seed + epoch, buffer_rows=train.buffer_rows):
+        for batch in store.batches(train.batch_size, seed=train.seed + epoch, buffer_rows=train.buffer_rows,
+                                   max_norm_ratio=train.max_norm_ratio):
             if len(batch) < train.batch_size:
                 continue  # keep every step the same size
             produced += 1
@@ -95,6 +96,7 @@ class GridTrainer:
     def __init__(self, config: Config, store: ActivationStore, out_dir: Path):
         self.config, self.train, self.store, self.out_dir = config, config.train, store, Path(out_dir)
         self.device = torch.device(self.train.device)
+        self.data_statistics = store.statistics(self.train.max_norm_ratio)
         self.scale = self._activation_scale()
         self.modules, self.specs = build_grid(config, store.d)
         self.modules = [m.to(self.device) for m in self.modules]
@@ -117,12 +119,11 @@ class GridTrainer:
     def _activation_scale(self) -> float:
         if self.train.normalize == "none":
             return 1.0
-        mean_sq_norm = self.store.manifest.mean_sq_norm[self.store.split]
-        return 1.0 / math.sqrt(mean_sq_norm)
+        return 1.0 / math.sqrt(self.data_statistics["mean_sq_norm"])
 
     def _init_decoder_bias(self) -> None:
         """b_dec starts at the data mean (as in Bricken et al. / the paper's codebase), scaled."""
-        mean = torch.tensor(self.store.manifest.mean[self.store.split], dtype=torch.float32) * self.scale
+        mean = self.data_statistics["mean"].float() * self.scale
         for module in self.modules:
             with torch.no_grad():
                 module.b_dec.copy_(mean.expand_as(module.b_dec))
@@ -297,6 +298,9 @@ def train_grid(config: Config, site: str, layer: int, progress: bool = True) -> 
             "site": site, "layer": layer, "d": store.d, "steps": trainer.step,
             "tokens": trainer.step * config.train.batch_size, "seed": config.train.seed,
             "activation_scale": trainer.scale, "final_losses": trainer.last_losses[spec.name],
+            "max_norm_ratio": config.train.max_norm_ratio,
+            "rows_excluded_as_outliers": trainer.data_statistics["excluded"],
+            "rows_per_epoch": trainer.data_statistics["rows"],
             "resampled": [r for r in trainer.resampled if r["sae"] == spec.name],
             "alive_fraction": float(trainer.fired_ever[spec.group][spec.index].float().mean()),
             "train_config": asdict(config.train), "code_version": code_version(),

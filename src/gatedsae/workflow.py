@@ -87,6 +87,9 @@ class ExperimentPlan:
         return " ".join(shlex.quote(a) for a in args)
 
     def params(self, *parts: str) -> str:
-        """The resolved config sections a stage depends on, as one canonical JSON string."""
+        """The resolved config sections a stage depends on, as one canonical JSON string. The
+        experiment's name and `through` choose what to build, not how, so they never rerun a job."""
         resolved = asdict(self.config)
+        for key in ("name", "through"):
+            resolved["experiment"].pop(key)
         return json.dumps({part: resolved[part] for part in parts}, sort_keys=True)
