@@ -39,6 +39,7 @@ push: setup
 
 bench: setup
 	$(BIN)/python scripts/bench_cache.py
+	$(BIN)/python scripts/bench_train.py
 
 # Re-pin every dependency from the current environment (torch is installed apart, first).
 lock:
