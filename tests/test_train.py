@@ -168,12 +168,19 @@ def test_bad_sweep_config_is_rejected_before_compute():
         load_config(["experiment=smoke", "train.buffer_rows=8"])
 
 
-def test_checkpoints_are_saelens_layout_and_work_on_raw_activations(smoke_cache, tmp_path):
-    config = smoke_config(tmp_path)
+@pytest.fixture(scope="module")
+def smoke_grid(smoke_cache, tmp_path_factory):
+    """The smoke sweep trained and exported once: (config, grid index)."""
     import shutil
 
-    shutil.copytree(smoke_cache.paths.root / "activations", tmp_path / "activations")
-    index = json.loads(train_grid(config, SITE, LAYER, progress=False).read_text())
+    data = tmp_path_factory.mktemp("grid")
+    shutil.copytree(smoke_cache.paths.root / "activations", data / "activations")
+    config = smoke_config(data)
+    return config, json.loads(train_grid(config, SITE, LAYER, progress=False).read_text())
+
+
+def test_checkpoints_are_saelens_layout_and_work_on_raw_activations(smoke_grid):
+    config, index = smoke_grid
     store = ActivationStore(config.paths.activations_dir("tiny", "tiny", SITE, LAYER), "heldout")
     raw = store.shard(0).float()[:64]
     trainer = _trainer(config, config.paths.checkpoints_dir("tiny", "tiny", SITE, LAYER, "smoke"))
@@ -195,3 +202,17 @@ def test_checkpoints_are_saelens_layout_and_work_on_raw_activations(smoke_cache,
             recon = module.decode(module.encode(scaled))[spec.index] / trainer.scale
         torch.testing.assert_close(encode_raw(cfg, tensors, raw), features, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(decode_raw(tensors, encode_raw(cfg, tensors, raw)), recon, rtol=1e-4, atol=1e-4)
+
+
+def test_sae_lens_loads_the_checkpoints_and_computes_the_same_features(smoke_grid):
+    sae_lens = pytest.importorskip("sae_lens")
+    config, index = smoke_grid
+    raw = ActivationStore(config.paths.activations_dir("tiny", "tiny", SITE, LAYER), "heldout").shard(0).float()[:64]
+    for entry in index["saes"]:
+        cfg, tensors, _ = read_checkpoint(entry["path"])
+        sae = sae_lens.SAE.load_from_disk(entry["path"], device="cpu")
+        assert sae.cfg.architecture() == cfg["architecture"]
+        with torch.no_grad():
+            torch.testing.assert_close(sae.encode(raw), encode_raw(cfg, tensors, raw), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(sae(raw), decode_raw(tensors, encode_raw(cfg, tensors, raw)), rtol=1e-4,
+                                       atol=1e-4)
