@@ -131,3 +131,23 @@ rule train_grid:
         gpu=1 if plan.config.train.device.startswith("cuda") else 0,
     shell:
         plan.command("train") + " --site={wildcards.site} --layer={wildcards.layer} > {log} 2>&1"
+
+
+rule rescale_shift:
+    """Fig. 9: each trained baseline frozen, only a per-feature rescale and shift learned on top."""
+    input:
+        plan.grid_index(),
+    output:
+        plan.rescale_shift_index(),
+    params:
+        config=plan.params("sweep", "train"),
+    log:
+        LOGS + "/rescale_shift/{model}/{corpus}/{site}/layer{layer}/{sweep}.log",
+    benchmark:
+        BENCH + "/rescale_shift/{model}/{corpus}/{site}/layer{layer}/{sweep}.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        gpu=1 if plan.config.train.device.startswith("cuda") else 0,
+    shell:
+        plan.command("rescale-shift") + " --site={wildcards.site} --layer={wildcards.layer} > {log} 2>&1"

@@ -216,3 +216,27 @@ def test_sae_lens_loads_the_checkpoints_and_computes_the_same_features(smoke_gri
             torch.testing.assert_close(sae.encode(raw), encode_raw(cfg, tensors, raw), rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(sae(raw), decode_raw(tensors, encode_raw(cfg, tensors, raw)), rtol=1e-4,
                                        atol=1e-4)
+
+
+def test_rescale_shift_trains_only_rmag_and_bmag_on_the_frozen_baselines(smoke_grid):
+    from gatedsae.train import train_rescale_shift
+
+    config, index = smoke_grid
+    shifted = json.loads(train_rescale_shift(config, SITE, LAYER, progress=False).read_text())
+    baselines = {e["l1"]: e for e in index["saes"] if e["arch"] == "baseline"}
+    assert sorted(e["l1"] for e in shifted["saes"]) == sorted(baselines)
+    raw = ActivationStore(config.paths.activations_dir("tiny", "tiny", SITE, LAYER), "heldout").shard(0).float()
+    for entry in shifted["saes"]:
+        cfg, tensors, record = read_checkpoint(entry["path"])
+        base_cfg, base, _ = read_checkpoint(baselines[entry["l1"]]["path"])
+        assert cfg["architecture"] == "gated" and record["arch"] == "baseline_rescale_shift"
+        for ours, theirs in (("W_enc", "W_enc"), ("b_gate", "b_enc"), ("W_dec", "W_dec"), ("b_dec", "b_dec")):
+            assert torch.equal(tensors[ours], base[theirs]), f"{ours} must stay the trained baseline's"
+        assert not torch.equal(tensors["r_mag"], torch.zeros_like(tensors["r_mag"]))
+        # Same features fire (the gate is the baseline's), magnitudes change, and reconstruction improves.
+        new = encode_raw(cfg, tensors, raw)
+        old = encode_raw(base_cfg, base, raw)
+        assert torch.equal(new > 0, old > 0) or ((new > 0) & ~(old > 0)).sum() == 0
+        error_new = ((decode_raw(tensors, new) - raw) ** 2).sum(-1).mean()
+        error_old = ((decode_raw(base, old) - raw) ** 2).sum(-1).mean()
+        assert error_new < error_old

@@ -85,6 +85,7 @@ def test_smoke_workflow_end_to_end_then_nothing_to_do(scratch_repo):
         assert (scratch_repo / f"data/activations/tiny/tiny/{site}/layer1/train/shard_00000.npy").stat().st_size > 0
     grids = sorted(scratch_repo.glob("data/checkpoints/tiny/tiny/*/layer1/smoke/grid.json"))
     assert len(grids) == 3, "the smoke experiment runs through training"
+    assert len(list(scratch_repo.glob("data/checkpoints/tiny/tiny/*/layer1/smoke/rescale_shift/grid.json"))) == 3
     for grid in grids:
         for entry in json.loads(grid.read_text())["saes"]:
             assert (scratch_repo / entry["path"] / "sae_weights.safetensors").stat().st_size > 0

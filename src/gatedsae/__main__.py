@@ -43,12 +43,19 @@ def _train(config: Config, site: str, layer: str) -> None:
     print(f"wrote {train_grid(config, site, int(layer))}")
 
 
+def _rescale_shift(config: Config, site: str, layer: str) -> None:
+    from .train import train_rescale_shift
+
+    print(f"wrote {train_rescale_shift(config, site, int(layer))}")
+
+
 STAGES: dict[str, Callable[..., None]] = {
     "prepare-model": _prepare_model,
     "fetch-corpus": _fetch_corpus,
     "tokenize": _tokenize,
     "cache": _cache,
     "train": _train,  # takes --site=<site> --layer=<layer>
+    "rescale-shift": _rescale_shift,  # likewise; needs the trained grid
 }
 
 
@@ -62,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [a for a in argv[1:] if not a.startswith("--")]
     try:
         config = load_config(overrides)
-        if argv[0] == "train":
+        if argv[0] in ("train", "rescale-shift"):
             _check_target(config, options)
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)

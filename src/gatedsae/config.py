@@ -197,9 +197,12 @@ class SweepConfig:
 
     name: str = "default"
     groups: list[SAEGroupConfig] = field(default_factory=list)
+    rescale_shift: bool = False  # also train Fig. 9's rescale-and-shift on top of each trained baseline
 
     def validate(self) -> None:
         _require(bool(self.groups), "sweep.groups", "list at least one group of SAEs")
+        _require(not self.rescale_shift or any(g.arch == "baseline" for g in self.groups), "sweep.rescale_shift",
+                 "needs a baseline group to rescale and shift")
         for index, group in enumerate(self.groups):
             group.validate(f"sweep.groups.{index}")
 

@@ -24,8 +24,8 @@ import torch
 
 from .activations import ActivationStore
 from .atomic import atomic_path, write_json_atomic
-from .config import Config, TrainConfig, config_hash
-from .saes import BatchedSAE, make_sae
+from .config import Config, ConfigError, TrainConfig, config_hash
+from .saes import BatchedSAE, RescaleShiftSAE, make_sae
 
 STATE_FILE = "training_state.pt"
 
@@ -93,18 +93,25 @@ def lr_factor(step: int, train: TrainConfig, resample_steps: list[int]) -> float
 
 
 class GridTrainer:
-    def __init__(self, config: Config, store: ActivationStore, out_dir: Path):
+    """Trains the sweep of `config` (or the given `grid`: modules, specs and one lr per module)."""
+
+    def __init__(self, config: Config, store: ActivationStore, out_dir: Path,
+                 grid: Optional[tuple[list[BatchedSAE], list[SAESpec], list[float]]] = None, identity_extra: str = ""):
         self.config, self.train, self.store, self.out_dir = config, config.train, store, Path(out_dir)
         self.device = torch.device(self.train.device)
         self.data_statistics = store.statistics(self.train.max_norm_ratio)
         self.scale = self._activation_scale()
-        self.modules, self.specs = build_grid(config, store.d)
-        self.modules = [m.to(self.device) for m in self.modules]
+        if grid is None:
+            modules, self.specs = build_grid(config, store.d)
+            self.base_lrs = [group.lr for group in config.sweep.groups]
+        else:
+            modules, self.specs, self.base_lrs = grid
+        self.identity_extra = identity_extra
+        self.modules = [m.to(self.device) for m in modules]
         self.optimizers = [
-            torch.optim.Adam(m.trainable_parameters(), lr=group.lr, betas=(self.train.adam_beta1, self.train.adam_beta2))
-            for m, group in zip(self.modules, config.sweep.groups)
+            torch.optim.Adam(m.trainable_parameters(), lr=lr, betas=(self.train.adam_beta1, self.train.adam_beta2))
+            for m, lr in zip(self.modules, self.base_lrs)
         ]
-        self.base_lrs = [group.lr for group in config.sweep.groups]
         self.steps = self.train.steps
         self.resample_steps = sorted({int(f * self.steps) for f in self.train.resample_at})
         self.step = 0
@@ -125,8 +132,9 @@ class GridTrainer:
         """b_dec starts at the data mean (as in Bricken et al. / the paper's codebase), scaled."""
         mean = self.data_statistics["mean"].float() * self.scale
         for module in self.modules:
-            with torch.no_grad():
-                module.b_dec.copy_(mean.expand_as(module.b_dec))
+            if module.decoder_trainable:  # a frozen decoder (rescale-and-shift) keeps its trained b_dec
+                with torch.no_grad():
+                    module.b_dec.copy_(mean.expand_as(module.b_dec))
 
     # --- state ----------------------------------------------------------------------------------------
 
@@ -145,7 +153,8 @@ class GridTrainer:
     def identity(self) -> str:
         """Settings a saved state must share to be resumed."""
         return config_hash({"sweep": asdict(self.config.sweep), "train": asdict(self.train),
-                            "store": self.store.manifest.config_hash, "d": self.store.d})
+                            "store": self.store.manifest.config_hash, "d": self.store.d,
+                            "extra": self.identity_extra})
 
     def save_state(self) -> None:
         with atomic_path(self.out_dir / STATE_FILE) as tmp:
@@ -277,15 +286,47 @@ GRID_INDEX = "grid.json"
 
 def train_grid(config: Config, site: str, layer: int, progress: bool = True) -> Path:
     """Train the sweep on (site, layer)'s store; write one checkpoint per SAE, then `grid.json` last."""
+    out_dir = config.paths.checkpoints_dir(config.model.name, config.corpus.name, site, layer, config.sweep.name)
+    store = ActivationStore(config.paths.activations_dir(config.model.name, config.corpus.name, site, layer), "train")
+    trainer = GridTrainer(config, store, out_dir)
+    trainer.run(progress=progress)
+    return export_grid(trainer, site, layer, out_dir)
+
+
+RESCALE_SHIFT_DIR = "rescale_shift"
+
+
+def train_rescale_shift(config: Config, site: str, layer: int, progress: bool = True) -> Path:
+    """Fig. 9: freeze each trained baseline of the grid and learn only a per-feature rescale and shift."""
+    grid_dir = config.paths.checkpoints_dir(config.model.name, config.corpus.name, site, layer, config.sweep.name)
+    store = ActivationStore(config.paths.activations_dir(config.model.name, config.corpus.name, site, layer), "train")
+    trained = GridTrainer(config, store, grid_dir)
+    if not trained.try_resume() or trained.step < trained.steps:
+        raise FileNotFoundError(f"{grid_dir / STATE_FILE} holds no finished grid; run the train_grid stage first")
+    modules, specs, lrs = [], [], []
+    for group, (module, lr) in enumerate(zip(trained.modules, trained.base_lrs)):
+        if module.arch != "baseline":
+            continue
+        wrapped = RescaleShiftSAE.from_baseline(module)
+        specs += [SAESpec(len(modules), s.index, wrapped.arch, s.width, s.l1, lr)
+                  for s in trained.specs if s.group == group]
+        modules.append(wrapped)
+        lrs.append(lr)
+    if not modules:
+        raise ConfigError(f"sweep '{config.sweep.name}' has no baseline group to rescale and shift")
+    out_dir = grid_dir / RESCALE_SHIFT_DIR
+    trainer = GridTrainer(config, store, out_dir, grid=(modules, specs, lrs), identity_extra=trained.identity())
+    trainer.run(progress=progress)
+    return export_grid(trainer, site, layer, out_dir)
+
+
+def export_grid(trainer: GridTrainer, site: str, layer: int, out_dir: Path) -> Path:
+    """One checkpoint per SAE of a trained grid, then `grid.json` (written last: the stage's output)."""
     from .checkpoints import code_version, write_checkpoint
     from .sites import hook_name
 
-    store_dir = config.paths.activations_dir(config.model.name, config.corpus.name, site, layer)
-    out_dir = config.paths.checkpoints_dir(config.model.name, config.corpus.name, site, layer, config.sweep.name)
-    store = ActivationStore(store_dir, "train")
-    trainer = GridTrainer(config, store, out_dir)
-    trainer.run(progress=progress)
-
+    config, store = trainer.config, trainer.store
+    store_dir = store.directory
     meta = {
         "model_name": config.model.name, "hook_name": hook_name(site, layer), "hook_layer": layer,
         "context_size": config.experiment.context_length, "prepend_bos": True, "dataset_path": config.corpus.name,

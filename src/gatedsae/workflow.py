@@ -64,6 +64,9 @@ class ExperimentPlan:
         return str(self.data / "checkpoints" / "{model}" / "{corpus}" / "{site}" / "layer{layer}" / "{sweep}"
                    / "grid.json")
 
+    def rescale_shift_index(self) -> str:
+        return self.grid_index().replace("grid.json", "rescale_shift/grid.json")
+
     def _concrete(self, pattern: str) -> list[str]:
         return [
             pattern.format(model=self.model, corpus=self.corpus, site=site, layer=layer, sweep=self.config.sweep.name)
@@ -72,8 +75,10 @@ class ExperimentPlan:
         ]
 
     def stage_targets(self, stage: str) -> list[str]:
-        patterns = {"cache": self.store_manifest(), "train": self.grid_index()}
-        return sorted(set(self._concrete(patterns[stage])))
+        patterns = {"cache": [self.store_manifest()], "train": [self.grid_index()]}
+        if self.config.sweep.rescale_shift:
+            patterns["train"].append(self.rescale_shift_index())
+        return sorted({path for pattern in patterns[stage] for path in self._concrete(pattern)})
 
     def targets(self) -> list[str]:
         """What `snakemake all` builds: every output of the experiment's last stage."""
