@@ -211,21 +211,22 @@ class GridTrainer:
             if not torch.isfinite(total).all():
                 bad = int((~torch.isfinite(total)).nonzero()[0])
                 spec = next(s for s in self.specs if s.group == g and s.index == bad)
-                raise NonFiniteLossError(
-                    f"loss of SAE {spec.name} became {total[bad].item()} at step {self.step}; the last good state "
-                    f"(step {self.step - self.step % self.train.checkpoint_every_steps}) is kept in "
-                    f"{self.out_dir / STATE_FILE}. Lower its lr or check the activations."
-                )
+                saved = self.step - self.step % self.train.checkpoint_every_steps
+                kept = (f"the last good state (step {saved}) is kept in {self.out_dir / STATE_FILE}" if saved
+                        else "no state had been saved yet")
+                raise NonFiniteLossError(f"loss of SAE {spec.name} became {total[bad].item()} at step {self.step}; "
+                                         f"{kept}. Lower its lr or check the activations.")
             optimizer.zero_grad(set_to_none=True)
             total.sum().backward()
             module.remove_parallel_decoder_grad_()
             optimizer.step()
             module.normalize_decoder_()
             with torch.no_grad():
-                fired = (terms.features > 0).any(dim=1).cpu()
+                active = terms.features > 0
+                fired = active.any(dim=1).cpu()
                 self.idle_steps[g] = torch.where(fired, 0, self.idle_steps[g] + 1)
                 self.fired_ever[g] |= fired
-                l0 = (terms.features > 0).float().sum(-1).mean(-1)
+                l0 = active.float().sum(-1).mean(-1)
                 for spec in (s for s in self.specs if s.group == g):
                     self.last_losses[spec.name] = {
                         "total": float(terms.total[spec.index]), "reconstruction": float(terms.reconstruction[spec.index]),
