@@ -1,10 +1,10 @@
-# The DAG: corpus -> tokens -> activation cache (-> training -> evaluation -> tables -> figures).
+# The DAG: corpus -> tokens -> activation cache -> training -> evaluation -> tables -> figures -> report.
 # Every number comes from conf/ (Hydra); this file only wires paths, wildcards and resources.
 #
 #   snakemake --profile profiles/local                                  # the default experiment
 #   snakemake --profile profiles/local --config experiment=smoke
 #   snakemake --profile profiles/local --config experiment=default overrides="cache.train_tokens=200000"
-#   snakemake --profile profiles/local train      # build through a given stage: cache | train
+#   snakemake --profile profiles/local train      # build through a given stage: cache | train | evaluate
 
 from gatedsae.workflow import ExperimentPlan
 
@@ -15,7 +15,7 @@ BENCH = "benchmarks/" + plan.experiment
 onsuccess:
     # dvc.yaml versions both artifact folders; an experiment that stops before training has no
     # checkpoints yet, and DVC needs the (empty) folder to exist.
-    for folder in ("activations", "checkpoints"):
+    for folder in ("activations", "checkpoints", "evaluation"):
         (plan.data / folder).mkdir(parents=True, exist_ok=True)
 
 
@@ -41,6 +41,11 @@ rule cache:
 rule train:
     input:
         plan.stage_targets("train"),
+
+
+rule evaluate:
+    input:
+        plan.stage_targets("evaluate"),
 
 
 rule prepare_model:
@@ -151,3 +156,64 @@ rule rescale_shift:
         gpu=1 if plan.config.train.device.startswith("cuda") else 0,
     shell:
         plan.command("rescale-shift") + " --site={wildcards.site} --layer={wildcards.layer} > {log} 2>&1"
+
+
+rule evaluate_grid:
+    """Held-out metrics of every SAE of (site, layer); the clean prefix is computed once per batch and
+    SAEs whose checkpoint and settings are unchanged keep their saved results."""
+    input:
+        grids=plan.trained_grids(),
+        store=plan.store_manifest(),
+        tokens=plan.tokens_manifest(),
+    output:
+        plan.evaluation(),
+    params:
+        config=plan.params("evaluate"),
+    log:
+        LOGS + "/evaluate/{model}/{corpus}/{site}/layer{layer}/{sweep}.log",
+    benchmark:
+        BENCH + "/evaluate/{model}/{corpus}/{site}/layer{layer}/{sweep}.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        gpu=1 if plan.config.evaluate.device.startswith("cuda") else 0,
+    shell:
+        plan.command("evaluate") + " --site={wildcards.site} --layer={wildcards.layer} > {log} 2>&1"
+
+
+rule aggregate:
+    """metrics.csv (one row per SAE), the paper-layout tables, the headline and the DVC metrics summary."""
+    input:
+        plan.evaluations(),
+    output:
+        **plan.aggregate_outputs(),
+    log:
+        LOGS + "/aggregate.log",
+    shell:
+        plan.command("aggregate") + " > {log} 2>&1"
+
+
+rule figures:
+    """Every figure family, PNG and PDF; figures.json (files and captions) is written last."""
+    input:
+        metrics=plan.aggregate_outputs()["metrics"],
+        densities=plan.aggregate_outputs()["densities"],
+    output:
+        plan.figures_index(),
+    log:
+        LOGS + "/figures.log",
+    shell:
+        plan.command("figures") + " > {log} 2>&1"
+
+
+rule html_report:
+    """One self-contained HTML file: headline vs the paper, figures, tables, configuration, versions."""
+    input:
+        plan.figures_index(),
+        **plan.aggregate_outputs(),
+    output:
+        plan.report(),
+    log:
+        LOGS + "/report.log",
+    shell:
+        plan.command("report") + " > {log} 2>&1"

@@ -49,6 +49,49 @@ def _rescale_shift(config: Config, site: str, layer: str) -> None:
     print(f"wrote {train_rescale_shift(config, site, int(layer))}")
 
 
+def _evaluate(config: Config, site: str, layer: str) -> None:
+    from .evaluate import evaluate_grid
+
+    print(f"wrote {evaluate_grid(config, site, int(layer))}")
+
+
+def _evaluate_checkpoint(config: Config, checkpoint: str) -> None:
+    """Recompute one checkpoint's metrics from the checkpoint and the data; print them as JSON."""
+    import json
+
+    from .evaluate import evaluate_checkpoint
+
+    row = evaluate_checkpoint(config, checkpoint)
+    row.pop("density_histogram")
+    print(json.dumps(row, indent=2))
+
+
+def _aggregate(config: Config) -> None:
+    from .tables import aggregate
+
+    for path in aggregate(evaluation_files(config), config.experiment.results).values():
+        print(f"wrote {path}")
+
+
+def _figures(config: Config) -> None:
+    from .figures import render_all
+
+    print(f"wrote {render_all(config.experiment.results, config.experiment.figures)}")
+
+
+def _report(config: Config) -> None:
+    from .report import write_report
+
+    print(f"wrote {write_report(config)}")
+
+
+def evaluation_files(config: Config) -> list:
+    from .evaluate import METRICS_FILE
+
+    return [config.paths.evaluation_dir(config.model.name, config.corpus.name, site, layer, config.sweep.name)
+            / METRICS_FILE for site in config.experiment.sites for layer in config.experiment.layers]
+
+
 STAGES: dict[str, Callable[..., None]] = {
     "prepare-model": _prepare_model,
     "fetch-corpus": _fetch_corpus,
@@ -56,20 +99,26 @@ STAGES: dict[str, Callable[..., None]] = {
     "cache": _cache,
     "train": _train,  # takes --site=<site> --layer=<layer>
     "rescale-shift": _rescale_shift,  # likewise; needs the trained grid
+    "evaluate": _evaluate,  # likewise; evaluates the site's grids
+    "evaluate-checkpoint": _evaluate_checkpoint,  # --checkpoint=<dir>: recompute one SAE's metrics row
+    "aggregate": _aggregate,  # metrics.csv, tables, headline, summary
+    "figures": _figures,
+    "report": _report,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in STAGES:
-        print(f"usage: python -m gatedsae {{{'|'.join(STAGES)}}} [key=value ...] [--site=S --layer=L]",
+        print(f"usage: python -m gatedsae {{{'|'.join(STAGES)}}} [key=value ...] [--site=S --layer=L] "
+              "[--checkpoint=DIR]",
               file=sys.stderr)
         return 2
     options = dict(a[2:].split("=", 1) for a in argv[1:] if a.startswith("--") and "=" in a)
     overrides = [a for a in argv[1:] if not a.startswith("--")]
     try:
         config = load_config(overrides)
-        if argv[0] in ("train", "rescale-shift"):
+        if argv[0] in ("train", "rescale-shift", "evaluate"):
             _check_target(config, options)
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)

@@ -22,7 +22,7 @@ CONF_DIR = REPO_ROOT / "conf"
 
 DTYPES = ("float32", "bfloat16", "float16")
 SITES = ("resid_post", "mlp_out", "attn_z")
-STAGES = ("cache", "train")  # pipeline stages, in order, that an experiment can be run through
+STAGES = ("cache", "train", "evaluate", "report")  # pipeline stages, in order, an experiment can run through
 
 
 class ConfigError(ValueError):
@@ -157,7 +157,17 @@ class ExperimentConfig:
     layers: list[int] = field(default_factory=list)
     sites: list[str] = field(default_factory=lambda: list(SITES))
     context_length: int = 128
-    through: str = "cache"  # the last stage `snakemake all` builds: cache | train
+    through: str = "report"  # the last stage `snakemake all` builds: cache | train | evaluate | report
+    results_dir: str = ""    # tables, headline, report ("": results/<name>)
+    figures_dir: str = ""    # figures ("": paper_figures/<name>)
+
+    @property
+    def results(self) -> Path:
+        return Path(self.results_dir or f"results/{self.name}")
+
+    @property
+    def figures(self) -> Path:
+        return Path(self.figures_dir or f"paper_figures/{self.name}")
 
     def validate(self) -> None:
         _require(bool(self.name), "experiment.name", "must be set")
@@ -177,10 +187,13 @@ class SAEGroupConfig:
     width_ratio: float = 4.0
     lr: float = 1e-3
     l1: list[float] = field(default_factory=list)
+    sites: list[str] = field(default_factory=list)  # train this group only at these sites ([]: every site)
 
     def validate(self, key: str) -> None:
         from .saes import ARCHITECTURES
 
+        for site in self.sites:
+            _choice(site, f"{key}.sites", SITES)
         _choice(self.arch, f"{key}.arch", sorted(ARCHITECTURES))
         _require(self.width_ratio > 0, f"{key}.width_ratio", "must be positive")
         _require(self.lr > 0, f"{key}.lr", "must be positive")
@@ -189,6 +202,9 @@ class SAEGroupConfig:
 
     def width(self, d: int) -> int:
         return int(round(self.width_ratio * d))
+
+    def trained_at(self, site: str) -> bool:
+        return not self.sites or site in self.sites
 
 
 @dataclass
@@ -205,6 +221,10 @@ class SweepConfig:
                  "needs a baseline group to rescale and shift")
         for index, group in enumerate(self.groups):
             group.validate(f"sweep.groups.{index}")
+
+    def groups_at(self, site: str) -> list[SAEGroupConfig]:
+        """The groups trained at `site` (ablation groups may be limited to some sites)."""
+        return [group for group in self.groups if group.trained_at(site)]
 
 
 @dataclass
@@ -247,6 +267,27 @@ class TrainConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """Held-out evaluation: reconstruction metrics from the activation store, CE from the LM."""
+
+    heldout_tokens: Optional[int] = None  # held-out rows for L0 / FVU / γ / density (None: the whole split)
+    max_norm_ratio: Optional[float] = 50.0  # rows left out of the reconstruction metrics, as in training
+    batch_rows: int = 8192                # rows per SAE forward
+    ce_windows: int = 64                  # held-out context windows for the spliced-LM losses
+    batch_windows: int = 8                # windows per LM batch (prefix computed once per batch)
+    device: str = "cpu"
+    threads: int = 0
+
+    def validate(self) -> None:
+        for key in ("batch_rows", "ce_windows", "batch_windows"):
+            _require(getattr(self, key) > 0, f"evaluate.{key}", "must be a positive integer")
+        _require(self.heldout_tokens is None or self.heldout_tokens > 0, "evaluate.heldout_tokens",
+                 "must be positive, or null for the whole held-out split")
+        _require(self.max_norm_ratio is None or self.max_norm_ratio > 1, "evaluate.max_norm_ratio",
+                 "must be above 1 (a multiple of the median norm), or null to keep every row")
+
+
+@dataclass
 class PathsConfig:
     data: str = "data"
 
@@ -273,6 +314,9 @@ class PathsConfig:
     def checkpoints_dir(self, model: str, corpus: str, site: str, layer: int, sweep: str) -> Path:
         return self.root / "checkpoints" / model / corpus / site / f"layer{layer}" / sweep
 
+    def evaluation_dir(self, model: str, corpus: str, site: str, layer: int, sweep: str) -> Path:
+        return self.root / "evaluation" / model / corpus / site / f"layer{layer}" / sweep
+
 
 @dataclass
 class Config:
@@ -282,11 +326,12 @@ class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 0
 
     def validate(self) -> None:
-        for part in (self.model, self.corpus, self.cache, self.experiment, self.sweep, self.train):
+        for part in (self.model, self.corpus, self.cache, self.experiment, self.sweep, self.train, self.evaluate):
             part.validate()
         for layer in self.experiment.layers:
             _require(0 <= layer < self.model.n_layers, "experiment.layers",

@@ -50,10 +50,10 @@ class SAESpec:
         return f"{self.arch}_w{self.width}_l1_{self.l1:g}"
 
 
-def build_grid(config: Config, d: int) -> tuple[list[BatchedSAE], list[SAESpec]]:
-    """Batched modules for the sweep's groups; an SAE's init depends only on (seed, its spec)."""
+def build_grid(config: Config, d: int, site: str) -> tuple[list[BatchedSAE], list[SAESpec]]:
+    """Batched modules for the sweep's groups at `site`; an SAE's init depends only on (seed, its spec)."""
     modules, specs = [], []
-    for g, group in enumerate(config.sweep.groups):
+    for g, group in enumerate(config.sweep.groups_at(site)):
         width = group.width(d)
         seeds = [_sae_seed(config.train.seed, group.arch, width, l1) for l1 in group.l1]
         modules.append(make_sae(group.arch, len(group.l1), d, width, torch.tensor(group.l1), config.train.seed,
@@ -102,8 +102,8 @@ class GridTrainer:
         self.data_statistics = store.statistics(self.train.max_norm_ratio)
         self.scale = self._activation_scale()
         if grid is None:
-            modules, self.specs = build_grid(config, store.d)
-            self.base_lrs = [group.lr for group in config.sweep.groups]
+            modules, self.specs = build_grid(config, store.d, store.manifest.site)
+            self.base_lrs = [group.lr for group in config.sweep.groups_at(store.manifest.site)]
         else:
             modules, self.specs, self.base_lrs = grid
         self.identity_extra = identity_extra
@@ -152,7 +152,8 @@ class GridTrainer:
 
     def identity(self) -> str:
         """Settings a saved state must share to be resumed."""
-        return config_hash({"sweep": asdict(self.config.sweep), "train": asdict(self.train),
+        groups = [asdict(group) for group in self.config.sweep.groups_at(self.store.manifest.site)]
+        return config_hash({"sweep": groups, "train": asdict(self.train),
                             "store": self.store.manifest.config_hash, "d": self.store.d,
                             "extra": self.identity_extra})
 

@@ -67,6 +67,26 @@ class ExperimentPlan:
     def rescale_shift_index(self) -> str:
         return self.grid_index().replace("grid.json", "rescale_shift/grid.json")
 
+    def evaluation(self) -> str:
+        return str(self.data / "evaluation" / "{model}" / "{corpus}" / "{site}" / "layer{layer}" / "{sweep}"
+                   / "metrics.json")
+
+    def evaluations(self) -> list[str]:
+        return self._concrete(self.evaluation())
+
+    def aggregate_outputs(self) -> dict[str, str]:
+        results = self.config.experiment.results
+        names = {"metrics": "metrics.csv", "pareto": "pareto.csv", "headline": "headline.csv",
+                 "summary": "summary.json", "densities": "densities.json", "markdown": "tables/metrics.md",
+                 "latex": "tables/metrics.tex"}
+        return {key: str(results / name) for key, name in names.items()}
+
+    def figures_index(self) -> str:
+        return str(self.config.experiment.figures / "figures.json")
+
+    def report(self) -> str:
+        return str(self.config.experiment.results / "report.html")
+
     def _concrete(self, pattern: str) -> list[str]:
         return [
             pattern.format(model=self.model, corpus=self.corpus, site=site, layer=layer, sweep=self.config.sweep.name)
@@ -75,10 +95,19 @@ class ExperimentPlan:
         ]
 
     def stage_targets(self, stage: str) -> list[str]:
-        patterns = {"cache": [self.store_manifest()], "train": [self.grid_index()]}
+        if stage == "report":
+            return [self.report()]
+        patterns = {"cache": [self.store_manifest()], "train": [self.grid_index()], "evaluate": [self.evaluation()]}
         if self.config.sweep.rescale_shift:
             patterns["train"].append(self.rescale_shift_index())
         return sorted({path for pattern in patterns[stage] for path in self._concrete(pattern)})
+
+    def trained_grids(self) -> list[str]:
+        """What the evaluate rule of one (site, layer) needs: its grid, and the rescale-shift grid if any."""
+        grids = [self.grid_index()]
+        if self.config.sweep.rescale_shift:
+            grids.append(self.rescale_shift_index())
+        return grids
 
     def targets(self) -> list[str]:
         """What `snakemake all` builds: every output of the experiment's last stage."""
@@ -93,8 +122,9 @@ class ExperimentPlan:
 
     def params(self, *parts: str) -> str:
         """The resolved config sections a stage depends on, as one canonical JSON string. The
-        experiment's name and `through` choose what to build, not how, so they never rerun a job."""
+        experiment's name, `through` and output folders choose what to build and where its summaries
+        go, not how, so they never rerun a job."""
         resolved = asdict(self.config)
-        for key in ("name", "through"):
+        for key in ("name", "through", "results_dir", "figures_dir"):
             resolved["experiment"].pop(key)
         return json.dumps({part: resolved[part] for part in parts}, sort_keys=True)
