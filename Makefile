@@ -40,6 +40,7 @@ push: setup
 bench: setup
 	$(BIN)/python scripts/bench_cache.py
 	$(BIN)/python scripts/bench_train.py
+	$(BIN)/python scripts/bench_eval.py
 
 # Re-pin every dependency from the current environment (torch is installed apart, first).
 lock:

@@ -52,7 +52,8 @@ def scratch_repo(tmp_path_factory) -> Path:
 def test_dry_run_lists_the_dag_without_network(experiment, tmp_path):
     result = snakemake("-n", "--config", f"experiment={experiment}",
                        f"overrides=paths.data={tmp_path / 'data'}", cwd=REPO_ROOT)
-    for rule in ("prepare_model", "fetch_corpus", "tokenize", "cache_activations"):
+    for rule in ("prepare_model", "fetch_corpus", "tokenize", "cache_activations", "train_grid", "rescale_shift",
+                 "evaluate_grid", "aggregate", "figures", "html_report"):
         assert rule in result.stdout
     trained = snakemake("-n", "train", "--config", f"experiment={experiment}",
                         f"overrides=paths.data={tmp_path / 'data'}", cwd=REPO_ROOT)
@@ -76,7 +77,9 @@ def test_slurm_profile_dry_run_has_gpu_resources(tmp_path):
 
 
 @pytest.mark.slow
-def test_smoke_workflow_end_to_end_then_nothing_to_do(scratch_repo):
+def test_smoke_workflow_end_to_end_then_nothing_to_do_then_only_what_a_new_l1_needs(scratch_repo):
+    import pandas as pd
+
     snakemake("--profile", "profiles/local", "--cores", "2", "--config", "experiment=smoke", cwd=scratch_repo)
     manifests = sorted(scratch_repo.glob("data/activations/tiny/tiny/*/layer1/manifest.json"))
     assert len(manifests) == 3
@@ -84,14 +87,46 @@ def test_smoke_workflow_end_to_end_then_nothing_to_do(scratch_repo):
         assert (scratch_repo / "logs/smoke/cache_activations/tiny/tiny.log").exists()
         assert (scratch_repo / f"data/activations/tiny/tiny/{site}/layer1/train/shard_00000.npy").stat().st_size > 0
     grids = sorted(scratch_repo.glob("data/checkpoints/tiny/tiny/*/layer1/smoke/grid.json"))
-    assert len(grids) == 3, "the smoke experiment runs through training"
+    assert len(grids) == 3
     assert len(list(scratch_repo.glob("data/checkpoints/tiny/tiny/*/layer1/smoke/rescale_shift/grid.json"))) == 3
-    for grid in grids:
+    checkpoints = []
+    for grid in sorted(scratch_repo.glob("data/checkpoints/tiny/tiny/*/layer1/smoke/**/grid.json")):
         for entry in json.loads(grid.read_text())["saes"]:
             assert (scratch_repo / entry["path"] / "sae_weights.safetensors").stat().st_size > 0
+            checkpoints.append(entry["path"])
+
+    # The summaries agree with the checkpoints and with each other.
+    results = scratch_repo / "results" / "smoke"
+    metrics = pd.read_csv(results / "metrics.csv")
+    assert sorted(metrics["checkpoint"]) == sorted(checkpoints)
+    assert metrics[["l0", "loss_recovered", "gamma", "fvu", "ce_clean", "ce_zero"]].notna().all().all()
+    assert (metrics.groupby("site")["ce_clean"].nunique() == 1).all(), "one clean CE per site"
+    headline = pd.read_csv(results / "headline.csv")
+    assert sorted(headline["site"]) == ["attn_z", "mlp_out", "resid_post"] and "l0_ratio" in headline
+    summary = json.loads((results / "summary.json").read_text())
+    assert set(summary) == {f"tiny/{site}/layer1" for site in ("resid_post", "mlp_out", "attn_z")}
+    figures = json.loads((scratch_repo / "paper_figures" / "smoke" / "figures.json").read_text())
+    assert all((scratch_repo / path).stat().st_size > 0 for path in figures["files"])
+    report = (results / "report.html").read_text()
+    assert report.count("<img") == len(figures["files"]) // 2 and "Headline" in report
+    for table in ("metrics.md", "metrics.tex"):
+        assert (results / "tables" / table).stat().st_size > 0
+
     again = snakemake("--profile", "profiles/local", "--cores", "2", "--config", "experiment=smoke",
                       cwd=scratch_repo)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    # One more baseline λ: no re-caching, one new SAE trained and evaluated per site.
+    grown = ["--config", "experiment=smoke", "overrides=sweep.groups.1.l1=[0.01,0.03,0.1]"]
+    planned = snakemake("-n", "--profile", "profiles/local", *grown, cwd=scratch_repo).stdout
+    assert "cache_activations" not in planned and "tokenize" not in planned
+    snakemake("--profile", "profiles/local", "--cores", "2", *grown, cwd=scratch_repo)
+    for site in ("resid_post", "mlp_out", "attn_z"):
+        log = (scratch_repo / f"logs/smoke/train_grid/tiny/tiny/{site}/layer1/smoke.log").read_text()
+        assert "training 1\n" in log, log[-500:]
+        evaluated = (scratch_repo / f"logs/smoke/evaluate/tiny/tiny/{site}/layer1/smoke.log").read_text()
+        assert "evaluating 2 of" in evaluated, evaluated[-500:]  # the new baseline and its rescale-and-shift
+    assert len(pd.read_csv(results / "metrics.csv")) == len(metrics) + 6
 
 
 @pytest.mark.slow

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .atomic import write_json_atomic
+from .atomic import sha256_file, write_json_atomic
 from .config import REPO_ROOT
-from .saes import BatchedSAE, slice_state
+from .saes import BaselineSAE, BatchedSAE, load_slice_state, slice_state
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -119,3 +119,26 @@ def encode_raw(cfg: dict, tensors: dict[str, torch.Tensor], x: torch.Tensor) -> 
 
 def decode_raw(tensors: dict[str, torch.Tensor], features: torch.Tensor) -> torch.Tensor:
     return features @ tensors["W_dec"] + tensors["b_dec"]
+
+
+def checkpoint_id(directory: str | Path) -> str:
+    """A checkpoint's identity: the hash of its weights file (first 16 hex digits)."""
+    return sha256_file(Path(directory) / WEIGHTS_FILE)[:16]
+
+
+def baseline_from_checkpoints(directories: list[str | Path], seeds: list[int]) -> BaselineSAE:
+    """Baseline checkpoints of one width stacked back into a batched module, in the scaled space they
+    were trained in (the inverse of `saelens_tensors`)."""
+    loaded = [read_checkpoint(Path(d)) for d in directories]
+    widths = {cfg["d_sae"] for cfg, _, _ in loaded}
+    if len(widths) != 1 or any(cfg["architecture"] != "standard" for cfg, _, _ in loaded):
+        raise ValueError(f"baseline_from_checkpoints needs standard SAEs of one width, got {directories}")
+    d, width = loaded[0][0]["d_in"], widths.pop()
+    l1 = [record["l1"] for _, _, record in loaded]
+    module = BaselineSAE(len(loaded), d, width, l1, seeds)
+    for i, (_, tensors, record) in enumerate(loaded):
+        scale = record["activation_scale"]
+        load_slice_state(module, i, {"W_enc": tensors["W_enc"] / scale, "b_enc": tensors["b_enc"],
+                                     "W_dec": tensors["W_dec"] * scale, "b_dec": tensors["b_dec"] * scale,
+                                     "l1": torch.tensor(float(record["l1"]))})
+    return module

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from .activations import ActivationStore
-from .atomic import sha256_file, write_json_atomic
-from .checkpoints import WEIGHTS_FILE, decode_raw, encode_raw, read_checkpoint
+from .atomic import write_json_atomic
+from .checkpoints import checkpoint_id, decode_raw, encode_raw, read_checkpoint
 from .config import Config, EvaluateConfig, config_hash
 from .spliced import SplicedLM
 
@@ -50,7 +50,7 @@ class CheckpointSAE:
 
     @property
     def checkpoint_id(self) -> str:
-        return sha256_file(self.directory / WEIGHTS_FILE)[:16]
+        return checkpoint_id(self.directory)
 
     @property
     def width(self) -> int:

@@ -50,16 +50,21 @@ class SAESpec:
         return f"{self.arch}_w{self.width}_l1_{self.l1:g}"
 
 
+def grid_specs(config: Config, d: int, site: str) -> list[SAESpec]:
+    """Every SAE of the sweep at `site`, in order (no parameters allocated)."""
+    return [SAESpec(g, i, group.arch, group.width(d), l1, group.lr)
+            for g, group in enumerate(config.sweep.groups_at(site)) for i, l1 in enumerate(group.l1)]
+
+
 def build_grid(config: Config, d: int, site: str) -> tuple[list[BatchedSAE], list[SAESpec]]:
     """Batched modules for the sweep's groups at `site`; an SAE's init depends only on (seed, its spec)."""
-    modules, specs = [], []
-    for g, group in enumerate(config.sweep.groups_at(site)):
+    modules = []
+    for group in config.sweep.groups_at(site):
         width = group.width(d)
         seeds = [_sae_seed(config.train.seed, group.arch, width, l1) for l1 in group.l1]
         modules.append(make_sae(group.arch, len(group.l1), d, width, torch.tensor(group.l1), config.train.seed,
                                 seeds=seeds))
-        specs += [SAESpec(g, i, group.arch, width, l1, group.lr) for i, l1 in enumerate(group.l1)]
-    return modules, specs
+    return modules, grid_specs(config, d, site)
 
 
 def _sae_seed(seed: int, arch: str, width: int, l1: float) -> int:
@@ -281,49 +286,103 @@ def _progress_bar(total: int, initial: int, enabled: bool):
 
 
 # ---------------------------------------------------------------------------------------------------
-# The stage: train a site's grid from its activation store and export every SAE.
+# The stages: train a site's grid from its activation store and export every SAE. An SAE trained in a
+# grid is the SAE trained alone (same seed, same batches), so a grid only trains the SAEs that have no
+# finished checkpoint for the same settings: adding one λ to a sweep trains one SAE.
 
 GRID_INDEX = "grid.json"
-
-
-def train_grid(config: Config, site: str, layer: int, progress: bool = True) -> Path:
-    """Train the sweep on (site, layer)'s store; write one checkpoint per SAE, then `grid.json` last."""
-    out_dir = config.paths.checkpoints_dir(config.model.name, config.corpus.name, site, layer, config.sweep.name)
-    store = ActivationStore(config.paths.activations_dir(config.model.name, config.corpus.name, site, layer), "train")
-    trainer = GridTrainer(config, store, out_dir)
-    trainer.run(progress=progress)
-    return export_grid(trainer, site, layer, out_dir)
-
-
 RESCALE_SHIFT_DIR = "rescale_shift"
 
 
-def train_rescale_shift(config: Config, site: str, layer: int, progress: bool = True) -> Path:
-    """Fig. 9: freeze each trained baseline of the grid and learn only a per-feature rescale and shift."""
-    grid_dir = config.paths.checkpoints_dir(config.model.name, config.corpus.name, site, layer, config.sweep.name)
+def training_key(config: Config, store: ActivationStore, spec: SAESpec, extra: str = "") -> str:
+    """Everything an SAE's trained parameters depend on (besides the code)."""
+    return config_hash({"spec": [spec.arch, spec.width, spec.l1, spec.lr], "train": asdict(config.train),
+                        "store": store.manifest.config_hash, "d": store.d, "extra": extra})
+
+
+def _finished(directory: Path, key: str) -> bool:
+    from .checkpoints import RECORD_FILE, WEIGHTS_FILE
+
+    try:
+        return (json.loads((directory / RECORD_FILE).read_text()).get("training_key") == key
+                and (directory / WEIGHTS_FILE).exists())
+    except (OSError, ValueError):
+        return False
+
+
+def _sweep_of(config: Config, site: str, specs: list[SAESpec]) -> Config:
+    """`config` with the sweep at `site` cut down to `specs` (groups keep their order and settings)."""
+    from dataclasses import replace
+
+    wanted = {(s.group, s.l1) for s in specs}
+    groups = [replace(group, l1=[l1 for l1 in group.l1 if (g, l1) in wanted])
+              for g, group in enumerate(config.sweep.groups_at(site))]
+    return replace(config, sweep=replace(config.sweep, groups=[g for g in groups if g.l1]))
+
+
+def _stores(config: Config, site: str, layer: int) -> tuple[Path, ActivationStore]:
+    out_dir = config.paths.checkpoints_dir(config.model.name, config.corpus.name, site, layer, config.sweep.name)
     store = ActivationStore(config.paths.activations_dir(config.model.name, config.corpus.name, site, layer), "train")
-    trained = GridTrainer(config, store, grid_dir)
-    if not trained.try_resume() or trained.step < trained.steps:
-        raise FileNotFoundError(f"{grid_dir / STATE_FILE} holds no finished grid; run the train_grid stage first")
-    modules, specs, lrs = [], [], []
-    for group, (module, lr) in enumerate(zip(trained.modules, trained.base_lrs)):
-        if module.arch != "baseline":
-            continue
-        wrapped = RescaleShiftSAE.from_baseline(module)
-        specs += [SAESpec(len(modules), s.index, wrapped.arch, s.width, s.l1, lr)
-                  for s in trained.specs if s.group == group]
-        modules.append(wrapped)
-        lrs.append(lr)
-    if not modules:
+    return out_dir, store
+
+
+def train_grid(config: Config, site: str, layer: int, progress: bool = True) -> Path:
+    """Train the sweep's SAEs at (site, layer) that are not trained yet; write one checkpoint per SAE,
+    then `grid.json` (every SAE of the sweep) last."""
+    out_dir, store = _stores(config, site, layer)
+    specs = grid_specs(config, store.d, site)
+    keys = {spec.name: training_key(config, store, spec) for spec in specs}
+    missing = [spec for spec in specs if not _finished(out_dir / spec.name, keys[spec.name])]
+    print(f"{len(specs) - len(missing)} of {len(specs)} SAEs already trained; training {len(missing)}", flush=True)
+    if missing:
+        trainer = GridTrainer(_sweep_of(config, site, missing), store, out_dir)
+        trainer.run(progress=progress)
+        export_checkpoints(trainer, site, layer, out_dir, keys)
+    return write_grid_index(out_dir, site, layer, config.sweep.name, specs)
+
+
+def train_rescale_shift(config: Config, site: str, layer: int, progress: bool = True) -> Path:
+    """Fig. 9: freeze each trained baseline of the grid and learn only a per-feature rescale and shift
+    on top (the baselines are read back from their checkpoints)."""
+    from .checkpoints import baseline_from_checkpoints, checkpoint_id
+
+    grid_dir, store = _stores(config, site, layer)
+    index = grid_dir / GRID_INDEX
+    if not index.exists():
+        raise FileNotFoundError(f"{index} does not exist; run the train_grid stage first")
+    baselines = [entry for entry in json.loads(index.read_text())["saes"] if entry["arch"] == "baseline"]
+    if not baselines:
         raise ConfigError(f"sweep '{config.sweep.name}' has no baseline group to rescale and shift")
     out_dir = grid_dir / RESCALE_SHIFT_DIR
-    trainer = GridTrainer(config, store, out_dir, grid=(modules, specs, lrs), identity_extra=trained.identity())
-    trainer.run(progress=progress)
-    return export_grid(trainer, site, layer, out_dir)
+    lrs = {(g.width(store.d), l1): g.lr for g in config.sweep.groups_at(site) if g.arch == "baseline" for l1 in g.l1}
+    wrapped = [SAESpec(0, 0, RescaleShiftSAE.arch, e["width"], e["l1"], lrs[(e["width"], e["l1"])]) for e in baselines]
+    keys = {spec.name: training_key(config, store, spec, extra=checkpoint_id(entry["path"]))
+            for spec, entry in zip(wrapped, baselines)}
+    todo = [(spec, entry) for spec, entry in zip(wrapped, baselines) if not _finished(out_dir / spec.name, keys[spec.name])]
+    print(f"{len(wrapped) - len(todo)} of {len(wrapped)} rescale-and-shift SAEs already trained", flush=True)
+    if todo:
+        modules, specs, group_lrs = [], [], []
+        for width, lr in sorted({(spec.width, spec.lr) for spec, _ in todo}):
+            members = [(spec, entry) for spec, entry in todo if (spec.width, spec.lr) == (width, lr)]
+            baseline = baseline_from_checkpoints([entry["path"] for _, entry in members],
+                                                 seeds=[_sae_seed(config.train.seed, "baseline", width, spec.l1)
+                                                        for spec, _ in members])
+            specs += [SAESpec(len(modules), i, spec.arch, width, spec.l1, lr) for i, (spec, _) in enumerate(members)]
+            modules.append(RescaleShiftSAE.from_baseline(baseline))
+            group_lrs.append(lr)
+        extra = config_hash({"baselines": sorted(keys[spec.name] for spec, _ in todo)})
+        trainer = GridTrainer(config, store, out_dir, grid=(modules, specs, group_lrs), identity_extra=extra)
+        if not math.isclose(trainer.scale, json.loads(Path(todo[0][1]["path"], "training.json").read_text())
+                            ["activation_scale"], rel_tol=1e-6):
+            raise RuntimeError(f"the activation store of {site} layer {layer} changed since its baselines were "
+                               "trained; re-run train_grid")
+        trainer.run(progress=progress)
+        export_checkpoints(trainer, site, layer, out_dir, keys)
+    return write_grid_index(out_dir, site, layer, config.sweep.name, wrapped)
 
 
-def export_grid(trainer: GridTrainer, site: str, layer: int, out_dir: Path) -> Path:
-    """One checkpoint per SAE of a trained grid, then `grid.json` (written last: the stage's output)."""
+def export_checkpoints(trainer: GridTrainer, site: str, layer: int, out_dir: Path, keys: dict[str, str]) -> None:
+    """One checkpoint per SAE of a trained grid, each with its training record."""
     from .checkpoints import code_version, write_checkpoint
     from .sites import hook_name
 
@@ -334,10 +393,10 @@ def export_grid(trainer: GridTrainer, site: str, layer: int, out_dir: Path) -> P
         "context_size": config.experiment.context_length, "prepend_bos": True, "dataset_path": config.corpus.name,
         "model_from_pretrained_kwargs": {},
     }
-    entries = []
     for spec in trainer.specs:
         record = {
             "sae": spec.name, "arch": spec.arch, "width": spec.width, "l1": spec.l1, "lr": spec.lr,
+            "training_key": keys[spec.name],
             "site": site, "layer": layer, "d": store.d, "steps": trainer.step,
             "tokens": trainer.step * config.train.batch_size, "seed": config.train.seed,
             "activation_scale": trainer.scale, "final_losses": trainer.last_losses[spec.name],
@@ -350,10 +409,12 @@ def export_grid(trainer: GridTrainer, site: str, layer: int, out_dir: Path) -> P
             "activation_store": {"path": str(store_dir), "config_hash": store.manifest.config_hash,
                                  "shard_sha256": [r.sha256 for r in store.records]},
         }
-        directory = write_checkpoint(out_dir / spec.name, trainer.modules[spec.group], spec.index, trainer.scale,
-                                     meta, record)
-        entries.append({"sae": spec.name, "path": str(directory), "arch": spec.arch, "l1": spec.l1,
-                        "width": spec.width})
-    write_json_atomic(out_dir / GRID_INDEX, {"site": site, "layer": layer, "sweep": config.sweep.name,
-                                             "saes": entries})
+        write_checkpoint(out_dir / spec.name, trainer.modules[spec.group], spec.index, trainer.scale, meta, record)
+
+
+def write_grid_index(out_dir: Path, site: str, layer: int, sweep: str, specs: list[SAESpec]) -> Path:
+    """`grid.json`, written last: every SAE of the grid and where its checkpoint lies."""
+    entries = [{"sae": spec.name, "path": str(out_dir / spec.name), "arch": spec.arch, "l1": spec.l1,
+                "width": spec.width} for spec in specs]
+    write_json_atomic(out_dir / GRID_INDEX, {"site": site, "layer": layer, "sweep": sweep, "saes": entries})
     return out_dir / GRID_INDEX

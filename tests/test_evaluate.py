@@ -1,0 +1,189 @@
+"""Evaluation: the metrics against hand-computed values, splicing, batching, BOS handling, reuse of
+saved results, and recomputing a checkpoint's row by the documented command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gatedsae.activations import ActivationStore
+from gatedsae.checkpoints import CFG_FILE, RECORD_FILE, WEIGHTS_FILE
+from gatedsae.corpus import load_windows
+from gatedsae.evaluate import (CheckpointSAE, ReconstructionStats, evaluate_checkpoint, evaluate_grid,
+                               evaluate_saes)
+from gatedsae.spliced import SplicedLM, next_token_losses
+from gatedsae.train import train_grid, train_rescale_shift
+
+SITES = ("resid_post", "mlp_out", "attn_z")
+
+
+def handmade_sae(directory: Path, W_enc: torch.Tensor, W_dec: torch.Tensor, site: str, layer: int) -> CheckpointSAE:
+    """A 'standard' (ReLU) SAE with the given weights, written as a checkpoint directory."""
+    from safetensors.torch import save_file
+
+    d, width = W_enc.shape
+    directory.mkdir(parents=True)
+    save_file({"W_enc": W_enc.contiguous(), "b_enc": torch.zeros(width), "W_dec": W_dec.contiguous(),
+               "b_dec": torch.zeros(d)}, directory / WEIGHTS_FILE)
+    (directory / CFG_FILE).write_text(json.dumps({"architecture": "standard", "d_in": d, "d_sae": width}))
+    (directory / RECORD_FILE).write_text(json.dumps({"arch": "handmade", "l1": 0.0, "lr": 0.0, "width": width, "d": d,
+                                                     "tokens": 0, "sae": directory.name, "site": site,
+                                                     "layer": layer}))
+    return CheckpointSAE.load(directory)
+
+
+def identity_sae(directory: Path, d: int, site: str, layer: int) -> CheckpointSAE:
+    """relu(x) − relu(−x) = x: an exact identity as a ReLU SAE of width 2d."""
+    eye = torch.eye(d)
+    return handmade_sae(directory, torch.cat([eye, -eye], 1), torch.cat([eye, -eye], 0), site, layer)
+
+
+def zero_sae(directory: Path, d: int, site: str, layer: int) -> CheckpointSAE:
+    return handmade_sae(directory, torch.eye(d), torch.zeros(d, d), site, layer)
+
+
+# --- γ and the reconstruction sums ---------------------------------------------------------------------
+
+
+def test_gamma_is_the_numerical_argmin_of_the_rescaled_error():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 16, generator=generator)
+    x_hat = 0.7 * x + 0.3 * torch.randn(2000, 16, generator=generator)
+    stats = ReconstructionStats(width=4, d=16)
+    for rows in range(0, 2000, 300):  # in uneven batches
+        stats.update(x[rows:rows + 300], torch.ones(min(300, 2000 - rows), 4), x_hat[rows:rows + 300])
+    gamma = stats.result()["gamma"]
+
+    candidates = np.linspace(0.3, 2.0, 20001)
+    errors = [float(((x_hat / g - x) ** 2).sum(-1).mean()) for g in candidates[::100]]
+    coarse = candidates[::100][int(np.argmin(errors))]
+    fine = np.linspace(coarse - 0.01, coarse + 0.01, 2001)
+    best = fine[int(np.argmin([float(((x_hat / g - x) ** 2).sum(-1).mean()) for g in fine]))]
+    assert gamma == pytest.approx(best, abs=2e-5)
+    assert gamma < 1  # shrunk reconstructions
+
+
+def test_fvu_nmse_l0_alive_by_hand():
+    x = torch.tensor([[1.0, 0.0], [3.0, 2.0]])
+    x_hat = torch.tensor([[1.0, 1.0], [3.0, 2.0]])
+    features = torch.tensor([[1.0, 0.0, 0.0], [2.0, 3.0, 0.0]])
+    stats = ReconstructionStats(width=3, d=2)
+    stats.update(x, features, x_hat)
+    result = stats.result()
+    assert result["l0"] == 1.5
+    assert result["nmse"] == pytest.approx(1 / 14)
+    assert result["fvu"] == pytest.approx(1 / 4)  # mean (2, 1): Σ||x − mean||² = 2 + 2
+    assert result["alive_fraction"] == pytest.approx(2 / 3)
+    assert result["density_histogram"]["dead"] == 1
+    assert sum(result["density_histogram"]["counts"]) == 2
+
+
+# --- splicing on the tiny model ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_splicing_the_clean_activation_back_changes_nothing(smoke_tokens, tiny_model, site):
+    windows = torch.from_numpy(np.asarray(load_windows(smoke_tokens.paths.tokens_dir("tiny", "tiny"), "heldout")[:4],
+                                          dtype=np.int64))
+    spliced = SplicedLM(tiny_model.model, site, layer=1)
+    prefix = spliced.prefix(windows)
+    clean = spliced.token_losses(prefix, None)
+    assert torch.allclose(spliced.token_losses(prefix, prefix.activation.clone()), clean, atol=1e-6)
+    full = next_token_losses(tiny_model.model(windows), windows)
+    assert torch.allclose(clean, full, atol=1e-5), "the prefix + remainder must equal one full forward"
+    zeroed = spliced.token_losses(prefix, torch.zeros_like(prefix.activation))
+    assert not torch.allclose(zeroed, clean, atol=1e-3), "zero-ablation must change the loss"
+
+
+def test_prefix_activations_are_the_cached_heldout_rows_without_bos(smoke_cache, tiny_model):
+    """The evaluation sees exactly what the store holds: the same tokens, BOS left out in both."""
+    for site in SITES:
+        store = ActivationStore(smoke_cache.paths.activations_dir("tiny", "tiny", site, 1), "heldout")
+        windows = np.asarray(load_windows(smoke_cache.paths.tokens_dir("tiny", "tiny"), "heldout")[:2], dtype=np.int64)
+        prefix = SplicedLM(tiny_model.model, site, 1).prefix(torch.from_numpy(windows))
+        expected = prefix.activation[:, 1:].reshape(-1, store.d)
+        stored = store.rows(0, dtype=torch.float32)[: len(expected)]
+        assert torch.allclose(stored, expected, atol=1e-5), site
+
+
+# --- whole-grid evaluation -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_smoke(smoke_cache, tmp_path_factory):
+    """The smoke grids trained (and rescale-shifted) once, in a data dir of their own."""
+    data = tmp_path_factory.mktemp("evaluated")
+    for part in ("text", "tokens", "activations"):
+        shutil.copytree(smoke_cache.paths.root / part, data / part)
+    config = replace(smoke_cache, paths=replace(smoke_cache.paths, data=str(data)))
+    for site in SITES:
+        train_grid(config, site, 1, progress=False)
+        train_rescale_shift(config, site, 1, progress=False)
+    return config
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_identity_sae_recovers_all_loss_and_zero_sae_none(trained_smoke, tiny_model, tmp_path, site):
+    d = trained_smoke.model.site_width(site)
+    saes = [identity_sae(tmp_path / "identity", d, site, 1), zero_sae(tmp_path / "zero", d, site, 1)]
+    identity, zero = evaluate_saes(trained_smoke, site, 1, saes, loaded=tiny_model)
+    assert identity["delta_lm_loss"] == pytest.approx(0.0, abs=1e-6)
+    assert identity["loss_recovered"] == pytest.approx(1.0, abs=1e-5)
+    assert identity["fvu"] == pytest.approx(0.0, abs=1e-10) and identity["gamma"] == pytest.approx(1.0)
+    assert zero["loss_recovered"] == pytest.approx(0.0, abs=1e-6)
+    assert zero["ce_sae"] == pytest.approx(zero["ce_zero"])
+    assert zero["nmse"] == pytest.approx(1.0)
+
+
+def test_metrics_do_not_depend_on_batch_sizes(trained_smoke, tiny_model):
+    grid = json.loads(trained_smoke.paths.checkpoints_dir("tiny", "tiny", "mlp_out", 1, "smoke")
+                      .joinpath("grid.json").read_text())
+    saes = [CheckpointSAE.load(entry["path"]) for entry in grid["saes"]]
+    results = []
+    for batch_rows, batch_windows in ((7, 1), (1000, 3), (64, 8)):
+        config = replace(trained_smoke, evaluate=replace(trained_smoke.evaluate, batch_rows=batch_rows,
+                                                         batch_windows=batch_windows))
+        results.append(evaluate_saes(config, "mlp_out", 1, saes, loaded=tiny_model))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            for key in ("l0", "fvu", "nmse", "gamma", "alive_fraction", "ce_clean", "ce_zero", "ce_sae",
+                        "loss_recovered"):
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
+
+
+def test_grid_evaluation_reuses_saved_results_and_recomputes_only_what_changed(trained_smoke, tiny_model, capsys):
+    path = evaluate_grid(trained_smoke, "resid_post", 1, progress=False, loaded=tiny_model)
+    rows = json.loads(path.read_text())["rows"]
+    grid = json.loads(trained_smoke.paths.checkpoints_dir("tiny", "tiny", "resid_post", 1, "smoke")
+                      .joinpath("grid.json").read_text())
+    assert len(rows) == len(grid["saes"]) + 2  # and the two rescale-and-shift SAEs
+    assert {row["variant"] for row in rows} == {"sweep", "rescale_shift"}
+    capsys.readouterr()
+
+    evaluate_grid(trained_smoke, "resid_post", 1, progress=False, loaded=tiny_model)
+    assert "evaluating" not in capsys.readouterr().out, "nothing changed: nothing is recomputed"
+
+    saved = path.parent / "sweep" / f"{grid['saes'][0]['sae']}.json"
+    saved.unlink()
+    evaluate_grid(trained_smoke, "resid_post", 1, progress=False, loaded=tiny_model)
+    assert f"evaluating 1 of {len(rows)} SAEs" in capsys.readouterr().out
+    assert json.loads(path.read_text())["rows"] == rows
+
+
+def test_a_checkpoint_row_is_recomputed_by_the_documented_command(trained_smoke, tiny_model):
+    rows = json.loads(evaluate_grid(trained_smoke, "attn_z", 1, progress=False, loaded=tiny_model).read_text())["rows"]
+    row = rows[-1]
+    again = evaluate_checkpoint(trained_smoke, row["checkpoint"], progress=False)
+    for key in ("l0", "fvu", "gamma", "alive_fraction", "ce_sae", "loss_recovered", "delta_lm_loss", "checkpoint_id"):
+        assert again[key] == pytest.approx(row[key], rel=1e-6) if isinstance(row[key], float) else again[key] == row[key]
+
+
+def test_evaluating_an_untrained_grid_names_the_missing_step(smoke_cache):
+    with pytest.raises(FileNotFoundError, match="train the grid first"):
+        evaluate_grid(smoke_cache, "resid_post", 1, progress=False)

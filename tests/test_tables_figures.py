@@ -1,0 +1,166 @@
+"""Tables, the headline interpolation, the figure scripts and the report, on hand-made metrics tables."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gatedsae.figures import FAMILIES, ablations, density, pareto, shrinkage
+from gatedsae.tables import aggregate, headline, latex_tables, markdown_tables, pareto_mask
+
+SITES = ["resid_post", "mlp_out", "attn_z"]
+
+
+def sweep_rows(arch: str, site: str, l0s, recovered, gammas=None, variant: str = "sweep", layer: int = 6) -> list[dict]:
+    gammas = gammas if gammas is not None else [1.0] * len(l0s)
+    return [{"model": "m", "corpus": "c", "sweep": "s", "site": site, "layer": layer, "arch": arch, "variant": variant,
+             "l1": 0.01 * (i + 1), "lr": 1e-3, "width": 64, "d": 16, "train_tokens": 1000, "l0": l0,
+             "loss_recovered": lr, "ce_clean": 3.0, "ce_zero": 6.0, "ce_sae": 6.0 - 3.0 * lr,
+             "delta_lm_loss": 3.0 * (1 - lr), "alive_fraction": 0.9, "gamma": g, "fvu": 1 - lr, "nmse": 1 - lr,
+             "eval_tokens": 500, "ce_tokens": 400, "sae": f"{arch}_{i}", "checkpoint_id": f"{arch}{i}",
+             "checkpoint": f"ckpt/{arch}_{i}",
+             "density_histogram": {"log10_edges": [-3.0, -2.0, -1.0, 0.0], "counts": [1, 2, 3], "dead": i}}
+            for i, (l0, lr, g) in enumerate(zip(l0s, recovered, gammas))]
+
+
+def fixture_frame() -> pd.DataFrame:
+    """Gated needs exactly half the baseline's L0 for any loss recovered, at every site; plus the
+    ablations and rescale-shift at the residual stream; one dominated baseline point per site."""
+    rows = []
+    recovered = [0.80, 0.85, 0.90, 0.95]
+    for site in SITES:
+        rows += sweep_rows("gated", site, [5, 10, 20, 40], recovered, [1.0, 1.0, 0.99, 1.01])
+        rows += sweep_rows("baseline", site, [10, 20, 40, 80, 90], recovered + [0.7], [0.95, 0.9, 0.85, 0.8, 0.78])
+    for arch in ("gated_unfrozen_decoder", "gated_no_rmag", "gated_untied"):
+        rows += sweep_rows(arch, "resid_post", [6, 12, 24], [0.8, 0.85, 0.9])
+    rows += sweep_rows("baseline_rescale_shift", "resid_post", [10, 20, 40], [0.82, 0.87, 0.91], variant="rescale_shift")
+    frame = pd.DataFrame(rows)
+    frame["pareto"] = pareto_mask(frame)
+    return frame
+
+
+def test_pareto_mask_marks_only_undominated_points():
+    frame = fixture_frame()
+    baseline = frame[(frame["arch"] == "baseline") & (frame["site"] == "mlp_out")]
+    assert baseline["pareto"].tolist() == [True, True, True, True, False]  # L0 90 at 70% is dominated
+    assert frame[frame["arch"] == "gated"]["pareto"].all()
+
+
+def test_headline_ratio_on_frontiers_with_a_known_answer():
+    head = headline(fixture_frame())
+    assert list(head["site"]) == SITES
+    assert np.allclose(head["l0_ratio"], 0.5) and np.allclose(head["l0_ratio_min"], 0.5)
+    assert np.allclose(head["loss_recovered_low"], 0.80) and np.allclose(head["loss_recovered_high"], 0.95)
+    assert head["gamma_baseline"].iloc[0] < head["gamma_gated"].iloc[0]
+
+
+def test_headline_interpolates_between_sweep_points():
+    # Gated: log L0 linear from (0.8, log 4) to (0.9, log 16); baseline flat 2× that at the same levels
+    # except a kink: the ratio must follow the interpolation, not the nearest point.
+    rows = sweep_rows("gated", "mlp_out", [4, 16], [0.8, 0.9]) + sweep_rows("baseline", "mlp_out", [8, 8 * 4], [0.8, 0.9])
+    head = headline(pd.DataFrame(rows))
+    assert head["l0_ratio"].iloc[0] == pytest.approx(0.5)
+    rows = sweep_rows("gated", "mlp_out", [4, 16], [0.8, 0.9]) + sweep_rows("baseline", "mlp_out", [4, 64], [0.8, 0.9])
+    head = headline(pd.DataFrame(rows))
+    # log ratio runs linearly from 0 to log(1/4): geometric mean exp(log(1/4)/2) = 1/2
+    assert head["l0_ratio"].iloc[0] == pytest.approx(0.5)
+    assert head["l0_ratio_min"].iloc[0] == pytest.approx(0.25) and head["l0_ratio_max"].iloc[0] == pytest.approx(1.0)
+
+
+def test_headline_says_so_when_frontiers_do_not_overlap():
+    rows = sweep_rows("gated", "attn_z", [4, 8], [0.95, 0.97]) + sweep_rows("baseline", "attn_z", [4, 8], [0.5, 0.6])
+    head = headline(pd.DataFrame(rows))
+    assert math.isnan(head["l0_ratio"].iloc[0]) and "do not overlap" in head["note"].iloc[0]
+
+
+def test_tables_have_one_row_per_sae_and_mark_the_frontier():
+    frame = fixture_frame()
+    markdown = markdown_tables(frame)
+    assert markdown.count("### m, layer 6") == 3
+    assert markdown.count("| ★ Baseline | ") == 3 * 4 and markdown.count("| Baseline | ") == 3
+    latex = latex_tables(frame)
+    assert latex.count(r"\begin{table}") == 3 and latex.count(r"$\star$ Gated &") == 3 * 4
+
+
+def _series(ax):
+    """(label, points) per drawn series: lines are frontiers, scatters are dominated points."""
+    return [(line.get_label(), len(line.get_xdata())) for line in ax.get_lines() if not line.get_label().startswith("_")]
+
+
+def test_pareto_figures_have_a_panel_per_site_and_a_series_per_architecture():
+    frame = fixture_frame()
+    stems = []
+    for stem, fig in pareto.figures(frame):
+        stems.append(stem)
+        axes = [ax for ax in fig.axes if ax.get_title()]
+        assert len(axes) == 3
+        for ax in axes:
+            series = dict(_series(ax))
+            assert set(series) == {"Gated", "Baseline"}
+            assert ax.get_xscale() == "log" and ax.get_xlabel() and ax.get_ylabel()
+        if stem == "fig1_loss_recovered_vs_l0":
+            assert dict(_series(axes[0])) == {"Gated": 4, "Baseline": 4}  # the frontier only
+            assert sum(len(c.get_offsets()) for c in axes[0].collections) == 1  # one faint dominated point
+    assert stems == list(pareto.FIGURES)
+
+
+def test_shrinkage_figure_draws_every_sae():
+    (stem, fig), = shrinkage.figures(fixture_frame())
+    first = [ax for ax in fig.axes if ax.get_title()][0]
+    series = dict(_series(first))
+    assert series == {"Gated": 4, "Baseline": 5}
+    assert any(line.get_ydata()[0] == 1.0 for line in first.get_lines() if line.get_label().startswith("_"))
+
+
+def test_ablation_figures_only_where_the_ablations_exist():
+    figures = dict(ablations.figures(fixture_frame()))
+    assert set(figures) == {"fig8_ablations", "fig9_rescale_shift"}
+    (ax8,) = figures["fig8_ablations"].axes
+    assert len(_series(ax8)) == 4 and "Residual" in ax8.get_title()
+    (ax9,) = figures["fig9_rescale_shift"].axes
+    assert {label for label, _ in _series(ax9)} == {"Baseline", "Baseline + rescale & shift", "Gated"}
+
+
+def test_density_figure_pairs_gated_with_the_nearest_baseline(tmp_path):
+    frame = fixture_frame()
+    pairs = density.matched_pairs(frame)
+    assert len(pairs) == 3
+    for gated, baseline in pairs:
+        assert gated["arch"] == "gated" and baseline["arch"] == "baseline"
+        assert baseline["l0"] == 10 or baseline["l0"] == 20
+    densities = {f"{r['site']}/layer{r['layer']}/{r['variant']}/{r['sae']}": r["density_histogram"]
+                 for _, r in frame.iterrows()}
+    (stem, fig), = density.figures(frame, densities)
+    assert len(fig.axes) == 3 and all(len(ax.patches) == 2 for ax in fig.axes)
+
+
+def test_aggregate_figures_and_report_from_metrics_files(tmp_path):
+    from gatedsae.config import load_config
+    from gatedsae.figures import render_all
+    from gatedsae.report import build_report
+
+    frame = fixture_frame().drop(columns="pareto")
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"rows": frame.to_dict("records")}))
+    outputs = aggregate([metrics], tmp_path / "results")
+    written = pd.read_csv(outputs["metrics"])
+    assert len(written) == len(frame) and written["pareto"].sum() == len(frame) - 3
+    assert pd.read_csv(outputs["headline"])["l0_ratio"].round(6).tolist() == [0.5, 0.5, 0.5]
+    summary = json.loads(outputs["summary"].read_text())
+    assert summary["m/resid_post/layer6"]["l0_ratio"] == 0.5
+
+    index = render_all(tmp_path / "results", tmp_path / "figures")
+    files = json.loads(index.read_text())["files"]
+    stems = {p.rsplit("/", 1)[1].rsplit(".", 1)[0] for p in files}
+    expected = {*pareto.FIGURES, shrinkage.STEM, *ablations.FIGURES, density.STEM}
+    assert stems == expected and len(files) == 2 * len(expected)
+    assert all((tmp_path / "figures" / f"{stem}.pdf").stat().st_size > 0 for stem in expected)
+    assert set(FAMILIES) == {"pareto", "shrinkage", "ablations", "density"}
+
+    captions = json.loads(index.read_text())["captions"]
+    html = build_report(load_config(["experiment=smoke"]), tmp_path / "results", tmp_path / "figures", captions, "v0")
+    assert html.count("<img") == len(expected) and "0.500" in html and "Gemma-7B L20" in html
