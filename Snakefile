@@ -112,8 +112,7 @@ rule cache_activations:
         BENCH + "/cache_activations/{model}/{corpus}.tsv"
     threads: workflow.cores
     resources:
-        mem_mb=8000,
-        gpu=1 if plan.config.cache.device.startswith("cuda") else 0,
+        **plan.resources("cache_activations"),
     shell:
         plan.command("cache") + " > {log} 2>&1"
 
@@ -132,8 +131,7 @@ rule train_grid:
         BENCH + "/train_grid/{model}/{corpus}/{site}/layer{layer}/{sweep}.tsv"
     threads: workflow.cores
     resources:
-        mem_mb=8000,
-        gpu=1 if plan.config.train.device.startswith("cuda") else 0,
+        **plan.resources("train_grid"),
     shell:
         plan.command("train") + " --site={wildcards.site} --layer={wildcards.layer} > {log} 2>&1"
 
@@ -152,8 +150,7 @@ rule rescale_shift:
         BENCH + "/rescale_shift/{model}/{corpus}/{site}/layer{layer}/{sweep}.tsv"
     threads: workflow.cores
     resources:
-        mem_mb=8000,
-        gpu=1 if plan.config.train.device.startswith("cuda") else 0,
+        **plan.resources("rescale_shift"),
     shell:
         plan.command("rescale-shift") + " --site={wildcards.site} --layer={wildcards.layer} > {log} 2>&1"
 
@@ -162,7 +159,7 @@ rule evaluate_grid:
     """Held-out metrics of every SAE of (site, layer); the clean prefix is computed once per batch and
     SAEs whose checkpoint and settings are unchanged keep their saved results."""
     input:
-        grids=plan.trained_grids(),
+        grids=plan.trained_grids,
         store=plan.store_manifest(),
         tokens=plan.tokens_manifest(),
     output:
@@ -175,8 +172,7 @@ rule evaluate_grid:
         BENCH + "/evaluate/{model}/{corpus}/{site}/layer{layer}/{sweep}.tsv"
     threads: workflow.cores
     resources:
-        mem_mb=8000,
-        gpu=1 if plan.config.evaluate.device.startswith("cuda") else 0,
+        **plan.resources("evaluate_grid"),
     shell:
         plan.command("evaluate") + " --site={wildcards.site} --layer={wildcards.layer} > {log} 2>&1"
 

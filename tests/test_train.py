@@ -285,3 +285,26 @@ def test_adding_one_l1_trains_only_the_new_sae(smoke_cache, tmp_path, capsys):
     _, incremental, _ = read_checkpoint(grown.paths.checkpoints_dir("tiny", "tiny", SITE, LAYER, "smoke") / new)
     for name in expected:
         torch.testing.assert_close(incremental[name], expected[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("units", ["paper_per_dim", "paper_per_dim_energy"])
+def test_paper_l1_units_give_the_papers_loss_up_to_a_constant(units):
+    """Our loss on scaled activations with the converted λ is the paper's loss times a constant, so
+    both have the same minimiser."""
+    generator = torch.Generator().manual_seed(0)
+    d, width, l1 = 8, 16, 3e-3
+    x = torch.randn(64, d, generator=generator) * 5.0
+    energy = float((x**2).sum(-1).mean())
+    scale = 1 / energy**0.5
+    group = SAEGroupConfig("baseline", 2.0, 1e-3, [l1], l1_units=units)
+    internal = group.internal_l1(l1, d, scale, energy)
+    ratios = []
+    for seed in range(3):  # three different SAEs: the ratio of the losses must not change
+        g = torch.Generator().manual_seed(seed)
+        W_enc, W_dec = torch.randn(d, width, generator=g), torch.randn(width, d, generator=g)
+        f = torch.relu(x @ W_enc)
+        error, l1_norm = ((f @ W_dec - x) ** 2).sum(-1).mean(), f.sum(-1).mean()
+        ours = scale**2 * error + internal * scale * l1_norm  # x, x̂ and f all scale with s
+        paper = error / d / (energy if units == "paper_per_dim_energy" else 1.0) + l1 * l1_norm
+        ratios.append(float(ours / paper))
+    assert ratios == pytest.approx([ratios[0]] * 3, rel=1e-5)

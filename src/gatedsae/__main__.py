@@ -85,6 +85,13 @@ def _report(config: Config) -> None:
     print(f"wrote {write_report(config)}")
 
 
+def _estimate(config: Config) -> None:
+    """Print the experiment's jobs with their estimated memory, disk and device-hours."""
+    from .resources import markdown_table
+
+    print(markdown_table(config))
+
+
 def evaluation_files(config: Config) -> list:
     from .evaluate import METRICS_FILE
 
@@ -104,6 +111,7 @@ STAGES: dict[str, Callable[..., None]] = {
     "aggregate": _aggregate,  # metrics.csv, tables, headline, summary
     "figures": _figures,
     "report": _report,
+    "estimate": _estimate,  # memory, disk and device-hours of every job of the experiment
 }
 
 
@@ -123,7 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
-    STAGES[argv[0]](config, **options)
+    from .resources import ResourceError
+
+    try:
+        STAGES[argv[0]](config, **options)
+    except ResourceError as error:
+        print(f"resource error: {error}", file=sys.stderr)
+        return 3
     return 0
 
 

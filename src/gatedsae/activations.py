@@ -231,6 +231,10 @@ def cache_activations(config: Config, loaded=None) -> list[Path]:
                           f"have length {tokens_manifest['context_length']}; re-run the tokenize step")
     windows = {split: load_windows(tokens_dir, split) for split in SPLITS}
     plan = plan_windows(config, {split: len(w) for split, w in windows.items()})
+    from .resources import available_memory, cache_estimate, check_memory
+
+    check_memory(cache_estimate(config), config.cache.device, "lower cache.batch_sequences",
+                 available_memory(config.cache.device, config))
 
     loaded = loaded or load_model(config.model, config.paths, device=config.cache.device)
     prepared = config.paths.model_dir(config.model.name) / PREPARED_MARKER

@@ -22,6 +22,7 @@ CONF_DIR = REPO_ROOT / "conf"
 
 DTYPES = ("float32", "bfloat16", "float16")
 SITES = ("resid_post", "mlp_out", "attn_z")
+L1_UNITS = ("normalized", "paper_per_dim", "paper_per_dim_energy")
 STAGES = ("cache", "train", "evaluate", "report")  # pipeline stages, in order, an experiment can run through
 
 
@@ -188,10 +189,15 @@ class SAEGroupConfig:
     lr: float = 1e-3
     l1: list[float] = field(default_factory=list)
     sites: list[str] = field(default_factory=list)  # train this group only at these sites ([]: every site)
+    # What λ is measured against. normalized: the loss ||x − x̂||² + λ||f||₁ on activations scaled by
+    # train.normalize; paper_per_dim: the paper's Gated runs (squared error / d, raw activations);
+    # paper_per_dim_energy: the paper's Pythia / Gemma baseline runs (squared error / (d · E||x||²)).
+    l1_units: str = "normalized"
 
     def validate(self, key: str) -> None:
         from .saes import ARCHITECTURES
 
+        _choice(self.l1_units, f"{key}.l1_units", L1_UNITS)
         for site in self.sites:
             _choice(site, f"{key}.sites", SITES)
         _choice(self.arch, f"{key}.arch", sorted(ARCHITECTURES))
@@ -202,6 +208,15 @@ class SAEGroupConfig:
 
     def width(self, d: int) -> int:
         return int(round(self.width_ratio * d))
+
+    def internal_l1(self, l1: float, d: int, scale: float, mean_sq_norm: float) -> float:
+        """λ in the trainer's loss, ||s·x − s·x̂||² + λ'||s·f||₁ with s the activation scale, for a λ in
+        `l1_units` (dividing the paper's loss by the factor in front of its squared error gives ours)."""
+        if self.l1_units == "paper_per_dim":
+            return l1 * d * scale
+        if self.l1_units == "paper_per_dim_energy":
+            return l1 * d * mean_sq_norm * scale
+        return l1
 
     def trained_at(self, site: str) -> bool:
         return not self.sites or site in self.sites
@@ -214,6 +229,7 @@ class SweepConfig:
     name: str = "default"
     groups: list[SAEGroupConfig] = field(default_factory=list)
     rescale_shift: bool = False  # also train Fig. 9's rescale-and-shift on top of each trained baseline
+    rescale_shift_sites: list[str] = field(default_factory=list)  # ... at these sites ([]: every site)
 
     def validate(self) -> None:
         _require(bool(self.groups), "sweep.groups", "list at least one group of SAEs")
@@ -221,6 +237,13 @@ class SweepConfig:
                  "needs a baseline group to rescale and shift")
         for index, group in enumerate(self.groups):
             group.validate(f"sweep.groups.{index}")
+        for site in self.rescale_shift_sites:
+            _choice(site, "sweep.rescale_shift_sites", SITES)
+
+    def rescale_shift_at(self, site: str) -> bool:
+        """Whether Fig. 9's rescale-and-shift is trained at `site` (it needs a baseline group there)."""
+        return (self.rescale_shift and (not self.rescale_shift_sites or site in self.rescale_shift_sites)
+                and any(g.arch == "baseline" for g in self.groups_at(site)))
 
     def groups_at(self, site: str) -> list[SAEGroupConfig]:
         """The groups trained at `site` (ablation groups may be limited to some sites)."""
@@ -288,6 +311,20 @@ class EvaluateConfig:
 
 
 @dataclass
+class ResourcesConfig:
+    """How jobs are sized (never what they compute): device memory and sustained throughput, used to
+    split a grid into passes that fit, for scheduler resources and for `gatedsae estimate`."""
+
+    device_memory_gib: Optional[float] = None  # None: the device's own (GPU total, or the RAM available)
+    sustained_tflops: Optional[float] = None   # None: 300 on a GPU, 0.06 on a CPU (see resources.py)
+
+    def validate(self) -> None:
+        for key in ("device_memory_gib", "sustained_tflops"):
+            value = getattr(self, key)
+            _require(value is None or value > 0, f"resources.{key}", "must be positive, or null")
+
+
+@dataclass
 class PathsConfig:
     data: str = "data"
 
@@ -327,11 +364,13 @@ class Config:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 0
 
     def validate(self) -> None:
-        for part in (self.model, self.corpus, self.cache, self.experiment, self.sweep, self.train, self.evaluate):
+        for part in (self.model, self.corpus, self.cache, self.experiment, self.sweep, self.train, self.evaluate,
+                     self.resources):
             part.validate()
         for layer in self.experiment.layers:
             _require(0 <= layer < self.model.n_layers, "experiment.layers",

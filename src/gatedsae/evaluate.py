@@ -210,13 +210,17 @@ def grid_indexes(config: Config, site: str, layer: int) -> dict[str, Path]:
 
     grid_dir = config.paths.checkpoints_dir(config.model.name, config.corpus.name, site, layer, config.sweep.name)
     indexes = {"sweep": grid_dir / GRID_INDEX}
-    if config.sweep.rescale_shift:
+    if config.sweep.rescale_shift_at(site):
         indexes["rescale_shift"] = grid_dir / RESCALE_SHIFT_DIR / GRID_INDEX
     return indexes
 
 
 def evaluate_grid(config: Config, site: str, layer: int, progress: bool = True, loaded=None) -> Path:
     """Evaluate every SAE of (site, layer)'s grids; reuse saved results whose identity matches."""
+    from .resources import available_memory, check_memory, evaluate_estimate
+
+    check_memory(evaluate_estimate(config, site), config.evaluate.device, "lower evaluate.batch_windows",
+                 available_memory(config.evaluate.device, config))
     out_dir = config.paths.evaluation_dir(config.model.name, config.corpus.name, site, layer, config.sweep.name)
     store = ActivationStore(config.paths.activations_dir(config.model.name, config.corpus.name, site, layer), "heldout")
     entries = []  # (variant, sae, path of its saved metrics, identity)

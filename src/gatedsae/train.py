@@ -44,6 +44,7 @@ class SAESpec:
     width: int
     l1: float
     lr: float
+    l1_units: str = "normalized"
 
     @property
     def name(self) -> str:
@@ -52,18 +53,20 @@ class SAESpec:
 
 def grid_specs(config: Config, d: int, site: str) -> list[SAESpec]:
     """Every SAE of the sweep at `site`, in order (no parameters allocated)."""
-    return [SAESpec(g, i, group.arch, group.width(d), l1, group.lr)
+    return [SAESpec(g, i, group.arch, group.width(d), l1, group.lr, group.l1_units)
             for g, group in enumerate(config.sweep.groups_at(site)) for i, l1 in enumerate(group.l1)]
 
 
-def build_grid(config: Config, d: int, site: str) -> tuple[list[BatchedSAE], list[SAESpec]]:
-    """Batched modules for the sweep's groups at `site`; an SAE's init depends only on (seed, its spec)."""
+def build_grid(config: Config, d: int, site: str, scale: float = 1.0,
+               mean_sq_norm: float = 1.0) -> tuple[list[BatchedSAE], list[SAESpec]]:
+    """Batched modules for the sweep's groups at `site`; an SAE's init depends only on (seed, its spec).
+    λ is converted from the group's `l1_units` with the activation scale and E||x||² of the data."""
     modules = []
     for group in config.sweep.groups_at(site):
         width = group.width(d)
         seeds = [_sae_seed(config.train.seed, group.arch, width, l1) for l1 in group.l1]
-        modules.append(make_sae(group.arch, len(group.l1), d, width, torch.tensor(group.l1), config.train.seed,
-                                seeds=seeds))
+        l1 = torch.tensor([group.internal_l1(v, d, scale, mean_sq_norm) for v in group.l1])
+        modules.append(make_sae(group.arch, len(group.l1), d, width, l1, config.train.seed, seeds=seeds))
     return modules, grid_specs(config, d, site)
 
 
@@ -107,7 +110,8 @@ class GridTrainer:
         self.data_statistics = store.statistics(self.train.max_norm_ratio)
         self.scale = self._activation_scale()
         if grid is None:
-            modules, self.specs = build_grid(config, store.d, store.manifest.site)
+            modules, self.specs = build_grid(config, store.d, store.manifest.site, self.scale,
+                                             self.data_statistics["mean_sq_norm"])
             self.base_lrs = [group.lr for group in config.sweep.groups_at(store.manifest.site)]
         else:
             modules, self.specs, self.base_lrs = grid
@@ -296,7 +300,7 @@ RESCALE_SHIFT_DIR = "rescale_shift"
 
 def training_key(config: Config, store: ActivationStore, spec: SAESpec, extra: str = "") -> str:
     """Everything an SAE's trained parameters depend on (besides the code)."""
-    return config_hash({"spec": [spec.arch, spec.width, spec.l1, spec.lr], "train": asdict(config.train),
+    return config_hash({"spec": [spec.arch, spec.width, spec.l1, spec.lr, spec.l1_units], "train": asdict(config.train),
                         "store": store.manifest.config_hash, "d": store.d, "extra": extra})
 
 
@@ -329,13 +333,21 @@ def _stores(config: Config, site: str, layer: int) -> tuple[Path, ActivationStor
 def train_grid(config: Config, site: str, layer: int, progress: bool = True) -> Path:
     """Train the sweep's SAEs at (site, layer) that are not trained yet; write one checkpoint per SAE,
     then `grid.json` (every SAE of the sweep) last."""
+    from .resources import available_memory, check_memory, plan_passes, train_estimate, train_pass_memory
+
     out_dir, store = _stores(config, site, layer)
     specs = grid_specs(config, store.d, site)
     keys = {spec.name: training_key(config, store, spec) for spec in specs}
     missing = [spec for spec in specs if not _finished(out_dir / spec.name, keys[spec.name])]
-    print(f"{len(specs) - len(missing)} of {len(specs)} SAEs already trained; training {len(missing)}", flush=True)
-    if missing:
-        trainer = GridTrainer(_sweep_of(config, site, missing), store, out_dir)
+    available = available_memory(config.train.device, config)
+    passes = plan_passes(missing, train_pass_memory(config, site), available)
+    for chunk in passes:  # before any compute: every pass must fit (a single SAE may not)
+        check_memory(train_estimate(_sweep_of(config, site, chunk), site), config.train.device,
+                     "lower train.batch_size or train.buffer_rows, or use narrower SAEs", available)
+    print(f"{len(specs) - len(missing)} of {len(specs)} SAEs already trained; training {len(missing)}"
+          + (f" in {len(passes)} passes over the data (device memory)" if len(passes) > 1 else ""), flush=True)
+    for chunk in passes:  # each pass exports its SAEs, so a killed run keeps every finished pass
+        trainer = GridTrainer(_sweep_of(config, site, chunk), store, out_dir)
         trainer.run(progress=progress)
         export_checkpoints(trainer, site, layer, out_dir, keys)
     return write_grid_index(out_dir, site, layer, config.sweep.name, specs)
@@ -344,7 +356,8 @@ def train_grid(config: Config, site: str, layer: int, progress: bool = True) -> 
 def train_rescale_shift(config: Config, site: str, layer: int, progress: bool = True) -> Path:
     """Fig. 9: freeze each trained baseline of the grid and learn only a per-feature rescale and shift
     on top (the baselines are read back from their checkpoints)."""
-    from .checkpoints import baseline_from_checkpoints, checkpoint_id
+    from .checkpoints import checkpoint_id
+    from .resources import Estimate, available_memory, check_memory, plan_passes, rescale_shift_memory
 
     grid_dir, store = _stores(config, site, layer)
     index = grid_dir / GRID_INDEX
@@ -360,25 +373,38 @@ def train_rescale_shift(config: Config, site: str, layer: int, progress: bool = 
             for spec, entry in zip(wrapped, baselines)}
     todo = [(spec, entry) for spec, entry in zip(wrapped, baselines) if not _finished(out_dir / spec.name, keys[spec.name])]
     print(f"{len(wrapped) - len(todo)} of {len(wrapped)} rescale-and-shift SAEs already trained", flush=True)
-    if todo:
-        modules, specs, group_lrs = [], [], []
-        for width, lr in sorted({(spec.width, spec.lr) for spec, _ in todo}):
-            members = [(spec, entry) for spec, entry in todo if (spec.width, spec.lr) == (width, lr)]
-            baseline = baseline_from_checkpoints([entry["path"] for _, entry in members],
-                                                 seeds=[_sae_seed(config.train.seed, "baseline", width, spec.l1)
-                                                        for spec, _ in members])
-            specs += [SAESpec(len(modules), i, spec.arch, width, spec.l1, lr) for i, (spec, _) in enumerate(members)]
-            modules.append(RescaleShiftSAE.from_baseline(baseline))
-            group_lrs.append(lr)
-        extra = config_hash({"baselines": sorted(keys[spec.name] for spec, _ in todo)})
-        trainer = GridTrainer(config, store, out_dir, grid=(modules, specs, group_lrs), identity_extra=extra)
-        if not math.isclose(trainer.scale, json.loads(Path(todo[0][1]["path"], "training.json").read_text())
-                            ["activation_scale"], rel_tol=1e-6):
-            raise RuntimeError(f"the activation store of {site} layer {layer} changed since its baselines were "
-                               "trained; re-run train_grid")
-        trainer.run(progress=progress)
-        export_checkpoints(trainer, site, layer, out_dir, keys)
+    available = available_memory(config.train.device, config)
+    memory = lambda chunk: rescale_shift_memory(config, store.d, [spec.width for spec, _ in chunk])  # noqa: E731
+    passes = plan_passes(todo, memory, available)
+    for chunk in passes:  # before any compute
+        check_memory(Estimate(f"rescale_shift[{site}]", memory(chunk), 0.0), config.train.device,
+                     "lower train.batch_size or train.buffer_rows, or set sweep.rescale_shift=false", available)
+    for chunk in passes:
+        _train_rescale_shift_pass(config, store, site, layer, out_dir, chunk, keys, progress)
     return write_grid_index(out_dir, site, layer, config.sweep.name, wrapped)
+
+
+def _train_rescale_shift_pass(config: Config, store: ActivationStore, site: str, layer: int, out_dir: Path,
+                              todo: list, keys: dict[str, str], progress: bool) -> None:
+    from .checkpoints import baseline_from_checkpoints
+
+    modules, specs, group_lrs = [], [], []
+    for width, lr in sorted({(spec.width, spec.lr) for spec, _ in todo}):
+        members = [(spec, entry) for spec, entry in todo if (spec.width, spec.lr) == (width, lr)]
+        baseline = baseline_from_checkpoints([entry["path"] for _, entry in members],
+                                             seeds=[_sae_seed(config.train.seed, "baseline", width, spec.l1)
+                                                    for spec, _ in members])
+        specs += [SAESpec(len(modules), i, spec.arch, width, spec.l1, lr) for i, (spec, _) in enumerate(members)]
+        modules.append(RescaleShiftSAE.from_baseline(baseline))
+        group_lrs.append(lr)
+    extra = config_hash({"baselines": sorted(keys[spec.name] for spec, _ in todo)})
+    trainer = GridTrainer(config, store, out_dir, grid=(modules, specs, group_lrs), identity_extra=extra)
+    trained_scale = json.loads(Path(todo[0][1]["path"], "training.json").read_text())["activation_scale"]
+    if not math.isclose(trainer.scale, trained_scale, rel_tol=1e-6):
+        raise RuntimeError(f"the activation store of {site} layer {layer} changed since its baselines were "
+                           "trained; re-run train_grid")
+    trainer.run(progress=progress)
+    export_checkpoints(trainer, site, layer, out_dir, keys)
 
 
 def export_checkpoints(trainer: GridTrainer, site: str, layer: int, out_dir: Path, keys: dict[str, str]) -> None:
@@ -396,6 +422,7 @@ def export_checkpoints(trainer: GridTrainer, site: str, layer: int, out_dir: Pat
     for spec in trainer.specs:
         record = {
             "sae": spec.name, "arch": spec.arch, "width": spec.width, "l1": spec.l1, "lr": spec.lr,
+            "l1_in_training_loss": float(trainer.modules[spec.group].l1[spec.index]),
             "training_key": keys[spec.name],
             "site": site, "layer": layer, "d": store.d, "steps": trainer.step,
             "tokens": trainer.step * config.train.batch_size, "seed": config.train.seed,

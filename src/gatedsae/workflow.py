@@ -87,10 +87,10 @@ class ExperimentPlan:
     def report(self) -> str:
         return str(self.config.experiment.results / "report.html")
 
-    def _concrete(self, pattern: str) -> list[str]:
+    def _concrete(self, pattern: str, sites: list[str] | None = None) -> list[str]:
         return [
             pattern.format(model=self.model, corpus=self.corpus, site=site, layer=layer, sweep=self.config.sweep.name)
-            for site in self.config.experiment.sites
+            for site in (self.config.experiment.sites if sites is None else sites)
             for layer in self.config.experiment.layers
         ]
 
@@ -98,20 +98,44 @@ class ExperimentPlan:
         if stage == "report":
             return [self.report()]
         patterns = {"cache": [self.store_manifest()], "train": [self.grid_index()], "evaluate": [self.evaluation()]}
-        if self.config.sweep.rescale_shift:
-            patterns["train"].append(self.rescale_shift_index())
-        return sorted({path for pattern in patterns[stage] for path in self._concrete(pattern)})
+        targets = {path for pattern in patterns[stage] for path in self._concrete(pattern)}
+        if stage == "train":
+            sites = [site for site in self.config.experiment.sites if self.config.sweep.rescale_shift_at(site)]
+            targets |= set(self._concrete(self.rescale_shift_index(), sites))
+        return sorted(targets)
 
-    def trained_grids(self) -> list[str]:
-        """What the evaluate rule of one (site, layer) needs: its grid, and the rescale-shift grid if any."""
+    def trained_grids(self, wildcards) -> list[str]:
+        """Input function of the evaluate rule: the (site, layer)'s grid, and its rescale-shift grid if any."""
         grids = [self.grid_index()]
-        if self.config.sweep.rescale_shift:
+        if self.config.sweep.rescale_shift_at(wildcards.site):
             grids.append(self.rescale_shift_index())
-        return grids
+        return [grid.format(**dict(wildcards.items())) for grid in grids]
 
     def targets(self) -> list[str]:
         """What `snakemake all` builds: every output of the experiment's last stage."""
         return self.stage_targets(self.config.experiment.through)
+
+    # --- scheduler resources, from the estimates of `resources` -------------------------------------
+
+    def resources(self, job: str) -> dict:
+        """Snakemake resources of a rule: callables of the wildcards where they depend on the site."""
+        from . import resources
+
+        def per_site(estimate, device):
+            def get(key):
+                return lambda wildcards: resources.job_resources(estimate(self.config, wildcards.site), device,
+                                                                 self.config)[key]
+            return {key: get(key) for key in ("mem_mb", "runtime", "gpu")}
+
+        if job == "cache_activations":
+            return resources.job_resources(resources.cache_estimate(self.config), self.config.cache.device,
+                                           self.config)
+        estimate, device = {
+            "train_grid": (resources.train_job_estimate, self.config.train.device),
+            "rescale_shift": (resources.rescale_shift_estimate, self.config.train.device),
+            "evaluate_grid": (resources.evaluate_estimate, self.config.evaluate.device),
+        }[job]
+        return per_site(estimate, device)
 
     # --- commands and params --------------------------------------------------------------------------
 

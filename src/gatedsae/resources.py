@@ -1,0 +1,251 @@
+"""What each job needs, computed from conf/ alone: peak memory (model, shuffle buffer, SAE grid and its
+optimiser, per-step activations), FLOPs and so device-hours, and disk. Used three ways:
+
+- before a run, `check_memory` prints the estimate and stops with a clear error when it cannot fit
+  the device (GPU memory, or the RAM available on a CPU);
+- the Snakefile derives each job's resources (mem_mb, runtime, GPUs) from it, for cluster profiles;
+- `python -m gatedsae estimate experiment=...` prints the table of the README's "Running at paper scale".
+
+The numbers are estimates (stated assumptions below), meant to size jobs, not to replace profiling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import Config, SAEGroupConfig
+
+BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+GIB = 1024**3
+# Sustained throughput assumed for device-hours: dense bf16 on an H100/H200-class GPU at ~40% of peak,
+# and fp32 on CPUs from the benchmarks in results/benchmarks/ (2 cores: ~60 GFLOP/s).
+SUSTAINED_FLOPS = {"cuda": 300e12, "cpu": 60e9}
+# Matmul FLOPs per token and per (d × width) of one training step (forward + backward, no input grad).
+TRAIN_FLOPS_PER_DW = {"baseline": 10, "baseline_rescale_shift": 6, "gated": 14, "gated_unfrozen_decoder": 14,
+                      "gated_no_rmag": 14, "gated_untied": 18}
+
+
+class ResourceError(RuntimeError):
+    """A job cannot fit the device; the message names what to change."""
+
+
+@dataclass
+class Estimate:
+    job: str
+    memory_bytes: float
+    flops: float
+    disk_bytes: float = 0.0
+    breakdown: dict | None = None
+
+    def hours(self, device: str, sustained_tflops: float | None = None) -> float:
+        flops_per_s = sustained_tflops * 1e12 if sustained_tflops else SUSTAINED_FLOPS[
+            "cuda" if device.startswith("cuda") else "cpu"]
+        return self.flops / flops_per_s / 3600
+
+
+# --- model ---------------------------------------------------------------------------------------------
+
+
+def model_parameters(config: Config, layers: int | None = None) -> float:
+    """Parameters of the LM (or of its first `layers` blocks, embeddings included): attention, MLP
+    (gated MLPs have three matrices), embeddings and unembedding."""
+    m = config.model
+    attention = 4 * m.d_model * m.n_heads * m.d_head
+    mlp = _mlp_matrices(config) * m.d_model * m.d_mlp
+    blocks = m.n_layers if layers is None else layers
+    return blocks * (attention + mlp) + 2 * m.d_vocab * m.d_model
+
+
+def _mlp_matrices(config: Config) -> int:
+    """Gated MLPs (Llama, SmolLM, Gemma) have three matrices; GPT-NeoX / GPT-2 style ones (Pythia) and
+    the tiny random model have two."""
+    m = config.model
+    classic = m.source == "random" or any(family in m.hub_id.lower() for family in ("pythia", "gpt"))
+    return 2 if classic else 3
+
+
+def _forward_activation_bytes(config: Config, sequences: int) -> float:
+    m, ctx = config.model, config.experiment.context_length
+    per_token = 4 * (4 * m.d_model + 2 * m.d_mlp + m.n_heads * m.d_head)  # residual, MLP hidden, z (fp32)
+    attention_scores = sequences * m.n_heads * ctx * ctx * 4
+    return sequences * ctx * per_token + attention_scores
+
+
+def cache_estimate(config: Config) -> Estimate:
+    tokens = config.cache.train_tokens + config.cache.heldout_tokens
+    deepest = max(config.experiment.layers) + 1
+    weights = model_parameters(config) * BYTES[config.model.dtype]
+    activations = _forward_activation_bytes(config, config.cache.batch_sequences)
+    stores = len(config.experiment.layers) * sum(config.model.site_width(s) for s in config.experiment.sites)
+    return Estimate("cache_activations", weights + activations, 2 * model_parameters(config, deepest) * tokens,
+                    disk_bytes=tokens * stores * BYTES[config.cache.dtype],
+                    breakdown={"model": weights, "activations": activations})
+
+
+# --- SAE grids -----------------------------------------------------------------------------------------
+
+
+def _group_parameters(group: SAEGroupConfig, d: int) -> float:
+    w = group.width(d)
+    encoders = 2 if group.arch == "gated_untied" else 1
+    return len(group.l1) * ((encoders + 1) * d * w + 4 * w + d)
+
+
+def train_estimate(config: Config, site: str) -> Estimate:
+    d, train = config.model.site_width(site), config.train
+    groups = config.sweep.groups_at(site)
+    parameters = sum(_group_parameters(g, d) for g in groups)
+    # parameters, gradients and Adam's two moments in fp32
+    optimiser_state = 4 * parameters * 4
+    # per SAE and step: pre-activations, features, masks and their gradients (~8 [B, width] fp32 tensors)
+    step = sum(len(g.l1) * 8 * train.batch_size * g.width(d) * 4 for g in groups)
+    buffer = 2 * train.buffer_rows * d * 4  # the mixing buffer and its permuted copy
+    flops = sum(TRAIN_FLOPS_PER_DW[g.arch] * d * g.width(d) * len(g.l1) for g in groups) * train.tokens
+    checkpoints = parameters * 4 * 4  # exported weights + the training state (params and Adam moments)
+    return Estimate(f"train_grid[{site}]", optimiser_state + step + buffer, flops, disk_bytes=checkpoints,
+                    breakdown={"sae_grid_and_optimiser": optimiser_state, "step_activations": step,
+                               "shuffle_buffer": buffer})
+
+
+def rescale_shift_estimate(config: Config, site: str) -> Estimate:
+    d, train = config.model.site_width(site), config.train
+    widths = [g.width(d) for g in config.sweep.groups_at(site) if g.arch == "baseline" for _ in g.l1]
+    memory = lambda chunk: rescale_shift_memory(config, d, chunk)  # noqa: E731
+    passes = [widths]
+    if config.resources.device_memory_gib:
+        passes = plan_passes(widths, memory, config.resources.device_memory_gib * GIB)
+    flops = sum(TRAIN_FLOPS_PER_DW["baseline_rescale_shift"] * d * w for w in widths) * train.tokens
+    job = f"rescale_shift[{site}]" + (f" in {len(passes)} passes" if len(passes) > 1 else "")
+    return Estimate(job, max(memory(chunk) for chunk in passes), flops,
+                    disk_bytes=sum(2 * d * w * 4 * 2 for w in widths))
+
+
+def evaluate_estimate(config: Config, site: str) -> Estimate:
+    m, evaluate = config.model, config.evaluate
+    d = m.site_width(site)
+    n_saes = sum(len(g.l1) for g in config.sweep.groups_at(site))
+    n_saes += sum(len(g.l1) for g in config.sweep.groups_at(site) if g.arch == "baseline") * config.sweep.rescale_shift_at(site)
+    widest = max(g.width(d) for g in config.sweep.groups_at(site))
+    tokens = evaluate.ce_windows * config.experiment.context_length
+    logits = evaluate.batch_windows * config.experiment.context_length * m.d_vocab * 4 * 2
+    memory = (model_parameters(config) * BYTES[m.dtype] + _forward_activation_bytes(config, evaluate.batch_windows)
+              + logits + 3 * d * widest * 4)
+    remainder = model_parameters(config) - model_parameters(config, min(config.experiment.layers))
+    flops = tokens * (2 * model_parameters(config) + n_saes * (2 * remainder + 4 * d * widest))
+    return Estimate(f"evaluate_grid[{site}]", memory, flops)
+
+
+def experiment_estimates(config: Config) -> list[tuple[Estimate, int]]:
+    """(estimate, number of such jobs) for every job kind of the experiment."""
+    layers = len(config.experiment.layers)
+    rows = [(cache_estimate(config), 1)]
+    for site in config.experiment.sites:
+        rows.append((train_job_estimate(config, site), layers))
+        if config.sweep.rescale_shift_at(site):
+            rows.append((rescale_shift_estimate(config, site), layers))
+        rows.append((evaluate_estimate(config, site), layers))
+    return rows
+
+
+# --- checks and reports --------------------------------------------------------------------------------
+
+
+def available_memory(device: str, config: Config | None = None) -> float:
+    """Bytes a job may use: resources.device_memory_gib if set, else the GPU's total memory or the RAM
+    the OS reports available."""
+    if config is not None and config.resources.device_memory_gib:
+        return config.resources.device_memory_gib * GIB
+    if device.startswith("cuda"):
+        import torch
+
+        return float(torch.cuda.get_device_properties(torch.device(device)).total_memory)
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float("inf")
+
+
+def check_memory(estimate: Estimate, device: str, fix: str, available: float) -> None:
+    """Print the estimate; raise ResourceError (before any compute) when it exceeds `available`."""
+    parts = ", ".join(f"{k} {_size(v)}" for k, v in (estimate.breakdown or {}).items())
+    print(f"{estimate.job}: estimated peak memory {_size(estimate.memory_bytes)}"
+          + (f" ({parts})" if parts else "") + f" on {device} with {_size(available)}", flush=True)
+    if estimate.memory_bytes > available:
+        raise ResourceError(f"{estimate.job} needs about {estimate.memory_bytes / GIB:.1f} GiB but {device} has "
+                            f"{available / GIB:.1f} GiB; {fix}")
+
+
+def plan_passes(items: list, memory, available: float) -> list[list]:
+    """Split `items` (SAEs to train, in sweep order) into passes over the data whose `memory(chunk)`
+    fits `available` bytes: greedy, so the passes left after a finished one are the same and a killed
+    run resumes. A single item that does not fit gets a pass of its own (and fails the memory check)."""
+    passes, current = [], []
+    for item in items:
+        if current and memory(current + [item]) > available:
+            passes.append(current)
+            current = []
+        current.append(item)
+    if current:
+        passes.append(current)
+    return passes
+
+
+def train_pass_memory(config: Config, site: str):
+    """memory(chunk of SAESpecs) for `plan_passes` of a train_grid job."""
+    from .train import _sweep_of
+
+    return lambda chunk: train_estimate(_sweep_of(config, site, chunk), site).memory_bytes
+
+
+def rescale_shift_memory(config: Config, d: int, widths: list[int]) -> float:
+    """Peak memory of rescale-and-shift SAEs of the given widths trained together (frozen baselines)."""
+    train = config.train
+    return sum(2 * (2 * d * w + 4 * w + d) * 4 + 8 * train.batch_size * w * 4 for w in widths) \
+        + 2 * train.buffer_rows * d * 4
+
+
+def train_job_estimate(config: Config, site: str) -> Estimate:
+    """The train_grid job as it will run: memory of its largest pass, FLOPs of all of them."""
+    from .train import grid_specs
+
+    whole = train_estimate(config, site)
+    if not config.resources.device_memory_gib:
+        return whole
+    d = config.model.site_width(site)
+    memory = train_pass_memory(config, site)
+    passes = plan_passes(grid_specs(config, d, site), memory, config.resources.device_memory_gib * GIB)
+    largest = max(memory(chunk) for chunk in passes)
+    return Estimate(f"{whole.job} in {len(passes)} passes" if len(passes) > 1 else whole.job, largest, whole.flops,
+                    whole.disk_bytes, whole.breakdown)
+
+
+def job_resources(estimate: Estimate, device: str, config: Config) -> dict:
+    """Scheduler resources for one job: memory with 25% + 2 GiB headroom, runtime with 50% + 15 min."""
+    return {"mem_mb": int((estimate.memory_bytes * 1.25 + 2 * GIB) / 2**20),
+            "runtime": int(estimate.hours(device, config.resources.sustained_tflops) * 60 * 1.5) + 15,
+            "gpu": 1 if device.startswith("cuda") else 0}
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / GIB:.2f} GiB" if n_bytes >= GIB / 10 else f"{n_bytes / 2**20:.1f} MiB"
+
+
+def markdown_table(config: Config) -> str:
+    """The experiment's jobs: count, peak memory, disk and device-hours (the README's scale table)."""
+    device = config.train.device
+    tflops = config.resources.sustained_tflops or SUSTAINED_FLOPS['cuda' if device.startswith('cuda') else 'cpu'] / 1e12
+    memory = f"{config.resources.device_memory_gib:g} GiB" if config.resources.device_memory_gib else "unbounded"
+    lines = [f"**{config.experiment.name}** ({config.model.name}; layers {config.experiment.layers}; "
+             f"{config.train.tokens:,} training tokens per SAE; device-hours at {tflops:g} TFLOP/s sustained; "
+             f"device memory {memory})", "",
+             "| job | count | peak memory (GiB) | disk (GiB, all jobs) | device-hours (all jobs) |", "|---|---|---|---|---|"]
+    total_hours = total_disk = 0.0
+    for estimate, count in experiment_estimates(config):
+        hours, disk = estimate.hours(device, config.resources.sustained_tflops) * count, estimate.disk_bytes * count / GIB
+        total_hours, total_disk = total_hours + hours, total_disk + disk
+        lines.append(f"| {estimate.job} | {count} | {estimate.memory_bytes / GIB:.1f} | {disk:,.1f} | {hours:,.1f} |")
+    lines.append(f"| **total** | | | **{total_disk:,.0f}** | **{total_hours:,.0f}** |")
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""Job sizing: estimates, the memory check before compute, grids split into passes that fit, and the
+scheduler resources the Snakefile derives from them."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+from conftest import smoke_config
+from gatedsae.checkpoints import read_checkpoint
+from gatedsae.config import REPO_ROOT, load_config
+from gatedsae.resources import (GIB, ResourceError, experiment_estimates, markdown_table, plan_passes,
+                                train_estimate, train_pass_memory)
+from gatedsae.train import grid_specs, train_grid
+from gatedsae.workflow import ExperimentPlan
+
+SITE, LAYER = "resid_post", 1
+
+
+def test_estimates_grow_with_the_grid_and_name_every_job():
+    config = load_config(["experiment=paper_pythia_2.8b"])
+    jobs = [estimate.job for estimate, _ in experiment_estimates(config)]
+    assert jobs[0] == "cache_activations" and len(jobs) == 1 + 3 * 3
+    small = train_estimate(config, "resid_post")  # 2^15-wide Gated vs 2^17 at the MLP
+    large = train_estimate(config, "mlp_out")
+    assert 3.5 < large.flops / small.flops < 4.5 and large.memory_bytes > small.memory_bytes
+    assert "| **total** |" in markdown_table(config)
+
+
+def test_plan_passes_is_greedy_and_stable():
+    sizes = {"a": 3, "b": 3, "c": 3, "d": 5, "e": 1}
+    memory = lambda chunk: sum(sizes[i] for i in chunk)  # noqa: E731
+    assert plan_passes(list("abcde"), memory, 6) == [["a", "b"], ["c"], ["d", "e"]]
+    assert plan_passes(list("cde"), memory, 6) == [["c"], ["d", "e"]], "what is left after a pass plans the same"
+    assert plan_passes(list("abcde"), memory, 100) == [list("abcde")]
+
+
+def test_an_impossible_config_stops_before_any_compute(smoke_cache, tmp_path):
+    shutil.copytree(smoke_cache.paths.root / "activations", tmp_path / "activations")
+    config = smoke_config(tmp_path, "resources.device_memory_gib=0.0001")
+    with pytest.raises(ResourceError, match=r"train_grid\[resid_post\] needs about .* GiB but cpu has 0.0 GiB; lower"):
+        train_grid(config, SITE, LAYER, progress=False)
+    assert not config.paths.checkpoints_dir("tiny", "tiny", SITE, LAYER, "smoke").exists()
+    result = subprocess.run([sys.executable, "-m", "gatedsae", "train", "experiment=smoke", f"paths.data={tmp_path}",
+                             "resources.device_memory_gib=0.0001", f"--site={SITE}", f"--layer={LAYER}"],
+                            capture_output=True, text=True)
+    assert result.returncode == 3 and "resource error" in result.stderr
+
+
+def test_a_grid_too_large_for_the_device_trains_in_passes_to_the_same_saes(smoke_cache, tmp_path, capsys):
+    shutil.copytree(smoke_cache.paths.root / "activations", tmp_path / "one" / "activations")
+    shutil.copytree(smoke_cache.paths.root / "activations", tmp_path / "split" / "activations")
+    whole = smoke_config(tmp_path / "one")
+    memory = train_pass_memory(whole, SITE)
+    specs = grid_specs(whole, whole.model.site_width(SITE), SITE)
+    budget = memory(specs[:3]) / GIB  # room for three of the six SAEs at a time
+    split = smoke_config(tmp_path / "split", f"resources.device_memory_gib={budget}")
+    index = train_grid(split, SITE, LAYER, progress=False)
+    assert re.search(r"training 6 in [23] passes over the data", capsys.readouterr().out)
+    train_grid(whole, SITE, LAYER, progress=False)
+    for entry in json.loads(index.read_text())["saes"]:
+        _, passes, _ = read_checkpoint(entry["path"])
+        _, together, _ = read_checkpoint(whole.paths.checkpoints_dir("tiny", "tiny", SITE, LAYER, "smoke") / entry["sae"])
+        for name in together:
+            torch.testing.assert_close(passes[name], together[name], rtol=1e-5, atol=1e-6)
+
+
+def test_scheduler_resources_come_from_the_estimates():
+    plan = ExperimentPlan("paper_gemma_7b", ["resources.device_memory_gib=80"])
+    wildcards = type("Wildcards", (), {"site": "mlp_out"})()
+    train = {key: value(wildcards) for key, value in plan.resources("train_grid").items()}
+    assert train["gpu"] == 1 and 80 * 1024 < train["mem_mb"] < 80 * 1024 * 1.25 + 2048 + 1
+    assert train["runtime"] > 60 * 24  # days of GPU time for a paper grid
+    cache = plan.resources("cache_activations")
+    assert cache["gpu"] == 1 and cache["mem_mb"] > 16 * 1024
+
+
+def test_slurm_dry_run_lists_the_paper_dag_with_resources_per_job(tmp_path):
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--profile", "profiles/slurm", "--config", "experiment=paper_gemma_7b",
+         f"overrides=paths.data={tmp_path} resources.device_memory_gib=80"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    blocks = result.stdout.split("\n\n")
+    trains = [b for b in blocks if "rule train_grid:" in b]
+    assert len(trains) == 12  # 4 layers × 3 sites
+    plan = ExperimentPlan("paper_gemma_7b", [f"paths.data={tmp_path}", "resources.device_memory_gib=80"])
+    for block in trains:
+        site = re.search(r"site=(\w+)", block).group(1)
+        wildcards = type("Wildcards", (), {"site": site})()
+        expected = plan.resources("train_grid")["mem_mb"](wildcards)
+        assert f"mem_mb={expected}" in block and "gpu=1" in block and "gpu_model=h100" in block
+    assert len([b for b in blocks if "rule evaluate_grid:" in b]) == 12
