@@ -99,3 +99,17 @@ def test_slurm_dry_run_lists_the_paper_dag_with_resources_per_job(tmp_path):
         expected = plan.resources("train_grid")["mem_mb"](wildcards)
         assert f"mem_mb={expected}" in block and "gpu=1" in block and "gpu_model=h100" in block
     assert len([b for b in blocks if "rule evaluate_grid:" in b]) == 12
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_degraded_on_the_cpu(tmp_path):
+    out = tmp_path / "gpu.json"
+    result = subprocess.run([sys.executable, "scripts/gpu_check.py", "--models", "tiny", "--device", "cpu",
+                             "--train-steps", "3", "--data", str(tmp_path / "none"), "--out", str(out)],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["degraded"] is True and report["device"] == "cpu"
+    (tiny,) = report["models"]
+    assert tiny["cache_tokens_per_s"] > 0 and tiny["train"]["sae_tokens_per_s"] > 0 and tiny["finite_metrics"]
+    assert 0 < tiny["train"]["fraction_of_matmul_peak"]

@@ -56,12 +56,15 @@ def _evaluate(config: Config, site: str, layer: str) -> None:
 
 
 def _evaluate_checkpoint(config: Config, checkpoint: str) -> None:
-    """Recompute one checkpoint's metrics from the checkpoint and the data; print them as JSON."""
+    """Recompute one checkpoint's metrics from the checkpoint and the data; print them as JSON (the only
+    thing on stdout, so it can be piped)."""
+    import contextlib
     import json
 
     from .evaluate import evaluate_checkpoint
 
-    row = evaluate_checkpoint(config, checkpoint)
+    with contextlib.redirect_stdout(sys.stderr):
+        row = evaluate_checkpoint(config, checkpoint)
     row.pop("density_histogram")
     print(json.dumps(row, indent=2))
 
