@@ -12,6 +12,7 @@ as a ratio. Writes results/benchmarks/train.json.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from bench_cache import machine  # noqa: E402
 from gatedsae.activations import ActivationStore  # noqa: E402
 from gatedsae.atomic import write_json_atomic  # noqa: E402
 from gatedsae.config import REPO_ROOT, SAEGroupConfig, SweepConfig, load_config  # noqa: E402
-from gatedsae.train import GridTrainer  # noqa: E402
+from gatedsae.train import GridTrainer, batch_stream  # noqa: E402
 
 
 def step_flops(trainer: GridTrainer, x: torch.Tensor) -> int:
@@ -42,16 +43,21 @@ def step_flops(trainer: GridTrainer, x: torch.Tensor) -> int:
 
 
 def timed_training(config, store: ActivationStore, steps: int) -> dict:
-    """Train `steps` steps (after one warm-up step) and return throughput figures."""
+    """Time `steps` training steps (after one warm-up step) on batches loaded beforehand, as the
+    sae-lens peer does: the step alone (forward, backward, decoder constraint, Adam, activity
+    bookkeeping), not the data pipeline."""
     with tempfile.TemporaryDirectory() as out:
         trainer = GridTrainer(config, store, Path(out))
         trainer.steps = steps + 1
-        trainer.train = replace(trainer.train, checkpoint_every_steps=10**9)
-        x = next(iter(store.batches(config.train.batch_size, seed=0, buffer_rows=config.train.buffer_rows)))
-        flops = step_flops(trainer, x.float() * trainer.scale)
-        trainer.run(progress=False, stop_after=1)
+        batches = [x.float() * trainer.scale for x in itertools.islice(batch_stream(store, trainer.train), steps + 1)]
+        flops = step_flops(trainer, batches[0])
+        trainer._init_decoder_bias()
+        trainer._train_step(batches[0])  # warm-up
+        trainer.step = 1
         started = time.perf_counter()
-        trainer.run(progress=False)
+        for x in batches[1:]:
+            trainer._train_step(x)
+            trainer.step += 1
         seconds = time.perf_counter() - started
     n_saes = len(trainer.specs)
     tokens = steps * config.train.batch_size
