@@ -9,7 +9,6 @@ the evidence); it reads the same conf/ as the pipeline.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile

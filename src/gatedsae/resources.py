@@ -195,9 +195,9 @@ def plan_passes(items: list, memory, available: float) -> list[list]:
 
 def train_pass_memory(config: Config, site: str):
     """memory(chunk of SAESpecs) for `plan_passes` of a train_grid job."""
-    from .train import _sweep_of
+    from .train import sweep_of
 
-    return lambda chunk: train_estimate(_sweep_of(config, site, chunk), site).memory_bytes
+    return lambda chunk: train_estimate(sweep_of(config, site, chunk), site).memory_bytes
 
 
 def rescale_shift_memory(config: Config, d: int, widths: list[int]) -> float:

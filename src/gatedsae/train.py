@@ -314,7 +314,7 @@ def _finished(directory: Path, key: str) -> bool:
         return False
 
 
-def _sweep_of(config: Config, site: str, specs: list[SAESpec]) -> Config:
+def sweep_of(config: Config, site: str, specs: list[SAESpec]) -> Config:
     """`config` with the sweep at `site` cut down to `specs` (groups keep their order and settings)."""
     from dataclasses import replace
 
@@ -342,12 +342,12 @@ def train_grid(config: Config, site: str, layer: int, progress: bool = True) -> 
     available = available_memory(config.train.device, config)
     passes = plan_passes(missing, train_pass_memory(config, site), available)
     for chunk in passes:  # before any compute: every pass must fit (a single SAE may not)
-        check_memory(train_estimate(_sweep_of(config, site, chunk), site), config.train.device,
+        check_memory(train_estimate(sweep_of(config, site, chunk), site), config.train.device,
                      "lower train.batch_size or train.buffer_rows, or use narrower SAEs", available)
     print(f"{len(specs) - len(missing)} of {len(specs)} SAEs already trained; training {len(missing)}"
           + (f" in {len(passes)} passes over the data (device memory)" if len(passes) > 1 else ""), flush=True)
     for chunk in passes:  # each pass exports its SAEs, so a killed run keeps every finished pass
-        trainer = GridTrainer(_sweep_of(config, site, chunk), store, out_dir)
+        trainer = GridTrainer(sweep_of(config, site, chunk), store, out_dir)
         trainer.run(progress=progress)
         export_checkpoints(trainer, site, layer, out_dir, keys)
     return write_grid_index(out_dir, site, layer, config.sweep.name, specs)
@@ -419,6 +419,7 @@ def export_checkpoints(trainer: GridTrainer, site: str, layer: int, out_dir: Pat
         "context_size": config.experiment.context_length, "prepend_bos": True, "dataset_path": config.corpus.name,
         "model_from_pretrained_kwargs": {},
     }
+    version = code_version()
     for spec in trainer.specs:
         record = {
             "sae": spec.name, "arch": spec.arch, "width": spec.width, "l1": spec.l1, "lr": spec.lr,
@@ -432,7 +433,7 @@ def export_checkpoints(trainer: GridTrainer, site: str, layer: int, out_dir: Pat
             "rows_per_epoch": trainer.data_statistics["rows"],
             "resampled": [r for r in trainer.resampled if r["sae"] == spec.name],
             "alive_fraction": float(trainer.fired_ever[spec.group][spec.index].float().mean()),
-            "train_config": asdict(config.train), "code_version": code_version(),
+            "train_config": asdict(config.train), "code_version": version,
             "activation_store": {"path": str(store_dir), "config_hash": store.manifest.config_hash,
                                  "shard_sha256": [r.sha256 for r in store.records]},
         }
