@@ -10,6 +10,10 @@ Layout of one store (one model, corpus, site, layer):
 
 Every shard covers the same context windows in every store of a run, so one LM forward feeds them all,
 and a killed run resumes at the first shard that some store lacks. The BOS position is never stored.
+
+With `cache.mode: stream` only the held-out split is written; training computes the same shards on the
+fly (`streaming.py`) and reads them through the same `ShardedActivations` interface, so the shuffle,
+the outlier rule and the statistics are shared code.
 """
 
 from __future__ import annotations
@@ -113,7 +117,7 @@ class StoreManifest:
             self.mean_sq_norm[name] = sum(r.sum_sq_norm for r in split.shards) / rows
 
 
-def _cache_identity(config: Config) -> dict:
+def cache_identity(config: Config) -> dict:
     """The settings whose change invalidates a store (token budgets only extend it)."""
     return {"model": asdict(config.model), "corpus": asdict(config.corpus), "seed": config.seed,
             "context_length": config.experiment.context_length, "dtype": config.cache.dtype,
@@ -146,12 +150,23 @@ def plan_windows(config: Config, available: dict[str, int]) -> dict[str, int]:
     return plan
 
 
+def windows_to_store(config: Config, plan: dict[str, int]) -> dict[str, int]:
+    """The windows the cache step writes: in stream mode the training split is computed by training."""
+    return {split: 0 if split == "train" and config.cache.mode == "stream" else windows
+            for split, windows in plan.items()}
+
+
 def _to_storage(activations: torch.Tensor, dtype: str) -> np.ndarray:
     torch_dtype, numpy_dtype = STORAGE[dtype]
     converted = activations.to(torch_dtype).contiguous()
     if dtype == "bfloat16":  # numpy has no bfloat16: keep the bits
         converted = converted.view(torch.int16)
     return converted.numpy().view(numpy_dtype)
+
+
+def as_stored(activations: torch.Tensor, dtype: str) -> torch.Tensor:
+    """The activations exactly as a store would give them back (rounded to the storage dtype)."""
+    return activations.to(STORAGE[dtype][0])
 
 
 def _from_storage(array: np.ndarray, dtype: str) -> torch.Tensor:
@@ -239,7 +254,7 @@ def cache_activations(config: Config, loaded=None) -> list[Path]:
     loaded = loaded or load_model(config.model, config.paths, device=config.cache.device)
     prepared = config.paths.model_dir(config.model.name) / PREPARED_MARKER
     provenance = json.loads(prepared.read_text()).get("provenance", {}) if prepared.exists() else {}
-    identity = config_hash(_cache_identity(config))
+    identity = config_hash(cache_identity(config))
     writers: dict[tuple[str, int], _StoreWriter] = {}
     for (site, layer), directory in config.activation_dirs().items():
         fresh = StoreManifest(
@@ -252,38 +267,49 @@ def cache_activations(config: Config, loaded=None) -> list[Path]:
         )
         writers[(site, layer)] = _StoreWriter.open(directory, fresh)
 
-    stop_at = max(config.experiment.layers) + 1
-    per_shard, batch = config.cache.shard_sequences, config.cache.batch_sequences
+    plan = windows_to_store(config, plan)
+    keys = list(writers)
+    per_shard = config.cache.shard_sequences
     for split in SPLITS:
         first_shard = min(w.finished_shards(split) for w in writers.values())
         n_shards = plan[split] // per_shard
         bar = _progress(plan[split] * (context - 1), first_shard * per_shard * (context - 1), f"cache {split}")
         for shard in range(first_shard, n_shards):
-            collected: dict[tuple[str, int], list[torch.Tensor]] = {key: [] for key in writers}
-            for start in range(shard * per_shard, (shard + 1) * per_shard, batch):
-                tokens = torch.from_numpy(np.asarray(windows[split][start : start + batch], dtype=np.int64))
-                for key, activation in _forward(loaded.model, tokens.to(config.cache.device), writers, stop_at):
-                    collected[key].append(activation)
-                bar.update(len(tokens) * (context - 1))
+            collected = shard_activations(loaded.model, windows[split], shard, config, keys)
+            bar.update(per_shard * (context - 1))
             for key, writer in writers.items():
                 if writer.finished_shards(split) == shard:  # a store may be ahead of the others after a crash
-                    writer.write_shard(split, shard, torch.cat(collected[key]), per_shard,
-                                       config.cache.outlier_norm_ratio)
+                    writer.write_shard(split, shard, collected[key], per_shard, config.cache.outlier_norm_ratio)
         bar.close()
     return [writer.close() for writer in writers.values()]
 
 
+def shard_activations(model, windows: np.ndarray, shard: int, config: Config,
+                      keys: list[tuple[str, int]]) -> dict[tuple[str, int], torch.Tensor]:
+    """The activations of one shard's windows at every (site, layer) in `keys`: [rows, d] each, BOS
+    dropped, on the CPU. The cache and the stream both call this, batch by batch in window order, so a
+    streamed shard is the stored one."""
+    per_shard, batch = config.cache.shard_sequences, config.cache.batch_sequences
+    stop_at = max(layer for _, layer in keys) + 1
+    collected: dict[tuple[str, int], list[torch.Tensor]] = {key: [] for key in keys}
+    for start in range(shard * per_shard, (shard + 1) * per_shard, batch):
+        tokens = torch.from_numpy(np.asarray(windows[start : start + batch], dtype=np.int64))
+        for key, activation in _forward(model, tokens.to(config.cache.device), keys, stop_at):
+            collected[key].append(activation)
+    return {key: torch.cat(parts) for key, parts in collected.items()}
+
+
 @torch.inference_mode()
-def _forward(model, tokens: torch.Tensor, writers, stop_at: int) -> Iterator[tuple[tuple[str, int], torch.Tensor]]:
-    """One forward to `stop_at`, feeding every requested hook; yields [batch·(ctx−1), d] per store, BOS dropped."""
+def _forward(model, tokens: torch.Tensor, keys, stop_at: int) -> Iterator[tuple[tuple[str, int], torch.Tensor]]:
+    """One forward to `stop_at`, feeding every requested hook; yields [batch·(ctx−1), d] per key, BOS dropped."""
     captured: dict[str, torch.Tensor] = {}
 
     def keep(activation: torch.Tensor, hook) -> None:
         captured[hook.name] = activation
 
-    names = {hook_name(site, layer) for site, layer in writers}
+    names = {hook_name(site, layer) for site, layer in keys}
     model.run_with_hooks(tokens, stop_at_layer=stop_at, fwd_hooks=[(name, keep) for name in names])
-    for site, layer in writers:
+    for site, layer in keys:
         activation = flatten(site, captured[hook_name(site, layer)])[:, 1:]
         yield (site, layer), activation.reshape(-1, activation.shape[-1]).cpu()
 
@@ -292,55 +318,44 @@ def _forward(model, tokens: torch.Tensor, writers, stop_at: int) -> Iterator[tup
 # Reading.
 
 
-class ActivationStore:
-    """Read side of one store's split: memory-mapped shards, verified against the manifest's sha256."""
+def _without_outliers(rows: torch.Tensor, max_norm_ratio: Optional[float]) -> torch.Tensor:
+    if max_norm_ratio is None:
+        return rows
+    norms = rows.float().norm(dim=-1)
+    return rows[norms <= max_norm_ratio * norms.median()]
 
-    def __init__(self, directory: str | Path, split: str = "train", verify: bool = True):
-        self.directory = Path(directory)
-        manifest_path = self.directory / MANIFEST
-        if not manifest_path.exists():
-            raise FileNotFoundError(f"{manifest_path} does not exist: the store is missing or its caching run did not "
-                                    "finish (re-run the cache step; it resumes)")
-        self.manifest = StoreManifest.read(manifest_path)
-        if split not in self.manifest.splits:
-            raise ValueError(f"split {split!r} not in {manifest_path}; splits: {list(self.manifest.splits)}")
-        self.split = split
-        self.records = self.manifest.splits[split].shards
-        self.verify = verify
-        self._verified: set[int] = set()
 
-    @property
-    def d(self) -> int:
-        return self.manifest.d
+class ShardedActivations:
+    """The read side shared by a stored split and a streamed one: shards of rows, in a fixed window
+    order, read through the same outlier rule, statistics and shuffle. Subclasses say where a shard's
+    rows come from (`shard`) and what identifies them (`identity`, `provenance`)."""
 
-    def __len__(self) -> int:
-        return self.manifest.splits[self.split].tokens
+    d: int
+    site: str
+    layer: int
+    identity: str  # the hash of the settings that define the activations (the same for both modes)
 
     @property
     def n_shards(self) -> int:
-        return len(self.records)
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
 
     def shard(self, index: int) -> torch.Tensor:
-        """The whole shard as a tensor in its storage dtype (read from disk, hash checked once)."""
-        record = self.records[index]
-        path = self.directory / record.file
-        if self.verify and index not in self._verified:
-            if not path.exists() or sha256_file(path) != record.sha256:
-                raise CorruptShardError(f"shard {path} does not match the sha256 in {self.directory / MANIFEST}; it is "
-                                        "corrupt or was changed. Delete the store and re-run the cache step.")
-            self._verified.add(index)
-        return _from_storage(np.load(path, mmap_mode="r"), self.manifest.dtype)
+        """Shard `index` as [rows, d] in the storage dtype."""
+        raise NotImplementedError
+
+    def provenance(self) -> dict:
+        """Where the rows came from, for the training record of every checkpoint."""
+        raise NotImplementedError
 
     def rows(self, index: int, max_norm_ratio: Optional[float] = None,
              dtype: Optional[torch.dtype] = torch.float32) -> torch.Tensor:
         """Shard `index` in `dtype` (None: as stored); with `max_norm_ratio`, without the rows whose norm
         exceeds that multiple of the shard's median norm (the massive activations counted as outliers)."""
         rows = self.shard(index)
-        rows = rows if dtype is None else rows.to(dtype)
-        if max_norm_ratio is None:
-            return rows
-        norms = rows.float().norm(dim=-1)
-        return rows[norms <= max_norm_ratio * norms.median()]
+        return _without_outliers(rows if dtype is None else rows.to(dtype), max_norm_ratio)
 
     def tokens(self, limit: Optional[int] = None, max_norm_ratio: Optional[float] = None) -> Iterator[torch.Tensor]:
         """Every (kept) row in stored order, shard by shard (for evaluation), at most `limit` rows."""
@@ -352,20 +367,25 @@ class ActivationStore:
             remaining -= len(rows)
             yield rows
 
-    def statistics(self, max_norm_ratio: Optional[float] = None) -> dict:
-        """Mean, E||x||² and row counts over the split, outliers excluded if `max_norm_ratio` is set.
-        Without it the manifest's figures are returned and nothing is read."""
-        if max_norm_ratio is None:
-            return {"mean": torch.tensor(self.manifest.mean[self.split]), "rows": len(self), "excluded": 0,
-                    "mean_sq_norm": self.manifest.mean_sq_norm[self.split]}
-        total, sum_sq, rows = torch.zeros(self.d, dtype=torch.float64), 0.0, 0
-        for index in range(self.n_shards):
-            kept = self.rows(index, max_norm_ratio).double()
+    def statistics_shards(self, tokens: Optional[int]) -> int:
+        """How many leading shards hold `tokens` rows (None: all of them)."""
+        if tokens is None or not self.n_shards:
+            return self.n_shards
+        per_shard = len(self) / self.n_shards
+        return min(self.n_shards, max(1, math.ceil(tokens / per_shard)))
+
+    def statistics(self, max_norm_ratio: Optional[float] = None, tokens: Optional[int] = None) -> dict:
+        """Mean, E||x||² and row counts over the first shards holding `tokens` rows (None: the whole
+        split), outliers excluded if `max_norm_ratio` is set."""
+        total, sum_sq, rows, seen = torch.zeros(self.d, dtype=torch.float64), 0.0, 0, 0
+        for index in range(self.statistics_shards(tokens)):
+            shard = self.rows(index)
+            kept = _without_outliers(shard, max_norm_ratio).double()
             total += kept.sum(0)
             sum_sq += float((kept**2).sum())
-            rows += len(kept)
+            rows, seen = rows + len(kept), seen + len(shard)
         return {"mean": (total / rows).float(), "mean_sq_norm": sum_sq / rows, "rows": rows,
-                "excluded": len(self) - rows}
+                "excluded": seen - rows}
 
     def batches(self, batch_size: int, seed: int, buffer_rows: int = 1 << 18,
                 dtype: torch.dtype = torch.float32, max_norm_ratio: Optional[float] = None) -> Iterator[torch.Tensor]:
@@ -390,3 +410,56 @@ class ActivationStore:
         buffer = buffer[torch.randperm(len(buffer), generator=generator)]
         for start in range(0, len(buffer), batch_size):
             yield buffer[start : start + batch_size]
+
+
+class ActivationStore(ShardedActivations):
+    """A stored split: memory-mapped shards, verified against the manifest's sha256."""
+
+    def __init__(self, directory: str | Path, split: str = "train", verify: bool = True):
+        self.directory = Path(directory)
+        manifest_path = self.directory / MANIFEST
+        if not manifest_path.exists():
+            raise FileNotFoundError(f"{manifest_path} does not exist: the store is missing or its caching run did not "
+                                    "finish (re-run the cache step; it resumes)")
+        self.manifest = StoreManifest.read(manifest_path)
+        if split not in self.manifest.splits:
+            raise ValueError(f"split {split!r} not in {manifest_path}; splits: {list(self.manifest.splits)}")
+        if not self.manifest.splits[split].shards:
+            raise ValueError(f"split {split!r} of {self.directory} holds no shards: it was cached with "
+                             "cache.mode=stream, which stores only the held-out split (train with the same mode)")
+        self.split = split
+        self.records = self.manifest.splits[split].shards
+        self.verify = verify
+        self._verified: set[int] = set()
+        self.d, self.site, self.layer = self.manifest.d, self.manifest.site, self.manifest.layer
+        self.identity = self.manifest.config_hash
+
+    def __len__(self) -> int:
+        return self.manifest.splits[self.split].tokens
+
+    @property
+    def n_shards(self) -> int:
+        return len(self.records)
+
+    def provenance(self) -> dict:
+        return {"source": "stored", "path": str(self.directory), "config_hash": self.identity,
+                "shard_sha256": [r.sha256 for r in self.records]}
+
+    def shard(self, index: int) -> torch.Tensor:
+        """The whole shard as a tensor in its storage dtype (read from disk, hash checked once)."""
+        record = self.records[index]
+        path = self.directory / record.file
+        if self.verify and index not in self._verified:
+            if not path.exists() or sha256_file(path) != record.sha256:
+                raise CorruptShardError(f"shard {path} does not match the sha256 in {self.directory / MANIFEST}; it is "
+                                        "corrupt or was changed. Delete the store and re-run the cache step.")
+            self._verified.add(index)
+        return _from_storage(np.load(path, mmap_mode="r"), self.manifest.dtype)
+
+    def statistics(self, max_norm_ratio: Optional[float] = None, tokens: Optional[int] = None) -> dict:
+        """As `ShardedActivations.statistics`; over the whole split without outlier exclusion the
+        manifest's figures are returned and nothing is read."""
+        if max_norm_ratio is None and tokens is None:
+            return {"mean": torch.tensor(self.manifest.mean[self.split]), "rows": len(self), "excluded": 0,
+                    "mean_sq_norm": self.manifest.mean_sq_norm[self.split]}
+        return super().statistics(max_norm_ratio, tokens)

@@ -60,6 +60,15 @@ class ExperimentPlan:
             for layer in self.config.experiment.layers
         ]
 
+    @property
+    def streamed(self) -> bool:
+        """Stream mode: training runs the LM itself, one job per layer for all its sites."""
+        return self.config.cache.mode == "stream"
+
+    def layer_grid_indexes(self) -> list[str]:
+        """The grids a stream-mode train_layer job writes: every site of one layer (a wildcard)."""
+        return [self.grid_index().replace("{site}", site) for site in self.config.experiment.sites]
+
     def grid_index(self) -> str:
         return str(self.data / "checkpoints" / "{model}" / "{corpus}" / "{site}" / "layer{layer}" / "{sweep}"
                    / "grid.json")
@@ -129,6 +138,9 @@ class ExperimentPlan:
 
         if job == "cache_activations":
             return resources.job_resources(resources.cache_estimate(self.config), self.config.cache.device,
+                                           self.config)
+        if job == "train_layer":
+            return resources.job_resources(resources.train_layer_estimate(self.config), self.config.train.device,
                                            self.config)
         estimate, device = {
             "train_grid": (resources.train_job_estimate, self.config.train.device),
