@@ -17,7 +17,7 @@ from gatedsae.checkpoints import read_checkpoint
 from gatedsae.config import REPO_ROOT
 from gatedsae.evaluate import evaluate_checkpoint
 from gatedsae.streaming import streamed_splits
-from gatedsae.train import train_grid, train_layer
+from gatedsae.train import GridTrainer, train_grid, train_layer
 
 LAYER = 1
 
@@ -91,3 +91,28 @@ def test_stream_mode_dag_trains_each_layer_in_one_job(tmp_path):
     jobs = [b for b in result.stdout.split("\n\n") if "rule train_layer:" in b]
     assert len(jobs) == 1 and "rule train_grid:" not in result.stdout
     assert all(f"{site}/layer1/smoke/grid.json" in jobs[0] for site in ("resid_post", "mlp_out", "attn_z"))
+
+
+def test_a_streamed_run_resumes_without_recomputing_what_it_read(smoke_tokens, tiny_model, tmp_path):
+    config = smoke_config(copy_token_data(smoke_tokens, tmp_path).paths.root, "cache.mode=stream")
+    site = "resid_post"
+
+    def trainer(out):
+        split = streamed_splits(config, [(site, LAYER)], loaded=tiny_model)[(site, LAYER)]
+        made = GridTrainer(config, split, tmp_path / out)
+        return made, split.source, split.source.forwards  # forwards so far: the statistics pass
+
+    whole, source, statistics = trainer("whole")
+    whole.run(progress=False)
+    whole_forwards = source.forwards - statistics
+    stopped, source, statistics = trainer("resumed")
+    stopped.run(progress=False, stop_after=2 * config.train.checkpoint_every_steps)  # state saved here
+    before = source.forwards - statistics
+    resumed, source, statistics = trainer("resumed")
+    resumed.run(progress=False)
+    after = source.forwards - statistics
+    assert resumed.step == whole.step == config.train.steps
+    assert before >= 5 and after <= whole_forwards - before + 2, "the resumed run must not recompute what it had read"
+    for spec in whole.specs:
+        for name, value in whole.modules[spec.group].named_parameters():
+            assert torch.equal(value, dict(resumed.modules[spec.group].named_parameters())[name]), name

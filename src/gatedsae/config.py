@@ -449,6 +449,20 @@ def to_dict(config: Any) -> dict:
     return asdict(config)
 
 
+# Settings added after artifacts existed, each at the value that reproduces the earlier behaviour: left
+# out of job params and training keys while at that value, so adding a setting reruns nothing.
+NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cache": {"mode": "store", "stream_keep_shards": 2},
+    "train": {"statistics_tokens": None, "site_devices": []},
+}
+
+
+def comparable(section: str, values: dict) -> dict:
+    """`values` of a config section without the settings still at their neutral default."""
+    neutral = NEUTRAL_DEFAULTS.get(section, {})
+    return {key: value for key, value in values.items() if key not in neutral or value != neutral[key]}
+
+
 def config_hash(config: Any) -> str:
     """A short stable hash of a (sub)config or dict, tying artifacts to the settings that made them."""
     payload = json.dumps(config if isinstance(config, dict) else to_dict(config), sort_keys=True, default=str)

@@ -15,7 +15,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from .activations import ShardedActivations, as_stored, cache_identity, plan_windows, shard_activations
+from .activations import STORAGE, ShardedActivations, as_stored, cache_identity, plan_windows, shard_activations
 from .config import Config, ConfigError, config_hash
 from .corpus import MANIFEST as TOKENS_MANIFEST
 from .corpus import SPLITS, load_windows
@@ -66,6 +66,8 @@ class StreamedActivations(ShardedActivations):
         self.source, self.site, self.layer = source, site, layer
         self.d = source.config.model.site_width(site)
         self.identity = config_hash(cache_identity(source.config))  # the stored split's, by design
+        self.storage_dtype = STORAGE[source.config.cache.dtype][0]
+        self.replay_is_cheap = False
 
     @property
     def n_shards(self) -> int:

@@ -19,13 +19,13 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 
 from .activations import ShardedActivations, cache_identity
 from .atomic import atomic_path, write_json_atomic
-from .config import Config, ConfigError, TrainConfig, config_hash
+from .config import Config, ConfigError, TrainConfig, comparable, config_hash
 from .saes import BatchedSAE, RescaleShiftSAE, make_sae
 
 STATE_FILE = "training_state.pt"
@@ -76,17 +76,43 @@ def _sae_seed(seed: int, arch: str, width: int, l1: float) -> int:
     return int(config_hash({"seed": text}), 16) % (2**31)
 
 
-def batch_stream(store: ShardedActivations, train: TrainConfig, skip: int = 0) -> Iterator[torch.Tensor]:
-    """Full batches forever, epoch after epoch (each epoch reshuffled with seed + epoch); skip `skip`."""
-    produced = 0
-    for epoch in itertools.count():
-        for batch in store.batches(train.batch_size, seed=train.seed + epoch, buffer_rows=train.buffer_rows,
-                                   max_norm_ratio=train.max_norm_ratio):
-            if len(batch) < train.batch_size:
-                continue  # keep every step the same size
-            produced += 1
-            if produced > skip:
-                yield batch
+class TrainingBatches:
+    """Full batches forever, epoch after epoch (each epoch reshuffled with seed + epoch); short ones
+    are dropped so every step has the same size. Its position is a `state_dict`."""
+
+    def __init__(self, split: ShardedActivations, train: TrainConfig):
+        self.split, self.train = split, train
+        self.epoch, self.produced = 0, 0
+        self._epoch = self._open(0)
+
+    def _open(self, epoch: int):
+        return self.split.batches(self.train.batch_size, seed=self.train.seed + epoch,
+                                  buffer_rows=self.train.buffer_rows, max_norm_ratio=self.train.max_norm_ratio)
+
+    def __iter__(self) -> "TrainingBatches":
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        while True:
+            for batch in self._epoch:
+                if len(batch) == self.train.batch_size:
+                    self.produced += 1
+                    return batch
+            self.epoch += 1
+            self._epoch = self._open(self.epoch)
+
+    def skip(self, batches: int) -> None:
+        for _ in range(batches):
+            next(self)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "produced": self.produced,
+                "shuffle": self._epoch.state_dict(storage=self.split.storage_dtype)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.produced = state["epoch"], state["produced"]
+        self._epoch = self._open(self.epoch)
+        self._epoch.load_state_dict(state["shuffle"])
 
 
 def lr_factor(step: int, train: TrainConfig, resample_steps: list[int]) -> float:
@@ -130,6 +156,8 @@ class GridTrainer:
         self.fired_ever = [torch.zeros(m.n, m.width, dtype=torch.bool) for m in self.modules]
         self.last_losses: dict[str, dict[str, float]] = {}
         self.resampled: list[dict] = []
+        self._batches: Optional[TrainingBatches] = None
+        self._data_state: Optional[dict] = None
 
     # --- set-up ---------------------------------------------------------------------------------------
 
@@ -158,6 +186,8 @@ class GridTrainer:
             "last_losses": self.last_losses,
             "resampled": self.resampled,
             "identity": self.identity(),
+            # Where the data stands, when reading it again would mean recomputing it (stream mode).
+            "data": None if self.store.replay_is_cheap or self._batches is None else self._batches.state_dict(),
         }
 
     def identity(self) -> str:
@@ -184,6 +214,7 @@ class GridTrainer:
             optimizer.load_state_dict(saved)
         self.step, self.idle_steps, self.fired_ever = state["step"], state["idle_steps"], state["fired_ever"]
         self.last_losses, self.resampled = state["last_losses"], state["resampled"]
+        self._data_state = state.get("data")
         return True
 
     # --- training -------------------------------------------------------------------------------------
@@ -198,7 +229,11 @@ class GridTrainer:
             torch.set_num_threads(self.train.threads)
         if not self.try_resume():
             self._init_decoder_bias()
-        self._batches = batch_stream(self.store, self.train, skip=self.step)
+        self._batches = TrainingBatches(self.store, self.train)
+        if self._data_state is not None:
+            self._batches.load_state_dict(self._data_state)
+        else:
+            self._batches.skip(self.step)  # re-reads the batches before the resume point
 
     @property
     def done(self) -> bool:
@@ -322,17 +357,11 @@ GRID_INDEX = "grid.json"
 RESCALE_SHIFT_DIR = "rescale_shift"
 
 
-# Settings added to TrainConfig after checkpoints existed, at the value that reproduces the earlier
-# behaviour: left out of the training key there, so those checkpoints stay valid.
-_NEUTRAL_TRAIN_DEFAULTS = {"statistics_tokens": None, "site_devices": []}
-
-
 def training_key(config: Config, site: str, spec: SAESpec, extra: str = "") -> str:
     """Everything an SAE's trained parameters depend on (besides the code). The activations enter by
     the hash of the settings that define them, so stored and streamed training share their keys."""
-    train = {key: value for key, value in asdict(config.train).items()
-             if key not in _NEUTRAL_TRAIN_DEFAULTS or value != _NEUTRAL_TRAIN_DEFAULTS[key]}
-    return config_hash({"spec": [spec.arch, spec.width, spec.l1, spec.lr, spec.l1_units], "train": train,
+    return config_hash({"spec": [spec.arch, spec.width, spec.l1, spec.lr, spec.l1_units],
+                        "train": comparable("train", asdict(config.train)),
                         "store": config_hash(cache_identity(config)), "d": config.model.site_width(site),
                         "extra": extra})
 

@@ -12,7 +12,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .config import Config, load_config
+from .config import Config, comparable, load_config
 from .layout import MANIFEST, MODEL_MARKER
 
 
@@ -159,8 +159,9 @@ class ExperimentPlan:
     def params(self, *parts: str) -> str:
         """The resolved config sections a stage depends on, as one canonical JSON string. The
         experiment's name, `through` and output folders choose what to build and where its summaries
-        go, not how, so they never rerun a job."""
+        go, not how, so they never rerun a job; nor do settings added at their neutral default."""
         resolved = asdict(self.config)
         for key in ("name", "through", "results_dir", "figures_dir"):
             resolved["experiment"].pop(key)
-        return json.dumps({part: resolved[part] for part in parts}, sort_keys=True)
+        return json.dumps({part: comparable(part, resolved[part]) if isinstance(resolved[part], dict) else resolved[part]
+                           for part in parts}, sort_keys=True)
