@@ -117,23 +117,46 @@ rule cache_activations:
         plan.command("cache") + " > {log} 2>&1"
 
 
-rule train_grid:
-    """Every SAE of the sweep (architecture × λ × width) in one pass over the site's activations."""
-    input:
-        plan.store_manifest(),
-    output:
-        plan.grid_index(),
-    params:
-        config=plan.params("sweep", "train"),
-    log:
-        LOGS + "/train_grid/{model}/{corpus}/{site}/layer{layer}/{sweep}.log",
-    benchmark:
-        BENCH + "/train_grid/{model}/{corpus}/{site}/layer{layer}/{sweep}.tsv"
-    threads: workflow.cores
-    resources:
-        **plan.resources("train_grid"),
-    shell:
-        plan.command("train") + " --site={wildcards.site} --layer={wildcards.layer} > {log} 2>&1"
+if plan.streamed:
+
+    rule train_layer:
+        """Stream mode: every site's grid of one layer, in lockstep, fed by one LM forward per shard."""
+        input:
+            tokens=plan.tokens_manifest(),
+            model=plan.model_marker(),
+        output:
+            plan.layer_grid_indexes(),
+        params:
+            config=plan.params("model", "corpus", "cache", "experiment", "seed", "sweep", "train"),
+        log:
+            LOGS + "/train_layer/{model}/{corpus}/layer{layer}/{sweep}.log",
+        benchmark:
+            BENCH + "/train_layer/{model}/{corpus}/layer{layer}/{sweep}.tsv"
+        threads: workflow.cores
+        resources:
+            **plan.resources("train_layer"),
+        shell:
+            plan.command("train") + " --layer={wildcards.layer} > {log} 2>&1"
+
+else:
+
+    rule train_grid:
+        """Every SAE of the sweep (architecture × λ × width) in one pass over the site's activations."""
+        input:
+            plan.store_manifest(),
+        output:
+            plan.grid_index(),
+        params:
+            config=plan.params("sweep", "train"),
+        log:
+            LOGS + "/train_grid/{model}/{corpus}/{site}/layer{layer}/{sweep}.log",
+        benchmark:
+            BENCH + "/train_grid/{model}/{corpus}/{site}/layer{layer}/{sweep}.tsv"
+        threads: workflow.cores
+        resources:
+            **plan.resources("train_grid"),
+        shell:
+            plan.command("train") + " --site={wildcards.site} --layer={wildcards.layer} > {log} 2>&1"
 
 
 rule rescale_shift:

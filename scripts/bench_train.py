@@ -30,7 +30,7 @@ from bench_cache import machine  # noqa: E402
 from gatedsae.activations import ActivationStore  # noqa: E402
 from gatedsae.atomic import write_json_atomic  # noqa: E402
 from gatedsae.config import REPO_ROOT, SAEGroupConfig, SweepConfig, load_config  # noqa: E402
-from gatedsae.train import GridTrainer, batch_stream  # noqa: E402
+from gatedsae.train import GridTrainer, TrainingBatches  # noqa: E402
 
 
 def step_flops(trainer: GridTrainer, x: torch.Tensor) -> int:
@@ -49,7 +49,7 @@ def timed_training(config, store: ActivationStore, steps: int) -> dict:
     with tempfile.TemporaryDirectory() as out:
         trainer = GridTrainer(config, store, Path(out))
         trainer.steps = steps + 1
-        batches = [x.float() * trainer.scale for x in itertools.islice(batch_stream(store, trainer.train), steps + 1)]
+        batches = [x.float() * trainer.scale for x in itertools.islice(TrainingBatches(store, trainer.train), steps + 1)]
         flops = step_flops(trainer, batches[0])
         trainer._init_decoder_bias()
         trainer._train_step(batches[0])  # warm-up

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -39,6 +40,9 @@ def test_paper_experiments_use_the_papers_layers_and_contexts():
         ("cache.shard_sequences=10", "cache.shard_sequences"),
         ("cache.bogus_key=1", "cache.bogus_key"),
         ("model=no-such-model", "model/no-such-model"),
+        ("cache.mode=disk", "cache.mode"),
+        ("train.site_devices=[cpu]", "train.site_devices"),
+        ("train.statistics_tokens=0", "train.statistics_tokens"),
     ],
 )
 def test_bad_config_names_the_key(override, named):
@@ -60,3 +64,23 @@ def test_cli_rejects_bad_config_before_compute(tmp_path):
 def test_cli_usage_lists_stages():
     result = subprocess.run([sys.executable, "-m", "gatedsae"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "cache" in result.stderr
+
+
+def test_settings_added_at_their_neutral_default_change_no_params_or_training_key():
+    from dataclasses import replace
+
+    from gatedsae.config import NEUTRAL_DEFAULTS
+    from gatedsae.train import grid_specs, training_key
+    from gatedsae.workflow import ExperimentPlan
+
+    config = load_config(["experiment=smoke"])
+    spec = grid_specs(config, config.model.site_width("resid_post"), "resid_post")[0]
+    params = json.loads(ExperimentPlan("smoke").params("cache", "train"))
+    for section, settings in NEUTRAL_DEFAULTS.items():
+        assert getattr(config, section).__dict__.items() >= settings.items(), "the defaults are the neutral values"
+        assert not set(settings) & set(params[section]), "neutral settings stay out of the job params"
+    assert "mode" in json.loads(ExperimentPlan("smoke", ["cache.mode=stream"]).params("cache"))["cache"]
+    statistics = replace(config, train=replace(config.train, statistics_tokens=512))
+    assert training_key(statistics, "resid_post", spec) != training_key(config, "resid_post", spec)
+    devices = replace(config, train=replace(config.train, site_devices=["cpu"] * 3))
+    assert training_key(devices, "resid_post", spec) != training_key(config, "resid_post", spec)

@@ -24,9 +24,15 @@ SITE, LAYER = "resid_post", 1
 
 
 def test_estimates_grow_with_the_grid_and_name_every_job():
-    config = load_config(["experiment=paper_pythia_2.8b"])
+    config = load_config(["experiment=paper_pythia_2.8b", "cache.mode=store"])
     jobs = [estimate.job for estimate, _ in experiment_estimates(config)]
     assert jobs[0] == "cache_activations" and len(jobs) == 1 + 3 * 3
+    streamed = load_config(["experiment=paper_pythia_2.8b", "resources.device_memory_gib=80"])
+    estimates = [estimate for estimate, _ in experiment_estimates(streamed)]
+    assert [e.job.split("[")[0] for e in estimates[:2]] == ["cache_activations", "train_layer"]
+    assert len(estimates) == 2 + 3 * 2 and estimates[1].devices == 4  # three grids + the LM
+    assert estimates[0].disk_bytes < experiment_estimates(config)[0][0].disk_bytes / 1000  # held-out only
+    assert all(e.memory_bytes <= 80 * GIB for e in estimates), "every job fits its 80 GiB devices"
     small = train_estimate(config, "resid_post")  # 2^15-wide Gated vs 2^17 at the MLP
     large = train_estimate(config, "mlp_out")
     assert 3.5 < large.flops / small.flops < 4.5 and large.memory_bytes > small.memory_bytes
@@ -72,11 +78,13 @@ def test_a_grid_too_large_for_the_device_trains_in_passes_to_the_same_saes(smoke
 
 
 def test_scheduler_resources_come_from_the_estimates():
-    plan = ExperimentPlan("paper_gemma_7b", ["resources.device_memory_gib=80"])
+    plan = ExperimentPlan("paper_gemma_7b", ["resources.device_memory_gib=80", "cache.mode=store"])
     wildcards = type("Wildcards", (), {"site": "mlp_out"})()
     train = {key: value(wildcards) for key, value in plan.resources("train_grid").items()}
     assert train["gpu"] == 1 and 80 * 1024 < train["mem_mb"] < 80 * 1024 * 1.25 + 2048 + 1
     assert train["runtime"] > 60 * 24  # days of GPU time for a paper grid
+    streamed = ExperimentPlan("paper_gemma_7b", ["resources.device_memory_gib=80"]).resources("train_layer")
+    assert streamed["gpu"] == 4 and streamed["mem_mb"] < 80 * 1024 * 1.25 + 2048 + 1
     cache = plan.resources("cache_activations")
     assert cache["gpu"] == 1 and cache["mem_mb"] > 16 * 1024
 
@@ -89,14 +97,16 @@ def test_slurm_dry_run_lists_the_paper_dag_with_resources_per_job(tmp_path):
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     blocks = result.stdout.split("\n\n")
-    trains = [b for b in blocks if "rule train_grid:" in b]
-    assert len(trains) == 12  # 4 layers × 3 sites
+    trains = [b for b in blocks if "rule train_layer:" in b]
+    assert len(trains) == 4 and "rule train_grid:" not in result.stdout  # stream mode: one job per layer
     plan = ExperimentPlan("paper_gemma_7b", [f"paths.data={tmp_path}", "resources.device_memory_gib=80"])
+    expected = plan.resources("train_layer")["mem_mb"]
     for block in trains:
+        assert f"mem_mb={expected}" in block and "gpu=4" in block and "gpu_model=h100" in block
+    for block in (b for b in blocks if "rule rescale_shift:" in b):
         site = re.search(r"site=(\w+)", block).group(1)
         wildcards = type("Wildcards", (), {"site": site})()
-        expected = plan.resources("train_grid")["mem_mb"](wildcards)
-        assert f"mem_mb={expected}" in block and "gpu=1" in block and "gpu_model=h100" in block
+        assert f"mem_mb={plan.resources('rescale_shift')['mem_mb'](wildcards)}" in block and "gpu=2" in block
     assert len([b for b in blocks if "rule evaluate_grid:" in b]) == 12
 
 

@@ -37,10 +37,13 @@ def _cache(config: Config) -> None:
         print(f"wrote {path}")
 
 
-def _train(config: Config, site: str, layer: str) -> None:
-    from .train import train_grid
+def _train(config: Config, layer: str, site: str | None = None) -> None:
+    """One site's grid, or (without --site) every site of the layer in lockstep: in stream mode one LM
+    forward then feeds them all."""
+    from .train import train_layer
 
-    print(f"wrote {train_grid(config, site, int(layer))}")
+    for path in train_layer(config, int(layer), None if site is None else [site]):
+        print(f"wrote {path}")
 
 
 def _rescale_shift(config: Config, site: str, layer: str) -> None:
@@ -107,7 +110,7 @@ STAGES: dict[str, Callable[..., None]] = {
     "fetch-corpus": _fetch_corpus,
     "tokenize": _tokenize,
     "cache": _cache,
-    "train": _train,  # takes --site=<site> --layer=<layer>
+    "train": _train,  # takes --layer=<layer> [--site=<site>] (no site: every site of the layer)
     "rescale-shift": _rescale_shift,  # likewise; needs the trained grid
     "evaluate": _evaluate,  # likewise; evaluates the site's grids
     "evaluate-checkpoint": _evaluate_checkpoint,  # --checkpoint=<dir>: recompute one SAE's metrics row
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(overrides)
         if argv[0] in ("train", "rescale-shift", "evaluate"):
-            _check_target(config, options)
+            _check_target(argv[0], config, options)
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
@@ -144,10 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _check_target(config: Config, options: dict[str, str]) -> None:
+def _check_target(stage: str, config: Config, options: dict[str, str]) -> None:
     site, layer = options.get("site"), options.get("layer", "")
-    if site not in config.experiment.sites or not layer.isdigit() or int(layer) not in config.experiment.layers:
-        raise ConfigError(f"train needs --site=<one of {config.experiment.sites}> and "
+    site_optional = stage == "train"
+    if ((site not in config.experiment.sites and not (site_optional and site is None))
+            or not layer.isdigit() or int(layer) not in config.experiment.layers):
+        site_usage = f"--site=<one of {config.experiment.sites}>"
+        raise ConfigError(f"{stage} needs {'[' + site_usage + ']' if site_optional else site_usage} and "
                           f"--layer=<one of {config.experiment.layers}>; got site={site!r}, layer={layer!r}")
 
 

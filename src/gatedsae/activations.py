@@ -10,6 +10,10 @@ Layout of one store (one model, corpus, site, layer):
 
 Every shard covers the same context windows in every store of a run, so one LM forward feeds them all,
 and a killed run resumes at the first shard that some store lacks. The BOS position is never stored.
+
+With `cache.mode: stream` only the held-out split is written; training computes the same shards on the
+fly (`streaming.py`) and reads them through the same `ShardedActivations` interface, so the shuffle,
+the outlier rule and the statistics are shared code.
 """
 
 from __future__ import annotations
@@ -113,7 +117,7 @@ class StoreManifest:
             self.mean_sq_norm[name] = sum(r.sum_sq_norm for r in split.shards) / rows
 
 
-def _cache_identity(config: Config) -> dict:
+def cache_identity(config: Config) -> dict:
     """The settings whose change invalidates a store (token budgets only extend it)."""
     return {"model": asdict(config.model), "corpus": asdict(config.corpus), "seed": config.seed,
             "context_length": config.experiment.context_length, "dtype": config.cache.dtype,
@@ -146,12 +150,23 @@ def plan_windows(config: Config, available: dict[str, int]) -> dict[str, int]:
     return plan
 
 
+def windows_to_store(config: Config, plan: dict[str, int]) -> dict[str, int]:
+    """The windows the cache step writes: in stream mode the training split is computed by training."""
+    return {split: 0 if split == "train" and config.cache.mode == "stream" else windows
+            for split, windows in plan.items()}
+
+
 def _to_storage(activations: torch.Tensor, dtype: str) -> np.ndarray:
     torch_dtype, numpy_dtype = STORAGE[dtype]
     converted = activations.to(torch_dtype).contiguous()
     if dtype == "bfloat16":  # numpy has no bfloat16: keep the bits
         converted = converted.view(torch.int16)
     return converted.numpy().view(numpy_dtype)
+
+
+def as_stored(activations: torch.Tensor, dtype: str) -> torch.Tensor:
+    """The activations exactly as a store would give them back (rounded to the storage dtype)."""
+    return activations.to(STORAGE[dtype][0])
 
 
 def _from_storage(array: np.ndarray, dtype: str) -> torch.Tensor:
@@ -239,7 +254,7 @@ def cache_activations(config: Config, loaded=None) -> list[Path]:
     loaded = loaded or load_model(config.model, config.paths, device=config.cache.device)
     prepared = config.paths.model_dir(config.model.name) / PREPARED_MARKER
     provenance = json.loads(prepared.read_text()).get("provenance", {}) if prepared.exists() else {}
-    identity = config_hash(_cache_identity(config))
+    identity = config_hash(cache_identity(config))
     writers: dict[tuple[str, int], _StoreWriter] = {}
     for (site, layer), directory in config.activation_dirs().items():
         fresh = StoreManifest(
@@ -252,38 +267,49 @@ def cache_activations(config: Config, loaded=None) -> list[Path]:
         )
         writers[(site, layer)] = _StoreWriter.open(directory, fresh)
 
-    stop_at = max(config.experiment.layers) + 1
-    per_shard, batch = config.cache.shard_sequences, config.cache.batch_sequences
+    plan = windows_to_store(config, plan)
+    keys = list(writers)
+    per_shard = config.cache.shard_sequences
     for split in SPLITS:
         first_shard = min(w.finished_shards(split) for w in writers.values())
         n_shards = plan[split] // per_shard
         bar = _progress(plan[split] * (context - 1), first_shard * per_shard * (context - 1), f"cache {split}")
         for shard in range(first_shard, n_shards):
-            collected: dict[tuple[str, int], list[torch.Tensor]] = {key: [] for key in writers}
-            for start in range(shard * per_shard, (shard + 1) * per_shard, batch):
-                tokens = torch.from_numpy(np.asarray(windows[split][start : start + batch], dtype=np.int64))
-                for key, activation in _forward(loaded.model, tokens.to(config.cache.device), writers, stop_at):
-                    collected[key].append(activation)
-                bar.update(len(tokens) * (context - 1))
+            collected = shard_activations(loaded.model, windows[split], shard, config, keys)
+            bar.update(per_shard * (context - 1))
             for key, writer in writers.items():
                 if writer.finished_shards(split) == shard:  # a store may be ahead of the others after a crash
-                    writer.write_shard(split, shard, torch.cat(collected[key]), per_shard,
-                                       config.cache.outlier_norm_ratio)
+                    writer.write_shard(split, shard, collected[key], per_shard, config.cache.outlier_norm_ratio)
         bar.close()
     return [writer.close() for writer in writers.values()]
 
 
+def shard_activations(model, windows: np.ndarray, shard: int, config: Config,
+                      keys: list[tuple[str, int]]) -> dict[tuple[str, int], torch.Tensor]:
+    """The activations of one shard's windows at every (site, layer) in `keys`: [rows, d] each, BOS
+    dropped, on the CPU. The cache and the stream both call this, batch by batch in window order, so a
+    streamed shard is the stored one."""
+    per_shard, batch = config.cache.shard_sequences, config.cache.batch_sequences
+    stop_at = max(layer for _, layer in keys) + 1
+    collected: dict[tuple[str, int], list[torch.Tensor]] = {key: [] for key in keys}
+    for start in range(shard * per_shard, (shard + 1) * per_shard, batch):
+        tokens = torch.from_numpy(np.asarray(windows[start : start + batch], dtype=np.int64))
+        for key, activation in _forward(model, tokens.to(config.cache.device), keys, stop_at):
+            collected[key].append(activation)
+    return {key: torch.cat(parts) for key, parts in collected.items()}
+
+
 @torch.inference_mode()
-def _forward(model, tokens: torch.Tensor, writers, stop_at: int) -> Iterator[tuple[tuple[str, int], torch.Tensor]]:
-    """One forward to `stop_at`, feeding every requested hook; yields [batch·(ctx−1), d] per store, BOS dropped."""
+def _forward(model, tokens: torch.Tensor, keys, stop_at: int) -> Iterator[tuple[tuple[str, int], torch.Tensor]]:
+    """One forward to `stop_at`, feeding every requested hook; yields [batch·(ctx−1), d] per key, BOS dropped."""
     captured: dict[str, torch.Tensor] = {}
 
     def keep(activation: torch.Tensor, hook) -> None:
         captured[hook.name] = activation
 
-    names = {hook_name(site, layer) for site, layer in writers}
+    names = {hook_name(site, layer) for site, layer in keys}
     model.run_with_hooks(tokens, stop_at_layer=stop_at, fwd_hooks=[(name, keep) for name in names])
-    for site, layer in writers:
+    for site, layer in keys:
         activation = flatten(site, captured[hook_name(site, layer)])[:, 1:]
         yield (site, layer), activation.reshape(-1, activation.shape[-1]).cpu()
 
@@ -292,8 +318,149 @@ def _forward(model, tokens: torch.Tensor, writers, stop_at: int) -> Iterator[tup
 # Reading.
 
 
-class ActivationStore:
-    """Read side of one store's split: memory-mapped shards, verified against the manifest's sha256."""
+def _without_outliers(rows: torch.Tensor, max_norm_ratio: Optional[float]) -> torch.Tensor:
+    if max_norm_ratio is None:
+        return rows
+    norms = rows.float().norm(dim=-1)
+    return rows[norms <= max_norm_ratio * norms.median()]
+
+
+class ShardedActivations:
+    """The read side shared by a stored split and a streamed one: shards of rows, in a fixed window
+    order, read through the same outlier rule, statistics and shuffle. Subclasses say where a shard's
+    rows come from (`shard`) and what identifies them (`identity`, `provenance`)."""
+
+    d: int
+    site: str
+    layer: int
+    identity: str  # the hash of the settings that define the activations (the same for both modes)
+    storage_dtype: torch.dtype  # rows are exact in it
+    replay_is_cheap: bool = True  # False when reading a shard again means recomputing it
+
+    @property
+    def n_shards(self) -> int:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def shard(self, index: int) -> torch.Tensor:
+        """Shard `index` as [rows, d] in the storage dtype."""
+        raise NotImplementedError
+
+    def provenance(self) -> dict:
+        """Where the rows came from, for the training record of every checkpoint."""
+        raise NotImplementedError
+
+    def rows(self, index: int, max_norm_ratio: Optional[float] = None,
+             dtype: Optional[torch.dtype] = torch.float32) -> torch.Tensor:
+        """Shard `index` in `dtype` (None: as stored); with `max_norm_ratio`, without the rows whose norm
+        exceeds that multiple of the shard's median norm (the massive activations counted as outliers)."""
+        rows = self.shard(index)
+        return _without_outliers(rows if dtype is None else rows.to(dtype), max_norm_ratio)
+
+    def tokens(self, limit: Optional[int] = None, max_norm_ratio: Optional[float] = None) -> Iterator[torch.Tensor]:
+        """Every (kept) row in stored order, shard by shard (for evaluation), at most `limit` rows."""
+        remaining = len(self) if limit is None else limit
+        for index in range(self.n_shards):
+            if remaining <= 0:
+                return
+            rows = self.rows(index, max_norm_ratio, dtype=None)[:remaining]
+            remaining -= len(rows)
+            yield rows
+
+    def statistics_shards(self, tokens: Optional[int]) -> int:
+        """How many leading shards hold `tokens` rows (None: all of them)."""
+        if tokens is None or not self.n_shards:
+            return self.n_shards
+        per_shard = len(self) / self.n_shards
+        return min(self.n_shards, max(1, math.ceil(tokens / per_shard)))
+
+    def statistics(self, max_norm_ratio: Optional[float] = None, tokens: Optional[int] = None) -> dict:
+        """Mean, E||x||² and row counts over the first shards holding `tokens` rows (None: the whole
+        split), outliers excluded if `max_norm_ratio` is set."""
+        total, sum_sq, rows, seen = torch.zeros(self.d, dtype=torch.float64), 0.0, 0, 0
+        for index in range(self.statistics_shards(tokens)):
+            shard = self.rows(index)
+            kept = _without_outliers(shard, max_norm_ratio).double()
+            total += kept.sum(0)
+            sum_sq += float((kept**2).sum())
+            rows, seen = rows + len(kept), seen + len(shard)
+        return {"mean": (total / rows).float(), "mean_sq_norm": sum_sq / rows, "rows": rows,
+                "excluded": seen - rows}
+
+    def batches(self, batch_size: int, seed: int, buffer_rows: int = 1 << 18,
+                dtype: torch.dtype = torch.float32, max_norm_ratio: Optional[float] = None) -> "ShuffledBatches":
+        """One epoch of shuffled batches (see `ShuffledBatches`)."""
+        return ShuffledBatches(self, batch_size, seed, buffer_rows, dtype, max_norm_ratio)
+
+
+class ShuffledBatches:
+    """One epoch of shuffled batches: shards in a seeded order flow through a mixing buffer.
+
+    The buffer is filled to `buffer_rows`, permuted, and its first half is emitted while the rest
+    stays to mix with the next shards, so rows from different shards meet in one batch while memory
+    stays bounded by the buffer. The tail is emitted at the end (the last batch may be short). With
+    `max_norm_ratio`, outlier rows are left out (see `ShardedActivations.rows`).
+
+    Its whole position (shard order, shards consumed, buffer, rows due, generator) is a `state_dict`,
+    so a resumed run can continue without re-reading (or, streamed, recomputing) what came before.
+    """
+
+    def __init__(self, split: ShardedActivations, batch_size: int, seed: int, buffer_rows: int,
+                 dtype: torch.dtype = torch.float32, max_norm_ratio: Optional[float] = None):
+        self.split, self.batch_size, self.buffer_rows = split, batch_size, buffer_rows
+        self.dtype, self.max_norm_ratio = dtype, max_norm_ratio
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order = torch.randperm(split.n_shards, generator=self.generator).tolist()
+        self.position = 0  # shards of `order` read so far
+        self.buffer = torch.empty(0, split.d, dtype=dtype)
+        self.due = torch.empty(0, split.d, dtype=dtype)  # permuted rows being emitted, batch by batch
+        self.tail_emitted = False
+
+    def __iter__(self) -> "ShuffledBatches":
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        while not len(self.due):
+            if not self._refill():
+                raise StopIteration
+        batch, self.due = self.due[: self.batch_size], self.due[self.batch_size :]
+        return batch
+
+    def _refill(self) -> bool:
+        """Make rows due: half of a full buffer, else read the next shard, else the whole tail."""
+        if len(self.buffer) >= self.buffer_rows:
+            self.buffer = self.buffer[torch.randperm(len(self.buffer), generator=self.generator)]
+            emit = (len(self.buffer) // 2 // self.batch_size) * self.batch_size or self.batch_size
+            self.due, self.buffer = self.buffer[:emit], self.buffer[emit:]
+            return True
+        if self.position < len(self.order):
+            rows = self.split.rows(self.order[self.position], self.max_norm_ratio, self.dtype)
+            self.buffer, self.position = torch.cat([self.buffer, rows]), self.position + 1
+            return True
+        if not self.tail_emitted:
+            self.due = self.buffer[torch.randperm(len(self.buffer), generator=self.generator)]
+            self.buffer, self.tail_emitted = self.buffer[:0], True
+            return True
+        return False
+
+    def state_dict(self, storage: Optional[torch.dtype] = None) -> dict:
+        """The position in the epoch; rows kept in `storage` (e.g. the split's storage dtype, exact)."""
+        def rows(t: torch.Tensor) -> torch.Tensor:
+            return (t if storage is None else t.to(storage)).clone()
+
+        return {"order": self.order, "position": self.position, "buffer": rows(self.buffer), "due": rows(self.due),
+                "tail_emitted": self.tail_emitted, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order, self.position, self.tail_emitted = list(state["order"]), state["position"], state["tail_emitted"]
+        self.buffer, self.due = state["buffer"].to(self.dtype), state["due"].to(self.dtype)
+        self.generator.set_state(state["generator"])
+
+
+class ActivationStore(ShardedActivations):
+    """A stored split: memory-mapped shards, verified against the manifest's sha256."""
 
     def __init__(self, directory: str | Path, split: str = "train", verify: bool = True):
         self.directory = Path(directory)
@@ -304,14 +471,16 @@ class ActivationStore:
         self.manifest = StoreManifest.read(manifest_path)
         if split not in self.manifest.splits:
             raise ValueError(f"split {split!r} not in {manifest_path}; splits: {list(self.manifest.splits)}")
+        if not self.manifest.splits[split].shards:
+            raise ValueError(f"split {split!r} of {self.directory} holds no shards: it was cached with "
+                             "cache.mode=stream, which stores only the held-out split (train with the same mode)")
         self.split = split
         self.records = self.manifest.splits[split].shards
         self.verify = verify
         self._verified: set[int] = set()
-
-    @property
-    def d(self) -> int:
-        return self.manifest.d
+        self.d, self.site, self.layer = self.manifest.d, self.manifest.site, self.manifest.layer
+        self.identity = self.manifest.config_hash
+        self.storage_dtype = STORAGE[self.manifest.dtype][0]
 
     def __len__(self) -> int:
         return self.manifest.splits[self.split].tokens
@@ -319,6 +488,10 @@ class ActivationStore:
     @property
     def n_shards(self) -> int:
         return len(self.records)
+
+    def provenance(self) -> dict:
+        return {"source": "stored", "path": str(self.directory), "config_hash": self.identity,
+                "shard_sha256": [r.sha256 for r in self.records]}
 
     def shard(self, index: int) -> torch.Tensor:
         """The whole shard as a tensor in its storage dtype (read from disk, hash checked once)."""
@@ -331,62 +504,10 @@ class ActivationStore:
             self._verified.add(index)
         return _from_storage(np.load(path, mmap_mode="r"), self.manifest.dtype)
 
-    def rows(self, index: int, max_norm_ratio: Optional[float] = None,
-             dtype: Optional[torch.dtype] = torch.float32) -> torch.Tensor:
-        """Shard `index` in `dtype` (None: as stored); with `max_norm_ratio`, without the rows whose norm
-        exceeds that multiple of the shard's median norm (the massive activations counted as outliers)."""
-        rows = self.shard(index)
-        rows = rows if dtype is None else rows.to(dtype)
-        if max_norm_ratio is None:
-            return rows
-        norms = rows.float().norm(dim=-1)
-        return rows[norms <= max_norm_ratio * norms.median()]
-
-    def tokens(self, limit: Optional[int] = None, max_norm_ratio: Optional[float] = None) -> Iterator[torch.Tensor]:
-        """Every (kept) row in stored order, shard by shard (for evaluation), at most `limit` rows."""
-        remaining = len(self) if limit is None else limit
-        for index in range(self.n_shards):
-            if remaining <= 0:
-                return
-            rows = self.rows(index, max_norm_ratio, dtype=None)[:remaining]
-            remaining -= len(rows)
-            yield rows
-
-    def statistics(self, max_norm_ratio: Optional[float] = None) -> dict:
-        """Mean, E||x||² and row counts over the split, outliers excluded if `max_norm_ratio` is set.
-        Without it the manifest's figures are returned and nothing is read."""
-        if max_norm_ratio is None:
+    def statistics(self, max_norm_ratio: Optional[float] = None, tokens: Optional[int] = None) -> dict:
+        """As `ShardedActivations.statistics`; over the whole split without outlier exclusion the
+        manifest's figures are returned and nothing is read."""
+        if max_norm_ratio is None and tokens is None:
             return {"mean": torch.tensor(self.manifest.mean[self.split]), "rows": len(self), "excluded": 0,
                     "mean_sq_norm": self.manifest.mean_sq_norm[self.split]}
-        total, sum_sq, rows = torch.zeros(self.d, dtype=torch.float64), 0.0, 0
-        for index in range(self.n_shards):
-            kept = self.rows(index, max_norm_ratio).double()
-            total += kept.sum(0)
-            sum_sq += float((kept**2).sum())
-            rows += len(kept)
-        return {"mean": (total / rows).float(), "mean_sq_norm": sum_sq / rows, "rows": rows,
-                "excluded": len(self) - rows}
-
-    def batches(self, batch_size: int, seed: int, buffer_rows: int = 1 << 18,
-                dtype: torch.dtype = torch.float32, max_norm_ratio: Optional[float] = None) -> Iterator[torch.Tensor]:
-        """One epoch of shuffled batches: shards in a seeded order flow through a mixing buffer.
-
-        The buffer is filled to `buffer_rows`, permuted, and its first half is emitted while the rest
-        stays to mix with the next shards, so rows from different shards meet in one batch while memory
-        stays bounded by the buffer. The tail is emitted at the end (the last batch may be short).
-        With `max_norm_ratio`, outlier rows are left out (see `rows`).
-        """
-        generator = torch.Generator().manual_seed(seed)
-        order = torch.randperm(self.n_shards, generator=generator).tolist()
-        buffer = torch.empty(0, self.d, dtype=dtype)
-        for index in order:
-            buffer = torch.cat([buffer, self.rows(index, max_norm_ratio, dtype)])
-            while len(buffer) >= buffer_rows:
-                buffer = buffer[torch.randperm(len(buffer), generator=generator)]
-                emit = (len(buffer) // 2 // batch_size) * batch_size or batch_size
-                for start in range(0, emit, batch_size):
-                    yield buffer[start : start + batch_size]
-                buffer = buffer[emit:]
-        buffer = buffer[torch.randperm(len(buffer), generator=generator)]
-        for start in range(0, len(buffer), batch_size):
-            yield buffer[start : start + batch_size]
+        return super().statistics(max_norm_ratio, tokens)

@@ -133,8 +133,16 @@ class CorpusConfig:
 
 @dataclass
 class CacheConfig:
-    """How activations are cached: storage dtype, shard size, batch, and how many tokens per split."""
+    """How activations are cached: storage dtype, shard size, batch, and how many tokens per split.
 
+    mode `store` writes both splits to disk and training reads them back; mode `stream` stores only the
+    held-out split (for evaluation) and training runs the LM itself over the same training windows,
+    shard by shard, feeding every site of a layer from one forward: for paper-scale runs, whose stored
+    training activations would take terabytes.
+    """
+
+    mode: str = "store"  # store | stream
+    stream_keep_shards: int = 2  # streamed shards kept in memory, so sites in lockstep share a forward
     dtype: str = "bfloat16"
     shard_sequences: int = 256
     batch_sequences: int = 16
@@ -145,8 +153,9 @@ class CacheConfig:
     outlier_norm_ratio: float = 50.0  # tokens whose norm exceeds this × the shard median are counted
 
     def validate(self) -> None:
+        _choice(self.mode, "cache.mode", ("store", "stream"))
         _choice(self.dtype, "cache.dtype", DTYPES)
-        for key in ("shard_sequences", "batch_sequences", "train_tokens", "heldout_tokens"):
+        for key in ("shard_sequences", "batch_sequences", "train_tokens", "heldout_tokens", "stream_keep_shards"):
             _require(getattr(self, key) > 0, f"cache.{key}", "must be a positive integer")
         _require(self.shard_sequences % self.batch_sequences == 0, "cache.shard_sequences",
                  f"must be a multiple of cache.batch_sequences ({self.batch_sequences})")
@@ -260,6 +269,7 @@ class TrainConfig:
     adam_beta2: float = 0.999
     lr_warmup_steps: int = 20
     normalize: str = "mean_sq_norm"  # scale activations so E||x||² = 1 over the training rows | none
+    statistics_tokens: Optional[int] = None  # rows that estimate the scale and mean (None: the whole split)
     max_norm_ratio: Optional[float] = 50.0  # leave out rows above this × their shard's median norm (None: keep)
     resample_at: list[float] = field(default_factory=lambda: [0.25, 0.5])  # fractions of training
     resample_window_steps: int = 20  # a feature is dead if it did not fire in this many recent steps
@@ -269,6 +279,9 @@ class TrainConfig:
     checkpoint_every_steps: int = 50
     autocast_bf16: bool = False
     device: str = "cpu"
+    # One device per site of experiment.sites, for jobs that train several sites together (stream mode:
+    # a layer's grids on a multi-GPU node, the LM on cache.device); [] puts every site on `device`.
+    site_devices: list[str] = field(default_factory=list)
     threads: int = 0
     seed: int = 0
 
@@ -281,6 +294,8 @@ class TrainConfig:
         _require(all(0 < f < 1 for f in self.resample_at), "train.resample_at",
                  "list fractions of training strictly between 0 and 1")
         _require(self.buffer_rows >= self.batch_size, "train.buffer_rows", "must be at least train.batch_size")
+        _require(self.statistics_tokens is None or self.statistics_tokens > 0, "train.statistics_tokens",
+                 "must be positive, or null for the whole training split")
         _require(self.max_norm_ratio is None or self.max_norm_ratio > 1, "train.max_norm_ratio",
                  "must be above 1 (a multiple of the median norm), or null to keep every row")
 
@@ -377,6 +392,15 @@ class Config:
                      f"layer {layer} does not exist in {self.model.name} (layers 0..{self.model.n_layers - 1})")
         _require(self.experiment.context_length <= self.model.n_ctx, "experiment.context_length",
                  f"{self.experiment.context_length} exceeds {self.model.name}'s context of {self.model.n_ctx}")
+        _require(not self.train.site_devices or len(self.train.site_devices) == len(self.experiment.sites),
+                 "train.site_devices", f"list one device per site of experiment.sites {self.experiment.sites}, "
+                 "or none to put every site on train.device")
+
+    def train_device(self, site: str) -> str:
+        """The device that trains `site`'s SAEs."""
+        if self.train.site_devices:
+            return self.train.site_devices[self.experiment.sites.index(site)]
+        return self.train.device
 
     def activation_dirs(self) -> dict[tuple[str, int], Path]:
         return {
@@ -423,6 +447,20 @@ def load_config(overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> Con
 
 def to_dict(config: Any) -> dict:
     return asdict(config)
+
+
+# Settings added after artifacts existed, each at the value that reproduces the earlier behaviour: left
+# out of job params and training keys while at that value, so adding a setting reruns nothing.
+NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cache": {"mode": "store", "stream_keep_shards": 2},
+    "train": {"statistics_tokens": None, "site_devices": []},
+}
+
+
+def comparable(section: str, values: dict) -> dict:
+    """`values` of a config section without the settings still at their neutral default."""
+    neutral = NEUTRAL_DEFAULTS.get(section, {})
+    return {key: value for key, value in values.items() if key not in neutral or value != neutral[key]}
 
 
 def config_hash(config: Any) -> str:

@@ -36,6 +36,7 @@ class Estimate:
     flops: float
     disk_bytes: float = 0.0
     breakdown: dict | None = None
+    devices: int = 1  # accelerators the job holds (memory_bytes is the peak on any one of them)
 
     def hours(self, device: str, sustained_tflops: float | None = None) -> float:
         flops_per_s = sustained_tflops * 1e12 if sustained_tflops else SUSTAINED_FLOPS[
@@ -72,7 +73,9 @@ def _forward_activation_bytes(config: Config, sequences: int) -> float:
 
 
 def cache_estimate(config: Config) -> Estimate:
-    tokens = config.cache.train_tokens + config.cache.heldout_tokens
+    """The cache job: both splits, or (stream mode) the held-out split only."""
+    streamed = config.cache.mode == "stream"
+    tokens = (0 if streamed else config.cache.train_tokens) + config.cache.heldout_tokens
     deepest = max(config.experiment.layers) + 1
     weights = model_parameters(config) * BYTES[config.model.dtype]
     activations = _forward_activation_bytes(config, config.cache.batch_sequences)
@@ -111,13 +114,18 @@ def rescale_shift_estimate(config: Config, site: str) -> Estimate:
     d, train = config.model.site_width(site), config.train
     widths = [g.width(d) for g in config.sweep.groups_at(site) if g.arch == "baseline" for _ in g.l1]
     memory = lambda chunk: rescale_shift_memory(config, d, chunk)  # noqa: E731
+    streamed = config.cache.mode == "stream"  # then it streams its own site's activations
+    lm = stream_model_memory(config) if streamed and config.train_device(site) == config.cache.device else 0.0
     passes = [widths]
     if config.resources.device_memory_gib:
-        passes = plan_passes(widths, memory, config.resources.device_memory_gib * GIB)
+        passes = plan_passes(widths, memory, config.resources.device_memory_gib * GIB - lm)
     flops = sum(TRAIN_FLOPS_PER_DW["baseline_rescale_shift"] * d * w for w in widths) * train.tokens
     job = f"rescale_shift[{site}]" + (f" in {len(passes)} passes" if len(passes) > 1 else "")
-    return Estimate(job, max(memory(chunk) for chunk in passes), flops,
-                    disk_bytes=sum(2 * d * w * 4 * 2 for w in widths))
+    if streamed:
+        flops += stream_forward_flops(config, len(passes))
+    own_lm_device = streamed and config.train_device(site) != config.cache.device
+    return Estimate(job, max(memory(chunk) for chunk in passes) + lm, flops,
+                    disk_bytes=sum(2 * d * w * 4 * 2 for w in widths), devices=2 if own_lm_device else 1)
 
 
 def evaluate_estimate(config: Config, site: str) -> Estimate:
@@ -138,9 +146,11 @@ def evaluate_estimate(config: Config, site: str) -> Estimate:
 def experiment_estimates(config: Config) -> list[tuple[Estimate, int]]:
     """(estimate, number of such jobs) for every job kind of the experiment."""
     layers = len(config.experiment.layers)
-    rows = [(cache_estimate(config), 1)]
+    streamed = config.cache.mode == "stream"
+    rows = [(cache_estimate(config), 1)] + ([(train_layer_estimate(config), layers)] if streamed else [])
     for site in config.experiment.sites:
-        rows.append((train_job_estimate(config, site), layers))
+        if not streamed:
+            rows.append((train_job_estimate(config, site), layers))
         if config.sweep.rescale_shift_at(site):
             rows.append((rescale_shift_estimate(config, site), layers))
         rows.append((evaluate_estimate(config, site), layers))
@@ -207,26 +217,75 @@ def rescale_shift_memory(config: Config, d: int, widths: list[int]) -> float:
         + 2 * train.buffer_rows * d * 4
 
 
-def train_job_estimate(config: Config, site: str) -> Estimate:
-    """The train_grid job as it will run: memory of its largest pass, FLOPs of all of them."""
+def _site_passes(config: Config, site: str, available: float) -> list[list]:
     from .train import grid_specs
 
+    return plan_passes(grid_specs(config, config.model.site_width(site), site), train_pass_memory(config, site),
+                       available)
+
+
+def train_job_estimate(config: Config, site: str) -> Estimate:
+    """The train_grid job (store mode) as it will run: memory of its largest pass, FLOPs of all of them."""
     whole = train_estimate(config, site)
     if not config.resources.device_memory_gib:
         return whole
-    d = config.model.site_width(site)
     memory = train_pass_memory(config, site)
-    passes = plan_passes(grid_specs(config, d, site), memory, config.resources.device_memory_gib * GIB)
+    passes = _site_passes(config, site, config.resources.device_memory_gib * GIB)
     largest = max(memory(chunk) for chunk in passes)
     return Estimate(f"{whole.job} in {len(passes)} passes" if len(passes) > 1 else whole.job, largest, whole.flops,
                     whole.disk_bytes, whole.breakdown)
+
+
+def stream_model_memory(config: Config) -> float:
+    """What streaming adds to a training job: the LM, one batch's forward, and the shards kept for the
+    sites of a layer."""
+    rows = config.cache.shard_sequences * (config.experiment.context_length - 1)
+    widths = sum(config.model.site_width(site) for site in config.experiment.sites)
+    kept = config.cache.stream_keep_shards * rows * widths * BYTES[config.cache.dtype]
+    return (model_parameters(config) * BYTES[config.model.dtype]
+            + _forward_activation_bytes(config, config.cache.batch_sequences) + kept)
+
+
+def stream_forward_flops(config: Config, passes: int) -> float:
+    """LM FLOPs of streamed training to the deepest layer: every pass over the data, plus the leading
+    shards read once for the activation statistics."""
+    statistics = config.train.statistics_tokens or config.cache.train_tokens
+    tokens = passes * config.train.tokens + statistics
+    return 2 * model_parameters(config, max(config.experiment.layers) + 1) * tokens
+
+
+def train_layer_estimate(config: Config) -> Estimate:
+    """The train_layer job (stream mode): the LM and every site's grid, each site on its device
+    (train.site_devices) with an equal share of what the LM leaves there; peak memory on the busiest
+    device, FLOPs of the SAEs and of the forwards."""
+    sites = config.experiment.sites
+    lm = stream_model_memory(config)
+    per_device = {config.cache.device: lm}
+    flops = disk = 0.0
+    rounds = 1
+    for site in sites:
+        device = config.train_device(site)
+        whole = train_estimate(config, site)
+        largest, passes = whole.memory_bytes, 1
+        if config.resources.device_memory_gib:
+            sharing = sum(config.train_device(other) == device for other in sites)
+            share = (config.resources.device_memory_gib * GIB - (lm if device == config.cache.device else 0)) / sharing
+            if share > 0:
+                chunks = _site_passes(config, site, share)
+                largest, passes = max(train_pass_memory(config, site)(chunk) for chunk in chunks), len(chunks)
+        per_device[device] = per_device.get(device, 0.0) + largest
+        flops, disk, rounds = flops + whole.flops, disk + whole.disk_bytes, max(rounds, passes)
+    job = "train_layer[" + ",".join(sites) + "]" + (f" in {rounds} passes" if rounds > 1 else "")
+    return Estimate(job, max(per_device.values()), flops + stream_forward_flops(config, rounds), disk_bytes=disk,
+                    breakdown={"model_and_streamed_shards": lm, "sae_grids": sum(per_device.values()) - lm},
+                    devices=len(per_device))
 
 
 def job_resources(estimate: Estimate, device: str, config: Config) -> dict:
     """Scheduler resources for one job: memory with 25% + 2 GiB headroom, runtime with 50% + 15 min."""
     return {"mem_mb": int((estimate.memory_bytes * 1.25 + 2 * GIB) / 2**20),
             "runtime": int(estimate.hours(device, config.resources.sustained_tflops) * 60 * 1.5) + 15,
-            "gpu": 1 if device.startswith("cuda") else 0}
+            "gpu": estimate.devices if device.startswith("cuda") else 0}
 
 
 def _size(n_bytes: float) -> str:

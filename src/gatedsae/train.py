@@ -1,4 +1,5 @@
-"""Grid trainer: one pass over an activation store trains every (architecture × λ × width) SAE.
+"""Grid trainer: one pass over a site's training activations (stored or streamed) trains every
+(architecture × λ × width) SAE of the sweep, and the sites of a layer step in lockstep.
 
 Each sweep group is one batched module (its SAEs stacked on dim 0) with its own Adam; every batch of
 activations is read once and fed to all groups. Training follows the paper's App. D: Adam with
@@ -18,13 +19,13 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 
-from .activations import ActivationStore
+from .activations import ShardedActivations, cache_identity
 from .atomic import atomic_path, write_json_atomic
-from .config import Config, ConfigError, TrainConfig, config_hash
+from .config import Config, ConfigError, TrainConfig, comparable, config_hash
 from .saes import BatchedSAE, RescaleShiftSAE, make_sae
 
 STATE_FILE = "training_state.pt"
@@ -75,17 +76,43 @@ def _sae_seed(seed: int, arch: str, width: int, l1: float) -> int:
     return int(config_hash({"seed": text}), 16) % (2**31)
 
 
-def batch_stream(store: ActivationStore, train: TrainConfig, skip: int = 0) -> Iterator[torch.Tensor]:
-    """Full batches forever, epoch after epoch (each epoch reshuffled with seed + epoch); skip `skip`."""
-    produced = 0
-    for epoch in itertools.count():
-        for batch in store.batches(train.batch_size, seed=train.seed + epoch, buffer_rows=train.buffer_rows,
-                                   max_norm_ratio=train.max_norm_ratio):
-            if len(batch) < train.batch_size:
-                continue  # keep every step the same size
-            produced += 1
-            if produced > skip:
-                yield batch
+class TrainingBatches:
+    """Full batches forever, epoch after epoch (each epoch reshuffled with seed + epoch); short ones
+    are dropped so every step has the same size. Its position is a `state_dict`."""
+
+    def __init__(self, split: ShardedActivations, train: TrainConfig):
+        self.split, self.train = split, train
+        self.epoch, self.produced = 0, 0
+        self._epoch = self._open(0)
+
+    def _open(self, epoch: int):
+        return self.split.batches(self.train.batch_size, seed=self.train.seed + epoch,
+                                  buffer_rows=self.train.buffer_rows, max_norm_ratio=self.train.max_norm_ratio)
+
+    def __iter__(self) -> "TrainingBatches":
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        while True:
+            for batch in self._epoch:
+                if len(batch) == self.train.batch_size:
+                    self.produced += 1
+                    return batch
+            self.epoch += 1
+            self._epoch = self._open(self.epoch)
+
+    def skip(self, batches: int) -> None:
+        for _ in range(batches):
+            next(self)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "produced": self.produced,
+                "shuffle": self._epoch.state_dict(storage=self.split.storage_dtype)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.produced = state["epoch"], state["produced"]
+        self._epoch = self._open(self.epoch)
+        self._epoch.load_state_dict(state["shuffle"])
 
 
 def lr_factor(step: int, train: TrainConfig, resample_steps: list[int]) -> float:
@@ -103,16 +130,16 @@ def lr_factor(step: int, train: TrainConfig, resample_steps: list[int]) -> float
 class GridTrainer:
     """Trains the sweep of `config` (or the given `grid`: modules, specs and one lr per module)."""
 
-    def __init__(self, config: Config, store: ActivationStore, out_dir: Path,
+    def __init__(self, config: Config, store: ShardedActivations, out_dir: Path,
                  grid: Optional[tuple[list[BatchedSAE], list[SAESpec], list[float]]] = None, identity_extra: str = ""):
         self.config, self.train, self.store, self.out_dir = config, config.train, store, Path(out_dir)
         self.device = torch.device(self.train.device)
-        self.data_statistics = store.statistics(self.train.max_norm_ratio)
+        self.data_statistics = store.statistics(self.train.max_norm_ratio, self.train.statistics_tokens)
         self.scale = self._activation_scale()
         if grid is None:
-            modules, self.specs = build_grid(config, store.d, store.manifest.site, self.scale,
+            modules, self.specs = build_grid(config, store.d, store.site, self.scale,
                                              self.data_statistics["mean_sq_norm"])
-            self.base_lrs = [group.lr for group in config.sweep.groups_at(store.manifest.site)]
+            self.base_lrs = [group.lr for group in config.sweep.groups_at(store.site)]
         else:
             modules, self.specs, self.base_lrs = grid
         self.identity_extra = identity_extra
@@ -129,6 +156,8 @@ class GridTrainer:
         self.fired_ever = [torch.zeros(m.n, m.width, dtype=torch.bool) for m in self.modules]
         self.last_losses: dict[str, dict[str, float]] = {}
         self.resampled: list[dict] = []
+        self._batches: Optional[TrainingBatches] = None
+        self._data_state: Optional[dict] = None
 
     # --- set-up ---------------------------------------------------------------------------------------
 
@@ -157,13 +186,15 @@ class GridTrainer:
             "last_losses": self.last_losses,
             "resampled": self.resampled,
             "identity": self.identity(),
+            # Where the data stands, when reading it again would mean recomputing it (stream mode).
+            "data": None if self.store.replay_is_cheap or self._batches is None else self._batches.state_dict(),
         }
 
     def identity(self) -> str:
         """Settings a saved state must share to be resumed."""
-        groups = [asdict(group) for group in self.config.sweep.groups_at(self.store.manifest.site)]
+        groups = [asdict(group) for group in self.config.sweep.groups_at(self.store.site)]
         return config_hash({"sweep": groups, "train": asdict(self.train),
-                            "store": self.store.manifest.config_hash, "d": self.store.d,
+                            "store": self.store.identity, "d": self.store.d,
                             "extra": self.identity_extra})
 
     def save_state(self) -> None:
@@ -183,32 +214,40 @@ class GridTrainer:
             optimizer.load_state_dict(saved)
         self.step, self.idle_steps, self.fired_ever = state["step"], state["idle_steps"], state["fired_ever"]
         self.last_losses, self.resampled = state["last_losses"], state["resampled"]
+        self._data_state = state.get("data")
         return True
 
     # --- training -------------------------------------------------------------------------------------
 
     def run(self, progress: bool = True, stop_after: Optional[int] = None) -> None:
         """Train to `train.steps` (or stop after `stop_after` more steps: used by tests)."""
+        train_lockstep([self], progress, stop_after)
+
+    def start(self) -> None:
+        """Resume from the saved state if there is one (else initialise), and position the data."""
         if self.train.threads > 0:
             torch.set_num_threads(self.train.threads)
         if not self.try_resume():
             self._init_decoder_bias()
-        bar = _progress_bar(self.steps, self.step, progress)
-        batches = batch_stream(self.store, self.train, skip=self.step)
-        started, start_step = time.time(), self.step
-        while self.step < self.steps and (stop_after is None or self.step - start_step < stop_after):
-            x = next(batches).to(self.device, torch.float32) * self.scale
-            self._train_step(x)
-            self.step += 1
-            if self.step in self.resample_steps:
-                self._resample_dead(x)
-            if self.step % self.train.checkpoint_every_steps == 0 or self.step == self.steps:
-                self.save_state()
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(self._postfix(started, start_step), refresh=False)
-        if bar is not None:
-            bar.close()
+        self._batches = TrainingBatches(self.store, self.train)
+        if self._data_state is not None:
+            self._batches.load_state_dict(self._data_state)
+        else:
+            self._batches.skip(self.step)  # re-reads the batches before the resume point
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.steps
+
+    def advance(self) -> None:
+        """One training step on the next batch (with resampling and state saving on schedule)."""
+        x = next(self._batches).to(self.device, torch.float32) * self.scale
+        self._train_step(x)
+        self.step += 1
+        if self.step in self.resample_steps:
+            self._resample_dead(x)
+        if self.step % self.train.checkpoint_every_steps == 0 or self.step == self.steps:
+            self.save_state()
 
     def _train_step(self, x: torch.Tensor) -> None:
         factor = lr_factor(self.step, self.train, self.resample_steps)
@@ -268,6 +307,26 @@ class GridTrainer:
                 "L0": f"{self.last_losses[first]['l0']:.0f}"}
 
 
+def train_lockstep(trainers: list[GridTrainer], progress: bool = True, stop_after: Optional[int] = None) -> None:
+    """Step the trainers in turn, one batch each, until all are done (or `stop_after` rounds): the
+    trainers of a layer's sites then read the same streamed shards at about the same time."""
+    for trainer in trainers:
+        trainer.start()
+    first = trainers[0]
+    bar = _progress_bar(first.steps, first.step, progress)
+    started, start_step, rounds = time.time(), first.step, 0
+    while not all(t.done for t in trainers) and (stop_after is None or rounds < stop_after):
+        for trainer in trainers:
+            if not trainer.done:
+                trainer.advance()
+        rounds += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(first._postfix(started, start_step), refresh=False)
+    if bar is not None:
+        bar.close()
+
+
 def _reset_adam_state(optimizer: torch.optim.Optimizer, module: BatchedSAE, dead: torch.Tensor) -> None:
     """Zero Adam's moments for the resampled features (rows/columns of every feature-indexed tensor)."""
     for param in module.trainable_parameters():
@@ -298,10 +357,13 @@ GRID_INDEX = "grid.json"
 RESCALE_SHIFT_DIR = "rescale_shift"
 
 
-def training_key(config: Config, store: ActivationStore, spec: SAESpec, extra: str = "") -> str:
-    """Everything an SAE's trained parameters depend on (besides the code)."""
-    return config_hash({"spec": [spec.arch, spec.width, spec.l1, spec.lr, spec.l1_units], "train": asdict(config.train),
-                        "store": store.manifest.config_hash, "d": store.d, "extra": extra})
+def training_key(config: Config, site: str, spec: SAESpec, extra: str = "") -> str:
+    """Everything an SAE's trained parameters depend on (besides the code). The activations enter by
+    the hash of the settings that define them, so stored and streamed training share their keys."""
+    return config_hash({"spec": [spec.arch, spec.width, spec.l1, spec.lr, spec.l1_units],
+                        "train": comparable("train", asdict(config.train)),
+                        "store": config_hash(cache_identity(config)), "d": config.model.site_width(site),
+                        "extra": extra})
 
 
 def _finished(directory: Path, key: str) -> bool:
@@ -324,42 +386,77 @@ def sweep_of(config: Config, site: str, specs: list[SAESpec]) -> Config:
     return replace(config, sweep=replace(config.sweep, groups=[g for g in groups if g.l1]))
 
 
-def _stores(config: Config, site: str, layer: int) -> tuple[Path, ActivationStore]:
-    out_dir = config.paths.checkpoints_dir(config.model.name, config.corpus.name, site, layer, config.sweep.name)
-    store = ActivationStore(config.paths.activations_dir(config.model.name, config.corpus.name, site, layer), "train")
-    return out_dir, store
+def _grid_dir(config: Config, site: str, layer: int) -> Path:
+    return config.paths.checkpoints_dir(config.model.name, config.corpus.name, site, layer, config.sweep.name)
+
+
+def _device_share(config: Config, site: str, sites: list[str]) -> float:
+    """Memory `site`'s SAEs may use when `sites` train together: its device's, less the LM when streaming
+    puts it there, split evenly between the sites on that device."""
+    from .resources import available_memory, stream_model_memory
+
+    device = config.train_device(site)
+    lm = stream_model_memory(config) if config.cache.mode == "stream" and device == config.cache.device else 0.0
+    sharing = sum(config.train_device(other) == device for other in sites)
+    return max(available_memory(device, config) - lm, 0.0) / sharing
+
+
+def _on_device(config: Config, site: str) -> Config:
+    from dataclasses import replace
+
+    return replace(config, train=replace(config.train, device=config.train_device(site)))
 
 
 def train_grid(config: Config, site: str, layer: int, progress: bool = True) -> Path:
-    """Train the sweep's SAEs at (site, layer) that are not trained yet; write one checkpoint per SAE,
-    then `grid.json` (every SAE of the sweep) last."""
-    from .resources import available_memory, check_memory, plan_passes, train_estimate, train_pass_memory
+    """Train the sweep's SAEs at (site, layer) that are not trained yet (see `train_layer`)."""
+    return train_layer(config, layer, [site], progress)[0]
 
-    out_dir, store = _stores(config, site, layer)
-    specs = grid_specs(config, store.d, site)
-    keys = {spec.name: training_key(config, store, spec) for spec in specs}
-    missing = [spec for spec in specs if not _finished(out_dir / spec.name, keys[spec.name])]
-    available = available_memory(config.train.device, config)
-    passes = plan_passes(missing, train_pass_memory(config, site), available)
-    for chunk in passes:  # before any compute: every pass must fit (a single SAE may not)
-        check_memory(train_estimate(sweep_of(config, site, chunk), site), config.train.device,
-                     "lower train.batch_size or train.buffer_rows, or use narrower SAEs", available)
-    print(f"{len(specs) - len(missing)} of {len(specs)} SAEs already trained; training {len(missing)}"
-          + (f" in {len(passes)} passes over the data (device memory)" if len(passes) > 1 else ""), flush=True)
-    for chunk in passes:  # each pass exports its SAEs, so a killed run keeps every finished pass
-        trainer = GridTrainer(sweep_of(config, site, chunk), store, out_dir)
-        trainer.run(progress=progress)
-        export_checkpoints(trainer, site, layer, out_dir, keys)
-    return write_grid_index(out_dir, site, layer, config.sweep.name, specs)
+
+def train_layer(config: Config, layer: int, sites: Optional[list[str]] = None, progress: bool = True) -> list[Path]:
+    """Train the SAEs of the sweep at each site of `layer` that are not trained yet; write one checkpoint
+    per SAE, then each site's `grid.json` (every SAE of the sweep) last. The sites' grids step in
+    lockstep, so in stream mode one LM forward per shard feeds them all; when the device cannot hold
+    every missing SAE at once they train in passes over the data, each pass exported when it ends."""
+    from .resources import check_memory, plan_passes, train_estimate, train_pass_memory
+    from .streaming import training_activations
+
+    sites = list(config.experiment.sites if sites is None else sites)
+    specs, keys, passes = {}, {}, {}
+    for site in sites:
+        share = _device_share(config, site, sites)
+        specs[site] = grid_specs(config, config.model.site_width(site), site)
+        keys[site] = {spec.name: training_key(config, site, spec) for spec in specs[site]}
+        missing = [spec for spec in specs[site] if not _finished(_grid_dir(config, site, layer) / spec.name,
+                                                                 keys[site][spec.name])]
+        passes[site] = plan_passes(missing, train_pass_memory(config, site), share)
+        for chunk in passes[site]:  # before any compute: every pass must fit (a single SAE may not)
+            check_memory(train_estimate(sweep_of(config, site, chunk), site), config.train_device(site),
+                         "lower train.batch_size or train.buffer_rows, or use narrower SAEs", share)
+        in_passes = f" in {len(passes[site])} passes over the data (device memory)" if len(passes[site]) > 1 else ""
+        print(f"{site}: {len(specs[site]) - len(missing)} of {len(specs[site])} SAEs already trained; "
+              f"training {len(missing)}{in_passes}", flush=True)
+    training = [site for site in sites if passes[site]]
+    if training:
+        splits = training_activations(config, [(site, layer) for site in training])
+        for round_ in range(max(len(passes[site]) for site in training)):
+            trainers = {site: GridTrainer(sweep_of(_on_device(config, site), site, passes[site][round_]),
+                                          splits[(site, layer)], _grid_dir(config, site, layer))
+                        for site in training if round_ < len(passes[site])}
+            train_lockstep(list(trainers.values()), progress)
+            for site, trainer in trainers.items():
+                export_checkpoints(trainer, site, layer, _grid_dir(config, site, layer), keys[site])
+    return [write_grid_index(_grid_dir(config, site, layer), site, layer, config.sweep.name, specs[site])
+            for site in sites]
 
 
 def train_rescale_shift(config: Config, site: str, layer: int, progress: bool = True) -> Path:
     """Fig. 9: freeze each trained baseline of the grid and learn only a per-feature rescale and shift
     on top (the baselines are read back from their checkpoints)."""
     from .checkpoints import checkpoint_id
-    from .resources import Estimate, available_memory, check_memory, plan_passes, rescale_shift_memory
+    from .resources import Estimate, check_memory, plan_passes, rescale_shift_memory
+    from .streaming import training_activations
 
-    grid_dir, store = _stores(config, site, layer)
+    grid_dir, d = _grid_dir(config, site, layer), config.model.site_width(site)
     index = grid_dir / GRID_INDEX
     if not index.exists():
         raise FileNotFoundError(f"{index} does not exist; run the train_grid stage first")
@@ -367,24 +464,27 @@ def train_rescale_shift(config: Config, site: str, layer: int, progress: bool = 
     if not baselines:
         raise ConfigError(f"sweep '{config.sweep.name}' has no baseline group to rescale and shift")
     out_dir = grid_dir / RESCALE_SHIFT_DIR
-    lrs = {(g.width(store.d), l1): g.lr for g in config.sweep.groups_at(site) if g.arch == "baseline" for l1 in g.l1}
+    lrs = {(g.width(d), l1): g.lr for g in config.sweep.groups_at(site) if g.arch == "baseline" for l1 in g.l1}
     wrapped = [SAESpec(0, 0, RescaleShiftSAE.arch, e["width"], e["l1"], lrs[(e["width"], e["l1"])]) for e in baselines]
-    keys = {spec.name: training_key(config, store, spec, extra=checkpoint_id(entry["path"]))
+    keys = {spec.name: training_key(config, site, spec, extra=checkpoint_id(entry["path"]))
             for spec, entry in zip(wrapped, baselines)}
     todo = [(spec, entry) for spec, entry in zip(wrapped, baselines) if not _finished(out_dir / spec.name, keys[spec.name])]
     print(f"{len(wrapped) - len(todo)} of {len(wrapped)} rescale-and-shift SAEs already trained", flush=True)
-    available = available_memory(config.train.device, config)
-    memory = lambda chunk: rescale_shift_memory(config, store.d, [spec.width for spec, _ in chunk])  # noqa: E731
+    config = _on_device(config, site)
+    available = _device_share(config, site, [site])
+    memory = lambda chunk: rescale_shift_memory(config, d, [spec.width for spec, _ in chunk])  # noqa: E731
     passes = plan_passes(todo, memory, available)
     for chunk in passes:  # before any compute
         check_memory(Estimate(f"rescale_shift[{site}]", memory(chunk), 0.0), config.train.device,
                      "lower train.batch_size or train.buffer_rows, or set sweep.rescale_shift=false", available)
-    for chunk in passes:
-        _train_rescale_shift_pass(config, store, site, layer, out_dir, chunk, keys, progress)
+    if passes:
+        split = training_activations(config, [(site, layer)])[(site, layer)]
+        for chunk in passes:
+            _train_rescale_shift_pass(config, split, site, layer, out_dir, chunk, keys, progress)
     return write_grid_index(out_dir, site, layer, config.sweep.name, wrapped)
 
 
-def _train_rescale_shift_pass(config: Config, store: ActivationStore, site: str, layer: int, out_dir: Path,
+def _train_rescale_shift_pass(config: Config, store: ShardedActivations, site: str, layer: int, out_dir: Path,
                               todo: list, keys: dict[str, str], progress: bool) -> None:
     from .checkpoints import baseline_from_checkpoints
 
@@ -413,7 +513,6 @@ def export_checkpoints(trainer: GridTrainer, site: str, layer: int, out_dir: Pat
     from .sites import hook_name
 
     config, store = trainer.config, trainer.store
-    store_dir = store.directory
     meta = {
         "model_name": config.model.name, "hook_name": hook_name(site, layer), "hook_layer": layer,
         "context_size": config.experiment.context_length, "prepend_bos": True, "dataset_path": config.corpus.name,
@@ -434,8 +533,7 @@ def export_checkpoints(trainer: GridTrainer, site: str, layer: int, out_dir: Pat
             "resampled": [r for r in trainer.resampled if r["sae"] == spec.name],
             "alive_fraction": float(trainer.fired_ever[spec.group][spec.index].float().mean()),
             "train_config": asdict(config.train), "code_version": version,
-            "activation_store": {"path": str(store_dir), "config_hash": store.manifest.config_hash,
-                                 "shard_sha256": [r.sha256 for r in store.records]},
+            "activation_store": store.provenance(),
         }
         write_checkpoint(out_dir / spec.name, trainer.modules[spec.group], spec.index, trainer.scale, meta, record)
 

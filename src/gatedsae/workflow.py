@@ -12,7 +12,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .config import Config, load_config
+from .config import Config, comparable, load_config
 from .layout import MANIFEST, MODEL_MARKER
 
 
@@ -59,6 +59,15 @@ class ExperimentPlan:
             for site in self.config.experiment.sites
             for layer in self.config.experiment.layers
         ]
+
+    @property
+    def streamed(self) -> bool:
+        """Stream mode: training runs the LM itself, one job per layer for all its sites."""
+        return self.config.cache.mode == "stream"
+
+    def layer_grid_indexes(self) -> list[str]:
+        """The grids a stream-mode train_layer job writes: every site of one layer (a wildcard)."""
+        return [self.grid_index().replace("{site}", site) for site in self.config.experiment.sites]
 
     def grid_index(self) -> str:
         return str(self.data / "checkpoints" / "{model}" / "{corpus}" / "{site}" / "layer{layer}" / "{sweep}"
@@ -130,6 +139,9 @@ class ExperimentPlan:
         if job == "cache_activations":
             return resources.job_resources(resources.cache_estimate(self.config), self.config.cache.device,
                                            self.config)
+        if job == "train_layer":
+            return resources.job_resources(resources.train_layer_estimate(self.config), self.config.train.device,
+                                           self.config)
         estimate, device = {
             "train_grid": (resources.train_job_estimate, self.config.train.device),
             "rescale_shift": (resources.rescale_shift_estimate, self.config.train.device),
@@ -147,8 +159,9 @@ class ExperimentPlan:
     def params(self, *parts: str) -> str:
         """The resolved config sections a stage depends on, as one canonical JSON string. The
         experiment's name, `through` and output folders choose what to build and where its summaries
-        go, not how, so they never rerun a job."""
+        go, not how, so they never rerun a job; nor do settings added at their neutral default."""
         resolved = asdict(self.config)
         for key in ("name", "through", "results_dir", "figures_dir"):
             resolved["experiment"].pop(key)
-        return json.dumps({part: resolved[part] for part in parts}, sort_keys=True)
+        return json.dumps({part: comparable(part, resolved[part]) if isinstance(resolved[part], dict) else resolved[part]
+                           for part in parts}, sort_keys=True)
