@@ -5,8 +5,8 @@ conf/ (cache.device, train.device, evaluate.device), with bf16 autocast for the 
     python scripts/gpu_check.py --models tiny,smollm2-135m --out results/benchmarks/gpu.json
 
 For each model (the tiny random one always; an embedded one if prepared in data/models/): caching
-tokens/s, training SAE-tokens/s and achieved FLOP/s against a matmul of the same shape and dtype, and
-evaluation tokens/s; all in one run on one machine. Without a GPU the same code runs on the CPU and the
+tokens/s, training SAE-tokens/s and achieved FLOP/s against a matmul of the same shape and dtype, the
+same training in stream mode (its speed relative to training from the store), and evaluation tokens/s; all in one run on one machine. Without a GPU the same code runs on the CPU and the
 JSON says `degraded: true`.
 """
 
@@ -88,11 +88,13 @@ def check_model(name: str, device: str, data: Path, source_data: Path, train_ste
     synchronize(device)
     train_seconds = time.perf_counter() - started
     timed_steps = trainer.step - 1
-    keys = {spec.name: training_key(config, store, spec) for spec in grid_specs(config, store.d, site)}
+    keys = {spec.name: training_key(config, site, spec) for spec in grid_specs(config, store.d, site)}
     export_checkpoints(trainer, site, layer, out_dir, keys)
     gated = next(g for g in config.sweep.groups_at(site) if g.arch == "gated")
     dtype = torch.bfloat16 if cuda else torch.float32
     peak = matmul_tflops(config.train.batch_size, store.d, gated.width(store.d), dtype, device)
+
+    stream = _time_streamed_training(config, site, layer, loaded, out_dir.parent / "streamed")
 
     saes = [CheckpointSAE.load(out_dir / spec.name, device) for spec in trainer.specs]
     started = time.perf_counter()
@@ -107,11 +109,30 @@ def check_model(name: str, device: str, data: Path, source_data: Path, train_ste
                   "sae_tokens_per_s": timed_steps * config.train.batch_size * len(trainer.specs) / train_seconds,
                   "achieved_tflops": achieved, "matmul_tflops_same_shape": peak, "matmul_dtype": str(dtype),
                   "fraction_of_matmul_peak": achieved / peak, "autocast_bf16": cuda},
+        "train_streamed": {**stream, "speed_vs_stored": stream["steps_per_s"] / (timed_steps / train_seconds)},
         "evaluate": {"saes": len(saes), "ce_tokens": rows[0]["ce_tokens"], "seconds": eval_seconds,
                      "sae_ce_tokens_per_s": rows[0]["ce_tokens"] * len(saes) / eval_seconds},
         "finite_metrics": all(all(isinstance(v, (int, float)) and v == v for k, v in row.items()
                                   if k in ("l0", "fvu", "loss_recovered", "gamma")) for row in rows),
     }
+
+
+def _time_streamed_training(config, site: str, layer: int, loaded, out_dir: Path) -> dict:
+    """The same grid trained in stream mode (the LM computing every shard as training reads it)."""
+    from gatedsae.streaming import streamed_splits
+
+    config = replace(config, cache=replace(config.cache, mode="stream"))
+    split = streamed_splits(config, [(site, layer)], loaded=loaded)[(site, layer)]
+    trainer = GridTrainer(config, split, out_dir)  # reads the split once for its statistics
+    trainer.run(progress=False, stop_after=1)  # warm-up
+    forwards = split.source.forwards
+    synchronize(config.train.device)
+    started = time.perf_counter()
+    trainer.run(progress=False)
+    synchronize(config.train.device)
+    seconds = time.perf_counter() - started
+    return {"steps_timed": trainer.step - 1, "steps_per_s": (trainer.step - 1) / seconds,
+            "shards_computed": split.source.forwards - forwards, "rows_per_shard": split.source.rows_per_shard}
 
 
 def _link_inputs(config, source_data: Path, data: Path) -> None:

@@ -94,6 +94,7 @@ class ModelConfig:
             _require(getattr(self, key) > 0, f"model.{key}", "must be a positive integer (the model's shape)")
 
     def site_width(self, site: str) -> int:
+        _choice(site, "site", SITES)
         return self.n_heads * self.d_head if site == "attn_z" else self.d_model
 
 
