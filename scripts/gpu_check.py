@@ -118,21 +118,24 @@ def check_model(name: str, device: str, data: Path, source_data: Path, train_ste
 
 
 def _time_streamed_training(config, site: str, layer: int, loaded, out_dir: Path) -> dict:
-    """The same grid trained in stream mode (the LM computing every shard as training reads it)."""
+    """The same grid trained in stream mode, the LM computing every shard as training reads it: timed
+    from the first step (the shards kept from the statistics pass are dropped first, so each one
+    training reads is computed inside the timed run)."""
     from gatedsae.streaming import streamed_splits
 
     config = replace(config, cache=replace(config.cache, mode="stream"))
     split = streamed_splits(config, [(site, layer)], loaded=loaded)[(site, layer)]
     trainer = GridTrainer(config, split, out_dir)  # reads the split once for its statistics
-    trainer.run(progress=False, stop_after=1)  # warm-up
+    split.source.drop_kept()
     forwards = split.source.forwards
     synchronize(config.train.device)
     started = time.perf_counter()
     trainer.run(progress=False)
     synchronize(config.train.device)
     seconds = time.perf_counter() - started
-    return {"steps_timed": trainer.step - 1, "steps_per_s": (trainer.step - 1) / seconds,
-            "shards_computed": split.source.forwards - forwards, "rows_per_shard": split.source.rows_per_shard}
+    return {"steps_timed": trainer.step, "steps_per_s": trainer.step / seconds,
+            "rows_trained_on": trainer.step * config.train.batch_size,
+            "rows_computed": (split.source.forwards - forwards) * split.source.rows_per_shard}
 
 
 def _link_inputs(config, source_data: Path, data: Path) -> None:

@@ -57,6 +57,11 @@ class ShardSource:
         return self._kept[index][key]
 
 
+    def drop_kept(self) -> None:
+        """Forget the kept shards (they are recomputed when read again)."""
+        self._kept.clear()
+
+
 class StreamedActivations(ShardedActivations):
     """The training split of one (site, layer), streamed from a `ShardSource`."""
 
