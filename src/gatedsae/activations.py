@@ -150,6 +150,19 @@ def plan_windows(config: Config, available: dict[str, int]) -> dict[str, int]:
     return plan
 
 
+def token_windows(config: Config) -> tuple[dict, dict[str, np.ndarray], dict[str, int]]:
+    """The tokenized windows of both splits, their manifest, and the windows to use per split; checks
+    the context length and the token budgets before any compute."""
+    tokens_dir = config.paths.tokens_dir(config.model.name, config.corpus.name)
+    manifest = json.loads((tokens_dir / TOKENS_MANIFEST).read_text())
+    context = config.experiment.context_length
+    if manifest["context_length"] != context:
+        raise ConfigError(f"config key 'experiment.context_length': {context}, but the token windows in {tokens_dir} "
+                          f"have length {manifest['context_length']}; re-run the tokenize step")
+    windows = {split: load_windows(tokens_dir, split) for split in SPLITS}
+    return manifest, windows, plan_windows(config, {split: len(w) for split, w in windows.items()})
+
+
 def windows_to_store(config: Config, plan: dict[str, int]) -> dict[str, int]:
     """The windows the cache step writes: in stream mode the training split is computed by training."""
     return {split: 0 if split == "train" and config.cache.mode == "stream" else windows
@@ -238,14 +251,8 @@ def cache_activations(config: Config, loaded=None) -> list[Path]:
 
     if config.cache.threads > 0:
         torch.set_num_threads(config.cache.threads)
-    tokens_dir = config.paths.tokens_dir(config.model.name, config.corpus.name)
-    tokens_manifest = json.loads((tokens_dir / TOKENS_MANIFEST).read_text())
+    tokens_manifest, windows, plan = token_windows(config)
     context = config.experiment.context_length
-    if tokens_manifest["context_length"] != context:
-        raise ConfigError(f"config key 'experiment.context_length': {context}, but the token windows in {tokens_dir} "
-                          f"have length {tokens_manifest['context_length']}; re-run the tokenize step")
-    windows = {split: load_windows(tokens_dir, split) for split in SPLITS}
-    plan = plan_windows(config, {split: len(w) for split, w in windows.items()})
     from .resources import available_memory, cache_estimate, check_memory
 
     check_memory(cache_estimate(config), config.cache.device, "lower cache.batch_sequences",

@@ -9,16 +9,13 @@ last few shards are kept so the sites' trainers, running in lockstep, share it.
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 
 import numpy as np
 import torch
 
-from .activations import STORAGE, ShardedActivations, as_stored, cache_identity, plan_windows, shard_activations
-from .config import Config, ConfigError, config_hash
-from .corpus import MANIFEST as TOKENS_MANIFEST
-from .corpus import SPLITS, load_windows
+from .activations import STORAGE, ShardedActivations, as_stored, cache_identity, shard_activations, token_windows
+from .config import Config, config_hash
 
 Key = tuple[str, int]  # (site, layer)
 
@@ -29,18 +26,11 @@ class ShardSource:
     def __init__(self, config: Config, keys: list[Key], loaded=None):
         from .models import load_model
 
-        tokens_dir = config.paths.tokens_dir(config.model.name, config.corpus.name)
-        manifest = json.loads((tokens_dir / TOKENS_MANIFEST).read_text())
-        if manifest["context_length"] != config.experiment.context_length:
-            raise ConfigError(f"config key 'experiment.context_length': {config.experiment.context_length}, but the "
-                              f"token windows in {tokens_dir} have length {manifest['context_length']}; re-run the "
-                              "tokenize step")
-        windows = {split: load_windows(tokens_dir, split) for split in SPLITS}
-        self.n_shards = plan_windows(config, {s: len(w) for s, w in windows.items()})["train"] \
-            // config.cache.shard_sequences
+        _, windows, plan = token_windows(config)
+        self.n_shards = plan["train"] // config.cache.shard_sequences
         self.windows: np.ndarray = windows["train"]
         self.config, self.keys = config, list(keys)
-        self.tokens_dir = tokens_dir
+        self.tokens_dir = config.paths.tokens_dir(config.model.name, config.corpus.name)
         self.rows_per_shard = config.cache.shard_sequences * (config.experiment.context_length - 1)
         self.loaded = loaded or load_model(config.model, config.paths, device=config.cache.device)
         self.forwards = 0  # shards computed, including recomputations after eviction
@@ -55,7 +45,6 @@ class ShardSource:
                 self._kept.popitem(last=False)
         self._kept.move_to_end(index)
         return self._kept[index][key]
-
 
     def drop_kept(self) -> None:
         """Forget the kept shards (they are recomputed when read again)."""
@@ -104,4 +93,3 @@ def training_activations(config: Config, keys: list[Key], loaded=None) -> dict[K
     return {(site, layer): ActivationStore(config.paths.activations_dir(config.model.name, config.corpus.name,
                                                                          site, layer), "train")
             for site, layer in keys}
-
