@@ -13,7 +13,6 @@ parameters as an uninterrupted one.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import time
