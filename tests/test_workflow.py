@@ -22,7 +22,10 @@ def _env() -> dict:
 
 
 def _run(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    env = _env()
+    if (Path(cwd) / "src" / "gatedsae").is_dir():  # a scratch clone runs its own code and conf/
+        env["PYTHONPATH"] = str(Path(cwd) / "src")
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
@@ -31,21 +34,44 @@ def snakemake(*args: str, cwd: Path, timeout: int = 600) -> subprocess.Completed
     return _run([sys.executable, "-m", "snakemake", *args], cwd, timeout)
 
 
+def _git(*args: str, cwd: Path) -> str:
+    return _run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args], cwd).stdout
+
+
 @pytest.fixture(scope="module")
 def scratch_repo(tmp_path_factory) -> Path:
-    """The repository's tracked (and untracked, not ignored) files, copied without data or metadata."""
-    listing = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT,
-                             capture_output=True, text=True)
-    files = listing.stdout.split() if listing.returncode == 0 else None
+    """A fresh `git clone` of the repository, as a newcomer gets it. Changes not yet committed in the
+    working tree are copied over and committed in the clone, so the tests see the code under test and
+    the clone starts clean (`git status` empty)."""
     target = tmp_path_factory.mktemp("repo") / "repo"
-    if files is None:  # not a git checkout: copy everything but the heavy, generated folders
-        shutil.copytree(REPO_ROOT, target, ignore=shutil.ignore_patterns(".venv", "data", ".snakemake", ".git"))
-    else:
-        for name in files:
-            if (REPO_ROOT / name).is_file():
-                (target / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(REPO_ROOT / name, target / name)
+    if not (REPO_ROOT / ".git").exists():
+        pytest.skip("the repository is not a git checkout")
+    _run(["git", "clone", "--quiet", "--no-hardlinks", str(REPO_ROOT), str(target)], tmp_path_factory.getbasetemp())
+    changed = subprocess.run(["git", "ls-files", "-mo", "--exclude-standard"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, check=True).stdout.split()
+    deleted = set(subprocess.run(["git", "ls-files", "-d"], cwd=REPO_ROOT,
+                                 capture_output=True, text=True, check=True).stdout.split())
+    for name in changed:
+        if name in deleted:
+            (target / name).unlink(missing_ok=True)
+        elif (REPO_ROOT / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / name, target / name)
+    _git("add", "-A", cwd=target)
+    if _git("status", "--porcelain", cwd=target).strip():
+        _git("commit", "--quiet", "-m", "working tree under test", cwd=target)
     return target
+
+
+def test_fresh_clone_dry_run_plans_the_real_work(scratch_repo):
+    """The README's run command on a fresh clone must compute everything: no committed output may make
+    Snakemake believe a stage is done."""
+    planned = snakemake("-n", "--profile", "profiles/local", "--config", "experiment=default",
+                        cwd=scratch_repo).stdout
+    for rule in ("prepare_model", "fetch_corpus", "tokenize", "cache_activations", "train_grid", "rescale_shift",
+                 "evaluate_grid", "aggregate", "figures", "html_report"):
+        assert f"rule {rule}:" in planned or f"localrule {rule}:" in planned, rule
+    assert not _git("status", "--porcelain", cwd=scratch_repo).strip()
 
 
 @pytest.mark.parametrize("experiment", ["default", "gemma3", "smoke", "paper_pythia_2.8b", "paper_gemma_7b"])
@@ -113,6 +139,7 @@ def test_smoke_workflow_end_to_end_then_nothing_to_do_then_only_what_a_new_l1_ne
     for table in ("metrics.md", "metrics.tex"):
         assert (results / "tables" / table).stat().st_size > 0
 
+    assert not _git("status", "--porcelain", cwd=scratch_repo).strip(), "a run must not modify tracked files"
     again = snakemake("--profile", "profiles/local", "--cores", "2", "--config", "experiment=smoke",
                       cwd=scratch_repo)
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -131,16 +158,33 @@ def test_smoke_workflow_end_to_end_then_nothing_to_do_then_only_what_a_new_l1_ne
 
 
 @pytest.mark.slow
-def test_dvc_repro_twice_second_is_a_no_op(scratch_repo):
-    config = scratch_repo / ".dvc" / "config"
-    config.write_text(config.read_text().replace("[core]", "[core]\n    no_scm = true", 1))
-    (scratch_repo / "params.yaml").write_text("experiment: smoke\n")
+def test_dvc_push_then_pull_in_another_clone_leaves_nothing_to_recompute(scratch_repo, tmp_path):
+    """A finished run, versioned by DVC and pushed to a directory remote, is pulled into a second clone:
+    neither DVC nor Snakemake then recomputes anything."""
     dvc = [sys.executable, "-m", "dvc"]
+    remote = tmp_path / "remote"
+    (scratch_repo / "params.yaml").write_text("experiment: smoke\n")
+    _git("commit", "--quiet", "-am", "run the smoke experiment", cwd=scratch_repo)
     _run([*dvc, "repro"], scratch_repo, timeout=900)
-    assert (scratch_repo / "dvc.lock").exists()
+    changed = _git("status", "--porcelain", cwd=scratch_repo).split("\n")
+    assert [line for line in changed if line.strip()] == [" M dvc.lock"], changed  # the run's hashes, to commit
     second = _run([*dvc, "repro"], scratch_repo)
-    output = second.stdout + second.stderr
-    assert "didn't change" in output or "up to date" in output, output
-    assert "Running stage" not in output
-    status = _run([*dvc, "status"], scratch_repo)
-    assert "up to date" in status.stdout
+    assert "Running stage" not in second.stdout + second.stderr
+    _git("commit", "--quiet", "-am", "record the smoke run", cwd=scratch_repo)
+    _run([*dvc, "remote", "add", "--local", "--force", "--default", "store", str(remote)], scratch_repo)
+    _run([*dvc, "push"], scratch_repo, timeout=300)
+
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "--quiet", str(scratch_repo), str(clone)], tmp_path)
+    _run([*dvc, "remote", "add", "--local", "--force", "--default", "store", str(remote)], clone)
+    _run([*dvc, "pull"], clone, timeout=300)
+    assert (clone / "results" / "smoke" / "metrics.csv").exists()
+    snakemake("--profile", "profiles/local", "--config", "experiment=smoke", "--touch", "--forceall", "--quiet",
+              cwd=clone)  # `make sync`
+    planned = snakemake("-n", "--profile", "profiles/local", "--config", "experiment=smoke", cwd=clone)
+    assert "Nothing to be done" in planned.stdout + planned.stderr, planned.stdout[-2000:]
+    status = _run([*dvc, "status"], clone)
+    assert "up to date" in status.stdout, status.stdout
+    replicated = _run([*dvc, "repro"], clone)  # what `make replicate` runs
+    assert "Running stage" not in replicated.stdout + replicated.stderr
+    assert not _git("status", "--porcelain", cwd=clone).strip()

@@ -91,6 +91,12 @@ def _report(config: Config) -> None:
     print(f"wrote {write_report(config)}")
 
 
+def _publish_reference(config: Config) -> None:
+    from .reference import publish
+
+    print(f"wrote {publish(config)}")
+
+
 def _estimate(config: Config) -> None:
     """Print the experiment's jobs with their estimated memory, disk and device-hours."""
     from .resources import markdown_table
@@ -117,6 +123,7 @@ STAGES: dict[str, Callable[..., None]] = {
     "aggregate": _aggregate,  # metrics.csv, tables, headline, summary
     "figures": _figures,
     "report": _report,
+    "publish-reference": _publish_reference,  # copy finished results and figures into reference/<experiment>/
     "estimate": _estimate,  # memory, disk and device-hours of every job of the experiment
 }
 
