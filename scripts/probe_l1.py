@@ -26,7 +26,7 @@ from gatedsae.train import GridTrainer
 @torch.no_grad()
 def heldout_summary(trainer: GridTrainer, store: ActivationStore, tokens: int) -> dict[str, dict[str, float]]:
     """Held-out L0 and FVU of every SAE of a trained grid (on the scaled activations it was trained on)."""
-    x = torch.cat(list(store.tokens(tokens, trainer.train.max_norm_ratio))).float() * trainer.scale
+    x = torch.cat(list(store.tokens(tokens, trainer.massive_norm_threshold))).float() * trainer.scale
     centred_energy = ((x - x.mean(0)) ** 2).sum()
     summary = {}
     for spec in trainer.specs:

@@ -178,14 +178,16 @@ def test_outlier_rows_can_be_left_out_and_statistics_follow(cached):
     store = ActivationStore(cached.activation_dirs()[("resid_post", 1)], "train")
     everything = store.statistics(None)
     assert everything["excluded"] == 0 and everything["rows"] == len(store)
-    ratio = 1.05  # far below any real threshold, so that many rows count as outliers here
-    kept = [store.rows(i, ratio) for i in range(store.n_shards)]
-    for index, rows in enumerate(kept):
-        norms = store.shard(index).float().norm(dim=-1)
-        assert 0 < len(rows) < len(norms)
-        assert (rows.norm(dim=-1) <= ratio * norms.median() + 1e-4).all()
+    ratio = 1.05  # far below any real threshold, so that many rows count as massive here
     stats = store.statistics(ratio)
+    every_norm = torch.cat([store.shard(i).float().norm(dim=-1) for i in range(store.n_shards)])
+    threshold = stats["massive_norm_threshold"]
+    assert threshold == pytest.approx(ratio * float(every_norm.median()), rel=1e-6)  # one threshold for the split
+    kept = [store.rows(i, threshold) for i in range(store.n_shards)]
+    for index, rows in enumerate(kept):
+        assert (rows.norm(dim=-1) <= threshold).all()
     rows = torch.cat(kept)
+    assert 0 < len(rows) < len(store)
     assert stats["rows"] == len(rows) and stats["excluded"] == len(store) - len(rows)
     assert stats["mean_sq_norm"] == pytest.approx(float((rows.double() ** 2).sum(1).mean()), rel=1e-6)
-    assert sum(len(b) for b in store.batches(16, seed=0, buffer_rows=64, max_norm_ratio=ratio)) == len(rows)
+    assert sum(len(b) for b in store.batches(16, seed=0, buffer_rows=64, max_norm=threshold)) == len(rows)

@@ -325,11 +325,11 @@ def _forward(model, tokens: torch.Tensor, keys, stop_at: int) -> Iterator[tuple[
 # Reading.
 
 
-def _without_outliers(rows: torch.Tensor, max_norm_ratio: Optional[float]) -> torch.Tensor:
-    if max_norm_ratio is None:
+def _without_massive(rows: torch.Tensor, max_norm: Optional[float]) -> torch.Tensor:
+    """The rows whose norm is at most `max_norm` (None: every row)."""
+    if max_norm is None:
         return rows
-    norms = rows.float().norm(dim=-1)
-    return rows[norms <= max_norm_ratio * norms.median()]
+    return rows[rows.float().norm(dim=-1) <= max_norm]
 
 
 class ShardedActivations:
@@ -359,20 +359,20 @@ class ShardedActivations:
         """Where the rows came from, for the training record of every checkpoint."""
         raise NotImplementedError
 
-    def rows(self, index: int, max_norm_ratio: Optional[float] = None,
+    def rows(self, index: int, max_norm: Optional[float] = None,
              dtype: Optional[torch.dtype] = torch.float32) -> torch.Tensor:
-        """Shard `index` in `dtype` (None: as stored); with `max_norm_ratio`, without the rows whose norm
-        exceeds that multiple of the shard's median norm (the massive activations counted as outliers)."""
+        """Shard `index` in `dtype` (None: as stored); with `max_norm`, without the rows whose norm exceeds
+        it (the massive activations, see `statistics`)."""
         rows = self.shard(index)
-        return _without_outliers(rows if dtype is None else rows.to(dtype), max_norm_ratio)
+        return _without_massive(rows if dtype is None else rows.to(dtype), max_norm)
 
-    def tokens(self, limit: Optional[int] = None, max_norm_ratio: Optional[float] = None) -> Iterator[torch.Tensor]:
+    def tokens(self, limit: Optional[int] = None, max_norm: Optional[float] = None) -> Iterator[torch.Tensor]:
         """Every (kept) row in stored order, shard by shard (for evaluation), at most `limit` rows."""
         remaining = len(self) if limit is None else limit
         for index in range(self.n_shards):
             if remaining <= 0:
                 return
-            rows = self.rows(index, max_norm_ratio, dtype=None)[:remaining]
+            rows = self.rows(index, max_norm, dtype=None)[:remaining]
             remaining -= len(rows)
             yield rows
 
@@ -383,23 +383,33 @@ class ShardedActivations:
         per_shard = len(self) / self.n_shards
         return min(self.n_shards, max(1, math.ceil(tokens / per_shard)))
 
+    def median_norm(self, tokens: Optional[int] = None) -> float:
+        """The median row norm over the first shards holding `tokens` rows (None: the whole split)."""
+        norms = [self.rows(index).norm(dim=-1) for index in range(self.statistics_shards(tokens))]
+        return float(torch.cat(norms).median())
+
     def statistics(self, max_norm_ratio: Optional[float] = None, tokens: Optional[int] = None) -> dict:
-        """Mean, E||x||² and row counts over the first shards holding `tokens` rows (None: the whole
-        split), outliers excluded if `max_norm_ratio` is set."""
+        """Mean, E||x||² and row counts over the first shards holding `tokens` rows (None: the whole split).
+
+        With `max_norm_ratio`, rows whose norm exceeds that multiple of the median norm are *massive
+        activations* (e.g. the attention-sink token after BOS): the threshold, in raw units, is returned as
+        `massive_norm_threshold` and those rows are left out of the statistics. Training, the held-out
+        metrics and the spliced evaluation all treat rows above this one threshold like BOS."""
+        threshold = None if max_norm_ratio is None else max_norm_ratio * self.median_norm(tokens)
         total, sum_sq, rows, seen = torch.zeros(self.d, dtype=torch.float64), 0.0, 0, 0
         for index in range(self.statistics_shards(tokens)):
             shard = self.rows(index)
-            kept = _without_outliers(shard, max_norm_ratio).double()
+            kept = _without_massive(shard, threshold).double()
             total += kept.sum(0)
             sum_sq += float((kept**2).sum())
             rows, seen = rows + len(kept), seen + len(shard)
         return {"mean": (total / rows).float(), "mean_sq_norm": sum_sq / rows, "rows": rows,
-                "excluded": seen - rows}
+                "excluded": seen - rows, "massive_norm_threshold": threshold}
 
     def batches(self, batch_size: int, seed: int, buffer_rows: int = 1 << 18,
-                dtype: torch.dtype = torch.float32, max_norm_ratio: Optional[float] = None) -> "ShuffledBatches":
+                dtype: torch.dtype = torch.float32, max_norm: Optional[float] = None) -> "ShuffledBatches":
         """One epoch of shuffled batches (see `ShuffledBatches`)."""
-        return ShuffledBatches(self, batch_size, seed, buffer_rows, dtype, max_norm_ratio)
+        return ShuffledBatches(self, batch_size, seed, buffer_rows, dtype, max_norm)
 
 
 class ShuffledBatches:
@@ -408,16 +418,16 @@ class ShuffledBatches:
     The buffer is filled to `buffer_rows`, permuted, and its first half is emitted while the rest
     stays to mix with the next shards, so rows from different shards meet in one batch while memory
     stays bounded by the buffer. The tail is emitted at the end (the last batch may be short). With
-    `max_norm_ratio`, outlier rows are left out (see `ShardedActivations.rows`).
+    `max_norm`, massive rows are left out (see `ShardedActivations.rows`).
 
     Its whole position (shard order, shards consumed, buffer, rows due, generator) is a `state_dict`,
     so a resumed run can continue without re-reading (or, streamed, recomputing) what came before.
     """
 
     def __init__(self, split: ShardedActivations, batch_size: int, seed: int, buffer_rows: int,
-                 dtype: torch.dtype = torch.float32, max_norm_ratio: Optional[float] = None):
+                 dtype: torch.dtype = torch.float32, max_norm: Optional[float] = None):
         self.split, self.batch_size, self.buffer_rows = split, batch_size, buffer_rows
-        self.dtype, self.max_norm_ratio = dtype, max_norm_ratio
+        self.dtype, self.max_norm = dtype, max_norm
         self.generator = torch.Generator().manual_seed(seed)
         self.order = torch.randperm(split.n_shards, generator=self.generator).tolist()
         self.position = 0  # shards of `order` read so far
@@ -443,7 +453,7 @@ class ShuffledBatches:
             self.due, self.buffer = self.buffer[:emit], self.buffer[emit:]
             return True
         if self.position < len(self.order):
-            rows = self.split.rows(self.order[self.position], self.max_norm_ratio, self.dtype)
+            rows = self.split.rows(self.order[self.position], self.max_norm, self.dtype)
             self.buffer, self.position = torch.cat([self.buffer, rows]), self.position + 1
             return True
         if not self.tail_emitted:
@@ -516,5 +526,5 @@ class ActivationStore(ShardedActivations):
         manifest's figures are returned and nothing is read."""
         if max_norm_ratio is None and tokens is None:
             return {"mean": torch.tensor(self.manifest.mean[self.split]), "rows": len(self), "excluded": 0,
-                    "mean_sq_norm": self.manifest.mean_sq_norm[self.split]}
+                    "mean_sq_norm": self.manifest.mean_sq_norm[self.split], "massive_norm_threshold": None}
         return super().statistics(max_norm_ratio, tokens)

@@ -271,7 +271,7 @@ class TrainConfig:
     lr_warmup_steps: int = 20
     normalize: str = "mean_sq_norm"  # scale activations so E||x||² = 1 over the training rows | none
     statistics_tokens: Optional[int] = None  # rows that estimate the scale and mean (None: the whole split)
-    max_norm_ratio: Optional[float] = 50.0  # leave out rows above this × their shard's median norm (None: keep)
+    max_norm_ratio: Optional[float] = 50.0  # massive activations: rows above this × the median norm (None: none)
     resample_at: list[float] = field(default_factory=lambda: [0.25, 0.5])  # fractions of training
     resample_window_steps: int = 20  # a feature is dead if it did not fire in this many recent steps
     resample_lr_factor: float = 0.1  # lr drop after a resample, recovered along a cosine ...

@@ -104,7 +104,10 @@ class ReconstructionStats:
 def reconstruction_metrics(saes: list[CheckpointSAE], store: ActivationStore, evaluate: EvaluateConfig) -> list[dict]:
     """Reconstruction metrics of each SAE over the same held-out rows, read once."""
     stats = [ReconstructionStats(sae.width, store.d) for sae in saes]
-    for chunk in store.tokens(evaluate.heldout_tokens, evaluate.max_norm_ratio):
+    # Massive rows are treated like BOS, with the threshold the SAEs were trained with.
+    thresholds = {sae.record.get("massive_norm_threshold") for sae in saes}
+    max_norm = thresholds.pop() if len(thresholds) == 1 else min(t for t in thresholds if t is not None)
+    for chunk in store.tokens(evaluate.heldout_tokens, max_norm):
         for rows in chunk.split(evaluate.batch_rows):
             x = rows.to(evaluate.device, torch.float32)
             for sae, stat in zip(saes, stats):

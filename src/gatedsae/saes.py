@@ -177,8 +177,11 @@ class BatchedSAE(nn.Module, ABC):
 
     @torch.no_grad()
     def resample_(self, dead: Tensor, x: Tensor, errors: Tensor, seeds: Sequence[int]) -> Tensor:
-        """Re-initialise the features in `dead` [n, width] towards inputs drawn with probability ∝ their
-        squared reconstruction error (`errors` [n, B]): decoder row = the centred input's direction,
+        """Re-initialise the features in `dead` [n, width] towards inputs drawn with probability ∝ the
+        square of their reconstruction loss, i.e. ∝ ||x − x̂||⁴ (`errors` [n, B] holds ||x − x̂||²): Bricken
+        et al.'s rule, which the paper's App. D follows. The inputs are drawn from the current batch (Bricken
+        et al. draw from 819,200 inputs; with a batch of 1,024 a feature may share its input with another).
+        Decoder row = the centred input's direction,
         encoder column = that direction × 0.2 × the mean norm of alive encoder columns, biases and r_mag
         zero. `seeds[i]` drives SAE i's draws, so no SAE's resampling depends on the others'. Returns the
         number of features resampled per SAE. A frozen decoder is left alone."""

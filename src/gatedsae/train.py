@@ -79,14 +79,14 @@ class TrainingBatches:
     """Full batches forever, epoch after epoch (each epoch reshuffled with seed + epoch); short ones
     are dropped so every step has the same size. Its position is a `state_dict`."""
 
-    def __init__(self, split: ShardedActivations, train: TrainConfig):
-        self.split, self.train = split, train
+    def __init__(self, split: ShardedActivations, train: TrainConfig, max_norm: Optional[float] = None):
+        self.split, self.train, self.max_norm = split, train, max_norm
         self.epoch, self.produced = 0, 0
         self._epoch = self._open(0)
 
     def _open(self, epoch: int):
         return self.split.batches(self.train.batch_size, seed=self.train.seed + epoch,
-                                  buffer_rows=self.train.buffer_rows, max_norm_ratio=self.train.max_norm_ratio)
+                                  buffer_rows=self.train.buffer_rows, max_norm=self.max_norm)
 
     def __iter__(self) -> "TrainingBatches":
         return self
@@ -134,6 +134,8 @@ class GridTrainer:
         self.config, self.train, self.store, self.out_dir = config, config.train, store, Path(out_dir)
         self.device = torch.device(self.train.device)
         self.data_statistics = store.statistics(self.train.max_norm_ratio, self.train.statistics_tokens)
+        # Rows above this norm (raw units) are massive activations: never trained on (see `statistics`).
+        self.massive_norm_threshold = self.data_statistics["massive_norm_threshold"]
         self.scale = self._activation_scale()
         if grid is None:
             modules, self.specs = build_grid(config, store.d, store.site, self.scale,
@@ -228,7 +230,7 @@ class GridTrainer:
             torch.set_num_threads(self.train.threads)
         if not self.try_resume():
             self._init_decoder_bias()
-        self._batches = TrainingBatches(self.store, self.train)
+        self._batches = TrainingBatches(self.store, self.train, self.massive_norm_threshold)
         if self._data_state is not None:
             self._batches.load_state_dict(self._data_state)
         else:
@@ -527,6 +529,7 @@ def export_checkpoints(trainer: GridTrainer, site: str, layer: int, out_dir: Pat
             "tokens": trainer.step * config.train.batch_size, "seed": config.train.seed,
             "activation_scale": trainer.scale, "final_losses": trainer.last_losses[spec.name],
             "max_norm_ratio": config.train.max_norm_ratio,
+            "massive_norm_threshold": trainer.massive_norm_threshold,
             "rows_excluded_as_outliers": trainer.data_statistics["excluded"],
             "rows_per_epoch": trainer.data_statistics["rows"],
             "resampled": [r for r in trainer.resampled if r["sae"] == spec.name],
