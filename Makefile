@@ -1,5 +1,5 @@
 # Entry points. Each target installs what it needs first (scripts/setup.sh, idempotent).
-#   make replicate              the default replication (dvc repro → Snakemake), versioned by DVC
+#   make replicate              the default replication (dvc repro → its chapters through Snakemake), versioned by DVC, then its verdict
 #   make test                   the test suite
 #   make run EXPERIMENT=smoke   Snakemake alone, any experiment in conf/experiment/
 SHELL := /bin/bash
@@ -14,9 +14,13 @@ export PATH := $(abspath $(BIN)):$(PATH)
 setup:
 	@bash scripts/setup.sh
 
-replicate: setup
+# The environment install is timed too: the run's replicate.json reports it with the chapters.
+replicate:
 	@[ -n "$$(git rev-parse --git-dir 2>/dev/null)" ] || { echo "make replicate needs a git checkout (DVC versions the artifacts); use 'make run' otherwise"; exit 1; }
-	dvc repro
+	@start=$$(date +%s); bash scripts/setup.sh; \
+	export GATEDSAE_SETUP_SECONDS=$$(( $$(date +%s) - start )); \
+	$(BIN)/dvc repro
+	@echo; cat results/$$($(BIN)/python -c "import yaml; print(yaml.safe_load(open('params.yaml'))['experiment'])")/verdict.md 2>/dev/null || true
 
 run: setup
 	snakemake --profile profiles/local --config experiment=$(EXPERIMENT)

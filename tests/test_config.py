@@ -84,3 +84,26 @@ def test_settings_added_at_their_neutral_default_change_no_params_or_training_ke
     assert training_key(statistics, "resid_post", spec) != training_key(config, "resid_post", spec)
     devices = replace(config, train=replace(config.train, site_devices=["cpu"] * 3))
     assert training_key(devices, "resid_post", spec) != training_key(config, "resid_post", spec)
+
+
+def test_a_chapter_cuts_the_sweep_down_to_the_chapters_so_far():
+    full = load_config(["experiment=default"])
+    headline = load_config(["experiment=default", "experiment.chapter=headline"])
+    assert {g.arch for g in headline.sweep.groups} == {"gated", "baseline"} and not headline.sweep.rescale_shift
+    fig9 = load_config(["experiment=default", "experiment.chapter=rescale_shift"])
+    assert fig9.sweep.groups == headline.sweep.groups and fig9.sweep.rescale_shift
+    last = load_config(["experiment=default", f"experiment.chapter={full.experiment.chapters[-1].name}"])
+    assert last.sweep == full.sweep, "the last chapter is the whole experiment"
+    # The chapter itself reruns nothing: only the sweep it selects enters the jobs' params.
+    from gatedsae.workflow import ExperimentPlan
+
+    last_chapter = f"experiment.chapter={full.experiment.chapters[-1].name}"
+    assert ExperimentPlan("default", [last_chapter]).params("experiment", "sweep") == \
+        ExperimentPlan("default").params("experiment", "sweep")
+    with pytest.raises(ConfigError, match="experiment.chapter"):
+        load_config(["experiment=default", "experiment.chapter=nonsense"])
+
+
+def test_every_sweep_group_belongs_to_a_chapter():
+    with pytest.raises(ConfigError, match="experiment.chapters"):
+        load_config(["experiment=default", "experiment.chapters=[{name: headline, archs: [gated]}]"])

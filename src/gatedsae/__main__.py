@@ -91,6 +91,13 @@ def _report(config: Config) -> None:
     print(f"wrote {write_report(config)}")
 
 
+def _replicate(config: Config, overrides: list[str], chapter: str | None = None) -> None:
+    """Every chapter of the experiment through Snakemake, timed; prints the verdict at the end."""
+    from .replicate import replicate
+
+    print(f"wrote {replicate(config, overrides, chapter)}")
+
+
 def _publish_reference(config: Config) -> None:
     from .reference import publish
 
@@ -123,6 +130,7 @@ STAGES: dict[str, Callable[..., None]] = {
     "aggregate": _aggregate,  # metrics.csv, tables, headline, summary
     "figures": _figures,
     "report": _report,
+    "replicate": _replicate,  # [--chapter=<name>]: the experiment's chapters through Snakemake, timed
     "publish-reference": _publish_reference,  # copy finished results and figures into reference/<experiment>/
     "estimate": _estimate,  # memory, disk and device-hours of every job of the experiment
 }
@@ -146,11 +154,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from .resources import ResourceError
 
+    if argv[0] == "replicate":
+        options["overrides"] = overrides
     try:
         STAGES[argv[0]](config, **options)
     except ResourceError as error:
         print(f"resource error: {error}", file=sys.stderr)
         return 3
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

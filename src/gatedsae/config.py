@@ -163,6 +163,18 @@ class CacheConfig:
 
 
 @dataclass
+class ChapterConfig:
+    """A part of an experiment that runs (and reports) on its own: the SAEs of the sweep groups whose
+    architecture it names, on top of every earlier chapter's. `make replicate` runs the chapters in order,
+    so the first one's verdict is out before the later ones start."""
+
+    name: str = ""
+    description: str = ""
+    archs: list[str] = field(default_factory=list)  # architectures this chapter adds to the sweep
+    rescale_shift: bool = False                     # whether it adds Fig. 9's rescale-and-shift
+
+
+@dataclass
 class ExperimentConfig:
     name: str = ""
     layers: list[int] = field(default_factory=list)
@@ -171,6 +183,8 @@ class ExperimentConfig:
     through: str = "report"  # the last stage `snakemake all` builds: cache | train | evaluate | report
     results_dir: str = ""    # tables, headline, report ("": results/<name>)
     figures_dir: str = ""    # figures ("": paper_figures/<name>)
+    chapters: list[ChapterConfig] = field(default_factory=list)  # [] : the experiment is one chapter
+    chapter: str = ""        # run only up to this chapter ("": the whole experiment)
 
     @property
     def results(self) -> Path:
@@ -188,6 +202,15 @@ class ExperimentConfig:
             _choice(site, "experiment.sites", SITES)
         _require(self.context_length >= 2, "experiment.context_length", "must be at least 2 (BOS + one token)")
         _choice(self.through, "experiment.through", STAGES)
+        names = [chapter.name for chapter in self.chapters]
+        _require(all(names) and len(set(names)) == len(names), "experiment.chapters", "names must be set and distinct")
+        if self.chapter:
+            _choice(self.chapter, "experiment.chapter", names)
+
+    def chapters_through(self, name: str) -> list[ChapterConfig]:
+        """The chapters up to and including `name`."""
+        names = [chapter.name for chapter in self.chapters]
+        return self.chapters[: names.index(name) + 1]
 
 
 @dataclass
@@ -388,6 +411,10 @@ class Config:
         for part in (self.model, self.corpus, self.cache, self.experiment, self.sweep, self.train, self.evaluate,
                      self.resources):
             part.validate()
+        if self.experiment.chapters:
+            covered = {arch for chapter in self.experiment.chapters for arch in chapter.archs}
+            missing = sorted({group.arch for group in self.sweep.groups} - covered)
+            _require(not missing, "experiment.chapters", f"no chapter runs the sweep's {', '.join(missing)} groups")
         for layer in self.experiment.layers:
             _require(0 <= layer < self.model.n_layers, "experiment.layers",
                      f"layer {layer} does not exist in {self.model.name} (layers 0..{self.model.n_layers - 1})")
@@ -440,10 +467,21 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config", conf_dir
 
 
 def load_config(overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> Config:
-    """Compose and validate the full configuration; raises ConfigError naming the offending key."""
+    """Compose and validate the full configuration; raises ConfigError naming the offending key. With
+    `experiment.chapter` set, the sweep is cut down to what the chapters up to that one train."""
     config = _dataclass_from(Config, compose(overrides, conf_dir=conf_dir))
     config.validate()
-    return config
+    return _through_chapter(config) if config.experiment.chapter else config
+
+
+def _through_chapter(config: Config) -> Config:
+    from dataclasses import replace
+
+    chapters = config.experiment.chapters_through(config.experiment.chapter)
+    archs = {arch for chapter in chapters for arch in chapter.archs}
+    sweep = replace(config.sweep, groups=[group for group in config.sweep.groups if group.arch in archs],
+                    rescale_shift=config.sweep.rescale_shift and any(chapter.rescale_shift for chapter in chapters))
+    return replace(config, sweep=sweep)
 
 
 def to_dict(config: Any) -> dict:

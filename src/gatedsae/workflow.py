@@ -159,9 +159,10 @@ class ExperimentPlan:
     def params(self, *parts: str) -> str:
         """The resolved config sections a stage depends on, as one canonical JSON string. The
         experiment's name, `through` and output folders choose what to build and where its summaries
-        go, not how, so they never rerun a job; nor do settings added at their neutral default."""
+        go, not how, so they never rerun a job; nor does the chapter (it changes the sweep, which is compared
+        itself), nor do settings added at their neutral default."""
         resolved = asdict(self.config)
-        for key in ("name", "through", "results_dir", "figures_dir"):
+        for key in ("name", "through", "results_dir", "figures_dir", "chapters", "chapter"):
             resolved["experiment"].pop(key)
         return json.dumps({part: comparable(part, resolved[part]) if isinstance(resolved[part], dict) else resolved[part]
                            for part in parts}, sort_keys=True)
