@@ -75,7 +75,7 @@ def _evaluate_checkpoint(config: Config, checkpoint: str) -> None:
 def _aggregate(config: Config) -> None:
     from .tables import aggregate
 
-    for path in aggregate(evaluation_files(config), config.experiment.results).values():
+    for path in aggregate(evaluation_files(config), config.experiment.results, config.intervals).values():
         print(f"wrote {path}")
 
 
@@ -89,6 +89,14 @@ def _report(config: Config) -> None:
     from .report import write_report
 
     print(f"wrote {write_report(config)}")
+
+
+def _verdict(config: Config) -> None:
+    """verdict.json and verdict.md next to the results; the table is printed."""
+    from .verdict import write_verdict
+
+    _, markdown = write_verdict(config)
+    print(markdown.read_text())
 
 
 def _estimate(config: Config) -> None:
@@ -114,7 +122,8 @@ STAGES: dict[str, Callable[..., None]] = {
     "rescale-shift": _rescale_shift,  # likewise; needs the trained grid
     "evaluate": _evaluate,  # likewise; evaluates the site's grids
     "evaluate-checkpoint": _evaluate_checkpoint,  # --checkpoint=<dir>: recompute one SAE's metrics row
-    "aggregate": _aggregate,  # metrics.csv, tables, headline, summary
+    "aggregate": _aggregate,  # metrics.csv (with intervals), tables, headline, comparisons, summary
+    "verdict": _verdict,  # verdict.json and verdict.md: each claim REPRODUCED / NOT REPRODUCED / INCONCLUSIVE
     "figures": _figures,
     "report": _report,
     "estimate": _estimate,  # memory, disk and device-hours of every job of the experiment
