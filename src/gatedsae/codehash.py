@@ -19,7 +19,9 @@ METRICS_CODE: dict[str, Optional[Sequence[str]]] = {   # per-SAE evaluation resu
     "evaluate.py": None, "reconstruction.py": None, "spliced.py": None, "sites.py": None,
     "checkpoints.py": ("encode_raw", "decode_raw"),
 }
-AGGREGATE_CODE: dict[str, Optional[Sequence[str]]] = {"tables.py": None, "intervals.py": None}  # tables, intervals
+AGGREGATE_CODE: dict[str, Optional[Sequence[str]]] = {  # tables, headline, comparisons, intervals
+    "tables.py": None, "intervals.py": None, "frontiers.py": None,
+}
 VERDICT_CODE: dict[str, Optional[Sequence[str]]] = {"verdict.py": None}
 
 

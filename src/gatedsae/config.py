@@ -371,7 +371,9 @@ class VerdictConfig:
     paper_gamma_gated: str = ""
     paper_gamma_baseline: str = ""
     paper_gamma_source: str = ""
-    paper_rescale_shift: str = ""
+    paper_rescale_shift_gamma: str = ""
+    paper_rescale_shift_vs_baseline: str = ""
+    paper_gated_vs_rescale_shift: str = ""
     paper_ablations: str = ""
 
     def validate(self) -> None:

@@ -209,7 +209,8 @@ def evaluate_grid(config: Config, site: str, layer: int, progress: bool = True, 
     """Evaluate every SAE of (site, layer)'s grids; reuse saved results whose identity matches."""
     from .resources import available_memory, check_memory, evaluate_estimate
 
-    check_memory(evaluate_estimate(config, site), config.evaluate.device, "lower evaluate.batch_windows",
+    check_memory(evaluate_estimate(config, site), config.evaluate.device,
+                 "lower evaluate.batch_windows (or evaluate.ce_windows: every window's prefix is kept)",
                  available_memory(config.evaluate.device, config))
     out_dir = config.paths.evaluation_dir(config.model.name, config.corpus.name, site, layer, config.sweep.name)
     store = ActivationStore(config.paths.activations_dir(config.model.name, config.corpus.name, site, layer), "heldout")

@@ -115,16 +115,18 @@ def headline(frame: pd.DataFrame, bootstrap: Optional[Bootstrap] = None, levels:
 
     records = []
     for key, _ in frame[frame["arch"].isin(["gated", "baseline"])].groupby(GRID, sort=False):
-        record, notes = dict(zip(GRID, key)), []
+        record, note = dict(zip(GRID, key)), ""
         for treatment in TREATMENTS:
             found = _estimate(frame, key, bootstrap, ("gated", "baseline"), treatment, compute, HEADLINE_INTERVALS)
-            if found is None:
-                record[f"l0_ratio{treatment}"] = math.nan
-                if treatment == "" or f"l0{treatment}" in frame:
-                    notes.append("frontiers do not overlap in loss recovered" + (" (all tokens)" if treatment else ""))
-            else:
+            if found is not None:
                 record |= found
-        records.append({**record, "note": "; ".join(notes)})
+                continue
+            record[f"l0_ratio{treatment}"] = math.nan
+            if treatment == "":
+                note = "frontiers do not overlap in loss recovered"
+            elif not note and f"l0{treatment}" in frame:
+                note = "frontiers do not overlap in loss recovered when every token counts"
+        records.append({**record, "note": note})
     return pd.DataFrame(records)
 
 

@@ -127,13 +127,13 @@ def claims(head: pd.DataFrame, comparisons: pd.DataFrame, config: VerdictConfig)
         band = "" if _number(row, "loss_recovered_low") is None else \
             f" (band {100 * row['loss_recovered_low']:.1f}–{100 * row['loss_recovered_high']:.1f}% loss recovered)"
         found += [
-            _judged(f"l0_ratio/{where}", "Gated needs about half the baseline's L0 at matched loss recovered",
+            _judged(f"l0_ratio/{where}", "(a) Gated needs about half the baseline's L0",
                     site, layer, "L0 Gated / L0 baseline" + band, row, "l0_ratio", Rule("below", (config.l0_ratio_below,)),
                     paper_l0_ratios(config, site)),
-            _judged(f"gamma_gated/{where}", "Gated SAEs do not shrink: γ ≈ 1", site, layer,
+            _judged(f"gamma_gated/{where}", "(b) Gated does not shrink: γ ≈ 1", site, layer,
                     "γ of the Gated frontier over the band", row, "gamma_gated",
                     Rule("within", tuple(config.gated_gamma_within)), config.paper_gamma_gated),
-            _judged(f"gamma_baseline/{where}", "the baseline shrinks: γ < 1", site, layer,
+            _judged(f"gamma_baseline/{where}", "(b) the baseline shrinks: γ < 1", site, layer,
                     "γ of the baseline frontier over the band", row, "gamma_baseline",
                     Rule("below", (config.baseline_gamma_below,)), config.paper_gamma_baseline),
         ]
@@ -148,8 +148,8 @@ def _comparison_claims(comparisons: pd.DataFrame, config: VerdictConfig) -> list
     found = []
     rescale = pick("baseline_rescale_shift", "baseline")
     if rescale.empty:
-        found.append(Claim("rescale_shift", "Fig. 9: rescale-and-shift fixes γ and closes part of the gap", "—", None,
-                           "", None, None, None, "", config.paper_rescale_shift, NOT_MEASURED,
+        found.append(Claim("rescale_shift", "(c) Fig. 9: rescale-and-shift", "—", None,
+                           "", None, None, None, "", "Fig. 9", NOT_MEASURED,
                            note="the experiment trains no rescale-and-shift SAEs (sweep.rescale_shift)"))
     for _, row in rescale.iterrows():
         site, layer = row["site"], int(row["layer"])
@@ -157,27 +157,27 @@ def _comparison_claims(comparisons: pd.DataFrame, config: VerdictConfig) -> list
         gated = pick("gated", "baseline_rescale_shift")
         gated = gated[(gated["site"] == site) & (gated["layer"] == layer)]
         found += [
-            _judged(f"rescale_shift_gamma/{where}", "Fig. 9: rescale-and-shift fixes shrinkage: γ ≈ 1", site, layer,
+            _judged(f"rescale_shift_gamma/{where}", "(c) rescale-and-shift fixes shrinkage: γ ≈ 1", site, layer,
                     "γ of the rescale-and-shift frontier at matched L0", row, "gamma",
-                    Rule("within", tuple(config.rescale_shift_gamma_within)), config.paper_rescale_shift),
-            _judged(f"rescale_shift_vs_baseline/{where}", "Fig. 9: rescale-and-shift beats the baseline", site, layer,
+                    Rule("within", tuple(config.rescale_shift_gamma_within)), config.paper_rescale_shift_gamma),
+            _judged(f"rescale_shift_vs_baseline/{where}", "(c) rescale-and-shift beats the baseline", site, layer,
                     "loss recovered, rescale-and-shift − baseline, at matched L0", row, "loss_recovered_difference",
-                    Rule("above", (0.0,)), config.paper_rescale_shift, percent_points=True),
-            _judged(f"gated_vs_rescale_shift/{where}", "Fig. 9: ... but closes only part of the gap to Gated", site,
+                    Rule("above", (0.0,)), config.paper_rescale_shift_vs_baseline, percent_points=True),
+            _judged(f"gated_vs_rescale_shift/{where}", "(c) ... but stays below Gated", site,
                     layer, "loss recovered, Gated − rescale-and-shift, at matched L0",
                     None if gated.empty else gated.iloc[0], "loss_recovered_difference", Rule("above", (0.0,)),
-                    config.paper_rescale_shift, percent_points=True, missing="no Gated frontier at this site"),
+                    config.paper_gated_vs_rescale_shift, percent_points=True, missing="no Gated frontier at this site"),
         ]
     ablations = comparisons[(comparisons["versus"] == "gated") & comparisons["arch"].isin(list(ABLATION_NAMES))]
     if ablations.empty:
-        found.append(Claim("ablations", "Fig. 8: no ablation beats the full Gated SAE", "—", None, "", None, None,
+        found.append(Claim("ablations", "(d) Fig. 8: ablations", "—", None, "", None, None,
                            None, "", config.paper_ablations, NOT_MEASURED,
                            note="the experiment trains none of the Fig. 8 ablations"))
     for _, row in ablations.iterrows():
         site, layer = row["site"], int(row["layer"])
         name = ABLATION_NAMES[row["arch"]]
         found.append(_judged(f"{row['arch']}_vs_gated/{site}/layer{layer}",
-                             f"Fig. 8: the ablation '{name}' is no better than the full Gated SAE", site, layer,
+                             f"(d) the ablation '{name}' is no better than Gated", site, layer,
                              f"loss recovered, {name} − Gated, at matched L0", row, "loss_recovered_difference",
                              Rule("below", (config.ablation_margin,)), config.paper_ablations, percent_points=True))
     return found
