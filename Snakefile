@@ -6,17 +6,25 @@
 #   snakemake --profile profiles/local --config experiment=default overrides="cache.train_tokens=200000"
 #   snakemake --profile profiles/local train      # build through a given stage: cache | train | evaluate
 
+import time
+from pathlib import Path
+
 from gatedsae.workflow import ExperimentPlan
 
 plan = ExperimentPlan(str(config.get("experiment", "default")), str(config.get("overrides", "")).split())
 LOGS = "logs/" + plan.experiment
 BENCH = "benchmarks/" + plan.experiment
+STARTED = time.time()
 
 onsuccess:
     # dvc.yaml versions both artifact folders; an experiment that stops before training has no
     # checkpoints yet, and DVC needs the (empty) folder to exist.
     for folder in ("activations", "checkpoints", "evaluation"):
         (plan.data / folder).mkdir(parents=True, exist_ok=True)
+    # The verdict is the run's answer: show it when this run wrote it (a job's log is not seen).
+    verdict = Path(plan.verdict_outputs()["verdict_markdown"])
+    if verdict.exists() and verdict.stat().st_mtime >= STARTED:
+        print("\n" + verdict.read_text(), flush=True)
 
 
 wildcard_constraints:
@@ -188,7 +196,7 @@ rule evaluate_grid:
     output:
         plan.evaluation(),
     params:
-        config=plan.params("evaluate"),
+        config=plan.params("evaluate", code="metrics"),
     log:
         LOGS + "/evaluate/{model}/{corpus}/{site}/layer{layer}/{sweep}.log",
     benchmark:
@@ -201,11 +209,14 @@ rule evaluate_grid:
 
 
 rule aggregate:
-    """metrics.csv (one row per SAE), the paper-layout tables, the headline and the DVC metrics summary."""
+    """metrics.csv (one row per SAE), the paper-layout tables, the headline, the Figs. 8–9 comparisons and
+    the DVC metrics summary, with 95% intervals from a paired bootstrap over held-out windows."""
     input:
         plan.evaluations(),
     output:
         **plan.aggregate_outputs(),
+    params:
+        config=plan.params("intervals", code="aggregate"),
     log:
         LOGS + "/aggregate.log",
     shell:
@@ -225,11 +236,31 @@ rule figures:
         plan.command("figures") + " > {log} 2>&1"
 
 
+rule verdict:
+    """verdict.json and verdict.md: each claim of the paper, measured with its interval, against the paper
+    and the reference run (reference/<experiment>/), REPRODUCED / NOT REPRODUCED / INCONCLUSIVE."""
+    input:
+        headline=plan.aggregate_outputs()["headline"],
+        comparisons=plan.aggregate_outputs()["comparisons"],
+        metrics=plan.aggregate_outputs()["metrics"],
+        reference=plan.reference_verdict(),
+    output:
+        **plan.verdict_outputs(),
+    params:
+        config=plan.params("verdict", "intervals", code="verdict"),
+    log:
+        LOGS + "/verdict.log",
+    shell:
+        plan.command("verdict") + " > {log} 2>&1"
+
+
 rule html_report:
-    """One self-contained HTML file: headline vs the paper, figures, tables, configuration, versions."""
+    """One self-contained HTML file: the verdict, headline vs the paper, figures, tables, configuration,
+    versions."""
     input:
         plan.figures_index(),
         **plan.aggregate_outputs(),
+        **plan.verdict_outputs(),
     output:
         plan.report(),
     log:

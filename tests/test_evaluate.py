@@ -15,8 +15,8 @@ import torch
 from gatedsae.activations import ActivationStore
 from gatedsae.checkpoints import CFG_FILE, RECORD_FILE, WEIGHTS_FILE
 from gatedsae.corpus import load_windows
-from gatedsae.evaluate import (CheckpointSAE, ReconstructionStats, evaluate_checkpoint, evaluate_grid,
-                               evaluate_saes)
+from gatedsae.evaluate import CheckpointSAE, evaluate_checkpoint, evaluate_each, evaluate_grid, evaluate_saes
+from gatedsae.reconstruction import ReconstructionStats
 from gatedsae.spliced import SplicedLM, next_token_losses
 from gatedsae.train import train_grid, train_rescale_shift
 
@@ -187,3 +187,156 @@ def test_a_checkpoint_row_is_recomputed_by_the_documented_command(trained_smoke,
 def test_evaluating_an_untrained_grid_names_the_missing_step(smoke_cache):
     with pytest.raises(FileNotFoundError, match="train the grid first"):
         evaluate_grid(smoke_cache, "resid_post", 1, progress=False)
+
+
+# --- per-window CE, per-SAE progress, massive activations, the metrics code in the identity -------------
+
+
+def _grid_saes(config, site: str) -> list[CheckpointSAE]:
+    grid = json.loads(config.paths.checkpoints_dir("tiny", "tiny", site, 1, "smoke").joinpath("grid.json").read_text())
+    return [CheckpointSAE.load(entry["path"]) for entry in grid["saes"]]
+
+
+def test_per_window_ce_reproduces_the_means_over_every_prediction(trained_smoke, tiny_model):
+    """The per-window samples average to the row's CE, which is the old definition: the mean over all
+    windows × (context − 2) predictions of one forward over every window."""
+    saes = _grid_saes(trained_smoke, "mlp_out")[:2]
+    windows = load_windows(trained_smoke.paths.tokens_dir("tiny", "tiny"), "heldout")[: trained_smoke.evaluate.ce_windows]
+    tokens = torch.from_numpy(np.asarray(windows, dtype=np.int64))
+    spliced = SplicedLM(tiny_model.model, "mlp_out", 1)
+    prefix = spliced.prefix(tokens)
+    clean = spliced.token_losses(prefix, None).double()
+    for result in evaluate_each(trained_smoke, "mlp_out", 1, saes, loaded=tiny_model):
+        samples, row = result.samples, result.row
+        direct = spliced.token_losses(prefix, result.sae.reconstruct(prefix.activation)).double()
+        assert len(samples["ce_sae"]) == len(windows) == row["ce_windows"]
+        assert row["ce_tokens"] == len(windows) * (trained_smoke.experiment.context_length - 2) == direct.numel()
+        np.testing.assert_allclose(samples["ce_sae"], direct.mean(1).numpy(), rtol=1e-5)
+        np.testing.assert_allclose(samples["ce_clean"], clean.mean(1).numpy(), rtol=1e-5)
+        assert row["ce_sae"] == pytest.approx(float(direct.sum() / direct.numel()), rel=1e-5)
+        assert row["ce_clean"] == pytest.approx(float(clean.sum() / clean.numel()), rel=1e-5)
+        assert np.mean(samples["ce_zero"]) == pytest.approx(row["ce_zero"])
+        store = samples["store"]
+        assert sum(store["l0"]) / sum(store["rows"]) == pytest.approx(row["l0"])
+        assert sum(store["x_hat_sq"]) / sum(store["x_hat_dot_x"]) == pytest.approx(row["gamma"])
+        assert sum(store["rows"]) == row["eval_tokens"]
+
+
+def with_threshold(sae: CheckpointSAE, directory: Path, threshold) -> CheckpointSAE:
+    """A copy of `sae` whose training record carries a massive-activation threshold."""
+    from gatedsae.checkpoints import RECORD_FILE
+
+    shutil.copytree(sae.directory, directory)
+    record = json.loads((directory / RECORD_FILE).read_text())
+    (directory / RECORD_FILE).write_text(json.dumps({**record, "massive_norm_threshold": threshold}))
+    return CheckpointSAE.load(directory)
+
+
+def test_massive_positions_are_treated_like_bos_and_the_paper_treatment_is_measured_too(trained_smoke, tiny_model,
+                                                                                       tmp_path):
+    from gatedsae.evaluate import ALL_TOKENS_METRICS
+    from gatedsae.spliced import kept_positions
+
+    site = "resid_post"
+    store = ActivationStore(trained_smoke.paths.activations_dir("tiny", "tiny", site, 1), "heldout")
+    rows = torch.cat(list(store.tokens())).float()
+    norms = rows.norm(dim=-1)
+    tau = float(norms.quantile(0.9))  # a tenth of the held-out rows count as massive
+    saes = {sae.record["arch"]: sae for sae in _grid_saes(trained_smoke, site)}
+    plain = saes["gated"]
+    thresholded = with_threshold(plain, tmp_path / "gated_tau", tau)
+    untied = with_threshold(saes["gated_untied"], tmp_path / "untied_tau", tau)
+    above_all = with_threshold(plain, tmp_path / "gated_high", float(norms.max()) + 1)
+    blocked = with_threshold(saes["baseline"], tmp_path / "baseline_everything", 0.0)  # every position massive
+    results = list(evaluate_each(trained_smoke, site, 1, [plain, thresholded, untied, above_all, blocked],
+                                 loaded=tiny_model))
+    plain_r, tau_r, untied_r, high_r, blocked_r = results
+
+    # store metrics leave the massive rows out, exactly as if they were not there
+    kept = rows[norms <= tau]
+    by_hand = ReconstructionStats(plain.width, store.d)
+    features = plain.encode(kept)
+    by_hand.update(kept, features, plain.decode(features))
+    expected = by_hand.result()
+    assert tau_r.row["massive_rows"] == int((norms > tau).sum()) > 0
+    assert tau_r.row["eval_tokens"] == len(kept)
+    for metric in ("l0", "fvu", "nmse", "gamma"):
+        assert tau_r.row[metric] == pytest.approx(expected[metric], rel=1e-6), metric
+
+    # the paper's treatment (every non-BOS token) equals evaluating the checkpoint without a threshold
+    for metric in ALL_TOKENS_METRICS:
+        assert tau_r.row[f"{metric}_all_tokens"] == pytest.approx(plain_r.row[metric], rel=1e-5), metric
+        assert plain_r.row[f"{metric}_all_tokens"] == plain_r.row[metric]  # no threshold: one treatment
+    assert plain_r.samples["all_tokens"] is None and plain_r.row["massive_rows"] == 0
+
+    # the splice: only windows holding a massive position differ between the treatments
+    windows = load_windows(trained_smoke.paths.tokens_dir("tiny", "tiny"), "heldout")[: trained_smoke.evaluate.ce_windows]
+    prefix = SplicedLM(tiny_model.model, site, 1).prefix(torch.from_numpy(np.asarray(windows, dtype=np.int64)))
+    massive = kept_positions(prefix.activation, tau)[:, 1:].any(1).numpy()
+    assert tau_r.row["massive_windows"] == int(massive.sum()) > 0
+    kept_ce, all_ce = np.array(tau_r.samples["ce_sae"]), np.array(tau_r.samples["all_tokens"]["ce_sae"])
+    np.testing.assert_allclose(kept_ce[~massive], all_ce[~massive], rtol=1e-6)
+    assert not np.allclose(kept_ce[massive], all_ce[massive], rtol=1e-6)
+    np.testing.assert_allclose(all_ce, plain_r.samples["ce_sae"], rtol=1e-5)
+    # every position massive: the site keeps its clean activation everywhere, as at BOS
+    np.testing.assert_allclose(blocked_r.samples["ce_sae"], blocked_r.samples["ce_clean"], rtol=1e-6)
+    np.testing.assert_allclose(blocked_r.samples["ce_zero"], blocked_r.samples["ce_clean"], rtol=1e-6)
+
+    # a threshold above every norm changes nothing; ablations get no second treatment
+    for metric in ("l0", "gamma", "ce_sae", "loss_recovered"):
+        assert high_r.row[metric] == pytest.approx(plain_r.row[metric], rel=1e-6)
+    assert high_r.row["massive_rows"] == 0 and high_r.row["massive_windows"] == 0
+    assert untied_r.row["loss_recovered_all_tokens"] is None and untied_r.samples["all_tokens"] is None
+
+
+def test_a_killed_evaluation_keeps_every_sae_it_finished(trained_smoke, tiny_model, capsys, monkeypatch):
+    site = "mlp_out"
+    out_dir = trained_smoke.paths.evaluation_dir("tiny", "tiny", site, 1, "smoke")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    finished, original = [], CheckpointSAE.reconstruct
+
+    def killed_at_the_second_sae(self, activation):
+        if self.directory not in finished:
+            finished.append(self.directory)
+        if len(finished) > 1:
+            raise KeyboardInterrupt
+        return original(self, activation)
+
+    monkeypatch.setattr(CheckpointSAE, "reconstruct", killed_at_the_second_sae)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_grid(trained_smoke, site, 1, progress=False, loaded=tiny_model)
+    saved = list(out_dir.glob("*/*.json"))
+    assert len(saved) == 1 and "samples" in json.loads(saved[0].read_text())
+    monkeypatch.undo()
+    capsys.readouterr()
+    rows = json.loads(evaluate_grid(trained_smoke, site, 1, progress=False, loaded=tiny_model).read_text())["rows"]
+    assert f"evaluating {len(rows) - 1} of {len(rows)} SAEs" in capsys.readouterr().out
+
+
+def test_a_change_to_the_metrics_code_re_evaluates_every_sae(trained_smoke, tiny_model, capsys, monkeypatch):
+    import gatedsae.evaluate
+
+    rows = json.loads(evaluate_grid(trained_smoke, "attn_z", 1, progress=False, loaded=tiny_model).read_text())["rows"]
+    capsys.readouterr()
+    monkeypatch.setattr(gatedsae.evaluate, "metrics_code_version", lambda: "a fixed metric")
+    evaluate_grid(trained_smoke, "attn_z", 1, progress=False, loaded=tiny_model)
+    assert f"evaluating {len(rows)} of {len(rows)} SAEs" in capsys.readouterr().out
+
+
+def test_the_code_fingerprint_follows_the_code_not_its_comments(tmp_path):
+    from gatedsae.codehash import METRICS_CODE, code_fingerprint
+
+    module = tmp_path / "m.py"
+
+    def fingerprint(source: str, functions=None) -> str:
+        module.write_text(source)
+        return code_fingerprint({"m.py": functions}, tmp_path)
+
+    base = fingerprint('"""Doc."""\ndef f(x):\n    """Doc."""\n    return x + 1\n\ndef g():\n    return 0\n')
+    assert fingerprint('"""Other doc."""\n\ndef f(x):  # why\n    """More."""\n    return x + 1\n\ndef g():\n    return 0\n') == base
+    assert fingerprint('"""Doc."""\ndef f(x):\n    return x + 2\n\ndef g():\n    return 0\n') != base
+    only_f = fingerprint('def f(x):\n    return x + 1\n\ndef g():\n    return 0\n', ("f",))
+    assert fingerprint('def f(x):\n    return x + 1\n\ndef g():\n    return 1\n', ("f",)) == only_f
+    with pytest.raises(ValueError, match="no longer defines"):
+        fingerprint('def g():\n    return 0\n', ("f",))
+    assert len(code_fingerprint(METRICS_CODE)) == 16  # every named module and function exists

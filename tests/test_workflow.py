@@ -80,7 +80,7 @@ def test_dry_run_lists_the_dag_without_network(experiment, tmp_path):
                        f"overrides=paths.data={tmp_path / 'data'}", cwd=REPO_ROOT)
     training = "train_layer" if experiment.startswith("paper_") else "train_grid"  # the paper runs stream
     for rule in ("prepare_model", "fetch_corpus", "tokenize", "cache_activations", training, "rescale_shift",
-                 "evaluate_grid", "aggregate", "figures", "html_report"):
+                 "evaluate_grid", "aggregate", "figures", "verdict", "html_report"):
         assert rule in result.stdout
     trained = snakemake("-n", "train", "--config", f"experiment={experiment}",
                         f"overrides=paths.data={tmp_path / 'data'}", cwd=REPO_ROOT)
@@ -107,7 +107,8 @@ def test_slurm_profile_dry_run_has_gpu_resources(tmp_path):
 def test_smoke_workflow_end_to_end_then_nothing_to_do_then_only_what_a_new_l1_needs(scratch_repo):
     import pandas as pd
 
-    snakemake("--profile", "profiles/local", "--cores", "2", "--config", "experiment=smoke", cwd=scratch_repo)
+    first = snakemake("--profile", "profiles/local", "--cores", "2", "--config", "experiment=smoke", cwd=scratch_repo)
+    assert "# Replication verdict: experiment `smoke`" in first.stdout + first.stderr, "the run ends with its verdict"
     manifests = sorted(scratch_repo.glob("data/activations/tiny/tiny/*/layer1/manifest.json"))
     assert len(manifests) == 3
     for site in ("resid_post", "mlp_out", "attn_z"):
@@ -130,12 +131,25 @@ def test_smoke_workflow_end_to_end_then_nothing_to_do_then_only_what_a_new_l1_ne
     assert (metrics.groupby("site")["ce_clean"].nunique() == 1).all(), "one clean CE per site"
     headline = pd.read_csv(results / "headline.csv")
     assert sorted(headline["site"]) == ["attn_z", "mlp_out", "resid_post"] and "l0_ratio" in headline
+    # intervals from the per-window samples every SAE's evaluation keeps
+    for metric in ("loss_recovered", "delta_lm_loss"):
+        assert (metrics[f"{metric}_ci_low"] <= metrics[metric] + 1e-9).all()
+        assert (metrics[metric] <= metrics[f"{metric}_ci_high"] + 1e-9).all()
+    assert {"l0_ratio_ci_low", "l0_ratio_ci_high", "gamma_gated_ci_low"} <= set(headline)
+    assert (metrics["ce_tokens"] == metrics["ce_windows"] * (32 - 2)).all()  # windows × (context − 2)
+    verdict = json.loads((results / "verdict.json").read_text())
+    claim_ids = {claim["id"] for claim in verdict["claims"]}
+    assert {f"l0_ratio/{site}/layer1" for site in ("resid_post", "mlp_out", "attn_z")} <= claim_ids
+    assert "rescale_shift_vs_baseline/resid_post/layer1" in claim_ids and "gated_untied_vs_gated/resid_post/layer1" in claim_ids
+    assert all(claim["status"] in ("REPRODUCED", "NOT REPRODUCED", "INCONCLUSIVE", "NOT MEASURED")
+               for claim in verdict["claims"])
+    assert "| Claim |" in (results / "verdict.md").read_text()
     summary = json.loads((results / "summary.json").read_text())
     assert set(summary) == {f"tiny/{site}/layer1" for site in ("resid_post", "mlp_out", "attn_z")}
     figures = json.loads((scratch_repo / "paper_figures" / "smoke" / "figures.json").read_text())
     assert all((scratch_repo / path).stat().st_size > 0 for path in figures["files"])
     report = (results / "report.html").read_text()
-    assert report.count("<img") == len(figures["files"]) // 2 and "Headline" in report
+    assert report.count("<img") == len(figures["files"]) // 2 and "Headline" in report and "<h2>Verdict</h2>" in report
     for table in ("metrics.md", "metrics.tex"):
         assert (results / "tables" / table).stat().st_size > 0
 

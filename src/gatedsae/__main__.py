@@ -75,7 +75,7 @@ def _evaluate_checkpoint(config: Config, checkpoint: str) -> None:
 def _aggregate(config: Config) -> None:
     from .tables import aggregate
 
-    for path in aggregate(evaluation_files(config), config.experiment.results).values():
+    for path in aggregate(evaluation_files(config), config.experiment.results, config.intervals).values():
         print(f"wrote {path}")
 
 
@@ -104,6 +104,14 @@ def _publish_reference(config: Config) -> None:
     print(f"wrote {publish(config)}")
 
 
+def _verdict(config: Config) -> None:
+    """verdict.json and verdict.md next to the results; the table is printed."""
+    from .verdict import write_verdict
+
+    _, markdown = write_verdict(config)
+    print(markdown.read_text())
+
+
 def _estimate(config: Config) -> None:
     """Print the experiment's jobs with their estimated memory, disk and device-hours."""
     from .resources import markdown_table
@@ -127,7 +135,8 @@ STAGES: dict[str, Callable[..., None]] = {
     "rescale-shift": _rescale_shift,  # likewise; needs the trained grid
     "evaluate": _evaluate,  # likewise; evaluates the site's grids
     "evaluate-checkpoint": _evaluate_checkpoint,  # --checkpoint=<dir>: recompute one SAE's metrics row
-    "aggregate": _aggregate,  # metrics.csv, tables, headline, summary
+    "aggregate": _aggregate,  # metrics.csv (with intervals), tables, headline, comparisons, summary
+    "verdict": _verdict,  # verdict.json and verdict.md: each claim REPRODUCED / NOT REPRODUCED / INCONCLUSIVE
     "figures": _figures,
     "report": _report,
     "replicate": _replicate,  # [--chapter=<name>]: the experiment's chapters through Snakemake, timed

@@ -1,15 +1,21 @@
 """Evaluation as in the paper, on held-out data only, from exported checkpoints (so anyone can redo it).
 
 Per SAE:
-- from the held-out activation store (BOS excluded, outlier rows left out as in training):
-  L0, FVU, normalised MSE, γ = E||x̂||² / E[x̂·x] (ratio of dataset means), % alive, a feature-density
-  histogram;
+- from the held-out activation store (BOS excluded): L0, FVU, normalised MSE, γ, % alive, a
+  feature-density histogram (see `reconstruction`);
 - from the LM on held-out windows, the site replaced (see `spliced`): CE clean / zero-ablated / SAE,
-  loss recovered = (CE_zero − CE_sae) / (CE_zero − CE_clean) and delta LM loss = CE_sae − CE_clean.
+  loss recovered = (CE_zero − CE_sae) / (CE_zero − CE_clean) and delta LM loss = CE_sae − CE_clean,
+  each also per window, so that intervals can be computed later without the LM.
 
-A grid's job computes the clean prefix of each batch once and runs only the remainder per SAE. Each
-SAE's metrics are written as soon as they exist, keyed by the checkpoint's hash and the evaluation
-settings, so a rerun (after a kill, or after one new λ) evaluates only what is new.
+Massive activations follow the checkpoint's training record (`massive_norm_threshold`): positions
+above it are treated like BOS (left out of the store metrics, kept clean in the splice, for the
+zero-ablation too). The Gated and baseline SAEs are also measured the paper's way (every non-BOS
+position counted and replaced): columns `*_all_tokens`.
+
+A grid's job runs the clean prefix of every window once, keeps it in memory, then evaluates SAE by SAE
+and writes each SAE's result as soon as it exists, keyed by the checkpoint's hash, the evaluation
+settings and a fingerprint of the code that computes the metrics: a rerun (after a kill, one new λ, or a
+fix to the metrics) evaluates only what is new.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -27,11 +33,14 @@ import torch
 from .activations import ActivationStore
 from .atomic import write_json_atomic
 from .checkpoints import checkpoint_id, decode_raw, encode_raw, read_checkpoint
-from .config import Config, EvaluateConfig, config_hash
-from .spliced import SplicedLM
+from .codehash import METRICS_CODE, code_fingerprint
+from .config import Config, config_hash
+from .reconstruction import StoreResult, reconstruction_metrics
+from .spliced import HeldOutWindows, SplicedLM, WindowLosses
 
 METRICS_FILE = "metrics.json"   # a grid's evaluation (written last: the stage's output)
-DENSITY_EDGES = np.arange(-7.0, 0.01, 0.25)  # log10 of the firing frequency, shared by every histogram
+PAPER_TREATMENT_ARCHS = ("gated", "baseline")  # also measured with every non-BOS token (the paper's way)
+ALL_TOKENS_METRICS = ("l0", "fvu", "nmse", "gamma", "ce_zero", "ce_sae", "loss_recovered", "delta_lm_loss")
 
 
 @dataclass
@@ -62,106 +71,31 @@ class CheckpointSAE:
     def decode(self, features: torch.Tensor) -> torch.Tensor:
         return decode_raw(self.tensors, features)
 
-
-class ReconstructionStats:
-    """Running float64 sums over rows, from which every reconstruction metric is a ratio of means."""
-
-    def __init__(self, width: int, d: int):
-        self.rows = 0
-        self.l0 = self.error = self.x_sq = self.x_hat_sq = self.x_hat_dot_x = 0.0
-        self.x_sum = torch.zeros(d, dtype=torch.float64)
-        self.fires = torch.zeros(width, dtype=torch.float64)
-
-    def update(self, x: torch.Tensor, features: torch.Tensor, x_hat: torch.Tensor) -> None:
-        x, x_hat, active = x.double(), x_hat.double(), (features > 0)
-        self.rows += len(x)
-        self.l0 += float(active.sum())
-        self.fires += active.sum(0).double().cpu()
-        self.error += float(((x_hat - x) ** 2).sum())
-        self.x_sq += float((x**2).sum())
-        self.x_sum += x.sum(0).cpu()
-        self.x_hat_sq += float((x_hat**2).sum())
-        self.x_hat_dot_x += float((x_hat * x).sum())
-
-    def result(self) -> dict:
-        variance = self.x_sq - float((self.x_sum**2).sum()) / self.rows  # Σ||x − mean||²
-        density = self.fires / self.rows
-        alive = density > 0
-        histogram, _ = np.histogram(np.log10(density[alive].numpy()), bins=DENSITY_EDGES)
-        return {
-            "l0": self.l0 / self.rows,
-            "fvu": self.error / variance,
-            "nmse": self.error / self.x_sq,
-            "gamma": self.x_hat_sq / self.x_hat_dot_x if self.x_hat_dot_x else math.nan,
-            "alive_fraction": float(alive.double().mean()),
-            "eval_tokens": self.rows,
-            "density_histogram": {"log10_edges": DENSITY_EDGES.tolist(), "counts": histogram.tolist(),
-                                  "dead": int((~alive).sum())},
-        }
-
-
-@torch.no_grad()
-def reconstruction_metrics(saes: list[CheckpointSAE], store: ActivationStore, evaluate: EvaluateConfig) -> list[dict]:
-    """Reconstruction metrics of each SAE over the same held-out rows, read once."""
-    stats = [ReconstructionStats(sae.width, store.d) for sae in saes]
-    # Massive rows are treated like BOS, with the threshold the SAEs were trained with.
-    thresholds = {sae.record.get("massive_norm_threshold") for sae in saes}
-    max_norm = thresholds.pop() if len(thresholds) == 1 else min(t for t in thresholds if t is not None)
-    for chunk in store.tokens(evaluate.heldout_tokens, max_norm):
-        for rows in chunk.split(evaluate.batch_rows):
-            x = rows.to(evaluate.device, torch.float32)
-            for sae, stat in zip(saes, stats):
-                features = sae.encode(x)
-                stat.update(x, features, sae.decode(features))
-    return [stat.result() for stat in stats]
-
-
-@dataclass
-class LossSums:
-    total: float = 0.0
-    tokens: int = 0
-
-    def add(self, losses: torch.Tensor) -> None:
-        self.total += float(losses.double().sum())
-        self.tokens += losses.numel()
+    def reconstruct(self, activation: torch.Tensor) -> torch.Tensor:
+        """x̂ of activations of any leading shape [..., d]."""
+        flat = activation.reshape(-1, activation.shape[-1]).float()
+        return self.decode(self.encode(flat)).reshape(activation.shape)
 
     @property
-    def mean(self) -> float:
-        return self.total / self.tokens
+    def massive_norm_threshold(self) -> Optional[float]:
+        """Rows above this norm (raw units) were left out of training: massive activations, treated
+        like BOS in evaluation too (None: no threshold, every non-BOS row counts)."""
+        value = self.record.get("massive_norm_threshold")
+        return None if value is None else float(value)
+
+    @property
+    def paper_treatment_wanted(self) -> bool:
+        return self.record.get("arch") in PAPER_TREATMENT_ARCHS
 
 
-@torch.no_grad()
-def spliced_losses(spliced: SplicedLM, windows: np.ndarray, saes: list[CheckpointSAE], evaluate: EvaluateConfig,
-                   progress: bool = False) -> tuple[LossSums, LossSums, list[LossSums]]:
-    """(clean, zero-ablated, per-SAE) CE sums over `windows`, each batch's prefix computed once."""
-    clean, zero, per_sae = LossSums(), LossSums(), [LossSums() for _ in saes]
-    starts = range(0, len(windows), evaluate.batch_windows)
-    for start in _maybe_progress(starts, progress, "spliced CE"):
-        tokens = torch.from_numpy(np.asarray(windows[start : start + evaluate.batch_windows], dtype=np.int64))
-        prefix = spliced.prefix(tokens.to(evaluate.device))
-        clean.add(spliced.token_losses(prefix, None))
-        zero.add(spliced.token_losses(prefix, torch.zeros_like(prefix.activation)))
-        flat = prefix.activation.reshape(-1, prefix.activation.shape[-1]).float()
-        for sae, sums in zip(saes, per_sae):
-            x_hat = sae.decode(sae.encode(flat)).reshape(prefix.activation.shape)
-            sums.add(spliced.token_losses(prefix, x_hat))
-    return clean, zero, per_sae
-
-
-def _maybe_progress(items: Iterable, enabled: bool, description: str):
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=description, unit="batch")
-
-
-def loss_metrics(clean: LossSums, zero: LossSums, sae: LossSums) -> dict:
+def loss_metrics(clean: np.ndarray, zero: np.ndarray, sae: np.ndarray, predictions_per_window: int) -> dict:
+    """CE metrics from per-window mean CE (every window has the same number of predictions)."""
+    ce_clean, ce_zero, ce_sae = float(clean.mean()), float(zero.mean()), float(sae.mean())
     return {
-        "ce_clean": clean.mean, "ce_zero": zero.mean, "ce_sae": sae.mean,
-        "loss_recovered": (zero.mean - sae.mean) / (zero.mean - clean.mean),
-        "delta_lm_loss": sae.mean - clean.mean,
-        "ce_tokens": sae.tokens,
+        "ce_clean": ce_clean, "ce_zero": ce_zero, "ce_sae": ce_sae,
+        "loss_recovered": (ce_zero - ce_sae) / (ce_zero - ce_clean) if ce_zero != ce_clean else math.nan,
+        "delta_lm_loss": ce_sae - ce_clean,
+        "ce_tokens": len(sae) * predictions_per_window, "ce_windows": len(sae),
     }
 
 
@@ -177,23 +111,43 @@ def describe(sae: CheckpointSAE) -> dict:
             "checkpoint_id": sae.checkpoint_id, "checkpoint": str(sae.directory)}
 
 
+def metrics_code_version() -> str:
+    """The fingerprint of the code that computes a saved result (see `codehash.METRICS_CODE`)."""
+    return code_fingerprint(METRICS_CODE)
+
+
 def evaluation_identity(sae: CheckpointSAE, config: Config, store: ActivationStore) -> str:
-    """What a saved result must share to be reused: the weights, the settings, the data."""
-    return config_hash({"checkpoint": sae.checkpoint_id, "evaluate": asdict(config.evaluate),
-                        "store": store.manifest.config_hash, "context_length": config.experiment.context_length,
-                        "model": asdict(config.model)})
+    """What a saved result must share to be reused: the weights and their massive-activation threshold,
+    the settings, the data, and the code that computes the metrics."""
+    return config_hash({"checkpoint": sae.checkpoint_id, "massive_norm_threshold": sae.massive_norm_threshold,
+                        "evaluate": asdict(config.evaluate), "store": store.manifest.config_hash,
+                        "context_length": config.experiment.context_length, "model": asdict(config.model),
+                        "metrics_code": metrics_code_version()})
 
 
-def evaluate_saes(config: Config, site: str, layer: int, saes: list[CheckpointSAE], loaded=None,
-                  progress: bool = False) -> list[dict]:
-    """Metrics rows (without the grid columns) for `saes` at (site, layer), every SAE in one pass."""
+@dataclass
+class Evaluated:
+    """One SAE's metrics row (without the grid columns), its per-window samples, and its cost."""
+
+    sae: CheckpointSAE
+    row: dict
+    samples: dict
+    seconds: float
+
+
+def evaluate_each(config: Config, site: str, layer: int, saes: list[CheckpointSAE], loaded=None,
+                  progress: bool = False) -> Iterator[Evaluated]:
+    """Evaluate `saes` at (site, layer), yielding each SAE as soon as it is done: one pass over the
+    store for all of them, the clean prefixes once, then the remainder of the LM SAE by SAE."""
     if not saes:
-        return []
+        return
     evaluate = config.evaluate
     if evaluate.threads > 0:
         torch.set_num_threads(evaluate.threads)
+    started = time.time()
     store = ActivationStore(config.paths.activations_dir(config.model.name, config.corpus.name, site, layer), "heldout")
-    reconstruction = reconstruction_metrics(saes, store, evaluate)
+    stored = reconstruction_metrics(saes, store, evaluate.heldout_tokens, evaluate.batch_rows, evaluate.device,
+                                    [sae.paper_treatment_wanted for sae in saes])
     if loaded is None:
         from .models import load_model
 
@@ -201,10 +155,43 @@ def evaluate_saes(config: Config, site: str, layer: int, saes: list[CheckpointSA
     from .corpus import load_windows
 
     windows = load_windows(config.paths.tokens_dir(config.model.name, config.corpus.name), "heldout")
-    windows = windows[: evaluate.ce_windows]
-    clean, zero, per_sae = spliced_losses(SplicedLM(loaded.model, site, layer), windows, saes, evaluate, progress)
-    return [{**describe(sae), **loss_metrics(clean, zero, sums), **metrics}
-            for sae, sums, metrics in zip(saes, per_sae, reconstruction)]
+    held_out = HeldOutWindows(SplicedLM(loaded.model, site, layer), windows[: evaluate.ce_windows],
+                              evaluate.batch_windows, evaluate.device, progress)
+    shared = (time.time() - started) / len(saes)
+    for sae, store_result in zip(saes, stored):
+        started = time.time()
+        threshold = sae.massive_norm_threshold
+        losses = held_out.losses(sae.reconstruct, threshold, sae.paper_treatment_wanted)
+        row, samples = _assemble(sae, store_result, held_out, held_out.zero(threshold), losses)
+        yield Evaluated(sae, row, samples, shared + time.time() - started)
+
+
+def _assemble(sae: CheckpointSAE, stored: StoreResult, held_out: HeldOutWindows, zero: WindowLosses,
+              losses: WindowLosses) -> tuple[dict, dict]:
+    """The metrics row and the per-window samples of one SAE, under both treatments of massive
+    activations (the same values when it has no threshold; None where the paper's was not computed)."""
+    predictions = held_out.predictions_per_window
+    row = {**describe(sae), **loss_metrics(held_out.clean, zero.kept, losses.kept, predictions), **stored.metrics,
+           "massive_norm_threshold": sae.massive_norm_threshold, "massive_rows": stored.massive_rows,
+           "massive_windows": losses.massive_windows}
+    samples = {"ce_clean": held_out.clean.tolist(), "ce_zero": zero.kept.tolist(), "ce_sae": losses.kept.tolist(),
+               "store": stored.windows, "all_tokens": None}
+    if sae.massive_norm_threshold is None:
+        paper = row
+    elif losses.all_tokens is not None and stored.all_tokens is not None:
+        paper = {**loss_metrics(held_out.clean, zero.all_tokens, losses.all_tokens, predictions), **stored.all_tokens}
+        samples["all_tokens"] = {"ce_zero": zero.all_tokens.tolist(), "ce_sae": losses.all_tokens.tolist(),
+                                 "store": stored.all_tokens_windows}
+    else:
+        paper = {}
+    row |= {f"{metric}_all_tokens": paper.get(metric) for metric in ALL_TOKENS_METRICS}
+    return row, samples
+
+
+def evaluate_saes(config: Config, site: str, layer: int, saes: list[CheckpointSAE], loaded=None,
+                  progress: bool = False) -> list[dict]:
+    """Metrics rows (without the grid columns) for `saes` at (site, layer)."""
+    return [evaluated.row for evaluated in evaluate_each(config, site, layer, saes, loaded, progress)]
 
 
 def grid_indexes(config: Config, site: str, layer: int) -> dict[str, Path]:
@@ -222,7 +209,8 @@ def evaluate_grid(config: Config, site: str, layer: int, progress: bool = True, 
     """Evaluate every SAE of (site, layer)'s grids; reuse saved results whose identity matches."""
     from .resources import available_memory, check_memory, evaluate_estimate
 
-    check_memory(evaluate_estimate(config, site), config.evaluate.device, "lower evaluate.batch_windows",
+    check_memory(evaluate_estimate(config, site), config.evaluate.device,
+                 "lower evaluate.batch_windows (or evaluate.ce_windows: every window's prefix is kept)",
                  available_memory(config.evaluate.device, config))
     out_dir = config.paths.evaluation_dir(config.model.name, config.corpus.name, site, layer, config.sweep.name)
     store = ActivationStore(config.paths.activations_dir(config.model.name, config.corpus.name, site, layer), "heldout")
@@ -239,15 +227,17 @@ def evaluate_grid(config: Config, site: str, layer: int, progress: bool = True, 
             if not _saved_matches(path, identity)]
     if todo:
         print(f"evaluating {len(todo)} of {len(entries)} SAEs at {site} layer {layer}", flush=True)
-        started = time.time()
-        rows = evaluate_saes(config, site, layer, [sae for _, sae, _, _ in todo], loaded, progress)
-        seconds = (time.time() - started) / len(todo)
-        for (variant, sae, path, identity), row in zip(todo, rows):
-            write_json_atomic(path, {"identity": identity, "seconds": seconds, "row": row})
+        evaluated = evaluate_each(config, site, layer, [sae for _, sae, _, _ in todo], loaded, progress)
+        for (variant, _, path, identity), result in zip(todo, evaluated):
+            write_json_atomic(path, {"identity": identity, "seconds": result.seconds, "row": result.row,
+                                     "samples": result.samples})
+            print(f"  {variant}/{result.sae.record['sae']}: {result.seconds:.1f} s", flush=True)
     grid_columns = {"model": config.model.name, "corpus": config.corpus.name, "site": site, "layer": layer,
                     "sweep": config.sweep.name}
-    rows = [{**grid_columns, "variant": variant, **json.loads(path.read_text())["row"]}
-            for variant, _, path, _ in entries]
+    rows = []
+    for variant, _, path, _ in entries:
+        saved = json.loads(path.read_text())
+        rows.append({**grid_columns, "variant": variant, **saved["row"], "samples": saved["samples"]})
     write_json_atomic(out_dir / METRICS_FILE, {"rows": rows})
     return out_dir / METRICS_FILE
 

@@ -1,4 +1,4 @@
-"""One self-contained HTML report: the headline next to the paper's numbers, every figure with its
+"""One self-contained HTML report: the verdict, the headline next to the paper's numbers, every figure with its
 caption, the tables, the resolved configuration and the versions of code, data and model."""
 
 from __future__ import annotations
@@ -16,18 +16,6 @@ import yaml
 from .config import Config
 from .layout import MANIFEST, MODEL_MARKER
 
-# The paper's L0 at matched loss recovered (arXiv v2, Tables 1–8 rows quoted in PAPER.md):
-# (model, site): (L0 Gated, L0 baseline, loss recovered Gated, loss recovered baseline).
-PAPER_MATCHED_L0 = {
-    ("Gemma-7B L20", "resid_post"): (15.6, 46.4, 97.70, 97.95),
-    ("Gemma-7B L20", "mlp_out"): (24.4, 56.8, 87.81, 87.23),
-    ("Gemma-7B L20", "attn_z"): (55.2, 97.3, 92.72, 92.52),
-    ("Pythia-2.8B L4", "resid_post"): (16.2, 28.1, 98.83, 98.67),
-    ("Pythia-2.8B L4", "mlp_out"): (15.8, 43.3, 87.13, 87.20),
-    ("Pythia-2.8B L4", "attn_z"): (24.7, 62.1, 90.94, 90.96),
-}
-PAPER_GAMMA = "Gated 0.99–1.01; baseline 0.72–0.98, falling as λ grows"
-
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; }
@@ -38,11 +26,31 @@ pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.8em; }
 """
 
 
-def paper_headline() -> pd.DataFrame:
-    rows = [{"paper run": model, "site": site, "L0 Gated": g, "L0 baseline": b, "L0 ratio": round(g / b, 2),
-             "loss recovered (Gated / baseline)": f"{lg:.2f}% / {lb:.2f}%"}
-            for (model, site), (g, b, lg, lb) in PAPER_MATCHED_L0.items()]
+def paper_headline(config: Config) -> pd.DataFrame:
+    """The paper's rows at matched loss recovered (conf/verdict)."""
+    rows = [{"paper run": row.run, "site": row.site, "L0 Gated": row.l0_gated, "L0 baseline": row.l0_baseline,
+             "L0 ratio": round(row.l0_ratio, 2),
+             "loss recovered (Gated / baseline)": f"{row.loss_recovered_gated:.2f}% / {row.loss_recovered_baseline:.2f}%"}
+            for row in config.verdict.paper_matched_l0]
     return pd.DataFrame(rows)
+
+
+def verdict_html(results: Path) -> str:
+    """The verdict's table (verdict.json), or a line saying it is missing."""
+    path = results / "verdict.json"
+    if not path.exists():
+        return "<p>No verdict yet: run the <code>verdict</code> stage.</p>"
+    from .verdict import Claim
+
+    verdict = json.loads(path.read_text())
+    claims = [Claim(**{k: (float(v) if k in ("ci_low", "ci_high") and isinstance(v, str) else v)
+                       for k, v in c.items()}) for c in verdict["claims"]]
+    summary = ", ".join(f"{n} {status}" for status, n in verdict["summary"].items() if n)
+    table = pd.DataFrame([{"claim": c.claim, "site": "—" if c.layer is None else f"{c.site}, L{c.layer}",
+                           "statistic": c.statistic, "measured [95% CI]": c.measured(), "threshold": c.threshold,
+                           "paper": c.paper, "reference run": c.reference,
+                           "verdict": c.status + (f" ({c.note})" if c.note else "")} for c in claims])
+    return f"<p>{len(claims)} claims: {html.escape(summary)}.</p>" + table.to_html(index=False)
 
 
 def _figure_html(png: Path, caption: str) -> str:
@@ -86,15 +94,21 @@ def build_report(config: Config, results: Path, figures: Path, captions: dict[st
              f"<p>Model <b>{html.escape(config.model.name)}</b>, corpus <b>{html.escape(config.corpus.name)}</b>, "
              f"layers {config.experiment.layers}, sites {', '.join(config.experiment.sites)}; "
              f"{len(metrics)} SAEs evaluated; code {html.escape(code_version)}.</p>",
+             "<h2>Verdict</h2>", verdict_html(results),
              "<h2>Headline: L0 of Gated / baseline at matched loss recovered</h2>",
              "<p>Interpolated along each Pareto frontier over the range of loss recovered both cover "
-             "(geometric mean over 21 levels; min and max alongside). The paper reports about ½.</p>",
+             "(geometric mean over 21 levels; min and max alongside), with 95% intervals from a paired "
+             "bootstrap over held-out windows; columns ending in <code>_all_tokens</code> count every "
+             "non-BOS token (the paper's treatment of massive activations). The paper reports about ½.</p>",
              head.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="—"),
-             "<h3>The paper's values</h3>", paper_headline().to_html(index=False),
-             f"<p>The paper's γ: {PAPER_GAMMA}.</p>", "<h2>Figures</h2>"]
+             "<h3>The paper's values</h3>", paper_headline(config).to_html(index=False),
+             f"<p>The paper's γ: Gated {html.escape(config.verdict.paper_gamma_gated)}; baseline "
+             f"{html.escape(config.verdict.paper_gamma_baseline)} ({html.escape(config.verdict.paper_gamma_source)}).</p>",
+             "<h2>Figures</h2>"]
     for png in sorted(figures.glob("*.png")):
         parts.append(_figure_html(png, captions.get(png.stem, "")))
-    parts += ["<h2>Tables</h2>", "<p>★ marks Pareto-optimal SAEs (L0 vs loss recovered) within each sweep.</p>",
+    parts += ["<h2>Tables</h2>", "<p>★ marks Pareto-optimal SAEs (L0 vs loss recovered) within each sweep; "
+              "[low, high]: 95% interval.</p>",
               _markdown_tables_html(markdown_tables),
               "<h2>Configuration</h2>", f"<pre>{html.escape(yaml.safe_dump(asdict(config), sort_keys=False))}</pre>",
               "<h2>Versions</h2>",

@@ -136,11 +136,15 @@ def evaluate_estimate(config: Config, site: str) -> Estimate:
     widest = max(g.width(d) for g in config.sweep.groups_at(site))
     tokens = evaluate.ce_windows * config.experiment.context_length
     logits = evaluate.batch_windows * config.experiment.context_length * m.d_vocab * 4 * 2
+    # Every window's clean prefix is kept while the SAEs are evaluated one by one: the residual stream
+    # at the splice point, and the site's activation where it is not the residual stream itself.
+    prefixes = tokens * (m.d_model + (0 if site == "resid_post" else d)) * BYTES[m.dtype]
     memory = (model_parameters(config) * BYTES[m.dtype] + _forward_activation_bytes(config, evaluate.batch_windows)
-              + logits + 3 * d * widest * 4)
+              + logits + 3 * d * widest * 4 + prefixes)
     remainder = model_parameters(config) - model_parameters(config, min(config.experiment.layers))
-    flops = tokens * (2 * model_parameters(config) + n_saes * (2 * remainder + 4 * d * widest))
-    return Estimate(f"evaluate_grid[{site}]", memory, flops)
+    # the remainder runs once per SAE and twice for the zero-ablation (with and without massive positions)
+    flops = tokens * (2 * model_parameters(config) + (n_saes + 2) * (2 * remainder + 4 * d * widest))
+    return Estimate(f"evaluate_grid[{site}]", memory, flops, breakdown={"prefixes": prefixes})
 
 
 def experiment_estimates(config: Config) -> list[tuple[Estimate, int]]:

@@ -1,6 +1,7 @@
-"""From metrics rows to the paper's tables: `metrics.csv` (one row per SAE), Markdown and LaTeX tables
-in the layout of the paper's Tables 1–8 with Pareto-optimal rows marked, a summary for `dvc metrics`,
-and the headline: L0_gated / L0_baseline at matched loss recovered, per site.
+"""From metrics rows to the paper's tables: `metrics.csv` (one row per SAE, with 95% intervals), Markdown
+and LaTeX tables in the layout of the paper's Tables 1–8 with Pareto-optimal rows marked, a summary for
+`dvc metrics`, the headline (L0_gated / L0_baseline at matched loss recovered, per site) and the
+comparisons of Figs. 8 and 9 (loss recovered at matched L0), each with its interval (`intervals`).
 """
 
 from __future__ import annotations
@@ -8,18 +9,29 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path, write_json_atomic
+from .atomic import atomic_path, write_json_atomic, write_text_atomic
+from .config import IntervalsConfig
+from .frontiers import LEVELS, Sweep, matched_l0, matched_loss_recovered, pareto_optimal
+from .intervals import GRID, TREATMENTS, Bootstrap
+from .layout import AGGREGATE_OUTPUTS
 
-# metrics.csv columns, in order: the paper's tables first, then the later papers' metrics and provenance.
+SAE_INTERVALS = ("loss_recovered", "delta_lm_loss", "gamma")  # per-SAE metrics with an interval
+ALL_TOKENS_COLUMNS = [f"{metric}_all_tokens" for metric in
+                      ("l0", "fvu", "nmse", "gamma", "ce_zero", "ce_sae", "loss_recovered", "delta_lm_loss")]
+# metrics.csv columns, in order: the paper's tables first, then the later papers' metrics, the intervals,
+# the massive-activation treatment (and the paper's treatment), and provenance.
 COLUMNS = [
     "model", "site", "layer", "arch", "variant", "l1", "lr", "width", "l0", "loss_recovered",
     "ce_clean", "ce_sae", "ce_zero", "alive_fraction", "gamma", "fvu", "nmse", "delta_lm_loss",
-    "train_tokens", "eval_tokens", "ce_tokens", "corpus", "sweep", "sae", "checkpoint_id", "checkpoint",
+    *(f"{metric}_ci_{end}" for metric in SAE_INTERVALS for end in ("low", "high")),
+    "train_tokens", "eval_tokens", "ce_tokens", "ce_windows",
+    "massive_norm_threshold", "massive_rows", "massive_windows", *ALL_TOKENS_COLUMNS,
+    "corpus", "sweep", "sae", "checkpoint_id", "checkpoint",
 ]
 SITE_ORDER = ["resid_post", "mlp_out", "attn_z"]
 SITE_LABELS = {"resid_post": "Residual stream", "mlp_out": "MLP output", "attn_z": "Attention output (pre W_O)"}
@@ -28,6 +40,8 @@ ARCH_LABELS = {
     "gated_no_rmag": "Gated, no r_mag", "gated_untied": "Gated, untied encoders",
     "baseline_rescale_shift": "Baseline + rescale & shift",
 }
+ABLATIONS = ("gated_unfrozen_decoder", "gated_no_rmag", "gated_untied")  # Fig. 8
+RESCALE_SHIFT = "baseline_rescale_shift"                                # Fig. 9
 
 
 def collect(metrics_files: Iterable[Path]) -> pd.DataFrame:
@@ -47,10 +61,7 @@ def pareto_mask(frame: pd.DataFrame, x: str = "l0", y: str = "loss_recovered") -
     higher-or-equal `y`, one of them strictly (low L0 and high loss recovered are both better)."""
     mask = pd.Series(False, index=frame.index)
     for _, group in frame.groupby(["model", "site", "layer", "arch"]):
-        xs, ys = group[x].to_numpy(), group[y].to_numpy()
-        for position, index in enumerate(group.index):
-            dominated = ((xs <= xs[position]) & (ys >= ys[position]) & ((xs < xs[position]) | (ys > ys[position])))
-            mask[index] = not dominated.any()
+        mask[group.index] = pareto_optimal(group[x].to_numpy(), group[y].to_numpy())
     return mask
 
 
@@ -60,53 +71,111 @@ def frontier(frame: pd.DataFrame, x: str = "l0", y: str = "loss_recovered") -> p
 
 
 # ---------------------------------------------------------------------------------------------------
-# The headline: at matched loss recovered, how much lower is Gated's L0?
+# The headline (at matched loss recovered, how much lower is Gated's L0?) and Figs. 8–9's comparisons
+# (at matched L0, how much more loss does one frontier recover than another?), each with its interval.
 
 
-def interpolate_log_l0(front: pd.DataFrame, levels: np.ndarray) -> np.ndarray:
-    """log L0 on a frontier at the given loss-recovered levels, linear in (loss recovered, log L0)."""
-    ordered = front.sort_values("loss_recovered")
-    return np.interp(levels, ordered["loss_recovered"], np.log(ordered["l0"]))
+def _sweep(group: pd.DataFrame, arch: str, treatment: str) -> Sweep:
+    rows = group[group["arch"] == arch]
+
+    def column(name: str) -> np.ndarray:
+        name += treatment
+        return rows[name].to_numpy(dtype=float) if name in rows else np.full(len(rows), np.nan)
+
+    return Sweep(column("l0"), column("loss_recovered"), column("gamma"))
 
 
-def headline(frame: pd.DataFrame, levels: int = 21) -> pd.DataFrame:
-    """Per (model, site, layer): L0_gated / L0_baseline at matched loss recovered over the range both
-    frontiers cover (geometric mean over evenly spaced levels, and its extremes), with γ of each
-    architecture interpolated at the same levels."""
+def _estimate(frame: pd.DataFrame, key: tuple, bootstrap: Optional[Bootstrap], archs: Sequence[str],
+              treatment: str, compute: Callable[..., Optional[dict]], with_interval: tuple[str, ...]) -> Optional[dict]:
+    """compute(*sweeps of `archs`) on the grid `key` of `frame`, each value suffixed with the treatment,
+    and the intervals of `with_interval` from the bootstrap; None when it is undefined."""
+    group = frame.loc[bootstrap.rows[key]] if bootstrap and key in bootstrap.rows else \
+        frame[(frame[GRID] == pd.Series(key, index=GRID)).all(1)]
+    point = compute(*[_sweep(group, arch, treatment) for arch in archs])
+    if point is None:
+        return None
+    result = {name + treatment: value for name, value in point.items()}
+    replicates = bootstrap.replicate(key, [(group["arch"] == arch).to_numpy() for arch in archs], treatment,
+                                     compute, with_interval) if bootstrap else None
+    for name in with_interval:
+        low, high = bootstrap.interval(replicates[name]) if replicates else (math.nan, math.nan)
+        result[f"{name}{treatment}_ci_low"], result[f"{name}{treatment}_ci_high"] = float(low), float(high)
+    return result
+
+
+HEADLINE_INTERVALS = ("l0_ratio", "gamma_gated", "gamma_baseline")
+
+
+def headline(frame: pd.DataFrame, bootstrap: Optional[Bootstrap] = None, levels: int = LEVELS) -> pd.DataFrame:
+    """Per (model, site, layer): L0_gated / L0_baseline at matched loss recovered over the band both
+    frontiers cover (`frontiers.matched_loss_recovered`), with γ of each, under both treatments of
+    massive activations (suffix `_all_tokens`: the paper's), and intervals where samples exist."""
+    def compute(gated: Sweep, baseline: Sweep) -> Optional[dict]:
+        return matched_loss_recovered(gated, baseline, levels)
+
     records = []
-    for (model, site, layer), group in frame[frame["arch"].isin(["gated", "baseline"])].groupby(
-            ["model", "site", "layer"], sort=False):
-        fronts = {arch: frontier(group[group["arch"] == arch]) for arch in ("gated", "baseline")}
-        record = {"model": model, "site": site, "layer": layer}
-        low = max(f["loss_recovered"].min() for f in fronts.values() if len(f))
-        high = min(f["loss_recovered"].max() for f in fronts.values() if len(f))
-        if any(len(f) < 2 for f in fronts.values()) or not low < high:
-            records.append({**record, "l0_ratio": math.nan, "note": "frontiers do not overlap in loss recovered"})
-            continue
-        grid = np.linspace(low, high, levels)
-        log_ratio = interpolate_log_l0(fronts["gated"], grid) - interpolate_log_l0(fronts["baseline"], grid)
-        gammas = {arch: np.interp(grid, f.sort_values("loss_recovered")["loss_recovered"],
-                                  f.sort_values("loss_recovered")["gamma"]) for arch, f in fronts.items()}
-        records.append({**record, "l0_ratio": float(np.exp(log_ratio.mean())),
-                        "l0_ratio_min": float(np.exp(log_ratio.min())), "l0_ratio_max": float(np.exp(log_ratio.max())),
-                        "loss_recovered_low": float(low), "loss_recovered_high": float(high),
-                        "gamma_gated": float(gammas["gated"].mean()), "gamma_baseline": float(gammas["baseline"].mean()),
-                        "note": ""})
+    for key, _ in frame[frame["arch"].isin(["gated", "baseline"])].groupby(GRID, sort=False):
+        record, note = dict(zip(GRID, key)), ""
+        for treatment in TREATMENTS:
+            found = _estimate(frame, key, bootstrap, ("gated", "baseline"), treatment, compute, HEADLINE_INTERVALS)
+            if found is not None:
+                record |= found
+                continue
+            record[f"l0_ratio{treatment}"] = math.nan
+            if treatment == "":
+                note = "frontiers do not overlap in loss recovered"
+            elif not note and f"l0{treatment}" in frame:
+                note = "frontiers do not overlap in loss recovered when every token counts"
+        records.append({**record, "note": note})
     return pd.DataFrame(records)
+
+
+COMPARISON_INTERVALS = ("loss_recovered_difference", "gamma")
+
+
+def comparisons(frame: pd.DataFrame, bootstrap: Optional[Bootstrap] = None, levels: int = LEVELS) -> pd.DataFrame:
+    """Figs. 9 and 8 at matched L0: rescale-and-shift vs the baseline and vs Gated, each ablation vs
+    Gated (`frontiers.matched_l0`: the first frontier's loss recovered minus the second's, and its γ)."""
+    def compute(sweep: Sweep, versus: Sweep) -> Optional[dict]:
+        return matched_l0(sweep, versus, levels)
+
+    records = []
+    for key, group in frame.groupby(GRID, sort=False):
+        present = set(group["arch"])
+        pairs = [(RESCALE_SHIFT, "baseline"), ("gated", RESCALE_SHIFT)] + [(a, "gated") for a in ABLATIONS]
+        for arch, versus in pairs:
+            if {arch, versus} <= present:
+                found = _estimate(frame, key, bootstrap, (arch, versus), "", compute, COMPARISON_INTERVALS)
+                records.append({**dict(zip(GRID, key)), "arch": arch, "versus": versus,
+                                **(found or {"loss_recovered_difference": math.nan}),
+                                "note": "" if found else "frontiers do not overlap in L0"})
+    columns = [*GRID, "arch", "versus", "loss_recovered_difference", "loss_recovered_difference_ci_low",
+               "loss_recovered_difference_ci_high", "gamma", "gamma_ci_low", "gamma_ci_high", "l0_low", "l0_high", "note"]
+    return pd.DataFrame(records).reindex(columns=columns)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Rendering.
 
 
+def with_interval(row, metric: str, fmt: str, scale: float = 1.0, unit: str = "") -> str:
+    """`value [low, high]`, or the value alone where the row has no interval."""
+    text = format(scale * row[metric], fmt) + unit
+    low, high = row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return text
+    return f"{text} [{format(scale * low, fmt)}, {format(scale * high, fmt)}]"
+
+
 def _table_rows(group: pd.DataFrame) -> list[list[str]]:
     rows = []
     for _, r in group.iterrows():
         rows.append([("★ " if r["pareto"] else "") + ARCH_LABELS.get(r["arch"], r["arch"]), f"{r['l1']:g}",
-                     f"{r['lr']:g}", f"{int(r['width'])}", f"{r['l0']:.1f}", f"{100 * r['loss_recovered']:.2f}%",
+                     f"{r['lr']:g}", f"{int(r['width'])}", f"{r['l0']:.1f}",
+                     with_interval(r, "loss_recovered", ".2f", 100, "%"),
                      f"{r['ce_clean']:.3f}", f"{r['ce_sae']:.3f}", f"{r['ce_zero']:.3f}",
                      f"{100 * r['alive_fraction']:.1f}%", f"{r['gamma']:.3f}", f"{r['fvu']:.3f}",
-                     f"{r['delta_lm_loss']:.3f}"])
+                     with_interval(r, "delta_lm_loss", ".3f")])
     return rows
 
 
@@ -119,7 +188,8 @@ def _groups(frame: pd.DataFrame):
 
 
 def markdown_tables(frame: pd.DataFrame) -> str:
-    parts = ["<!-- generated by gatedsae.tables; ★ marks Pareto-optimal SAEs (L0 vs loss recovered) -->\n"]
+    parts = ["<!-- generated by gatedsae.tables; ★ marks Pareto-optimal SAEs (L0 vs loss recovered); "
+             "[low, high]: 95% interval (paired bootstrap over held-out windows) -->\n"]
     for (model, layer, site), group in _groups(frame):
         parts.append(f"### {model}, layer {layer}, {SITE_LABELS[site]}\n")
         parts.append("| " + " | ".join(TABLE_HEADER) + " |")
@@ -136,7 +206,8 @@ def _latex_escape(text: str) -> str:
 
 
 def latex_tables(frame: pd.DataFrame) -> str:
-    parts = ["% generated by gatedsae.tables; $\\star$ marks Pareto-optimal SAEs (L0 vs loss recovered)"]
+    parts = ["% generated by gatedsae.tables; $\\star$ marks Pareto-optimal SAEs (L0 vs loss recovered); "
+             "[low, high]: 95% interval (paired bootstrap over held-out windows)"]
     for (model, layer, site), group in _groups(frame):
         parts += [r"\begin{table}[h]", r"\centering", r"\small",
                   r"\begin{tabular}{l" + "r" * (len(TABLE_HEADER) - 1) + "}", r"\toprule",
@@ -160,13 +231,11 @@ def summary(frame: pd.DataFrame, head: pd.DataFrame) -> dict:
         }
     for _, row in head.iterrows():
         if not math.isnan(row["l0_ratio"]):
-            result[f"{row['model']}/{row['site']}/layer{row['layer']}"]["l0_ratio"] = round(float(row["l0_ratio"]), 4)
+            grid = result[f"{row['model']}/{row['site']}/layer{row['layer']}"]
+            grid["l0_ratio"] = round(float(row["l0_ratio"]), 4)
+            if not pd.isna(row.get("l0_ratio_ci_low", math.nan)):
+                grid["l0_ratio_ci"] = [round(float(row["l0_ratio_ci_low"]), 4), round(float(row["l0_ratio_ci_high"]), 4)]
     return result
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(text)
 
 
 def write_csv_atomic(frame: pd.DataFrame, path: Path, columns: Sequence[str] | None = None) -> None:
@@ -174,19 +243,21 @@ def write_csv_atomic(frame: pd.DataFrame, path: Path, columns: Sequence[str] | N
         frame.to_csv(tmp, index=False, columns=columns, float_format="%.6g")
 
 
-def aggregate(metrics_files: Iterable[Path], results: Path) -> dict[str, Path]:
-    """Write metrics.csv, tables/, headline.csv and summary.json under `results`."""
+def aggregate(metrics_files: Iterable[Path], results: Path, intervals: Optional[IntervalsConfig] = None) -> dict[str, Path]:
+    """Write metrics.csv, tables/, headline.csv, comparisons.csv and summary.json under `results`."""
     frame = collect(metrics_files)
-    head = headline(frame)
-    outputs = {
-        "metrics": results / "metrics.csv", "pareto": results / "pareto.csv", "headline": results / "headline.csv",
-        "markdown": results / "tables" / "metrics.md", "latex": results / "tables" / "metrics.tex",
-        "summary": results / "summary.json", "densities": results / "densities.json",
-    }
-    write_csv_atomic(frame, outputs["metrics"], COLUMNS + ["pareto"])
+    bootstrap = Bootstrap(frame, intervals or IntervalsConfig())
+    frame = bootstrap.sae_intervals(frame, SAE_INTERVALS)
+    head = headline(frame, bootstrap)
+    outputs = {key: results / name for key, name in AGGREGATE_OUTPUTS.items()}
+    write_csv_atomic(frame.reindex(columns=COLUMNS + ["pareto"]), outputs["metrics"])
     write_csv_atomic(frame[frame["pareto"]], outputs["pareto"], ["model", "site", "layer", "arch", "l1", "l0",
-                                                                  "loss_recovered", "delta_lm_loss", "fvu", "gamma"])
+                                                                  "loss_recovered", "loss_recovered_ci_low",
+                                                                  "loss_recovered_ci_high", "delta_lm_loss",
+                                                                  "delta_lm_loss_ci_low", "delta_lm_loss_ci_high",
+                                                                  "fvu", "gamma"])
     write_csv_atomic(head, outputs["headline"])
+    write_csv_atomic(comparisons(frame, bootstrap), outputs["comparisons"])
     write_text_atomic(outputs["markdown"], markdown_tables(frame))
     write_text_atomic(outputs["latex"], latex_tables(frame))
     write_json_atomic(outputs["summary"], summary(frame, head))

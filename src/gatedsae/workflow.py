@@ -12,8 +12,11 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .codehash import AGGREGATE_CODE, METRICS_CODE, VERDICT_CODE, code_fingerprint
 from .config import Config, comparable, load_config
-from .layout import MANIFEST, MODEL_MARKER
+from .layout import AGGREGATE_OUTPUTS, MANIFEST, MODEL_MARKER, VERDICT_OUTPUTS
+
+CODE = {"metrics": METRICS_CODE, "aggregate": AGGREGATE_CODE, "verdict": VERDICT_CODE}
 
 
 @dataclass
@@ -84,11 +87,15 @@ class ExperimentPlan:
         return self._concrete(self.evaluation())
 
     def aggregate_outputs(self) -> dict[str, str]:
-        results = self.config.experiment.results
-        names = {"metrics": "metrics.csv", "pareto": "pareto.csv", "headline": "headline.csv",
-                 "summary": "summary.json", "densities": "densities.json", "markdown": "tables/metrics.md",
-                 "latex": "tables/metrics.tex"}
-        return {key: str(results / name) for key, name in names.items()}
+        return {key: str(self.config.experiment.results / name) for key, name in AGGREGATE_OUTPUTS.items()}
+
+    def verdict_outputs(self) -> dict[str, str]:
+        return {key: str(self.config.experiment.results / name) for key, name in VERDICT_OUTPUTS.items()}
+
+    def reference_verdict(self) -> list[str]:
+        """The reference run's verdict.json, if the repository has one (the verdict quotes it)."""
+        path = self.config.verdict.reference(self.experiment) / "verdict.json"
+        return [str(path)] if path.exists() else []
 
     def figures_index(self) -> str:
         return str(self.config.experiment.figures / "figures.json")
@@ -105,7 +112,7 @@ class ExperimentPlan:
 
     def stage_targets(self, stage: str) -> list[str]:
         if stage == "report":
-            return [self.report()]
+            return [self.report(), *self.verdict_outputs().values()]
         patterns = {"cache": [self.store_manifest()], "train": [self.grid_index()], "evaluate": [self.evaluation()]}
         targets = {path for pattern in patterns[stage] for path in self._concrete(pattern)}
         if stage == "train":
@@ -156,13 +163,19 @@ class ExperimentPlan:
         args = [sys.executable, "-m", "gatedsae", stage, f"experiment={self.experiment}", *self.overrides]
         return " ".join(shlex.quote(a) for a in args)
 
-    def params(self, *parts: str) -> str:
+    def params(self, *parts: str, code: str | None = None) -> str:
         """The resolved config sections a stage depends on, as one canonical JSON string. The
         experiment's name, `through` and output folders choose what to build and where its summaries
-        go, not how, so they never rerun a job; nor does the chapter (it changes the sweep, which is compared
-        itself), nor do settings added at their neutral default."""
+        go, not how, so they never rerun a job; nor does the chapter (it changes the sweep, which is compared itself), nor do
+        settings added at their neutral default.
+        `code` names the code whose fingerprint is part of it (see `codehash`: metrics | aggregate |
+        verdict), so that a fix to what computes the stage's numbers reruns it; Snakemake's own `code`
+        trigger only sees the rule's shell command, not the package it calls."""
         resolved = asdict(self.config)
         for key in ("name", "through", "results_dir", "figures_dir", "chapters", "chapter"):
             resolved["experiment"].pop(key)
-        return json.dumps({part: comparable(part, resolved[part]) if isinstance(resolved[part], dict) else resolved[part]
-                           for part in parts}, sort_keys=True)
+        found = {part: comparable(part, resolved[part]) if isinstance(resolved[part], dict) else resolved[part]
+                 for part in parts}
+        if code is not None:
+            found["code"] = code_fingerprint(CODE[code])
+        return json.dumps(found, sort_keys=True)

@@ -1,0 +1,54 @@
+"""Fingerprints of the code that computes a stage's numbers, so that a fix to it recomputes them.
+
+A fingerprint hashes the syntax tree of the named modules (or of named functions in them), without
+docstrings: a change to what the code does changes it; a comment, a docstring or reformatting does not.
+The files are parsed, never imported, so the Snakefile can use this without loading torch.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+PACKAGE = Path(__file__).resolve().parent
+
+# What computes each stage's numbers: a module (None: all of it) or some of its functions.
+METRICS_CODE: dict[str, Optional[Sequence[str]]] = {   # per-SAE evaluation results
+    "evaluate.py": None, "reconstruction.py": None, "spliced.py": None, "sites.py": None,
+    "checkpoints.py": ("encode_raw", "decode_raw"),
+}
+AGGREGATE_CODE: dict[str, Optional[Sequence[str]]] = {  # tables, headline, comparisons, intervals
+    "tables.py": None, "intervals.py": None, "frontiers.py": None,
+}
+VERDICT_CODE: dict[str, Optional[Sequence[str]]] = {"verdict.py": None}
+
+
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def _normalized(path: Path, functions: Optional[Sequence[str]]) -> str:
+    tree = _without_docstrings(ast.parse(path.read_text(), filename=str(path)))
+    if functions is None:
+        return ast.dump(tree)
+    found = {node.name: node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    missing = [name for name in functions if name not in found]
+    if missing:
+        raise ValueError(f"{path} no longer defines {missing}: update gatedsae.codehash")
+    return "\n".join(ast.dump(found[name]) for name in functions)
+
+
+def code_fingerprint(modules: Mapping[str, Optional[Sequence[str]]], package: Path = PACKAGE) -> str:
+    """A short hash of the named modules' (or functions') syntax trees, docstrings left out."""
+    digest = hashlib.sha256()
+    for name in sorted(modules):
+        digest.update(name.encode() + b"\0" + _normalized(package / name, modules[name]).encode() + b"\0")
+    return digest.hexdigest()[:16]
