@@ -243,7 +243,7 @@ def test_massive_positions_are_treated_like_bos_and_the_paper_treatment_is_measu
     norms = rows.norm(dim=-1)
     tau = float(norms.quantile(0.9))  # a tenth of the held-out rows count as massive
     saes = {sae.record["arch"]: sae for sae in _grid_saes(trained_smoke, site)}
-    plain = saes["gated"]
+    plain = with_threshold(saes["gated"], tmp_path / "gated_plain", None)  # no threshold: one treatment
     thresholded = with_threshold(plain, tmp_path / "gated_tau", tau)
     untied = with_threshold(saes["gated_untied"], tmp_path / "untied_tau", tau)
     above_all = with_threshold(plain, tmp_path / "gated_high", float(norms.max()) + 1)
