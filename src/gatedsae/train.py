@@ -192,9 +192,10 @@ class GridTrainer:
         }
 
     def identity(self) -> str:
-        """Settings a saved state must share to be resumed."""
+        """Settings a saved state must share to be resumed (settings at their neutral default left out, so
+        adding one does not discard states)."""
         groups = [asdict(group) for group in self.config.sweep.groups_at(self.store.site)]
-        return config_hash({"sweep": groups, "train": asdict(self.train),
+        return config_hash({"sweep": groups, "train": comparable("train", asdict(self.train)),
                             "store": self.store.identity, "d": self.store.d,
                             "extra": self.identity_extra})
 
