@@ -42,19 +42,58 @@ def _kill_features(trainer, count=5):
             bias[:, :count] = -1e4
 
 
-def test_an_sae_trained_in_a_grid_equals_it_trained_alone(smoke_cache, tmp_path):
-    grid = _trainer(smoke_cache, tmp_path / "grid")
+@pytest.mark.parametrize("sparse", ["auto", "always"])
+def test_an_sae_trained_in_a_grid_equals_it_trained_alone(smoke_cache, tmp_path, sparse):
+    grid = _trainer(smoke_cache, tmp_path / "grid", sparse=sparse)
     _kill_features(grid)
     grid.run(progress=False)
     assert {r["sae"] for r in grid.resampled} == {s.name for s in grid.specs}, "resampling must run for every SAE"
     for spec in grid.specs:
         alone_sweep = SweepConfig("alone", [SAEGroupConfig(spec.arch, smoke_cache.sweep.groups[spec.group].width_ratio,
                                                            spec.lr, [spec.l1])])
-        alone = _trainer(smoke_cache, tmp_path / f"alone-{spec.name}", sweep=alone_sweep)
+        alone = _trainer(smoke_cache, tmp_path / f"alone-{spec.name}", sweep=alone_sweep, sparse=sparse)
         _kill_features(alone)
         alone.run(progress=False)
         expected = _params(alone, alone.specs[0])
         for name, value in _params(grid, spec).items():
+            torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-5, msg=f"{spec.name}.{name}")
+
+
+def test_training_on_the_support_equals_dense_training(smoke_cache, tmp_path):
+    """Every group of the smoke grid (Gated, baseline, untied), with resampling on the way, trained with
+    sparse steps only and with dense steps only: the same SAEs up to float rounding."""
+    runs = {}
+    for sparse in ("always", "never"):
+        trainer = _trainer(smoke_cache, tmp_path / sparse, sparse=sparse)
+        _kill_features(trainer)
+        trainer.run(progress=False)
+        assert trainer.resampled and trainer.sparse_steps == [trainer.steps if sparse == "always" else 0] * 3
+        runs[sparse] = trainer
+    for spec in runs["never"].specs:
+        expected = _params(runs["never"], spec)
+        for name, value in _params(runs["always"], spec).items():
+            torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-5, msg=f"{spec.name}.{name}")
+
+
+def test_auto_steps_densely_on_a_dense_code_and_sparsely_on_a_sparse_one(smoke_cache, tmp_path):
+    no_resampling = [0.9]  # it would reopen the closed features
+    trainer = _trainer(smoke_cache, tmp_path / "auto", sparse="auto", sparse_max_density=0.15,
+                       resample_at=no_resampling)
+    with torch.no_grad():  # the Gated group: 4 features of each SAE can open, so L0 / width ≤ 4 / width
+        trainer.modules[0].b_gate[:, 4:] = -1e4
+    trainer.run(progress=False, stop_after=10)
+    densities = {g: max(trainer.last_losses[s.name]["l0"] / s.width for s in trainer.specs if s.group == g)
+                 for g in range(len(trainer.modules))}
+    assert densities[0] <= 4 / trainer.specs[0].width and densities[1] > 0.15, densities
+    assert trainer.sparse_steps[0] == 9  # every step after the first (no L0 measured before it)
+    assert trainer.sparse_steps[1] == 0  # the baseline's code stays dense: dense steps
+    reference = _trainer(smoke_cache, tmp_path / "dense", sparse="never", resample_at=no_resampling)
+    with torch.no_grad():
+        reference.modules[0].b_gate[:, 4:] = -1e4
+    reference.run(progress=False, stop_after=10)
+    for spec in reference.specs:
+        expected = _params(reference, spec)
+        for name, value in _params(trainer, spec).items():
             torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-5, msg=f"{spec.name}.{name}")
 
 
@@ -102,12 +141,13 @@ def test_lr_schedule_warms_up_and_recovers_after_resampling():
     assert factors[10] < factors[12] < factors[13] and factors[10 + train.resample_recovery_steps] == 1.0
 
 
-def test_resume_continues_to_the_same_parameters(smoke_cache, tmp_path):
-    reference = _trainer(smoke_cache, tmp_path / "reference")
+@pytest.mark.parametrize("sparse", ["auto", "always"])
+def test_resume_continues_to_the_same_parameters(smoke_cache, tmp_path, sparse):
+    reference = _trainer(smoke_cache, tmp_path / "reference", sparse=sparse)
     reference.run(progress=False)
-    first = _trainer(smoke_cache, tmp_path / "resumed")
+    first = _trainer(smoke_cache, tmp_path / "resumed", sparse=sparse)
     first.run(progress=False, stop_after=12)  # saved at step 8; steps 9-12 are lost with the "kill"
-    resumed = _trainer(smoke_cache, tmp_path / "resumed")
+    resumed = _trainer(smoke_cache, tmp_path / "resumed", sparse=sparse)
     resumed.run(progress=False)
     assert resumed.step == reference.step
     for spec in reference.specs:
@@ -167,6 +207,12 @@ def test_bad_sweep_config_is_rejected_before_compute():
         load_config(["experiment=smoke", "sweep.groups.1.l1=[]"])
     with pytest.raises(ConfigError, match=r"train.buffer_rows"):
         load_config(["experiment=smoke", "train.buffer_rows=8"])
+    with pytest.raises(ConfigError, match=r"train.sparse"):
+        load_config(["experiment=smoke", "train.sparse=fast"])
+    with pytest.raises(ConfigError, match=r"train.sparse_max_density"):
+        load_config(["experiment=smoke", "train.sparse_max_density=0"])
+    with pytest.raises(ConfigError, match=r"train.sparse.*autocast"):
+        load_config(["experiment=smoke", "train.sparse=always", "train.autocast_bf16=true"])
 
 
 @pytest.fixture(scope="module")

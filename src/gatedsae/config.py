@@ -283,6 +283,12 @@ class SweepConfig:
         return [group for group in self.groups if group.trained_at(site)]
 
 
+# Largest L0 / width at which a step on the support (sparse_step.py) beats a dense one on this project's
+# benchmark CPU (2 cores, fp32): the crossover measured by scripts/bench_train.py, written to
+# results/benchmarks/train.json ("sparse_crossover").
+SPARSE_MAX_DENSITY = 0.1
+
+
 @dataclass
 class TrainConfig:
     """Training as in the paper's App. D (Adam β1 = 0, warm-up, resampling), sized for the machine."""
@@ -302,6 +308,11 @@ class TrainConfig:
     buffer_rows: int = 262_144
     checkpoint_every_steps: int = 50
     autocast_bf16: bool = False
+    # Steps computed on the support only (open gates; src/gatedsae/sparse_step.py), equal to dense steps
+    # up to float rounding: auto takes them for a group when its mean L0 at the previous step was at most
+    # sparse_max_density × its width (on a CPU in float32; dense elsewhere); always | never force a path.
+    sparse: str = "auto"
+    sparse_max_density: float = SPARSE_MAX_DENSITY
     device: str = "cpu"
     # One device per site of experiment.sites, for jobs that train several sites together (stream mode:
     # a layer's grids on a multi-GPU node, the LM on cache.device); [] puts every site on `device`.
@@ -322,6 +333,12 @@ class TrainConfig:
                  "must be positive, or null for the whole training split")
         _require(self.max_norm_ratio is None or self.max_norm_ratio > 1, "train.max_norm_ratio",
                  "must be above 1 (a multiple of the median norm), or null to keep every row")
+        _choice(self.sparse, "train.sparse", ("auto", "always", "never"))
+        _require(0 < self.sparse_max_density <= 1, "train.sparse_max_density",
+                 f"got {self.sparse_max_density}; use a fraction of the width in (0, 1]")
+        _require(not (self.sparse == "always" and self.autocast_bf16), "train.sparse",
+                 "'always' computes in float32 and cannot run under train.autocast_bf16; use train.sparse=auto "
+                 "(dense steps under autocast) or train.autocast_bf16=false")
 
     @property
     def steps(self) -> int:
@@ -564,7 +581,8 @@ def to_dict(config: Any) -> dict:
 # out of job params and training keys while at that value, so adding a setting reruns nothing.
 NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "cache": {"mode": "store", "stream_keep_shards": 2},
-    "train": {"statistics_tokens": None, "site_devices": []},
+    "train": {"statistics_tokens": None, "site_devices": [], "sparse": "auto",
+              "sparse_max_density": SPARSE_MAX_DENSITY},
 }
 
 

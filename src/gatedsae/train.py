@@ -26,6 +26,7 @@ from .activations import ShardedActivations, cache_identity
 from .atomic import atomic_path, write_json_atomic
 from .config import Config, ConfigError, TrainConfig, comparable, config_hash
 from .saes import BatchedSAE, RescaleShiftSAE, make_sae
+from .sparse_step import dense_step_, sparse_step_
 
 STATE_FILE = "training_state.pt"
 
@@ -156,6 +157,7 @@ class GridTrainer:
         self.idle_steps = [torch.zeros(m.n, m.width, dtype=torch.long) for m in self.modules]
         self.fired_ever = [torch.zeros(m.n, m.width, dtype=torch.bool) for m in self.modules]
         self.last_losses: dict[str, dict[str, float]] = {}
+        self.sparse_steps = [0] * len(self.modules)  # steps each group took on the support (this session)
         self.resampled: list[dict] = []
         self._batches: Optional[TrainingBatches] = None
         self._data_state: Optional[dict] = None
@@ -192,9 +194,10 @@ class GridTrainer:
         }
 
     def identity(self) -> str:
-        """Settings a saved state must share to be resumed."""
+        """Settings a saved state must share to be resumed (settings at their neutral default left out, so
+        adding one does not discard states)."""
         groups = [asdict(group) for group in self.config.sweep.groups_at(self.store.site)]
-        return config_hash({"sweep": groups, "train": asdict(self.train),
+        return config_hash({"sweep": groups, "train": comparable("train", asdict(self.train)),
                             "store": self.store.identity, "d": self.store.d,
                             "extra": self.identity_extra})
 
@@ -255,10 +258,14 @@ class GridTrainer:
         for g, (module, optimizer) in enumerate(zip(self.modules, self.optimizers)):
             for param_group in optimizer.param_groups:
                 param_group["lr"] = self.base_lrs[g] * factor
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.train.autocast_bf16):
-                terms = module(x)
-            total = terms.total.float()
-            if not torch.isfinite(total).all():
+            optimizer.zero_grad(set_to_none=True)
+            if self._sparse_now(g, module):
+                outcome = sparse_step_(module, x)
+                self.sparse_steps[g] += 1
+            else:
+                outcome = dense_step_(module, x, autocast=self.train.autocast_bf16)
+            total = outcome.total
+            if not torch.isfinite(total).all():  # raised before the optimiser moves anything
                 bad = int((~torch.isfinite(total)).nonzero()[0])
                 spec = next(s for s in self.specs if s.group == g and s.index == bad)
                 saved = self.step - self.step % self.train.checkpoint_every_steps
@@ -266,23 +273,31 @@ class GridTrainer:
                         else "no state had been saved yet")
                 raise NonFiniteLossError(f"loss of SAE {spec.name} became {total[bad].item()} at step {self.step}; "
                                          f"{kept}. Lower its lr or check the activations.")
-            optimizer.zero_grad(set_to_none=True)
-            total.sum().backward()
             module.remove_parallel_decoder_grad_()
             optimizer.step()
             module.normalize_decoder_()
-            with torch.no_grad():
-                active = terms.features > 0
-                fired = active.any(dim=1).cpu()
-                self.idle_steps[g] = torch.where(fired, 0, self.idle_steps[g] + 1)
-                self.fired_ever[g] |= fired
-                l0 = active.float().sum(-1).mean(-1)
-                for spec in (s for s in self.specs if s.group == g):
-                    self.last_losses[spec.name] = {
-                        "total": float(terms.total[spec.index]), "reconstruction": float(terms.reconstruction[spec.index]),
-                        "sparsity": float(terms.sparsity[spec.index]), "auxiliary": float(terms.auxiliary[spec.index]),
-                        "l0": float(l0[spec.index]),
-                    }
+            fired = outcome.fired.cpu()
+            self.idle_steps[g] = torch.where(fired, 0, self.idle_steps[g] + 1)
+            self.fired_ever[g] |= fired
+            for spec in (s for s in self.specs if s.group == g):
+                self.last_losses[spec.name] = {
+                    name: float(getattr(outcome, name)[spec.index])
+                    for name in ("total", "reconstruction", "sparsity", "auxiliary", "l0")
+                }
+
+    def _sparse_now(self, g: int, module: BatchedSAE) -> bool:
+        """Whether group g steps on the support (sparse_step.py) rather than densely: `train.sparse`, and
+        under `auto` the group's mean L0 at the previous step against `train.sparse_max_density` × its
+        width. Only on a CPU in float32, where that threshold was measured; the first step is dense. The
+        L0s are part of the saved state, so a resumed run makes the same choices."""
+        if self.train.sparse != "auto":
+            return self.train.sparse == "always"
+        if self.device.type != "cpu" or self.train.autocast_bf16:
+            return False
+        l0 = [self.last_losses.get(spec.name, {}).get("l0") for spec in self.specs if spec.group == g]
+        if not l0 or None in l0:
+            return False
+        return sum(l0) / len(l0) <= self.train.sparse_max_density * module.width
 
     @torch.no_grad()
     def _resample_dead(self, x: torch.Tensor) -> None:
