@@ -2,6 +2,9 @@
 #   make replicate              the default replication (dvc repro → Snakemake), versioned by DVC
 #   make test                   the test suite
 #   make run EXPERIMENT=smoke   Snakemake alone, any experiment in conf/experiment/
+#   make verify EXPERIMENT=…    every activation shard and SAE checkpoint against its recorded sha256
+# Snakemake runs through `python -m gatedsae.runlock`: a run killed mid-way leaves no lock that blocks
+# the next, and a second run is refused while one is alive (docs/reliability.md).
 SHELL := /bin/bash
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,7 +12,7 @@ EXPERIMENT ?= default
 export DVC_NO_ANALYTICS := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup replicate run dry-run test test-fast sync push bench lock clean
+.PHONY: setup replicate run dry-run unlock verify test test-fast sync push bench lock clean
 
 setup:
 	@bash scripts/setup.sh
@@ -19,10 +22,17 @@ replicate: setup
 	dvc repro
 
 run: setup
-	snakemake --profile profiles/local --config experiment=$(EXPERIMENT)
+	$(BIN)/python -m gatedsae.runlock --profile profiles/local --config experiment=$(EXPERIMENT)
 
 dry-run: setup
 	snakemake -n --profile profiles/local --config experiment=$(EXPERIMENT)
+
+# Remove the lock a killed run left, after checking that no run is alive here (never while one is).
+unlock: setup
+	$(BIN)/python -m gatedsae.runlock --unlock-only
+
+verify: setup
+	$(BIN)/python -m gatedsae verify experiment=$(EXPERIMENT)
 
 test: setup
 	$(BIN)/python -m pytest
@@ -32,7 +42,7 @@ test-fast: setup
 
 # After `dvc pull`, `dvc checkout` or `git checkout`: make Snakemake's metadata agree with the files.
 sync: setup
-	snakemake --profile profiles/local --config experiment=$(EXPERIMENT) --touch --forceall --quiet
+	$(BIN)/python -m gatedsae.runlock --profile profiles/local --config experiment=$(EXPERIMENT) --touch --forceall --quiet
 
 push: setup
 	dvc push

@@ -29,6 +29,7 @@ from .atomic import write_json_atomic
 from .checkpoints import checkpoint_id, decode_raw, encode_raw, read_checkpoint
 from .config import Config, EvaluateConfig, config_hash
 from .spliced import SplicedLM
+from .train import read_grid_index
 
 METRICS_FILE = "metrics.json"   # a grid's evaluation (written last: the stage's output)
 DENSITY_EDGES = np.arange(-7.0, 0.01, 0.25)  # log10 of the firing frequency, shared by every histogram
@@ -228,7 +229,7 @@ def evaluate_grid(config: Config, site: str, layer: int, progress: bool = True, 
         if not index.exists():
             raise FileNotFoundError(f"{index} does not exist; train the grid first (Snakemake rule train_grid"
                                     f"{' and rescale_shift' if variant == 'rescale_shift' else ''})")
-        for entry in json.loads(index.read_text())["saes"]:
+        for entry in read_grid_index(index):
             sae = CheckpointSAE.load(entry["path"], config.evaluate.device)
             entries.append((variant, sae, out_dir / variant / f"{entry['sae']}.json",
                             evaluation_identity(sae, config, store)))
