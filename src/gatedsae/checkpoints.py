@@ -49,7 +49,7 @@ class CheckpointError(IntegrityError):
     message is the problem (naming the file), then how to repair it."""
 
     def __init__(self, problem: str):
-        super().__init__(f"{problem}")
+        super().__init__(f"{problem} {REPAIR}")
         self.problem = problem
 
 SAELENS_ARCHITECTURE = {

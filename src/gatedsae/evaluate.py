@@ -244,8 +244,9 @@ def evaluate_grid(config: Config, site: str, layer: int, progress: bool = True, 
             write_json_atomic(path, {"identity": identity, "seconds": seconds, "row": row})
     grid_columns = {"model": config.model.name, "corpus": config.corpus.name, "site": site, "layer": layer,
                     "sweep": config.sweep.name}
-    rows = [{**grid_columns, "variant": variant, **json.loads(path.read_text())["row"]}
-            for variant, _, path, _ in entries]
+    rows = [{**grid_columns, "variant": variant, **json.loads(path.read_text())["row"],
+             "checkpoint": str(sae.directory)}  # where it is now (a saved row may predate a move)
+            for variant, sae, path, _ in entries]
     write_json_atomic(out_dir / METRICS_FILE, {"rows": rows})
     return out_dir / METRICS_FILE
 
