@@ -478,13 +478,27 @@ def test_disk_full_while_saving_the_training_state_keeps_the_last_one_and_resume
     assert checkpoint_files(root) == checkpoint_files(reference.paths.root)
 
 
+def test_unwritable_data_folder_is_named(reference, tiny_model, small_disk, tmp_path):
+    """A data folder that cannot be written (a read-only mount: root ignores file permissions): one error
+    naming the file it tried to write and the fix."""
+    from gatedsae.activations import cache_activations
+    from gatedsae.errors import StorageError
+
+    root = small_disk(1024)
+    (root / "tokens").symlink_to(copy_data(reference.paths.root, tmp_path / "outside", "tokens") / "tokens")
+    subprocess.run(["mount", "-o", "remount,ro", str(root)], check=True, capture_output=True)
+    with pytest.raises(StorageError, match=f"{store_dir(root)}.*permission denied.*writable"):
+        cache_activations(fault_config(root), loaded=tiny_model)
+
+
 # --- Snakemake's lock after a kill, and two live runs ----------------------------------------------------
 
 
 def test_killed_snakemake_run_leaves_no_blocking_lock_and_two_live_runs_never_overlap(reference, tmp_path):
-    """Through the run lock: a second run is refused while the first lives; the first killed with SIGKILL
-    leaves Snakemake's lock, which the next run finds stale and clears, then completes."""
-    from gatedsae.runlock import live_processes
+    """Through the run lock: a second run is refused while the first lives, and while a Snakemake process
+    started without the wrapper works in the directory; the first killed with SIGKILL leaves Snakemake's
+    lock, which the next run finds stale and clears, then completes to the same outputs."""
+    from gatedsae.runlock import holder, live_processes
 
     work = tmp_path / "work"
     work.mkdir()
@@ -493,8 +507,8 @@ def test_killed_snakemake_run_leaves_no_blocking_lock_and_two_live_runs_never_ov
     wrapper = [sys.executable, "-m", "gatedsae.runlock", "-s", str(REPO_ROOT / "Snakefile"), "-d", str(work),
                "--profile", str(REPO_ROOT / "profiles" / "local"), "--cores", "1", str(tokens / "manifest.json"),
                "--config", "experiment=smoke", f"overrides={overrides}"]  # model, corpus, tokens: three jobs
-    first = subprocess.Popen(wrapper, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
+    first_log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(wrapper, env=_env(), stdout=first_log, stderr=subprocess.STDOUT, start_new_session=True)
     locks = work / ".snakemake" / "locks"
     deadline = time.time() + 240
     while time.time() < deadline and first.poll() is None and not list(locks.glob("*.lock")):
@@ -504,18 +518,26 @@ def test_killed_snakemake_run_leaves_no_blocking_lock_and_two_live_runs_never_ov
     assert second.returncode == 6 and f"pid {first.pid}" in second.stderr, second.stderr[-2000:]
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
+    first_log.close()
     assert list(locks.glob("*.lock")), "the kill left Snakemake's lock behind"
-    orphans = live_processes(work.resolve())
-    if orphans:  # a job of the killed run still working (in its own process group): refused until it ends
+    # Jobs of the killed run may still be finishing (they run in their own process group and hold the lock);
+    # a run started meanwhile is refused. Wait for them, then check that refusal with a stand-in process.
+    while (live_processes(work.resolve()) or holder(work)) and time.time() < deadline:
+        time.sleep(0.2)
+    stand_in = subprocess.Popen(["bash", "-c", "exec -a snakemake sleep 120"], cwd=work)
+    try:
+        time.sleep(0.5)
         refused = subprocess.run(wrapper, env=_env(), capture_output=True, text=True, timeout=120)
-        assert refused.returncode == 6 and "still working" in refused.stderr, refused.stderr[-2000:]
-        while live_processes(work.resolve()) and time.time() < deadline:
-            time.sleep(0.2)
+        assert refused.returncode == 6 and f"{stand_in.pid}: snakemake" in refused.stderr, refused.stderr[-2000:]
+    finally:
+        stand_in.kill()
+        stand_in.wait()
     third = subprocess.run(wrapper, env=_env(), capture_output=True, text=True, timeout=600)
     assert third.returncode == 0, third.stderr[-3000:]
     assert "stale lock" in third.stderr
+    expected = reference.paths.tokens_dir("tiny", "tiny")
     for split in ("train", "heldout"):
-        assert (tokens / f"{split}.npy").read_bytes() == (reference.paths.tokens_dir("tiny", "tiny") / f"{split}.npy").read_bytes()
+        assert (tokens / f"{split}.npy").read_bytes() == (expected / f"{split}.npy").read_bytes()
 
 
 # --- resume state and paths ----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import subprocess
 import sys
 import time
@@ -54,8 +55,10 @@ def acquire(directory: Path, command: list[str]) -> int:
     except BlockingIOError:
         holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        raise RunLockError(f"another run is working in {directory} ({holder}); wait for it to finish, or stop it, "
-                           "then run again. Never run `snakemake --unlock` while it lives.") from None
+        alive = live_processes(directory)
+        working = f"; still working here: {'; '.join(alive)}" if alive else ""
+        raise RunLockError(f"another run holds {directory} ({holder}{working}). Wait for it to finish, or stop it "
+                           "(its jobs too), then run again. Never run `snakemake --unlock` while it lives.") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(command)}\n".encode(), 0)
     return fd
@@ -78,12 +81,32 @@ def live_processes(directory: Path) -> list[str]:
     return found
 
 
+_SHELL_PIPELINE = re.compile(r"(^|[\s/])(snakemake|-m\s+(snakemake|gatedsae))(\s|$)")
+
+
 def _is_pipeline(argv: list[str]) -> bool:
     if "gatedsae.runlock" in argv:
         return False  # a wrapper: its flock speaks for it (and it may be the one asking)
     names = [Path(a).name for a in argv[:3]]
     modules = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-m"]
-    return "snakemake" in names or "snakemake" in modules or "gatedsae" in modules
+    scripts = [a for a in argv if " " in a and "gatedsae.runlock" not in a]  # `sh -c "..."` running a job
+    return ("snakemake" in names or "snakemake" in modules or "gatedsae" in modules
+            or any(_SHELL_PIPELINE.search(script) for script in scripts))
+
+
+def holder(directory: Path) -> Optional[str]:
+    """Who holds the run lock of `directory` (as recorded), or None when it is free."""
+    try:
+        fd = os.open(directory / ".snakemake" / LOCK_NAME, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+    finally:
+        os.close(fd)  # releases the lock if this call took it
 
 
 def stale_snakemake_locks(directory: Path) -> list[Path]:
