@@ -317,7 +317,8 @@ def cache_activations(config: Config, loaded=None) -> list[Path]:
             splits={split: SplitRecord() for split in SPLITS},
         )
         writers[(site, layer)] = _StoreWriter.open(directory, fresh)
-    written = sum(r.bytes or 0 for w in writers.values() for split in w.manifest.splits.values() for r in split.shards)
+    written = sum((w.directory / r.file).stat().st_size  # the verified shards a resumed run keeps
+                  for w in writers.values() for split in w.manifest.splits.values() for r in split.shards)
     check_disk(estimate, config.paths.root / "activations", written,
                "lower cache.train_tokens / cache.heldout_tokens, or point paths.data at a larger disk")
 
