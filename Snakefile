@@ -1,5 +1,7 @@
 # The DAG: corpus -> tokens -> activation cache -> training -> evaluation -> tables -> figures -> report.
 # Every number comes from conf/ (Hydra); this file only wires paths, wildcards and resources.
+# Shell arguments are quoted ({log:q}, {wildcards.x:q}; stage commands by ExperimentPlan.command) and
+# every name that enters a path is checked against a safe pattern when the configuration is loaded.
 #
 #   snakemake --profile profiles/local                                  # the default experiment
 #   snakemake --profile profiles/local --config experiment=smoke
@@ -69,7 +71,7 @@ rule prepare_model:
     resources:
         mem_mb=4000,
     shell:
-        plan.command("prepare-model") + " > {log} 2>&1"
+        plan.command("prepare-model") + " > {log:q} 2>&1"
 
 
 rule fetch_corpus:
@@ -83,7 +85,7 @@ rule fetch_corpus:
     benchmark:
         BENCH + "/fetch_corpus/{corpus}.tsv"
     shell:
-        plan.command("fetch-corpus") + " > {log} 2>&1"
+        plan.command("fetch-corpus") + " > {log:q} 2>&1"
 
 
 rule tokenize:
@@ -102,7 +104,7 @@ rule tokenize:
     resources:
         mem_mb=4000,
     shell:
-        plan.command("tokenize") + " > {log} 2>&1"
+        plan.command("tokenize") + " > {log:q} 2>&1"
 
 
 rule cache_activations:
@@ -122,7 +124,7 @@ rule cache_activations:
     resources:
         **plan.resources("cache_activations"),
     shell:
-        plan.command("cache") + " > {log} 2>&1"
+        plan.command("cache") + " > {log:q} 2>&1"
 
 
 if plan.streamed:
@@ -144,7 +146,7 @@ if plan.streamed:
         resources:
             **plan.resources("train_layer"),
         shell:
-            plan.command("train") + " --layer={wildcards.layer} > {log} 2>&1"
+            plan.command("train") + " --layer={wildcards.layer:q} > {log:q} 2>&1"
 
 else:
 
@@ -164,7 +166,7 @@ else:
         resources:
             **plan.resources("train_grid"),
         shell:
-            plan.command("train") + " --site={wildcards.site} --layer={wildcards.layer} > {log} 2>&1"
+            plan.command("train") + " --site={wildcards.site:q} --layer={wildcards.layer:q} > {log:q} 2>&1"
 
 
 rule rescale_shift:
@@ -183,7 +185,7 @@ rule rescale_shift:
     resources:
         **plan.resources("rescale_shift"),
     shell:
-        plan.command("rescale-shift") + " --site={wildcards.site} --layer={wildcards.layer} > {log} 2>&1"
+        plan.command("rescale-shift") + " --site={wildcards.site:q} --layer={wildcards.layer:q} > {log:q} 2>&1"
 
 
 rule evaluate_grid:
@@ -205,7 +207,7 @@ rule evaluate_grid:
     resources:
         **plan.resources("evaluate_grid"),
     shell:
-        plan.command("evaluate") + " --site={wildcards.site} --layer={wildcards.layer} > {log} 2>&1"
+        plan.command("evaluate") + " --site={wildcards.site:q} --layer={wildcards.layer:q} > {log:q} 2>&1"
 
 
 rule aggregate:
@@ -220,7 +222,7 @@ rule aggregate:
     log:
         LOGS + "/aggregate.log",
     shell:
-        plan.command("aggregate") + " > {log} 2>&1"
+        plan.command("aggregate") + " > {log:q} 2>&1"
 
 
 rule figures:
@@ -233,7 +235,7 @@ rule figures:
     log:
         LOGS + "/figures.log",
     shell:
-        plan.command("figures") + " > {log} 2>&1"
+        plan.command("figures") + " > {log:q} 2>&1"
 
 
 rule verdict:
@@ -266,4 +268,4 @@ rule html_report:
     log:
         LOGS + "/report.log",
     shell:
-        plan.command("report") + " > {log} 2>&1"
+        plan.command("report") + " > {log:q} 2>&1"

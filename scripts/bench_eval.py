@@ -28,6 +28,7 @@ from gatedsae.atomic import write_json_atomic  # noqa: E402
 from gatedsae.config import REPO_ROOT, load_config  # noqa: E402
 from gatedsae.corpus import load_windows  # noqa: E402
 from gatedsae.evaluate import CheckpointSAE  # noqa: E402
+from gatedsae.train import read_grid_index  # noqa: E402
 from gatedsae.models import load_model  # noqa: E402
 from gatedsae.spliced import SplicedLM, next_token_losses  # noqa: E402
 
@@ -53,7 +54,7 @@ def first_sae(config, site: str, layer: int):
     index = config.paths.checkpoints_dir(config.model.name, config.corpus.name, site, layer,
                                          config.sweep.name) / "grid.json"
     if index.exists():
-        return CheckpointSAE.load(json.loads(index.read_text())["saes"][0]["path"]), "trained checkpoint"
+        return CheckpointSAE.load(read_grid_index(index)[0]["path"]), "trained checkpoint"
     d = config.model.site_width(site)
     gated = next(g for g in config.sweep.groups if g.arch == "gated")
     return RandomGated(d, gated.width(d)), "random Gated SAE of the sweep's width"

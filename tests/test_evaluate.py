@@ -142,9 +142,10 @@ def test_identity_sae_recovers_all_loss_and_zero_sae_none(trained_smoke, tiny_mo
 
 
 def test_metrics_do_not_depend_on_batch_sizes(trained_smoke, tiny_model):
-    grid = json.loads(trained_smoke.paths.checkpoints_dir("tiny", "tiny", "mlp_out", 1, "smoke")
-                      .joinpath("grid.json").read_text())
-    saes = [CheckpointSAE.load(entry["path"]) for entry in grid["saes"]]
+    from gatedsae.train import read_grid_index
+
+    grid = read_grid_index(trained_smoke.paths.checkpoints_dir("tiny", "tiny", "mlp_out", 1, "smoke") / "grid.json")
+    saes = [CheckpointSAE.load(entry["path"]) for entry in grid]
     results = []
     for batch_rows, batch_windows in ((7, 1), (1000, 3), (64, 8)):
         config = replace(trained_smoke, evaluate=replace(trained_smoke.evaluate, batch_rows=batch_rows,

@@ -17,7 +17,7 @@ from gatedsae.checkpoints import read_checkpoint
 from gatedsae.config import REPO_ROOT, load_config
 from gatedsae.resources import (GIB, ResourceError, experiment_estimates, markdown_table, plan_passes,
                                 train_estimate, train_pass_memory)
-from gatedsae.train import grid_specs, train_grid
+from gatedsae.train import grid_specs, read_grid_index, train_grid
 from gatedsae.workflow import ExperimentPlan
 
 SITE, LAYER = "resid_post", 1
@@ -70,7 +70,7 @@ def test_a_grid_too_large_for_the_device_trains_in_passes_to_the_same_saes(smoke
     index = train_grid(split, SITE, LAYER, progress=False)
     assert re.search(r"training 6 in [23] passes over the data", capsys.readouterr().out)
     train_grid(whole, SITE, LAYER, progress=False)
-    for entry in json.loads(index.read_text())["saes"]:
+    for entry in read_grid_index(index):
         _, passes, _ = read_checkpoint(entry["path"])
         _, together, _ = read_checkpoint(whole.paths.checkpoints_dir("tiny", "tiny", SITE, LAYER, "smoke") / entry["sae"])
         for name in together:

@@ -3,7 +3,6 @@ gives the same SAEs (and so the same metrics) from either; the sites of a layer 
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from gatedsae.checkpoints import read_checkpoint
 from gatedsae.config import REPO_ROOT
 from gatedsae.evaluate import evaluate_checkpoint
 from gatedsae.streaming import streamed_splits
-from gatedsae.train import GridTrainer, train_grid, train_layer
+from gatedsae.train import GridTrainer, read_grid_index, train_grid, train_layer
 
 LAYER = 1
 
@@ -52,7 +51,7 @@ def test_stream_mode_trains_the_same_saes_as_the_cache(smoke_cache, smoke_tokens
     stored = smoke_config(tmp_path / "store")
     for site, index in zip(streamed.experiment.sites, indexes):
         train_grid(stored, site, LAYER, progress=False)
-        grid = json.loads(index.read_text())["saes"]
+        grid = read_grid_index(index)
         assert grid
         for entry in grid:
             cfg_s, from_stream, record_s = read_checkpoint(entry["path"])
@@ -64,7 +63,7 @@ def test_stream_mode_trains_the_same_saes_as_the_cache(smoke_cache, smoke_tokens
             assert (record_s["activation_store"]["source"], record_c["activation_store"]["source"]) == \
                 ("streamed", "stored")
     # Same weights, so the same metrics: one SAE through the evaluation path (the held-out data of the cache).
-    sae = json.loads(indexes[0].read_text())["saes"][0]
+    sae = read_grid_index(indexes[0])[0]
     mine = evaluate_checkpoint(smoke_cache, sae["path"])
     theirs = evaluate_checkpoint(smoke_cache, stored.paths.checkpoints_dir("tiny", "tiny", streamed.experiment.sites[0],
                                                                            LAYER, "smoke") / sae["sae"])

@@ -18,7 +18,7 @@ from conftest import smoke_config
 from gatedsae.activations import ActivationStore
 from gatedsae.checkpoints import SAELENS_ARCHITECTURE, decode_raw, encode_raw, read_checkpoint
 from gatedsae.config import ConfigError, SAEGroupConfig, SweepConfig, load_config
-from gatedsae.train import STATE_FILE, GridTrainer, NonFiniteLossError, lr_factor, train_grid
+from gatedsae.train import STATE_FILE, GridTrainer, NonFiniteLossError, lr_factor, read_grid_index, train_grid
 
 SITE, LAYER = "resid_post", 1
 
@@ -182,7 +182,7 @@ def test_train_cli_resumes_after_sigkill(smoke_cache, tmp_path):
     shutil.copytree(smoke_cache.paths.root / "activations", tmp_path / "uninterrupted" / "activations")
     train_grid(config, SITE, LAYER, progress=False)
     reference_dir = config.paths.checkpoints_dir("tiny", "tiny", SITE, LAYER, "smoke")
-    for entry in json.loads((out_dir / "grid.json").read_text())["saes"]:
+    for entry in read_grid_index(out_dir / "grid.json"):
         _, resumed, _ = read_checkpoint(out_dir / entry["sae"])
         _, expected, _ = read_checkpoint(reference_dir / entry["sae"])
         for name in expected:
@@ -223,7 +223,8 @@ def smoke_grid(smoke_cache, tmp_path_factory):
     data = tmp_path_factory.mktemp("grid")
     shutil.copytree(smoke_cache.paths.root / "activations", data / "activations")
     config = smoke_config(data)
-    return config, json.loads(train_grid(config, SITE, LAYER, progress=False).read_text())
+    index = train_grid(config, SITE, LAYER, progress=False)
+    return config, {**json.loads(index.read_text()), "saes": read_grid_index(index)}
 
 
 def test_checkpoints_are_saelens_layout_and_work_on_raw_activations(smoke_grid):
@@ -274,11 +275,11 @@ def test_rescale_shift_trains_only_rmag_and_bmag_on_the_frozen_baselines(smoke_g
     from gatedsae.train import train_rescale_shift
 
     config, index = smoke_grid
-    shifted = json.loads(train_rescale_shift(config, SITE, LAYER, progress=False).read_text())
+    shifted = read_grid_index(train_rescale_shift(config, SITE, LAYER, progress=False))
     baselines = {e["l1"]: e for e in index["saes"] if e["arch"] == "baseline"}
-    assert sorted(e["l1"] for e in shifted["saes"]) == sorted(baselines)
+    assert sorted(e["l1"] for e in shifted) == sorted(baselines)
     raw = ActivationStore(config.paths.activations_dir("tiny", "tiny", SITE, LAYER), "heldout").shard(0).float()
-    for entry in shifted["saes"]:
+    for entry in shifted:
         cfg, tensors, record = read_checkpoint(entry["path"])
         base_cfg, base, _ = read_checkpoint(baselines[entry["l1"]]["path"])
         assert cfg["architecture"] == "gated" and record["arch"] == "baseline_rescale_shift"
@@ -305,7 +306,7 @@ def test_adding_one_l1_trains_only_the_new_sae(smoke_cache, tmp_path, capsys):
     from gatedsae.train import train_rescale_shift
 
     def weights(index: Path) -> dict[str, bytes]:
-        return {e["sae"]: Path(e["path"], WEIGHTS_FILE).read_bytes() for e in json.loads(index.read_text())["saes"]}
+        return {e["sae"]: Path(e["path"], WEIGHTS_FILE).read_bytes() for e in read_grid_index(index)}
 
     shutil.copytree(smoke_cache.paths.root / "activations", tmp_path / "grown" / "activations")
     first = smoke_config(tmp_path / "grown")

@@ -119,9 +119,9 @@ def test_smoke_workflow_end_to_end_then_nothing_to_do_then_only_what_a_new_l1_ne
     assert len(list(scratch_repo.glob("data/checkpoints/tiny/tiny/*/layer1/smoke/rescale_shift/grid.json"))) == 3
     checkpoints = []
     for grid in sorted(scratch_repo.glob("data/checkpoints/tiny/tiny/*/layer1/smoke/**/grid.json")):
-        for entry in json.loads(grid.read_text())["saes"]:
-            assert (scratch_repo / entry["path"] / "sae_weights.safetensors").stat().st_size > 0
-            checkpoints.append(entry["path"])
+        for entry in json.loads(grid.read_text())["saes"]:  # paths relative to the data root
+            assert (scratch_repo / "data" / entry["path"] / "sae_weights.safetensors").stat().st_size > 0
+            checkpoints.append(f"data/{entry['path']}")
 
     # The summaries agree with the checkpoints and with each other.
     results = scratch_repo / "results" / "smoke"

@@ -2,14 +2,22 @@
 
 Each stage composes conf/ with the overrides, validates the whole configuration before any compute,
 then runs one step of the flow. Snakemake calls these; they work just as well by hand.
+
+An expected failure (bad configuration, missing or corrupt input, a full disk, a job too large for the
+device) is printed as one message naming the file or key and the fix, with a non-zero exit code (2
+configuration, 3 resources, 4 corrupt or missing data, 5 cannot write, 1 other); anything else is a bug
+and keeps its traceback. GATEDSAE_DEBUG=1 prints the traceback of expected failures too.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from typing import Callable
 
 from .config import Config, ConfigError, load_config
+from .errors import PipelineError
 
 
 def _prepare_model(config: Config) -> None:
@@ -119,6 +127,14 @@ def _estimate(config: Config) -> None:
     print(markdown_table(config))
 
 
+def _verify(config: Config, overrides: str = "") -> None:
+    """Check every store shard and checkpoint of the experiment against its recorded sha256 (and each
+    cfg.json against its tensors); list what is wrong with the command that repairs it."""
+    from .integrity import verify_experiment
+
+    print(verify_experiment(config, overrides))
+
+
 def evaluation_files(config: Config) -> list:
     from .evaluate import METRICS_FILE
 
@@ -142,6 +158,7 @@ STAGES: dict[str, Callable[..., None]] = {
     "replicate": _replicate,  # [--chapter=<name>]: the experiment's chapters through Snakemake, timed
     "publish-reference": _publish_reference,  # copy finished results and figures into reference/<experiment>/
     "estimate": _estimate,  # memory, disk and device-hours of every job of the experiment
+    "verify": _verify,  # every shard and checkpoint against its recorded sha256; says how to repair
 }
 
 
@@ -154,26 +171,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     options = dict(a[2:].split("=", 1) for a in argv[1:] if a.startswith("--") and "=" in a)
     overrides = [a for a in argv[1:] if not a.startswith("--")]
+    if argv[0] == "verify":
+        options["overrides"] = " ".join(overrides)
     try:
         config = load_config(overrides)
         if argv[0] in ("train", "rescale-shift", "evaluate"):
             _check_target(argv[0], config, options)
-    except ConfigError as error:
-        print(f"configuration error: {error}", file=sys.stderr)
-        return 2
-    from .resources import ResourceError
-
-    if argv[0] == "replicate":
-        options["overrides"] = overrides
-    try:
+        if argv[0] == "replicate":
+            options["overrides"] = overrides
         STAGES[argv[0]](config, **options)
-    except ResourceError as error:
-        print(f"resource error: {error}", file=sys.stderr)
-        return 3
     except ConfigError as error:
-        print(f"configuration error: {error}", file=sys.stderr)
-        return 2
+        return _failed("configuration error", error, 2)
+    except PipelineError as error:
+        return _failed(error.label, error, error.exit_code)
+    except FileNotFoundError as error:  # a missing input: the message names the file
+        return _failed("missing input", error, 4)
     return 0
+
+
+def _failed(label: str, error: BaseException, code: int) -> int:
+    if os.environ.get("GATEDSAE_DEBUG", "") not in ("", "0"):
+        traceback.print_exc()
+    print(f"{label}: {error}", file=sys.stderr)
+    return code
 
 
 def _check_target(stage: str, config: Config, options: dict[str, str]) -> None:

@@ -30,6 +30,7 @@ import torch
 
 from .atomic import atomic_path, sha256_file, write_json_atomic
 from .config import Config, ConfigError, config_hash
+from .errors import IntegrityError, PipelineError
 from .corpus import MANIFEST as TOKENS_MANIFEST
 from .corpus import SPLITS, load_windows
 from .sites import flatten, hook_name
@@ -44,12 +45,17 @@ STORAGE = {  # dtype name → (torch dtype, numpy dtype holding its bits)
 }
 
 
-class CorruptShardError(RuntimeError):
+class CorruptShardError(IntegrityError):
     """A shard's bytes differ from the sha256 recorded in its store's manifest."""
 
 
-class NonFiniteActivationError(RuntimeError):
+class NonFiniteActivationError(PipelineError):
     pass
+
+
+REPAIR = ("Run the cache step again with the same experiment and overrides (`python -m gatedsae cache …`, or "
+          "Snakemake with --forcerun cache_activations): it re-verifies every finished shard and recomputes only the "
+          "missing or corrupt ones.")
 
 
 @dataclass
@@ -61,6 +67,18 @@ class ShardRecord:
     sum_sq_norm: float        # Σ ||x||², for E||x||²
     outliers: int             # rows whose norm exceeds outlier_norm_ratio × the shard's median norm
     max_norm_ratio: float     # largest norm / median norm seen in the shard
+    bytes: Optional[int] = None  # file size (None in stores written before it was recorded)
+
+    def problem(self, directory: Path) -> Optional[str]:
+        """Why the shard file does not hold what was recorded (missing, wrong size, wrong sha256), or None."""
+        path = directory / self.file
+        if not path.is_file():
+            return f"{path} is missing"
+        if self.bytes is not None and path.stat().st_size != self.bytes:
+            return f"{path} has {path.stat().st_size} bytes, not the {self.bytes} recorded (truncated or changed)"
+        if sha256_file(path) != self.sha256:
+            return f"{path} does not match its recorded sha256 (corrupt or changed)"
+        return None
 
 
 @dataclass
@@ -196,17 +214,42 @@ class _StoreWriter:
 
     @classmethod
     def open(cls, directory: Path, fresh: StoreManifest) -> "_StoreWriter":
-        """Resume from the journal if it was written by the same settings, else start over."""
+        """Resume from the journal if it was written by the same settings, else start over. The finished
+        shards are verified first (size, then sha256): the journal is cut at the first one that is
+        missing or corrupt, so a rerun recomputes it and what follows."""
         journal = directory / PROGRESS
         if journal.exists():
-            previous = StoreManifest.read(journal)
-            if previous.config_hash == fresh.config_hash and previous.format_version == FORMAT_VERSION:
-                return cls(directory, previous)
+            try:
+                previous = StoreManifest.read(journal)
+            except (OSError, ValueError, TypeError, KeyError) as error:
+                print(f"{journal} is unreadable ({type(error).__name__}); caching this store from the start", flush=True)
+            else:
+                if previous.config_hash == fresh.config_hash and previous.format_version == FORMAT_VERSION:
+                    writer = cls(directory, previous)
+                    writer._keep_verified_shards()
+                    return writer
         # Different settings (or no journal): nothing on disk can be reused.
         (directory / MANIFEST).unlink(missing_ok=True)
         for split in fresh.splits:
             shutil.rmtree(directory / split, ignore_errors=True)
         return cls(directory, fresh)
+
+    def _keep_verified_shards(self) -> None:
+        cut = False
+        for name, split in self.manifest.splits.items():
+            for index, record in enumerate(split.shards):
+                problem = record.problem(self.directory)
+                if problem is not None:
+                    dropped = split.shards[index:]
+                    print(f"{problem}: recomputing it and the {len(dropped) - 1} shards after it", flush=True)
+                    split.shards = split.shards[:index]
+                    split.windows = index * self.manifest.windows_per_shard
+                    split.tokens = sum(r.rows for r in split.shards)
+                    cut = True
+                    break
+        if cut:
+            (self.directory / MANIFEST).unlink(missing_ok=True)  # the store is incomplete until repaired
+            write_json_atomic(self.directory / PROGRESS, asdict(self.manifest))
 
     def finished_shards(self, split: str) -> int:
         return len(self.manifest.splits.setdefault(split, SplitRecord()).shards)
@@ -224,6 +267,7 @@ class _StoreWriter:
                 np.save(handle, _to_storage(rows, self.manifest.dtype))
         record = ShardRecord(
             file=name, rows=len(rows), sha256=sha256_file(self.directory / name),
+            bytes=(self.directory / name).stat().st_size,
             sum=rows32.sum(0).tolist(), sum_sq_norm=float((norms**2).sum()),
             outliers=int((norms > outlier_ratio * median).sum()), max_norm_ratio=float(norms.max()) / median,
         )
@@ -253,12 +297,12 @@ def cache_activations(config: Config, loaded=None) -> list[Path]:
         torch.set_num_threads(config.cache.threads)
     tokens_manifest, windows, plan = token_windows(config)
     context = config.experiment.context_length
-    from .resources import available_memory, cache_estimate, check_memory
+    from .resources import available_memory, cache_estimate, check_disk, check_memory
 
-    check_memory(cache_estimate(config), config.cache.device, "lower cache.batch_sequences",
+    estimate = cache_estimate(config)
+    check_memory(estimate, config.cache.device, "lower cache.batch_sequences",
                  available_memory(config.cache.device, config))
 
-    loaded = loaded or load_model(config.model, config.paths, device=config.cache.device)
     prepared = config.paths.model_dir(config.model.name) / PREPARED_MARKER
     provenance = json.loads(prepared.read_text()).get("provenance", {}) if prepared.exists() else {}
     identity = config_hash(cache_identity(config))
@@ -273,7 +317,12 @@ def cache_activations(config: Config, loaded=None) -> list[Path]:
             splits={split: SplitRecord() for split in SPLITS},
         )
         writers[(site, layer)] = _StoreWriter.open(directory, fresh)
+    written = sum((w.directory / r.file).stat().st_size  # the verified shards a resumed run keeps
+                  for w in writers.values() for split in w.manifest.splits.values() for r in split.shards)
+    check_disk(estimate, config.paths.root / "activations", written,
+               "lower cache.train_tokens / cache.heldout_tokens, or point paths.data at a larger disk")
 
+    loaded = loaded or load_model(config.model, config.paths, device=config.cache.device)
     plan = windows_to_store(config, plan)
     keys = list(writers)
     per_shard = config.cache.shard_sequences
@@ -485,7 +534,10 @@ class ActivationStore(ShardedActivations):
         if not manifest_path.exists():
             raise FileNotFoundError(f"{manifest_path} does not exist: the store is missing or its caching run did not "
                                     "finish (re-run the cache step; it resumes)")
-        self.manifest = StoreManifest.read(manifest_path)
+        try:
+            self.manifest = StoreManifest.read(manifest_path)
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            raise IntegrityError(f"{manifest_path} is unreadable ({type(error).__name__}: {error}). {REPAIR}") from None
         if split not in self.manifest.splits:
             raise ValueError(f"split {split!r} not in {manifest_path}; splits: {list(self.manifest.splits)}")
         if not self.manifest.splits[split].shards:
@@ -515,9 +567,9 @@ class ActivationStore(ShardedActivations):
         record = self.records[index]
         path = self.directory / record.file
         if self.verify and index not in self._verified:
-            if not path.exists() or sha256_file(path) != record.sha256:
-                raise CorruptShardError(f"shard {path} does not match the sha256 in {self.directory / MANIFEST}; it is "
-                                        "corrupt or was changed. Delete the store and re-run the cache step.")
+            problem = record.problem(self.directory)
+            if problem is not None:
+                raise CorruptShardError(f"shard {problem}, against {self.directory / MANIFEST}. {REPAIR}")
             self._verified.add(index)
         return _from_storage(np.load(path, mmap_mode="r"), self.manifest.dtype)
 

@@ -2,7 +2,8 @@
 
     <dir>/cfg.json                  sae-lens config (architecture, d_in, d_sae, dtype, meta: model, hook, ...)
     <dir>/sae_weights.safetensors   sae-lens tensor names ([d_in, d_sae] encoders, [d_sae, d_in] decoder)
-    <dir>/training.json             our record: spec, λ, lr, steps, tokens, seed, final losses, provenance
+    <dir>/training.json             our record: spec, λ, lr, steps, tokens, seed, final losses, provenance,
+                                    and the sha256 of the two files above, checked on every load
 
 The activation scale used in training is folded into the weights, so an exported SAE works on the
 model's raw activations (sae-lens' `normalize_activations: none`). Tied Gated SAEs (and the
@@ -18,15 +19,38 @@ import subprocess
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .atomic import sha256_file, write_json_atomic
+from .atomic import sha256_file, storage_errors, write_json_atomic
 from .config import REPO_ROOT
+from .errors import IntegrityError
 from .saes import BaselineSAE, BatchedSAE, load_slice_state, slice_state
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 RECORD_FILE = "training.json"
+HASHES = "sha256"  # key of the training record holding {file name: sha256} of the weights and cfg.json
+
+# The tensors of each exported architecture and their shapes, in terms of cfg.json's d_in and d_sae.
+_ENC, _DEC, _IN, _SAE = ("d_in", "d_sae"), ("d_sae", "d_in"), ("d_in",), ("d_sae",)
+TENSOR_SHAPES = {
+    "standard": {"W_enc": _ENC, "b_enc": _SAE, "W_dec": _DEC, "b_dec": _IN},
+    "gated": {"W_enc": _ENC, "b_gate": _SAE, "r_mag": _SAE, "b_mag": _SAE, "W_dec": _DEC, "b_dec": _IN},
+    "gated_untied": {"W_enc": _ENC, "W_mag": _ENC, "b_gate": _SAE, "b_mag": _SAE, "W_dec": _DEC, "b_dec": _IN},
+}
+REPAIR = ("Retrain it by running its grid's training stage again with the same experiment and overrides "
+          "(`python -m gatedsae train --site=S --layer=L …`, `rescale-shift` for a rescale_shift SAE, or Snakemake "
+          "with --forcerun train_grid rescale_shift): it retrains only the SAEs whose checkpoint is missing or corrupt.")
+
+
+class CheckpointError(IntegrityError):
+    """A checkpoint directory is incomplete or corrupt, or its cfg.json disagrees with its tensors; the
+    message is the problem (naming the file), then how to repair it."""
+
+    def __init__(self, problem: str):
+        super().__init__(f"{problem} {REPAIR}")
+        self.problem = problem
 
 SAELENS_ARCHITECTURE = {
     "baseline": "standard",
@@ -83,25 +107,114 @@ def saelens_cfg(arch: str, d: int, width: int, meta: dict) -> dict:
 
 
 def write_checkpoint(directory: Path, sae: BatchedSAE, index: int, scale: float, meta: dict, record: dict) -> Path:
-    """Write one SAE's directory atomically (staged beside it, then renamed into place)."""
+    """Write one SAE's directory atomically (staged beside it, then renamed into place); the record
+    keeps the sha256 of the weights and cfg.json, which every load checks."""
     directory = Path(directory)
     staging = directory.with_name(directory.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    save_file(saelens_tensors(sae, index, scale), staging / WEIGHTS_FILE)
-    (staging / CFG_FILE).write_text(json.dumps(saelens_cfg(sae.arch, sae.d, sae.width, meta), indent=2) + "\n")
-    write_json_atomic(staging / RECORD_FILE, record)
+    try:
+        with storage_errors(staging):
+            staging.mkdir(parents=True)
+            save_file(saelens_tensors(sae, index, scale), staging / WEIGHTS_FILE)
+            (staging / CFG_FILE).write_text(json.dumps(saelens_cfg(sae.arch, sae.d, sae.width, meta), indent=2) + "\n")
+        hashes = {name: sha256_file(staging / name) for name in (WEIGHTS_FILE, CFG_FILE)}
+        write_json_atomic(staging / RECORD_FILE, {**record, HASHES: hashes})
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     shutil.rmtree(directory, ignore_errors=True)
     staging.rename(directory)
     return directory
 
 
 def read_checkpoint(directory: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
-    """(cfg, tensors, training record) of one checkpoint directory."""
+    """(cfg, tensors, training record) of one checkpoint directory, verified (see `verify_checkpoint`);
+    raises CheckpointError naming the file at fault."""
     directory = Path(directory)
-    cfg = json.loads((directory / CFG_FILE).read_text())
-    record = json.loads((directory / RECORD_FILE).read_text())
-    return cfg, load_file(directory / WEIGHTS_FILE), record
+    cfg, record = verify_checkpoint(directory, finite=False)
+    try:
+        tensors = load_file(directory / WEIGHTS_FILE)
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{directory / WEIGHTS_FILE} cannot be read ({error}).") from None
+    _check_finite(directory, tensors.items())
+    return cfg, tensors, record
+
+
+def verify_checkpoint(directory: Path, finite: bool = True) -> tuple[dict, dict]:
+    """(cfg, training record) of a checkpoint whose files are all there, readable, unchanged since export
+    (sha256 recorded in training.json) and consistent (cfg.json's architecture, d_in and d_sae against
+    the tensors' names and shapes). Reads the weights once to hash them, never holds them all; with
+    `finite`, a checkpoint that predates recorded hashes also has its values checked for NaN / inf."""
+    directory = Path(directory)
+    record = _read_json(directory / RECORD_FILE)
+    cfg = _read_json(directory / CFG_FILE)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file() or weights.stat().st_size == 0:
+        raise CheckpointError(f"{weights} is {'empty' if weights.is_file() else 'missing'}.")
+    hashes = record.get(HASHES) or {}
+    if not isinstance(hashes, dict):
+        raise CheckpointError(f"{directory / RECORD_FILE}: '{HASHES}' is not a mapping of file names: it is corrupt.")
+    for name, expected in ((n, hashes[n]) for n in (WEIGHTS_FILE, CFG_FILE) if n in hashes):
+        if sha256_file(directory / name) != expected:
+            raise CheckpointError(f"{directory / name} does not match the sha256 recorded in {directory / RECORD_FILE} "
+                                  "when it was exported: it is corrupt or was changed.")
+    shapes = _tensor_shapes(weights)
+    _check_against_cfg(directory, cfg, shapes, record)
+    if finite and not hashes:
+        with safe_open(weights, framework="pt") as handle:
+            _check_finite(directory, ((name, handle.get_tensor(name)) for name in shapes))
+    return cfg, record
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing: the checkpoint is incomplete.") from None
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise CheckpointError(f"{path} is not valid JSON ({error}): it is corrupt.") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a {type(data).__name__}, not a JSON object: it is corrupt.")
+    return data
+
+
+def _tensor_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    try:
+        with safe_open(weights, framework="pt") as handle:
+            return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{weights} is not a readable safetensors file ({error}): it is truncated or "
+                              "corrupt.") from None
+
+
+def _check_against_cfg(directory: Path, cfg: dict, shapes: dict[str, tuple[int, ...]], record: dict) -> None:
+    where = directory / CFG_FILE
+    expected = TENSOR_SHAPES.get(cfg.get("architecture"))
+    if expected is None:
+        raise CheckpointError(f"{where}: unknown architecture {cfg.get('architecture')!r} (known: "
+                              f"{', '.join(TENSOR_SHAPES)}).")
+    sizes = {key: cfg.get(key) for key in ("d_in", "d_sae")}
+    if not all(isinstance(v, int) and v > 0 for v in sizes.values()):
+        raise CheckpointError(f"{where}: d_in and d_sae must be positive integers, got {sizes}.")
+    missing = sorted(set(expected) - set(shapes))
+    if missing:
+        raise CheckpointError(f"{directory / WEIGHTS_FILE} lacks the tensors {', '.join(missing)} that a "
+                              f"{cfg['architecture']} SAE needs ({where}).")
+    for name, dims in expected.items():
+        want = tuple(sizes[dim] for dim in dims)
+        if shapes[name] != want:
+            raise CheckpointError(f"{directory / WEIGHTS_FILE}: tensor {name} has shape {list(shapes[name])} but "
+                                  f"{where} (d_in {sizes['d_in']}, d_sae {sizes['d_sae']}) implies {list(want)}.")
+    for key, cfg_key in (("d", "d_in"), ("width", "d_sae")):
+        if key in record and record[key] != sizes[cfg_key]:
+            raise CheckpointError(f"{where}: {cfg_key} = {sizes[cfg_key]} but {directory / RECORD_FILE} says {key} = "
+                                  f"{record[key]}.")
+
+
+def _check_finite(directory: Path, tensors) -> None:
+    for name, tensor in tensors:
+        if not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{directory / WEIGHTS_FILE}: tensor {name} holds NaN or inf values.")
 
 
 def encode_raw(cfg: dict, tensors: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:

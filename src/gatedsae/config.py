@@ -6,13 +6,17 @@ value of the wrong type fails with the key's full name, and each `validate()` ch
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
+import re
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .fetch import PackagePin
@@ -37,6 +41,21 @@ def _require(condition: bool, key: str, message: str) -> None:
 
 def _choice(value: str, key: str, allowed: Sequence[str]) -> None:
     _require(value in allowed, key, f"got {value!r}; allowed values: {', '.join(map(str, allowed))}")
+
+
+# Names become folder names, log paths and command-line arguments of the pipeline's jobs, so they are
+# restricted to characters no shell or path gives a meaning to.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def require_safe_name(value: str, key: str) -> None:
+    _require(bool(SAFE_NAME.fullmatch(str(value))), key,
+             f"got {value!r}; a name becomes file paths and command-line arguments, so it may hold only letters, "
+             "digits, '.', '_' and '-' (starting with a letter or digit, at most 100 characters)")
+
+
+def _finite(value: float, key: str) -> None:
+    _require(isinstance(value, (int, float)) and math.isfinite(value), key, f"got {value}; must be a finite number")
 
 
 @dataclass
@@ -82,7 +101,7 @@ class ModelConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        _require(bool(self.name), "model.name", "must be set")
+        require_safe_name(self.name, "model.name")
         _choice(self.source, "model.source", ("package_gguf", "hub", "random"))
         _choice(self.dtype, "model.dtype", DTYPES)
         if self.source == "package_gguf":
@@ -122,7 +141,7 @@ class CorpusConfig:
     split_seed: int = 0
 
     def validate(self) -> None:
-        _require(bool(self.name), "corpus.name", "must be set")
+        require_safe_name(self.name, "corpus.name")
         _choice(self.kind, "corpus.kind", ("packages", "hub"))
         _require(0.05 <= self.heldout_fraction < 0.5, "corpus.heldout_fraction",
                  f"got {self.heldout_fraction}; use a value in [0.05, 0.5) (at least 5% is held out)")
@@ -158,6 +177,9 @@ class CacheConfig:
         _choice(self.dtype, "cache.dtype", DTYPES)
         for key in ("shard_sequences", "batch_sequences", "train_tokens", "heldout_tokens", "stream_keep_shards"):
             _require(getattr(self, key) > 0, f"cache.{key}", "must be a positive integer")
+        _require(self.threads >= 0, "cache.threads", "must be 0 (torch's default) or a positive integer")
+        _finite(self.outlier_norm_ratio, "cache.outlier_norm_ratio")
+        _require(self.outlier_norm_ratio > 1, "cache.outlier_norm_ratio", "must be above 1 (a multiple of the median norm)")
         _require(self.shard_sequences % self.batch_sequences == 0, "cache.shard_sequences",
                  f"must be a multiple of cache.batch_sequences ({self.batch_sequences})")
 
@@ -195,7 +217,7 @@ class ExperimentConfig:
         return Path(self.figures_dir or f"paper_figures/{self.name}")
 
     def validate(self) -> None:
-        _require(bool(self.name), "experiment.name", "must be set")
+        require_safe_name(self.name, "experiment.name")
         _require(bool(self.layers), "experiment.layers", "list at least one layer")
         _require(bool(self.sites), "experiment.sites", f"list at least one of {', '.join(SITES)}")
         for site in self.sites:
@@ -234,13 +256,21 @@ class SAEGroupConfig:
         for site in self.sites:
             _choice(site, f"{key}.sites", SITES)
         _choice(self.arch, f"{key}.arch", sorted(ARCHITECTURES))
-        _require(self.width_ratio > 0, f"{key}.width_ratio", "must be positive")
-        _require(self.lr > 0, f"{key}.lr", "must be positive")
-        _require(bool(self.l1) and all(v >= 0 for v in self.l1), f"{key}.l1", "list one or more λ ≥ 0")
+        for name in ("width_ratio", "lr"):
+            _finite(getattr(self, name), f"{key}.{name}")
+            _require(getattr(self, name) > 0, f"{key}.{name}", "must be positive")
+        _require(bool(self.l1), f"{key}.l1", "list one or more λ ≥ 0")
+        for i, value in enumerate(self.l1):
+            _require(math.isfinite(value) and value >= 0, f"{key}.l1", f"got λ = {value} (item {i}); every λ must be a "
+                     "finite number ≥ 0")
         _require(len(set(self.l1)) == len(self.l1), f"{key}.l1", "λ values must be distinct")
 
     def width(self, d: int) -> int:
         return int(round(self.width_ratio * d))
+
+    def validate_width(self, key: str, d: int, site: str) -> None:
+        _require(self.width(d) >= 1, f"{key}.width_ratio", f"{self.width_ratio} × d = {d} at {site} rounds to width "
+                 f"{self.width(d)}; use a ratio of at least {0.5 / d:.3g} (an SAE needs one feature or more)")
 
     def internal_l1(self, l1: float, d: int, scale: float, mean_sq_norm: float) -> float:
         """λ in the trainer's loss, ||s·x − s·x̂||² + λ'||s·f||₁ with s the activation scale, for a λ in
@@ -265,6 +295,7 @@ class SweepConfig:
     rescale_shift_sites: list[str] = field(default_factory=list)  # ... at these sites ([]: every site)
 
     def validate(self) -> None:
+        require_safe_name(self.name, "sweep.name")
         _require(bool(self.groups), "sweep.groups", "list at least one group of SAEs")
         _require(not self.rescale_shift or any(g.arch == "baseline" for g in self.groups), "sweep.rescale_shift",
                  "needs a baseline group to rescale and shift")
@@ -328,6 +359,10 @@ class TrainConfig:
         _choice(self.normalize, "train.normalize", ("mean_sq_norm", "none"))
         _require(all(0 < f < 1 for f in self.resample_at), "train.resample_at",
                  "list fractions of training strictly between 0 and 1")
+        for key in ("lr_warmup_steps", "resample_recovery_steps", "threads"):
+            _require(getattr(self, key) >= 0, f"train.{key}", f"got {getattr(self, key)}; must be 0 or more")
+        _require(self.resample_window_steps > 0, "train.resample_window_steps", "must be a positive integer")
+        _require(0 < self.resample_lr_factor <= 1, "train.resample_lr_factor", "must lie in (0, 1]")
         _require(self.buffer_rows >= self.batch_size, "train.buffer_rows", "must be at least train.batch_size")
         _require(self.statistics_tokens is None or self.statistics_tokens > 0, "train.statistics_tokens",
                  "must be positive, or null for the whole training split")
@@ -361,6 +396,7 @@ class EvaluateConfig:
     def validate(self) -> None:
         for key in ("batch_rows", "ce_windows", "batch_windows"):
             _require(getattr(self, key) > 0, f"evaluate.{key}", "must be a positive integer")
+        _require(self.threads >= 0, "evaluate.threads", "must be 0 (torch's default) or a positive integer")
         _require(self.heldout_tokens is None or self.heldout_tokens > 0, "evaluate.heldout_tokens",
                  "must be positive, or null for the whole held-out split")
 
@@ -507,6 +543,10 @@ class Config:
         for layer in self.experiment.layers:
             _require(0 <= layer < self.model.n_layers, "experiment.layers",
                      f"layer {layer} does not exist in {self.model.name} (layers 0..{self.model.n_layers - 1})")
+        for site in self.experiment.sites:
+            for index, group in enumerate(self.sweep.groups):
+                if group.trained_at(site):
+                    group.validate_width(f"sweep.groups.{index}", self.model.site_width(site), site)
         _require(self.experiment.context_length <= self.model.n_ctx, "experiment.context_length",
                  f"{self.experiment.context_length} exceeds {self.model.name}'s context of {self.model.n_ctx}")
         _require(not self.train.site_devices or len(self.train.site_devices) == len(self.experiment.sites),
@@ -534,10 +574,37 @@ def _dataclass_from(schema: type, raw: DictConfig | dict) -> Any:
         return OmegaConf.to_object(merged)
     except ConfigError:
         raise
-    except OmegaConfBaseException as error:
-        key = getattr(error, "full_key", None) or "?"
+    except (OmegaConfBaseException, ValueError, TypeError) as error:  # OmegaConf raises all three
+        key = _list_item_key(schema, raw) or getattr(error, "full_key", None) or "?"
         first_line = str(error).splitlines()[0]
         raise ConfigError(f"config key '{key}': {first_line}. Check the spelling and type against conf/.") from None
+
+
+def _list_item_key(schema: type, raw: Any, prefix: str = "") -> Optional[str]:
+    """The full key of the first item of a list of dataclasses (e.g. sweep.groups) that does not fit its
+    schema: OmegaConf reports such keys without their parents ('l1' for 'sweep.groups.2.l1')."""
+    if not isinstance(raw, (dict, DictConfig)):
+        return None
+    hints = typing.get_type_hints(schema)
+    for schema_field in dataclasses.fields(schema):
+        value = raw.get(schema_field.name)
+        hint = hints[schema_field.name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        key = f"{prefix}{schema_field.name}"
+        if dataclasses.is_dataclass(hint) or (args and len(args) == 1 and dataclasses.is_dataclass(args[0])
+                                               and typing.get_origin(hint) is not list):
+            found = _list_item_key(hint if dataclasses.is_dataclass(hint) else args[0], value, f"{key}.")
+            if found:
+                return found
+        elif typing.get_origin(hint) is list and args and dataclasses.is_dataclass(args[0]) and value is not None:
+            for index, item in enumerate(value if isinstance(value, (list, ListConfig)) else []):
+                try:
+                    OmegaConf.merge(OmegaConf.structured(args[0]), item)
+                except (OmegaConfBaseException, ValueError, TypeError) as error:
+                    inner = getattr(error, "full_key", None)
+                    return (_list_item_key(args[0], item, f"{key}.{index}.")
+                            or f"{key}.{index}" + (f".{inner}" if inner else ""))
+    return None
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "config", conf_dir: Path = CONF_DIR) -> DictConfig:

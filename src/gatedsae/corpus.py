@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,6 +23,7 @@ import numpy as np
 from .atomic import atomic_path, write_json_atomic
 from .config import REPO_ROOT, Config, CorpusConfig, PathsConfig, SourceConfig, to_dict
 from .corpus_sources import Document, extract_documents
+from .errors import PipelineError
 from .fetch import fetch_package
 
 from .layout import DOCUMENTS, MANIFEST
@@ -27,7 +31,7 @@ from .layout import DOCUMENTS, MANIFEST
 SPLITS = ("train", "heldout")
 
 
-class CorpusUnavailableError(RuntimeError):
+class CorpusUnavailableError(PipelineError):
     pass
 
 
@@ -60,6 +64,11 @@ def _source_documents(source: SourceConfig, paths: PathsConfig) -> Iterator[Docu
 
 def _hub_documents(corpus: CorpusConfig) -> Iterator[Document]:
     """Documents of a hub dataset, read from the local Hugging Face cache (network is never assumed)."""
+    offline = not hub_reachable()
+    if offline:  # read the local cache only: the hub client would otherwise retry for half a minute
+        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+        if "datasets" in sys.modules:
+            sys.modules["datasets"].config.HF_HUB_OFFLINE = True
     try:
         import datasets
     except ImportError:
@@ -74,11 +83,29 @@ def _hub_documents(corpus: CorpusConfig) -> Iterator[Document]:
                 break
             yield Document(corpus.name, f"{corpus.name}/{index}", row[corpus.hub_text_field])
     except (ConnectionError, OSError, ValueError) as error:
+        why = "this machine is offline and it is not in the local cache" if offline else "not reachable or cached"
         raise CorpusUnavailableError(
-            f"corpus '{corpus.name}': {corpus.hub_dataset} is not reachable or cached ({type(error).__name__}). "
+            f"corpus '{corpus.name}': {corpus.hub_dataset}: {why} ({type(error).__name__}). "
             "Pre-download it with `huggingface-cli download --repo-type dataset "
             f"{corpus.hub_dataset}` on a machine with network, or use corpus=offline_prose."
         ) from None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (HF_ENDPOINT, through the HTTPS proxy if one is set) accepts a
+    connection; False at once when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE are set."""
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(key, "").lower() in ("1", "true", "yes", "on") for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return False
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    target = urlparse(proxy or os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((target.hostname, target.port or (443 if target.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+        return True
+    except (OSError, TypeError, ValueError):
+        return False
 
 
 def fetch_corpus(corpus: CorpusConfig, paths: PathsConfig) -> Path:

@@ -37,6 +37,7 @@ from .codehash import METRICS_CODE, code_fingerprint
 from .config import Config, config_hash
 from .reconstruction import StoreResult, reconstruction_metrics
 from .spliced import HeldOutWindows, SplicedLM, WindowLosses
+from .train import read_grid_index
 
 METRICS_FILE = "metrics.json"   # a grid's evaluation (written last: the stage's output)
 PAPER_TREATMENT_ARCHS = ("gated", "baseline")  # also measured with every non-BOS token (the paper's way)
@@ -219,7 +220,7 @@ def evaluate_grid(config: Config, site: str, layer: int, progress: bool = True, 
         if not index.exists():
             raise FileNotFoundError(f"{index} does not exist; train the grid first (Snakemake rule train_grid"
                                     f"{' and rescale_shift' if variant == 'rescale_shift' else ''})")
-        for entry in json.loads(index.read_text())["saes"]:
+        for entry in read_grid_index(index):
             sae = CheckpointSAE.load(entry["path"], config.evaluate.device)
             entries.append((variant, sae, out_dir / variant / f"{entry['sae']}.json",
                             evaluation_identity(sae, config, store)))
@@ -235,9 +236,10 @@ def evaluate_grid(config: Config, site: str, layer: int, progress: bool = True, 
     grid_columns = {"model": config.model.name, "corpus": config.corpus.name, "site": site, "layer": layer,
                     "sweep": config.sweep.name}
     rows = []
-    for variant, _, path, _ in entries:
+    for variant, sae, path, _ in entries:
         saved = json.loads(path.read_text())
-        rows.append({**grid_columns, "variant": variant, **saved["row"], "samples": saved["samples"]})
+        rows.append({**grid_columns, "variant": variant, **saved["row"], "samples": saved["samples"],
+                     "checkpoint": str(sae.directory)})  # where it is now (a saved row may predate a move)
     write_json_atomic(out_dir / METRICS_FILE, {"rows": rows})
     return out_dir / METRICS_FILE
 

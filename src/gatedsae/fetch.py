@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import sha256_file
+from .errors import PipelineError
 
 
-class FetchError(RuntimeError):
+class FetchError(PipelineError):
     pass
 
 

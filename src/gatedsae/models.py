@@ -21,6 +21,7 @@ import torch
 
 from .atomic import sha256_file, write_json_atomic
 from .config import ModelConfig, PathsConfig, to_dict
+from .errors import PipelineError
 from .fetch import fetch_package
 
 # Nothing in this package may reach a hub at run time; hub models are read from the local cache only.
@@ -30,7 +31,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from .layout import MODEL_MARKER as PREPARED_MARKER
 
 
-class ModelUnavailableError(RuntimeError):
+class ModelUnavailableError(PipelineError):
     """The model's weights are not on this machine; the message says how to get them."""
 
 

@@ -24,13 +24,16 @@ from pathlib import Path
 
 from .atomic import write_json_atomic
 from .config import Config, ConfigError
+from .errors import PipelineError
 
 TIMINGS_FILE = "replicate.json"
 PROFILE = "profiles/local"
 
 
 def snakemake_command(experiment: str, overrides: list[str], extra: tuple[str, ...] = ()) -> list[str]:
-    command = [sys.executable, "-m", "snakemake", "--profile", PROFILE, *extra, "--config", f"experiment={experiment}"]
+    """Snakemake through the run lock (`runlock`): a killed run's stale lock is cleared, a live run never shared."""
+    command = [sys.executable, "-m", "gatedsae.runlock", "--profile", PROFILE, *extra, "--config",
+               f"experiment={experiment}"]
     if overrides:
         command.append("overrides=" + " ".join(overrides))
     return command
@@ -74,7 +77,7 @@ def replicate(config: Config, overrides: list[str], chapter: str | None = None) 
         chapter_started = time.time()
         result = subprocess.run(snakemake_command(experiment.name, chapter_overrides))
         if result.returncode != 0:
-            raise RuntimeError(f"chapter {name or experiment.name} failed (Snakemake exit code {result.returncode}); "
+            raise PipelineError(f"chapter {name or experiment.name} failed (Snakemake exit code {result.returncode}); "
                                f"its logs are under logs/{experiment.name}/. Fix the cause and run the same "
                                "command again: finished work is kept.")
         timings["chapters"].append({"name": name or experiment.name, "description": described,

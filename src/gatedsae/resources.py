@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import Config, SAEGroupConfig
+from .errors import PipelineError
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 GIB = 1024**3
@@ -25,8 +26,11 @@ TRAIN_FLOPS_PER_DW = {"baseline": 10, "baseline_rescale_shift": 6, "gated": 14, 
                       "gated_no_rmag": 14, "gated_untied": 18}
 
 
-class ResourceError(RuntimeError):
-    """A job cannot fit the device; the message names what to change."""
+class ResourceError(PipelineError):
+    """A job cannot fit the device (or the disk); the message names what to change."""
+
+    label = "resource error"
+    exit_code = 3
 
 
 @dataclass
@@ -190,6 +194,20 @@ def check_memory(estimate: Estimate, device: str, fix: str, available: float) ->
     if estimate.memory_bytes > available:
         raise ResourceError(f"{estimate.job} needs about {estimate.memory_bytes / GIB:.1f} GiB but {device} has "
                             f"{available / GIB:.1f} GiB; {fix}")
+
+
+def check_disk(estimate: Estimate, directory, written: float, fix: str) -> None:
+    """Print the disk estimate; raise ResourceError (before any compute) when what is left to write (the
+    estimate less the `written` bytes a resumed run keeps) exceeds the free space where it goes."""
+    from .atomic import disk_space, format_bytes
+
+    free, _, mount = disk_space(directory)
+    needed = max(estimate.disk_bytes - written, 0.0)
+    print(f"{estimate.job}: estimated disk {format_bytes(estimate.disk_bytes)} ({format_bytes(needed)} still to "
+          f"write) in {directory}, {format_bytes(free)} free on {mount}", flush=True)
+    if needed > free:
+        raise ResourceError(f"{estimate.job} needs about {format_bytes(needed)} more in {directory} but only "
+                            f"{format_bytes(free)} is free on {mount}; {fix}")
 
 
 def plan_passes(items: list, memory, available: float) -> list[list]:

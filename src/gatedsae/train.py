@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,13 +26,14 @@ import torch
 from .activations import ShardedActivations, cache_identity
 from .atomic import atomic_path, write_json_atomic
 from .config import Config, ConfigError, TrainConfig, comparable, config_hash
+from .errors import PipelineError
 from .saes import BatchedSAE, RescaleShiftSAE, make_sae
 from .sparse_step import dense_step_, sparse_step_
 
 STATE_FILE = "training_state.pt"
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(PipelineError):
     """A loss became NaN or inf; the message names the SAE and the step, the last good state is kept."""
 
 
@@ -209,8 +211,12 @@ class GridTrainer:
         path = self.out_dir / STATE_FILE
         if not path.exists():
             return False
-        state = torch.load(path, weights_only=False)
-        if state.get("identity") != self.identity():
+        try:
+            state = torch.load(path, weights_only=False)
+        except Exception as error:  # a truncated or corrupt state only costs the progress it held
+            print(f"ignoring the unreadable training state {path} ({type(error).__name__}); starting over", flush=True)
+            return False
+        if not isinstance(state, dict) or state.get("identity") != self.identity():
             return False
         for module, saved in zip(self.modules, state["modules"]):
             module.load_state_dict(saved)
@@ -383,13 +389,21 @@ def training_key(config: Config, site: str, spec: SAESpec, extra: str = "") -> s
 
 
 def _finished(directory: Path, key: str) -> bool:
-    from .checkpoints import RECORD_FILE, WEIGHTS_FILE
+    """Whether `directory` holds this SAE trained with these settings, intact: a corrupt or incomplete
+    checkpoint counts as not finished, so it is retrained (saying why)."""
+    from .checkpoints import RECORD_FILE, CheckpointError, verify_checkpoint
 
+    record = directory / RECORD_FILE
     try:
-        return (json.loads((directory / RECORD_FILE).read_text()).get("training_key") == key
-                and (directory / WEIGHTS_FILE).exists())
-    except (OSError, ValueError):
+        if json.loads(record.read_text()).get("training_key") != key:
+            return False
+        verify_checkpoint(directory)
+    except (OSError, ValueError, CheckpointError) as error:
+        if directory.exists():
+            print(f"retraining {directory.name}: {getattr(error, 'problem', None) or f'{record} is unreadable'}",
+                  flush=True)
         return False
+    return True
 
 
 def sweep_of(config: Config, site: str, specs: list[SAESpec]) -> Config:
@@ -461,8 +475,8 @@ def train_layer(config: Config, layer: int, sites: Optional[list[str]] = None, p
             train_lockstep(list(trainers.values()), progress)
             for site, trainer in trainers.items():
                 export_checkpoints(trainer, site, layer, _grid_dir(config, site, layer), keys[site])
-    return [write_grid_index(_grid_dir(config, site, layer), site, layer, config.sweep.name, specs[site])
-            for site in sites]
+    return [write_grid_index(_grid_dir(config, site, layer), site, layer, config.sweep.name, specs[site],
+                             config.paths.root) for site in sites]
 
 
 def train_rescale_shift(config: Config, site: str, layer: int, progress: bool = True) -> Path:
@@ -476,7 +490,7 @@ def train_rescale_shift(config: Config, site: str, layer: int, progress: bool = 
     index = grid_dir / GRID_INDEX
     if not index.exists():
         raise FileNotFoundError(f"{index} does not exist; run the train_grid stage first")
-    baselines = [entry for entry in json.loads(index.read_text())["saes"] if entry["arch"] == "baseline"]
+    baselines = [entry for entry in read_grid_index(index) if entry["arch"] == "baseline"]
     if not baselines:
         raise ConfigError(f"sweep '{config.sweep.name}' has no baseline group to rescale and shift")
     out_dir = grid_dir / RESCALE_SHIFT_DIR
@@ -497,7 +511,7 @@ def train_rescale_shift(config: Config, site: str, layer: int, progress: bool = 
         split = training_activations(config, [(site, layer)])[(site, layer)]
         for chunk in passes:
             _train_rescale_shift_pass(config, split, site, layer, out_dir, chunk, keys, progress)
-    return write_grid_index(out_dir, site, layer, config.sweep.name, wrapped)
+    return write_grid_index(out_dir, site, layer, config.sweep.name, wrapped, config.paths.root)
 
 
 def _train_rescale_shift_pass(config: Config, store: ShardedActivations, site: str, layer: int, out_dir: Path,
@@ -555,9 +569,18 @@ def export_checkpoints(trainer: GridTrainer, site: str, layer: int, out_dir: Pat
         write_checkpoint(out_dir / spec.name, trainer.modules[spec.group], spec.index, trainer.scale, meta, record)
 
 
-def write_grid_index(out_dir: Path, site: str, layer: int, sweep: str, specs: list[SAESpec]) -> Path:
-    """`grid.json`, written last: every SAE of the grid and where its checkpoint lies."""
-    entries = [{"sae": spec.name, "path": str(out_dir / spec.name), "arch": spec.arch, "l1": spec.l1,
+def write_grid_index(out_dir: Path, site: str, layer: int, sweep: str, specs: list[SAESpec], root: Path) -> Path:
+    """`grid.json`, written last: every SAE of the grid and where its checkpoint lies, relative to the data
+    root (paths.data), so the data folder can move (read it with `read_grid_index`)."""
+    folder = Path(os.path.relpath(out_dir, root))
+    entries = [{"sae": spec.name, "path": str(folder / spec.name), "arch": spec.arch, "l1": spec.l1,
                 "width": spec.width} for spec in specs]
-    write_json_atomic(out_dir / GRID_INDEX, {"site": site, "layer": layer, "sweep": sweep, "saes": entries})
+    write_json_atomic(out_dir / GRID_INDEX, {"site": site, "layer": layer, "sweep": sweep,
+                                             "paths_relative_to": "paths.data", "saes": entries})
     return out_dir / GRID_INDEX
+
+
+def read_grid_index(index: Path) -> list[dict]:
+    """The entries of a `grid.json`, each "path" resolved to its checkpoint directory on this machine:
+    beside the index, wherever the data root now is (older indexes held working-directory paths)."""
+    return [{**entry, "path": Path(index).parent / entry["sae"]} for entry in json.loads(Path(index).read_text())["saes"]]

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .codehash import AGGREGATE_CODE, METRICS_CODE, VERDICT_CODE, code_fingerprint
-from .config import Config, comparable, load_config
+from .config import STAGES, Config, comparable, load_config, require_safe_name
 from .layout import AGGREGATE_OUTPUTS, MANIFEST, MODEL_MARKER, VERDICT_OUTPUTS
 
 CODE = {"metrics": METRICS_CODE, "aggregate": AGGREGATE_CODE, "verdict": VERDICT_CODE}
@@ -26,6 +26,7 @@ class ExperimentPlan:
     config: Config = field(init=False)
 
     def __post_init__(self) -> None:
+        require_safe_name(self.experiment, "experiment")  # it names the log folder
         self.config = load_config([f"experiment={self.experiment}", *self.overrides])
 
     @property
@@ -128,8 +129,11 @@ class ExperimentPlan:
         return [grid.format(**dict(wildcards.items())) for grid in grids]
 
     def targets(self) -> list[str]:
-        """What `snakemake all` builds: every output of the experiment's last stage."""
-        return self.stage_targets(self.config.experiment.through)
+        """What `snakemake all` builds: every output of the experiment's stages through its last one. The
+        earlier stages' outputs are listed too, so one deleted on disk (a store's manifest, a grid index)
+        is rebuilt by the next run rather than silently left missing behind up-to-date results."""
+        through = STAGES.index(self.config.experiment.through)
+        return sorted({target for stage in STAGES[: through + 1] for target in self.stage_targets(stage)})
 
     # --- scheduler resources, from the estimates of `resources` -------------------------------------
 
@@ -161,7 +165,8 @@ class ExperimentPlan:
     def command(self, stage: str) -> str:
         """The shell command of a stage, carrying the experiment and every override."""
         args = [sys.executable, "-m", "gatedsae", stage, f"experiment={self.experiment}", *self.overrides]
-        return " ".join(shlex.quote(a) for a in args)
+        # Quoted for the shell; braces doubled so Snakemake's formatting leaves them literal.
+        return " ".join(shlex.quote(a) for a in args).replace("{", "{{").replace("}", "}}")
 
     def params(self, *parts: str, code: str | None = None) -> str:
         """The resolved config sections a stage depends on, as one canonical JSON string. The
