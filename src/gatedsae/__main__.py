@@ -72,6 +72,27 @@ def _evaluate_checkpoint(config: Config, checkpoint: str) -> None:
     print(json.dumps(row, indent=2))
 
 
+def _upgrade_checkpoints(config: Config) -> None:
+    """Rewrite the cfg.json of every trained checkpoint of the experiment in the current sae-lens format
+    (checkpoints written before it carry their metadata where sae-lens does not read it)."""
+    import json
+
+    from .checkpoints import upgrade_saelens_cfg
+    from .evaluate import grid_indexes
+
+    rewritten = kept = 0
+    for site in config.experiment.sites:
+        for layer in config.experiment.layers:
+            for index in grid_indexes(config, site, layer).values():
+                if index.exists():
+                    for entry in json.loads(index.read_text())["saes"]:
+                        if upgrade_saelens_cfg(entry["path"], config):
+                            rewritten += 1
+                        else:
+                            kept += 1
+    print(f"rewrote {rewritten} cfg.json files; {kept} already current")
+
+
 def _aggregate(config: Config) -> None:
     from .tables import aggregate
 
@@ -113,7 +134,8 @@ STAGES: dict[str, Callable[..., None]] = {
     "train": _train,  # takes --layer=<layer> [--site=<site>] (no site: every site of the layer)
     "rescale-shift": _rescale_shift,  # likewise; needs the trained grid
     "evaluate": _evaluate,  # likewise; evaluates the site's grids
-    "evaluate-checkpoint": _evaluate_checkpoint,  # --checkpoint=<dir>: recompute one SAE's metrics row
+    "evaluate-checkpoint": _evaluate_checkpoint,
+    "upgrade-checkpoints": _upgrade_checkpoints,  # --checkpoint=<dir>: recompute one SAE's metrics row
     "aggregate": _aggregate,  # metrics.csv, tables, headline, summary
     "figures": _figures,
     "report": _report,

@@ -508,15 +508,10 @@ def _train_rescale_shift_pass(config: Config, store: ShardedActivations, site: s
 
 def export_checkpoints(trainer: GridTrainer, site: str, layer: int, out_dir: Path, keys: dict[str, str]) -> None:
     """One checkpoint per SAE of a trained grid, each with its training record."""
-    from .checkpoints import code_version, write_checkpoint
-    from .sites import hook_name
+    from .checkpoints import code_version, saelens_meta, write_checkpoint
 
     config, store = trainer.config, trainer.store
-    meta = {
-        "model_name": config.model.name, "hook_name": hook_name(site, layer), "hook_layer": layer,
-        "context_size": config.experiment.context_length, "prepend_bos": True, "dataset_path": config.corpus.name,
-        "model_from_pretrained_kwargs": {},
-    }
+    meta = saelens_meta(config, site, layer)
     version = code_version()
     for spec in trainer.specs:
         record = {
