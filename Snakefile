@@ -212,11 +212,24 @@ rule aggregate:
         plan.command("aggregate") + " > {log} 2>&1"
 
 
+rule training_curves:
+    """Every trained SAE's training curves (loss terms, L0, dead fraction, lr) in one table: `dvc plots`."""
+    input:
+        plan.stage_targets("train"),
+    output:
+        plan.curves(),
+    log:
+        LOGS + "/training_curves.log",
+    shell:
+        plan.command("curves") + " > {log} 2>&1"
+
+
 rule figures:
     """Every figure family, PNG and PDF; figures.json (files and captions) is written last."""
     input:
         metrics=plan.aggregate_outputs()["metrics"],
         densities=plan.aggregate_outputs()["densities"],
+        curves=plan.curves(),
     output:
         plan.figures_index(),
     log:

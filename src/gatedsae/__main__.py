@@ -100,6 +100,12 @@ def _aggregate(config: Config) -> None:
         print(f"wrote {path}")
 
 
+def _curves(config: Config) -> None:
+    from .curves import gather_curves
+
+    print(f"wrote {gather_curves(config)}")
+
+
 def _figures(config: Config) -> None:
     from .figures import render_all
 
@@ -137,6 +143,7 @@ STAGES: dict[str, Callable[..., None]] = {
     "evaluate-checkpoint": _evaluate_checkpoint,
     "upgrade-checkpoints": _upgrade_checkpoints,  # --checkpoint=<dir>: recompute one SAE's metrics row
     "aggregate": _aggregate,  # metrics.csv, tables, headline, summary
+    "curves": _curves,  # every SAE's training curves in one table (results/.../curves.csv)
     "figures": _figures,
     "report": _report,
     "estimate": _estimate,  # memory, disk and device-hours of every job of the experiment

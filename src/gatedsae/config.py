@@ -278,6 +278,7 @@ class TrainConfig:
     resample_recovery_steps: int = 20  # ... over this many steps
     buffer_rows: int = 262_144
     checkpoint_every_steps: int = 50
+    log_every_steps: int = 10  # training curves: one row per SAE this often (0: none); never changes results
     autocast_bf16: bool = False
     device: str = "cpu"
     # One device per site of experiment.sites, for jobs that train several sites together (stream mode:
@@ -289,6 +290,7 @@ class TrainConfig:
     def validate(self) -> None:
         for key in ("tokens", "batch_size", "checkpoint_every_steps", "buffer_rows"):
             _require(getattr(self, key) > 0, f"train.{key}", "must be a positive integer")
+        _require(self.log_every_steps >= 0, "train.log_every_steps", "must be 0 (no training curves) or positive")
         _require(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "train.adam_beta1",
                  "Adam betas must lie in [0, 1)")
         _choice(self.normalize, "train.normalize", ("mean_sq_norm", "none"))
@@ -458,10 +460,17 @@ NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# Settings that change only what is recorded about a run, never what it computes: never in job params or
+# training keys, whatever their value.
+RECORDING_ONLY: dict[str, set[str]] = {"train": {"log_every_steps"}}
+
+
 def comparable(section: str, values: dict) -> dict:
-    """`values` of a config section without the settings still at their neutral default."""
-    neutral = NEUTRAL_DEFAULTS.get(section, {})
-    return {key: value for key, value in values.items() if key not in neutral or value != neutral[key]}
+    """`values` of a config section without the settings still at their neutral default, nor those that
+    only change what is recorded."""
+    neutral, recording = NEUTRAL_DEFAULTS.get(section, {}), RECORDING_ONLY.get(section, set())
+    return {key: value for key, value in values.items()
+            if key not in recording and (key not in neutral or value != neutral[key])}
 
 
 def config_hash(config: Any) -> str:

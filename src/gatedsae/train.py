@@ -25,6 +25,7 @@ import torch
 from .activations import ShardedActivations, cache_identity
 from .atomic import atomic_path, write_json_atomic
 from .config import Config, ConfigError, TrainConfig, comparable, config_hash
+from .curves import CurveLog
 from .saes import BatchedSAE, RescaleShiftSAE, make_sae
 
 STATE_FILE = "training_state.pt"
@@ -228,6 +229,7 @@ class GridTrainer:
             torch.set_num_threads(self.train.threads)
         if not self.try_resume():
             self._init_decoder_bias()
+        self.curves = CurveLog(self.out_dir, self.train.log_every_steps, [s.name for s in self.specs], self.step)
         self._batches = TrainingBatches(self.store, self.train)
         if self._data_state is not None:
             self._batches.load_state_dict(self._data_state)
@@ -243,6 +245,7 @@ class GridTrainer:
         x = next(self._batches).to(self.device, torch.float32) * self.scale
         self._train_step(x)
         self.step += 1
+        self.curves.record(self)
         if self.step in self.resample_steps:
             self._resample_dead(x)
         if self.step % self.train.checkpoint_every_steps == 0 or self.step == self.steps:

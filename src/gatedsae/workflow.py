@@ -90,6 +90,9 @@ class ExperimentPlan:
                  "latex": "tables/metrics.tex"}
         return {key: str(results / name) for key, name in names.items()}
 
+    def curves(self) -> str:
+        return str(self.config.experiment.results / "curves.csv")
+
     def figures_index(self) -> str:
         return str(self.config.experiment.figures / "figures.json")
 

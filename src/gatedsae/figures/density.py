@@ -50,5 +50,5 @@ def figures(frame: pd.DataFrame, densities: dict):
     yield STEM, fig
 
 
-def render(frame: pd.DataFrame, out_dir: Path, densities: dict | None = None) -> list[Path]:
+def render(frame: pd.DataFrame, out_dir: Path, densities: dict | None = None, **_) -> list[Path]:
     return [path for stem, fig in figures(frame, densities or {}) for path in save(fig, out_dir, stem)]
