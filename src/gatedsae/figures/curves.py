@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import to_rgb
 
-from ..tables import ARCH_LABELS, SITE_LABELS, SITE_ORDER
-from .style import COLOURS, save
+from ..tables import ARCH_LABELS, SITE_ORDER
+from .style import COLOURS, FULL_WIDTH, SINGLE_COLUMN, panel_title, plain_log_axis, save, shared_legend
 
 STEM = "training_curves"
 CAPTIONS = {STEM: "Training curves of the Gated and baseline sweeps at each site, logged every "
@@ -43,29 +43,32 @@ def figures(curves: pd.DataFrame):
         return
     cells = [(site, layer) for site in SITE_ORDER for layer in sorted(set(main["layer"]))
              if not main[(main["site"] == site) & (main["layer"] == layer)].empty]
-    fig, axes = plt.subplots(len(ROWS), len(cells), figsize=(6.75, 1.35 * len(ROWS) + 0.5), squeeze=False,
+    width = FULL_WIDTH if len(cells) > 1 else SINGLE_COLUMN
+    fig, axes = plt.subplots(len(ROWS), len(cells), figsize=(width, 1.15 * len(ROWS) + 0.45), squeeze=False,
                              sharex="col", sharey="row")
+    several_layers = len(set(main["layer"])) > 1
     for col, (site, layer) in enumerate(cells):
         cell = main[(main["site"] == site) & (main["layer"] == layer)]
-        axes[0][col].set_title(f"{SITE_LABELS[site]}, layer {layer}" if len(set(main["layer"])) > 1
-                               else SITE_LABELS[site])
+        axes[0][col].set_title(panel_title(site, layer, several_layers))
         for arch in MAIN:
             saes = cell[cell["arch"] == arch].groupby("sae")
             ordered = sorted(saes, key=lambda item: float(item[1]["l1"].iloc[0]))
             for colour, (_, sae) in zip(shades(arch, len(ordered)), ordered):
                 sae = sae.sort_values("step")
-                for row, (column, _) in enumerate(ROWS.items()):
-                    axes[row][col].plot(sae["step"], sae[column], color=colour, linewidth=0.9)
+                for row, column in enumerate(ROWS):
+                    axes[row][col].plot(sae["step"], sae[column], color=colour, linewidth=0.8)
         for row, (column, (label, log)) in enumerate(ROWS.items()):
             ax = axes[row][col]
             if log:
-                ax.set_yscale("log")
+                plain_log_axis(ax)
+            if column == "dead_fraction":
+                ax.set_ylim(bottom=0, top=max(0.05, float(main[column].max()) * 1.1))
             if col == 0:
                 ax.set_ylabel(label)
         axes[-1][col].set_xlabel("training step")
-    handles = [plt.Line2D([], [], color=COLOURS[arch], label=ARCH_LABELS[arch]) for arch in MAIN]
-    fig.legend(handles=handles, loc="upper center", ncol=len(handles), frameon=False, bbox_to_anchor=(0.5, 1.0))
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    for arch in MAIN:  # legend entries: one per architecture, in its full colour
+        axes[0][0].plot([], [], color=COLOURS[arch], label=ARCH_LABELS[arch])
+    shared_legend(fig)
     yield STEM, fig
 
 
