@@ -249,3 +249,20 @@ rule html_report:
         LOGS + "/report.log",
     shell:
         plan.command("report") + " > {log} 2>&1"
+
+
+rule browse:
+    """Feature browser (optional: browser.enabled): per SAE of browser.site, an HTML page and JSON of sampled
+    features on held-out text."""
+    input:
+        plan.site_inputs(plan.config.browser.site, plan.config.browser_layer),
+    output:
+        plan.browser_index(),
+    params:
+        config=plan.params("browser", "evaluate"),
+    log:
+        LOGS + "/browse.log",
+    resources:
+        mem_mb=4000,
+    shell:
+        plan.command("browse") + " > {log} 2>&1"

@@ -62,6 +62,14 @@ def test_dry_run_lists_the_dag_without_network(experiment, tmp_path):
     assert not (tmp_path / "data").exists(), "a dry run must not create anything"
 
 
+def test_dry_run_with_the_browser_switched_on(tmp_path):
+    tools = f"browser.enabled=true paths.data={tmp_path}"
+    result = snakemake("-n", "--config", "experiment=smoke", f"overrides={tools}", cwd=REPO_ROOT)
+    assert "rule browse:" in result.stdout
+    plain = snakemake("-n", "--config", "experiment=smoke", f"overrides=paths.data={tmp_path}", cwd=REPO_ROOT)
+    assert "rule browse:" not in plain.stdout
+
+
 def test_dry_run_of_paper_experiment_lists_every_site_and_layer(tmp_path):
     result = snakemake("-n", "--config", "experiment=paper_pythia_2.8b", f"overrides=paths.data={tmp_path}",
                        cwd=REPO_ROOT)

@@ -118,6 +118,13 @@ def _report(config: Config) -> None:
     print(f"wrote {write_report(config)}")
 
 
+def _browse(config: Config) -> None:
+    """The feature browser of browser.site (docs/feature-browser.md)."""
+    from .browser import browse
+
+    print(f"wrote {browse(config)}")
+
+
 def _estimate(config: Config) -> None:
     """Print the experiment's jobs with their estimated memory, disk and device-hours."""
     from .resources import markdown_table
@@ -146,6 +153,7 @@ STAGES: dict[str, Callable[..., None]] = {
     "curves": _curves,  # every SAE's training curves in one table (results/.../curves.csv)
     "figures": _figures,
     "report": _report,
+    "browse": _browse,
     "estimate": _estimate,  # memory, disk and device-hours of every job of the experiment
 }
 

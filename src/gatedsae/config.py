@@ -329,6 +329,41 @@ class EvaluateConfig:
 
 
 @dataclass
+class BrowserConfig:
+    """The feature browser (`browse` stage): per SAE of one site, an HTML page (and JSON) of sampled
+    features, each with its top-activating held-out contexts, examples from its activation quantiles, its
+    activation density and the tokens its decoder direction promotes and suppresses."""
+
+    enabled: bool = False     # build it with the experiment (`snakemake all`); `python -m gatedsae browse` any time
+    site: str = "resid_post"
+    layer: Optional[int] = None  # None: the experiment's first layer
+    archs: list[str] = field(default_factory=lambda: ["gated", "baseline"])  # the SAEs browsed (architectures)
+    features: int = 32        # features sampled per SAE (among those that fire on the held-out rows)
+    top_examples: int = 10    # top-activating contexts per feature (one per window)
+    quantile_bins: int = 4    # the feature's non-zero activations split at their quantiles ...
+    examples_per_bin: int = 3  # ... and this many random contexts drawn from each
+    context_before: int = 12  # tokens shown before the activating token
+    context_after: int = 4    # ... and after it
+    logit_tokens: int = 10    # tokens promoted and suppressed through the unembedding
+    heldout_tokens: Optional[int] = None  # held-out rows scanned (None: the whole held-out split)
+    seed: int = 0
+
+    def validate(self) -> None:
+        _choice(self.site, "browser.site", SITES)
+        for key in ("features", "top_examples", "quantile_bins", "logit_tokens"):
+            _require(getattr(self, key) > 0, f"browser.{key}", "must be a positive integer")
+        for key in ("examples_per_bin", "context_before", "context_after"):
+            _require(getattr(self, key) >= 0, f"browser.{key}", "must be 0 or more")
+        from .saes import ARCHITECTURES
+
+        _require(bool(self.archs), "browser.archs", "list at least one architecture, e.g. [gated, baseline]")
+        for arch in self.archs:
+            _choice(arch, "browser.archs", sorted(ARCHITECTURES))
+        _require(self.heldout_tokens is None or self.heldout_tokens > 0, "browser.heldout_tokens",
+                 "must be positive, or null for the whole held-out split")
+
+
+@dataclass
 class ResourcesConfig:
     """How jobs are sized (never what they compute): device memory and sustained throughput, used to
     split a grid into passes that fit, for scheduler resources and for `gatedsae estimate`."""
@@ -383,13 +418,19 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    browser: BrowserConfig = field(default_factory=BrowserConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 0
 
     def validate(self) -> None:
         for part in (self.model, self.corpus, self.cache, self.experiment, self.sweep, self.train, self.evaluate,
-                     self.resources):
+                     self.resources, self.browser):
             part.validate()
+        for key, layer in (("browser.layer", self.browser.layer),):
+            _require(layer is None or layer in self.experiment.layers, key,
+                     f"{layer} is not one of experiment.layers {self.experiment.layers}; use one of them, or null")
+        _require(not self.browser.enabled or self.browser.site in self.experiment.sites, "browser.site",
+                 f"{self.browser.site!r} is not one of experiment.sites {self.experiment.sites}")
         for layer in self.experiment.layers:
             _require(0 <= layer < self.model.n_layers, "experiment.layers",
                      f"layer {layer} does not exist in {self.model.name} (layers 0..{self.model.n_layers - 1})")
@@ -398,6 +439,10 @@ class Config:
         _require(not self.train.site_devices or len(self.train.site_devices) == len(self.experiment.sites),
                  "train.site_devices", f"list one device per site of experiment.sites {self.experiment.sites}, "
                  "or none to put every site on train.device")
+
+    @property
+    def browser_layer(self) -> int:
+        return self.experiment.layers[0] if self.browser.layer is None else self.browser.layer
 
     def train_device(self, site: str) -> str:
         """The device that trains `site`'s SAEs."""

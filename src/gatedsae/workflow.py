@@ -93,6 +93,18 @@ class ExperimentPlan:
     def curves(self) -> str:
         return str(self.config.experiment.results / "curves.csv")
 
+    def browser_index(self) -> str:
+        from .browser import browser_dir
+
+        return str(browser_dir(self.config) / "index.html")
+
+    def site_inputs(self, site: str, layer: int) -> list[str]:
+        """What a stage reading one site's trained SAEs and held-out data needs: its grid(s), its store,
+        the held-out tokens and the model."""
+        values = dict(model=self.model, corpus=self.corpus, site=site, layer=layer, sweep=self.config.sweep.name)
+        grids = [self.grid_index()] + ([self.rescale_shift_index()] if self.config.sweep.rescale_shift_at(site) else [])
+        return [p.format(**values) for p in [*grids, self.store_manifest(), self.tokens_manifest(), self.model_marker()]]
+
     def figures_index(self) -> str:
         return str(self.config.experiment.figures / "figures.json")
 
@@ -124,8 +136,12 @@ class ExperimentPlan:
         return [grid.format(**dict(wildcards.items())) for grid in grids]
 
     def targets(self) -> list[str]:
-        """What `snakemake all` builds: every output of the experiment's last stage."""
-        return self.stage_targets(self.config.experiment.through)
+        """What `snakemake all` builds: every output of the experiment's last stage, and with the report
+        the optional tools that are switched on (the feature browser)."""
+        targets = self.stage_targets(self.config.experiment.through)
+        if self.config.experiment.through == "report":
+            targets += [self.browser_index()] if self.config.browser.enabled else []
+        return targets
 
     # --- scheduler resources, from the estimates of `resources` -------------------------------------
 
