@@ -266,3 +266,35 @@ rule browse:
         mem_mb=4000,
     shell:
         plan.command("browse") + " > {log} 2>&1"
+
+
+rule study_pages:
+    """The blinded interpretability study's rating page and key (optional: study.enabled)."""
+    input:
+        plan.aggregate_outputs()["metrics"],
+        [path for site in plan.config.study_sites for path in plan.site_inputs(site, plan.config.study_layer)],
+    output:
+        plan.study_page(),
+    params:
+        config=plan.study_page_params(),
+    log:
+        LOGS + "/study_pages.log",
+    resources:
+        mem_mb=4000,
+    shell:
+        plan.command("study") + " > {log} 2>&1"
+
+
+rule study_analysis:
+    """The study unblinded: ratings per architecture, Gated − baseline with an interval and a paired test."""
+    input:
+        plan.study_page(),
+        plan.config.study.ratings,
+    output:
+        plan.study_analysis(),
+    params:
+        config=plan.params("study"),
+    log:
+        LOGS + "/study_analysis.log",
+    shell:
+        plan.command("study-analysis") + " > {log} 2>&1"

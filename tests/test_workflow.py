@@ -62,12 +62,15 @@ def test_dry_run_lists_the_dag_without_network(experiment, tmp_path):
     assert not (tmp_path / "data").exists(), "a dry run must not create anything"
 
 
-def test_dry_run_with_the_browser_switched_on(tmp_path):
-    tools = f"browser.enabled=true paths.data={tmp_path}"
+def test_dry_run_with_the_browser_and_the_study_switched_on(tmp_path):
+    ratings = tmp_path / "ratings-a.json"
+    ratings.write_text("{}")
+    tools = f"browser.enabled=true study.enabled=true study.ratings=[{ratings}] paths.data={tmp_path}"
     result = snakemake("-n", "--config", "experiment=smoke", f"overrides={tools}", cwd=REPO_ROOT)
-    assert "rule browse:" in result.stdout
+    for rule in ("browse", "study_pages", "study_analysis"):
+        assert f"rule {rule}:" in result.stdout, rule
     plain = snakemake("-n", "--config", "experiment=smoke", f"overrides=paths.data={tmp_path}", cwd=REPO_ROOT)
-    assert "rule browse:" not in plain.stdout
+    assert "rule browse:" not in plain.stdout and "rule study_pages:" not in plain.stdout
 
 
 def test_dry_run_of_paper_experiment_lists_every_site_and_layer(tmp_path):

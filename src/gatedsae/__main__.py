@@ -125,6 +125,22 @@ def _browse(config: Config) -> None:
     print(f"wrote {browse(config)}")
 
 
+def _study(config: Config) -> None:
+    """The blinded rating page and its key (docs/interpretability-study.md)."""
+    from .study import build_study
+
+    build_study(config)
+
+
+def _study_analysis(config: Config) -> None:
+    """Unblind the raters' files (study.ratings=[...]) and compare Gated with the baseline."""
+    from .study import ANALYSIS_MARKDOWN, analyse_study
+
+    path = analyse_study(config)
+    print(path.with_name(ANALYSIS_MARKDOWN).read_text())
+    print(f"wrote {path}")
+
+
 def _estimate(config: Config) -> None:
     """Print the experiment's jobs with their estimated memory, disk and device-hours."""
     from .resources import markdown_table
@@ -154,6 +170,8 @@ STAGES: dict[str, Callable[..., None]] = {
     "figures": _figures,
     "report": _report,
     "browse": _browse,
+    "study": _study,
+    "study-analysis": _study_analysis,
     "estimate": _estimate,  # memory, disk and device-hours of every job of the experiment
 }
 

@@ -364,6 +364,29 @@ class BrowserConfig:
 
 
 @dataclass
+class StudyConfig:
+    """The blinded interpretability study, as a tool: features sampled from a Gated and a baseline SAE of
+    matched L0 at each site, shuffled and shown without their origin on a rating page (No / Maybe / Yes);
+    the analysis unblinds the raters' files and compares the two architectures."""
+
+    enabled: bool = False     # write the rating page with the experiment; the analysis runs when `ratings` lists files
+    sites: list[str] = field(default_factory=list)  # [] : every site of the experiment
+    layer: Optional[int] = None  # None: the experiment's first layer
+    features_per_sae: int = 30   # per site and architecture (so 2 × this × sites features to rate)
+    seed: int = 0
+    ratings: list[str] = field(default_factory=list)  # raters' downloaded JSON files, for `study-analysis`
+    bootstrap: int = 10_000      # resamples for the interval, and sign flips for the paired test
+    confidence: float = 0.95
+
+    def validate(self) -> None:
+        for site in self.sites:
+            _choice(site, "study.sites", SITES)
+        _require(self.features_per_sae > 0, "study.features_per_sae", "must be a positive integer")
+        _require(self.bootstrap >= 100, "study.bootstrap", "use at least 100 resamples")
+        _require(0.5 < self.confidence < 1, "study.confidence", "must lie in (0.5, 1), e.g. 0.95")
+
+
+@dataclass
 class ResourcesConfig:
     """How jobs are sized (never what they compute): device memory and sustained throughput, used to
     split a grid into passes that fit, for scheduler resources and for `gatedsae estimate`."""
@@ -419,18 +442,21 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     browser: BrowserConfig = field(default_factory=BrowserConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 0
 
     def validate(self) -> None:
         for part in (self.model, self.corpus, self.cache, self.experiment, self.sweep, self.train, self.evaluate,
-                     self.resources, self.browser):
+                     self.resources, self.browser, self.study):
             part.validate()
-        for key, layer in (("browser.layer", self.browser.layer),):
+        for key, layer in (("browser.layer", self.browser.layer), ("study.layer", self.study.layer)):
             _require(layer is None or layer in self.experiment.layers, key,
                      f"{layer} is not one of experiment.layers {self.experiment.layers}; use one of them, or null")
         _require(not self.browser.enabled or self.browser.site in self.experiment.sites, "browser.site",
                  f"{self.browser.site!r} is not one of experiment.sites {self.experiment.sites}")
+        _require(all(site in self.experiment.sites for site in self.study.sites), "study.sites",
+                 f"list sites of experiment.sites {self.experiment.sites} (or none for all of them)")
         for layer in self.experiment.layers:
             _require(0 <= layer < self.model.n_layers, "experiment.layers",
                      f"layer {layer} does not exist in {self.model.name} (layers 0..{self.model.n_layers - 1})")
@@ -443,6 +469,14 @@ class Config:
     @property
     def browser_layer(self) -> int:
         return self.experiment.layers[0] if self.browser.layer is None else self.browser.layer
+
+    @property
+    def study_layer(self) -> int:
+        return self.experiment.layers[0] if self.study.layer is None else self.study.layer
+
+    @property
+    def study_sites(self) -> list[str]:
+        return self.study.sites or list(self.experiment.sites)
 
     def train_device(self, site: str) -> str:
         """The device that trains `site`'s SAEs."""

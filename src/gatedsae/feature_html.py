@@ -1,4 +1,4 @@
-"""HTML for the feature browser: self-contained (inline CSS, no external resource,
+"""HTML for the feature browser and the rating page: self-contained (inline CSS, no external resource,
 no script needed to read it), one card per feature."""
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ ol.examples .value { flex: 0 0 4.5em; text-align: right; color: var(--muted); fo
 .ctx span.a { border-radius: 2px; }
 .ctx span.f { outline: 1.5px solid #b00; }
 svg.hist rect { fill: rgb(var(--hot)); } svg.hist text { font-size: 9px; fill: var(--muted); }
+fieldset.rating { border: 1px solid var(--line); border-radius: 4px; margin-top: .8em; }
+fieldset.rating label { margin-right: 1.2em; } fieldset.rating input.note { width: 60%; margin-top: .4em; }
+header.study { position: sticky; top: 0; background: #fff; border-bottom: 1px solid var(--line); padding: .5em 0; z-index: 1; }
 table.saes { border-collapse: collapse; } table.saes td, table.saes th { border: 1px solid var(--line); padding: 3px 8px; }
 """
 
@@ -135,3 +138,97 @@ def index_page(pages: list[dict], experiment: str) -> str:
             f'text.</p><table class="saes"><tr><th>SAE</th><th>architecture</th><th>λ</th><th>width</th>'
             f'<th>L0 (held-out)</th><th>dead</th></tr>{rows}</table>')
     return _page(f"Feature browser ({experiment})", body)
+
+
+RATING_INSTRUCTIONS = """
+<p>Each card below is one feature of a sparse autoencoder, shown on held-out text: how often it fires, the
+distribution of its activations, the tokens its output direction makes more and less likely, its top-activating
+contexts and random contexts from each quartile of its activations (shading: the feature's activation on each
+token; outlined: the token the example is about). Cards come from several dictionaries, shuffled; nothing on the
+page tells you which, and nothing should.</p>
+<p><b>Is this feature interpretable?</b> <b>Yes</b>: its activations follow one concept you could name and would
+predict on new text, across the top examples and most of the lower quantiles. <b>Maybe</b>: a concept is visible but
+with clear exceptions, or only in part of its range. <b>No</b>: you cannot find a consistent concept. Judge each card
+on its own; there is no quota. An optional note (what it seems to respond to) helps the analysis.</p>
+<p>Your ratings are kept in this browser as you go (closing the page loses nothing). When done, or to hand in part,
+enter your name and press <b>Download ratings</b>: send the downloaded file back.</p>
+"""
+
+RATING_SCRIPT = """
+<script>
+(() => {
+  const study = document.body.dataset.study;
+  const ids = [...document.querySelectorAll("fieldset.rating")].map(f => f.dataset.id);
+  const storeKey = "gatedsae-study-" + study;
+  const rater = document.getElementById("rater");
+  function collect() {
+    const ratings = {}, notes = {};
+    for (const id of ids) {
+      const chosen = document.querySelector(`input[name="${id}"]:checked`);
+      if (chosen) ratings[id] = chosen.value;
+      const note = document.querySelector(`input.note[data-id="${id}"]`).value.trim();
+      if (note) notes[id] = note;
+    }
+    return {study, rater: rater.value.trim(), scale: ["no", "maybe", "yes"], ratings, notes,
+            saved_at: new Date().toISOString()};
+  }
+  function progress() {
+    const done = Object.keys(collect().ratings).length;
+    for (const element of document.querySelectorAll(".progress")) element.textContent = `${done} of ${ids.length} rated`;
+  }
+  function save() {
+    try { localStorage.setItem(storeKey, JSON.stringify(collect())); } catch (error) { /* private mode: no memory */ }
+    progress();
+  }
+  function restore() {
+    let saved = null;
+    try { saved = JSON.parse(localStorage.getItem(storeKey) || "null"); } catch (error) { saved = null; }
+    if (!saved) return;
+    rater.value = saved.rater || "";
+    for (const [id, value] of Object.entries(saved.ratings || {})) {
+      const input = document.querySelector(`input[name="${id}"][value="${value}"]`);
+      if (input) input.checked = true;
+    }
+    for (const [id, text] of Object.entries(saved.notes || {})) {
+      const note = document.querySelector(`input.note[data-id="${id}"]`);
+      if (note) note.value = text;
+    }
+  }
+  function download() {
+    const data = collect();
+    const blob = new Blob([JSON.stringify(data, null, 2)], {type: "application/json"});
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = `ratings-${(data.rater || "anonymous").replace(/[^A-Za-z0-9_-]+/g, "_")}-${study}.json`;
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+  }
+  document.addEventListener("change", save);
+  document.addEventListener("input", save);
+  for (const button of document.querySelectorAll("button.download")) button.addEventListener("click", download);
+  restore();
+  progress();
+  document.body.dataset.ready = "true";
+})();
+</script>
+"""
+
+
+def rating_form(identifier: str) -> str:
+    choices = "".join(f'<label><input type="radio" name="{_e(identifier)}" value="{value}"> {value.capitalize()}</label>'
+                      for value in ("no", "maybe", "yes"))
+    return (f'<fieldset class="rating" data-id="{_e(identifier)}"><legend>Is {_e(identifier)} interpretable?</legend>'
+            f'{choices}<br><input type="text" class="note" data-id="{_e(identifier)}" '
+            f'placeholder="optional: what it seems to respond to"></fieldset>')
+
+
+def rating_page(study: str, features: list[tuple[str, dict]]) -> str:
+    """The blinded rating page: each feature under its study id only, with the No / Maybe / Yes scale."""
+    save = '<span class="progress"></span> <button type="button" class="download">Download ratings</button>'
+    cards = "".join(feature_html(feature, identifier, identifier, extra=rating_form(identifier))
+                    for identifier, feature in features)
+    body = (f'<h1>Feature interpretability rating ({len(features)} features)</h1>{RATING_INSTRUCTIONS}'
+            f'<header class="study"><label>Your name: <input type="text" id="rater" autocomplete="name"></label> '
+            f'{save}</header>{cards}<p>{save}</p>')
+    return _page("Feature interpretability rating", body, RATING_SCRIPT).replace("<body>", f'<body data-study="{_e(study)}">', 1)

@@ -98,6 +98,22 @@ class ExperimentPlan:
 
         return str(browser_dir(self.config) / "index.html")
 
+    def study_page(self) -> str:
+        from .study import PAGE_FILE, study_dir
+
+        return str(study_dir(self.config) / PAGE_FILE)
+
+    def study_analysis(self) -> str:
+        from .study import ANALYSIS_FILE, study_dir
+
+        return str(study_dir(self.config) / ANALYSIS_FILE)
+
+    def study_page_params(self) -> str:
+        """What the rating page depends on: the study's sampling (not the analysis settings or the ratings
+        files, which only the analysis reads), the browser's view and the evaluation's row rule."""
+        study = {k: v for k, v in asdict(self.config.study).items() if k not in ("ratings", "bootstrap", "confidence")}
+        return json.dumps({"study": study, "page": json.loads(self.params("browser", "evaluate"))}, sort_keys=True)
+
     def site_inputs(self, site: str, layer: int) -> list[str]:
         """What a stage reading one site's trained SAEs and held-out data needs: its grid(s), its store,
         the held-out tokens and the model."""
@@ -137,10 +153,12 @@ class ExperimentPlan:
 
     def targets(self) -> list[str]:
         """What `snakemake all` builds: every output of the experiment's last stage, and with the report
-        the optional tools that are switched on (the feature browser)."""
+        the optional tools that are switched on (feature browser, rating page, the study's analysis)."""
         targets = self.stage_targets(self.config.experiment.through)
         if self.config.experiment.through == "report":
             targets += [self.browser_index()] if self.config.browser.enabled else []
+            targets += [self.study_page()] if self.config.study.enabled else []
+            targets += [self.study_analysis()] if self.config.study.enabled and self.config.study.ratings else []
         return targets
 
     # --- scheduler resources, from the estimates of `resources` -------------------------------------
