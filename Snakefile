@@ -225,11 +225,24 @@ rule aggregate:
         plan.command("aggregate") + " > {log:q} 2>&1"
 
 
+rule training_curves:
+    """Every trained SAE's training curves (loss terms, L0, dead fraction, lr) in one table: `dvc plots`."""
+    input:
+        plan.stage_targets("train"),
+    output:
+        plan.curves(),
+    log:
+        LOGS + "/training_curves.log",
+    shell:
+        plan.command("curves") + " > {log:q} 2>&1"
+
+
 rule figures:
     """Every figure family, PNG and PDF; figures.json (files and captions) is written last."""
     input:
         metrics=plan.aggregate_outputs()["metrics"],
         densities=plan.aggregate_outputs()["densities"],
+        curves=plan.curves(),
     output:
         plan.figures_index(),
     log:
@@ -253,7 +266,7 @@ rule verdict:
     log:
         LOGS + "/verdict.log",
     shell:
-        plan.command("verdict") + " > {log} 2>&1"
+        plan.command("verdict") + " > {log:q} 2>&1"
 
 
 rule html_report:
@@ -269,3 +282,52 @@ rule html_report:
         LOGS + "/report.log",
     shell:
         plan.command("report") + " > {log:q} 2>&1"
+
+
+rule browse:
+    """Feature browser (optional: browser.enabled): per SAE of browser.site, an HTML page and JSON of sampled
+    features on held-out text."""
+    input:
+        plan.site_inputs(plan.config.browser.site, plan.config.browser_layer),
+    output:
+        plan.browser_index(),
+    params:
+        config=plan.params("browser", "evaluate"),
+    log:
+        LOGS + "/browse.log",
+    resources:
+        mem_mb=4000,
+    shell:
+        plan.command("browse") + " > {log:q} 2>&1"
+
+
+rule study_pages:
+    """The blinded interpretability study's rating page and key (optional: study.enabled)."""
+    input:
+        plan.aggregate_outputs()["metrics"],
+        [path for site in plan.config.study_sites for path in plan.site_inputs(site, plan.config.study_layer)],
+    output:
+        plan.study_page(),
+    params:
+        config=plan.study_page_params(),
+    log:
+        LOGS + "/study_pages.log",
+    resources:
+        mem_mb=4000,
+    shell:
+        plan.command("study") + " > {log:q} 2>&1"
+
+
+rule study_analysis:
+    """The study unblinded: ratings per architecture, Gated − baseline with an interval and a paired test."""
+    input:
+        plan.study_page(),
+        plan.config.study.ratings,
+    output:
+        plan.study_analysis(),
+    params:
+        config=plan.params("study"),
+    log:
+        LOGS + "/study_analysis.log",
+    shell:
+        plan.command("study-analysis") + " > {log:q} 2>&1"

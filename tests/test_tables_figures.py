@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gatedsae.figures import FAMILIES, ablations, density, pareto, shrinkage
+from gatedsae.figures import FAMILIES, ablations, curves, density, pareto, shrinkage
 from gatedsae.tables import aggregate, headline, latex_tables, markdown_tables, pareto_mask
 
 SITES = ["resid_post", "mlp_out", "attn_z"]
@@ -101,7 +101,8 @@ def test_pareto_figures_have_a_panel_per_site_and_a_series_per_architecture():
         for ax in axes:
             series = dict(_series(ax))
             assert set(series) == {"Gated", "Baseline"}
-            assert ax.get_xscale() == "log" and ax.get_xlabel() and ax.get_ylabel()
+            assert ax.get_xscale() == "log" and ax.get_xlabel()
+        assert axes[0].get_ylabel(), "the y label, on the first panel of the row"
         if stem == "fig1_loss_recovered_vs_l0":
             assert dict(_series(axes[0])) == {"Gated": 4, "Baseline": 4}  # the frontier only
             assert sum(len(c.get_offsets()) for c in axes[0].collections) == 1  # one faint dominated point
@@ -120,7 +121,8 @@ def test_ablation_figures_only_where_the_ablations_exist():
     figures = dict(ablations.figures(fixture_frame()))
     assert set(figures) == {"fig8_ablations", "fig9_rescale_shift"}
     (ax8,) = figures["fig8_ablations"].axes
-    assert len(_series(ax8)) == 4 and "Residual" in ax8.get_title()
+    assert len(_series(ax8)) == 5 and "Residual" in ax8.get_title()
+    assert "Baseline" in dict(_series(ax8)), "Fig. 8 draws the baseline for scale"
     (ax9,) = figures["fig9_rescale_shift"].axes
     assert {label for label, _ in _series(ax9)} == {"Baseline", "Baseline + rescale & shift", "Gated"}
 
@@ -169,7 +171,7 @@ def test_aggregate_figures_and_report_from_metrics_files(tmp_path):
     expected = {*pareto.FIGURES, shrinkage.STEM, *ablations.FIGURES, density.STEM}
     assert stems == expected and len(files) == 2 * len(expected)
     assert all((tmp_path / "figures" / f"{stem}.pdf").stat().st_size > 0 for stem in expected)
-    assert set(FAMILIES) == {"pareto", "shrinkage", "ablations", "density"}
+    assert set(FAMILIES) == {"pareto", "shrinkage", "ablations", "density", "curves"}
 
     captions = json.loads(index.read_text())["captions"]
     html = build_report(load_config(["experiment=smoke"]), tmp_path / "results", tmp_path / "figures", captions, "v0")
@@ -183,3 +185,93 @@ def test_tables_show_intervals_where_they_exist():
     markdown = markdown_tables(frame)
     assert "80.00% [79.00, 82.00]" in markdown and "[low, high]: 95% interval" in markdown
     assert "0.600 [" not in markdown  # Δ LM loss has no interval here: the value alone
+
+
+# --- paper-ready: sizes, fonts, one legend, reference lines, shared axes, intervals ------------------------
+
+
+def _densities(frame: pd.DataFrame) -> dict:
+    return {f"{r['site']}/layer{r['layer']}/{r['variant']}/{r['sae']}": r["density_histogram"] for _, r in frame.iterrows()}
+
+
+def curves_frame() -> pd.DataFrame:
+    rows = [{"model": "m", "site": site, "layer": 6, "variant": "sweep", "sae": f"{arch}_{l1}", "arch": arch, "l1": l1,
+             "step": step, "tokens": step * 8, "total": 1.0 / step, "reconstruction": 0.5 / step, "sparsity": 0.1,
+             "auxiliary": 0.0, "l0": 10.0 + step, "dead_fraction": 0.01, "lr": 1e-3}
+            for site in SITES for arch in ("gated", "baseline") for l1 in (0.1, 0.2) for step in (10, 20, 30)]
+    return pd.DataFrame(rows)
+
+
+def all_figures(frame: pd.DataFrame):
+    yield from pareto.figures(frame)
+    yield from shrinkage.figures(frame)
+    yield from ablations.figures(frame)
+    yield from density.figures(frame, _densities(frame))
+    yield from curves.figures(curves_frame())
+
+
+def test_every_figure_is_paper_sized_with_readable_fonts_no_title_and_one_legend():
+    import matplotlib.text
+
+    import matplotlib.pyplot as plt
+
+    from gatedsae.figures.style import FULL_WIDTH, MIN_FONT_PT, SINGLE_COLUMN
+
+    stems = []
+    for stem, fig in all_figures(fixture_frame()):
+        stems.append(stem)
+        assert fig.get_figwidth() in (SINGLE_COLUMN, FULL_WIDTH), stem
+        assert fig._suptitle is None, f"{stem}: no title baked in"
+        legends = len(fig.legends) + sum(ax.get_legend() is not None for ax in fig.axes)
+        assert legends == 1, f"{stem}: {legends} legends"
+        small = [(t.get_text(), t.get_fontsize()) for t in fig.findobj(matplotlib.text.Text)
+                 if t.get_visible() and t.get_text() and t.get_fontsize() < MIN_FONT_PT]
+        assert not small, f"{stem}: text under {MIN_FONT_PT} pt: {small[:3]}"
+        plt.close(fig)
+    assert {"fig1_loss_recovered_vs_l0", "gamma_vs_l0", "fig8_ablations", "feature_density", "training_curves"} <= set(stems)
+
+
+def _hlines(ax) -> set[float]:
+    return {float(line.get_ydata()[0]) for line in ax.get_lines()
+            if line.get_label().startswith("_") and len(set(line.get_ydata())) == 1}
+
+
+def test_reference_lines_shared_axes_and_lambda_labels():
+    figures = dict(pareto.figures(fixture_frame()))
+    fig1 = figures["fig1_loss_recovered_vs_l0"]
+    assert all(100.0 in _hlines(ax) for ax in fig1.axes)
+    assert any(t.get_text().startswith("λ=") for ax in fig1.axes for t in ax.texts), "λ labels on the sweeps"
+    assert not fig1.axes[0].get_shared_y_axes().joined(fig1.axes[0], fig1.axes[1]), "loss recovered: own y per site"
+    fvu = figures["fvu_vs_l0"]
+    assert fvu.axes[0].get_shared_y_axes().joined(fvu.axes[0], fvu.axes[2])
+    (_, gamma), = shrinkage.figures(fixture_frame())
+    assert all(1.0 in _hlines(ax) for ax in gamma.axes)
+    assert gamma.axes[0].get_shared_y_axes().joined(gamma.axes[0], gamma.axes[2]), "γ panels compare: one y axis"
+    assert [ax.get_ylabel() != "" for ax in gamma.axes] == [True, False, False], "y label on the first panel only"
+
+
+def test_density_axis_is_fitted_to_the_filled_bins():
+    frame = fixture_frame()
+    for _, row in frame.iterrows():
+        row["density_histogram"]["counts"] = [0, 2, 3]  # nothing below 10^-2
+    (_, fig), = density.figures(frame, _densities(frame))
+    for ax in fig.axes:
+        assert ax.get_xlim() == pytest.approx((-2.25, 0.25))
+    assert fig.axes[0].get_shared_y_axes().joined(fig.axes[0], fig.axes[1])
+
+
+def test_error_bars_come_from_interval_columns_when_present():
+    from matplotlib.container import ErrorbarContainer
+
+    plain = dict(pareto.figures(fixture_frame()))["fig1_loss_recovered_vs_l0"]
+    assert not any(isinstance(c, ErrorbarContainer) for ax in plain.axes for c in ax.containers)
+    frame = fixture_frame()
+    frame["loss_recovered_ci_low"], frame["loss_recovered_ci_high"] = frame["loss_recovered"] - 0.01, frame["loss_recovered"] + 0.02
+    figures = dict(pareto.figures(frame))
+    bars = [c for c in figures["fig1_loss_recovered_vs_l0"].axes[0].containers if isinstance(c, ErrorbarContainer)]
+    assert bars, "intervals drawn as error bars"
+    segments = np.concatenate([np.asarray(c.lines[2][0].get_segments()) for c in bars])
+    lengths = sorted({round(float(s[1, 1] - s[0, 1]), 6) for s in segments})
+    assert lengths == [3.0], "the bar spans ci_low..ci_high, in percent"
+    delta = figures["delta_lm_loss_vs_l0"]
+    assert not any(isinstance(c, ErrorbarContainer) for ax in delta.axes for c in ax.containers), "no Δ interval given"

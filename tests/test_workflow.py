@@ -80,12 +80,23 @@ def test_dry_run_lists_the_dag_without_network(experiment, tmp_path):
                        f"overrides=paths.data={tmp_path / 'data'}", cwd=REPO_ROOT)
     training = "train_layer" if experiment.startswith("paper_") else "train_grid"  # the paper runs stream
     for rule in ("prepare_model", "fetch_corpus", "tokenize", "cache_activations", training, "rescale_shift",
-                 "evaluate_grid", "aggregate", "figures", "verdict", "html_report"):
+                 "evaluate_grid", "aggregate", "training_curves", "figures", "verdict", "html_report"):
         assert rule in result.stdout
     trained = snakemake("-n", "train", "--config", f"experiment={experiment}",
                         f"overrides=paths.data={tmp_path / 'data'}", cwd=REPO_ROOT)
     assert training in trained.stdout
     assert not (tmp_path / "data").exists(), "a dry run must not create anything"
+
+
+def test_dry_run_with_the_browser_and_the_study_switched_on(tmp_path):
+    ratings = tmp_path / "ratings-a.json"
+    ratings.write_text("{}")
+    tools = f"browser.enabled=true study.enabled=true study.ratings=[{ratings}] paths.data={tmp_path}"
+    result = snakemake("-n", "--config", "experiment=smoke", f"overrides={tools}", cwd=REPO_ROOT)
+    for rule in ("browse", "study_pages", "study_analysis"):
+        assert f"rule {rule}:" in result.stdout, rule
+    plain = snakemake("-n", "--config", "experiment=smoke", f"overrides=paths.data={tmp_path}", cwd=REPO_ROOT)
+    assert "rule browse:" not in plain.stdout and "rule study_pages:" not in plain.stdout
 
 
 def test_dry_run_of_paper_experiment_lists_every_site_and_layer(tmp_path):
@@ -146,8 +157,12 @@ def test_smoke_workflow_end_to_end_then_nothing_to_do_then_only_what_a_new_l1_ne
     assert "| Claim |" in (results / "verdict.md").read_text()
     summary = json.loads((results / "summary.json").read_text())
     assert set(summary) == {f"tiny/{site}/layer1" for site in ("resid_post", "mlp_out", "attn_z")}
+    curves = pd.read_csv(results / "curves.csv")
+    assert set(zip(curves["site"], curves["variant"], curves["sae"])) == set(
+        zip(metrics["site"], metrics["variant"], metrics["sae"])), "every trained SAE has its training curve"
     figures = json.loads((scratch_repo / "paper_figures" / "smoke" / "figures.json").read_text())
     assert all((scratch_repo / path).stat().st_size > 0 for path in figures["files"])
+    assert any(path.endswith("training_curves.png") for path in figures["files"])
     report = (results / "report.html").read_text()
     assert report.count("<img") == len(figures["files"]) // 2 and "Headline" in report and "<h2>Verdict</h2>" in report
     for table in ("metrics.md", "metrics.tex"):
@@ -169,6 +184,9 @@ def test_smoke_workflow_end_to_end_then_nothing_to_do_then_only_what_a_new_l1_ne
         evaluated = (scratch_repo / f"logs/smoke/evaluate/tiny/tiny/{site}/layer1/smoke.log").read_text()
         assert "evaluating 2 of" in evaluated, evaluated[-500:]  # the new baseline and its rescale-and-shift
     assert len(pd.read_csv(results / "metrics.csv")) == len(metrics) + 6
+    grown_curves = pd.read_csv(results / "curves.csv")
+    assert grown_curves["sae"].nunique() == curves["sae"].nunique() + 2  # the new λ's baseline and its rescale-shift
+    assert not grown_curves.duplicated(["site", "variant", "sae", "step"]).any()
 
 
 @pytest.mark.slow

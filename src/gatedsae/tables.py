@@ -70,6 +70,22 @@ def frontier(frame: pd.DataFrame, x: str = "l0", y: str = "loss_recovered") -> p
     return frame[pareto_mask(frame, x, y)].sort_values(x)
 
 
+def matched_pairs(frame: pd.DataFrame) -> list[tuple[pd.Series, pd.Series]]:
+    """Per (site, layer) of the main sweep: the Gated SAE nearest the middle of its sweep's L0 range (in
+    log L0) and the baseline SAE with the closest L0 (for the density figure and the rater study)."""
+    pairs = []
+    main = frame[frame["variant"] == "sweep"]
+    for _, cell in main.groupby(["site", "layer"], sort=False):
+        gated, baseline = cell[cell["arch"] == "gated"], cell[cell["arch"] == "baseline"]
+        if gated.empty or baseline.empty:
+            continue
+        log_l0 = np.log(gated["l0"].clip(lower=1e-3))
+        g = gated.loc[(log_l0 - log_l0.median()).abs().idxmin()]
+        b = baseline.loc[(np.log(baseline["l0"].clip(lower=1e-3)) - np.log(g["l0"])).abs().idxmin()]
+        pairs.append((g, b))
+    return pairs
+
+
 # ---------------------------------------------------------------------------------------------------
 # The headline (at matched loss recovered, how much lower is Gated's L0?) and Figs. 8–9's comparisons
 # (at matched L0, how much more loss does one frontier recover than another?), each with its interval.

@@ -26,6 +26,7 @@ import torch
 from .activations import ShardedActivations, cache_identity
 from .atomic import atomic_path, write_json_atomic
 from .config import Config, ConfigError, TrainConfig, comparable, config_hash
+from .curves import CurveLog
 from .errors import PipelineError
 from .saes import BatchedSAE, RescaleShiftSAE, make_sae
 from .sparse_step import dense_step_, sparse_step_
@@ -239,6 +240,7 @@ class GridTrainer:
             torch.set_num_threads(self.train.threads)
         if not self.try_resume():
             self._init_decoder_bias()
+        self.curves = CurveLog(self.out_dir, self.train.log_every_steps, [s.name for s in self.specs], self.step)
         self._batches = TrainingBatches(self.store, self.train, self.massive_norm_threshold)
         if self._data_state is not None:
             self._batches.load_state_dict(self._data_state)
@@ -254,6 +256,7 @@ class GridTrainer:
         x = next(self._batches).to(self.device, torch.float32) * self.scale
         self._train_step(x)
         self.step += 1
+        self.curves.record(self)
         if self.step in self.resample_steps:
             self._resample_dead(x)
         if self.step % self.train.checkpoint_every_steps == 0 or self.step == self.steps:
@@ -539,15 +542,10 @@ def _train_rescale_shift_pass(config: Config, store: ShardedActivations, site: s
 
 def export_checkpoints(trainer: GridTrainer, site: str, layer: int, out_dir: Path, keys: dict[str, str]) -> None:
     """One checkpoint per SAE of a trained grid, each with its training record."""
-    from .checkpoints import code_version, write_checkpoint
-    from .sites import hook_name
+    from .checkpoints import code_version, saelens_meta, write_checkpoint
 
     config, store = trainer.config, trainer.store
-    meta = {
-        "model_name": config.model.name, "hook_name": hook_name(site, layer), "hook_layer": layer,
-        "context_size": config.experiment.context_length, "prepend_bos": True, "dataset_path": config.corpus.name,
-        "model_from_pretrained_kwargs": {},
-    }
+    meta = saelens_meta(config, site, layer)
     version = code_version()
     for spec in trainer.specs:
         record = {

@@ -98,6 +98,37 @@ class ExperimentPlan:
         path = self.config.verdict.reference(self.experiment) / "verdict.json"
         return [str(path)] if path.exists() else []
 
+    def curves(self) -> str:
+        return str(self.config.experiment.results / "curves.csv")
+
+    def browser_index(self) -> str:
+        from .browser import browser_dir
+
+        return str(browser_dir(self.config) / "index.html")
+
+    def study_page(self) -> str:
+        from .study import PAGE_FILE, study_dir
+
+        return str(study_dir(self.config) / PAGE_FILE)
+
+    def study_analysis(self) -> str:
+        from .study import ANALYSIS_FILE, study_dir
+
+        return str(study_dir(self.config) / ANALYSIS_FILE)
+
+    def study_page_params(self) -> str:
+        """What the rating page depends on: the study's sampling (not the analysis settings or the ratings
+        files, which only the analysis reads), the browser's view and the evaluation's row rule."""
+        study = {k: v for k, v in asdict(self.config.study).items() if k not in ("ratings", "bootstrap", "confidence")}
+        return json.dumps({"study": study, "page": json.loads(self.params("browser", "evaluate"))}, sort_keys=True)
+
+    def site_inputs(self, site: str, layer: int) -> list[str]:
+        """What a stage reading one site's trained SAEs and held-out data needs: its grid(s), its store,
+        the held-out tokens and the model."""
+        values = dict(model=self.model, corpus=self.corpus, site=site, layer=layer, sweep=self.config.sweep.name)
+        grids = [self.grid_index()] + ([self.rescale_shift_index()] if self.config.sweep.rescale_shift_at(site) else [])
+        return [p.format(**values) for p in [*grids, self.store_manifest(), self.tokens_manifest(), self.model_marker()]]
+
     def figures_index(self) -> str:
         return str(self.config.experiment.figures / "figures.json")
 
@@ -129,11 +160,17 @@ class ExperimentPlan:
         return [grid.format(**dict(wildcards.items())) for grid in grids]
 
     def targets(self) -> list[str]:
-        """What `snakemake all` builds: every output of the experiment's stages through its last one. The
-        earlier stages' outputs are listed too, so one deleted on disk (a store's manifest, a grid index)
-        is rebuilt by the next run rather than silently left missing behind up-to-date results."""
+        """What `snakemake all` builds: every output of the experiment's stages through its last one, and
+        with the report the optional tools that are switched on (feature browser, rating page, the study's
+        analysis). The earlier stages' outputs are listed too, so one deleted on disk (a store's manifest, a
+        grid index) is rebuilt by the next run rather than silently left missing behind up-to-date results."""
         through = STAGES.index(self.config.experiment.through)
-        return sorted({target for stage in STAGES[: through + 1] for target in self.stage_targets(stage)})
+        targets = sorted({target for stage in STAGES[: through + 1] for target in self.stage_targets(stage)})
+        if self.config.experiment.through == "report":
+            targets += [self.browser_index()] if self.config.browser.enabled else []
+            targets += [self.study_page()] if self.config.study.enabled else []
+            targets += [self.study_analysis()] if self.config.study.enabled and self.config.study.ratings else []
+        return targets
 
     # --- scheduler resources, from the estimates of `resources` -------------------------------------
 

@@ -1,4 +1,5 @@
-"""Fig. 6 / 14 analogue: relative reconstruction bias γ vs L0 per site (γ < 1 is shrinkage)."""
+"""Fig. 6 / 14 analogue: relative reconstruction bias γ vs L0 per site (γ < 1 is shrinkage), on one y
+axis so the sites compare."""
 
 from __future__ import annotations
 
@@ -6,23 +7,27 @@ from pathlib import Path
 
 import pandas as pd
 
-from .style import label, plot_line, save, site_grid
+from .style import label_grid, label_l1, plot_line, reference_line, save, shared_legend, site_grid
 
 STEM = "gamma_vs_l0"
-CAPTIONS = {STEM: "Relative reconstruction bias γ = E‖x̂‖² / E[x̂·x] against L0. γ = 1 is unbiased; γ < 1 means "
-                  "the reconstructions are shrunk (the paper's Fig. 6 and 14)."}
+CAPTIONS = {STEM: "Relative reconstruction bias γ = E‖x̂‖² / E[x̂·x] against L0 (the paper's Fig. 6 and 14). "
+                  "γ = 1 (dashed) is unbiased; γ < 1 means the reconstructions are shrunk. The sweep's end "
+                  "points are labelled with λ."}
 
 
 def figures(frame: pd.DataFrame):
     main = frame[frame["arch"].isin(["gated", "baseline"]) & (frame["variant"] == "sweep")]
-    fig, cells = site_grid(main, "Shrinkage: γ vs L0")
+    if main.empty:
+        return
+    fig, cells = site_grid(main, sharey=True)
     for (site, layer), ax in cells.items():
         cell = main[(main["site"] == site) & (main["layer"] == layer)]
+        reference_line(ax, "gamma")
         for arch in ("gated", "baseline"):
             plot_line(ax, cell, arch, "gamma")
-        ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
-        label(ax, "gamma")
-        ax.legend()
+        label_l1(ax, cell, "baseline", "gamma")
+    label_grid(cells, "gamma")
+    shared_legend(fig)
     yield STEM, fig
 
 

@@ -1,0 +1,231 @@
+"""The feature browser and the blinded interpretability study: the data against the SAE and the model, the
+pages in a real headless Chromium (rendering, blinding, ratings saved to a downloaded file and kept across a
+reload), and the study's analysis end to end on synthetic ratings."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import smoke_config
+from gatedsae.activations import ActivationStore
+from gatedsae.browser import browse, logit_effects
+from gatedsae.evaluate import CheckpointSAE, evaluate_grid
+from gatedsae.study import (ANALYSIS_MARKDOWN, KEY_FILE, analyse, analyse_study, build_study, read_ratings,
+                            study_dir)
+from gatedsae.tables import aggregate
+from gatedsae.train import train_grid
+
+SITE, LAYER = "resid_post", 1
+
+
+@pytest.fixture(scope="module")
+def evaluated(smoke_cache, tiny_model, tmp_path_factory):
+    """The smoke residual-stream grid trained, evaluated and aggregated, in a data dir of its own."""
+    data = tmp_path_factory.mktemp("pages")
+    for part in ("text", "tokens", "activations"):
+        shutil.copytree(smoke_cache.paths.root / part, data / part)
+    config = smoke_config(data, "browser.features=5", "study.features_per_sae=12", f"study.sites=[{SITE}]",
+                          "study.bootstrap=2000", "sweep.rescale_shift=false")
+    config = replace(config, experiment=replace(config.experiment, results_dir=str(data / "results")))
+    train_grid(config, SITE, LAYER, progress=False)
+    aggregate([evaluate_grid(config, SITE, LAYER, progress=False, loaded=tiny_model)], config.experiment.results)
+    return config
+
+
+@pytest.fixture(scope="module")
+def browsed(evaluated, tiny_model) -> Path:
+    return browse(evaluated, loaded=tiny_model)
+
+
+def test_browser_data_is_what_the_sae_computes(evaluated, browsed, tiny_model):
+    store = ActivationStore(evaluated.paths.activations_dir("tiny", "tiny", SITE, LAYER), "heldout")
+    rows = torch.cat([store.rows(i, None) for i in range(store.n_shards)])
+    positions = store.manifest.positions_per_window
+    pages = sorted(browsed.parent.glob("*.json"))
+    assert {p.stem.split("_")[0] for p in pages} == {"gated", "baseline"}
+    for page in pages:
+        data = json.loads(page.read_text())
+        sae = CheckpointSAE.load(data["checkpoint"])
+        features = sae.encode(rows)
+        assert data["l0"] == pytest.approx(float((features > 0).sum(-1).float().mean()), abs=1e-3)
+        assert len(data["features"]) == 5
+        for feature in data["features"]:
+            column = features[:, feature["index"]].numpy()
+            assert feature["density"] == pytest.approx((column > 0).mean())
+            assert feature["max_activation"] == pytest.approx(column.max(), abs=1e-4)
+            top = [example["value"] for example in feature["top"]]
+            assert top == sorted(top, reverse=True) and top[0] == pytest.approx(column.max(), abs=1e-4)
+            for example in feature["top"] + [e for q in feature["quantiles"] for e in q["examples"]]:
+                row = example["window"] * positions + example["position"] - 1
+                assert example["value"] == pytest.approx(column[row], abs=1e-4)
+                assert example["activations"][example["focus"]] == pytest.approx(column[row], abs=1e-4)
+            for q in feature["quantiles"]:
+                assert all(q["low"] - 1e-4 <= e["value"] <= q["high"] + 1e-4 for e in q["examples"])
+            direction = sae.tensors["W_dec"][feature["index"]] @ tiny_model.model.W_U
+            expected = [tiny_model.tokenizer.token_text(int(i)) for i in torch.topk(direction, 10).indices]
+            assert [token for token, _ in feature["logits"]["promoted"]] == expected
+
+
+def test_attention_logit_effects_go_through_w_o(evaluated, tiny_model):
+    d = evaluated.model.site_width("attn_z")
+    eye = torch.eye(d)
+    sae = CheckpointSAE(Path("."), {"architecture": "standard", "d_sae": d},
+                        {"W_dec": eye, "W_enc": eye, "b_enc": torch.zeros(d), "b_dec": torch.zeros(d)},
+                        {"site": "attn_z", "layer": LAYER})
+    effects = logit_effects(tiny_model.model, sae, "attn_z", LAYER, np.array([5]), 3, str)
+    W_O = tiny_model.model.blocks[LAYER].attn.W_O  # feature 5 is head 0, dimension 5 of z
+    expected = torch.topk(W_O[0, 5] @ tiny_model.model.W_U, 3)
+    assert [int(t) for t, _ in effects[0]["promoted"]] == expected.indices.tolist()
+
+
+def _chromium(tmp_path):
+    from headless import Chromium
+
+    return Chromium(tmp_path / "profile")
+
+
+def test_the_browser_renders_in_headless_chromium(browsed, tmp_path):
+    page = sorted(browsed.parent.glob("gated_*.html"))[0]
+    browser = _chromium(tmp_path)
+    try:
+        browser.open(page.as_uri())
+        assert browser.evaluate("document.querySelectorAll('section.feature').length") == 5
+        assert browser.evaluate("document.querySelectorAll('section.feature svg.hist rect').length") == 5 * 20
+        assert browser.evaluate("document.querySelectorAll('.ctx span.f').length") > 5, "activating tokens marked"
+        shaded = browser.evaluate("getComputedStyle(document.querySelector('.ctx span.f')).backgroundColor")
+        assert shaded.startswith("rgba(255, 110, 0") or shaded.startswith("rgb(255, 110, 0"), shaded
+        assert browser.evaluate("[...document.images].length + document.querySelectorAll('link,script[src]').length") == 0
+        screenshot = browser.screenshot(tmp_path / "feature-browser.png")
+        assert screenshot.stat().st_size > 10_000
+        if os.environ.get("GATEDSAE_SCREENSHOT_DIR"):  # to refresh docs/img
+            shutil.copy(screenshot, Path(os.environ["GATEDSAE_SCREENSHOT_DIR"]) / "feature-browser-smoke.png")
+        browser.open(browsed.as_uri())
+        assert browser.evaluate("document.querySelectorAll('table.saes a').length") == len(list(browsed.parent.glob("*.json")))
+        assert not browser.page_errors()
+    finally:
+        browser.close()
+
+
+def synthetic_rating(key: dict, identifier: str, rng: np.random.Generator, gated_yes: float, baseline_yes: float) -> str:
+    p_yes = gated_yes if key["features"][identifier]["arch"] == "gated" else baseline_yes
+    return str(rng.choice(["yes", "maybe", "no"], p=[p_yes, (1 - p_yes) / 2, (1 - p_yes) / 2]))
+
+
+@pytest.fixture(scope="module")
+def study(evaluated, tiny_model) -> Path:
+    return build_study(evaluated, loaded=tiny_model)
+
+
+def test_the_rating_page_is_blinded(evaluated, study):
+    key = json.loads((study_dir(evaluated) / KEY_FILE).read_text())
+    page = study.read_text()
+    assert len(key["features"]) == 24 and {e["arch"] for e in key["features"].values()} == {"gated", "baseline"}
+    pairs = {}
+    for entry in key["features"].values():
+        pairs.setdefault(entry["pair"], []).append(entry["arch"])
+    assert all(sorted(archs) == ["baseline", "gated"] for archs in pairs.values()), "each pair: one of each"
+    for leak in ["Gated", "Baseline", "gated_w", "baseline_w", "checkpoint", "λ", *{
+            e["checkpoint_id"] for e in key["features"].values()}]:
+        assert leak not in page, f"the rating page gives away {leak!r}"
+    assert not re.search(r"Feature \d|id=\"f\d", page), "a feature's index would betray the wider baseline"
+    order = [entry["arch"] for entry in key["features"].values()]
+    assert order != sorted(order) and order != sorted(order, reverse=True), "shuffled"
+
+
+def test_ratings_are_saved_to_a_downloaded_file_and_kept_across_a_reload(evaluated, study, tmp_path):
+    key = json.loads((study_dir(evaluated) / KEY_FILE).read_text())
+    rng = np.random.default_rng(1)
+    chosen = {identifier: synthetic_rating(key, identifier, rng, 0.8, 0.3) for identifier in list(key["features"])[:-2]}
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    browser = _chromium(tmp_path)
+    try:
+        browser.allow_downloads(downloads)
+        browser.open(study.as_uri())
+        assert browser.evaluate("document.body.dataset.ready") == "true"
+        assert browser.evaluate("document.querySelectorAll('fieldset.rating').length") == len(key["features"])
+        browser.evaluate("document.getElementById('rater').value = 'Rater One';"
+                         "document.getElementById('rater').dispatchEvent(new Event('input', {bubbles: true}))")
+        for identifier, rating in chosen.items():
+            browser.evaluate(f"document.querySelector('input[name=\"{identifier}\"][value=\"{rating}\"]').click()")
+        browser.evaluate("document.querySelector('input.note[data-id=\"F001\"]').value = 'commas';"
+                         "document.querySelector('input.note[data-id=\"F001\"]').dispatchEvent(new Event('input', {bubbles: true}))")
+        progress = f"{len(chosen)} of {len(key['features'])} rated"
+        assert browser.evaluate("document.querySelector('.progress').textContent") == progress
+        browser.evaluate("document.querySelector('button.download').click()")
+        browser.wait_for_download()
+        (saved,) = downloads.glob("ratings-Rater_One-*.json")
+        data = json.loads(saved.read_text())
+        assert data["study"] == key["study"] and data["rater"] == "Rater One"
+        assert data["ratings"] == chosen and data["notes"] == {"F001": "commas"}
+        browser.open(study.as_uri())  # a reload: the ratings come back from the browser's storage
+        assert browser.evaluate("document.querySelector('.progress').textContent") == progress
+        assert browser.evaluate("document.getElementById('rater').value") == "Rater One"
+        assert not browser.page_errors()
+        if os.environ.get("GATEDSAE_SCREENSHOT_DIR"):
+            browser.screenshot(Path(os.environ["GATEDSAE_SCREENSHOT_DIR"]) / "rating-page-smoke.png")
+    finally:
+        browser.close()
+    assert read_ratings([saved], key)["rating"].tolist() == list(chosen.values())
+
+
+def _write_raters(directory: Path, key: dict, gated_yes: float, baseline_yes: float, raters: int = 3) -> list[Path]:
+    rng = np.random.default_rng(7)
+    paths = []
+    for r in range(raters):
+        ratings = {i: synthetic_rating(key, i, rng, gated_yes, baseline_yes) for i in key["features"]}
+        path = directory / f"rater{r}.json"
+        path.write_text(json.dumps({"study": key["study"], "rater": f"r{r}", "ratings": ratings}))
+        paths.append(path)
+    return paths
+
+
+def test_the_analysis_unblinds_synthetic_ratings_and_finds_a_real_difference(evaluated, study, tmp_path):
+    from gatedsae.__main__ import main
+
+    key = json.loads((study_dir(evaluated) / KEY_FILE).read_text())
+    better = _write_raters(tmp_path, key, gated_yes=0.9, baseline_yes=0.2)
+    overrides = ["experiment=smoke", f"paths.data={evaluated.paths.data}", f"study.sites=[{SITE}]",
+                 f"+experiment.results_dir={evaluated.experiment.results}",
+                 "study.ratings=[" + ",".join(map(str, better)) + "]"]
+    assert main(["study-analysis", *overrides]) == 0
+    result = json.loads((study_dir(evaluated) / "analysis.json").read_text())
+    comparison = result["gated_minus_baseline"]
+    assert comparison["pairs"] == 12 and result["raters"] == ["r0", "r1", "r2"]
+    assert comparison["ci_low"] > 0 and comparison["p_value"] < 0.01
+    assert result["per_architecture"]["gated"]["fraction_yes"] > result["per_architecture"]["baseline"]["fraction_yes"]
+    assert "Gated − baseline" in (study_dir(evaluated) / ANALYSIS_MARKDOWN).read_text()
+
+    same = analyse(key, read_ratings(_write_raters(tmp_path, key, 0.5, 0.5), key), 2000, 0.95, 0)
+    null = same["gated_minus_baseline"]
+    assert null["ci_low"] < 0 < null["ci_high"] and null["p_value"] > 0.05
+
+
+def test_hand_computed_analysis_and_bad_rating_files(evaluated, study, tmp_path):
+    key = json.loads((study_dir(evaluated) / KEY_FILE).read_text())
+    ids = {arch: [i for i, e in key["features"].items() if e["arch"] == arch] for arch in ("gated", "baseline")}
+    pair_of = {i: e["pair"] for i, e in key["features"].items()}
+    baseline_by_pair = {pair_of[i]: i for i in ids["baseline"]}
+    first = ids["gated"][0]
+    ratings = {first: "yes", baseline_by_pair[pair_of[first]]: "maybe"}  # one complete pair: +0.5
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps({"study": key["study"], "rater": "a", "ratings": ratings}))
+    result = analyse(key, read_ratings([path], key), 200, 0.9, 0)
+    assert result["gated_minus_baseline"]["pairs"] == 1 and result["gated_minus_baseline"]["mean_difference"] == 0.5
+    assert result["per_architecture"]["baseline"]["counts"] == {"no": 0, "maybe": 1, "yes": 0}
+    for bad, message in (({"study": "other"}, "another build"), ({"ratings": {first: "great"}}, "the scale is"),
+                         ({"ratings": {"F999": "yes"}}, "not a feature")):
+        path.write_text(json.dumps({"study": key["study"], "rater": "a", "ratings": {}, **bad}))
+        with pytest.raises(ValueError, match=message):
+            read_ratings([path], key)
+    with pytest.raises(Exception, match="study.ratings"):
+        analyse_study(evaluated, ratings=[])

@@ -1,0 +1,124 @@
+"""Our checkpoints in sae-lens 6.x: complete metadata, and an SAE attached to a HookedSAETransformer of
+the same model gives the spliced loss our evaluation computes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import smoke_config
+from gatedsae.checkpoints import SAELENS_FORMAT_VERSION, read_checkpoint
+from gatedsae.corpus import load_windows
+from gatedsae.evaluate import CheckpointSAE
+from gatedsae.sites import hook_name
+from gatedsae.spliced import SplicedLM
+from gatedsae.train import train_grid
+
+sae_lens = pytest.importorskip("sae_lens")
+
+SITES = ("resid_post", "mlp_out", "attn_z")
+LAYER = 1
+
+
+@pytest.fixture(scope="module")
+def smoke_grids(smoke_cache, tmp_path_factory):
+    """Every smoke site's grid trained once: (config, {site: grid index})."""
+    data = tmp_path_factory.mktemp("saelens")
+    for part in ("tokens", "activations"):
+        shutil.copytree(smoke_cache.paths.root / part, data / part)
+    config = smoke_config(data)
+    return config, {site: json.loads(train_grid(config, site, LAYER, progress=False).read_text()) for site in SITES}
+
+
+def _loadable(index: dict) -> list[dict]:
+    return [entry for entry in index["saes"] if entry["arch"] != "gated_untied"]  # no sae-lens equivalent
+
+
+def test_sae_lens_reads_the_complete_metadata(smoke_grids):
+    config, grids = smoke_grids
+    for site, index in grids.items():
+        for entry in _loadable(index):
+            metadata = sae_lens.SAE.load_from_disk(entry["path"], device="cpu").cfg.metadata
+            assert metadata.sae_lens_version == SAELENS_FORMAT_VERSION
+            assert metadata.model_name == config.model.name == "tiny"
+            assert metadata.hook_name == hook_name(site, LAYER)
+            assert metadata.context_size == config.experiment.context_length
+            assert metadata.prepend_bos is True and list(metadata.seqpos_slice) == [1, None]
+            assert metadata.hook_head_index is None and metadata.dataset_path == config.corpus.name
+            assert metadata.model_from_pretrained_kwargs == {}
+            assert metadata.model_weights["source"] == "random"
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_an_attached_sae_gives_our_spliced_loss(smoke_grids, tiny_model, site):
+    """HookedSAETransformer + add_sae (BOS left clean, as in training) = SplicedLM with our reconstruction,
+    token by token, for every loadable SAE of the site."""
+    from gatedsae.hooked_sae import as_hooked_sae_transformer
+
+    config, grids = smoke_grids
+    tokens_dir = config.paths.tokens_dir("tiny", "tiny")
+    tokens = torch.from_numpy(np.asarray(load_windows(tokens_dir, "heldout")[:4], dtype=np.int64))
+    bos = int(tokens[0, 0])
+    assert (tokens[:, 0] == bos).all() and not (tokens[:, 1:] == bos).any()  # BOS only at position 0
+    model = as_hooked_sae_transformer(tiny_model.model)
+    spliced = SplicedLM(tiny_model.model, site, LAYER)
+    prefix = spliced.prefix(tokens)
+    torch.testing.assert_close(model(tokens, return_type="loss", loss_per_token=True)[:, 1:],
+                               spliced.token_losses(prefix, None))  # the two models agree, clean
+    for entry in _loadable(grids[site]):
+        ours = CheckpointSAE.load(entry["path"])
+        flat = prefix.activation.reshape(-1, prefix.activation.shape[-1]).float()
+        expected = spliced.token_losses(prefix, ours.decode(ours.encode(flat)).reshape(prefix.activation.shape))
+        sae = sae_lens.SAE.load_from_disk(entry["path"], device="cpu")
+        model.add_sae(sae, exclude_special_tokens=[bos])
+        try:
+            assert hook_name(site, LAYER) in model.acts_to_saes, "add_sae skipped the SAE (hook not found)"
+            with torch.no_grad():
+                theirs = model(tokens, return_type="loss", loss_per_token=True)[:, 1:]
+        finally:
+            model.reset_saes()
+        torch.testing.assert_close(theirs, expected, rtol=1e-5, atol=1e-5, msg=entry["sae"])
+        assert not torch.allclose(expected, spliced.token_losses(prefix, None)), "the SAE must change the loss"
+
+
+def test_checkpoint_cfg_has_no_private_keys_sae_lens_ignores(smoke_grids):
+    """Everything in cfg.json is either an sae-lens config field or its metadata (nothing silently lost)."""
+    _, grids = smoke_grids
+    cfg, _, _ = read_checkpoint(_loadable(grids["resid_post"])[0]["path"])
+    sae = sae_lens.SAE.load_from_disk(_loadable(grids["resid_post"])[0]["path"], device="cpu")
+    written = sae.cfg.to_dict()
+    assert set(cfg) <= set(written), set(cfg) - set(written)
+    assert cfg["metadata"].items() <= written["metadata"].items()
+
+
+def test_an_older_checkpoint_is_upgraded_in_place_without_touching_its_weights(smoke_grids, tmp_path):
+    from gatedsae.__main__ import main
+    from gatedsae.checkpoints import CFG_FILE, checkpoint_id
+
+    config, grids = smoke_grids
+    entry = _loadable(grids["mlp_out"])[0]
+    old = tmp_path / "old"
+    shutil.copytree(entry["path"], old)
+    cfg = json.loads((old / CFG_FILE).read_text())
+    cfg["meta"] = {k: cfg["metadata"][k] for k in ("model_name", "hook_name", "context_size")}
+    del cfg["metadata"]  # the format before sae-lens metadata
+    (old / CFG_FILE).write_text(json.dumps(cfg))
+    assert sae_lens.SAE.load_from_disk(old).cfg.metadata.hook_name is None  # what the upgrade fixes
+    identity = checkpoint_id(old)
+    grid = json.loads(json.dumps(grids["mlp_out"]))
+    grid["saes"] = [{**entry, "path": str(old)}]
+    index = config.paths.checkpoints_dir("tiny", "tiny", "mlp_out", LAYER, "smoke") / "grid.json"
+    original = index.read_text()
+    index.write_text(json.dumps(grid))
+    try:
+        assert main(["upgrade-checkpoints", "experiment=smoke", f"paths.data={config.paths.data}"]) == 0
+    finally:
+        index.write_text(original)
+    assert json.loads((old / CFG_FILE).read_text()) == json.loads((Path(entry["path"]) / CFG_FILE).read_text())
+    assert sae_lens.SAE.load_from_disk(old).cfg.metadata.hook_name == hook_name("mlp_out", LAYER)
+    assert checkpoint_id(old) == identity
