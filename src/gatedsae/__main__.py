@@ -90,13 +90,14 @@ def _upgrade_checkpoints(config: Config) -> None:
 
     from .checkpoints import upgrade_saelens_cfg
     from .evaluate import grid_indexes
+    from .train import read_grid_index
 
     rewritten = kept = 0
     for site in config.experiment.sites:
         for layer in config.experiment.layers:
             for index in grid_indexes(config, site, layer).values():
                 if index.exists():
-                    for entry in json.loads(index.read_text())["saes"]:
+                    for entry in read_grid_index(index):
                         if upgrade_saelens_cfg(entry["path"], config):
                             rewritten += 1
                         else:

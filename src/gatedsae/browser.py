@@ -27,6 +27,7 @@ from .activations import ActivationStore
 from .atomic import write_text_atomic
 from .config import BrowserConfig, Config
 from .evaluate import CheckpointSAE
+from .train import read_grid_index
 
 BROWSER_DIR = "browser"
 INDEX_FILE = "index.html"
@@ -205,7 +206,7 @@ def browsed_checkpoints(config: Config, site: str, layer: int, archs: list[str])
         if not index.exists():
             raise FileNotFoundError(f"{index} does not exist; train the grid first (Snakemake rule train_grid"
                                     f"{' and rescale_shift' if variant == 'rescale_shift' else ''})")
-        found += [Path(e["path"]) for e in json.loads(index.read_text())["saes"] if e["arch"] in archs]
+        found += [Path(e["path"]) for e in read_grid_index(index) if e["arch"] in archs]
     if not found:
         raise FileNotFoundError(f"no SAE of architecture {archs} in the grids of {site} layer {layer}; "
                                 "check browser.archs")

@@ -160,6 +160,9 @@ def upgrade_saelens_cfg(directory: Path, config) -> bool:
     if upgraded == cfg:
         return False
     write_text_atomic(directory / CFG_FILE, json.dumps(upgraded, indent=2) + "\n")
+    if CFG_FILE in (record.get(HASHES) or {}):  # keep the recorded hash true to the rewritten file
+        record[HASHES][CFG_FILE] = sha256_file(directory / CFG_FILE)
+        write_json_atomic(directory / RECORD_FILE, record)
     return True
 
 
