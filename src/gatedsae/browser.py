@@ -9,8 +9,8 @@ For each feature, on the held-out split (text the SAE never trained on):
   through W_O first at the attention output; the final LayerNorm is left out, as is usual).
 
 Rows of the held-out store map back to text exactly: row r is window r // (T−1), position 1 + r % (T−1)
-(BOS excluded), the order the cache wrote them in. Rows the evaluation leaves out as massive outliers
-(`evaluate.max_norm_ratio`) are left out here too.
+(BOS excluded), the order the cache wrote them in. Rows the evaluation leaves out as massive activations
+(norm above the checkpoint's `massive_norm_threshold`) are left out here too.
 """
 
 from __future__ import annotations
@@ -48,18 +48,17 @@ class HeldoutText:
         return row // self.positions, 1 + row % self.positions
 
 
-def heldout_shards(store: ActivationStore, limit: Optional[int], max_norm_ratio: Optional[float]
+def heldout_shards(store: ActivationStore, limit: Optional[int], max_norm: Optional[float]
                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(rows [n, d] float32, kept [n] bool) per shard in stored order, at most `limit` rows in all; `kept`
-    is False for the rows the evaluation leaves out (norm above max_norm_ratio × the shard's median)."""
+    is False for the rows the evaluation leaves out (massive: norm above `max_norm`)."""
     remaining = len(store) if limit is None else limit
     for index in range(store.n_shards):
         if remaining <= 0:
             return
         rows = store.rows(index, None, torch.float32)
         norms = rows.norm(dim=-1)
-        kept = torch.ones(len(rows), dtype=torch.bool) if max_norm_ratio is None else (
-            norms <= max_norm_ratio * norms.median())
+        kept = torch.ones(len(rows), dtype=torch.bool) if max_norm is None else norms <= max_norm
         rows, kept = rows[:remaining], kept[:remaining]
         remaining -= len(rows)
         yield rows, kept
@@ -170,7 +169,8 @@ def sae_features(sae: CheckpointSAE, store: ActivationStore, text: HeldoutText, 
                  config: Config, features: Optional[np.ndarray] = None, count: Optional[int] = None) -> dict:
     """One SAE's browser data: its summary and the records of `features` (or `count` sampled ones)."""
     batch = config.evaluate.batch_rows
-    shards = lambda: heldout_shards(store, browser.heldout_tokens, config.evaluate.max_norm_ratio)  # noqa: E731
+    threshold = sae.record.get("massive_norm_threshold")
+    shards = lambda: heldout_shards(store, browser.heldout_tokens, threshold)  # noqa: E731
     scanned = scan(sae, shards(), batch)
     rng = np.random.default_rng([browser.seed, int(sae.checkpoint_id, 16) % (2**32)])
     if features is None:
