@@ -80,7 +80,7 @@ def check_model(name: str, device: str, data: Path, source_data: Path, train_ste
                                            checkpoint_every_steps=10**9))
     trainer = GridTrainer(config, store, out_dir)
     x = next(iter(store.batches(config.train.batch_size, seed=0, buffer_rows=config.train.buffer_rows)))
-    flops = step_flops(trainer, x.to(device, torch.float32) * trainer.scale)
+    flops = step_flops(trainer, x.to(device, torch.float32) * trainer.scale, sparse=False)  # the dense matmul count
     trainer.run(progress=False, stop_after=1)  # warm-up
     synchronize(device)
     started = time.perf_counter()

@@ -194,8 +194,10 @@ def test_evaluating_an_untrained_grid_names_the_missing_step(smoke_cache):
 
 
 def _grid_saes(config, site: str) -> list[CheckpointSAE]:
-    grid = json.loads(config.paths.checkpoints_dir("tiny", "tiny", site, 1, "smoke").joinpath("grid.json").read_text())
-    return [CheckpointSAE.load(entry["path"]) for entry in grid["saes"]]
+    from gatedsae.train import read_grid_index
+
+    grid = read_grid_index(config.paths.checkpoints_dir("tiny", "tiny", site, 1, "smoke") / "grid.json")
+    return [CheckpointSAE.load(entry["path"]) for entry in grid]
 
 
 def test_per_window_ce_reproduces_the_means_over_every_prediction(trained_smoke, tiny_model):

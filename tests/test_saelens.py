@@ -17,7 +17,7 @@ from gatedsae.corpus import load_windows
 from gatedsae.evaluate import CheckpointSAE
 from gatedsae.sites import hook_name
 from gatedsae.spliced import SplicedLM
-from gatedsae.train import train_grid
+from gatedsae.train import read_grid_index, train_grid
 
 sae_lens = pytest.importorskip("sae_lens")
 
@@ -32,11 +32,11 @@ def smoke_grids(smoke_cache, tmp_path_factory):
     for part in ("tokens", "activations"):
         shutil.copytree(smoke_cache.paths.root / part, data / part)
     config = smoke_config(data)
-    return config, {site: json.loads(train_grid(config, site, LAYER, progress=False).read_text()) for site in SITES}
+    return config, {site: read_grid_index(train_grid(config, site, LAYER, progress=False)) for site in SITES}
 
 
-def _loadable(index: dict) -> list[dict]:
-    return [entry for entry in index["saes"] if entry["arch"] != "gated_untied"]  # no sae-lens equivalent
+def _loadable(entries: list[dict]) -> list[dict]:
+    return [entry for entry in entries if entry["arch"] != "gated_untied"]  # no sae-lens equivalent
 
 
 def test_sae_lens_reads_the_complete_metadata(smoke_grids):
@@ -102,23 +102,18 @@ def test_an_older_checkpoint_is_upgraded_in_place_without_touching_its_weights(s
 
     config, grids = smoke_grids
     entry = _loadable(grids["mlp_out"])[0]
-    old = tmp_path / "old"
-    shutil.copytree(entry["path"], old)
+    data = tmp_path / "data"  # a copy of the trained data, whose one checkpoint gets the old format
+    for part in ("tokens", "activations", "checkpoints"):
+        shutil.copytree(config.paths.root / part, data / part)
+    old = data / Path(entry["path"]).relative_to(config.paths.root)
     cfg = json.loads((old / CFG_FILE).read_text())
     cfg["meta"] = {k: cfg["metadata"][k] for k in ("model_name", "hook_name", "context_size")}
     del cfg["metadata"]  # the format before sae-lens metadata
     (old / CFG_FILE).write_text(json.dumps(cfg))
     assert sae_lens.SAE.load_from_disk(old).cfg.metadata.hook_name is None  # what the upgrade fixes
     identity = checkpoint_id(old)
-    grid = json.loads(json.dumps(grids["mlp_out"]))
-    grid["saes"] = [{**entry, "path": str(old)}]
-    index = config.paths.checkpoints_dir("tiny", "tiny", "mlp_out", LAYER, "smoke") / "grid.json"
-    original = index.read_text()
-    index.write_text(json.dumps(grid))
-    try:
-        assert main(["upgrade-checkpoints", "experiment=smoke", f"paths.data={config.paths.data}"]) == 0
-    finally:
-        index.write_text(original)
+    assert main(["upgrade-checkpoints", "experiment=smoke", f"paths.data={data}"]) == 0
     assert json.loads((old / CFG_FILE).read_text()) == json.loads((Path(entry["path"]) / CFG_FILE).read_text())
     assert sae_lens.SAE.load_from_disk(old).cfg.metadata.hook_name == hook_name("mlp_out", LAYER)
     assert checkpoint_id(old) == identity
+    read_checkpoint(old)  # its recorded hashes follow the rewritten cfg.json
