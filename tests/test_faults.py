@@ -201,9 +201,9 @@ def test_sigkill_during_training_then_rerun_equals_an_uninterrupted_run(point, r
 
 
 @pytest.mark.parametrize("point", [
-    ("gatedsae.evaluate:spliced_losses", "kill-before", 1),  # reconstruction metrics done, CE not started
+    ("gatedsae.spliced:HeldOutWindows.losses", "kill-before", 2),  # one SAE saved, the next one's CE not started
     ("gatedsae.spliced:SplicedLM.token_losses", "kill-after", 5),  # in the middle of the spliced losses
-], ids=["before-spliced-losses", "mid-spliced-losses"])
+], ids=["between-saes", "mid-spliced-losses"])
 def test_sigkill_during_evaluation_then_rerun_equals_an_uninterrupted_run(point, reference, tiny_model, tmp_path):
     """Evaluation killed with SIGKILL (before and during the spliced losses), then run again: the metrics
     equal an uninterrupted run's."""
