@@ -65,11 +65,12 @@ def acquire(directory: Path, command: list[str]) -> int:
 
 
 def live_processes(directory: Path) -> list[str]:
-    """Snakemake or pipeline-stage processes (other than this one) whose working directory is
-    `directory`, as 'PID: command'. Linux only (/proc); elsewhere an empty list."""
-    found = []
+    """Snakemake or pipeline-stage processes (other than this one and the processes that started it, such
+    as `python -m gatedsae replicate`) whose working directory is `directory`, as 'PID: command'. Linux
+    only (/proc); elsewhere an empty list."""
+    found, ours = [], _ancestors()
     for entry in Path("/proc").glob("[0-9]*"):
-        if int(entry.name) == os.getpid():
+        if int(entry.name) in ours:
             continue
         try:
             argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
@@ -79,6 +80,19 @@ def live_processes(directory: Path) -> list[str]:
             continue
         found.append(f"{entry.name}: {' '.join(a for a in argv if a)}")
     return found
+
+
+def _ancestors() -> set[int]:
+    """This process and every process above it (Linux /proc; just this one elsewhere)."""
+    pids, pid = {os.getpid()}, os.getppid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            pid = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state: the parent's PID
+        except (OSError, ValueError, IndexError):
+            break
+    return pids
 
 
 _SHELL_PIPELINE = re.compile(r"(^|[\s/])(snakemake|-m\s+(snakemake|gatedsae))(\s|$)")
