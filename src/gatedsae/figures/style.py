@@ -160,7 +160,7 @@ def panel_title(site: str, layer: int, with_layer: bool) -> str:
 
 
 def label(ax, y: str, first_column: bool = True, bottom_row: bool = True) -> None:
-    ax.set_xscale("log")
+    plain_log_axis(ax, "x")  # major ticks 10, 20, 50, 100, ...: matplotlib's minor labels overlap on short spans
     if bottom_row:
         ax.set_xlabel(AXIS_LABELS["l0"])
     if first_column:
