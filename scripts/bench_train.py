@@ -60,16 +60,17 @@ L1 = 0.1  # the default sweep's middle λ; the code's sparsity is set directly (
 
 
 @torch.no_grad()
-def set_code_density(module: BatchedSAE, x: torch.Tensor, l0: float, seed: int) -> None:
+def set_code_density(module: BatchedSAE, x: torch.Tensor, l0: float, seed: int, spread: float = 1.5,
+                     cap: float = 0.5) -> None:
     """Gate biases such that on `x` about `l0` gates per row open: feature j opens on a fraction r_j of
-    the rows, r log-normal (σ = 1.5) scaled to sum to l0 and capped at 0.5."""
+    the rows, r log-normal (σ = `spread`) scaled to sum to l0 and capped at `cap`."""
     n, width = module.n, module.width
     gate_weight, gate_bias = ((module.W_gate, module.b_gate) if hasattr(module, "b_gate")
                               else (module.W_enc, module.b_enc))
     z = torch.bmm((x - module.b_dec[:, None, :]).expand(n, -1, -1), gate_weight)  # [n, B, m]
     generator = torch.Generator().manual_seed(seed)
-    rates = torch.exp(1.5 * torch.randn(n, width, generator=generator))
-    rates = (rates / rates.sum(-1, keepdim=True) * l0).clamp(max=0.5)
+    rates = torch.exp(spread * torch.randn(n, width, generator=generator))
+    rates = (rates / rates.sum(-1, keepdim=True) * l0).clamp(max=cap)
     rank = ((1 - rates) * (len(x) - 1)).round().long()
     thresholds = z.sort(dim=1).values.gather(1, rank[:, None, :]).squeeze(1)
     gate_bias.copy_(-thresholds)
@@ -157,9 +158,11 @@ def summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
 
 
-def crossover(config, store, x: torch.Tensor, widths: dict[str, int], densities: list[float]) -> dict:
+def crossover(config, store, x: torch.Tensor, widths: dict[str, int], densities: list[float],
+              repeats: int = 3) -> dict:
     """Seconds of one step on the support and one dense step (forward + backward of one SAE, fastest of
-    three) across code densities, and the density where the two cross (linear interpolation)."""
+    `repeats`) across code densities (feature rates spread log-normally, σ = 0.5, so high densities are
+    reachable), and the lowest density where dense steps become faster (linear interpolation)."""
     out = {}
     for arch, width in widths.items():
         group = SAEGroupConfig(arch.split("_w")[0], width / store.d, 1e-3, [L1])
@@ -170,11 +173,11 @@ def crossover(config, store, x: torch.Tensor, widths: dict[str, int], densities:
         module = trainer.modules[0]
         rows = []
         for density in densities:
-            set_code_density(module, x, density * width, seed=0)
+            set_code_density(module, x, density * width, seed=0, spread=0.5, cap=0.95)
             times = {}
             for name, step in (("sparse", sparse_step_), ("dense", dense_step_)):
                 best = float("inf")
-                for _ in range(3):
+                for _ in range(repeats):
                     module.zero_grad(set_to_none=True)
                     started = time.perf_counter()
                     outcome = step(module, x)
@@ -311,7 +314,7 @@ def main() -> None:
             results[case][kind] = entry
 
     widths = {"gated_w1d": d, "baseline_w1.5d": int(1.5 * d), "gated_w4d": 4 * d, "baseline_w6d": 6 * d}
-    densities = [0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3]
+    densities = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5]
     cross = crossover(config, store, batches[1], {f"{k.split('_w')[0]}_w{w}": w for k, w in widths.items()}, densities)
     crossings = [v["crossover_density"] for v in cross.values() if v["crossover_density"] is not None]
     l0_sweep = {}
