@@ -110,10 +110,13 @@ def step_flops(trainer: GridTrainer, x: torch.Tensor, sparse: bool) -> int:
 
 
 def timed_training(config, store, batches: list[torch.Tensor], l0: float, sparse: str) -> dict:
-    """Time len(batches) − 1 trainer steps after one untimed step, from the prepared state."""
+    """Time len(batches) − 1 trainer steps after one untimed step, from the prepared state, at lr 0: Adam
+    computes its whole update as always (then scaled by 0), so a step costs what it costs in training
+    while the code stays at the prepared L0 (a fresh Adam's first sign-like steps would shift it)."""
     config = replace(config, train=replace(config.train, sparse=sparse))
     with tempfile.TemporaryDirectory() as out:
         trainer = prepared_trainer(config, store, Path(out), batches[0], l0)
+        trainer.base_lrs = [0.0] * len(trainer.modules)
         trainer._train_step(batches[0])  # warm-up
         trainer.step = 1
         started = time.perf_counter()
@@ -149,7 +152,8 @@ def peer_run(args, store_dir: Path, config, width: int, tokens: int) -> dict:
                         "--store", str(store_dir), "--tokens", str(tokens), "--width", str(width),
                         "--l1", str(L1), "--lr", "1e-3", "--batch", str(config.train.batch_size),
                         "--seed", str(config.train.seed), "--buffer-rows", str(config.train.buffer_rows),
-                        "--lr-warm-up-steps", str(config.train.lr_warmup_steps), "--out", peer_out.name],
+                        "--lr-warm-up-steps", str(config.train.lr_warmup_steps), "--threads", str(args.threads),
+                        "--out", peer_out.name],
                        check=True, stdout=subprocess.DEVNULL)
         return json.loads(Path(peer_out.name).read_text())
 
@@ -235,9 +239,12 @@ def main() -> None:
     parser.add_argument("--site", default="resid_post")
     parser.add_argument("--synthetic", action="store_true", help="synthetic activations even if the store exists")
     parser.add_argument("--peer-python", default=None, help="python of a venv with sae-lens installed")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads, ours and the peer's (0: torch's default)")
     parser.add_argument("--out", default=str(REPO_ROOT / "results" / "benchmarks" / "train.json"))
     args, overrides = parser.parse_known_args()
     load_before = os.getloadavg()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     # Every row is kept (no outlier exclusion) so that sae-lens, which reads the store as it is, sees
     # exactly the same batches and scale. The default experiment's batch (1024).
@@ -331,7 +338,9 @@ def main() -> None:
                   "one round, and see each figure's (min, max) over the interleaved rounds"),
         "data": data, "d": d, "batch_size": batch, "steps_per_run": args.steps, "rounds": args.repeats,
         "prepared_state": (f"fresh SAEs, b_dec at the data mean, gate biases set so ~{args.l0:g} gates per row open "
-                           "on the first batch (log-normal per-feature rates); sae-lens from its own init"),
+                           "on the first batch (log-normal per-feature rates); our timed steps at lr 0 so the code "
+                           "keeps that L0 (the step's cost does not depend on lr); sae-lens from its own init at "
+                           "lr 1e-3 (its dense step costs the same whatever the code)"),
         "results": results,
         "sparse_l0_sweep_paper_regime_gated": {l0: {"tokens_per_s": r["tokens_per_s"], "l0_last_step": r["l0_last_step"]}
                                               for l0, r in l0_sweep.items()},
