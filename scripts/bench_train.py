@@ -60,16 +60,17 @@ L1 = 0.1  # the default sweep's middle λ; the code's sparsity is set directly (
 
 
 @torch.no_grad()
-def set_code_density(module: BatchedSAE, x: torch.Tensor, l0: float, seed: int) -> None:
+def set_code_density(module: BatchedSAE, x: torch.Tensor, l0: float, seed: int, spread: float = 1.5,
+                     cap: float = 0.5) -> None:
     """Gate biases such that on `x` about `l0` gates per row open: feature j opens on a fraction r_j of
-    the rows, r log-normal (σ = 1.5) scaled to sum to l0 and capped at 0.5."""
+    the rows, r log-normal (σ = `spread`) scaled to sum to l0 and capped at `cap`."""
     n, width = module.n, module.width
     gate_weight, gate_bias = ((module.W_gate, module.b_gate) if hasattr(module, "b_gate")
                               else (module.W_enc, module.b_enc))
     z = torch.bmm((x - module.b_dec[:, None, :]).expand(n, -1, -1), gate_weight)  # [n, B, m]
     generator = torch.Generator().manual_seed(seed)
-    rates = torch.exp(1.5 * torch.randn(n, width, generator=generator))
-    rates = (rates / rates.sum(-1, keepdim=True) * l0).clamp(max=0.5)
+    rates = torch.exp(spread * torch.randn(n, width, generator=generator))
+    rates = (rates / rates.sum(-1, keepdim=True) * l0).clamp(max=cap)
     rank = ((1 - rates) * (len(x) - 1)).round().long()
     thresholds = z.sort(dim=1).values.gather(1, rank[:, None, :]).squeeze(1)
     gate_bias.copy_(-thresholds)
@@ -109,10 +110,13 @@ def step_flops(trainer: GridTrainer, x: torch.Tensor, sparse: bool) -> int:
 
 
 def timed_training(config, store, batches: list[torch.Tensor], l0: float, sparse: str) -> dict:
-    """Time len(batches) − 1 trainer steps after one untimed step, from the prepared state."""
+    """Time len(batches) − 1 trainer steps after one untimed step, from the prepared state, at lr 0: Adam
+    computes its whole update as always (then scaled by 0), so a step costs what it costs in training
+    while the code stays at the prepared L0 (a fresh Adam's first sign-like steps would shift it)."""
     config = replace(config, train=replace(config.train, sparse=sparse))
     with tempfile.TemporaryDirectory() as out:
         trainer = prepared_trainer(config, store, Path(out), batches[0], l0)
+        trainer.base_lrs = [0.0] * len(trainer.modules)
         trainer._train_step(batches[0])  # warm-up
         trainer.step = 1
         started = time.perf_counter()
@@ -148,7 +152,8 @@ def peer_run(args, store_dir: Path, config, width: int, tokens: int) -> dict:
                         "--store", str(store_dir), "--tokens", str(tokens), "--width", str(width),
                         "--l1", str(L1), "--lr", "1e-3", "--batch", str(config.train.batch_size),
                         "--seed", str(config.train.seed), "--buffer-rows", str(config.train.buffer_rows),
-                        "--lr-warm-up-steps", str(config.train.lr_warmup_steps), "--out", peer_out.name],
+                        "--lr-warm-up-steps", str(config.train.lr_warmup_steps), "--threads", str(args.threads),
+                        "--out", peer_out.name],
                        check=True, stdout=subprocess.DEVNULL)
         return json.loads(Path(peer_out.name).read_text())
 
@@ -157,9 +162,11 @@ def summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
 
 
-def crossover(config, store, x: torch.Tensor, widths: dict[str, int], densities: list[float]) -> dict:
+def crossover(config, store, x: torch.Tensor, widths: dict[str, int], densities: list[float],
+              repeats: int = 3) -> dict:
     """Seconds of one step on the support and one dense step (forward + backward of one SAE, fastest of
-    three) across code densities, and the density where the two cross (linear interpolation)."""
+    `repeats`) across code densities (feature rates spread log-normally, σ = 0.5, so high densities are
+    reachable), and the lowest density where dense steps become faster (linear interpolation)."""
     out = {}
     for arch, width in widths.items():
         group = SAEGroupConfig(arch.split("_w")[0], width / store.d, 1e-3, [L1])
@@ -170,11 +177,11 @@ def crossover(config, store, x: torch.Tensor, widths: dict[str, int], densities:
         module = trainer.modules[0]
         rows = []
         for density in densities:
-            set_code_density(module, x, density * width, seed=0)
+            set_code_density(module, x, density * width, seed=0, spread=0.5, cap=0.95)
             times = {}
             for name, step in (("sparse", sparse_step_), ("dense", dense_step_)):
                 best = float("inf")
-                for _ in range(3):
+                for _ in range(repeats):
                     module.zero_grad(set_to_none=True)
                     started = time.perf_counter()
                     outcome = step(module, x)
@@ -232,9 +239,12 @@ def main() -> None:
     parser.add_argument("--site", default="resid_post")
     parser.add_argument("--synthetic", action="store_true", help="synthetic activations even if the store exists")
     parser.add_argument("--peer-python", default=None, help="python of a venv with sae-lens installed")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads, ours and the peer's (0: torch's default)")
     parser.add_argument("--out", default=str(REPO_ROOT / "results" / "benchmarks" / "train.json"))
     args, overrides = parser.parse_known_args()
     load_before = os.getloadavg()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     # Every row is kept (no outlier exclusion) so that sae-lens, which reads the store as it is, sees
     # exactly the same batches and scale. The default experiment's batch (1024).
@@ -311,7 +321,7 @@ def main() -> None:
             results[case][kind] = entry
 
     widths = {"gated_w1d": d, "baseline_w1.5d": int(1.5 * d), "gated_w4d": 4 * d, "baseline_w6d": 6 * d}
-    densities = [0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3]
+    densities = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5]
     cross = crossover(config, store, batches[1], {f"{k.split('_w')[0]}_w{w}": w for k, w in widths.items()}, densities)
     crossings = [v["crossover_density"] for v in cross.values() if v["crossover_density"] is not None]
     l0_sweep = {}
@@ -328,7 +338,9 @@ def main() -> None:
                   "one round, and see each figure's (min, max) over the interleaved rounds"),
         "data": data, "d": d, "batch_size": batch, "steps_per_run": args.steps, "rounds": args.repeats,
         "prepared_state": (f"fresh SAEs, b_dec at the data mean, gate biases set so ~{args.l0:g} gates per row open "
-                           "on the first batch (log-normal per-feature rates); sae-lens from its own init"),
+                           "on the first batch (log-normal per-feature rates); our timed steps at lr 0 so the code "
+                           "keeps that L0 (the step's cost does not depend on lr); sae-lens from its own init at "
+                           "lr 1e-3 (its dense step costs the same whatever the code)"),
         "results": results,
         "sparse_l0_sweep_paper_regime_gated": {l0: {"tokens_per_s": r["tokens_per_s"], "l0_last_step": r["l0_last_step"]}
                                               for l0, r in l0_sweep.items()},

@@ -70,7 +70,9 @@ def test_browser_data_is_what_the_sae_computes(evaluated, browsed, tiny_model):
                 assert example["activations"][example["focus"]] == pytest.approx(column[row], abs=1e-4)
             for q in feature["quantiles"]:
                 assert all(q["low"] - 1e-4 <= e["value"] <= q["high"] + 1e-4 for e in q["examples"])
-            direction = sae.tensors["W_dec"][feature["index"]] @ tiny_model.model.W_U
+            ln = tiny_model.model.ln_final  # the tiny model's final LayerNorm, folded in by hand
+            decoder = sae.tensors["W_dec"][feature["index"]]
+            direction = ((decoder - decoder.mean()) * ln.w) @ tiny_model.model.W_U
             expected = [tiny_model.tokenizer.token_text(int(i)) for i in torch.topk(direction, 10).indices]
             assert [token for token, _ in feature["logits"]["promoted"]] == expected
 
@@ -83,7 +85,8 @@ def test_attention_logit_effects_go_through_w_o(evaluated, tiny_model):
                         {"site": "attn_z", "layer": LAYER})
     effects = logit_effects(tiny_model.model, sae, "attn_z", LAYER, np.array([5]), 3, str)
     W_O = tiny_model.model.blocks[LAYER].attn.W_O  # feature 5 is head 0, dimension 5 of z
-    expected = torch.topk(W_O[0, 5] @ tiny_model.model.W_U, 3)
+    resid = W_O[0, 5]
+    expected = torch.topk(((resid - resid.mean()) * tiny_model.model.ln_final.w) @ tiny_model.model.W_U, 3)
     assert [int(t) for t, _ in effects[0]["promoted"]] == expected.indices.tolist()
 
 

@@ -6,7 +6,8 @@ For each feature, on the held-out split (text the SAE never trained on):
 - random contexts from each quantile of its non-zero activations (how it behaves below the top);
 - its activation density (how often it fires) and the histogram of its non-zero activations;
 - the tokens its decoder direction promotes and suppresses through the unembedding (W_dec · W_U,
-  through W_O first at the attention output; the final LayerNorm is left out, as is usual).
+  through W_O first at the attention output, and through the final norm's centring and weight, as a
+  model with the norm folded into W_U computes it).
 
 Rows of the held-out store map back to text exactly: row r is window r // (T−1), position 1 + r % (T−1)
 (BOS excluded), the order the cache wrote them in. Rows the evaluation leaves out as massive activations
@@ -148,6 +149,17 @@ def feature_record(index: int, column: np.ndarray, rows: int, text: HeldoutText,
     }
 
 
+def through_final_norm(model, directions: torch.Tensor) -> torch.Tensor:
+    """Residual directions as the unembedding sees them, up to the norm's positive scale: centred if the
+    final norm is a LayerNorm, times its weight if it has one (what folding the norm into W_U computes;
+    our models are loaded unfolded)."""
+    norm = model.ln_final
+    if type(norm).__name__ in ("LayerNorm", "LayerNormPre"):
+        directions = directions - directions.mean(-1, keepdim=True)
+    weight = getattr(norm, "w", None)
+    return directions * weight.float() if weight is not None else directions
+
+
 @torch.no_grad()
 def logit_effects(model, sae: CheckpointSAE, site: str, layer: int, features: np.ndarray, count: int,
                   token_text) -> list[dict]:
@@ -156,7 +168,7 @@ def logit_effects(model, sae: CheckpointSAE, site: str, layer: int, features: np
     if site == "attn_z":  # z (heads concatenated) → the residual stream, through W_O
         W_O = model.blocks[layer].attn.W_O.float()  # [heads, d_head, d_model]
         directions = torch.einsum("khd,hdm->km", directions.reshape(len(features), *W_O.shape[:2]), W_O)
-    logits = directions @ model.W_U.float()  # [k, vocab]
+    logits = through_final_norm(model, directions) @ model.W_U.float()  # [k, vocab]
     effects = []
     for row in logits:
         up, down = torch.topk(row, count), torch.topk(-row, count)

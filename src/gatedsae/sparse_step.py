@@ -83,7 +83,6 @@ class _Support:
     by_col: Tensor       # [nnz] the permutation that sorts the triples by feature (stable)
     row_by_col: Tensor   # [nnz] row[by_col]
     col_starts: Tensor   # [n · m] where each feature's run begins in that order
-    rows: int            # n · B
     cols: int            # n · m
 
     @classmethod
@@ -101,18 +100,14 @@ class _Support:
         by_col = torch.sort(col, stable=True).indices
         col_starts = _exclusive_cumsum(torch.bincount(col, minlength=n * width))
         return cls(flat, row, col, sae, crow[:-1], pattern, by_col, row.index_select(0, by_col), col_starts,
-                   n * batch, n * width)
-
-    @property
-    def nnz(self) -> int:
-        return len(self.col)
+                   n * width)
 
     def decode(self, values: Tensor, table: Tensor) -> Tensor:
         """[n · B, d]: row r = Σ over its triples of value × table[col] (table [n · m, d])."""
         return F.embedding_bag(self.col, table, self.row_starts, mode="sum", per_sample_weights=values)
 
     def scatter(self, values: Tensor, table: Tensor) -> Tensor:
-        """[n · m, d]: feature k = Σ over its triples of value × table[row] (table [n · B, d])."""
+        """[n · m, d]: feature c = Σ over its triples of value × table[row] (table [n · B, d])."""
         return F.embedding_bag(self.row_by_col, table, self.col_starts, mode="sum",
                                per_sample_weights=values.index_select(0, self.by_col))
 

@@ -149,8 +149,13 @@ class GridTrainer:
             modules, self.specs, self.base_lrs = grid
         self.identity_extra = identity_extra
         self.modules = [m.to(self.device) for m in modules]
+        # Adam's fused kernel: the same update (every parameter's moments decay every step) in one pass
+        # over the parameters instead of one per operation, e.g. 1.6 ms instead of 24 (foreach) or 240
+        # (for-loop, the CPU default) for a 2304-wide SAE on one core (results/benchmarks/train.json).
+        fused = self.device.type in ("cpu", "cuda")
         self.optimizers = [
-            torch.optim.Adam(m.trainable_parameters(), lr=lr, betas=(self.train.adam_beta1, self.train.adam_beta2))
+            torch.optim.Adam(m.trainable_parameters(), lr=lr, betas=(self.train.adam_beta1, self.train.adam_beta2),
+                             fused=fused or None)
             for m, lr in zip(self.modules, self.base_lrs)
         ]
         self.steps = self.train.steps
