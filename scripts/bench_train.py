@@ -382,7 +382,8 @@ def main() -> None:
 
     report = {
         "benchmark": "SAE training: steps on the support vs dense steps vs sae-lens",
-        "command": "python scripts/bench_train.py " + " ".join(sys.argv[1:]),
+        "command": "python scripts/bench_train.py " + " ".join(
+            "<sae-lens venv>/bin/python" if arg == args.peer_python else arg for arg in sys.argv[1:]),
         "machine": machine(),
         "load_average_before_after": [load_before, os.getloadavg()],
         "noise": ("the machine is shared (2 cores, other jobs running): compare the ratios measured within "
