@@ -100,7 +100,7 @@ SPARSE_FLOPS = {aten._embedding_bag: _sparse_kernel_flops, aten._embedding_bag_f
                 aten.sparse_sampled_addmm: _sparse_kernel_flops}
 
 
-def step_flops(trainer: GridTrainer, x: torch.Tensor, sparse: bool) -> int:
+def step_flops(trainer: GridTrainer, x: torch.Tensor, sparse: bool = False) -> int:
     """FLOPs of one step's forward and backward over every SAE of the trainer, as executed."""
     with FlopCounterMode(display=False, custom_mapping=SPARSE_FLOPS) as counter:
         for module in trainer.modules:
