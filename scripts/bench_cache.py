@@ -93,7 +93,8 @@ def paired_cache_run(config, loaded, scratch: Path) -> dict:
         result[clock] = {"bare_seconds": bare, "cache_forward_seconds": cached,
                          "rest_of_cache_run_seconds": total[k] - bare - cached,
                          "caching_overhead": (total[k] - bare) / bare - 1,
-                         "per_batch_forward_ratio_median": float(np.median([p["cached"][k] / p["bare"][k] for p in pairs]))}
+                         "per_batch_forward_ratio_median": float(np.median([p["cached"][k] / p["bare"][k]
+                                                                            for p in pairs]))}
     result["batches"] = len(pairs)
     return result
 
@@ -136,9 +137,10 @@ def main() -> None:
         runs = [paired_cache_run(base, loaded, Path(tmp) / "store") for _ in range(args.repeats)]
     tokens = (windows_total + heldout_windows) * positions
     median = lambda clock, key: float(np.median([r[clock][key] for r in runs]))  # noqa: E731
+    bare_seconds, overhead = median("wall", "bare_seconds"), median("wall", "caching_overhead")
     float32 = {"tokens": tokens, "batches": runs[0]["batches"],
-               "bare_tokens_per_s": tokens / median("wall", "bare_seconds"),
-               "cached_tokens_per_s": tokens / (median("wall", "bare_seconds") * (1 + median("wall", "caching_overhead"))),
+               "bare_tokens_per_s": tokens / bare_seconds,
+               "cached_tokens_per_s": tokens / (bare_seconds * (1 + overhead)),
                "caching_overhead": median("wall", "caching_overhead"),
                "caching_overhead_cpu_time": median("cpu", "caching_overhead"),
                "caching_overhead_runs": [r["wall"]["caching_overhead"] for r in runs],

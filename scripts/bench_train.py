@@ -283,7 +283,8 @@ def main() -> None:
     parser.add_argument("--site", default="resid_post")
     parser.add_argument("--synthetic", action="store_true", help="synthetic activations even if the store exists")
     parser.add_argument("--peer-python", default=None, help="python of a venv with sae-lens installed")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads, ours and the peer's (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads, ours and the peer's (0: torch's default)")
     parser.add_argument("--out", default=str(REPO_ROOT / "results" / "benchmarks" / "train.json"))
     args, overrides = parser.parse_known_args()
     load_before = os.getloadavg()
@@ -336,7 +337,7 @@ def main() -> None:
         for kind, (case_config, with_peer) in kinds.items():
             with tempfile.TemporaryDirectory() as tmp:
                 trainer = prepared_trainer(case_config, store, Path(tmp), batches[0], args.l0)
-                flops = {"sparse": step_flops(trainer, batches[0], True), "dense": step_flops(trainer, batches[0], False)}
+                flops = {path: step_flops(trainer, batches[0], sparse=path == "sparse") for path in ("sparse", "dense")}
             sparse, dense = runs[(case, kind, "sparse")], runs[(case, kind, "dense")]
             group = case_config.sweep.groups[0]
             entry = {
@@ -348,20 +349,23 @@ def main() -> None:
                                          "dense": summary([r["sae_tokens_per_cpu_s"] for r in dense])},
                 "step_seconds": {"sparse": summary([r["step_seconds"] for r in sparse]),
                                  "dense": summary([r["step_seconds"] for r in dense])},
-                "sparse_over_dense": summary([s["sae_tokens_per_s"] / t["sae_tokens_per_s"] for s, t in zip(sparse, dense)]),
+                "sparse_over_dense": summary([s["sae_tokens_per_s"] / t["sae_tokens_per_s"]
+                                              for s, t in zip(sparse, dense)]),
                 "flops_per_step": flops,
-                "achieved_gflops": {p: flops[p] / statistics.median(r["step_seconds"] for r in runs[(case, kind, p)]) / 1e9
-                                    for p in ("sparse", "dense")},
+                "achieved_gflops": {p: flops[p] / statistics.median(r["step_seconds"] for r in runs[(case, kind, p)])
+                                    / 1e9 for p in ("sparse", "dense")},
                 "encoder_matmul_seconds": summary(matmul[(case, kind)]),
                 "encoder_matmul_share_of_sparse_step": summary(
                     [mm / r["step_seconds"] for mm, r in zip(matmul[(case, kind)], sparse)]),
-                "encoder_matmul_gflops": 2 * len(group.l1) * batch * d * group.width(d) / min(matmul[(case, kind)]) / 1e9,
+                "encoder_matmul_gflops": (2 * len(group.l1) * batch * d * group.width(d)
+                                          / min(matmul[(case, kind)]) / 1e9),
             }
             peers = runs[(case, kind, "peer")]
             if peers:
                 entry["sae_lens_tokens_per_s"] = summary([p["tokens_per_s"] for p in peers])
                 entry["ratio_vs_sae_lens"] = {
-                    p: summary([r["sae_tokens_per_s"] / q["tokens_per_s"] for r, q in zip(runs[(case, kind, p)], peers)])
+                    p: summary([r["sae_tokens_per_s"] / q["tokens_per_s"]
+                                for r, q in zip(runs[(case, kind, p)], peers)])
                     for p in ("sparse", "dense")}
                 entry["ratio_vs_sae_lens_cpu_time"] = {
                     p: summary([r["sae_tokens_per_cpu_s"] / q["tokens_per_cpu_s"]
@@ -396,8 +400,8 @@ def main() -> None:
                            "keeps that L0 (the step's cost does not depend on lr); sae-lens from its own init at "
                            "lr 1e-3 (its dense step costs the same whatever the code)"),
         "results": results,
-        "sparse_l0_sweep_paper_regime_gated": {l0: {"tokens_per_s": r["tokens_per_s"], "l0_last_step": r["l0_last_step"]}
-                                              for l0, r in l0_sweep.items()},
+        "sparse_l0_sweep_paper_regime_gated": {
+            l0: {"tokens_per_s": r["tokens_per_s"], "l0_last_step": r["l0_last_step"]} for l0, r in l0_sweep.items()},
         "step_breakdown_paper_regime_gated_sparse": breakdown,
         "sparse_crossover": cross,
         "sparse_crossover_min": min(crossings) if crossings else None,
