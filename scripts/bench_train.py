@@ -100,7 +100,7 @@ SPARSE_FLOPS = {aten._embedding_bag: _sparse_kernel_flops, aten._embedding_bag_f
                 aten.sparse_sampled_addmm: _sparse_kernel_flops}
 
 
-def step_flops(trainer: GridTrainer, x: torch.Tensor, sparse: bool) -> int:
+def step_flops(trainer: GridTrainer, x: torch.Tensor, sparse: bool = False) -> int:
     """FLOPs of one step's forward and backward over every SAE of the trainer, as executed."""
     with FlopCounterMode(display=False, custom_mapping=SPARSE_FLOPS) as counter:
         for module in trainer.modules:
@@ -119,14 +119,15 @@ def timed_training(config, store, batches: list[torch.Tensor], l0: float, sparse
         trainer.base_lrs = [0.0] * len(trainer.modules)
         trainer._train_step(batches[0])  # warm-up
         trainer.step = 1
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         for x in batches[1:]:
             trainer._train_step(x)
             trainer.step += 1
-        seconds = time.perf_counter() - started
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     steps, saes = len(batches) - 1, len(trainer.specs)
     l0s = [losses["l0"] for losses in trainer.last_losses.values()]
-    return {"seconds": seconds, "step_seconds": seconds / steps,
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "step_seconds": seconds / steps,
+            "sae_tokens_per_cpu_s": steps * len(batches[0]) * saes / cpu_seconds,
             "tokens_per_s": steps * len(batches[0]) / seconds,
             "sae_tokens_per_s": steps * len(batches[0]) * saes / seconds,
             "l0_last_step": statistics.mean(l0s), "sparse_steps": trainer.sparse_steps}
@@ -144,6 +145,49 @@ def encoder_matmul_seconds(trainer: GridTrainer, x: torch.Tensor, repeats: int =
             torch.bmm(centred, weight)
         best = min(best, time.perf_counter() - started)
     return best
+
+
+SUPPORT_OPS = {"aten::nonzero", "aten::gt", "aten::le", "aten::sort", "aten::bincount", "aten::cumsum",
+               "aten::div", "aten::index_select", "aten::index_add_", "aten::sparse_csr_tensor", "aten::zeros"}
+
+
+def step_breakdown(config, store, batches: list[torch.Tensor], l0: float) -> dict:
+    """Where the trainer's steps on the support spend their time: torch.profiler over len(batches) − 1
+    steps, each top-level op's CPU time (children included) put in one category, in ms per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    config = replace(config, train=replace(config.train, sparse="always"))
+    with tempfile.TemporaryDirectory() as out:
+        trainer = prepared_trainer(config, store, Path(out), batches[0], l0)
+        trainer.base_lrs = [0.0] * len(trainer.modules)
+        trainer._train_step(batches[0])
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            started = time.perf_counter()
+            for x in batches[1:]:
+                trainer._train_step(x)
+            seconds = time.perf_counter() - started
+    batch, categories = len(batches[0]), {}
+    for event in prof.events():
+        if event.cpu_parent is not None:
+            continue
+        shapes = event.input_shapes or [[]]
+        if event.name == "aten::bmm" and len(shapes[0]) == 3 and shapes[0][1] == batch:
+            category = "encoder matmul"
+        elif event.name.startswith("Optimizer.step"):
+            category = "Adam (fused, every parameter)"
+        elif event.name in ("aten::embedding_bag", "aten::sparse_sampled_addmm"):
+            category = "sparse kernels (decode, scatter, sampled dots)"
+        elif event.name in SUPPORT_OPS:
+            category = "support: mask, nonzero, sort, gathers, per-feature sums"
+        else:
+            category = "other ops (decoder projection, elementwise, bookkeeping)"
+        categories[category] = categories.get(category, 0.0) + event.cpu_time_total / 1e3
+    steps = len(batches) - 1
+    per_step = {name: ms / steps for name, ms in sorted(categories.items(), key=lambda item: -item[1])}
+    wall = seconds * 1e3 / steps
+    return {"step_ms_profiled": wall, "ms_per_step": per_step,
+            "python_and_unattributed_ms": wall - sum(per_step.values()),
+            "shares": {name: ms / wall for name, ms in per_step.items()}}
 
 
 def peer_run(args, store_dir: Path, config, width: int, tokens: int) -> dict:
@@ -239,7 +283,8 @@ def main() -> None:
     parser.add_argument("--site", default="resid_post")
     parser.add_argument("--synthetic", action="store_true", help="synthetic activations even if the store exists")
     parser.add_argument("--peer-python", default=None, help="python of a venv with sae-lens installed")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads, ours and the peer's (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads, ours and the peer's (0: torch's default)")
     parser.add_argument("--out", default=str(REPO_ROOT / "results" / "benchmarks" / "train.json"))
     args, overrides = parser.parse_known_args()
     load_before = os.getloadavg()
@@ -292,7 +337,7 @@ def main() -> None:
         for kind, (case_config, with_peer) in kinds.items():
             with tempfile.TemporaryDirectory() as tmp:
                 trainer = prepared_trainer(case_config, store, Path(tmp), batches[0], args.l0)
-                flops = {"sparse": step_flops(trainer, batches[0], True), "dense": step_flops(trainer, batches[0], False)}
+                flops = {path: step_flops(trainer, batches[0], sparse=path == "sparse") for path in ("sparse", "dense")}
             sparse, dense = runs[(case, kind, "sparse")], runs[(case, kind, "dense")]
             group = case_config.sweep.groups[0]
             entry = {
@@ -300,22 +345,31 @@ def main() -> None:
                 "l0_prepared": args.l0, "l0_last_step": statistics.mean(r["l0_last_step"] for r in sparse),
                 "sae_tokens_per_s": {"sparse": summary([r["sae_tokens_per_s"] for r in sparse]),
                                      "dense": summary([r["sae_tokens_per_s"] for r in dense])},
+                "sae_tokens_per_cpu_s": {"sparse": summary([r["sae_tokens_per_cpu_s"] for r in sparse]),
+                                         "dense": summary([r["sae_tokens_per_cpu_s"] for r in dense])},
                 "step_seconds": {"sparse": summary([r["step_seconds"] for r in sparse]),
                                  "dense": summary([r["step_seconds"] for r in dense])},
-                "sparse_over_dense": summary([s["sae_tokens_per_s"] / t["sae_tokens_per_s"] for s, t in zip(sparse, dense)]),
+                "sparse_over_dense": summary([s["sae_tokens_per_s"] / t["sae_tokens_per_s"]
+                                              for s, t in zip(sparse, dense)]),
                 "flops_per_step": flops,
-                "achieved_gflops": {p: flops[p] / statistics.median(r["step_seconds"] for r in runs[(case, kind, p)]) / 1e9
-                                    for p in ("sparse", "dense")},
+                "achieved_gflops": {p: flops[p] / statistics.median(r["step_seconds"] for r in runs[(case, kind, p)])
+                                    / 1e9 for p in ("sparse", "dense")},
                 "encoder_matmul_seconds": summary(matmul[(case, kind)]),
                 "encoder_matmul_share_of_sparse_step": summary(
                     [mm / r["step_seconds"] for mm, r in zip(matmul[(case, kind)], sparse)]),
-                "encoder_matmul_gflops": 2 * len(group.l1) * batch * d * group.width(d) / min(matmul[(case, kind)]) / 1e9,
+                "encoder_matmul_gflops": (2 * len(group.l1) * batch * d * group.width(d)
+                                          / min(matmul[(case, kind)]) / 1e9),
             }
             peers = runs[(case, kind, "peer")]
             if peers:
                 entry["sae_lens_tokens_per_s"] = summary([p["tokens_per_s"] for p in peers])
                 entry["ratio_vs_sae_lens"] = {
-                    p: summary([r["sae_tokens_per_s"] / q["tokens_per_s"] for r, q in zip(runs[(case, kind, p)], peers)])
+                    p: summary([r["sae_tokens_per_s"] / q["tokens_per_s"]
+                                for r, q in zip(runs[(case, kind, p)], peers)])
+                    for p in ("sparse", "dense")}
+                entry["ratio_vs_sae_lens_cpu_time"] = {
+                    p: summary([r["sae_tokens_per_cpu_s"] / q["tokens_per_cpu_s"]
+                                for r, q in zip(runs[(case, kind, p)], peers)])
                     for p in ("sparse", "dense")}
                 entry["sae_lens"] = {k: v for k, v in peers[-1].items() if k not in ("tokens_per_s", "seconds")}
             results[case][kind] = entry
@@ -324,6 +378,7 @@ def main() -> None:
     densities = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5]
     cross = crossover(config, store, batches[1], {f"{k.split('_w')[0]}_w{w}": w for k, w in widths.items()}, densities)
     crossings = [v["crossover_density"] for v in cross.values() if v["crossover_density"] is not None]
+    breakdown = step_breakdown(cases["paper_regime"]["gated"][0], store, batches, args.l0)
     l0_sweep = {}
     for l0 in (10, 20, 50, 100, 200):
         case_config = cases["paper_regime"]["gated"][0]
@@ -331,19 +386,23 @@ def main() -> None:
 
     report = {
         "benchmark": "SAE training: steps on the support vs dense steps vs sae-lens",
-        "command": "python scripts/bench_train.py " + " ".join(sys.argv[1:]),
+        "command": "python scripts/bench_train.py " + " ".join(
+            "<sae-lens venv>/bin/python" if arg == args.peer_python else arg for arg in sys.argv[1:]),
         "machine": machine(),
         "load_average_before_after": [load_before, os.getloadavg()],
         "noise": ("the machine is shared (2 cores, other jobs running): compare the ratios measured within "
-                  "one round, and see each figure's (min, max) over the interleaved rounds"),
+                  "one round, and see each figure's (min, max) over the interleaved rounds; *_per_cpu_s figures "
+                  "divide by the process's CPU time instead of wall time, which time-slicing by other jobs "
+                  "inflates far less (with one thread it is the robust figure on a busy machine)"),
         "data": data, "d": d, "batch_size": batch, "steps_per_run": args.steps, "rounds": args.repeats,
         "prepared_state": (f"fresh SAEs, b_dec at the data mean, gate biases set so ~{args.l0:g} gates per row open "
                            "on the first batch (log-normal per-feature rates); our timed steps at lr 0 so the code "
                            "keeps that L0 (the step's cost does not depend on lr); sae-lens from its own init at "
                            "lr 1e-3 (its dense step costs the same whatever the code)"),
         "results": results,
-        "sparse_l0_sweep_paper_regime_gated": {l0: {"tokens_per_s": r["tokens_per_s"], "l0_last_step": r["l0_last_step"]}
-                                              for l0, r in l0_sweep.items()},
+        "sparse_l0_sweep_paper_regime_gated": {
+            l0: {"tokens_per_s": r["tokens_per_s"], "l0_last_step": r["l0_last_step"]} for l0, r in l0_sweep.items()},
+        "step_breakdown_paper_regime_gated_sparse": breakdown,
         "sparse_crossover": cross,
         "sparse_crossover_min": min(crossings) if crossings else None,
         "train_sparse_max_density": config.train.sparse_max_density,

@@ -57,7 +57,8 @@ def check_model(name: str, device: str, data: Path, source_data: Path, train_ste
     cuda = device.startswith("cuda")
     overrides = [EXPERIMENTS[name], f"paths.data={data}", f"cache.device={device}", f"train.device={device}",
                  f"evaluate.device={device}", f"train.autocast_bf16={cuda}", "experiment.sites=[resid_post]",
-                 "sweep.rescale_shift=false"]
+                 "sweep.rescale_shift=false",
+                 "train.sparse=never"]  # dense steps, whose FLOPs step_flops counts (on GPUs auto is dense too)
     if name != "tiny":
         overrides += ["cache.train_tokens=40000", "cache.heldout_tokens=8000", "evaluate.ce_windows=8",
                       "train.batch_size=4096"]

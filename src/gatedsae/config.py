@@ -314,10 +314,11 @@ class SweepConfig:
         return [group for group in self.groups if group.trained_at(site)]
 
 
-# Largest L0 / width at which a step on the support (sparse_step.py) beats a dense one on this project's
-# benchmark CPU (2 cores, fp32): the crossover measured by scripts/bench_train.py, written to
-# results/benchmarks/train.json ("sparse_crossover").
-SPARSE_MAX_DENSITY = 0.1
+# Largest L0 / width at which `train.sparse: auto` takes steps on the support (sparse_step.py). Measured by
+# scripts/bench_train.py on this project's 2-core CPU in fp32 (results/benchmarks/train.json,
+# "sparse_crossover"): dense steps become faster at densities 0.24-0.27 (Gated and baseline, widths 1×-6× d);
+# at 0.2 steps on the support were still 1.1-1.3× faster, so 0.2 keeps a margin for noise and other CPUs.
+SPARSE_MAX_DENSITY = 0.2
 
 
 @dataclass

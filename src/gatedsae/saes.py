@@ -154,8 +154,9 @@ class BatchedSAE(nn.Module, ABC):
         if not self.decoder_trainable or self.W_dec.grad is None:
             return
         W, grad = self.W_dec, self.W_dec.grad
-        parallel = (grad * W).sum(-1, keepdim=True) / (W * W).sum(-1, keepdim=True)
-        grad.sub_(parallel * W)
+        # Row dot products and an in-place update: no [n, width, d] temporaries.
+        parallel = torch.einsum("nmd,nmd->nm", grad, W) / torch.einsum("nmd,nmd->nm", W, W)
+        grad.addcmul_(parallel.unsqueeze(-1), W, value=-1)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
