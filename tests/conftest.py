@@ -13,6 +13,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from gatedsae.config import REPO_ROOT, Config, load_config  # noqa: E402
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (tiny matmuls, where threading only adds overhead)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def smoke_config(data_dir: Path, *overrides: str) -> Config:
     return load_config(["experiment=smoke", f"paths.data={data_dir}", *overrides])
 

@@ -23,13 +23,7 @@ GATED = ["gated", "gated_unfrozen_decoder", "gated_no_rmag", "gated_untied"]
 TRAINABLE_DECODER = [arch for arch in ARCHITECTURES if arch != "baseline_rescale_shift"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny matmuls: threading only adds overhead (and the machine may be busy).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: threads only add overhead
 
 
 def _x(seed: int = 0, batch: int = B, dtype: torch.dtype = torch.float32) -> torch.Tensor:

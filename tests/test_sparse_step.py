@@ -13,12 +13,7 @@ D, WIDTH, B, N = 8, 24, 64, 3
 L1 = torch.tensor([0.05, 0.3, 1.0])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: threads only add overhead
 
 
 def _sae(arch: str, dtype: torch.dtype = torch.float64, closed: float = 0.5):
