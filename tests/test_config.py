@@ -82,8 +82,29 @@ def test_settings_added_at_their_neutral_default_change_no_params_or_training_ke
     assert "mode" in json.loads(ExperimentPlan("smoke", ["cache.mode=stream"]).params("cache"))["cache"]
     statistics = replace(config, train=replace(config.train, statistics_tokens=512))
     assert training_key(statistics, "resid_post", spec) != training_key(config, "resid_post", spec)
-    devices = replace(config, train=replace(config.train, site_devices=["cpu"] * 3))
-    assert training_key(devices, "resid_post", spec) != training_key(config, "resid_post", spec)
+
+
+def test_placement_changes_no_params_training_key_or_evaluation_identity():
+    """Devices, threads, batch sizes of the LM and evaluation, and checkpoint cadence place the work; they
+    do not change what is computed, so changing them reruns nothing."""
+    from gatedsae.config import PLACEMENT_ONLY
+    from gatedsae.train import grid_specs, training_key
+    from gatedsae.workflow import ExperimentPlan
+
+    moved = ["train.device=cuda:1", "train.threads=7", "train.site_devices=[cuda:0,cuda:1,cuda:2]",
+             "train.checkpoint_every_steps=3", "train.log_every_steps=5", "cache.device=cuda:2", "cache.threads=3",
+             "cache.batch_sequences=2", "evaluate.device=cuda:3", "evaluate.threads=5", "evaluate.batch_rows=17",
+             "evaluate.batch_windows=3"]
+    assert {o.split("=")[0] for o in moved} == {f"{s}.{k}" for s, keys in PLACEMENT_ONLY.items() for k in keys}
+    before, after = ExperimentPlan("smoke"), ExperimentPlan("smoke", moved)
+    for stage in ("cache", "train", "evaluate"):
+        assert before.params(stage) == after.params(stage)
+    spec = grid_specs(before.config, before.config.model.site_width("resid_post"), "resid_post")[0]
+    assert training_key(before.config, "resid_post", spec) == training_key(after.config, "resid_post", spec)
+    # ... while a setting that changes results does change them.
+    other = ExperimentPlan("smoke", ["train.buffer_rows=2048"])
+    assert before.params("train") != other.params("train")
+    assert training_key(other.config, "resid_post", spec) != training_key(before.config, "resid_post", spec)
 
 
 def test_a_chapter_cuts_the_sweep_down_to_the_chapters_so_far():

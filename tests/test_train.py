@@ -16,7 +16,8 @@ import torch
 
 from conftest import smoke_config
 from gatedsae.activations import ActivationStore
-from gatedsae.checkpoints import SAELENS_ARCHITECTURE, decode_raw, encode_raw, read_checkpoint
+from gatedsae.architectures import SAELENS_TENSORS, architecture
+from gatedsae.checkpoints import decode_raw, encode_raw, read_checkpoint
 from gatedsae.config import ConfigError, SAEGroupConfig, SweepConfig, load_config
 from gatedsae.train import STATE_FILE, GridTrainer, NonFiniteLossError, lr_factor, read_grid_index, train_grid
 
@@ -236,15 +237,10 @@ def test_checkpoints_are_saelens_layout_and_work_on_raw_activations(smoke_grid):
     for entry in index["saes"]:
         cfg, tensors, record = read_checkpoint(entry["path"])
         spec = next(s for s in trainer.specs if s.name == entry["sae"])
-        assert cfg["architecture"] == SAELENS_ARCHITECTURE[spec.arch]
+        assert cfg["architecture"] == architecture(spec.arch).saelens
         assert (cfg["d_in"], cfg["d_sae"]) == (store.d, spec.width)
         assert tensors["W_enc"].shape == (store.d, spec.width) and tensors["W_dec"].shape == (spec.width, store.d)
-        expected_names = {
-            "standard": {"W_enc", "b_enc", "W_dec", "b_dec"},
-            "gated": {"W_enc", "b_gate", "b_mag", "r_mag", "W_dec", "b_dec"},
-            "gated_untied": {"W_enc", "W_mag", "b_gate", "b_mag", "W_dec", "b_dec"},
-        }[cfg["architecture"]]
-        assert set(tensors) == expected_names
+        assert set(tensors) == set(SAELENS_TENSORS[cfg["architecture"]])
         assert record["l1"] == spec.l1 and record["steps"] == trainer.steps and record["activation_store"]
         module = trainer.modules[spec.group]
         with torch.no_grad():
@@ -259,7 +255,7 @@ def test_sae_lens_loads_the_checkpoints_and_computes_the_same_features(smoke_gri
     sae_lens = pytest.importorskip("sae_lens")
     config, index = smoke_grid
     raw = ActivationStore(config.paths.activations_dir("tiny", "tiny", SITE, LAYER), "heldout").shard(0).float()[:64]
-    loadable = [entry for entry in index["saes"] if entry["arch"] != "gated_untied"]  # no sae-lens equivalent
+    loadable = [entry for entry in index["saes"] if architecture(entry["arch"]).saelens_loadable]
     assert len(loadable) >= 4
     for entry in loadable:
         cfg, tensors, _ = read_checkpoint(entry["path"])

@@ -17,28 +17,23 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Optional
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from .architectures import SAELENS_TENSORS, architecture, by_saelens, sae_class
 from .atomic import sha256_file, storage_errors, write_json_atomic, write_text_atomic
 from .config import REPO_ROOT
 from .errors import IntegrityError
-from .saes import BaselineSAE, BatchedSAE, load_slice_state, slice_state
+from .saes import BaselineSAE, BatchedSAE, load_slice_state
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 RECORD_FILE = "training.json"
 HASHES = "sha256"  # key of the training record holding {file name: sha256} of the weights and cfg.json
 
-# The tensors of each exported architecture and their shapes, in terms of cfg.json's d_in and d_sae.
-_ENC, _DEC, _IN, _SAE = ("d_in", "d_sae"), ("d_sae", "d_in"), ("d_in",), ("d_sae",)
-TENSOR_SHAPES = {
-    "standard": {"W_enc": _ENC, "b_enc": _SAE, "W_dec": _DEC, "b_dec": _IN},
-    "gated": {"W_enc": _ENC, "b_gate": _SAE, "r_mag": _SAE, "b_mag": _SAE, "W_dec": _DEC, "b_dec": _IN},
-    "gated_untied": {"W_enc": _ENC, "W_mag": _ENC, "b_gate": _SAE, "b_mag": _SAE, "W_dec": _DEC, "b_dec": _IN},
-}
 REPAIR = ("Retrain it by running its grid's training stage again with the same experiment and overrides "
           "(`python -m gatedsae train --site=S --layer=L …`, `rescale-shift` for a rescale_shift SAE, or Snakemake "
           "with --forcerun train_grid rescale_shift): it retrains only the SAEs whose checkpoint is missing or corrupt.")
@@ -52,16 +47,6 @@ class CheckpointError(IntegrityError):
         super().__init__(f"{problem} {REPAIR}")
         self.problem = problem
 
-SAELENS_ARCHITECTURE = {
-    "baseline": "standard",
-    "gated": "gated",
-    "gated_unfrozen_decoder": "gated",
-    "gated_no_rmag": "gated",
-    "baseline_rescale_shift": "gated",
-    "gated_untied": "gated_untied",  # not loadable by sae-lens
-}
-
-
 def code_version() -> str:
     try:
         result = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT,
@@ -69,27 +54,6 @@ def code_version() -> str:
         return result.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def saelens_tensors(sae: BatchedSAE, index: int, scale: float) -> dict[str, torch.Tensor]:
-    """SAE `index` of a batched module as sae-lens tensors, for raw (unscaled) activations.
-
-    Trained on s·x: pre-activations (s·x − b_dec) W + b = (x − b_dec/s)(s·W) + b, and x̂ = (f W_dec + b_dec)/s.
-    """
-    state = {k: v.detach().float().cpu() for k, v in slice_state(sae, index).items()}
-    tensors = {"W_dec": state["W_dec"] / scale, "b_dec": state["b_dec"] / scale}
-    if sae.arch == "baseline":
-        tensors |= {"W_enc": state["W_enc"] * scale, "b_enc": state["b_enc"]}
-    elif sae.arch == "baseline_rescale_shift":  # a tied Gated SAE with W_gate = W_enc, b_gate = b_enc
-        tensors |= {"W_enc": state["W_enc"] * scale, "b_gate": state["b_enc"], "r_mag": state["r_mag"],
-                    "b_mag": state["b_mag"]}
-    else:
-        tensors |= {"W_enc": state["W_gate"] * scale, "b_gate": state["b_gate"], "b_mag": state["b_mag"]}
-        if sae.arch == "gated_untied":
-            tensors["W_mag"] = state["W_mag"] * scale
-        else:
-            tensors["r_mag"] = state["r_mag"] if "r_mag" in state else torch.zeros_like(state["b_mag"])
-    return {k: v.contiguous() for k, v in tensors.items()}
 
 
 # The sae-lens release whose config format `saelens_cfg` writes (and the tests load with). A version
@@ -134,10 +98,11 @@ def saelens_meta(config, site: str, layer: int) -> dict:
             "model_weights": model_weights(config.model)}
 
 
-def saelens_cfg(arch: str, d: int, width: int, meta: dict) -> dict:
-    """cfg.json as sae-lens 6.x writes it: the SAE config's fields, and `metadata` (see above)."""
+def saelens_cfg(arch: str, d: int, width: int, meta: dict, extra: Optional[dict] = None) -> dict:
+    """cfg.json as sae-lens 6.x writes it: the SAE config's fields (`extra`: the architecture's own, e.g.
+    TopK's k), and `metadata` (see above)."""
     return {
-        "architecture": SAELENS_ARCHITECTURE[arch],
+        "architecture": architecture(arch).saelens,
         "d_in": d,
         "d_sae": width,
         "dtype": "float32",
@@ -145,6 +110,7 @@ def saelens_cfg(arch: str, d: int, width: int, meta: dict) -> dict:
         "apply_b_dec_to_input": True,
         "normalize_activations": "none",
         "reshape_activations": "hook_z" if meta.get("hook_name", "").endswith("hook_z") else "none",
+        **(extra or {}),
         "metadata": SAELENS_METADATA_DEFAULTS | meta,
     }
 
@@ -156,7 +122,8 @@ def upgrade_saelens_cfg(directory: Path, config) -> bool:
     directory = Path(directory)
     cfg, record = json.loads((directory / CFG_FILE).read_text()), json.loads((directory / RECORD_FILE).read_text())
     meta = saelens_meta(config, record["site"], int(record["layer"]))
-    upgraded = saelens_cfg(record["arch"], int(cfg["d_in"]), int(cfg["d_sae"]), meta)
+    extra = {key: cfg[key] for key in architecture(record["arch"]).saelens_cfg_fields if key in cfg}
+    upgraded = saelens_cfg(record["arch"], int(cfg["d_in"]), int(cfg["d_sae"]), meta, extra)
     if upgraded == cfg:
         return False
     write_text_atomic(directory / CFG_FILE, json.dumps(upgraded, indent=2) + "\n")
@@ -175,8 +142,9 @@ def write_checkpoint(directory: Path, sae: BatchedSAE, index: int, scale: float,
     try:
         with storage_errors(staging):
             staging.mkdir(parents=True)
-            save_file(saelens_tensors(sae, index, scale), staging / WEIGHTS_FILE)
-            (staging / CFG_FILE).write_text(json.dumps(saelens_cfg(sae.arch, sae.d, sae.width, meta), indent=2) + "\n")
+            save_file(sae.saelens_tensors(index, scale), staging / WEIGHTS_FILE)
+            cfg = saelens_cfg(sae.arch, sae.d, sae.width, meta, sae.saelens_cfg_extra(index))
+            (staging / CFG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
         hashes = {name: sha256_file(staging / name) for name in (WEIGHTS_FILE, CFG_FILE)}
         write_json_atomic(staging / RECORD_FILE, {**record, HASHES: hashes})
     except BaseException:
@@ -249,10 +217,10 @@ def _tensor_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
 
 def _check_against_cfg(directory: Path, cfg: dict, shapes: dict[str, tuple[int, ...]], record: dict) -> None:
     where = directory / CFG_FILE
-    expected = TENSOR_SHAPES.get(cfg.get("architecture"))
+    expected = SAELENS_TENSORS.get(cfg.get("architecture"))
     if expected is None:
         raise CheckpointError(f"{where}: unknown architecture {cfg.get('architecture')!r} (known: "
-                              f"{', '.join(TENSOR_SHAPES)}).")
+                              f"{', '.join(SAELENS_TENSORS)}).")
     sizes = {key: cfg.get(key) for key in ("d_in", "d_sae")}
     if not all(isinstance(v, int) and v > 0 for v in sizes.values()):
         raise CheckpointError(f"{where}: d_in and d_sae must be positive integers, got {sizes}.")
@@ -279,15 +247,7 @@ def _check_finite(directory: Path, tensors) -> None:
 
 def encode_raw(cfg: dict, tensors: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Features of raw activations x [B, d] from a checkpoint's tensors (sae-lens semantics)."""
-    centred = x - tensors["b_dec"]
-    if cfg["architecture"] == "standard":
-        return torch.relu(centred @ tensors["W_enc"] + tensors["b_enc"])
-    gate = centred @ tensors["W_enc"] + tensors["b_gate"]
-    if "W_mag" in tensors:
-        magnitude = centred @ tensors["W_mag"] + tensors["b_mag"]
-    else:
-        magnitude = torch.exp(tensors["r_mag"]) * (centred @ tensors["W_enc"]) + tensors["b_mag"]
-    return (gate > 0).to(x.dtype) * torch.relu(magnitude)
+    return sae_class(by_saelens(cfg["architecture"]).name).encode_saelens(cfg, tensors, x)
 
 
 def decode_raw(tensors: dict[str, torch.Tensor], features: torch.Tensor) -> torch.Tensor:
@@ -301,7 +261,7 @@ def checkpoint_id(directory: str | Path) -> str:
 
 def baseline_from_checkpoints(directories: list[str | Path], seeds: list[int]) -> BaselineSAE:
     """Baseline checkpoints of one width stacked back into a batched module, in the scaled space they
-    were trained in (the inverse of `saelens_tensors`)."""
+    were trained in (the inverse of `BatchedSAE.saelens_tensors`)."""
     loaded = [read_checkpoint(Path(d)) for d in directories]
     widths = {cfg["d_sae"] for cfg, _, _ in loaded}
     if len(widths) != 1 or any(cfg["architecture"] != "standard" for cfg, _, _ in loaded):

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent
 # What computes each stage's numbers: a module (None: all of it) or some of its functions.
 METRICS_CODE: dict[str, Optional[Sequence[str]]] = {   # per-SAE evaluation results
     "evaluate.py": None, "reconstruction.py": None, "spliced.py": None, "sites.py": None,
-    "checkpoints.py": ("encode_raw", "decode_raw"),
+    "checkpoints.py": ("encode_raw", "decode_raw"), "saes.py": None,  # sae-lens encoders live on the SAE classes
 }
 AGGREGATE_CODE: dict[str, Optional[Sequence[str]]] = {  # tables, headline, comparisons, intervals
     "tables.py": None, "intervals.py": None, "frontiers.py": None,

@@ -250,7 +250,7 @@ class SAEGroupConfig:
     l1_units: str = "normalized"
 
     def validate(self, key: str) -> None:
-        from .saes import ARCHITECTURES
+        from .architectures import ARCHITECTURES
 
         _choice(self.l1_units, f"{key}.l1_units", L1_UNITS)
         for site in self.sites:
@@ -501,7 +501,7 @@ class BrowserConfig:
             _require(getattr(self, key) > 0, f"browser.{key}", "must be a positive integer")
         for key in ("examples_per_bin", "context_before", "context_after"):
             _require(getattr(self, key) >= 0, f"browser.{key}", "must be 0 or more")
-        from .saes import ARCHITECTURES
+        from .architectures import ARCHITECTURES
 
         _require(bool(self.archs), "browser.archs", "list at least one architecture, e.g. [gated, baseline]")
         for arch in self.archs:
@@ -730,22 +730,27 @@ def to_dict(config: Any) -> dict:
 # out of job params and training keys while at that value, so adding a setting reruns nothing.
 NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "cache": {"mode": "store", "stream_keep_shards": 2},
-    "train": {"statistics_tokens": None, "site_devices": [], "sparse": "auto",
+    "train": {"statistics_tokens": None, "sparse": "auto",
               "sparse_max_density": SPARSE_MAX_DENSITY},
 }
 
 
-# Settings that change only what is recorded about a run, never what it computes: never in job params or
-# training keys, whatever their value.
-RECORDING_ONLY: dict[str, set[str]] = {"train": {"log_every_steps"}}
+# Settings that change where a run computes, how fast, or what it records, never what it computes (beyond
+# float rounding: a batch size or a device may reorder sums): never in job params, training keys or
+# evaluation identities, whatever their value, so renumbering GPUs or changing threads reruns nothing.
+PLACEMENT_ONLY: dict[str, set[str]] = {
+    "cache": {"device", "threads", "batch_sequences"},
+    "train": {"device", "threads", "site_devices", "checkpoint_every_steps", "log_every_steps"},
+    "evaluate": {"device", "threads", "batch_rows", "batch_windows"},
+}
 
 
 def comparable(section: str, values: dict) -> dict:
     """`values` of a config section without the settings still at their neutral default, nor those that
-    only change what is recorded."""
-    neutral, recording = NEUTRAL_DEFAULTS.get(section, {}), RECORDING_ONLY.get(section, set())
+    only place the computation (PLACEMENT_ONLY)."""
+    neutral, placement = NEUTRAL_DEFAULTS.get(section, {}), PLACEMENT_ONLY.get(section, set())
     return {key: value for key, value in values.items()
-            if key not in recording and (key not in neutral or value != neutral[key])}
+            if key not in placement and (key not in neutral or value != neutral[key])}
 
 
 def config_hash(config: Any) -> str:

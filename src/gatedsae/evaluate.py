@@ -34,7 +34,7 @@ from .activations import ActivationStore
 from .atomic import write_json_atomic
 from .checkpoints import checkpoint_id, decode_raw, encode_raw, read_checkpoint
 from .codehash import METRICS_CODE, code_fingerprint
-from .config import Config, config_hash
+from .config import Config, comparable, config_hash
 from .reconstruction import StoreResult, reconstruction_metrics
 from .spliced import HeldOutWindows, SplicedLM, WindowLosses
 from .train import read_grid_index
@@ -121,7 +121,7 @@ def evaluation_identity(sae: CheckpointSAE, config: Config, store: ActivationSto
     """What a saved result must share to be reused: the weights and their massive-activation threshold,
     the settings, the data, and the code that computes the metrics."""
     return config_hash({"checkpoint": sae.checkpoint_id, "massive_norm_threshold": sae.massive_norm_threshold,
-                        "evaluate": asdict(config.evaluate), "store": store.manifest.config_hash,
+                        "evaluate": comparable("evaluate", asdict(config.evaluate)), "store": store.manifest.config_hash,
                         "context_length": config.experiment.context_length, "model": asdict(config.model),
                         "metrics_code": metrics_code_version()})
 

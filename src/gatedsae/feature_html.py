@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import html
 
-from .tables import ARCH_LABELS, SITE_LABELS
+from .architectures import label
+from .tables import SITE_LABELS
 
 STYLE = """
 :root { --ink: #222; --muted: #666; --line: #ddd; --hot: 255, 110, 0; --cold: 30, 110, 220; }
@@ -111,7 +112,7 @@ def _page(title: str, body: str, script: str = "") -> str:
 
 
 def describe(data: dict) -> str:
-    return (f"{ARCH_LABELS.get(data['arch'], data['arch'])}, λ = {data['l1']:g}, width {data['width']:,}: "
+    return (f"{label(data['arch'])}, λ = {data['l1']:g}, width {data['width']:,}: "
             f"{SITE_LABELS.get(data['site'], data['site'])}, layer {data['layer']} of {data['model']}")
 
 
@@ -130,7 +131,7 @@ def sae_page(data: dict) -> str:
 
 def index_page(pages: list[dict], experiment: str) -> str:
     rows = "".join(f'<tr><td><a href="{_e(p["sae"])}.html">{_e(p["sae"])}</a></td>'
-                   f'<td>{_e(ARCH_LABELS.get(p["arch"], p["arch"]))}</td><td>{p["l1"]:g}</td><td>{p["width"]:,}</td>'
+                   f'<td>{_e(label(p["arch"]))}</td><td>{p["l1"]:g}</td><td>{p["width"]:,}</td>'
                    f'<td>{p["l0"]:.1f}</td><td>{p["dead"]:,}</td></tr>' for p in pages)
     first = pages[0]
     body = (f'<h1>Feature browser: {_e(SITE_LABELS.get(first["site"], first["site"]))}, layer {first["layer"]} '

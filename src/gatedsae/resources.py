@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .architectures import architecture
 from .config import Config, SAEGroupConfig
 from .errors import PipelineError
 
@@ -21,10 +22,6 @@ GIB = 1024**3
 # Sustained throughput assumed for device-hours: dense bf16 on an H100/H200-class GPU at ~40% of peak,
 # and fp32 on CPUs from the benchmarks in results/benchmarks/ (2 cores: ~60 GFLOP/s).
 SUSTAINED_FLOPS = {"cuda": 300e12, "cpu": 60e9}
-# Matmul FLOPs per token and per (d × width) of one training step (forward + backward, no input grad).
-TRAIN_FLOPS_PER_DW = {"baseline": 10, "baseline_rescale_shift": 6, "gated": 14, "gated_unfrozen_decoder": 14,
-                      "gated_no_rmag": 14, "gated_untied": 18}
-
 
 class ResourceError(PipelineError):
     """A job cannot fit the device (or the disk); the message names what to change."""
@@ -94,7 +91,7 @@ def cache_estimate(config: Config) -> Estimate:
 
 def _group_parameters(group: SAEGroupConfig, d: int) -> float:
     w = group.width(d)
-    encoders = 2 if group.arch == "gated_untied" else 1
+    encoders = architecture(group.arch).encoders
     return len(group.l1) * ((encoders + 1) * d * w + 4 * w + d)
 
 
@@ -107,7 +104,7 @@ def train_estimate(config: Config, site: str) -> Estimate:
     # per SAE and step: pre-activations, features, masks and their gradients (~8 [B, width] fp32 tensors)
     step = sum(len(g.l1) * 8 * train.batch_size * g.width(d) * 4 for g in groups)
     buffer = 2 * train.buffer_rows * d * 4  # the mixing buffer and its permuted copy
-    flops = sum(TRAIN_FLOPS_PER_DW[g.arch] * d * g.width(d) * len(g.l1) for g in groups) * train.tokens
+    flops = sum(architecture(g.arch).train_flops_per_dw * d * g.width(d) * len(g.l1) for g in groups) * train.tokens
     checkpoints = parameters * 4 * 4  # exported weights + the training state (params and Adam moments)
     return Estimate(f"train_grid[{site}]", optimiser_state + step + buffer, flops, disk_bytes=checkpoints,
                     breakdown={"sae_grid_and_optimiser": optimiser_state, "step_activations": step,
@@ -123,7 +120,7 @@ def rescale_shift_estimate(config: Config, site: str) -> Estimate:
     passes = [widths]
     if config.resources.device_memory_gib:
         passes = plan_passes(widths, memory, config.resources.device_memory_gib * GIB - lm)
-    flops = sum(TRAIN_FLOPS_PER_DW["baseline_rescale_shift"] * d * w for w in widths) * train.tokens
+    flops = sum(architecture("baseline_rescale_shift").train_flops_per_dw * d * w for w in widths) * train.tokens
     job = f"rescale_shift[{site}]" + (f" in {len(passes)} passes" if len(passes) > 1 else "")
     if streamed:
         flops += stream_forward_flops(config, len(passes))

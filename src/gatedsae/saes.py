@@ -6,7 +6,7 @@ slices: training SAE i inside a grid equals training it alone, up to float round
 Orientation follows sae-lens: encoder weights are [n, d, width] (pre-activations = (x − b_dec) @ W + b),
 decoder weights are [n, width, d] and their rows are the dictionary directions, kept at unit norm.
 
-Architectures (see PAPER.md; `ARCHITECTURES` maps names to classes):
+Architectures (the registry, `gatedsae.architectures`, maps names to these classes):
 
     baseline                 ReLU SAE with an L1 penalty on the features
     gated                    Gated SAE, tied magnitude weights W_mag = exp(r_mag) ⊙ W_gate
@@ -25,8 +25,9 @@ from typing import ClassVar, Sequence
 import torch
 from torch import Tensor, nn
 
+from .architectures import ENCODER_AXIS, architecture, sae_class
+
 __all__ = [
-    "ARCHITECTURES",
     "BaselineSAE",
     "BatchedSAE",
     "GatedNoRmagSAE",
@@ -162,18 +163,18 @@ class BatchedSAE(nn.Module, ABC):
         return [p for p in self.parameters() if p.requires_grad]
 
     # --- dead-feature resampling (Bricken et al.) ----------------------------------------------------
-    # Which axis of each named tensor indexes the features: [n, d, width] encoders, [n, width, d]
-    # decoder, [n, width] biases and r_mag.
-    _FEATURE_AXIS: ClassVar[dict[str, int]] = {
-        "W_enc": 2, "W_gate": 2, "W_mag": 2, "W_dec": 1, "b_enc": 1, "b_gate": 1, "b_mag": 1, "r_mag": 1,
-    }
+
+    def _feature_axes(self) -> dict[str, int]:
+        """Trainable tensor → the axis indexing its features (the architecture registry's record)."""
+        return architecture(self.arch).feature_axes
 
     def feature_mask_for(self, param: Tensor, dead: Tensor) -> Tensor | None:
         """A boolean mask over `param` selecting the entries of the features marked in `dead` [n, width]."""
         name = next((k for k, p in self.named_parameters() if p is param), None)
-        if name not in self._FEATURE_AXIS:
+        axes = self._feature_axes()
+        if name not in axes:
             return None
-        return (dead[:, None, :] if self._FEATURE_AXIS[name] == 2 and param.dim() == 3
+        return (dead[:, None, :] if axes[name] == ENCODER_AXIS and param.dim() == 3
                 else dead[:, :, None] if param.dim() == 3 else dead).expand_as(param)
 
     @torch.no_grad()
@@ -189,9 +190,10 @@ class BatchedSAE(nn.Module, ABC):
         counts = torch.zeros(self.n, dtype=torch.long)
         if not self.decoder_trainable:
             return counts
-        params = dict(self.named_parameters())
-        encoders = [params[k] for k in ("W_enc", "W_gate", "W_mag") if k in params]
-        biases = [params[k] for k in ("b_enc", "b_gate", "b_mag", "r_mag") if k in params]
+        params, axes = dict(self.named_parameters()), self._feature_axes()
+        # Encoders: [n, d, width] with the features last; biases (and r_mag): [n, width]. W_dec is set apart.
+        encoders = [p for k, p in params.items() if axes.get(k) == ENCODER_AXIS and p.dim() == 3]
+        biases = [p for k, p in params.items() if k in axes and p.dim() == 2]
         for i in range(self.n):
             index = dead[i].nonzero().squeeze(-1)
             weights = errors[i].float().cpu() ** 2
@@ -210,6 +212,31 @@ class BatchedSAE(nn.Module, ABC):
                 bias[i, index] = 0.0
             counts[i] = len(index)
         return counts
+
+    # --- export as sae-lens ----------------------------------------------------------------------------
+
+    def saelens_tensors(self, i: int, scale: float) -> dict[str, Tensor]:
+        """SAE i as the tensors of its sae-lens architecture, for raw (unscaled) activations.
+
+        Trained on s·x: pre-activations (s·x − b_dec) W + b = (x − b_dec/s)(s·W) + b, and x̂ = (f W_dec + b_dec)/s,
+        so encoder matrices are multiplied by s, decoder and b_dec divided by s, and biases are unchanged."""
+        state = {k: v.detach().float().cpu() for k, v in slice_state(self, i).items()}
+        tensors = {"W_dec": state["W_dec"] / scale, "b_dec": state["b_dec"] / scale,
+                   **self._saelens_encoder(state, scale)}
+        return {k: v.contiguous() for k, v in tensors.items()}
+
+    @abstractmethod
+    def _saelens_encoder(self, state: dict[str, Tensor], scale: float) -> dict[str, Tensor]:
+        """The encoder's sae-lens tensors from one slice's state (see `saelens_tensors`)."""
+
+    def saelens_cfg_extra(self, i: int) -> dict:
+        """Fields of SAE i's sae-lens cfg.json beyond the shared ones (e.g. TopK's k)."""
+        return {}
+
+    @staticmethod
+    @abstractmethod
+    def encode_saelens(cfg: dict, tensors: dict[str, Tensor], x: Tensor) -> Tensor:
+        """Features [B, width] of raw activations x [B, d] from exported sae-lens tensors."""
 
     def extra_repr(self) -> str:
         return f"arch={self.arch}, n={self.n}, d={self.d}, width={self.width}"
@@ -232,6 +259,13 @@ class BaselineSAE(BatchedSAE):
     def _encode_terms(self, x: Tensor) -> tuple[Tensor, Tensor]:
         f = torch.relu(self._project(x, self.W_enc) + self.b_enc[:, None, :])
         return f, f
+
+    def _saelens_encoder(self, state: dict[str, Tensor], scale: float) -> dict[str, Tensor]:
+        return {"W_enc": state["W_enc"] * scale, "b_enc": state["b_enc"]}
+
+    @staticmethod
+    def encode_saelens(cfg: dict, tensors: dict[str, Tensor], x: Tensor) -> Tensor:
+        return torch.relu((x - tensors["b_dec"]) @ tensors["W_enc"] + tensors["b_enc"])
 
 
 class RescaleShiftSAE(BaselineSAE):
@@ -271,6 +305,15 @@ class RescaleShiftSAE(BaselineSAE):
         magnitude = torch.exp(self.r_mag)[:, None, :] * z + self.b_mag[:, None, :]  # z = π − b_enc
         features = (pi > 0).to(z.dtype) * torch.relu(magnitude)
         return features, torch.relu(pi)
+
+    def _saelens_encoder(self, state: dict[str, Tensor], scale: float) -> dict[str, Tensor]:
+        # A tied Gated SAE with W_gate = W_enc, b_gate = b_enc.
+        return {"W_enc": state["W_enc"] * scale, "b_gate": state["b_enc"], "r_mag": state["r_mag"],
+                "b_mag": state["b_mag"]}
+
+    @staticmethod
+    def encode_saelens(cfg: dict, tensors: dict[str, Tensor], x: Tensor) -> Tensor:
+        return GatedSAE.encode_saelens(cfg, tensors, x)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -323,6 +366,21 @@ class GatedSAE(BatchedSAE):
     def _auxiliary(self, x: Tensor, penalised: Tensor) -> Tensor:
         return _squared_error(x, self._decode_auxiliary(penalised))
 
+    def _saelens_encoder(self, state: dict[str, Tensor], scale: float) -> dict[str, Tensor]:
+        r_mag = state["r_mag"] if "r_mag" in state else torch.zeros_like(state["b_mag"])
+        return {"W_enc": state["W_gate"] * scale, "b_gate": state["b_gate"], "b_mag": state["b_mag"], "r_mag": r_mag}
+
+    @staticmethod
+    def encode_saelens(cfg: dict, tensors: dict[str, Tensor], x: Tensor) -> Tensor:
+        """sae-lens `gated` (and our `gated_untied`, which has its own W_mag instead of r_mag)."""
+        centred = x - tensors["b_dec"]
+        gate = centred @ tensors["W_enc"] + tensors["b_gate"]
+        if "W_mag" in tensors:
+            magnitude = centred @ tensors["W_mag"] + tensors["b_mag"]
+        else:
+            magnitude = torch.exp(tensors["r_mag"]) * (centred @ tensors["W_enc"]) + tensors["b_mag"]
+        return (gate > 0).to(x.dtype) * torch.relu(magnitude)
+
 
 class GatedUnfrozenDecoderSAE(GatedSAE):
     """Ablation (Fig. 8): the auxiliary reconstruction also trains W_dec and b_dec."""
@@ -354,11 +412,9 @@ class GatedUntiedSAE(GatedSAE):
     def _magnitude_preactivation(self, x: Tensor, z_gate: Tensor) -> Tensor:
         return self._project(x, self.W_mag) + self.b_mag[:, None, :]
 
-
-ARCHITECTURES: dict[str, type[BatchedSAE]] = {
-    cls.arch: cls
-    for cls in (BaselineSAE, GatedSAE, GatedUnfrozenDecoderSAE, GatedNoRmagSAE, GatedUntiedSAE, RescaleShiftSAE)
-}
+    def _saelens_encoder(self, state: dict[str, Tensor], scale: float) -> dict[str, Tensor]:
+        return {"W_enc": state["W_gate"] * scale, "b_gate": state["b_gate"], "b_mag": state["b_mag"],
+                "W_mag": state["W_mag"] * scale}
 
 
 def make_sae(
@@ -373,10 +429,8 @@ def make_sae(
     """`n` SAEs of architecture `arch`; slice i is initialised from `seeds[i]` when given, else from
     `default_seeds(seed, n)[i]`. (`baseline_rescale_shift` built here wraps a freshly initialised baseline;
     use `RescaleShiftSAE.from_baseline` to wrap a trained one.)"""
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown SAE architecture {arch!r}; known architectures: {', '.join(ARCHITECTURES)}")
     per_slice = default_seeds(seed, n) if seeds is None else [int(s) for s in seeds]
-    return ARCHITECTURES[arch](n, d, width, l1, per_slice)
+    return sae_class(arch)(n, d, width, l1, per_slice)
 
 
 # ---------------------------------------------------------------------------------------------------

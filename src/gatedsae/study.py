@@ -167,7 +167,8 @@ def analyse(key: dict, ratings: pd.DataFrame, resamples: int, confidence: float,
 
 
 def markdown(result: dict) -> str:
-    from .tables import ARCH_LABELS, SITE_LABELS
+    from .architectures import label
+    from .tables import SITE_LABELS
 
     lines = [f"# Interpretability study {result['study']}: analysis", "",
              f"{len(result['raters'])} rater(s): {', '.join(result['raters'])}; {result['features_rated']} of "
@@ -176,7 +177,7 @@ def markdown(result: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for arch, row in result["per_architecture"].items():
         c = row["counts"]
-        lines.append(f"| {ARCH_LABELS.get(arch, arch)} | {row['features_rated']} | {row['ratings']} | {c['no']} | "
+        lines.append(f"| {label(arch)} | {row['features_rated']} | {row['ratings']} | {c['no']} | "
                      f"{c['maybe']} | {c['yes']} | {row['mean_score']:.3f} |")
     lines += ["", "Gated − baseline, over matched pairs of features:", "",
               "| | pairs | mean difference | interval | p (paired sign-flip) |", "|---|---|---|---|---|"]

@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from . import architectures
 from .atomic import atomic_path, write_json_atomic, write_text_atomic
 from .config import IntervalsConfig
 from .frontiers import LEVELS, Sweep, matched_l0, matched_loss_recovered, pareto_optimal
@@ -35,13 +36,8 @@ COLUMNS = [
 ]
 SITE_ORDER = ["resid_post", "mlp_out", "attn_z"]
 SITE_LABELS = {"resid_post": "Residual stream", "mlp_out": "MLP output", "attn_z": "Attention output (pre W_O)"}
-ARCH_LABELS = {
-    "gated": "Gated", "baseline": "Baseline", "gated_unfrozen_decoder": "Gated, unfrozen decoder",
-    "gated_no_rmag": "Gated, no r_mag", "gated_untied": "Gated, untied encoders",
-    "baseline_rescale_shift": "Baseline + rescale & shift",
-}
-ABLATIONS = ("gated_unfrozen_decoder", "gated_no_rmag", "gated_untied")  # Fig. 8
-RESCALE_SHIFT = "baseline_rescale_shift"                                # Fig. 9
+ABLATIONS = tuple(architectures.names("ablation"))  # Fig. 8
+RESCALE_SHIFT = "baseline_rescale_shift"         # Fig. 9
 
 
 def collect(metrics_files: Iterable[Path]) -> pd.DataFrame:
@@ -186,7 +182,7 @@ def with_interval(row, metric: str, fmt: str, scale: float = 1.0, unit: str = ""
 def _table_rows(group: pd.DataFrame) -> list[list[str]]:
     rows = []
     for _, r in group.iterrows():
-        rows.append([("★ " if r["pareto"] else "") + ARCH_LABELS.get(r["arch"], r["arch"]), f"{r['l1']:g}",
+        rows.append([("★ " if r["pareto"] else "") + architectures.label(r["arch"]), f"{r['l1']:g}",
                      f"{r['lr']:g}", f"{int(r['width'])}", f"{r['l0']:.1f}",
                      with_interval(r, "loss_recovered", ".2f", 100, "%"),
                      f"{r['ce_clean']:.3f}", f"{r['ce_sae']:.3f}", f"{r['ce_zero']:.3f}",

@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 
 from .activations import ShardedActivations, cache_identity
+from .architectures import architecture
 from .atomic import atomic_path, write_json_atomic
 from .config import Config, ConfigError, TrainConfig, comparable, config_hash
 from .curves import CurveLog
@@ -303,7 +304,10 @@ class GridTrainer:
         """Whether group g steps on the support (sparse_step.py) rather than densely: `train.sparse`, and
         under `auto` the group's mean L0 at the previous step against `train.sparse_max_density` × its
         width. Only on a CPU in float32, where that threshold was measured; the first step is dense. The
-        L0s are part of the saved state, so a resumed run makes the same choices."""
+        L0s are part of the saved state, so a resumed run makes the same choices. Architectures without
+        steps on the support (the registry's `sparse_steps`) always step densely."""
+        if not architecture(module.arch).sparse_steps:
+            return False
         if self.train.sparse != "auto":
             return self.train.sparse == "always"
         if self.device.type != "cpu" or self.train.autocast_bf16:
@@ -318,7 +322,7 @@ class GridTrainer:
         """Bricken et al.: re-initialise dead features towards inputs the SAE reconstructs badly."""
         for g, (module, optimizer) in enumerate(zip(self.modules, self.optimizers)):
             dead = self.idle_steps[g] >= self.train.resample_window_steps  # [n, width]
-            if not dead.any():
+            if not architecture(module.arch).resamples or not dead.any():
                 continue
             terms = module(x)
             errors = ((x.unsqueeze(0) - terms.x_hat) ** 2).sum(-1)  # [n, B]

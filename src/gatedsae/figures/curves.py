@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import to_rgb
 
-from ..tables import ARCH_LABELS, SITE_ORDER
+from ..architectures import label as arch_label
+from ..tables import SITE_ORDER
 from .style import COLOURS, FULL_WIDTH, SINGLE_COLUMN, panel_title, plain_log_axis, save, shared_legend
 
 STEM = "training_curves"
@@ -67,7 +68,7 @@ def figures(curves: pd.DataFrame):
                 ax.set_ylabel(label)
         axes[-1][col].set_xlabel("training step")
     for arch in MAIN:  # legend entries: one per architecture, in its full colour
-        axes[0][0].plot([], [], color=COLOURS[arch], label=ARCH_LABELS[arch])
+        axes[0][0].plot([], [], color=COLOURS[arch], label=arch_label(arch))
     shared_legend(fig)
     yield STEM, fig
 

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MultipleLocator
 
-from ..tables import ARCH_LABELS, density_key, matched_pairs
+from ..architectures import label as arch_label
+from ..tables import density_key, matched_pairs
 from .style import COLOURS, FULL_WIDTH, MIN_FONT_PT, SINGLE_COLUMN, panel_title, save, shared_legend
 
 STEM = "feature_density"
@@ -53,8 +54,8 @@ def figures(frame: pd.DataFrame, densities: dict):
             edges, counts, dead = histograms[id(row)]
             total = counts.sum() + dead
             ax.stairs(counts / max(total, 1), edges, color=COLOURS[row["arch"]], linewidth=1.2,
-                      label=ARCH_LABELS[row["arch"]])
-            notes.append(f"{ARCH_LABELS[row['arch']]}: L0 {row['l0']:.0f}, {dead} dead")
+                      label=arch_label(row["arch"]))
+            notes.append(f"{arch_label(row['arch'])}: L0 {row['l0']:.0f}, {dead} dead")
         ax.text(0.02, 0.97, "\n".join(notes), transform=ax.transAxes, va="top", ha="left", fontsize=MIN_FONT_PT)
         ax.set_xlim(low, high)
         ax.xaxis.set_major_locator(MultipleLocator(0.5) if high - low <= 4 else MultipleLocator(1.0))

@@ -14,18 +14,16 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..atomic import atomic_path  # noqa: E402
-from ..tables import ARCH_LABELS, SITE_LABELS, SITE_ORDER, pareto_mask  # noqa: E402
+from ..architectures import ARCHITECTURES  # noqa: E402
+from ..architectures import label as arch_label  # noqa: E402
+from ..tables import SITE_LABELS, SITE_ORDER, pareto_mask  # noqa: E402
 
 SINGLE_COLUMN = 3.25  # inches: one column of a two-column paper
 FULL_WIDTH = 6.75     # inches: the text width
 MIN_FONT_PT = 7.0
 
-COLOURS = {
-    "gated": "#1f77b4", "baseline": "#d62728", "gated_unfrozen_decoder": "#9467bd", "gated_no_rmag": "#2ca02c",
-    "gated_untied": "#ff7f0e", "baseline_rescale_shift": "#8c564b",
-}
-MARKERS = {"gated": "o", "baseline": "s", "gated_unfrozen_decoder": "^", "gated_no_rmag": "v",
-           "gated_untied": "D", "baseline_rescale_shift": "P"}
+COLOURS = {name: record.colour for name, record in ARCHITECTURES.items()}
+MARKERS = {name: record.marker for name, record in ARCHITECTURES.items()}
 AXIS_LABELS = {
     "l0": "L0 (features per token)",
     "loss_recovered": "loss recovered (%)",
@@ -78,7 +76,7 @@ def plot_sweep(ax, frame: pd.DataFrame, arch: str, y: str, lower_is_better: bool
         optimal = pareto_mask(points, "l0", y)
     front, style = points[optimal], _series_style(arch)
     alpha = 0.45 if faint else 1.0
-    ax.plot(front["l0"], values(front, y), label=ARCH_LABELS.get(arch, arch), alpha=alpha, **style)
+    ax.plot(front["l0"], values(front, y), label=arch_label(arch), alpha=alpha, **style)
     _error_bars(ax, front, y, style["color"], alpha)
     dominated = points[~optimal]
     if len(dominated):
@@ -91,7 +89,7 @@ def plot_line(ax, frame: pd.DataFrame, arch: str, y: str) -> None:
     """One architecture's sweep joined in order of L0 (for quantities with no better direction, e.g. γ)."""
     points = frame[frame["arch"] == arch].sort_values("l0")
     if len(points):
-        ax.plot(points["l0"], values(points, y), label=ARCH_LABELS.get(arch, arch), **_series_style(arch))
+        ax.plot(points["l0"], values(points, y), label=arch_label(arch), **_series_style(arch))
         _error_bars(ax, points, y, COLOURS.get(arch, "black"), 1.0)
 
 
