@@ -3,7 +3,7 @@
 #   make test                   the test suite
 #   make run EXPERIMENT=smoke   Snakemake alone, any experiment in conf/experiment/
 #   make verify EXPERIMENT=…    every activation shard and SAE checkpoint against its recorded sha256
-# Snakemake runs through `python -m gatedsae.runlock`: a run killed mid-way leaves no lock that blocks
+# Snakemake runs through `python -m gatedsae.cli.runlock`: a run killed mid-way leaves no lock that blocks
 # the next, and a second run is refused while one is alive (docs/reliability.md).
 SHELL := /bin/bash
 VENV ?= .venv
@@ -26,14 +26,14 @@ replicate:
 	@echo; cat results/$$($(BIN)/python -c "import yaml; print(yaml.safe_load(open('params.yaml'))['experiment'])")/verdict.md 2>/dev/null || true
 
 run: setup
-	$(BIN)/python -m gatedsae.runlock --profile profiles/local --config experiment=$(EXPERIMENT)
+	$(BIN)/python -m gatedsae.cli.runlock --profile profiles/local --config experiment=$(EXPERIMENT)
 
 dry-run: setup
 	snakemake -n --profile profiles/local --config experiment=$(EXPERIMENT)
 
 # Remove the lock a killed run left, after checking that no run is alive here (never while one is).
 unlock: setup
-	$(BIN)/python -m gatedsae.runlock --unlock-only
+	$(BIN)/python -m gatedsae.cli.runlock --unlock-only
 
 verify: setup
 	$(BIN)/python -m gatedsae verify experiment=$(EXPERIMENT)
@@ -46,7 +46,7 @@ test-fast: setup
 
 # After `dvc pull`, `dvc checkout` or `git checkout`: make Snakemake's metadata agree with the files.
 sync: setup
-	$(BIN)/python -m gatedsae.runlock --profile profiles/local --config experiment=$(EXPERIMENT) --touch --forceall --quiet
+	$(BIN)/python -m gatedsae.cli.runlock --profile profiles/local --config experiment=$(EXPERIMENT) --touch --forceall --quiet
 
 push: setup
 	dvc push

@@ -11,7 +11,7 @@
 import time
 from pathlib import Path
 
-from gatedsae.workflow import ExperimentPlan
+from gatedsae.plan.workflow import ExperimentPlan
 
 plan = ExperimentPlan(str(config.get("experiment", "default")), str(config.get("overrides", "")).split())
 LOGS = "logs/" + plan.experiment

@@ -21,11 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cache import machine  # noqa: E402
 from probe_l1 import heldout_summary  # noqa: E402
 
-from gatedsae.activations import ActivationStore  # noqa: E402
-from gatedsae.atomic import write_json_atomic  # noqa: E402
-from gatedsae.config import REPO_ROOT, load_config  # noqa: E402
-from gatedsae.train import GridTrainer  # noqa: E402
-
+from gatedsae.activations.store import ActivationStore
+from gatedsae.core.atomic import write_json_atomic
+from gatedsae.plan.config import REPO_ROOT, load_config
+from gatedsae.training.trainer import GridTrainer
 
 WARM_UP_STEPS = 3
 

@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gatedsae.activations import cache_activations
-from gatedsae.atomic import write_json_atomic
-from gatedsae.config import REPO_ROOT, load_config
-from gatedsae.corpus import load_windows
-from gatedsae.models import load_model
+from gatedsae.activations.cache import cache_activations
+from gatedsae.core.atomic import write_json_atomic
+from gatedsae.data.corpus import load_windows
+from gatedsae.data.models import load_model
+from gatedsae.plan.config import REPO_ROOT, load_config
 
 
 def machine() -> dict:
@@ -65,7 +65,7 @@ def bare_forward(model, windows: np.ndarray, batch: int, stop_at: int) -> float:
 def paired_cache_run(config, loaded, scratch: Path) -> dict:
     """One cache run in which every batch's forward is preceded by a bare forward of the same tokens.
     Returns wall and CPU seconds of the bare forwards, of the cache's forwards, and of the rest of the run."""
-    import gatedsae.activations as activations
+    import gatedsae.activations.cache as activations
 
     cache_forward, pairs = activations._forward, []
 

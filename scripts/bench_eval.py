@@ -24,13 +24,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cache import machine  # noqa: E402
 
-from gatedsae.atomic import write_json_atomic  # noqa: E402
-from gatedsae.config import REPO_ROOT, load_config  # noqa: E402
-from gatedsae.corpus import load_windows  # noqa: E402
-from gatedsae.evaluate import CheckpointSAE  # noqa: E402
-from gatedsae.train import read_grid_index  # noqa: E402
-from gatedsae.models import load_model  # noqa: E402
-from gatedsae.spliced import SplicedLM, next_token_losses  # noqa: E402
+from gatedsae.core.atomic import write_json_atomic
+from gatedsae.data.corpus import load_windows
+from gatedsae.data.models import load_model
+from gatedsae.evaluation.evaluate import CheckpointSAE
+from gatedsae.evaluation.spliced import SplicedLM, next_token_losses
+from gatedsae.plan.config import REPO_ROOT, load_config
+from gatedsae.plan.grid import read_grid_index
 
 
 class RandomGated:

@@ -5,7 +5,7 @@
 
 Runs in a separate environment that has sae-lens (and torch, numpy) but not our package's dependencies,
 so the store is read directly: manifest.json, then train/shard_XXXXX.npy (bfloat16 kept as uint16 bits).
-Batches are drawn exactly as `gatedsae.activations.ActivationStore.batches(batch, seed, buffer_rows)`
+Batches are drawn exactly as `gatedsae.activations.store.ActivationStore.batches(batch, seed, buffer_rows)`
 draws them (same seeded shard order and mixing buffer), so with the same seed and buffer both trainers
 see the same batches. Activations are scaled so E||x||² = 1 (x / sqrt(manifest mean_sq_norm["train"])).
 
@@ -30,8 +30,8 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bar from SAETrainer.fit
 
 import numpy as np
-import torch
 import sae_lens
+import torch
 from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.saes.gated_sae import GatedTrainingSAE, GatedTrainingSAEConfig
 from sae_lens.training.sae_trainer import SAETrainer

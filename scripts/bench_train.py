@@ -38,19 +38,19 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cache import machine  # noqa: E402
 
-from gatedsae.activations import MANIFEST, ActivationStore  # noqa: E402
-from gatedsae.atomic import write_json_atomic  # noqa: E402
-from gatedsae.config import REPO_ROOT, SAEGroupConfig, SweepConfig, load_config  # noqa: E402
-from gatedsae.saes import BatchedSAE  # noqa: E402
-from gatedsae.sparse_step import dense_step_, sparse_step_  # noqa: E402
-from gatedsae.train import GridTrainer, TrainingBatches  # noqa: E402
+from gatedsae.activations.store import ActivationStore
+from gatedsae.core.atomic import write_json_atomic
+from gatedsae.plan.config import REPO_ROOT, SAEGroupConfig, SweepConfig, load_config
+from gatedsae.plan.layout import MANIFEST
+from gatedsae.saes.base import BatchedSAE
+from gatedsae.training.sparse_step import dense_step_, sparse_step_
+from gatedsae.training.trainer import GridTrainer, TrainingBatches
 
 aten = torch.ops.aten
 L1 = 0.1  # the default sweep's middle λ; the code's sparsity is set directly (see set_code_density)
@@ -250,7 +250,8 @@ def synthetic_store(directory: Path, d: int, rows: int, seed: int = 0) -> Path:
     """A store of `rows` synthetic activations of width d: each row a sparse non-negative combination of
     about 30 of 8·d random unit directions (Zipf-like frequencies, log-normal magnitudes) plus an offset
     and noise, so the data has the shape and the sparse structure SAEs are trained on."""
-    from gatedsae.activations import FORMAT_VERSION, SplitRecord, StoreManifest, _StoreWriter
+    from gatedsae.activations.cache import _StoreWriter
+    from gatedsae.activations.store import FORMAT_VERSION, SplitRecord, StoreManifest
 
     generator = torch.Generator().manual_seed(seed)
     atoms = 8 * d
@@ -341,7 +342,7 @@ def main() -> None:
             sparse, dense = runs[(case, kind, "sparse")], runs[(case, kind, "dense")]
             group = case_config.sweep.groups[0]
             entry = {
-                "arch": group.arch, "width": group.width(d), "saes": len(group.l1), "l1": group.l1,
+                "arch": group.arch, "width": group.width(d), "saes": len(group.values), "l1": group.l1,
                 "l0_prepared": args.l0, "l0_last_step": statistics.mean(r["l0_last_step"] for r in sparse),
                 "sae_tokens_per_s": {"sparse": summary([r["sae_tokens_per_s"] for r in sparse]),
                                      "dense": summary([r["sae_tokens_per_s"] for r in dense])},
@@ -357,7 +358,7 @@ def main() -> None:
                 "encoder_matmul_seconds": summary(matmul[(case, kind)]),
                 "encoder_matmul_share_of_sparse_step": summary(
                     [mm / r["step_seconds"] for mm, r in zip(matmul[(case, kind)], sparse)]),
-                "encoder_matmul_gflops": (2 * len(group.l1) * batch * d * group.width(d)
+                "encoder_matmul_gflops": (2 * len(group.values) * batch * d * group.width(d)
                                           / min(matmul[(case, kind)]) / 1e9),
             }
             peers = runs[(case, kind, "peer")]

@@ -26,12 +26,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cache import machine  # noqa: E402
 from bench_train import step_flops  # noqa: E402
 
-from gatedsae.activations import ActivationStore, cache_activations  # noqa: E402
-from gatedsae.atomic import write_json_atomic  # noqa: E402
-from gatedsae.config import REPO_ROOT, load_config  # noqa: E402
-from gatedsae.evaluate import CheckpointSAE, evaluate_saes  # noqa: E402
-from gatedsae.models import is_prepared, load_model  # noqa: E402
-from gatedsae.train import GridTrainer, export_checkpoints, grid_specs, training_key  # noqa: E402
+from gatedsae.activations.cache import cache_activations
+from gatedsae.activations.store import ActivationStore
+from gatedsae.core.atomic import write_json_atomic
+from gatedsae.data.models import is_prepared, load_model
+from gatedsae.evaluation.evaluate import CheckpointSAE, evaluate_saes
+from gatedsae.plan.config import REPO_ROOT, load_config
+from gatedsae.plan.grid import grid_specs, training_key
+from gatedsae.training.stages import export_checkpoints
+from gatedsae.training.trainer import GridTrainer
 
 EXPERIMENTS = {"tiny": "experiment=smoke", "smollm2-135m": "experiment=default", "gemma3-270m": "experiment=gemma3"}
 
@@ -122,7 +125,7 @@ def _time_streamed_training(config, site: str, layer: int, loaded, out_dir: Path
     """The same grid trained in stream mode, the LM computing every shard as training reads it: timed
     from the first step (the shards kept from the statistics pass are dropped first, so each one
     training reads is computed inside the timed run)."""
-    from gatedsae.streaming import streamed_splits
+    from gatedsae.activations.stream import streamed_splits
 
     config = replace(config, cache=replace(config.cache, mode="stream"))
     split = streamed_splits(config, [(site, layer)], loaded=loaded)[(site, layer)]
@@ -141,7 +144,7 @@ def _time_streamed_training(config, site: str, layer: int, loaded, out_dir: Path
 
 def _link_inputs(config, source_data: Path, data: Path) -> None:
     """The prepared model and the token windows, from the main data folder (or made for tiny)."""
-    from gatedsae.corpus import fetch_corpus, tokenize_corpus
+    from gatedsae.data.corpus import fetch_corpus, tokenize_corpus
 
     if config.model.source == "random":
         fetch_corpus(config.corpus, config.paths)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from gatedsae.activations import ActivationStore
-from gatedsae.atomic import write_json_atomic
-from gatedsae.config import SAEGroupConfig, load_config
-from gatedsae.train import GridTrainer
+from gatedsae.activations.store import ActivationStore
+from gatedsae.core.atomic import write_json_atomic
+from gatedsae.plan.config import SAEGroupConfig, load_config
+from gatedsae.training.trainer import GridTrainer
 
 
 @torch.no_grad()
@@ -32,7 +32,7 @@ def heldout_summary(trainer: GridTrainer, store: ActivationStore, tokens: int) -
     for spec in trainer.specs:
         terms = trainer.modules[spec.group](x)
         summary[spec.name] = {
-            "arch": spec.arch, "l1": spec.l1,
+            "arch": spec.arch, "l1": spec.value,
             "l0": float((terms.features[spec.index] > 0).float().sum(-1).mean()),
             "fvu": float(((terms.x_hat[spec.index] - x) ** 2).sum() / centred_energy),
         }

@@ -10,7 +10,7 @@ import pytest
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from gatedsae.config import REPO_ROOT, Config, load_config  # noqa: E402
+from gatedsae.plan.config import Config, load_config
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def smoke_config(data_dir: Path, *overrides: str) -> Config:
 @pytest.fixture(scope="session")
 def smoke_tokens(tmp_path_factory) -> Config:
     """The smoke corpus fetched and tokenized once per session (read-only for tests)."""
-    from gatedsae.corpus import fetch_corpus, tokenize_corpus
+    from gatedsae.data.corpus import fetch_corpus, tokenize_corpus
 
     config = smoke_config(tmp_path_factory.mktemp("smoke-data"))
     fetch_corpus(config.corpus, config.paths)
@@ -41,7 +41,7 @@ def smoke_tokens(tmp_path_factory) -> Config:
 
 @pytest.fixture(scope="session")
 def tiny_model(smoke_tokens):
-    from gatedsae.models import load_model
+    from gatedsae.data.models import load_model
 
     return load_model(smoke_tokens.model, smoke_tokens.paths)
 
@@ -49,7 +49,7 @@ def tiny_model(smoke_tokens):
 @pytest.fixture(scope="session")
 def smoke_cache(smoke_tokens, tiny_model, tmp_path_factory) -> Config:
     """One uninterrupted cache run of the smoke experiment (float32 storage), read-only for tests."""
-    from gatedsae.activations import cache_activations
+    from gatedsae.activations.cache import cache_activations
 
     config = copy_token_data(smoke_tokens, tmp_path_factory.mktemp("cached"))
     cache_activations(config, loaded=tiny_model)

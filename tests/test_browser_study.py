@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import smoke_config
-from gatedsae.activations import ActivationStore
-from gatedsae.browser import browse, logit_effects
-from gatedsae.evaluate import CheckpointSAE, evaluate_grid
-from gatedsae.study import (ANALYSIS_MARKDOWN, KEY_FILE, analyse, analyse_study, build_study, read_ratings,
-                            study_dir)
-from gatedsae.tables import aggregate
-from gatedsae.train import train_grid
+
+from gatedsae.activations.store import ActivationStore
+from gatedsae.evaluation.evaluate import CheckpointSAE, evaluate_grid
+from gatedsae.plan.layout import ANALYSIS_MARKDOWN, KEY_FILE, study_dir
+from gatedsae.reporting.browser import browse, logit_effects
+from gatedsae.reporting.study import analyse, analyse_study, build_study, read_ratings
+from gatedsae.reporting.tables import aggregate
+from gatedsae.training.stages import train_grid
 
 SITE, LAYER = "resid_post", 1
 
@@ -193,7 +193,7 @@ def _write_raters(directory: Path, key: dict, gated_yes: float, baseline_yes: fl
 
 
 def test_the_analysis_unblinds_synthetic_ratings_and_finds_a_real_difference(evaluated, study, tmp_path):
-    from gatedsae.__main__ import main
+    from gatedsae.cli.main import main
 
     key = json.loads((study_dir(evaluated) / KEY_FILE).read_text())
     better = _write_raters(tmp_path, key, gated_yes=0.9, baseline_yes=0.2)

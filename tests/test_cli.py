@@ -9,8 +9,8 @@ import tomllib
 
 import pytest
 
-from gatedsae.__main__ import STAGES, main
-from gatedsae.config import REPO_ROOT
+from gatedsae.cli.main import STAGES, main
+from gatedsae.plan.config import REPO_ROOT
 
 
 def test_help_lists_every_stage_with_one_line():

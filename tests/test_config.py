@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from gatedsae.config import ConfigError, load_config
+from gatedsae.plan.config import ConfigError, load_config
 
 EXPERIMENTS = ["default", "gemma3", "smoke", "paper_pythia_2.8b", "paper_gemma_7b"]
 
@@ -69,9 +69,9 @@ def test_cli_usage_lists_stages():
 def test_settings_added_at_their_neutral_default_change_no_params_or_training_key():
     from dataclasses import replace
 
-    from gatedsae.config import NEUTRAL_DEFAULTS
-    from gatedsae.train import grid_specs, training_key
-    from gatedsae.workflow import ExperimentPlan
+    from gatedsae.plan.config import NEUTRAL_DEFAULTS
+    from gatedsae.plan.grid import grid_specs, training_key
+    from gatedsae.plan.workflow import ExperimentPlan
 
     config = load_config(["experiment=smoke"])
     spec = grid_specs(config, config.model.site_width("resid_post"), "resid_post")[0]
@@ -87,15 +87,15 @@ def test_settings_added_at_their_neutral_default_change_no_params_or_training_ke
 def test_placement_changes_no_params_training_key_or_evaluation_identity():
     """Devices, threads, batch sizes of the LM and evaluation, and checkpoint cadence place the work; they
     do not change what is computed, so changing them reruns nothing."""
-    from gatedsae.config import PLACEMENT_ONLY
-    from gatedsae.train import grid_specs, training_key
-    from gatedsae.workflow import ExperimentPlan
+    from gatedsae.plan.config import PLACEMENT_ONLY
+    from gatedsae.plan.grid import grid_specs, training_key
+    from gatedsae.plan.workflow import ExperimentPlan
 
-    moved = ["train.device=cuda:1", "train.threads=7", "train.site_devices=[cuda:0,cuda:1,cuda:2]",
+    moved = ["train.device=cuda:1", "train.threads=7", "+train.site_devices=[cuda:0,cuda:1,cuda:2]",
              "train.checkpoint_every_steps=3", "train.log_every_steps=5", "cache.device=cuda:2", "cache.threads=3",
              "cache.batch_sequences=2", "evaluate.device=cuda:3", "evaluate.threads=5", "evaluate.batch_rows=17",
              "evaluate.batch_windows=3"]
-    assert {o.split("=")[0] for o in moved} == {f"{s}.{k}" for s, keys in PLACEMENT_ONLY.items() for k in keys}
+    assert {o.split("=")[0].lstrip("+") for o in moved} == {f"{s}.{k}" for s, keys in PLACEMENT_ONLY.items() for k in keys}
     before, after = ExperimentPlan("smoke"), ExperimentPlan("smoke", moved)
     for stage in ("cache", "train", "evaluate"):
         assert before.params(stage) == after.params(stage)
@@ -116,7 +116,7 @@ def test_a_chapter_cuts_the_sweep_down_to_the_chapters_so_far():
     last = load_config(["experiment=default", f"experiment.chapter={full.experiment.chapters[-1].name}"])
     assert last.sweep == full.sweep, "the last chapter is the whole experiment"
     # The chapter itself reruns nothing: only the sweep it selects enters the jobs' params.
-    from gatedsae.workflow import ExperimentPlan
+    from gatedsae.plan.workflow import ExperimentPlan
 
     last_chapter = f"experiment.chapter={full.experiment.chapters[-1].name}"
     assert ExperimentPlan("default", [last_chapter]).params("experiment", "sweep") == \

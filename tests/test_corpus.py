@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import smoke_config
-from gatedsae.config import load_config
-from gatedsae.corpus import CorpusUnavailableError, fetch_corpus, is_heldout, load_windows, read_documents
+
+from gatedsae.data.corpus import CorpusUnavailableError, fetch_corpus, is_heldout, load_windows, read_documents
+from gatedsae.plan.config import load_config
 
 
 def test_windows_start_with_bos_and_have_the_context_length(smoke_tokens):

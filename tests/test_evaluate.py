@@ -12,13 +12,19 @@ import numpy as np
 import pytest
 import torch
 
-from gatedsae.activations import ActivationStore
-from gatedsae.checkpoints import CFG_FILE, RECORD_FILE, WEIGHTS_FILE
-from gatedsae.corpus import load_windows
-from gatedsae.evaluate import CheckpointSAE, evaluate_checkpoint, evaluate_each, evaluate_grid, evaluate_saes
-from gatedsae.reconstruction import ReconstructionStats
-from gatedsae.spliced import SplicedLM, next_token_losses
-from gatedsae.train import train_grid, train_rescale_shift
+from gatedsae.activations.store import ActivationStore
+from gatedsae.data.corpus import load_windows
+from gatedsae.evaluation.evaluate import (
+    CheckpointSAE,
+    evaluate_checkpoint,
+    evaluate_each,
+    evaluate_grid,
+    evaluate_saes,
+)
+from gatedsae.evaluation.reconstruction import ReconstructionStats
+from gatedsae.evaluation.spliced import SplicedLM, next_token_losses
+from gatedsae.saes.checkpoints import CFG_FILE, RECORD_FILE, WEIGHTS_FILE
+from gatedsae.training.stages import train_grid, train_rescale_shift
 
 SITES = ("resid_post", "mlp_out", "attn_z")
 
@@ -142,7 +148,7 @@ def test_identity_sae_recovers_all_loss_and_zero_sae_none(trained_smoke, tiny_mo
 
 
 def test_metrics_do_not_depend_on_batch_sizes(trained_smoke, tiny_model):
-    from gatedsae.train import read_grid_index
+    from gatedsae.plan.grid import read_grid_index
 
     grid = read_grid_index(trained_smoke.paths.checkpoints_dir("tiny", "tiny", "mlp_out", 1, "smoke") / "grid.json")
     saes = [CheckpointSAE.load(entry["path"]) for entry in grid]
@@ -194,7 +200,7 @@ def test_evaluating_an_untrained_grid_names_the_missing_step(smoke_cache):
 
 
 def _grid_saes(config, site: str) -> list[CheckpointSAE]:
-    from gatedsae.train import read_grid_index
+    from gatedsae.plan.grid import read_grid_index
 
     grid = read_grid_index(config.paths.checkpoints_dir("tiny", "tiny", site, 1, "smoke") / "grid.json")
     return [CheckpointSAE.load(entry["path"]) for entry in grid]
@@ -227,7 +233,7 @@ def test_per_window_ce_reproduces_the_means_over_every_prediction(trained_smoke,
 
 def with_threshold(sae: CheckpointSAE, directory: Path, threshold) -> CheckpointSAE:
     """A copy of `sae` whose training record carries a massive-activation threshold."""
-    from gatedsae.checkpoints import RECORD_FILE
+    from gatedsae.saes.checkpoints import RECORD_FILE
 
     shutil.copytree(sae.directory, directory)
     record = json.loads((directory / RECORD_FILE).read_text())
@@ -237,8 +243,8 @@ def with_threshold(sae: CheckpointSAE, directory: Path, threshold) -> Checkpoint
 
 def test_massive_positions_are_treated_like_bos_and_the_paper_treatment_is_measured_too(trained_smoke, tiny_model,
                                                                                        tmp_path):
-    from gatedsae.evaluate import ALL_TOKENS_METRICS
-    from gatedsae.spliced import kept_positions
+    from gatedsae.evaluation.evaluate import ALL_TOKENS_METRICS
+    from gatedsae.evaluation.spliced import kept_positions
 
     site = "resid_post"
     store = ActivationStore(trained_smoke.paths.activations_dir("tiny", "tiny", site, 1), "heldout")
@@ -317,17 +323,17 @@ def test_a_killed_evaluation_keeps_every_sae_it_finished(trained_smoke, tiny_mod
 
 
 def test_a_change_to_the_metrics_code_re_evaluates_every_sae(trained_smoke, tiny_model, capsys, monkeypatch):
-    import gatedsae.evaluate
+    import gatedsae.evaluation.evaluate
 
     rows = json.loads(evaluate_grid(trained_smoke, "attn_z", 1, progress=False, loaded=tiny_model).read_text())["rows"]
     capsys.readouterr()
-    monkeypatch.setattr(gatedsae.evaluate, "metrics_code_version", lambda: "a fixed metric")
+    monkeypatch.setattr(gatedsae.evaluation.evaluate, "metrics_code_version", lambda: "a fixed metric")
     evaluate_grid(trained_smoke, "attn_z", 1, progress=False, loaded=tiny_model)
     assert f"evaluating {len(rows)} of {len(rows)} SAEs" in capsys.readouterr().out
 
 
 def test_the_code_fingerprint_follows_the_code_not_its_comments(tmp_path):
-    from gatedsae.codehash import METRICS_CODE, code_fingerprint
+    from gatedsae.core.codehash import METRICS_CODE, code_fingerprint
 
     module = tmp_path / "m.py"
 
@@ -343,3 +349,9 @@ def test_the_code_fingerprint_follows_the_code_not_its_comments(tmp_path):
     with pytest.raises(ValueError, match="no longer defines"):
         fingerprint('def g():\n    return 0\n', ("f",))
     assert len(code_fingerprint(METRICS_CODE)) == 16  # every named module and function exists
+    # A folder stands for every module in it: adding an architecture's module changes the fingerprint.
+    (tmp_path / "archs").mkdir()
+    (tmp_path / "archs" / "a.py").write_text("x = 1\n")
+    folder = code_fingerprint({"archs/": None}, tmp_path)
+    (tmp_path / "archs" / "b.py").write_text("y = 2\n")
+    assert code_fingerprint({"archs/": None}, tmp_path) != folder

@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import smoke_config
-from gatedsae.config import REPO_ROOT, ConfigError, load_config
+
+from gatedsae.plan.config import REPO_ROOT, ConfigError, load_config
 
 SITE, LAYER = "resid_post", 1
 # The smoke experiment at one site: 5 training shards and 1 held-out shard, six SAEs of 16 steps
@@ -108,9 +108,9 @@ def assert_clean_error(result: subprocess.CompletedProcess, *names: str, code: i
 @pytest.fixture(scope="module")
 def reference(smoke_tokens, tiny_model, tmp_path_factory):
     """Cache, train and evaluate the fault configuration without interruption (read-only)."""
-    from gatedsae.activations import cache_activations
-    from gatedsae.evaluate import evaluate_grid
-    from gatedsae.train import train_grid
+    from gatedsae.activations.cache import cache_activations
+    from gatedsae.evaluation.evaluate import evaluate_grid
+    from gatedsae.training.stages import train_grid
 
     root = tmp_path_factory.mktemp("reference")
     copy_data(smoke_tokens.paths.root, root, "text", "tokens")
@@ -144,7 +144,7 @@ def store_files(root: Path) -> dict:
 
 def checkpoint_files(root: Path) -> dict:
     """Every SAE's weights and cfg.json, as bytes."""
-    from gatedsae.train import read_grid_index
+    from gatedsae.plan.grid import read_grid_index
 
     return {entry["sae"]: [(entry["path"] / name).read_bytes() for name in ("sae_weights.safetensors", "cfg.json")]
             for entry in read_grid_index(grid_dir(root) / "grid.json")}
@@ -166,14 +166,14 @@ def flip_byte(path: Path, offset: int = -3) -> None:
 
 
 @pytest.mark.parametrize("point", [
-    ("gatedsae.activations:_StoreWriter.write_shard", "kill-before", 3),  # two training shards finished
+    ("gatedsae.activations.store:_StoreWriter.write_shard", "kill-before", 3),  # two training shards finished
     ("numpy:save", "kill-after", 4),  # a shard's bytes written to its temporary file, not yet renamed
-    ("gatedsae.activations:_StoreWriter.write_shard", "kill-before", 6),  # in the held-out split
+    ("gatedsae.activations.store:_StoreWriter.write_shard", "kill-before", 6),  # in the held-out split
 ], ids=["between-shards", "inside-a-shard-write", "held-out-split"])
 def test_sigkill_during_caching_then_rerun_equals_an_uninterrupted_run(point, reference, tiny_model, tmp_path):
     """Caching killed with SIGKILL (between shards, inside a shard write, in the held-out split), then run
     again: every shard and the manifest equal an uninterrupted run's."""
-    from gatedsae.activations import cache_activations
+    from gatedsae.activations.cache import cache_activations
 
     root = copy_data(reference.paths.root, tmp_path, "text", "tokens")
     killed = patched_cli(*point, "cache", root)
@@ -184,13 +184,13 @@ def test_sigkill_during_caching_then_rerun_equals_an_uninterrupted_run(point, re
 
 
 @pytest.mark.parametrize("point", [
-    ("gatedsae.train:GridTrainer.save_state", "kill-after", 2),  # mid-training, state saved at step 8
-    ("gatedsae.checkpoints:write_checkpoint", "kill-after", 2),  # two of six SAEs exported, no grid.json
+    ("gatedsae.training.stages:GridTrainer.save_state", "kill-after", 2),  # mid-training, state saved at step 8
+    ("gatedsae.saes.checkpoints:write_checkpoint", "kill-after", 2),  # two of six SAEs exported, no grid.json
 ], ids=["mid-training", "mid-export"])
 def test_sigkill_during_training_then_rerun_equals_an_uninterrupted_run(point, reference, tmp_path):
     """Training killed with SIGKILL (mid-training, mid-export), then run again: every checkpoint equals an
     uninterrupted run's, byte for byte."""
-    from gatedsae.train import train_grid
+    from gatedsae.training.stages import train_grid
 
     root = copy_data(reference.paths.root, tmp_path, "text", "tokens", "activations")
     killed = patched_cli(*point, "train", root, f"--site={SITE}", f"--layer={LAYER}")
@@ -201,13 +201,13 @@ def test_sigkill_during_training_then_rerun_equals_an_uninterrupted_run(point, r
 
 
 @pytest.mark.parametrize("point", [
-    ("gatedsae.spliced:HeldOutWindows.losses", "kill-before", 2),  # one SAE saved, the next one's CE not started
-    ("gatedsae.spliced:SplicedLM.token_losses", "kill-after", 5),  # in the middle of the spliced losses
+    ("gatedsae.evaluation.spliced:HeldOutWindows.losses", "kill-before", 2),  # one SAE saved, the next one's CE not started
+    ("gatedsae.evaluation.spliced:SplicedLM.token_losses", "kill-after", 5),  # in the middle of the spliced losses
 ], ids=["between-saes", "mid-spliced-losses"])
 def test_sigkill_during_evaluation_then_rerun_equals_an_uninterrupted_run(point, reference, tiny_model, tmp_path):
     """Evaluation killed with SIGKILL (before and during the spliced losses), then run again: the metrics
     equal an uninterrupted run's."""
-    from gatedsae.evaluate import evaluate_grid
+    from gatedsae.evaluation.evaluate import evaluate_grid
 
     root = copy_data(reference.paths.root, tmp_path, "text", "tokens", "activations", "checkpoints")
     killed = patched_cli(*point, "evaluate", root, f"--site={SITE}", f"--layer={LAYER}")
@@ -223,8 +223,8 @@ def test_flipped_byte_in_a_shard_is_refused_by_name_and_the_cache_step_repairs_i
                                                                                   capsys):
     """One flipped byte in a training shard: training refuses it naming the file and the repair command;
     the cache step (that command) recomputes it, and the store equals the original."""
-    from gatedsae.activations import cache_activations
-    from gatedsae.integrity import verify_experiment
+    from gatedsae.activations.cache import cache_activations
+    from gatedsae.cli.integrity import verify_experiment
 
     root = copy_data(reference.paths.root, tmp_path, "text", "tokens", "activations")
     shard = store_dir(root) / "train" / "shard_00001.npy"
@@ -240,10 +240,10 @@ def test_flipped_byte_in_a_shard_is_refused_by_name_and_the_cache_step_repairs_i
 def test_flipped_byte_in_a_weights_file_is_refused_by_name_and_retrained(reference, tiny_model, tmp_path, capsys):
     """One flipped byte in an SAE's weights: evaluation and `verify` refuse it naming the file; the training
     stage retrains that SAE alone, to the same bytes, and evaluation then gives the same metrics."""
-    from gatedsae.errors import IntegrityError
-    from gatedsae.evaluate import evaluate_grid
-    from gatedsae.integrity import verify_experiment
-    from gatedsae.train import train_grid
+    from gatedsae.cli.integrity import verify_experiment
+    from gatedsae.core.errors import IntegrityError
+    from gatedsae.evaluation.evaluate import evaluate_grid
+    from gatedsae.training.stages import train_grid
 
     root = copy_data(reference.paths.root, tmp_path, "text", "tokens", "activations", "checkpoints", "evaluation")
     weights = grid_dir(root) / "gated_w64_l1_0.1" / "sae_weights.safetensors"
@@ -263,8 +263,8 @@ def test_flipped_byte_in_a_weights_file_is_refused_by_name_and_retrained(referen
 def test_flipped_byte_in_a_cfg_json_is_refused_by_name_and_retrained(reference, tmp_path, tiny_model):
     """One changed byte in a cfg.json (still valid JSON): refused naming the file, retrained by the training
     stage to the original bytes."""
-    from gatedsae.checkpoints import CheckpointError, read_checkpoint
-    from gatedsae.train import train_grid
+    from gatedsae.saes.checkpoints import CheckpointError, read_checkpoint
+    from gatedsae.training.stages import train_grid
 
     root = copy_data(reference.paths.root, tmp_path, "tokens", "activations", "checkpoints")
     cfg = grid_dir(root) / "baseline_w96_l1_0.01" / "cfg.json"
@@ -327,8 +327,8 @@ def test_damaged_checkpoint_is_refused_naming_the_file_and_counts_as_unfinished(
                                                                                   reference, tmp_path):
     """A truncated, empty, inconsistent or incomplete checkpoint (with and without recorded hashes) is
     refused naming the file and the repair, and the trainer counts it as not finished."""
-    from gatedsae.checkpoints import CheckpointError, read_checkpoint
-    from gatedsae.train import _finished
+    from gatedsae.saes.checkpoints import CheckpointError, read_checkpoint
+    from gatedsae.training.stages import _finished
 
     directory = copy_data(reference.paths.root, tmp_path, "checkpoints") / grid_dir(tmp_path).relative_to(
         tmp_path) / "baseline_w96_l1_0.01"
@@ -443,11 +443,12 @@ def test_disk_full_while_caching_keeps_finished_shards_and_the_rerun_completes(r
     """The disk fills while caching (a small tmpfs, the preflight switched off as if another process took
     the space): one message naming the file and the free space, every finished shard intact, and the
     rerun with room completes to the original store."""
-    from gatedsae.activations import StoreManifest, cache_activations
+    from gatedsae.activations.cache import cache_activations
+    from gatedsae.activations.store import StoreManifest
 
     root = small_disk(100)  # room for two or three shards of six
     (root / "tokens").symlink_to(copy_data(reference.paths.root, tmp_path / "outside", "tokens") / "tokens")
-    full = patched_cli("gatedsae.resources:check_disk", "noop", 0, "cache", root)  # as if the disk filled meanwhile
+    full = patched_cli("gatedsae.plan.estimates:check_disk", "noop", 0, "cache", root)  # as if the disk filled meanwhile
     assert_clean_error(full, "the disk is full", "free of", str(store_dir(root)), code=5)
     journal = StoreManifest.read(store_dir(root) / "progress.json")
     finished = journal.splits["train"].shards
@@ -462,7 +463,7 @@ def test_disk_full_while_saving_the_training_state_keeps_the_last_one_and_resume
     free space, the last good state kept, and the rerun with room resumes to the original checkpoints."""
     import torch
 
-    from gatedsae.train import train_grid
+    from gatedsae.training.stages import train_grid
 
     root = small_disk(640)  # one training state (~430 KiB) fits, not a second beside it
     outside = copy_data(reference.paths.root, tmp_path / "outside", "tokens", "activations")
@@ -481,8 +482,8 @@ def test_disk_full_while_saving_the_training_state_keeps_the_last_one_and_resume
 def test_unwritable_data_folder_is_named(reference, tiny_model, small_disk, tmp_path):
     """A data folder that cannot be written (a read-only mount: root ignores file permissions): one error
     naming the file it tried to write and the fix."""
-    from gatedsae.activations import cache_activations
-    from gatedsae.errors import StorageError
+    from gatedsae.activations.cache import cache_activations
+    from gatedsae.core.errors import StorageError
 
     root = small_disk(1024)
     (root / "tokens").symlink_to(copy_data(reference.paths.root, tmp_path / "outside", "tokens") / "tokens")
@@ -498,13 +499,13 @@ def test_killed_snakemake_run_leaves_no_blocking_lock_and_two_live_runs_never_ov
     """Through the run lock: a second run is refused while the first lives, and while a Snakemake process
     started without the wrapper works in the directory; the first killed with SIGKILL leaves Snakemake's
     lock, which the next run finds stale and clears, then completes to the same outputs."""
-    from gatedsae.runlock import holder, live_processes
+    from gatedsae.cli.runlock import holder, live_processes
 
     work = tmp_path / "work"
     work.mkdir()
     overrides = " ".join([*FAULTS, f"paths.data={work / 'data'}"])
     tokens = fault_config(work / "data").paths.tokens_dir("tiny", "tiny")
-    wrapper = [sys.executable, "-m", "gatedsae.runlock", "-s", str(REPO_ROOT / "Snakefile"), "-d", str(work),
+    wrapper = [sys.executable, "-m", "gatedsae.cli.runlock", "-s", str(REPO_ROOT / "Snakefile"), "-d", str(work),
                "--profile", str(REPO_ROOT / "profiles" / "local"), "--cores", "1", str(tokens / "manifest.json"),
                "--config", "experiment=smoke", f"overrides={overrides}"]  # model, corpus, tokens: three jobs
     first_log = open(tmp_path / "first.log", "w")
@@ -547,10 +548,10 @@ def test_deleted_store_manifest_is_rebuilt_without_recomputing_and_the_workflow_
                                                                                            tmp_path):
     """A deleted store manifest: `verify` names the command, the cache step rebuilds it from the journal
     without recomputing a shard, and the workflow targets it so `make run` does too."""
-    from gatedsae.activations import cache_activations
-    from gatedsae.errors import IntegrityError
-    from gatedsae.integrity import verify_experiment
-    from gatedsae.workflow import ExperimentPlan
+    from gatedsae.activations.cache import cache_activations
+    from gatedsae.cli.integrity import verify_experiment
+    from gatedsae.core.errors import IntegrityError
+    from gatedsae.plan.workflow import ExperimentPlan
 
     root = copy_data(reference.paths.root, tmp_path, "tokens", "activations")
     (store_dir(root) / "manifest.json").unlink()
@@ -567,7 +568,7 @@ def test_deleted_store_manifest_is_rebuilt_without_recomputing_and_the_workflow_
 
 def test_corrupt_journal_restarts_the_store(reference, tiny_model, tmp_path):
     """An unreadable caching journal: the store is cached again from the start, equal to the original."""
-    from gatedsae.activations import cache_activations
+    from gatedsae.activations.cache import cache_activations
 
     root = copy_data(reference.paths.root, tmp_path, "tokens", "activations")
     (store_dir(root) / "manifest.json").unlink()
@@ -578,8 +579,8 @@ def test_corrupt_journal_restarts_the_store(reference, tiny_model, tmp_path):
 
 def test_moved_data_folder_is_read_where_it_now_is(reference, tmp_path):
     """grid.json holds paths relative to the data root: a moved data folder evaluates from where it is."""
-    from gatedsae.evaluate import evaluate_grid
-    from gatedsae.train import train_grid
+    from gatedsae.evaluation.evaluate import evaluate_grid
+    from gatedsae.training.stages import train_grid
 
     before = copy_data(reference.paths.root, tmp_path / "before", "tokens", "activations", "checkpoints", "evaluation")
     train_grid(fault_config(before), SITE, LAYER, progress=False)  # nothing to train: rewrites grid.json here

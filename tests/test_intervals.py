@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gatedsae.config import IntervalsConfig
-from gatedsae.intervals import Bootstrap, percentile_interval
-from gatedsae.tables import headline
+from gatedsae.evaluation.intervals import Bootstrap, percentile_interval
+from gatedsae.plan.config import IntervalsConfig
+from gatedsae.reporting.tables import headline
 
 ROWS_PER_WINDOW = 20
 

@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from gatedsae.config import load_config
-from gatedsae.models import ModelUnavailableError, is_prepared, load_hf_reference, load_model, prepare_model
+from gatedsae.data.models import ModelUnavailableError, is_prepared, load_hf_reference, load_model, prepare_model
+from gatedsae.plan.config import load_config
 
 
 def test_tiny_model_matches_its_config(tiny_model):

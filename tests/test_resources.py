@@ -11,14 +11,16 @@ import sys
 
 import pytest
 import torch
-
 from conftest import smoke_config
-from gatedsae.checkpoints import read_checkpoint
-from gatedsae.config import REPO_ROOT, load_config
-from gatedsae.resources import (GIB, ResourceError, experiment_estimates, markdown_table, plan_passes,
-                                train_estimate, train_pass_memory)
-from gatedsae.train import grid_specs, read_grid_index, train_grid
-from gatedsae.workflow import ExperimentPlan
+
+from gatedsae.plan.config import REPO_ROOT, load_config
+from gatedsae.plan.estimates import GIB, experiment_estimates, plan_passes, train_estimate, train_pass_memory
+from gatedsae.plan.grid import grid_specs, read_grid_index
+from gatedsae.plan.preflight import ResourceError
+from gatedsae.plan.scheduling import markdown_table
+from gatedsae.plan.workflow import ExperimentPlan
+from gatedsae.saes.checkpoints import read_checkpoint
+from gatedsae.training.stages import train_grid
 
 SITE, LAYER = "resid_post", 1
 

@@ -10,14 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import smoke_config
-from gatedsae.checkpoints import SAELENS_FORMAT_VERSION, read_checkpoint
-from gatedsae.corpus import load_windows
-from gatedsae.evaluate import CheckpointSAE
-from gatedsae.sites import hook_name
-from gatedsae.spliced import SplicedLM
-from gatedsae.train import read_grid_index, train_grid
+
+from gatedsae.data.corpus import load_windows
+from gatedsae.evaluation.evaluate import CheckpointSAE
+from gatedsae.evaluation.spliced import SplicedLM
+from gatedsae.plan.grid import read_grid_index
+from gatedsae.plan.sites import hook_name
+from gatedsae.saes.checkpoints import SAELENS_FORMAT_VERSION, read_checkpoint
+from gatedsae.training.stages import train_grid
 
 sae_lens = pytest.importorskip("sae_lens")
 
@@ -58,7 +59,7 @@ def test_sae_lens_reads_the_complete_metadata(smoke_grids):
 def test_an_attached_sae_gives_our_spliced_loss(smoke_grids, tiny_model, site):
     """HookedSAETransformer + add_sae (BOS left clean, as in training) = SplicedLM with our reconstruction,
     token by token, for every loadable SAE of the site."""
-    from gatedsae.hooked_sae import as_hooked_sae_transformer
+    from gatedsae.saes.hooked import as_hooked_sae_transformer
 
     config, grids = smoke_grids
     tokens_dir = config.paths.tokens_dir("tiny", "tiny")
@@ -97,8 +98,8 @@ def test_checkpoint_cfg_has_no_private_keys_sae_lens_ignores(smoke_grids):
 
 
 def test_an_older_checkpoint_is_upgraded_in_place_without_touching_its_weights(smoke_grids, tmp_path):
-    from gatedsae.__main__ import main
-    from gatedsae.checkpoints import CFG_FILE, checkpoint_id
+    from gatedsae.cli.main import main
+    from gatedsae.saes.checkpoints import CFG_FILE, checkpoint_id
 
     config, grids = smoke_grids
     entry = _loadable(grids["mlp_out"])[0]

@@ -6,17 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gatedsae.architectures import ARCHITECTURES, sae_class
-from gatedsae.saes import (
-    BaselineSAE,
-    GatedSAE,
-    RescaleShiftSAE,
-    jumprelu_encode,
-    load_slice_state,
-    make_sae,
-    slice_state,
-    to_jumprelu,
-)
+from gatedsae.plan.architectures import ARCHITECTURES, sae_class
+from gatedsae.saes.base import load_slice_state, make_sae, slice_state
+from gatedsae.saes.baseline import BaselineSAE
+from gatedsae.saes.gated import GatedSAE, jumprelu_encode, to_jumprelu
+from gatedsae.saes.rescale_shift import RescaleShiftSAE
 
 D, WIDTH, B = 8, 12, 32
 GATED = ["gated", "gated_unfrozen_decoder", "gated_no_rmag", "gated_untied"]

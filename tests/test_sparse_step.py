@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gatedsae.architectures import ARCHITECTURES
-from gatedsae.saes import RescaleShiftSAE, make_sae
+from gatedsae.plan.architectures import ARCHITECTURES
+from gatedsae.saes.base import make_sae
+from gatedsae.saes.rescale_shift import RescaleShiftSAE
 
 SPARSE = [name for name, record in ARCHITECTURES.items() if record.sparse_steps]
-from gatedsae.sparse_step import dense_step_, sparse_step_
+from gatedsae.training.sparse_step import dense_step_, sparse_step_
 
 D, WIDTH, B, N = 8, 24, 64, 3
 L1 = torch.tensor([0.05, 0.3, 1.0])
@@ -91,7 +92,7 @@ def test_sparse_step_in_float32_and_with_every_gate_closed(arch):
 def _train(sae, step, batches: int, resample_at: int) -> torch.optim.Optimizer:
     """The trainer's step (decoder-gradient projection, Adam β1 = 0, renormalised decoder rows), with
     one dead-feature resampling (and its Adam-state reset) on the way."""
-    from gatedsae.train import _reset_adam_state
+    from gatedsae.training.trainer import _reset_adam_state
 
     optimizer = torch.optim.Adam(sae.trainable_parameters(), lr=3e-2, betas=(0.0, 0.999))
     for i in range(batches):

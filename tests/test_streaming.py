@@ -9,14 +9,17 @@ import sys
 
 import pytest
 import torch
-
 from conftest import copy_token_data, smoke_config
-from gatedsae.activations import ActivationStore, cache_activations
-from gatedsae.checkpoints import read_checkpoint
-from gatedsae.config import REPO_ROOT
-from gatedsae.evaluate import evaluate_checkpoint
-from gatedsae.streaming import streamed_splits
-from gatedsae.train import GridTrainer, read_grid_index, train_grid, train_layer
+
+from gatedsae.activations.cache import cache_activations
+from gatedsae.activations.store import ActivationStore
+from gatedsae.activations.stream import streamed_splits
+from gatedsae.evaluation.evaluate import evaluate_checkpoint
+from gatedsae.plan.config import REPO_ROOT
+from gatedsae.plan.grid import read_grid_index
+from gatedsae.saes.checkpoints import read_checkpoint
+from gatedsae.training.stages import train_grid, train_layer
+from gatedsae.training.trainer import GridTrainer
 
 LAYER = 1
 

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gatedsae.figures import FAMILIES, ablations, curves, density, pareto, shrinkage
-from gatedsae.tables import aggregate, headline, latex_tables, markdown_tables, pareto_mask
+from gatedsae.reporting.figures import FAMILIES, ablations, curves, density, pareto, shrinkage
+from gatedsae.reporting.tables import aggregate, headline, latex_tables, markdown_tables, pareto_mask
 
 SITES = ["resid_post", "mlp_out", "attn_z"]
 
@@ -141,9 +141,9 @@ def test_density_figure_pairs_gated_with_the_nearest_baseline(tmp_path):
 
 
 def test_aggregate_figures_and_report_from_metrics_files(tmp_path):
-    from gatedsae.config import load_config
-    from gatedsae.figures import render_all
-    from gatedsae.report import build_report
+    from gatedsae.plan.config import load_config
+    from gatedsae.reporting.figures import render_all
+    from gatedsae.reporting.report import build_report
 
     frame = fixture_frame().drop(columns="pareto")
     metrics = tmp_path / "metrics.json"
@@ -211,11 +211,10 @@ def all_figures(frame: pd.DataFrame):
 
 
 def test_every_figure_is_paper_sized_with_readable_fonts_no_title_and_one_legend():
+    import matplotlib.pyplot as plt
     import matplotlib.text
 
-    import matplotlib.pyplot as plt
-
-    from gatedsae.figures.style import FULL_WIDTH, MIN_FONT_PT, SINGLE_COLUMN
+    from gatedsae.reporting.figures.style import FULL_WIDTH, MIN_FONT_PT, SINGLE_COLUMN
 
     stems = []
     for stem, fig in all_figures(fixture_frame()):

@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import os
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import smoke_config
-from gatedsae.activations import ActivationStore
-from gatedsae.architectures import SAELENS_TENSORS, architecture
-from gatedsae.checkpoints import decode_raw, encode_raw, read_checkpoint
-from gatedsae.config import ConfigError, SAEGroupConfig, SweepConfig, load_config
-from gatedsae.train import STATE_FILE, GridTrainer, NonFiniteLossError, lr_factor, read_grid_index, train_grid
+
+from gatedsae.activations.store import ActivationStore
+from gatedsae.plan.architectures import SAELENS_TENSORS, architecture
+from gatedsae.plan.config import ConfigError, SAEGroupConfig, SweepConfig, load_config
+from gatedsae.plan.grid import read_grid_index
+from gatedsae.saes.checkpoints import decode_raw, encode_raw, read_checkpoint
+from gatedsae.training.stages import train_grid
+from gatedsae.training.trainer import STATE_FILE, GridTrainer, NonFiniteLossError, lr_factor
 
 SITE, LAYER = "resid_post", 1
 
@@ -51,7 +53,7 @@ def test_an_sae_trained_in_a_grid_equals_it_trained_alone(smoke_cache, tmp_path,
     assert {r["sae"] for r in grid.resampled} == {s.name for s in grid.specs}, "resampling must run for every SAE"
     for spec in grid.specs:
         alone_sweep = SweepConfig("alone", [SAEGroupConfig(spec.arch, smoke_cache.sweep.groups[spec.group].width_ratio,
-                                                           spec.lr, [spec.l1])])
+                                                           spec.lr, [spec.value])])
         alone = _trainer(smoke_cache, tmp_path / f"alone-{spec.name}", sweep=alone_sweep, sparse=sparse)
         _kill_features(alone)
         alone.run(progress=False)
@@ -241,7 +243,7 @@ def test_checkpoints_are_saelens_layout_and_work_on_raw_activations(smoke_grid):
         assert (cfg["d_in"], cfg["d_sae"]) == (store.d, spec.width)
         assert tensors["W_enc"].shape == (store.d, spec.width) and tensors["W_dec"].shape == (spec.width, store.d)
         assert set(tensors) == set(SAELENS_TENSORS[cfg["architecture"]])
-        assert record["l1"] == spec.l1 and record["steps"] == trainer.steps and record["activation_store"]
+        assert record["l1"] == spec.value and record["steps"] == trainer.steps and record["activation_store"]
         module = trainer.modules[spec.group]
         with torch.no_grad():
             scaled = raw * trainer.scale
@@ -268,7 +270,7 @@ def test_sae_lens_loads_the_checkpoints_and_computes_the_same_features(smoke_gri
 
 
 def test_rescale_shift_trains_only_rmag_and_bmag_on_the_frozen_baselines(smoke_grid):
-    from gatedsae.train import train_rescale_shift
+    from gatedsae.training.stages import train_rescale_shift
 
     config, index = smoke_grid
     shifted = read_grid_index(train_rescale_shift(config, SITE, LAYER, progress=False))
@@ -298,8 +300,8 @@ def test_adding_one_l1_trains_only_the_new_sae(smoke_cache, tmp_path, capsys):
     new one equals the same SAE trained with the whole grown grid from scratch."""
     import shutil
 
-    from gatedsae.checkpoints import WEIGHTS_FILE
-    from gatedsae.train import train_rescale_shift
+    from gatedsae.saes.checkpoints import WEIGHTS_FILE
+    from gatedsae.training.stages import train_rescale_shift
 
     def weights(index: Path) -> dict[str, bytes]:
         return {e["sae"]: Path(e["path"], WEIGHTS_FILE).read_bytes() for e in read_grid_index(index)}

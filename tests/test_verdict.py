@@ -11,8 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gatedsae.config import load_config
-from gatedsae.verdict import (INCONCLUSIVE, NOT_MEASURED, NOT_REPRODUCED, REPRODUCED, Rule, claims, write_verdict)
+from gatedsae.plan.config import load_config
+from gatedsae.reporting.verdict import (
+    INCONCLUSIVE,
+    NOT_MEASURED,
+    NOT_REPRODUCED,
+    REPRODUCED,
+    Rule,
+    claims,
+    write_verdict,
+)
 
 CONFIG = load_config(["experiment=smoke"])
 
@@ -100,8 +108,9 @@ def test_missing_inputs_are_said_not_crashed_on():
 
 def test_the_verdict_stage_from_aggregated_metrics_with_a_reference(tmp_path):
     """aggregate → verdict on synthetic samples: files written, the reference run quoted by claim id."""
-    from gatedsae.tables import aggregate
     from test_intervals import GATED_HALF, synthetic_rows
+
+    from gatedsae.reporting.tables import aggregate
 
     rows = []
     for seed, site in enumerate(("resid_post", "mlp_out", "attn_z")):

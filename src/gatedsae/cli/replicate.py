@@ -1,0 +1,112 @@
+"""`make replicate`: run an experiment chapter by chapter through Snakemake, time every chapter and
+stage, and print the verdict at the end.
+
+Each chapter is one Snakemake run of the experiment cut down to the chapters so far
+(`experiment.chapter=<name>`); grids are incremental, so a later chapter trains and evaluates only the
+SAEs it adds, and the last chapter's outputs are those of the whole experiment. The timings go to
+`results/<experiment>/replicate.json` (a pipeline output, versioned by DVC with the results); `make
+replicate` prints the verdict after it.
+
+    python -m gatedsae replicate experiment=default            # every chapter
+    python -m gatedsae replicate experiment=default --chapter=headline   # up to that chapter
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gatedsae.core.atomic import write_json_atomic
+from gatedsae.core.errors import PipelineError
+from gatedsae.plan.config import Config, ConfigError
+
+TIMINGS_FILE = "replicate.json"
+PROFILE = "profiles/local"
+
+
+def snakemake_command(experiment: str, overrides: list[str], extra: tuple[str, ...] = ()) -> list[str]:
+    """Snakemake through the run lock (`runlock`): a killed run's stale lock is cleared, a live run never shared."""
+    command = [sys.executable, "-m", "gatedsae.cli.runlock", "--profile", PROFILE, *extra, "--config",
+               f"experiment={experiment}"]
+    if overrides:
+        command.append("overrides=" + " ".join(overrides))
+    return command
+
+
+def stage_seconds(benchmarks: Path, since: float) -> dict[str, float]:
+    """Seconds per rule of the jobs that finished after `since`, from Snakemake's benchmark files."""
+    seconds: dict[str, float] = {}
+    for path in sorted(benchmarks.rglob("*.tsv")) if benchmarks.exists() else []:
+        if path.stat().st_mtime < since:
+            continue
+        rule = path.relative_to(benchmarks).parts[0]
+        with open(path) as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t"))
+        if rows:
+            seconds[rule] = round(seconds.get(rule, 0.0) + float(rows[-1]["s"]), 1)
+    return seconds
+
+
+def replicate(config: Config, overrides: list[str], chapter: str | None = None) -> Path:
+    """Run the chapters of `config`'s experiment up to `chapter` (all of them by default)."""
+    experiment = config.experiment
+    names = [c.name for c in experiment.chapters] or [""]
+    if chapter is not None:
+        if chapter not in names:
+            raise ConfigError(f"--chapter={chapter!r}: experiment '{experiment.name}' has chapters {names}")
+        names = names[: names.index(chapter) + 1]
+    overrides = [o for o in overrides if not o.startswith(("experiment=", "experiment.chapter="))]
+    benchmarks = Path("benchmarks") / experiment.name
+    timings = {"experiment": experiment.name, "overrides": overrides,
+               "command": " ".join(shlex.quote(a) for a in [sys.executable, "-m", "gatedsae", "replicate",
+                                                             f"experiment={experiment.name}", *overrides]),
+               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                           "python": platform.python_version()},
+               "setup_seconds": _setup_seconds(), "chapters": []}
+    started = time.time()
+    for name in names:
+        described = next((c.description for c in experiment.chapters if c.name == name), "")
+        print(f"\n=== chapter {name or experiment.name}: {described}".rstrip(": "), flush=True)
+        chapter_overrides = overrides + ([f"experiment.chapter={name}"] if name else [])
+        chapter_started = time.time()
+        result = subprocess.run(snakemake_command(experiment.name, chapter_overrides))
+        if result.returncode != 0:
+            raise PipelineError(f"chapter {name or experiment.name} failed (Snakemake exit code {result.returncode}); "
+                               f"its logs are under logs/{experiment.name}/. Fix the cause and run the same "
+                               "command again: finished work is kept.")
+        timings["chapters"].append({"name": name or experiment.name, "description": described,
+                                    "wall_seconds": round(time.time() - chapter_started, 1),
+                                    "stages": stage_seconds(benchmarks, chapter_started)})
+    timings["wall_seconds"] = round(time.time() - started, 1)
+    if timings["setup_seconds"] is not None:
+        timings["wall_seconds_with_setup"] = round(timings["wall_seconds"] + timings["setup_seconds"], 1)
+    out = experiment.results / TIMINGS_FILE
+    write_json_atomic(out, timings)
+    _print_summary(timings, experiment.results)
+    return out
+
+
+def _setup_seconds() -> float | None:
+    """The environment install's duration, measured by the Makefile (GATEDSAE_SETUP_SECONDS)."""
+    value = os.environ.get("GATEDSAE_SETUP_SECONDS")
+    try:
+        return round(float(value), 1) if value else None
+    except ValueError:
+        return None
+
+
+def _print_summary(timings: dict, results: Path) -> None:
+    print("\n=== run time")
+    elapsed = 0.0
+    for chapter in timings["chapters"]:
+        elapsed += chapter["wall_seconds"]
+        print(f"  {chapter['name']:<16} {chapter['wall_seconds'] / 60:6.1f} min   (cumulative {elapsed / 60:.1f} min)")
+    verdict = results / "verdict.md"
+    if verdict.exists():
+        print(f"\nverdict: {verdict}")

@@ -1,0 +1,169 @@
+"""Run Snakemake so that a killed run never blocks the next one and two live runs never share outputs.
+
+    python -m gatedsae.cli.runlock [snakemake arguments ...]     (what `make run` and `make replicate` call)
+    python -m gatedsae.cli.runlock --unlock-only                 (remove a stale lock, run nothing)
+
+Snakemake locks its working directory while it runs and leaves the lock behind when it is killed
+(SIGKILL, OOM killer, power loss); the next run then stops and asks for `snakemake --unlock`, and
+unlocking by hand while another run is alive lets two runs write the same outputs. This wrapper holds
+its own lock for as long as Snakemake runs: an exclusive flock on `.snakemake/gatedsae-run.lock`
+(recording its PID and command), passed to Snakemake so it lasts while either lives, and released by
+the kernel when both are gone, however they died. Before starting Snakemake it checks, in order:
+
+1. another wrapped run holds the flock: refuse, naming its PID and command;
+2. a process of another run is alive in this directory (a Snakemake started without the wrapper, or a
+   job of a killed run still working; found in /proc): refuse, naming it;
+3. Snakemake's lock is there although no run is alive: it is stale; remove it (what
+   `snakemake --unlock` does), say so, and run.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+LOCK_NAME = "gatedsae-run.lock"
+
+
+class RunLockError(RuntimeError):
+    """Another live run works in this directory; the message names it."""
+
+
+def workdir(args: list[str]) -> Path:
+    """Snakemake's working directory: --directory / -d if given, else the current one."""
+    for i, arg in enumerate(args):
+        if arg in ("--directory", "-d") and i + 1 < len(args):
+            return Path(args[i + 1]).resolve()
+        if arg.startswith("--directory="):
+            return Path(arg.split("=", 1)[1]).resolve()
+    return Path.cwd().resolve()
+
+
+def acquire(directory: Path, command: list[str]) -> int:
+    """Take the run lock of `directory` (a file descriptor holding the flock) or raise RunLockError."""
+    metadata = directory / ".snakemake"
+    metadata.mkdir(parents=True, exist_ok=True)
+    fd = os.open(metadata / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        alive = live_processes(directory)
+        working = f"; still working here: {'; '.join(alive)}" if alive else ""
+        raise RunLockError(f"another run holds {directory} ({holder}{working}). Wait for it to finish, or stop it "
+                           "(its jobs too), then run again. Never run `snakemake --unlock` while it lives.") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(command)}\n".encode(), 0)
+    return fd
+
+
+def live_processes(directory: Path) -> list[str]:
+    """Snakemake or pipeline-stage processes (other than this one and the processes that started it, such
+    as `python -m gatedsae replicate`) whose working directory is `directory`, as 'PID: command'. Linux
+    only (/proc); elsewhere an empty list."""
+    found, ours = [], _ancestors()
+    for entry in Path("/proc").glob("[0-9]*"):
+        if int(entry.name) in ours:
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if not _is_pipeline(argv) or Path(os.readlink(entry / "cwd")).resolve() != directory:
+                continue
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        found.append(f"{entry.name}: {' '.join(a for a in argv if a)}")
+    return found
+
+
+def _ancestors() -> set[int]:
+    """This process and every process above it (Linux /proc; just this one elsewhere)."""
+    pids, pid = {os.getpid()}, os.getppid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            pid = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state: the parent's PID
+        except (OSError, ValueError, IndexError):
+            break
+    return pids
+
+
+_SHELL_PIPELINE = re.compile(r"(^|[\s/])(snakemake|-m\s+(snakemake|gatedsae))(\s|$)")
+
+
+def _is_pipeline(argv: list[str]) -> bool:
+    if "gatedsae.cli.runlock" in argv:
+        return False  # a wrapper: its flock speaks for it (and it may be the one asking)
+    names = [Path(a).name for a in argv[:3]]
+    modules = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-m"]
+    scripts = [a for a in argv if " " in a and "gatedsae.cli.runlock" not in a]  # `sh -c "..."` running a job
+    return ("snakemake" in names or "snakemake" in modules or "gatedsae" in modules
+            or any(_SHELL_PIPELINE.search(script) for script in scripts))
+
+
+def holder(directory: Path) -> Optional[str]:
+    """Who holds the run lock of `directory` (as recorded), or None when it is free."""
+    try:
+        fd = os.open(directory / ".snakemake" / LOCK_NAME, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+    finally:
+        os.close(fd)  # releases the lock if this call took it
+
+
+def stale_snakemake_locks(directory: Path) -> list[Path]:
+    return sorted((directory / ".snakemake" / "locks").glob("*.lock"))
+
+
+def prepare(directory: Path, command: list[str]) -> int:
+    """Take the run lock and clear a stale Snakemake lock; returns the lock's descriptor."""
+    fd = acquire(directory, command)
+    alive = live_processes(directory)
+    if alive:
+        os.close(fd)
+        raise RunLockError(f"a run not started through this wrapper is still working in {directory}: "
+                           + "; ".join(alive) + ". Wait for it (or stop it), then run again.")
+    stale = stale_snakemake_locks(directory)
+    if stale:
+        for lock in stale:
+            lock.unlink(missing_ok=True)
+        print(f"removed Snakemake's stale lock ({len(stale)} files in {directory / '.snakemake' / 'locks'}): the run "
+              "that held it is gone and no other run is alive here", file=sys.stderr, flush=True)
+    return fd
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    unlock_only = args[:1] == ["--unlock-only"]
+    args = args[1:] if unlock_only else args
+    command = [sys.executable, "-m", "snakemake", *args]
+    try:
+        fd = prepare(workdir(args), command)
+    except RunLockError as error:
+        print(f"run lock: {error}", file=sys.stderr)
+        return 6
+    if unlock_only:
+        os.close(fd)
+        return 0
+    try:  # the child inherits the flock: it holds while Snakemake lives, even if this process is killed
+        return subprocess.run(command, pass_fds=(fd,)).returncode
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        os.close(fd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

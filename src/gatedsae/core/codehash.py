@@ -1,0 +1,61 @@
+"""Fingerprints of the code that computes a stage's numbers, so that a fix to it recomputes them.
+
+A fingerprint hashes the syntax tree of the named modules (or of named functions in them), without
+docstrings: a change to what the code does changes it; a comment, a docstring or reformatting does not.
+The files are parsed, never imported, so the Snakefile can use this without loading torch.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+PACKAGE = Path(__file__).resolve().parents[1]  # src/gatedsae
+
+# What computes each stage's numbers: a module (None: all of it) or some of its functions.
+METRICS_CODE: dict[str, Optional[Sequence[str]]] = {   # per-SAE evaluation results
+    "evaluation/evaluate.py": None, "evaluation/reconstruction.py": None, "evaluation/spliced.py": None,
+    "plan/sites.py": None, "saes/checkpoints.py": ("encode_raw", "decode_raw"),
+    "saes/": None,  # every architecture's module: the sae-lens encoders live on the SAE classes
+}
+AGGREGATE_CODE: dict[str, Optional[Sequence[str]]] = {  # tables, headline, comparisons, intervals
+    "reporting/tables.py": None, "evaluation/intervals.py": None, "evaluation/frontiers.py": None,
+}
+VERDICT_CODE: dict[str, Optional[Sequence[str]]] = {"reporting/verdict.py": None}
+
+
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def _normalized(path: Path, functions: Optional[Sequence[str]]) -> str:
+    tree = _without_docstrings(ast.parse(path.read_text(), filename=str(path)))
+    if functions is None:
+        return ast.dump(tree)
+    found = {node.name: node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    missing = [name for name in functions if name not in found]
+    if missing:
+        raise ValueError(f"{path} no longer defines {missing}: update gatedsae.core.codehash")
+    return "\n".join(ast.dump(found[name]) for name in functions)
+
+
+def code_fingerprint(modules: Mapping[str, Optional[Sequence[str]]], package: Path = PACKAGE) -> str:
+    """A short hash of the named modules' (or functions') syntax trees, docstrings left out."""
+    digest = hashlib.sha256()
+    for name in sorted(modules):
+        # A folder ("saes/") stands for every module in it, so a module added there is covered too.
+        paths = sorted((package / name).glob("*.py")) if name.endswith("/") else [package / name]
+        if not paths:
+            raise ValueError(f"{package / name} holds no modules: update gatedsae.core.codehash")
+        for path in paths:
+            relative = path.relative_to(package).as_posix()
+            digest.update(relative.encode() + b"\0" + _normalized(path, modules[name]).encode() + b"\0")
+    return digest.hexdigest()[:16]

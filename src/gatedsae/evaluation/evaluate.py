@@ -1,0 +1,261 @@
+"""Evaluation as in the paper, on held-out data only, from exported checkpoints (so anyone can redo it).
+
+Per SAE:
+- from the held-out activation store (BOS excluded): L0, FVU, normalised MSE, γ, % alive, a
+  feature-density histogram (see `reconstruction`);
+- from the LM on held-out windows, the site replaced (see `spliced`): CE clean / zero-ablated / SAE,
+  loss recovered = (CE_zero − CE_sae) / (CE_zero − CE_clean) and delta LM loss = CE_sae − CE_clean,
+  each also per window, so that intervals can be computed later without the LM.
+
+Massive activations follow the checkpoint's training record (`massive_norm_threshold`): positions
+above it are treated like BOS (left out of the store metrics, kept clean in the splice, for the
+zero-ablation too). The Gated and baseline SAEs are also measured the paper's way (every non-BOS
+position counted and replaced): columns `*_all_tokens`.
+
+A grid's job runs the clean prefix of every window once, keeps it in memory, then evaluates SAE by SAE
+and writes each SAE's result as soon as it exists, keyed by the checkpoint's hash, the evaluation
+settings and a fingerprint of the code that computes the metrics: a rerun (after a kill, one new λ, or a
+fix to the metrics) evaluates only what is new.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+from gatedsae.activations.store import ActivationStore
+from gatedsae.core.atomic import write_json_atomic
+from gatedsae.core.codehash import METRICS_CODE, code_fingerprint
+from gatedsae.evaluation.reconstruction import StoreResult, reconstruction_metrics
+from gatedsae.evaluation.spliced import HeldOutWindows, SplicedLM, WindowLosses
+from gatedsae.plan.config import Config, comparable, config_hash
+from gatedsae.plan.grid import read_grid_index
+from gatedsae.saes.checkpoints import checkpoint_id, decode_raw, encode_raw, read_checkpoint
+
+METRICS_FILE = "metrics.json"   # a grid's evaluation (written last: the stage's output)
+PAPER_TREATMENT_ARCHS = ("gated", "baseline")  # also measured with every non-BOS token (the paper's way)
+ALL_TOKENS_METRICS = ("l0", "fvu", "nmse", "gamma", "ce_zero", "ce_sae", "loss_recovered", "delta_lm_loss")
+
+
+@dataclass
+class CheckpointSAE:
+    """An exported SAE read back from its directory (sae-lens layout), on raw activations."""
+
+    directory: Path
+    cfg: dict
+    tensors: dict[str, torch.Tensor]
+    record: dict
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str = "cpu") -> "CheckpointSAE":
+        cfg, tensors, record = read_checkpoint(Path(directory))
+        return cls(Path(directory), cfg, {k: v.to(device) for k, v in tensors.items()}, record)
+
+    @property
+    def checkpoint_id(self) -> str:
+        return checkpoint_id(self.directory)
+
+    @property
+    def width(self) -> int:
+        return int(self.cfg["d_sae"])
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return encode_raw(self.cfg, self.tensors, x.float())
+
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        return decode_raw(self.tensors, features)
+
+    def reconstruct(self, activation: torch.Tensor) -> torch.Tensor:
+        """x̂ of activations of any leading shape [..., d]."""
+        flat = activation.reshape(-1, activation.shape[-1]).float()
+        return self.decode(self.encode(flat)).reshape(activation.shape)
+
+    @property
+    def massive_norm_threshold(self) -> Optional[float]:
+        """Rows above this norm (raw units) were left out of training: massive activations, treated
+        like BOS in evaluation too (None: no threshold, every non-BOS row counts)."""
+        value = self.record.get("massive_norm_threshold")
+        return None if value is None else float(value)
+
+    @property
+    def paper_treatment_wanted(self) -> bool:
+        return self.record.get("arch") in PAPER_TREATMENT_ARCHS
+
+
+def loss_metrics(clean: np.ndarray, zero: np.ndarray, sae: np.ndarray, predictions_per_window: int) -> dict:
+    """CE metrics from per-window mean CE (every window has the same number of predictions)."""
+    ce_clean, ce_zero, ce_sae = float(clean.mean()), float(zero.mean()), float(sae.mean())
+    return {
+        "ce_clean": ce_clean, "ce_zero": ce_zero, "ce_sae": ce_sae,
+        "loss_recovered": (ce_zero - ce_sae) / (ce_zero - ce_clean) if ce_zero != ce_clean else math.nan,
+        "delta_lm_loss": ce_sae - ce_clean,
+        "ce_tokens": len(sae) * predictions_per_window, "ce_windows": len(sae),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# The stage.
+
+
+def describe(sae: CheckpointSAE) -> dict:
+    """The identifying columns of a metrics row, from the checkpoint's training record."""
+    record = sae.record
+    return {"arch": record["arch"], "l1": record.get("l1"), "lr": record["lr"], "width": record["width"],
+            "d": record["d"], "train_tokens": record["tokens"], "sae": record["sae"],
+            "checkpoint_id": sae.checkpoint_id, "checkpoint": str(sae.directory)}
+
+
+def metrics_code_version() -> str:
+    """The fingerprint of the code that computes a saved result (see `codehash.METRICS_CODE`)."""
+    return code_fingerprint(METRICS_CODE)
+
+
+def evaluation_identity(sae: CheckpointSAE, config: Config, store: ActivationStore) -> str:
+    """What a saved result must share to be reused: the weights and their massive-activation threshold,
+    the settings, the data, and the code that computes the metrics."""
+    return config_hash({"checkpoint": sae.checkpoint_id, "massive_norm_threshold": sae.massive_norm_threshold,
+                        "evaluate": comparable("evaluate", asdict(config.evaluate)), "store": store.manifest.config_hash,
+                        "context_length": config.experiment.context_length, "model": asdict(config.model),
+                        "metrics_code": metrics_code_version()})
+
+
+@dataclass
+class Evaluated:
+    """One SAE's metrics row (without the grid columns), its per-window samples, and its cost."""
+
+    sae: CheckpointSAE
+    row: dict
+    samples: dict
+    seconds: float
+
+
+def evaluate_each(config: Config, site: str, layer: int, saes: list[CheckpointSAE], loaded=None,
+                  progress: bool = False) -> Iterator[Evaluated]:
+    """Evaluate `saes` at (site, layer), yielding each SAE as soon as it is done: one pass over the
+    store for all of them, the clean prefixes once, then the remainder of the LM SAE by SAE."""
+    if not saes:
+        return
+    evaluate = config.evaluate
+    if evaluate.threads > 0:
+        torch.set_num_threads(evaluate.threads)
+    started = time.time()
+    store = ActivationStore(config.paths.activations_dir(config.model.name, config.corpus.name, site, layer), "heldout")
+    stored = reconstruction_metrics(saes, store, evaluate.heldout_tokens, evaluate.batch_rows, evaluate.device,
+                                    [sae.paper_treatment_wanted for sae in saes])
+    if loaded is None:
+        from gatedsae.data.models import load_model
+
+        loaded = load_model(config.model, config.paths, evaluate.device)
+    from gatedsae.data.corpus import load_windows
+
+    windows = load_windows(config.paths.tokens_dir(config.model.name, config.corpus.name), "heldout")
+    held_out = HeldOutWindows(SplicedLM(loaded.model, site, layer), windows[: evaluate.ce_windows],
+                              evaluate.batch_windows, evaluate.device, progress)
+    shared = (time.time() - started) / len(saes)
+    for sae, store_result in zip(saes, stored):
+        started = time.time()
+        threshold = sae.massive_norm_threshold
+        losses = held_out.losses(sae.reconstruct, threshold, sae.paper_treatment_wanted)
+        row, samples = _assemble(sae, store_result, held_out, held_out.zero(threshold), losses)
+        yield Evaluated(sae, row, samples, shared + time.time() - started)
+
+
+def _assemble(sae: CheckpointSAE, stored: StoreResult, held_out: HeldOutWindows, zero: WindowLosses,
+              losses: WindowLosses) -> tuple[dict, dict]:
+    """The metrics row and the per-window samples of one SAE, under both treatments of massive
+    activations (the same values when it has no threshold; None where the paper's was not computed)."""
+    predictions = held_out.predictions_per_window
+    row = {**describe(sae), **loss_metrics(held_out.clean, zero.kept, losses.kept, predictions), **stored.metrics,
+           "massive_norm_threshold": sae.massive_norm_threshold, "massive_rows": stored.massive_rows,
+           "massive_windows": losses.massive_windows}
+    samples = {"ce_clean": held_out.clean.tolist(), "ce_zero": zero.kept.tolist(), "ce_sae": losses.kept.tolist(),
+               "store": stored.windows, "all_tokens": None}
+    if sae.massive_norm_threshold is None:
+        paper = row
+    elif losses.all_tokens is not None and stored.all_tokens is not None:
+        paper = {**loss_metrics(held_out.clean, zero.all_tokens, losses.all_tokens, predictions), **stored.all_tokens}
+        samples["all_tokens"] = {"ce_zero": zero.all_tokens.tolist(), "ce_sae": losses.all_tokens.tolist(),
+                                 "store": stored.all_tokens_windows}
+    else:
+        paper = {}
+    row |= {f"{metric}_all_tokens": paper.get(metric) for metric in ALL_TOKENS_METRICS}
+    return row, samples
+
+
+def evaluate_saes(config: Config, site: str, layer: int, saes: list[CheckpointSAE], loaded=None,
+                  progress: bool = False) -> list[dict]:
+    """Metrics rows (without the grid columns) for `saes` at (site, layer)."""
+    return [evaluated.row for evaluated in evaluate_each(config, site, layer, saes, loaded, progress)]
+
+
+def grid_indexes(config: Config, site: str, layer: int) -> dict[str, Path]:
+    """The trained grids of (site, layer): the sweep, and its rescale-and-shift variant if configured."""
+    from gatedsae.plan.grid import GRID_INDEX, RESCALE_SHIFT_DIR
+
+    grid_dir = config.paths.checkpoints_dir(config.model.name, config.corpus.name, site, layer, config.sweep.name)
+    indexes = {"sweep": grid_dir / GRID_INDEX}
+    if config.sweep.rescale_shift_at(site):
+        indexes["rescale_shift"] = grid_dir / RESCALE_SHIFT_DIR / GRID_INDEX
+    return indexes
+
+
+def evaluate_grid(config: Config, site: str, layer: int, progress: bool = True, loaded=None) -> Path:
+    """Evaluate every SAE of (site, layer)'s grids; reuse saved results whose identity matches."""
+    from gatedsae.plan.estimates import evaluate_estimate
+    from gatedsae.plan.preflight import available_memory, check_memory
+
+    check_memory(evaluate_estimate(config, site), config.evaluate.device,
+                 "lower evaluate.batch_windows (or evaluate.ce_windows: every window's prefix is kept)",
+                 available_memory(config.evaluate.device, config))
+    out_dir = config.paths.evaluation_dir(config.model.name, config.corpus.name, site, layer, config.sweep.name)
+    store = ActivationStore(config.paths.activations_dir(config.model.name, config.corpus.name, site, layer), "heldout")
+    entries = []  # (variant, sae, path of its saved metrics, identity)
+    for variant, index in grid_indexes(config, site, layer).items():
+        if not index.exists():
+            raise FileNotFoundError(f"{index} does not exist; train the grid first (Snakemake rule train_grid"
+                                    f"{' and rescale_shift' if variant == 'rescale_shift' else ''})")
+        for entry in read_grid_index(index):
+            sae = CheckpointSAE.load(entry["path"], config.evaluate.device)
+            entries.append((variant, sae, out_dir / variant / f"{entry['sae']}.json",
+                            evaluation_identity(sae, config, store)))
+    todo = [(variant, sae, path, identity) for variant, sae, path, identity in entries
+            if not _saved_matches(path, identity)]
+    if todo:
+        print(f"evaluating {len(todo)} of {len(entries)} SAEs at {site} layer {layer}", flush=True)
+        evaluated = evaluate_each(config, site, layer, [sae for _, sae, _, _ in todo], loaded, progress)
+        for (variant, _, path, identity), result in zip(todo, evaluated):
+            write_json_atomic(path, {"identity": identity, "seconds": result.seconds, "row": result.row,
+                                     "samples": result.samples})
+            print(f"  {variant}/{result.sae.record['sae']}: {result.seconds:.1f} s", flush=True)
+    grid_columns = {"model": config.model.name, "corpus": config.corpus.name, "site": site, "layer": layer,
+                    "sweep": config.sweep.name}
+    rows = []
+    for variant, sae, path, _ in entries:
+        saved = json.loads(path.read_text())
+        rows.append({**grid_columns, "variant": variant, **saved["row"], "samples": saved["samples"],
+                     "checkpoint": str(sae.directory)})  # where it is now (a saved row may predate a move)
+    write_json_atomic(out_dir / METRICS_FILE, {"rows": rows})
+    return out_dir / METRICS_FILE
+
+
+def _saved_matches(path: Path, identity: str) -> bool:
+    try:
+        return json.loads(path.read_text()).get("identity") == identity
+    except (OSError, ValueError):
+        return False
+
+
+def evaluate_checkpoint(config: Config, directory: str | Path, progress: bool = True) -> dict:
+    """One checkpoint's metrics, recomputed from scratch from the checkpoint and the data (the site and
+    layer are read from its training record)."""
+    sae = CheckpointSAE.load(directory, config.evaluate.device)
+    site, layer = sae.record["site"], int(sae.record["layer"])
+    return evaluate_saes(config, site, layer, [sae], progress=progress)[0]
+

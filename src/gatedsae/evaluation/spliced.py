@@ -1,0 +1,178 @@
+"""The LM with one site replaced: the clean prefix is computed once per batch, then only the remainder
+of the model runs per replacement (an SAE's reconstruction, zeros, or the clean activation itself).
+
+- resid_post, layer L: the prefix is blocks 0..L; the remainder starts at block L+1 from the
+  (replaced) residual stream.
+- mlp_out / attn_z, layer L: the prefix is blocks 0..L-1 (the residual stream entering block L); the
+  remainder reruns block L with a hook that swaps in the replacement, then the rest.
+
+The first position (BOS) always keeps its clean activation: SAEs are trained and evaluated without
+it; so do positions with massive activations when a threshold is given (norm of the clean site
+activation above it: the treatment recorded with each checkpoint). Cross-entropy is over the
+predictions made from positions 1..T-2 (those the replacement can change; the BOS position's
+prediction of token 1 is not), kept per window so that intervals can resample windows.
+
+`HeldOutWindows` runs the clean prefix of every held-out window once and keeps it in memory (the
+residual stream at the splice point: windows × T × d values), so each SAE then costs only the
+remainder of the model and can be finished, and saved, on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gatedsae.plan.sites import flatten, hook_name, unflatten
+
+
+@dataclass
+class Prefix:
+    """What one batch of windows leaves behind the clean prefix."""
+
+    tokens: torch.Tensor      # [B, T]
+    residual: torch.Tensor    # the residual stream the remainder starts from
+    activation: torch.Tensor  # the site's clean activation, flattened [B, T, d]
+
+    def select(self, windows: torch.Tensor) -> "Prefix":
+        """The prefix of some of the batch's windows (a boolean mask over the batch)."""
+        return Prefix(self.tokens[windows], self.residual[windows], self.activation[windows])
+
+
+class SplicedLM:
+    def __init__(self, model, site: str, layer: int):
+        self.model, self.site, self.layer = model, site, layer
+        self.hook = hook_name(site, layer)
+        self._start = layer + 1 if site == "resid_post" else layer
+
+    @torch.no_grad()
+    def prefix(self, tokens: torch.Tensor) -> Prefix:
+        residual = self.model(tokens, stop_at_layer=self._start)
+        if self.site == "resid_post":
+            return Prefix(tokens, residual, residual)
+        captured = {}
+
+        def keep(activation, hook):
+            captured["activation"] = activation
+
+        # Block L alone, from the stored residual, to read the site's clean activation.
+        self.model.run_with_hooks(residual, start_at_layer=self.layer, stop_at_layer=self.layer + 1,
+                                  fwd_hooks=[(self.hook, keep)])
+        return Prefix(tokens, residual, flatten(self.site, captured["activation"]))
+
+    @torch.no_grad()
+    def token_losses(self, prefix: Prefix, replacement: torch.Tensor | None,
+                     kept: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-token next-token CE [B, T-2] with the site replaced (None: clean) at every position but
+        those `kept` clean ([B, T] mask; None: BOS only)."""
+        if replacement is None:
+            logits = self._remainder(prefix, prefix.residual, hooks=[])
+        else:
+            kept = kept_positions(prefix.activation, None) if kept is None else kept
+            replacement = torch.where(kept[..., None], prefix.activation, replacement.to(prefix.activation.dtype))
+            if self.site == "resid_post":
+                logits = self._remainder(prefix, replacement, hooks=[])
+            else:
+                def swap(activation, hook):
+                    return unflatten(self.site, replacement, activation)
+
+                logits = self._remainder(prefix, prefix.residual, hooks=[(self.hook, swap)])
+        return next_token_losses(logits, prefix.tokens)
+
+    def _remainder(self, prefix: Prefix, residual: torch.Tensor, hooks: list) -> torch.Tensor:
+        return self.model.run_with_hooks(residual, start_at_layer=self._start, fwd_hooks=hooks)
+
+
+def next_token_losses(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """CE of the predictions from positions 1..T-2 (of tokens 2..T-1), per token, in float32."""
+    predicted = logits[:, 1:-1].float()
+    return F.cross_entropy(predicted.reshape(-1, predicted.shape[-1]), tokens[:, 2:].reshape(-1),
+                           reduction="none").reshape(tokens.shape[0], -1)
+
+
+def kept_positions(activation: torch.Tensor, threshold: Optional[float]) -> torch.Tensor:
+    """[B, T] True where the site keeps its clean activation: BOS, and (with a threshold) the positions
+    whose clean activation's norm exceeds it (massive activations, treated like BOS)."""
+    kept = torch.zeros(activation.shape[:2], dtype=torch.bool, device=activation.device)
+    kept[:, 0] = True
+    if threshold is not None:
+        kept |= activation.float().norm(dim=-1) > threshold
+    return kept
+
+
+def window_means(losses: torch.Tensor) -> np.ndarray:
+    """Mean CE per window [B] (every window has the same number of predictions)."""
+    return losses.double().mean(1).cpu().numpy()
+
+
+@dataclass
+class WindowLosses:
+    """Mean CE per held-out window with the site replaced, massive positions kept clean (`kept`), and
+    with every non-BOS position replaced (`all_tokens`: the paper's treatment; None if not computed)."""
+
+    kept: np.ndarray
+    all_tokens: Optional[np.ndarray]
+    massive_windows: int  # windows with a massive position: the only ones where the treatments differ
+
+
+class HeldOutWindows:
+    """Held-out windows through the clean prefix once; then per-window CE of any replacement."""
+
+    def __init__(self, spliced: SplicedLM, windows: np.ndarray, batch_windows: int, device: str,
+                 progress: bool = False):
+        self.spliced = spliced
+        self.prefixes: list[Prefix] = []
+        clean = []
+        for start in _maybe_progress(range(0, len(windows), batch_windows), progress, "clean prefixes"):
+            tokens = torch.from_numpy(np.asarray(windows[start : start + batch_windows], dtype=np.int64))
+            prefix = spliced.prefix(tokens.to(device))
+            self.prefixes.append(prefix)
+            clean.append(window_means(spliced.token_losses(prefix, None)))
+        self.clean = np.concatenate(clean)
+        self.predictions_per_window = windows.shape[1] - 2
+        self._zero: dict[Optional[float], WindowLosses] = {}
+
+    def __len__(self) -> int:
+        return len(self.clean)
+
+    @torch.no_grad()
+    def losses(self, reconstruct: Callable[[torch.Tensor], torch.Tensor], threshold: Optional[float],
+               all_tokens: bool) -> WindowLosses:
+        """Per-window CE with the site replaced by `reconstruct(clean activation)`. Massive positions
+        (above `threshold`) keep their clean activation; with `all_tokens`, the windows holding one are
+        run again with them replaced too (the other windows are the same under both treatments)."""
+        kept_means, all_means, massive = [], [], 0
+        for prefix in self.prefixes:
+            replacement = reconstruct(prefix.activation)
+            kept = kept_positions(prefix.activation, threshold)
+            means = window_means(self.spliced.token_losses(prefix, replacement, kept))
+            kept_means.append(means)
+            touched = kept[:, 1:].any(1)
+            massive += int(touched.sum())
+            if all_tokens and threshold is not None:
+                means = means.copy()
+                if touched.any():
+                    means[touched.cpu().numpy()] = window_means(
+                        self.spliced.token_losses(prefix.select(touched), replacement[touched]))
+                all_means.append(means)
+        kept_means = np.concatenate(kept_means)
+        if threshold is None:
+            return WindowLosses(kept_means, kept_means if all_tokens else None, 0)
+        return WindowLosses(kept_means, np.concatenate(all_means) if all_tokens else None, massive)
+
+    def zero(self, threshold: Optional[float]) -> WindowLosses:
+        """Zero-ablation under both treatments (computed once per threshold)."""
+        if threshold not in self._zero:
+            self._zero[threshold] = self.losses(torch.zeros_like, threshold, all_tokens=True)
+        return self._zero[threshold]
+
+
+def _maybe_progress(items: Iterable, enabled: bool, description: str):
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=description, unit="batch")

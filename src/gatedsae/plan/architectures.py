@@ -1,0 +1,120 @@
+"""The architecture registry: everything the pipeline knows about an SAE architecture, in one torch-free
+record per architecture. Configuration, checkpoints, resource estimates, tables and figures read it; the
+torch module that implements an architecture is imported only when an SAE is built (`sae_class`).
+
+Adding an architecture: its module under `gatedsae/saes/` (a `BatchedSAE` subclass), one `register(...)`
+below, and a sweep group using it in `conf/sweep/`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Optional
+
+# Tensor shapes of a sae-lens checkpoint, in terms of its cfg.json's d_in and d_sae.
+ENCODER, DECODER, INPUT, FEATURE = ("d_in", "d_sae"), ("d_sae", "d_in"), ("d_in",), ("d_sae",)
+SAELENS_TENSORS = {
+    "standard": {"W_enc": ENCODER, "b_enc": FEATURE, "W_dec": DECODER, "b_dec": INPUT},
+    "gated": {"W_enc": ENCODER, "b_gate": FEATURE, "r_mag": FEATURE, "b_mag": FEATURE, "W_dec": DECODER,
+              "b_dec": INPUT},
+    "gated_untied": {"W_enc": ENCODER, "W_mag": ENCODER, "b_gate": FEATURE, "b_mag": FEATURE, "W_dec": DECODER,
+                     "b_dec": INPUT},
+}
+
+# Which axis of a batched module's tensor indexes the features: [n, d, width] encoders, [n, width, d]
+# decoders, [n, width] biases. Resampling re-initialises these slices of a dead feature.
+ENCODER_AXIS, DECODER_AXIS, FEATURE_AXIS = 2, 1, 1
+
+KNOBS = {"l1": "λ", "k": "k"}  # a grid's sparsity knob: the penalty's coefficient, or the number of features kept
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What the pipeline knows about one architecture."""
+
+    name: str                      # the name in conf/ and in checkpoints
+    label: str                     # legends and tables
+    colour: str                    # figures
+    marker: str                    # figures
+    module: str                    # "package.module:Class", the BatchedSAE subclass
+    saelens: str                   # the sae-lens architecture its checkpoints are written as
+    # Matmul FLOPs per token and per (d × width) of one training step (forward + backward, no input grad).
+    train_flops_per_dw: int
+    feature_axes: dict[str, int] = field(default_factory=dict)  # trainable tensor → its feature axis
+    encoders: int = 1              # [d, width] encoder matrices (memory estimates)
+    knob: str = "l1"               # the grid's sparsity knob (KNOBS)
+    figure: str = "main"           # main: the Pareto figures; ablation: Fig. 8; rescale_shift: Fig. 9
+    saelens_loadable: bool = True  # whether sae-lens can load the checkpoint
+    saelens_cfg_fields: tuple[str, ...] = ()  # its own fields in cfg.json (BatchedSAE.saelens_cfg_extra)
+    resamples: bool = True         # dead features are resampled (Bricken et al.) during training
+    sparse_steps: bool = False     # `train.sparse` may take steps on the support only (sparse_step.py)
+
+    @property
+    def knob_symbol(self) -> str:
+        return KNOBS[self.knob]
+
+
+ARCHITECTURES: dict[str, Architecture] = {}
+
+
+def register(architecture: Architecture) -> Architecture:
+    if architecture.name in ARCHITECTURES:
+        raise ValueError(f"architecture {architecture.name!r} is registered twice")
+    if architecture.knob not in KNOBS:
+        raise ValueError(f"architecture {architecture.name!r}: unknown knob {architecture.knob!r}; use one of {list(KNOBS)}")
+    if architecture.saelens not in SAELENS_TENSORS:
+        raise ValueError(f"architecture {architecture.name!r}: no tensor layout for sae-lens {architecture.saelens!r}")
+    ARCHITECTURES[architecture.name] = architecture
+    return architecture
+
+
+def architecture(name: str) -> Architecture:
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise ValueError(f"unknown SAE architecture {name!r}; known architectures: {', '.join(ARCHITECTURES)}") from None
+
+
+def sae_class(name: str) -> type:
+    """The torch module implementing `name` (imports torch)."""
+    module, _, attribute = architecture(name).module.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def by_saelens(saelens: str) -> Optional[Architecture]:
+    """The first architecture written as sae-lens `saelens` (they all read back alike)."""
+    return next((a for a in ARCHITECTURES.values() if a.saelens == saelens), None)
+
+
+def label(name: str) -> str:
+    return ARCHITECTURES[name].label if name in ARCHITECTURES else name
+
+
+def names(figure: Optional[str] = None) -> list[str]:
+    """Registered architectures, in registration order (those of one figure role when given)."""
+    return [a.name for a in ARCHITECTURES.values() if figure is None or a.figure == figure]
+
+
+_GATED_AXES = {"W_gate": ENCODER_AXIS, "W_dec": DECODER_AXIS, "b_gate": FEATURE_AXIS, "b_mag": FEATURE_AXIS,
+               "r_mag": FEATURE_AXIS}
+
+register(Architecture(
+    "gated", "Gated", "#1f77b4", "o", "gatedsae.saes.gated:GatedSAE", "gated", 14, _GATED_AXES, sparse_steps=True))
+register(Architecture(
+    "baseline", "Baseline", "#d62728", "s", "gatedsae.saes.baseline:BaselineSAE", "standard", 10,
+    {"W_enc": ENCODER_AXIS, "W_dec": DECODER_AXIS, "b_enc": FEATURE_AXIS}, sparse_steps=True))
+register(Architecture(
+    "gated_unfrozen_decoder", "Gated, unfrozen decoder", "#9467bd", "^", "gatedsae.saes.gated:GatedUnfrozenDecoderSAE",
+    "gated", 14, _GATED_AXES, figure="ablation", sparse_steps=True))
+register(Architecture(
+    "gated_no_rmag", "Gated, no r_mag", "#2ca02c", "v", "gatedsae.saes.gated:GatedNoRmagSAE", "gated", 14,
+    _GATED_AXES, figure="ablation", sparse_steps=True))
+register(Architecture(
+    "gated_untied", "Gated, untied encoders", "#ff7f0e", "D", "gatedsae.saes.gated:GatedUntiedSAE", "gated_untied", 18,
+    {**_GATED_AXES, "W_mag": ENCODER_AXIS}, encoders=2, figure="ablation", saelens_loadable=False,
+    sparse_steps=True))
+register(Architecture(
+    "baseline_rescale_shift", "Baseline + rescale & shift", "#8c564b", "P", "gatedsae.saes.rescale_shift:RescaleShiftSAE", "gated", 6,
+    {"W_enc": ENCODER_AXIS, "W_dec": DECODER_AXIS, "b_enc": FEATURE_AXIS, "b_mag": FEATURE_AXIS,
+     "r_mag": FEATURE_AXIS}, figure="rescale_shift", sparse_steps=True))

@@ -1,0 +1,252 @@
+"""What each job needs, computed from conf/ alone: peak memory (model, shuffle buffer, SAE grid and its
+optimiser, per-step activations), FLOPs and so device-hours, and disk. Used three ways:
+
+- before a run, `check_memory` prints the estimate and stops with a clear error when it cannot fit
+  the device (GPU memory, or the RAM available on a CPU);
+- the Snakefile derives each job's resources (mem_mb, runtime, GPUs) from it, for cluster profiles;
+- `python -m gatedsae estimate experiment=...` prints the table of the README's "Running at paper scale".
+
+The numbers are estimates (stated assumptions below), meant to size jobs, not to replace profiling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gatedsae.plan.architectures import architecture
+from gatedsae.plan.config import Config, SAEGroupConfig
+
+BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+GIB = 1024**3
+# Sustained throughput assumed for device-hours: dense bf16 on an H100/H200-class GPU at ~40% of peak,
+# and fp32 on CPUs from the benchmarks in results/benchmarks/ (2 cores: ~60 GFLOP/s).
+SUSTAINED_FLOPS = {"cuda": 300e12, "cpu": 60e9}
+
+
+@dataclass
+class Estimate:
+    job: str
+    memory_bytes: float
+    flops: float
+    disk_bytes: float = 0.0
+    breakdown: dict | None = None
+    devices: int = 1  # accelerators the job holds (memory_bytes is the peak on any one of them)
+
+    def hours(self, device: str, sustained_tflops: float | None = None) -> float:
+        flops_per_s = sustained_tflops * 1e12 if sustained_tflops else SUSTAINED_FLOPS[
+            "cuda" if device.startswith("cuda") else "cpu"]
+        return self.flops / flops_per_s / 3600
+
+
+# --- model ---------------------------------------------------------------------------------------------
+
+
+def model_parameters(config: Config, layers: int | None = None) -> float:
+    """Parameters of the LM (or of its first `layers` blocks, embeddings included): attention, MLP
+    (gated MLPs have three matrices), embeddings and unembedding."""
+    m = config.model
+    attention = 4 * m.d_model * m.n_heads * m.d_head
+    mlp = _mlp_matrices(config) * m.d_model * m.d_mlp
+    blocks = m.n_layers if layers is None else layers
+    return blocks * (attention + mlp) + 2 * m.d_vocab * m.d_model
+
+
+def _mlp_matrices(config: Config) -> int:
+    """Gated MLPs (Llama, SmolLM, Gemma) have three matrices; GPT-NeoX / GPT-2 style ones (Pythia) and
+    the tiny random model have two."""
+    m = config.model
+    classic = m.source == "random" or any(family in m.hub_id.lower() for family in ("pythia", "gpt"))
+    return 2 if classic else 3
+
+
+def _forward_activation_bytes(config: Config, sequences: int) -> float:
+    m, ctx = config.model, config.experiment.context_length
+    per_token = 4 * (4 * m.d_model + 2 * m.d_mlp + m.n_heads * m.d_head)  # residual, MLP hidden, z (fp32)
+    attention_scores = sequences * m.n_heads * ctx * ctx * 4
+    return sequences * ctx * per_token + attention_scores
+
+
+def cache_estimate(config: Config) -> Estimate:
+    """The cache job: both splits, or (stream mode) the held-out split only."""
+    streamed = config.cache.mode == "stream"
+    tokens = (0 if streamed else config.cache.train_tokens) + config.cache.heldout_tokens
+    deepest = max(config.experiment.layers) + 1
+    weights = model_parameters(config) * BYTES[config.model.dtype]
+    activations = _forward_activation_bytes(config, config.cache.batch_sequences)
+    stores = len(config.experiment.layers) * sum(config.model.site_width(s) for s in config.experiment.sites)
+    return Estimate("cache_activations", weights + activations, 2 * model_parameters(config, deepest) * tokens,
+                    disk_bytes=tokens * stores * BYTES[config.cache.dtype],
+                    breakdown={"model": weights, "activations": activations})
+
+
+# --- SAE grids -----------------------------------------------------------------------------------------
+
+
+def _group_parameters(group: SAEGroupConfig, d: int) -> float:
+    w = group.width(d)
+    encoders = architecture(group.arch).encoders
+    return len(group.values) * ((encoders + 1) * d * w + 4 * w + d)
+
+
+def train_estimate(config: Config, site: str) -> Estimate:
+    d, train = config.model.site_width(site), config.train
+    groups = config.sweep.groups_at(site)
+    parameters = sum(_group_parameters(g, d) for g in groups)
+    # parameters, gradients and Adam's two moments in fp32
+    optimiser_state = 4 * parameters * 4
+    # per SAE and step: pre-activations, features, masks and their gradients (~8 [B, width] fp32 tensors)
+    step = sum(len(g.values) * 8 * train.batch_size * g.width(d) * 4 for g in groups)
+    buffer = 2 * train.buffer_rows * d * 4  # the mixing buffer and its permuted copy
+    flops = sum(architecture(g.arch).train_flops_per_dw * d * g.width(d) * len(g.values) for g in groups) * train.tokens
+    checkpoints = parameters * 4 * 4  # exported weights + the training state (params and Adam moments)
+    return Estimate(f"train_grid[{site}]", optimiser_state + step + buffer, flops, disk_bytes=checkpoints,
+                    breakdown={"sae_grid_and_optimiser": optimiser_state, "step_activations": step,
+                               "shuffle_buffer": buffer})
+
+
+def rescale_shift_estimate(config: Config, site: str) -> Estimate:
+    d, train = config.model.site_width(site), config.train
+    widths = [g.width(d) for g in config.sweep.groups_at(site) if g.arch == "baseline" for _ in g.l1]
+    memory = lambda chunk: rescale_shift_memory(config, d, chunk)  # noqa: E731
+    streamed = config.cache.mode == "stream"  # then it streams its own site's activations
+    lm = stream_model_memory(config) if streamed and config.train_device(site) == config.cache.device else 0.0
+    passes = [widths]
+    if config.resources.device_memory_gib:
+        passes = plan_passes(widths, memory, config.resources.device_memory_gib * GIB - lm)
+    flops = sum(architecture("baseline_rescale_shift").train_flops_per_dw * d * w for w in widths) * train.tokens
+    job = f"rescale_shift[{site}]" + (f" in {len(passes)} passes" if len(passes) > 1 else "")
+    if streamed:
+        flops += stream_forward_flops(config, len(passes))
+    own_lm_device = streamed and config.train_device(site) != config.cache.device
+    return Estimate(job, max(memory(chunk) for chunk in passes) + lm, flops,
+                    disk_bytes=sum(2 * d * w * 4 * 2 for w in widths), devices=2 if own_lm_device else 1)
+
+
+def evaluate_estimate(config: Config, site: str) -> Estimate:
+    m, evaluate = config.model, config.evaluate
+    d = m.site_width(site)
+    n_saes = sum(len(g.values) for g in config.sweep.groups_at(site))
+    n_saes += sum(len(g.values) for g in config.sweep.groups_at(site) if g.arch == "baseline") * config.sweep.rescale_shift_at(site)
+    widest = max(g.width(d) for g in config.sweep.groups_at(site))
+    tokens = evaluate.ce_windows * config.experiment.context_length
+    logits = evaluate.batch_windows * config.experiment.context_length * m.d_vocab * 4 * 2
+    # Every window's clean prefix is kept while the SAEs are evaluated one by one: the residual stream
+    # at the splice point, and the site's activation where it is not the residual stream itself.
+    prefixes = tokens * (m.d_model + (0 if site == "resid_post" else d)) * BYTES[m.dtype]
+    memory = (model_parameters(config) * BYTES[m.dtype] + _forward_activation_bytes(config, evaluate.batch_windows)
+              + logits + 3 * d * widest * 4 + prefixes)
+    remainder = model_parameters(config) - model_parameters(config, min(config.experiment.layers))
+    # the remainder runs once per SAE and twice for the zero-ablation (with and without massive positions)
+    flops = tokens * (2 * model_parameters(config) + (n_saes + 2) * (2 * remainder + 4 * d * widest))
+    return Estimate(f"evaluate_grid[{site}]", memory, flops, breakdown={"prefixes": prefixes})
+
+
+def experiment_estimates(config: Config) -> list[tuple[Estimate, int]]:
+    """(estimate, number of such jobs) for every job kind of the experiment."""
+    layers = len(config.experiment.layers)
+    streamed = config.cache.mode == "stream"
+    rows = [(cache_estimate(config), 1)] + ([(train_layer_estimate(config), layers)] if streamed else [])
+    for site in config.experiment.sites:
+        if not streamed:
+            rows.append((train_job_estimate(config, site), layers))
+        if config.sweep.rescale_shift_at(site):
+            rows.append((rescale_shift_estimate(config, site), layers))
+        rows.append((evaluate_estimate(config, site), layers))
+    return rows
+
+
+def plan_passes(items: list, memory, available: float) -> list[list]:
+    """Split `items` (SAEs to train, in sweep order) into passes over the data whose `memory(chunk)`
+    fits `available` bytes: greedy, so the passes left after a finished one are the same and a killed
+    run resumes. A single item that does not fit gets a pass of its own (and fails the memory check)."""
+    passes, current = [], []
+    for item in items:
+        if current and memory(current + [item]) > available:
+            passes.append(current)
+            current = []
+        current.append(item)
+    if current:
+        passes.append(current)
+    return passes
+
+
+def train_pass_memory(config: Config, site: str):
+    """memory(chunk of SAESpecs) for `plan_passes` of a train_grid job."""
+    from gatedsae.plan.grid import sweep_of
+
+    return lambda chunk: train_estimate(sweep_of(config, site, chunk), site).memory_bytes
+
+
+def rescale_shift_memory(config: Config, d: int, widths: list[int]) -> float:
+    """Peak memory of rescale-and-shift SAEs of the given widths trained together (frozen baselines)."""
+    train = config.train
+    return sum(2 * (2 * d * w + 4 * w + d) * 4 + 8 * train.batch_size * w * 4 for w in widths) \
+        + 2 * train.buffer_rows * d * 4
+
+
+def _site_passes(config: Config, site: str, available: float) -> list[list]:
+    from gatedsae.plan.grid import grid_specs
+
+    return plan_passes(grid_specs(config, config.model.site_width(site), site), train_pass_memory(config, site),
+                       available)
+
+
+def train_job_estimate(config: Config, site: str) -> Estimate:
+    """The train_grid job (store mode) as it will run: memory of its largest pass, FLOPs of all of them."""
+    whole = train_estimate(config, site)
+    if not config.resources.device_memory_gib:
+        return whole
+    memory = train_pass_memory(config, site)
+    passes = _site_passes(config, site, config.resources.device_memory_gib * GIB)
+    largest = max(memory(chunk) for chunk in passes)
+    return Estimate(f"{whole.job} in {len(passes)} passes" if len(passes) > 1 else whole.job, largest, whole.flops,
+                    whole.disk_bytes, whole.breakdown)
+
+
+def stream_model_memory(config: Config) -> float:
+    """What streaming adds to a training job: the LM, one batch's forward, and the shards kept for the
+    sites of a layer."""
+    rows = config.cache.shard_sequences * (config.experiment.context_length - 1)
+    widths = sum(config.model.site_width(site) for site in config.experiment.sites)
+    kept = config.cache.stream_keep_shards * rows * widths * BYTES[config.cache.dtype]
+    return (model_parameters(config) * BYTES[config.model.dtype]
+            + _forward_activation_bytes(config, config.cache.batch_sequences) + kept)
+
+
+def stream_forward_flops(config: Config, passes: int) -> float:
+    """LM FLOPs of streamed training to the deepest layer: every pass over the data, plus the leading
+    shards read once for the activation statistics."""
+    statistics = config.train.statistics_tokens or config.cache.train_tokens
+    tokens = passes * config.train.tokens + statistics
+    return 2 * model_parameters(config, max(config.experiment.layers) + 1) * tokens
+
+
+def train_layer_estimate(config: Config) -> Estimate:
+    """The train_layer job (stream mode): the LM and every site's grid, each site on its device
+    (train.site_devices) with an equal share of what the LM leaves there; peak memory on the busiest
+    device, FLOPs of the SAEs and of the forwards."""
+    sites = config.experiment.sites
+    lm = stream_model_memory(config)
+    per_device = {config.cache.device: lm}
+    flops = disk = 0.0
+    rounds = 1
+    for site in sites:
+        device = config.train_device(site)
+        whole = train_estimate(config, site)
+        largest, passes = whole.memory_bytes, 1
+        if config.resources.device_memory_gib:
+            sharing = sum(config.train_device(other) == device for other in sites)
+            share = (config.resources.device_memory_gib * GIB - (lm if device == config.cache.device else 0)) / sharing
+            if share > 0:
+                chunks = _site_passes(config, site, share)
+                largest, passes = max(train_pass_memory(config, site)(chunk) for chunk in chunks), len(chunks)
+        per_device[device] = per_device.get(device, 0.0) + largest
+        flops, disk, rounds = flops + whole.flops, disk + whole.disk_bytes, max(rounds, passes)
+    job = "train_layer[" + ",".join(sites) + "]" + (f" in {rounds} passes" if rounds > 1 else "")
+    return Estimate(job, max(per_device.values()), flops + stream_forward_flops(config, rounds), disk_bytes=disk,
+                    breakdown={"model_and_streamed_shards": lm, "sae_grids": sum(per_device.values()) - lm},
+                    devices=len(per_device))
+
+
+def size_text(n_bytes: float) -> str:
+    return f"{n_bytes / GIB:.2f} GiB" if n_bytes >= GIB / 10 else f"{n_bytes / 2**20:.1f} MiB"

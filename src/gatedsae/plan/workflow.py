@@ -1,0 +1,226 @@
+"""What the Snakefile needs from conf/: the experiment's paths, the command line of each stage, and
+each job's resolved configuration (as `params`, so a config change reruns exactly the jobs it affects).
+
+Hydra is composed once per Snakemake invocation; the Snakefile itself stays a thin list of rules.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from gatedsae.core.codehash import AGGREGATE_CODE, METRICS_CODE, VERDICT_CODE, code_fingerprint
+from gatedsae.plan.config import STAGES, Config, comparable, load_config, require_safe_name
+from gatedsae.plan.layout import (
+    AGGREGATE_OUTPUTS,
+    ANALYSIS_FILE,
+    MANIFEST,
+    MODEL_MARKER,
+    PAGE_FILE,
+    VERDICT_OUTPUTS,
+    browser_dir,
+    study_dir,
+)
+
+CODE = {"metrics": METRICS_CODE, "aggregate": AGGREGATE_CODE, "verdict": VERDICT_CODE}
+
+
+@dataclass
+class ExperimentPlan:
+    experiment: str
+    overrides: list[str] = field(default_factory=list)
+    config: Config = field(init=False)
+
+    def __post_init__(self) -> None:
+        require_safe_name(self.experiment, "experiment")  # it names the log folder
+        self.config = load_config([f"experiment={self.experiment}", *self.overrides])
+
+    @property
+    def model(self) -> str:
+        return self.config.model.name
+
+    @property
+    def corpus(self) -> str:
+        return self.config.corpus.name
+
+    @property
+    def data(self) -> Path:
+        return self.config.paths.root
+
+    # --- outputs, as path patterns with Snakemake wildcards where the DAG branches ---------------------
+
+    def model_marker(self) -> str:
+        return str(self.data / "models" / "{model}" / MODEL_MARKER)
+
+    def corpus_manifest(self) -> str:
+        return str(self.data / "text" / "{corpus}" / MANIFEST)
+
+    def tokens_manifest(self) -> str:
+        return str(self.data / "tokens" / "{model}" / "{corpus}" / MANIFEST)
+
+    def store_manifest(self) -> str:
+        return str(self.data / "activations" / "{model}" / "{corpus}" / "{site}" / "layer{layer}" / MANIFEST)
+
+    def store_manifests(self) -> list[str]:
+        """Every (site, layer) store of the experiment, model and corpus left as wildcards."""
+        pattern = self.store_manifest()
+        return [
+            pattern.replace("{site}", site).replace("{layer}", str(layer))
+            for site in self.config.experiment.sites
+            for layer in self.config.experiment.layers
+        ]
+
+    @property
+    def streamed(self) -> bool:
+        """Stream mode: training runs the LM itself, one job per layer for all its sites."""
+        return self.config.cache.mode == "stream"
+
+    def layer_grid_indexes(self) -> list[str]:
+        """The grids a stream-mode train_layer job writes: every site of one layer (a wildcard)."""
+        return [self.grid_index().replace("{site}", site) for site in self.config.experiment.sites]
+
+    def grid_index(self) -> str:
+        return str(self.data / "checkpoints" / "{model}" / "{corpus}" / "{site}" / "layer{layer}" / "{sweep}"
+                   / "grid.json")
+
+    def rescale_shift_index(self) -> str:
+        return self.grid_index().replace("grid.json", "rescale_shift/grid.json")
+
+    def evaluation(self) -> str:
+        return str(self.data / "evaluation" / "{model}" / "{corpus}" / "{site}" / "layer{layer}" / "{sweep}"
+                   / "metrics.json")
+
+    def evaluations(self) -> list[str]:
+        return self._concrete(self.evaluation())
+
+    def aggregate_outputs(self) -> dict[str, str]:
+        return {key: str(self.config.experiment.results / name) for key, name in AGGREGATE_OUTPUTS.items()}
+
+    def verdict_outputs(self) -> dict[str, str]:
+        return {key: str(self.config.experiment.results / name) for key, name in VERDICT_OUTPUTS.items()}
+
+    def reference_verdict(self) -> list[str]:
+        """The reference run's verdict.json, if the repository has one (the verdict quotes it)."""
+        path = self.config.verdict.reference(self.experiment) / "verdict.json"
+        return [str(path)] if path.exists() else []
+
+    def curves(self) -> str:
+        return str(self.config.experiment.results / "curves.csv")
+
+    def browser_index(self) -> str:
+        return str(browser_dir(self.config) / "index.html")
+
+    def study_page(self) -> str:
+        return str(study_dir(self.config) / PAGE_FILE)
+
+    def study_analysis(self) -> str:
+        return str(study_dir(self.config) / ANALYSIS_FILE)
+
+    def study_page_params(self) -> str:
+        """What the rating page depends on: the study's sampling (not the analysis settings or the ratings
+        files, which only the analysis reads), the browser's view and the evaluation's row rule."""
+        study = {k: v for k, v in asdict(self.config.study).items() if k not in ("ratings", "bootstrap", "confidence")}
+        return json.dumps({"study": study, "page": json.loads(self.params("browser", "evaluate"))}, sort_keys=True)
+
+    def site_inputs(self, site: str, layer: int) -> list[str]:
+        """What a stage reading one site's trained SAEs and held-out data needs: its grid(s), its store,
+        the held-out tokens and the model."""
+        values = dict(model=self.model, corpus=self.corpus, site=site, layer=layer, sweep=self.config.sweep.name)
+        grids = [self.grid_index()] + ([self.rescale_shift_index()] if self.config.sweep.rescale_shift_at(site) else [])
+        return [p.format(**values) for p in [*grids, self.store_manifest(), self.tokens_manifest(), self.model_marker()]]
+
+    def figures_index(self) -> str:
+        return str(self.config.experiment.figures / "figures.json")
+
+    def report(self) -> str:
+        return str(self.config.experiment.results / "report.html")
+
+    def _concrete(self, pattern: str, sites: list[str] | None = None) -> list[str]:
+        return [
+            pattern.format(model=self.model, corpus=self.corpus, site=site, layer=layer, sweep=self.config.sweep.name)
+            for site in (self.config.experiment.sites if sites is None else sites)
+            for layer in self.config.experiment.layers
+        ]
+
+    def stage_targets(self, stage: str) -> list[str]:
+        if stage == "report":
+            return [self.report(), *self.verdict_outputs().values()]
+        patterns = {"cache": [self.store_manifest()], "train": [self.grid_index()], "evaluate": [self.evaluation()]}
+        targets = {path for pattern in patterns[stage] for path in self._concrete(pattern)}
+        if stage == "train":
+            sites = [site for site in self.config.experiment.sites if self.config.sweep.rescale_shift_at(site)]
+            targets |= set(self._concrete(self.rescale_shift_index(), sites))
+        return sorted(targets)
+
+    def trained_grids(self, wildcards) -> list[str]:
+        """Input function of the evaluate rule: the (site, layer)'s grid, and its rescale-shift grid if any."""
+        grids = [self.grid_index()]
+        if self.config.sweep.rescale_shift_at(wildcards.site):
+            grids.append(self.rescale_shift_index())
+        return [grid.format(**dict(wildcards.items())) for grid in grids]
+
+    def targets(self) -> list[str]:
+        """What `snakemake all` builds: every output of the experiment's stages through its last one, and
+        with the report the optional tools that are switched on (feature browser, rating page, the study's
+        analysis). The earlier stages' outputs are listed too, so one deleted on disk (a store's manifest, a
+        grid index) is rebuilt by the next run rather than silently left missing behind up-to-date results."""
+        through = STAGES.index(self.config.experiment.through)
+        targets = sorted({target for stage in STAGES[: through + 1] for target in self.stage_targets(stage)})
+        if self.config.experiment.through == "report":
+            targets += [self.browser_index()] if self.config.browser.enabled else []
+            targets += [self.study_page()] if self.config.study.enabled else []
+            targets += [self.study_analysis()] if self.config.study.enabled and self.config.study.ratings else []
+        return targets
+
+    # --- scheduler resources, from the estimates of `resources` -------------------------------------
+
+    def resources(self, job: str) -> dict:
+        """Snakemake resources of a rule: callables of the wildcards where they depend on the site."""
+        from gatedsae.plan import estimates, scheduling
+
+        def per_site(estimate, device):
+            def get(key):
+                return lambda wildcards: scheduling.job_resources(estimate(self.config, wildcards.site), device,
+                                                                 self.config)[key]
+            return {key: get(key) for key in ("mem_mb", "runtime", "gpu")}
+
+        if job == "cache_activations":
+            return scheduling.job_resources(estimates.cache_estimate(self.config), self.config.cache.device,
+                                           self.config)
+        if job == "train_layer":
+            return scheduling.job_resources(estimates.train_layer_estimate(self.config), self.config.train.device,
+                                           self.config)
+        estimate, device = {
+            "train_grid": (estimates.train_job_estimate, self.config.train.device),
+            "rescale_shift": (estimates.rescale_shift_estimate, self.config.train.device),
+            "evaluate_grid": (estimates.evaluate_estimate, self.config.evaluate.device),
+        }[job]
+        return per_site(estimate, device)
+
+    # --- commands and params --------------------------------------------------------------------------
+
+    def command(self, stage: str) -> str:
+        """The shell command of a stage, carrying the experiment and every override."""
+        args = [sys.executable, "-m", "gatedsae", stage, f"experiment={self.experiment}", *self.overrides]
+        # Quoted for the shell; braces doubled so Snakemake's formatting leaves them literal.
+        return " ".join(shlex.quote(a) for a in args).replace("{", "{{").replace("}", "}}")
+
+    def params(self, *parts: str, code: str | None = None) -> str:
+        """The resolved config sections a stage depends on, as one canonical JSON string. The
+        experiment's name, `through` and output folders choose what to build and where its summaries
+        go, not how, so they never rerun a job; nor does the chapter (it changes the sweep, which is compared itself), nor do
+        settings added at their neutral default.
+        `code` names the code whose fingerprint is part of it (see `codehash`: metrics | aggregate |
+        verdict), so that a fix to what computes the stage's numbers reruns it; Snakemake's own `code`
+        trigger only sees the rule's shell command, not the package it calls."""
+        resolved = asdict(self.config)
+        for key in ("name", "through", "results_dir", "figures_dir", "chapters", "chapter"):
+            resolved["experiment"].pop(key)
+        found = {part: comparable(part, resolved[part]) if isinstance(resolved[part], dict) else resolved[part]
+                 for part in parts}
+        if code is not None:
+            found["code"] = code_fingerprint(CODE[code])
+        return json.dumps(found, sort_keys=True)

@@ -1,0 +1,282 @@
+"""From metrics rows to the paper's tables: `metrics.csv` (one row per SAE, with 95% intervals), Markdown
+and LaTeX tables in the layout of the paper's Tables 1–8 with Pareto-optimal rows marked, a summary for
+`dvc metrics`, the headline (L0_gated / L0_baseline at matched loss recovered, per site) and the
+comparisons of Figs. 8 and 9 (loss recovered at matched L0), each with its interval (`intervals`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from gatedsae.core.atomic import atomic_path, write_json_atomic, write_text_atomic
+from gatedsae.evaluation.frontiers import LEVELS, Sweep, matched_l0, matched_loss_recovered, pareto_optimal
+from gatedsae.evaluation.intervals import GRID, TREATMENTS, Bootstrap
+from gatedsae.plan import architectures
+from gatedsae.plan.config import IntervalsConfig
+from gatedsae.plan.layout import AGGREGATE_OUTPUTS
+
+SAE_INTERVALS = ("loss_recovered", "delta_lm_loss", "gamma")  # per-SAE metrics with an interval
+ALL_TOKENS_COLUMNS = [f"{metric}_all_tokens" for metric in
+                      ("l0", "fvu", "nmse", "gamma", "ce_zero", "ce_sae", "loss_recovered", "delta_lm_loss")]
+# metrics.csv columns, in order: the paper's tables first, then the later papers' metrics, the intervals,
+# the massive-activation treatment (and the paper's treatment), and provenance.
+COLUMNS = [
+    "model", "site", "layer", "arch", "variant", "l1", "lr", "width", "l0", "loss_recovered",
+    "ce_clean", "ce_sae", "ce_zero", "alive_fraction", "gamma", "fvu", "nmse", "delta_lm_loss",
+    *(f"{metric}_ci_{end}" for metric in SAE_INTERVALS for end in ("low", "high")),
+    "train_tokens", "eval_tokens", "ce_tokens", "ce_windows",
+    "massive_norm_threshold", "massive_rows", "massive_windows", *ALL_TOKENS_COLUMNS,
+    "corpus", "sweep", "sae", "checkpoint_id", "checkpoint",
+]
+SITE_ORDER = ["resid_post", "mlp_out", "attn_z"]
+SITE_LABELS = {"resid_post": "Residual stream", "mlp_out": "MLP output", "attn_z": "Attention output (pre W_O)"}
+ABLATIONS = tuple(architectures.names("ablation"))  # Fig. 8
+RESCALE_SHIFT = "baseline_rescale_shift"         # Fig. 9
+
+
+def collect(metrics_files: Iterable[Path]) -> pd.DataFrame:
+    """Every evaluated SAE as one row, in a stable order (site, layer, architecture, λ)."""
+    rows = [row for path in metrics_files for row in json.loads(Path(path).read_text())["rows"]]
+    if not rows:
+        raise ValueError("no metrics rows to aggregate: evaluate at least one grid first")
+    frame = pd.DataFrame(rows)
+    frame["site_order"] = frame["site"].map(SITE_ORDER.index)
+    frame = frame.sort_values(["model", "site_order", "layer", "arch", "l1"]).drop(columns="site_order")
+    frame["pareto"] = pareto_mask(frame)
+    return frame.reset_index(drop=True)
+
+
+def pareto_mask(frame: pd.DataFrame, x: str = "l0", y: str = "loss_recovered") -> pd.Series:
+    """True where no SAE of the same (model, site, layer, architecture) has lower-or-equal `x` and
+    higher-or-equal `y`, one of them strictly (low L0 and high loss recovered are both better)."""
+    mask = pd.Series(False, index=frame.index)
+    for _, group in frame.groupby(["model", "site", "layer", "arch"]):
+        mask[group.index] = pareto_optimal(group[x].to_numpy(), group[y].to_numpy())
+    return mask
+
+
+def frontier(frame: pd.DataFrame, x: str = "l0", y: str = "loss_recovered") -> pd.DataFrame:
+    """The Pareto-optimal points of one architecture's sweep, sorted by x."""
+    return frame[pareto_mask(frame, x, y)].sort_values(x)
+
+
+def matched_pairs(frame: pd.DataFrame) -> list[tuple[pd.Series, pd.Series]]:
+    """Per (site, layer) of the main sweep: the Gated SAE nearest the middle of its sweep's L0 range (in
+    log L0) and the baseline SAE with the closest L0 (for the density figure and the rater study)."""
+    pairs = []
+    main = frame[frame["variant"] == "sweep"]
+    for _, cell in main.groupby(["site", "layer"], sort=False):
+        gated, baseline = cell[cell["arch"] == "gated"], cell[cell["arch"] == "baseline"]
+        if gated.empty or baseline.empty:
+            continue
+        log_l0 = np.log(gated["l0"].clip(lower=1e-3))
+        g = gated.loc[(log_l0 - log_l0.median()).abs().idxmin()]
+        b = baseline.loc[(np.log(baseline["l0"].clip(lower=1e-3)) - np.log(g["l0"])).abs().idxmin()]
+        pairs.append((g, b))
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------------------
+# The headline (at matched loss recovered, how much lower is Gated's L0?) and Figs. 8–9's comparisons
+# (at matched L0, how much more loss does one frontier recover than another?), each with its interval.
+
+
+def _sweep(group: pd.DataFrame, arch: str, treatment: str) -> Sweep:
+    rows = group[group["arch"] == arch]
+
+    def column(name: str) -> np.ndarray:
+        name += treatment
+        return rows[name].to_numpy(dtype=float) if name in rows else np.full(len(rows), np.nan)
+
+    return Sweep(column("l0"), column("loss_recovered"), column("gamma"))
+
+
+def _estimate(frame: pd.DataFrame, key: tuple, bootstrap: Optional[Bootstrap], archs: Sequence[str],
+              treatment: str, compute: Callable[..., Optional[dict]], with_interval: tuple[str, ...]) -> Optional[dict]:
+    """compute(*sweeps of `archs`) on the grid `key` of `frame`, each value suffixed with the treatment,
+    and the intervals of `with_interval` from the bootstrap; None when it is undefined."""
+    group = frame.loc[bootstrap.rows[key]] if bootstrap and key in bootstrap.rows else \
+        frame[(frame[GRID] == pd.Series(key, index=GRID)).all(1)]
+    point = compute(*[_sweep(group, arch, treatment) for arch in archs])
+    if point is None:
+        return None
+    result = {name + treatment: value for name, value in point.items()}
+    replicates = bootstrap.replicate(key, [(group["arch"] == arch).to_numpy() for arch in archs], treatment,
+                                     compute, with_interval) if bootstrap else None
+    for name in with_interval:
+        low, high = bootstrap.interval(replicates[name]) if replicates else (math.nan, math.nan)
+        result[f"{name}{treatment}_ci_low"], result[f"{name}{treatment}_ci_high"] = float(low), float(high)
+    return result
+
+
+HEADLINE_INTERVALS = ("l0_ratio", "gamma_gated", "gamma_baseline")
+
+
+def headline(frame: pd.DataFrame, bootstrap: Optional[Bootstrap] = None, levels: int = LEVELS) -> pd.DataFrame:
+    """Per (model, site, layer): L0_gated / L0_baseline at matched loss recovered over the band both
+    frontiers cover (`frontiers.matched_loss_recovered`), with γ of each, under both treatments of
+    massive activations (suffix `_all_tokens`: the paper's), and intervals where samples exist."""
+    def compute(gated: Sweep, baseline: Sweep) -> Optional[dict]:
+        return matched_loss_recovered(gated, baseline, levels)
+
+    records = []
+    for key, _ in frame[frame["arch"].isin(["gated", "baseline"])].groupby(GRID, sort=False):
+        record, note = dict(zip(GRID, key)), ""
+        for treatment in TREATMENTS:
+            found = _estimate(frame, key, bootstrap, ("gated", "baseline"), treatment, compute, HEADLINE_INTERVALS)
+            if found is not None:
+                record |= found
+                continue
+            record[f"l0_ratio{treatment}"] = math.nan
+            if treatment == "":
+                note = "frontiers do not overlap in loss recovered"
+            elif not note and f"l0{treatment}" in frame:
+                note = "frontiers do not overlap in loss recovered when every token counts"
+        records.append({**record, "note": note})
+    return pd.DataFrame(records)
+
+
+COMPARISON_INTERVALS = ("loss_recovered_difference", "gamma")
+
+
+def comparisons(frame: pd.DataFrame, bootstrap: Optional[Bootstrap] = None, levels: int = LEVELS) -> pd.DataFrame:
+    """Figs. 9 and 8 at matched L0: rescale-and-shift vs the baseline and vs Gated, each ablation vs
+    Gated (`frontiers.matched_l0`: the first frontier's loss recovered minus the second's, and its γ)."""
+    def compute(sweep: Sweep, versus: Sweep) -> Optional[dict]:
+        return matched_l0(sweep, versus, levels)
+
+    records = []
+    for key, group in frame.groupby(GRID, sort=False):
+        present = set(group["arch"])
+        pairs = [(RESCALE_SHIFT, "baseline"), ("gated", RESCALE_SHIFT)] + [(a, "gated") for a in ABLATIONS]
+        for arch, versus in pairs:
+            if {arch, versus} <= present:
+                found = _estimate(frame, key, bootstrap, (arch, versus), "", compute, COMPARISON_INTERVALS)
+                records.append({**dict(zip(GRID, key)), "arch": arch, "versus": versus,
+                                **(found or {"loss_recovered_difference": math.nan}),
+                                "note": "" if found else "frontiers do not overlap in L0"})
+    columns = [*GRID, "arch", "versus", "loss_recovered_difference", "loss_recovered_difference_ci_low",
+               "loss_recovered_difference_ci_high", "gamma", "gamma_ci_low", "gamma_ci_high", "l0_low", "l0_high", "note"]
+    return pd.DataFrame(records).reindex(columns=columns)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rendering.
+
+
+def with_interval(row, metric: str, fmt: str, scale: float = 1.0, unit: str = "") -> str:
+    """`value [low, high]`, or the value alone where the row has no interval."""
+    text = format(scale * row[metric], fmt) + unit
+    low, high = row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return text
+    return f"{text} [{format(scale * low, fmt)}, {format(scale * high, fmt)}]"
+
+
+def _table_rows(group: pd.DataFrame) -> list[list[str]]:
+    rows = []
+    for _, r in group.iterrows():
+        rows.append([("★ " if r["pareto"] else "") + architectures.label(r["arch"]), f"{r['l1']:g}",
+                     f"{r['lr']:g}", f"{int(r['width'])}", f"{r['l0']:.1f}",
+                     with_interval(r, "loss_recovered", ".2f", 100, "%"),
+                     f"{r['ce_clean']:.3f}", f"{r['ce_sae']:.3f}", f"{r['ce_zero']:.3f}",
+                     f"{100 * r['alive_fraction']:.1f}%", f"{r['gamma']:.3f}", f"{r['fvu']:.3f}",
+                     with_interval(r, "delta_lm_loss", ".3f")])
+    return rows
+
+
+TABLE_HEADER = ["SAE", "λ", "lr", "width", "L0", "% CE recovered", "clean CE", "SAE CE", "zero-abl. CE",
+                "% alive", "γ", "FVU", "Δ LM loss"]
+
+
+def _groups(frame: pd.DataFrame):
+    return frame.groupby(["model", "layer", "site"], sort=False)
+
+
+def markdown_tables(frame: pd.DataFrame) -> str:
+    parts = ["<!-- generated by gatedsae.reporting.tables; ★ marks Pareto-optimal SAEs (L0 vs loss recovered); "
+             "[low, high]: 95% interval (paired bootstrap over held-out windows) -->\n"]
+    for (model, layer, site), group in _groups(frame):
+        parts.append(f"### {model}, layer {layer}, {SITE_LABELS[site]}\n")
+        parts.append("| " + " | ".join(TABLE_HEADER) + " |")
+        parts.append("|" + "---|" * len(TABLE_HEADER))
+        parts += ["| " + " | ".join(row) + " |" for row in _table_rows(group)]
+        parts.append("")
+    return "\n".join(parts)
+
+
+def _latex_escape(text: str) -> str:
+    return (text.replace("\\", r"\textbackslash{}").replace("&", r"\&").replace("%", r"\%").replace("_", r"\_")
+            .replace("★ ", r"$\star$ ").replace("λ", r"$\lambda$").replace("γ", r"$\gamma$")
+            .replace("Δ", r"$\Delta$"))
+
+
+def latex_tables(frame: pd.DataFrame) -> str:
+    parts = ["% generated by gatedsae.reporting.tables; $\\star$ marks Pareto-optimal SAEs (L0 vs loss recovered); "
+             "[low, high]: 95% interval (paired bootstrap over held-out windows)"]
+    for (model, layer, site), group in _groups(frame):
+        parts += [r"\begin{table}[h]", r"\centering", r"\small",
+                  r"\begin{tabular}{l" + "r" * (len(TABLE_HEADER) - 1) + "}", r"\toprule",
+                  " & ".join(_latex_escape(h) for h in TABLE_HEADER) + r" \\", r"\midrule"]
+        parts += [" & ".join(_latex_escape(cell) for cell in row) + r" \\" for row in _table_rows(group)]
+        parts += [r"\bottomrule", r"\end{tabular}",
+                  r"\caption{" + _latex_escape(f"{model}, layer {layer}, {SITE_LABELS[site]}") + "}",
+                  r"\end{table}", ""]
+    return "\n".join(parts)
+
+
+def summary(frame: pd.DataFrame, head: pd.DataFrame) -> dict:
+    """Per grid and architecture, the numbers `dvc metrics show` compares across commits."""
+    result: dict = {}
+    for (model, site, layer, arch), group in frame.groupby(["model", "site", "layer", "arch"]):
+        best = group[group["pareto"]]
+        result.setdefault(f"{model}/{site}/layer{layer}", {})[arch] = {
+            "saes": int(len(group)), "pareto_saes": int(len(best)),
+            "best_loss_recovered": round(float(group["loss_recovered"].max()), 5),
+            "min_l0": round(float(group["l0"].min()), 3), "mean_gamma": round(float(group["gamma"].mean()), 4),
+        }
+    for _, row in head.iterrows():
+        if not math.isnan(row["l0_ratio"]):
+            grid = result[f"{row['model']}/{row['site']}/layer{row['layer']}"]
+            grid["l0_ratio"] = round(float(row["l0_ratio"]), 4)
+            if not pd.isna(row.get("l0_ratio_ci_low", math.nan)):
+                grid["l0_ratio_ci"] = [round(float(row["l0_ratio_ci_low"]), 4), round(float(row["l0_ratio_ci_high"]), 4)]
+    return result
+
+
+def write_csv_atomic(frame: pd.DataFrame, path: Path, columns: Sequence[str] | None = None) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, columns=columns, float_format="%.6g")
+
+
+def aggregate(metrics_files: Iterable[Path], results: Path, intervals: Optional[IntervalsConfig] = None) -> dict[str, Path]:
+    """Write metrics.csv, tables/, headline.csv, comparisons.csv and summary.json under `results`."""
+    frame = collect(metrics_files)
+    bootstrap = Bootstrap(frame, intervals or IntervalsConfig())
+    frame = bootstrap.sae_intervals(frame, SAE_INTERVALS)
+    head = headline(frame, bootstrap)
+    outputs = {key: results / name for key, name in AGGREGATE_OUTPUTS.items()}
+    write_csv_atomic(frame.reindex(columns=COLUMNS + ["pareto"]), outputs["metrics"])
+    write_csv_atomic(frame[frame["pareto"]], outputs["pareto"], ["model", "site", "layer", "arch", "l1", "l0",
+                                                                  "loss_recovered", "loss_recovered_ci_low",
+                                                                  "loss_recovered_ci_high", "delta_lm_loss",
+                                                                  "delta_lm_loss_ci_low", "delta_lm_loss_ci_high",
+                                                                  "fvu", "gamma"])
+    write_csv_atomic(head, outputs["headline"])
+    write_csv_atomic(comparisons(frame, bootstrap), outputs["comparisons"])
+    write_text_atomic(outputs["markdown"], markdown_tables(frame))
+    write_text_atomic(outputs["latex"], latex_tables(frame))
+    write_json_atomic(outputs["summary"], summary(frame, head))
+    write_json_atomic(outputs["densities"], {density_key(row): row["density_histogram"] for _, row in frame.iterrows()})
+    return outputs
+
+
+def density_key(row) -> str:
+    """How a feature-density histogram is found in densities.json (one per evaluated SAE)."""
+    return f"{row['site']}/layer{row['layer']}/{row['variant']}/{row['sae']}"

@@ -1,0 +1,80 @@
+"""Training curves: one row per SAE every `train.log_every_steps` steps (loss terms, L0, dead fraction,
+lr), appended to `curves.csv` beside the grid's checkpoints and kept consistent with the saved state, so
+a resumed run continues its curves."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+from gatedsae.core.atomic import atomic_path
+
+if TYPE_CHECKING:
+    from gatedsae.training.trainer import GridTrainer
+
+CURVES_FILE = "curves.csv"
+LOSS_TERMS = ("total", "reconstruction", "sparsity", "auxiliary")
+FIELDS = ("sae", "arch", "l1", "step", "tokens", *LOSS_TERMS, "l0", "dead_fraction", "lr")
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The well-formed rows of a curves file (a row cut short by a kill is dropped)."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    complete = []
+    for row in rows:
+        if None in row or any(row.get(field) in (None, "") for field in FIELDS):
+            continue
+        try:
+            row["step"] = int(row["step"])
+        except ValueError:
+            continue
+        complete.append(row)
+    return complete
+
+
+def _write_rows(path: Path, rows: Iterable[dict]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+class CurveLog:
+    """The curves of one trainer's SAEs, in its output folder."""
+
+    def __init__(self, directory: Path, every: int, saes: list[str], resumed_at: int):
+        self.path, self.every = Path(directory) / CURVES_FILE, every
+        if every <= 0:
+            return
+        mine = set(saes)
+        kept = [row for row in read_rows(self.path) if row["sae"] not in mine or row["step"] <= resumed_at]
+        _write_rows(self.path, kept)
+
+    def due(self, step: int, last: int) -> bool:
+        return self.every > 0 and (step % self.every == 0 or step == last)
+
+    def record(self, trainer: "GridTrainer") -> None:
+        """Append one row per SAE for the step the trainer has just taken (before any resampling)."""
+        if not self.due(trainer.step, trainer.steps):
+            return
+        window = trainer.train.resample_window_steps
+        rows = []
+        for spec in trainer.specs:
+            losses = trainer.last_losses[spec.name]
+            idle = trainer.idle_steps[spec.group][spec.index]
+            rows.append({"sae": spec.name, "arch": spec.arch, **spec.knob_fields, "step": trainer.step,
+                         "tokens": trainer.step * trainer.train.batch_size,
+                         **{term: f"{losses.get(term, 0.0):.6g}" for term in LOSS_TERMS},
+                         "l0": f"{losses['l0']:.6g}", "dead_fraction": f"{float((idle >= window).float().mean()):.6g}",
+                         "lr": f"{trainer.optimizers[spec.group].param_groups[0]['lr']:.6g}"})
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, FIELDS, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)

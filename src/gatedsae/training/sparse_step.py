@@ -1,0 +1,250 @@
+"""One training step's loss terms and gradients, computed densely (autograd) or on the support only.
+
+A dense step of an SAE of width m on B activations of width d costs about six B × d × m matmuls. All
+but one of them act only on the *support* S: the (row b, feature j) pairs whose gate is open,
+π_gate[b, j] > 0 (for a baseline π = the pre-activation). Off S the features f, the penalised
+activations ReLU(π_gate) and the derivatives through the ReLU and the Heaviside gate are all zero, so
+
+    forward    c = x − b_dec,  π = c W_gate + b_gate             the one dense matmul (baddbmm)
+               S = {(b, j): π_bj > 0}                              nonzero
+               f_bj on S: π_bj (baseline); ReLU(exp(r_j) (π_bj − b_gate_j) + b_mag_j) (tied Gated);
+                          ReLU(c_b · W_mag[:, j] + b_mag_j) (untied: sampled dot products)
+               x̂_b = Σ_{j ∈ S_b} f_bj W_dec[j] + b_dec                        decode
+               x̂aux_b = Σ_{j ∈ S_b} π_bj W_dec[j] + b_dec  (Gated; a = ReLU(π) = π on S)
+    backward   g = ∂L/∂x̂ = 2 (x̂ − x) / B,  gaux = 2 (x̂aux − x) / B
+               ∂L/∂f_bj = g_b · W_dec[j],  ∂L/∂a_bj = gaux_b · W_dec[j] + λ/B   on S only (sampled dots)
+               ∂L/∂π_mag = ∂L/∂f ⊙ 1[π_mag > 0],  ∂L/∂π_gate = ∂L/∂a (Gated) or ∂L/∂f + λ/B (baseline)
+               ∂L/∂W_dec[j] = Σ_{b: (b,j) ∈ S} f_bj g_b  (+ a_bj gaux_b, decoder unfrozen)   scatter
+               ∂L/∂W_gate[:, j] = Σ_{b: (b,j) ∈ S} ∂L/∂z_bj c_b,  z = c W_gate           scatter
+               ∂L/∂b_dec = Σ_b g_b (+ Σ_b gaux_b) − W_gate Σ_b ∂L/∂z_b   (c = x − b_dec feeds the encoder)
+               biases and r_mag: sums over b of the per-pair gradients               index_add
+
+with ∂L/∂z = ∂L/∂π_gate + exp(r) ⊙ ∂L/∂π_mag for a tied Gated SAE (π_mag = exp(r) ⊙ z + b_mag). So a step
+costs one dense matmul plus O(|S| · d) = O(B · L0 · d) instead of O(B · m · d). The kernels: decode and
+scatter are `embedding_bag(mode="sum", per_sample_weights=...)` (FBGEMM on CPUs), the sampled dot products
+`torch.sparse.sampled_addmm`; each output row is reduced by one thread, so results are deterministic.
+
+`sparse_step_` writes every trainable parameter's full (dense) `.grad`, equal to what
+`dense_step_` (autograd on the module's forward) writes up to float rounding, so the optimiser, the
+decoder-norm projection and resampling run unchanged: Adam decays its moments for every parameter.
+The n SAEs of a batched module are handled at once: SAE i's rows and features are offset by i · B and
+i · m in one block-diagonal support, so no computation mixes SAEs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gatedsae.saes.base import BatchedSAE
+from gatedsae.saes.baseline import BaselineSAE
+from gatedsae.saes.gated import GatedSAE, GatedUnfrozenDecoderSAE, GatedUntiedSAE
+from gatedsae.saes.rescale_shift import RescaleShiftSAE
+
+__all__ = ["StepOutcome", "dense_step_", "sparse_step_"]
+
+
+@dataclass
+class StepOutcome:
+    """Per-SAE results of one step whose gradients are in the parameters' `.grad`."""
+
+    total: Tensor           # [n] reconstruction + λ · sparsity + auxiliary
+    reconstruction: Tensor  # [n]
+    sparsity: Tensor        # [n]
+    auxiliary: Tensor       # [n]
+    l0: Tensor              # [n]  mean number of features with f > 0 per row
+    fired: Tensor           # [n, width] bool: the feature had f > 0 on some row
+
+
+def dense_step_(module: BatchedSAE, x: Tensor, autocast: bool = False) -> StepOutcome:
+    """Autograd on the module's forward: `total.sum().backward()` (optionally under bf16 autocast)."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+        terms = module(x)
+    total = terms.total.float()
+    total.sum().backward()
+    with torch.no_grad():
+        active = terms.features > 0
+        return StepOutcome(total.detach(), terms.reconstruction.detach().float(), terms.sparsity.detach().float(),
+                           terms.auxiliary.detach().float(), active.float().sum(-1).mean(-1), active.any(dim=1))
+
+
+@dataclass
+class _Support:
+    """The open-gate (SAE i, row b, feature j) triples of a batch, in row-major order, with the index
+    arrays the kernels need. Rows are numbered i · B + b and features i · m + j (block-diagonal)."""
+
+    flat: Tensor         # [nnz]  index into the [n, B, m] pre-activations
+    row: Tensor          # [nnz]  i · B + b
+    col: Tensor          # [nnz]  i · m + j
+    sae: Tensor          # [nnz]  i
+    row_starts: Tensor   # [n · B] where each row's run begins (embedding_bag offsets)
+    pattern: Tensor      # sparse CSR [n · B, n · m] with this support (for sampled dot products)
+    by_col: Tensor       # [nnz] the permutation that sorts the triples by feature (stable)
+    row_by_col: Tensor   # [nnz] row[by_col]
+    col_starts: Tensor   # [n · m] where each feature's run begins in that order
+    cols: int            # n · m
+
+    @classmethod
+    def of(cls, open_gate: Tensor) -> _Support:
+        n, batch, width = open_gate.shape
+        flat = open_gate.reshape(-1).nonzero().squeeze(1)
+        row = flat.div(width, rounding_mode="floor")
+        sae = row.div(batch, rounding_mode="floor")
+        col = flat - row * width + sae * width
+        crow = _exclusive_cumsum(torch.bincount(row, minlength=n * batch), end=True)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": sampled_addmm is all we use
+            warnings.simplefilter("ignore", UserWarning)
+            pattern = torch.sparse_csr_tensor(crow, col, torch.zeros(len(col), device=col.device),
+                                              (n * batch, n * width), check_invariants=False)
+        by_col = torch.sort(col, stable=True).indices
+        col_starts = _exclusive_cumsum(torch.bincount(col, minlength=n * width))
+        return cls(flat, row, col, sae, crow[:-1], pattern, by_col, row.index_select(0, by_col), col_starts,
+                   n * width)
+
+    def decode(self, values: Tensor, table: Tensor) -> Tensor:
+        """[n · B, d]: row r = Σ over its triples of value × table[col] (table [n · m, d])."""
+        return F.embedding_bag(self.col, table, self.row_starts, mode="sum", per_sample_weights=values)
+
+    def scatter(self, values: Tensor, table: Tensor) -> Tensor:
+        """[n · m, d]: feature c = Σ over its triples of value × table[row] (table [n · B, d])."""
+        return F.embedding_bag(self.row_by_col, table, self.col_starts, mode="sum",
+                               per_sample_weights=values.index_select(0, self.by_col))
+
+    def dots(self, left: Tensor, right: Tensor) -> Tensor:
+        """[nnz]: left[row] · right[col] for each triple (left [n · B, d], right [n · m, d])."""
+        pattern = self.pattern if self.pattern.dtype == left.dtype else self.pattern.to(left.dtype)
+        return torch.sparse.sampled_addmm(pattern, left, right.T, beta=0.0).values()
+
+    def at_features(self, per_feature: Tensor) -> Tensor:
+        """[nnz]: a per-feature tensor [n, m] read at each triple's feature."""
+        return per_feature.reshape(-1).index_select(0, self.col)
+
+    def at_saes(self, per_sae: Tensor) -> Tensor:
+        return per_sae.index_select(0, self.sae)
+
+    def per_feature(self, values: Tensor) -> Tensor:
+        """[n · m]: the sum of `values` over each feature's triples."""
+        return values.new_zeros(self.cols).index_add_(0, self.col, values)
+
+    def per_sae(self, values: Tensor, n: int) -> Tensor:
+        return values.new_zeros(n).index_add_(0, self.sae, values)
+
+
+def _exclusive_cumsum(counts: Tensor, end: bool = False) -> Tensor:
+    """[0, c0, c0 + c1, ...] (with the total appended when `end`)."""
+    starts = torch.zeros(len(counts) + 1, dtype=torch.long, device=counts.device)
+    torch.cumsum(counts, 0, out=starts[1:])
+    return starts if end else starts[:-1]
+
+
+def _rows_to_features(W: Tensor) -> Tensor:
+    """An encoder weight [n, d, m] as one table [n · m, d] whose row i · m + j is W[i, :, j]."""
+    return W.transpose(1, 2).reshape(-1, W.shape[1])
+
+
+def _features_to_encoder(grad: Tensor, param: Tensor) -> Tensor:
+    """The inverse layout: [n · m, d] -> [n, d, m], laid out in memory as `param` is (encoder weights
+    start as the transposed decoder, so they are usually stored feature-major: then no copy)."""
+    grad = grad.view(param.shape[0], param.shape[2], param.shape[1]).transpose(1, 2)
+    return grad if grad.stride() == param.stride() else grad.contiguous()
+
+
+def _times_encoder(per_feature: Tensor, W: Tensor) -> Tensor:
+    """[n, d]: W[i] @ v[i] for an encoder weight W [n, d, m] and v = `per_feature` [n · m]."""
+    return torch.bmm(per_feature.view(W.shape[0], 1, W.shape[2]), W.transpose(1, 2)).view(W.shape[0], -1)
+
+
+@torch.no_grad()
+def sparse_step_(module: BatchedSAE, x: Tensor) -> StepOutcome:
+    """The step's loss terms, with the gradient of `total.sum()` written into every trainable
+    parameter's `.grad` (dense tensors), computed on the support only (see the module docstring).
+    x is [B, d] (shared by the SAEs) or [n, B, d]; float32 or float64, no autocast."""
+    if not isinstance(module, (GatedSAE, BaselineSAE)):
+        raise TypeError(f"no sparse step for {type(module).__name__}")
+    n, width, d = module.n, module.width, module.d
+    params = dict(module.named_parameters())
+    gated = isinstance(module, GatedSAE)
+    rescale_shift = isinstance(module, RescaleShiftSAE)
+    gate_weight, gate_bias = (module.W_gate, module.b_gate) if gated else (module.W_enc, module.b_enc)
+
+    centred = x - module.b_dec[:, None, :]                                   # [n, B, d]
+    batch = centred.shape[1]
+    centred = centred.expand(n, batch, d)
+    z = torch.bmm(centred, gate_weight)                                       # [n, B, m]: the dense matmul
+    support = _Support.of(z > -gate_bias[:, None, :])                        # π = z + b_gate > 0
+    z = z.reshape(-1).index_select(0, support.flat)                          # z on S
+    pi = z + support.at_features(gate_bias)                                  # π on S (> 0): also ReLU(π)
+    table_c = centred.reshape(-1, d)
+    decoder = module.W_dec.reshape(-1, d)                                    # [n · m, d]
+
+    # Features on S and the magnitude path.
+    if gated and isinstance(module, GatedUntiedSAE):
+        pi_mag = support.dots(table_c, _rows_to_features(module.W_mag)) + support.at_features(module.b_mag)
+    elif gated or rescale_shift:
+        scale = support.at_features(torch.exp(module.r_mag))
+        pi_mag = torch.addcmul(support.at_features(module.b_mag), scale, z)
+    else:
+        pi_mag = pi
+    f = torch.relu(pi_mag)
+
+    # Forward: reconstruction, sparsity, auxiliary.
+    x_hat = support.decode(f, decoder).view(n, batch, d) + module.b_dec[:, None, :]
+    residual = x_hat - x
+    reconstruction = residual.pow(2).sum(-1).mean(-1)
+    sparsity = support.per_sae(pi, n) / batch
+    l1 = module.l1.to(pi.dtype)
+    auxiliary = torch.zeros_like(reconstruction)
+    if gated:
+        aux_residual = support.decode(pi, decoder).view(n, batch, d) + module.b_dec[:, None, :] - x
+        auxiliary = aux_residual.pow(2).sum(-1).mean(-1)
+    total = reconstruction + l1 * sparsity + auxiliary
+
+    # Backward.
+    g = (2.0 / batch) * residual.reshape(-1, d)                               # ∂L/∂x̂
+    d_mag = support.dots(g, decoder).masked_fill_(pi_mag <= 0, 0.0)          # ∂L/∂π_mag (= ∂L/∂f where on)
+    grads: dict[str, Tensor] = {}
+    l1_per_triple = support.at_saes(l1 / batch)
+    if gated:
+        g_aux = (2.0 / batch) * aux_residual.reshape(-1, d)
+        d_gate = support.dots(g_aux, decoder) + l1_per_triple                # ∂L/∂π_gate
+        grads["b_gate"] = support.per_feature(d_gate)
+        grads["b_mag"] = support.per_feature(d_mag)
+        if isinstance(module, GatedUntiedSAE):
+            grads["W_gate"] = support.scatter(d_gate, table_c)
+            grads["W_mag"] = support.scatter(d_mag, table_c)
+            encoder_sum = (_times_encoder(grads["b_gate"], module.W_gate)
+                           + _times_encoder(grads["b_mag"], module.W_mag))
+        else:
+            grads["r_mag"] = support.per_feature(d_mag * scale * z)
+            d_z = d_gate + scale * d_mag
+            grads["W_gate"] = support.scatter(d_z, table_c)
+            encoder_sum = _times_encoder(support.per_feature(d_z), module.W_gate)
+    elif rescale_shift:  # only r_mag and b_mag train; the baseline under them is frozen
+        grads["b_mag"] = support.per_feature(d_mag)
+        grads["r_mag"] = support.per_feature(d_mag * scale * z)
+    else:
+        d_pre = d_mag + l1_per_triple
+        grads["b_enc"] = support.per_feature(d_pre)
+        grads["W_enc"] = support.scatter(d_pre, table_c)
+        encoder_sum = _times_encoder(grads["b_enc"], module.W_enc)
+    if module.decoder_trainable:
+        grads["W_dec"] = support.scatter(f, g)
+        grads["b_dec"] = g.view(n, batch, d).sum(1) - encoder_sum.view(n, d)
+        if isinstance(module, GatedUnfrozenDecoderSAE):  # the auxiliary reconstruction trains the decoder
+            grads["W_dec"] += support.scatter(pi, g_aux)
+            grads["b_dec"] += g_aux.view(n, batch, d).sum(1)
+
+    for name, param in params.items():
+        grad = grads[name]
+        if param.dim() == 3 and name != "W_dec":  # encoder weights: [n · m, d] -> [n, d, m]
+            grad = _features_to_encoder(grad, param)
+        param.grad = grad.view_as(param)
+
+    active = (f > 0).to(f.dtype)
+    fired = support.per_feature(active).view(n, width) > 0
+    l0 = support.per_sae(active, n) / batch
+    return StepOutcome(total, reconstruction, sparsity, auxiliary, l0, fired)

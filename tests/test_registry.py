@@ -1,0 +1,86 @@
+"""What every registered architecture must satisfy, run over the registry (so a new architecture is
+covered without editing this file): it builds from its record, its feature axes name real tensors, its
+SAEs are independent slices, and its sae-lens export computes the same features on raw activations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gatedsae.plan.architectures import ARCHITECTURES, KNOBS, SAELENS_TENSORS, architecture, by_saelens, sae_class
+from gatedsae.saes.base import load_slice_state, make_sae, slice_state
+
+D, WIDTH, B = 8, 12, 64
+KNOB_VALUES = {"l1": [0.05, 0.5], "k": [3, 5]}  # two SAEs per module, different knobs
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _x(seed: int = 0) -> torch.Tensor:
+    return torch.randn(B, D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) + 0.3
+
+
+def _build(name: str, seeds=(11, 12)):
+    values = KNOB_VALUES[architecture(name).knob][: len(seeds)]
+    sae = make_sae(name, len(seeds), D, WIDTH, torch.tensor(values, dtype=torch.float32), seed=0, seeds=seeds).double()
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # away from the initialisation, where biases are zero and tensors coincide
+        for _, tensor in sae.named_parameters():
+            tensor.add_(0.05 * torch.randn(tensor.shape, generator=gen, dtype=tensor.dtype))
+    return sae
+
+
+def test_records_are_consistent():
+    assert set(KNOBS) == set(KNOB_VALUES)
+    for name, record in ARCHITECTURES.items():
+        assert record.name == name and record.saelens in SAELENS_TENSORS and record.train_flops_per_dw > 0
+    labels = [r.label for r in ARCHITECTURES.values()]
+    colours = [r.colour for r in ARCHITECTURES.values()]
+    assert len(set(labels)) == len(labels) and len(set(colours)) == len(colours), "legends must tell them apart"
+    for saelens in {r.saelens for r in ARCHITECTURES.values()}:
+        assert by_saelens(saelens).saelens == saelens
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_builds_from_its_record_with_real_feature_axes(name):
+    cls = sae_class(name)
+    assert cls.arch == name
+    sae = _build(name)
+    tensors = {**dict(sae.named_parameters()), **dict(sae.named_buffers())}
+    for tensor_name, axis in architecture(name).feature_axes.items():
+        assert tensor_name in tensors, f"{name}: feature axis given for {tensor_name}, which it does not have"
+        assert tensors[tensor_name].shape[axis] == WIDTH, f"{name}.{tensor_name}: axis {axis} is not the features"
+    trainable = {k for k, p in sae.named_parameters() if p.requires_grad and p.dim() >= 2 and WIDTH in p.shape}
+    if architecture(name).resamples:
+        assert trainable <= set(architecture(name).feature_axes), f"{name}: resampling would miss {trainable}"
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_a_slice_equals_the_sae_alone(name):
+    grid, alone = _build(name, seeds=(11, 12)), _build(name, seeds=(12,))
+    load_slice_state(alone, 0, slice_state(grid, 1))
+    x = _x()
+    grid_terms, alone_terms = grid(x), alone(x)
+    for field in ("total", "reconstruction", "sparsity", "auxiliary", "features", "x_hat"):
+        torch.testing.assert_close(getattr(grid_terms, field)[1:2], getattr(alone_terms, field))
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_sae_lens_export_computes_the_same_features_on_raw_activations(name):
+    sae, scale = _build(name), 0.37  # trained on scale · x; the export works on x
+    record = architecture(name)
+    raw = _x(1) / scale
+    with torch.no_grad():
+        features = sae.encode(raw * scale)
+        x_hat = sae.decode(features) / scale
+    for i in range(sae.n):
+        tensors = {k: v.double() for k, v in sae.saelens_tensors(i, scale).items()}  # exported in float32
+        assert set(tensors) == set(SAELENS_TENSORS[record.saelens])
+        sizes = {"d_in": D, "d_sae": WIDTH}
+        for tensor_name, shape in SAELENS_TENSORS[record.saelens].items():
+            assert tuple(tensors[tensor_name].shape) == tuple(sizes[s] for s in shape), tensor_name
+        cfg = {"architecture": record.saelens, **sae.saelens_cfg_extra(i)}
+        assert set(cfg) - {"architecture"} == set(record.saelens_cfg_fields)
+        exported = sae_class(by_saelens(record.saelens).name).encode_saelens(cfg, tensors, raw)
+        torch.testing.assert_close(exported, features[i], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(exported @ tensors["W_dec"] + tensors["b_dec"], x_hat[i], rtol=1e-5, atol=1e-5)
