@@ -179,6 +179,17 @@ def test_aggregate_figures_and_report_from_metrics_files(tmp_path):
     assert "No verdict yet" in html
 
 
+def test_metrics_csv_keeps_a_metric_it_does_not_know(tmp_path):
+    rows = sweep_rows("gated", "resid_post", [5, 10], [0.8, 0.9]) + sweep_rows("baseline", "resid_post", [10, 20], [0.8, 0.9])
+    for i, row in enumerate(rows):
+        row["new_metric"] = 0.5 + i
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"rows": rows}))
+    written = pd.read_csv(aggregate([metrics], tmp_path / "results")["metrics"])
+    assert sorted(written["new_metric"]) == sorted(row["new_metric"] for row in rows)
+    assert "density_histogram" not in written.columns and written.columns[-1] == "pareto"
+
+
 def test_tables_show_intervals_where_they_exist():
     frame = fixture_frame()
     frame["loss_recovered_ci_low"], frame["loss_recovered_ci_high"] = frame["loss_recovered"] - 0.01, frame["loss_recovered"] + 0.02

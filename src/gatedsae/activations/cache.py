@@ -22,6 +22,7 @@ from gatedsae.activations.store import (
     _to_storage,
 )
 from gatedsae.core.atomic import atomic_path, sha256_file, write_json_atomic
+from gatedsae.core.progress import progress_bar
 from gatedsae.data.corpus import MANIFEST as TOKENS_MANIFEST
 from gatedsae.data.corpus import load_windows
 from gatedsae.plan.cache import cache_identity, plan_windows, windows_to_store
@@ -122,11 +123,6 @@ class _StoreWriter:
         return self.directory / MANIFEST
 
 
-def _progress(total: int, initial: int, description: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, unit="tok", unit_scale=True, desc=description, smoothing=0.1)
-
 
 def cache_activations(config: Config, loaded=None) -> list[Path]:
     """Cache every (site, layer) of the experiment in one pass per batch; resume where a run stopped."""
@@ -169,7 +165,8 @@ def cache_activations(config: Config, loaded=None) -> list[Path]:
     for split in SPLITS:
         first_shard = min(w.finished_shards(split) for w in writers.values())
         n_shards = plan[split] // per_shard
-        bar = _progress(plan[split] * (context - 1), first_shard * per_shard * (context - 1), f"cache {split}")
+        bar = progress_bar(f"cache {split}", "tok", total=plan[split] * (context - 1),
+                           initial=first_shard * per_shard * (context - 1), unit_scale=True)
         for shard in range(first_shard, n_shards):
             collected = shard_activations(loaded.model, windows[split], shard, config, keys)
             bar.update(per_shard * (context - 1))

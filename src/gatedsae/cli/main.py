@@ -190,7 +190,7 @@ def _verify(config: Config, overrides: str = "") -> None:
 
 
 def evaluation_files(config: Config) -> list:
-    from gatedsae.evaluation.evaluate import METRICS_FILE
+    from gatedsae.plan.layout import METRICS_FILE
 
     return [config.paths.evaluation_dir(config.model.name, config.corpus.name, site, layer, config.sweep.name)
             / METRICS_FILE for site in config.experiment.sites for layer in config.experiment.layers]

@@ -14,7 +14,7 @@ import platform
 import shutil
 from pathlib import Path
 
-from gatedsae.core.atomic import write_json_atomic
+from gatedsae.core.atomic import atomic_directory, write_json_atomic
 from gatedsae.plan.config import REPO_ROOT, Config
 
 REFERENCE_ROOT = REPO_ROOT / "reference"
@@ -39,26 +39,17 @@ def publish(config: Config, root: Path = REFERENCE_ROOT) -> Path:
         raise FileNotFoundError(f"experiment '{config.experiment.name}' has not finished (missing "
                                 f"{', '.join(missing) or figures / 'figures.json'}); run it first")
     target = root / config.experiment.name
-    staging = target.with_name(f".{target.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for name in RESULT_FILES:
-        source = results / name
-        if source.is_dir():
-            shutil.copytree(source, staging / name)
-        elif source.exists():
-            shutil.copy2(source, staging / name)
-    shutil.copytree(figures, staging / "figures", ignore=shutil.ignore_patterns(".*"))
-    write_json_atomic(staging / PROVENANCE, {
-        "experiment": config.experiment.name, "code_version": code_version(),
-        "published": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
-    })
-    # Swap in whole: a reader never sees a half-copied reference.
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    staging.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_directory(target) as staging:  # swapped in whole: a reader never sees a half-copied reference
+        for name in RESULT_FILES:
+            source = results / name
+            if source.is_dir():
+                shutil.copytree(source, staging / name)
+            elif source.exists():
+                shutil.copy2(source, staging / name)
+        shutil.copytree(figures, staging / "figures", ignore=shutil.ignore_patterns(".*"))
+        write_json_atomic(staging / PROVENANCE, {
+            "experiment": config.experiment.name, "code_version": code_version(),
+            "published": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        })
     return target

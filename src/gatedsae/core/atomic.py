@@ -47,6 +47,28 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike, staging_name: Optional[str] = None) -> Iterator[Path]:
+    """Yield an empty staging folder beside `target`; swap it in whole for `target` only if the block
+    succeeds (a reader never sees a half-written folder), else remove it and leave `target` as it was."""
+    target = Path(target)
+    staging = target.with_name(staging_name or f".{target.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        with storage_errors(staging):
+            staging.mkdir(parents=True)
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def storage_errors(target: str | os.PathLike) -> Iterator[None]:
     """Re-raise a failed write as StorageError naming `target`, the free space and the fix."""
     try:

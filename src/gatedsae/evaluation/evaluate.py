@@ -37,9 +37,9 @@ from gatedsae.evaluation.reconstruction import StoreResult, reconstruction_metri
 from gatedsae.evaluation.spliced import HeldOutWindows, SplicedLM, WindowLosses
 from gatedsae.plan.config import Config, comparable, config_hash
 from gatedsae.plan.grid import read_grid_index
+from gatedsae.plan.layout import METRICS_FILE
 from gatedsae.saes.checkpoints import checkpoint_id, decode_raw, encode_raw, read_checkpoint
 
-METRICS_FILE = "metrics.json"   # a grid's evaluation (written last: the stage's output)
 PAPER_TREATMENT_ARCHS = ("gated", "baseline")  # also measured with every non-BOS token (the paper's way)
 ALL_TOKENS_METRICS = ("l0", "fvu", "nmse", "gamma", "ce_zero", "ce_sae", "loss_recovered", "delta_lm_loss")
 

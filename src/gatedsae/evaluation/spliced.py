@@ -20,12 +20,13 @@ remainder of the model and can be finished, and saved, on its own.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gatedsae.core.progress import progress_bar
 from gatedsae.plan.sites import flatten, hook_name, unflatten
 
 
@@ -126,7 +127,8 @@ class HeldOutWindows:
         self.spliced = spliced
         self.prefixes: list[Prefix] = []
         clean = []
-        for start in _maybe_progress(range(0, len(windows), batch_windows), progress, "clean prefixes"):
+        for start in progress_bar("clean prefixes", "batch", items=range(0, len(windows), batch_windows),
+                                  enabled=progress):
             tokens = torch.from_numpy(np.asarray(windows[start : start + batch_windows], dtype=np.int64))
             prefix = spliced.prefix(tokens.to(device))
             self.prefixes.append(prefix)
@@ -169,10 +171,3 @@ class HeldOutWindows:
             self._zero[threshold] = self.losses(torch.zeros_like, threshold, all_tokens=True)
         return self._zero[threshold]
 
-
-def _maybe_progress(items: Iterable, enabled: bool, description: str):
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=description, unit="batch")

@@ -19,11 +19,12 @@ from typing import Any, Optional, Sequence
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from gatedsae.plan.sites import SITES
+
 REPO_ROOT = Path(__file__).resolve().parents[3]  # src/gatedsae/plan/config.py → the checkout
 CONF_DIR = REPO_ROOT / "conf"
 
 DTYPES = ("float32", "bfloat16", "float16")
-SITES = ("resid_post", "mlp_out", "attn_z")
 L1_UNITS = ("normalized", "paper_per_dim", "paper_per_dim_energy")
 STAGES = ("cache", "train", "evaluate", "report")  # pipeline stages, in order, an experiment can run through
 

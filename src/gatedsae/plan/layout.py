@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 SPLITS = ("train", "heldout")     # the corpus's, the token windows' and the activation stores' splits
 MODEL_MARKER = "prepared.json"    # written last by prepare_model: the model loads offline
 MANIFEST = "manifest.json"        # written last by each stage: its output is complete
+METRICS_FILE = "metrics.json"     # a grid's evaluation (written last: the evaluate stage's output)
 STORE_PROGRESS = "progress.json"  # the activation writer's journal (resume point)
 DOCUMENTS = "documents.jsonl"
 

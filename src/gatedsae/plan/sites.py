@@ -7,16 +7,42 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only: the sites are planned without torch
     import torch
 
-_HOOKS = {
-    "resid_post": "blocks.{layer}.hook_resid_post",
-    "mlp_out": "blocks.{layer}.hook_mlp_out",
-    "attn_z": "blocks.{layer}.attn.hook_z",
-}
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    hook: str         # transformer-lens hook name, {layer} to fill
+    label: str        # tables and report headings
+    short_label: str  # figure panel titles
+    prose: str        # inside a sentence (the verdict)
+
+
+_SITES = [
+    Site("resid_post", "blocks.{layer}.hook_resid_post", "Residual stream", "Residual stream", "residual stream"),
+    Site("mlp_out", "blocks.{layer}.hook_mlp_out", "MLP output", "MLP output", "MLP output"),
+    Site("attn_z", "blocks.{layer}.attn.hook_z", "Attention output (pre W_O)", "Attention output", "attention output"),
+]
+SITES = tuple(site.name for site in _SITES)  # in the paper's order, which tables and figures follow
+BY_NAME = {site.name: site for site in _SITES}
+_HOOKS = {site.name: site.hook for site in _SITES}
+
+
+def label(site: str) -> str:
+    return BY_NAME[site].label if site in BY_NAME else site
+
+
+def short_label(site: str) -> str:
+    return BY_NAME[site].short_label if site in BY_NAME else site
+
+
+def prose(site: str) -> str:
+    return BY_NAME[site].prose if site in BY_NAME else site
 
 
 def hook_name(site: str, layer: int) -> str:

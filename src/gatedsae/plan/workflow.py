@@ -14,10 +14,12 @@ from pathlib import Path
 
 from gatedsae.core.codehash import AGGREGATE_CODE, METRICS_CODE, VERDICT_CODE, code_fingerprint
 from gatedsae.plan.config import STAGES, Config, comparable, load_config, require_safe_name
+from gatedsae.plan.grid import GRID_INDEX, RESCALE_SHIFT_DIR
 from gatedsae.plan.layout import (
     AGGREGATE_OUTPUTS,
     ANALYSIS_FILE,
     MANIFEST,
+    METRICS_FILE,
     MODEL_MARKER,
     PAGE_FILE,
     VERDICT_OUTPUTS,
@@ -52,17 +54,18 @@ class ExperimentPlan:
 
     # --- outputs, as path patterns with Snakemake wildcards where the DAG branches ---------------------
 
+    # Paths come from `paths` (PathsConfig) with the wildcards in place of the values.
     def model_marker(self) -> str:
-        return str(self.data / "models" / "{model}" / MODEL_MARKER)
+        return str(self.config.paths.model_dir("{model}") / MODEL_MARKER)
 
     def corpus_manifest(self) -> str:
-        return str(self.data / "text" / "{corpus}" / MANIFEST)
+        return str(self.config.paths.text_dir("{corpus}") / MANIFEST)
 
     def tokens_manifest(self) -> str:
-        return str(self.data / "tokens" / "{model}" / "{corpus}" / MANIFEST)
+        return str(self.config.paths.tokens_dir("{model}", "{corpus}") / MANIFEST)
 
     def store_manifest(self) -> str:
-        return str(self.data / "activations" / "{model}" / "{corpus}" / "{site}" / "layer{layer}" / MANIFEST)
+        return str(self.config.paths.activations_dir("{model}", "{corpus}", "{site}", "{layer}") / MANIFEST)
 
     def store_manifests(self) -> list[str]:
         """Every (site, layer) store of the experiment, model and corpus left as wildcards."""
@@ -83,15 +86,15 @@ class ExperimentPlan:
         return [self.grid_index().replace("{site}", site) for site in self.config.experiment.sites]
 
     def grid_index(self) -> str:
-        return str(self.data / "checkpoints" / "{model}" / "{corpus}" / "{site}" / "layer{layer}" / "{sweep}"
-                   / "grid.json")
+        return str(self.config.paths.checkpoints_dir("{model}", "{corpus}", "{site}", "{layer}", "{sweep}") / GRID_INDEX)
 
     def rescale_shift_index(self) -> str:
-        return self.grid_index().replace("grid.json", "rescale_shift/grid.json")
+        grid = self.config.paths.checkpoints_dir("{model}", "{corpus}", "{site}", "{layer}", "{sweep}")
+        return str(grid / RESCALE_SHIFT_DIR / GRID_INDEX)
 
     def evaluation(self) -> str:
-        return str(self.data / "evaluation" / "{model}" / "{corpus}" / "{site}" / "layer{layer}" / "{sweep}"
-                   / "metrics.json")
+        return str(self.config.paths.evaluation_dir("{model}", "{corpus}", "{site}", "{layer}", "{sweep}")
+                   / METRICS_FILE)
 
     def evaluations(self) -> list[str]:
         return self._concrete(self.evaluation())

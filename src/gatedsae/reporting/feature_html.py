@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 
 from gatedsae.plan.architectures import label
-from gatedsae.reporting.tables import SITE_LABELS
+from gatedsae.plan.sites import label as site_label
 
 STYLE = """
 :root { --ink: #222; --muted: #666; --line: #ddd; --hot: 255, 110, 0; --cold: 30, 110, 220; }
@@ -113,7 +113,7 @@ def _page(title: str, body: str, script: str = "") -> str:
 
 def describe(data: dict) -> str:
     return (f"{label(data['arch'])}, λ = {data['l1']:g}, width {data['width']:,}: "
-            f"{SITE_LABELS.get(data['site'], data['site'])}, layer {data['layer']} of {data['model']}")
+            f"{site_label(data['site'])}, layer {data['layer']} of {data['model']}")
 
 
 def sae_page(data: dict) -> str:
@@ -134,7 +134,7 @@ def index_page(pages: list[dict], experiment: str) -> str:
                    f'<td>{_e(label(p["arch"]))}</td><td>{p["l1"]:g}</td><td>{p["width"]:,}</td>'
                    f'<td>{p["l0"]:.1f}</td><td>{p["dead"]:,}</td></tr>' for p in pages)
     first = pages[0]
-    body = (f'<h1>Feature browser: {_e(SITE_LABELS.get(first["site"], first["site"]))}, layer {first["layer"]} '
+    body = (f'<h1>Feature browser: {_e(site_label(first["site"]))}, layer {first["layer"]} '
             f'({_e(experiment)})</h1><p class="summary">One page per SAE; each shows sampled features on held-out '
             f'text.</p><table class="saes"><tr><th>SAE</th><th>architecture</th><th>λ</th><th>width</th>'
             f'<th>L0 (held-out)</th><th>dead</th></tr>{rows}</table>')

@@ -162,7 +162,7 @@ def analyse(key: dict, ratings: pd.DataFrame, resamples: int, confidence: float,
 
 def markdown(result: dict) -> str:
     from gatedsae.plan.architectures import label
-    from gatedsae.reporting.tables import SITE_LABELS
+    from gatedsae.plan.sites import label as site_label
 
     lines = [f"# Interpretability study {result['study']}: analysis", "",
              f"{len(result['raters'])} rater(s): {', '.join(result['raters'])}; {result['features_rated']} of "
@@ -176,7 +176,7 @@ def markdown(result: dict) -> str:
     lines += ["", "Gated − baseline, over matched pairs of features:", "",
               "| | pairs | mean difference | interval | p (paired sign-flip) |", "|---|---|---|---|---|"]
     for name, row in [("all sites", result["gated_minus_baseline"])] + [
-            (SITE_LABELS.get(site, site), row) for site, row in result["per_site"].items()]:
+            (site_label(site), row) for site, row in result["per_site"].items()]:
         if row["pairs"]:
             lines.append(f"| {name} | {row['pairs']} | {row['mean_difference']:+.3f} | "
                          f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}] ({100 * row['confidence']:.0f}%) | "

@@ -27,10 +27,10 @@ import pandas as pd
 from gatedsae.core.atomic import write_json_atomic, write_text_atomic
 from gatedsae.plan.config import Config, VerdictConfig
 from gatedsae.plan.layout import VERDICT_OUTPUTS
+from gatedsae.plan.sites import prose as site_prose
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_MEASURED = "REPRODUCED", "NOT REPRODUCED", "INCONCLUSIVE", "NOT MEASURED"
 STATUSES = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_MEASURED)
-SITE_NAMES = {"resid_post": "residual stream", "mlp_out": "MLP output", "attn_z": "attention output"}
 ABLATION_NAMES = {"gated_unfrozen_decoder": "unfrozen decoder", "gated_no_rmag": "no r_mag",
                   "gated_untied": "untied encoders"}
 
@@ -253,7 +253,7 @@ def markdown(experiment: str, found: list[Claim], note: dict, reference: Optiona
              "| Claim | Site | Statistic | Measured [95% CI] | Threshold | Paper | Reference run | Verdict |",
              "|---|---|---|---|---|---|---|---|"]
     for c in found:
-        site = "—" if c.layer is None else f"{SITE_NAMES.get(c.site, c.site)}, L{c.layer}"
+        site = "—" if c.layer is None else f"{site_prose(c.site)}, L{c.layer}"
         verdict = f"**{c.status}**" + (f" ({c.note})" if c.note else "")
         lines.append(f"| {c.claim} | {site} | {c.statistic} | {c.measured()} | {c.threshold} | {c.paper} | "
                      f"{c.reference} | {verdict} |")
@@ -270,12 +270,12 @@ def markdown(experiment: str, found: list[Claim], note: dict, reference: Optiona
             return format_interval(entry["value"], entry["ci_low"], entry["ci_high"])
 
         tau = "none" if not s["massive_norm_threshold"] else ", ".join(f"{t:.4g}" for t in s["massive_norm_threshold"])
-        lines.append(f"| {SITE_NAMES.get(s['site'], s['site'])}, L{s['layer']} | {tau} | {_count(s['massive_store_rows'])} "
+        lines.append(f"| {site_prose(s['site'])}, L{s['layer']} | {tau} | {_count(s['massive_store_rows'])} "
                      f"of {_count(s['store_rows'])} | {_count(s['massive_ce_windows'])} of {_count(s['ce_windows'])} | "
                      f"{show(kept['l0_ratio'])} | {show(every['l0_ratio'])} | {show(kept['gamma_gated'])} / "
                      f"{show(every['gamma_gated'])} | {show(kept['gamma_baseline'])} / {show(every['gamma_baseline'])} |")
     lines += ["", "Interval widths: " + "; ".join(
-        f"l0_ratio at {SITE_NAMES.get(s['site'], s['site'])} L{s['layer']}: "
+        f"l0_ratio at {site_prose(s['site'])} L{s['layer']}: "
         + ("n/a" if s["l0_ratio_ci_width"] is None else f"{s['l0_ratio_ci_width']:.3f}") for s in note["sites"]) + "."]
     for metric, w in note["sae_interval_widths"].items():
         lines.append(f"Per-SAE {metric.replace('_', ' ')}: median width {_points(metric, w['median'])}, "

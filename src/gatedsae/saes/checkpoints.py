@@ -14,7 +14,6 @@ equivalent and is saved under our own architecture name.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Optional
@@ -23,7 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from gatedsae.core.atomic import sha256_file, storage_errors, write_json_atomic, write_text_atomic
+from gatedsae.core.atomic import atomic_directory, sha256_file, storage_errors, write_json_atomic, write_text_atomic
 from gatedsae.core.errors import IntegrityError
 from gatedsae.plan.architectures import SAELENS_TENSORS, architecture, by_saelens, sae_class
 from gatedsae.plan.config import REPO_ROOT
@@ -138,21 +137,13 @@ def write_checkpoint(directory: Path, sae: BatchedSAE, index: int, scale: float,
     """Write one SAE's directory atomically (staged beside it, then renamed into place); the record
     keeps the sha256 of the weights and cfg.json, which every load checks."""
     directory = Path(directory)
-    staging = directory.with_name(directory.name + ".staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    with atomic_directory(directory, staging_name=directory.name + ".staging") as staging:
         with storage_errors(staging):
-            staging.mkdir(parents=True)
             save_file(sae.saelens_tensors(index, scale), staging / WEIGHTS_FILE)
             cfg = saelens_cfg(sae.arch, sae.d, sae.width, meta, sae.saelens_cfg_extra(index))
             (staging / CFG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
         hashes = {name: sha256_file(staging / name) for name in (WEIGHTS_FILE, CFG_FILE)}
         write_json_atomic(staging / RECORD_FILE, {**record, HASHES: hashes})
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(directory, ignore_errors=True)
-    staging.rename(directory)
     return directory
 
 

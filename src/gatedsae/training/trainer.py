@@ -24,6 +24,7 @@ import torch
 from gatedsae.activations.store import ShardedActivations
 from gatedsae.core.atomic import atomic_path
 from gatedsae.core.errors import PipelineError
+from gatedsae.core.progress import progress_bar
 from gatedsae.plan.architectures import architecture
 from gatedsae.plan.config import Config, TrainConfig, comparable, config_hash
 from gatedsae.plan.grid import SAESpec, grid_specs, sae_seed
@@ -319,7 +320,7 @@ def train_lockstep(trainers: list[GridTrainer], progress: bool = True, stop_afte
     for trainer in trainers:
         trainer.start()
     first = trainers[0]
-    bar = _progress_bar(first.steps, first.step, progress)
+    bar = progress_bar("train grid", "step", total=first.steps, initial=first.step, enabled=progress)
     started, start_step, rounds = time.time(), first.step, 0
     while not all(t.done for t in trainers) and (stop_after is None or rounds < stop_after):
         for trainer in trainers:
@@ -345,10 +346,3 @@ def _reset_adam_state(optimizer: torch.optim.Optimizer, module: BatchedSAE, dead
         for key in ("exp_avg", "exp_avg_sq"):
             state[key][mask] = 0
 
-
-def _progress_bar(total: int, initial: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, unit="step", desc="train grid", smoothing=0.1)

@@ -12,6 +12,7 @@ import pandas as pd
 from matplotlib.colors import to_rgb
 
 from gatedsae.plan.architectures import label as arch_label
+from gatedsae.plan.sites import SITES
 from gatedsae.reporting.figures.style import (
     COLOURS,
     FULL_WIDTH,
@@ -21,7 +22,6 @@ from gatedsae.reporting.figures.style import (
     save,
     shared_legend,
 )
-from gatedsae.reporting.tables import SITE_ORDER
 
 STEM = "training_curves"
 CAPTIONS = {STEM: "Training curves of the Gated and baseline sweeps at each site, logged every "
@@ -50,7 +50,7 @@ def figures(curves: pd.DataFrame):
     main = curves[curves["arch"].isin(MAIN) & (curves["variant"] == "sweep")]
     if main.empty:
         return
-    cells = [(site, layer) for site in SITE_ORDER for layer in sorted(set(main["layer"]))
+    cells = [(site, layer) for site in SITES for layer in sorted(set(main["layer"]))
              if not main[(main["site"] == site) & (main["layer"] == layer)].empty]
     width = FULL_WIDTH if len(cells) > 1 else SINGLE_COLUMN
     fig, axes = plt.subplots(len(ROWS), len(cells), figsize=(width, 1.15 * len(ROWS) + 0.45), squeeze=False,

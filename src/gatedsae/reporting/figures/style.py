@@ -16,7 +16,8 @@ import pandas as pd  # noqa: E402
 from gatedsae.core.atomic import atomic_path
 from gatedsae.plan.architectures import ARCHITECTURES
 from gatedsae.plan.architectures import label as arch_label
-from gatedsae.reporting.tables import SITE_LABELS, SITE_ORDER, pareto_mask
+from gatedsae.plan.sites import SITES, short_label
+from gatedsae.reporting.tables import pareto_mask
 
 SINGLE_COLUMN = 3.25  # inches: one column of a two-column paper
 FULL_WIDTH = 6.75     # inches: the text width
@@ -33,7 +34,6 @@ AXIS_LABELS = {
 }
 PERCENT = {"loss_recovered"}
 REFERENCE = {"loss_recovered": 100.0, "gamma": 1.0, "delta_lm_loss": 0.0}  # the clean model; γ = 1: unbiased
-SHORT_SITE_LABELS = {"resid_post": "Residual stream", "mlp_out": "MLP output", "attn_z": "Attention output"}
 
 plt.rcParams.update({
     "figure.dpi": 100, "savefig.dpi": 300, "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8,
@@ -134,7 +134,7 @@ def plain_log_axis(ax, axis: str = "y") -> None:
 
 
 def cells_of(frame: pd.DataFrame) -> tuple[list[str], list[int]]:
-    return [s for s in SITE_ORDER if s in set(frame["site"])], sorted(set(frame["layer"]))
+    return [s for s in SITES if s in set(frame["site"])], sorted(set(frame["layer"]))
 
 
 def site_grid(frame: pd.DataFrame, sharey: bool = False, panel_height: float = 2.0):
@@ -154,7 +154,7 @@ def site_grid(frame: pd.DataFrame, sharey: bool = False, panel_height: float = 2
 
 
 def panel_title(site: str, layer: int, with_layer: bool) -> str:
-    return f"{SHORT_SITE_LABELS.get(site, SITE_LABELS.get(site, site))}" + (f", layer {layer}" if with_layer else "")
+    return f"{short_label(site)}" + (f", layer {layer}" if with_layer else "")
 
 
 def label(ax, y: str, first_column: bool = True, bottom_row: bool = True) -> None:
