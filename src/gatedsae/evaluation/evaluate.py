@@ -107,7 +107,7 @@ def loss_metrics(clean: np.ndarray, zero: np.ndarray, sae: np.ndarray, predictio
 def describe(sae: CheckpointSAE) -> dict:
     """The identifying columns of a metrics row, from the checkpoint's training record."""
     record = sae.record
-    return {"arch": record["arch"], "l1": record.get("l1"), "lr": record["lr"], "width": record["width"],
+    return {"arch": record["arch"], "l1": record.get("l1"), "k": record.get("k"), "lr": record["lr"], "width": record["width"],
             "d": record["d"], "train_tokens": record["tokens"], "sae": record["sae"],
             "checkpoint_id": sae.checkpoint_id, "checkpoint": str(sae.directory)}
 

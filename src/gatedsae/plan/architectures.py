@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Mapping, Optional
 
 # Tensor shapes of a sae-lens checkpoint, in terms of its cfg.json's d_in and d_sae.
 ENCODER, DECODER, INPUT, FEATURE = ("d_in", "d_sae"), ("d_sae", "d_in"), ("d_in",), ("d_sae",)
@@ -44,7 +44,7 @@ class Architecture:
     feature_axes: dict[str, int] = field(default_factory=dict)  # trainable tensor → its feature axis
     encoders: int = 1              # [d, width] encoder matrices (memory estimates)
     knob: str = "l1"               # the grid's sparsity knob (KNOBS)
-    figure: str = "main"           # main: the Pareto figures; ablation: Fig. 8; rescale_shift: Fig. 9
+    figure: str = "main"  # main: the Pareto figures; ablation: Fig. 8; rescale_shift: Fig. 9; successor: beyond the paper
     saelens_loadable: bool = True  # whether sae-lens can load the checkpoint
     saelens_cfg_fields: tuple[str, ...] = ()  # its own fields in cfg.json (BatchedSAE.saelens_cfg_extra)
     resamples: bool = True         # dead features are resampled (Bricken et al.) during training
@@ -85,6 +85,17 @@ def sae_class(name: str) -> type:
 def by_saelens(saelens: str) -> Optional[Architecture]:
     """The first architecture written as sae-lens `saelens` (they all read back alike)."""
     return next((a for a in ARCHITECTURES.values() if a.saelens == saelens), None)
+
+
+def knob_of(name: str) -> str:
+    """The architecture's sparsity knob ("l1" when unknown: older rows and checkpoints)."""
+    return ARCHITECTURES[name].knob if name in ARCHITECTURES else "l1"
+
+
+def knob_text(name: str, values: Mapping) -> str:
+    """"λ = 0.02" or "k = 32": an SAE's knob, read from its record, grid entry or metrics row."""
+    knob = knob_of(name)
+    return f"{KNOBS[knob]} = {float(values[knob]):g}"
 
 
 def label(name: str) -> str:

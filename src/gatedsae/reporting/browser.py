@@ -192,7 +192,7 @@ def sae_features(sae: CheckpointSAE, store: ActivationStore, text: HeldoutText, 
     effects = logit_effects(model, sae, record["site"], int(record["layer"]), features, browser.logit_tokens,
                             text.token_text)
     return {
-        "sae": record["sae"], "arch": record["arch"], "l1": record["l1"], "width": sae.width,
+        "sae": record["sae"], "arch": record["arch"], **{knob: record[knob] for knob in ("l1", "k") if knob in record}, "width": sae.width,
         "site": record["site"], "layer": int(record["layer"]), "model": config.model.name,
         "checkpoint": str(sae.directory), "checkpoint_id": sae.checkpoint_id, "heldout_rows": scanned.rows,
         "l0": round(scanned.l0, 3), "alive": int((scanned.fired > 0).sum()), "dead": int((scanned.fired == 0).sum()),

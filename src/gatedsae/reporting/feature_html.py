@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 
-from gatedsae.plan.architectures import label
+from gatedsae.plan.architectures import knob_text, label
 from gatedsae.plan.sites import label as site_label
 
 STYLE = """
@@ -112,7 +112,7 @@ def _page(title: str, body: str, script: str = "") -> str:
 
 
 def describe(data: dict) -> str:
-    return (f"{label(data['arch'])}, λ = {data['l1']:g}, width {data['width']:,}: "
+    return (f"{label(data['arch'])}, {knob_text(data['arch'], data)}, width {data['width']:,}: "
             f"{site_label(data['site'])}, layer {data['layer']} of {data['model']}")
 
 
@@ -131,7 +131,7 @@ def sae_page(data: dict) -> str:
 
 def index_page(pages: list[dict], experiment: str) -> str:
     rows = "".join(f'<tr><td><a href="{_e(p["sae"])}.html">{_e(p["sae"])}</a></td>'
-                   f'<td>{_e(label(p["arch"]))}</td><td>{p["l1"]:g}</td><td>{p["width"]:,}</td>'
+                   f'<td>{_e(label(p["arch"]))}</td><td>{_e(knob_text(p["arch"], p))}</td><td>{p["width"]:,}</td>'
                    f'<td>{p["l0"]:.1f}</td><td>{p["dead"]:,}</td></tr>' for p in pages)
     first = pages[0]
     body = (f'<h1>Feature browser: {_e(site_label(first["site"]))}, layer {first["layer"]} '

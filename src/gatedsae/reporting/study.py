@@ -68,7 +68,7 @@ def build_study(config: Config, loaded=None) -> Path:
         for i in range(min(len(data["features"]) for _, data in sampled.values())):
             for arch, (row, data) in sampled.items():
                 items.append({"feature": data["features"][i], "key": {
-                    "arch": arch, "site": site, "layer": layer, "sae": data["sae"], "l1": data["l1"],
+                    "arch": arch, "site": site, "layer": layer, "sae": data["sae"], "l1": data.get("l1"),
                     "l0": data["l0"], "checkpoint_id": data["checkpoint_id"], "feature": data["features"][i]["index"],
                     "pair": f"{site}/layer{layer}/{i}"}})
     order = np.random.default_rng(study.seed).permutation(len(items))

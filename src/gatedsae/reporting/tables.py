@@ -29,7 +29,7 @@ ALL_TOKENS_COLUMNS = [f"{metric}_all_tokens" for metric in
 # metrics.csv columns, in order: the paper's tables first, then the later papers' metrics, the intervals,
 # the massive-activation treatment (and the paper's treatment), and provenance.
 COLUMNS = [
-    "model", "site", "layer", "arch", "variant", "l1", "lr", "width", "l0", "loss_recovered",
+    "model", "site", "layer", "arch", "variant", "l1", "k", "lr", "width", "l0", "loss_recovered",
     "ce_clean", "ce_sae", "ce_zero", "alive_fraction", "gamma", "fvu", "nmse", "delta_lm_loss",
     *(f"{metric}_ci_{end}" for metric in SAE_INTERVALS for end in ("low", "high")),
     "train_tokens", "eval_tokens", "ce_tokens", "ce_windows",
@@ -37,6 +37,7 @@ COLUMNS = [
     "corpus", "sweep", "sae", "checkpoint_id", "checkpoint",
 ]
 ABLATIONS = tuple(architectures.names("ablation"))  # Fig. 8
+SUCCESSORS = tuple(architectures.names("successor"))  # beyond the paper: JumpReLU, TopK
 RESCALE_SHIFT = "baseline_rescale_shift"         # Fig. 9
 
 
@@ -47,7 +48,8 @@ def collect(metrics_files: Iterable[Path]) -> pd.DataFrame:
         raise ValueError("no metrics rows to aggregate: evaluate at least one grid first")
     frame = pd.DataFrame(rows)
     frame["site_order"] = frame["site"].map(SITES.index)
-    frame = frame.sort_values(["model", "site_order", "layer", "arch", "l1"]).drop(columns="site_order")
+    knobs = [knob for knob in ("l1", "k") if knob in frame]  # λ, and k where a TopK sweep is present
+    frame = frame.sort_values(["model", "site_order", "layer", "arch", *knobs]).drop(columns="site_order")
     frame["pareto"] = pareto_mask(frame)
     return frame.reset_index(drop=True)
 
@@ -164,7 +166,8 @@ def comparisons(frame: pd.DataFrame, bootstrap: Optional[Bootstrap] = None, leve
     records = []
     for key, group in frame.groupby(GRID, sort=False):
         present = set(group["arch"])
-        pairs = [(RESCALE_SHIFT, "baseline"), ("gated", RESCALE_SHIFT)] + [(a, "gated") for a in ABLATIONS]
+        pairs = ([(RESCALE_SHIFT, "baseline"), ("gated", RESCALE_SHIFT)] + [(a, "gated") for a in ABLATIONS]
+                 + [(a, "gated") for a in SUCCESSORS])
         for arch, versus in pairs:
             if {arch, versus} <= present:
                 found = _estimate(frame, key, bootstrap, (arch, versus), "", compute, COMPARISON_INTERVALS)
@@ -192,7 +195,7 @@ def with_interval(row, metric: str, fmt: str, scale: float = 1.0, unit: str = ""
 def _table_rows(group: pd.DataFrame) -> list[list[str]]:
     rows = []
     for _, r in group.iterrows():
-        rows.append([("★ " if r["pareto"] else "") + architectures.label(r["arch"]), f"{r['l1']:g}",
+        rows.append([("★ " if r["pareto"] else "") + architectures.label(r["arch"]), architectures.knob_text(r["arch"], r),
                      f"{r['lr']:g}", f"{int(r['width'])}", f"{r['l0']:.1f}",
                      with_interval(r, "loss_recovered", ".2f", 100, "%"),
                      f"{r['ce_clean']:.3f}", f"{r['ce_sae']:.3f}", f"{r['ce_zero']:.3f}",
@@ -201,7 +204,7 @@ def _table_rows(group: pd.DataFrame) -> list[list[str]]:
     return rows
 
 
-TABLE_HEADER = ["SAE", "λ", "lr", "width", "L0", "% CE recovered", "clean CE", "SAE CE", "zero-abl. CE",
+TABLE_HEADER = ["SAE", "λ or k", "lr", "width", "L0", "% CE recovered", "clean CE", "SAE CE", "zero-abl. CE",
                 "% alive", "γ", "FVU", "Δ LM loss"]
 
 
@@ -273,11 +276,10 @@ def aggregate(metrics_files: Iterable[Path], results: Path, intervals: Optional[
     head = headline(frame, bootstrap)
     outputs = {key: results / name for key, name in AGGREGATE_OUTPUTS.items()}
     write_csv_atomic(frame.reindex(columns=metrics_columns(frame)), outputs["metrics"])
-    write_csv_atomic(frame[frame["pareto"]], outputs["pareto"], ["model", "site", "layer", "arch", "l1", "l0",
-                                                                  "loss_recovered", "loss_recovered_ci_low",
-                                                                  "loss_recovered_ci_high", "delta_lm_loss",
-                                                                  "delta_lm_loss_ci_low", "delta_lm_loss_ci_high",
-                                                                  "fvu", "gamma"])
+    pareto_columns = ["model", "site", "layer", "arch", "l1", "k", "l0", "loss_recovered", "loss_recovered_ci_low",
+                      "loss_recovered_ci_high", "delta_lm_loss", "delta_lm_loss_ci_low", "delta_lm_loss_ci_high",
+                      "fvu", "gamma"]
+    write_csv_atomic(frame[frame["pareto"]].reindex(columns=pareto_columns), outputs["pareto"])
     write_csv_atomic(head, outputs["headline"])
     write_csv_atomic(comparisons(frame, bootstrap), outputs["comparisons"])
     write_text_atomic(outputs["markdown"], markdown_tables(frame))

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 CURVES_FILE = "curves.csv"
 LOSS_TERMS = ("total", "reconstruction", "sparsity", "auxiliary")
-FIELDS = ("sae", "arch", "l1", "step", "tokens", *LOSS_TERMS, "l0", "dead_fraction", "lr")
+FIELDS = ("sae", "arch", "l1", "step", "tokens", *LOSS_TERMS, "l0", "dead_fraction", "lr", "k")  # k: TopK's knob
 
 
 def read_rows(path: Path) -> list[dict]:

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from gatedsae.core.atomic import atomic_path
-from gatedsae.plan.architectures import ARCHITECTURES
+from gatedsae.plan.architectures import ARCHITECTURES, knob_text
 from gatedsae.plan.architectures import label as arch_label
 from gatedsae.plan.sites import SITES, short_label
 from gatedsae.reporting.tables import pareto_mask
@@ -101,7 +101,7 @@ def _error_bars(ax, points: pd.DataFrame, y: str, colour: str, alpha: float) -> 
 
 
 def label_l1(ax, frame: pd.DataFrame, arch: str, y: str, ends: tuple[str, ...] = ("sparse", "dense")) -> None:
-    """λ beside a sweep's sparsest and/or densest SAE, so the sweep's direction reads off the figure. The
+    """λ (or k) beside a sweep's sparsest and/or densest SAE, so the sweep's direction reads off the figure. The
     text points into the panel (rightwards from the sparse end, leftwards from the dense end)."""
     points = frame[frame["arch"] == arch].sort_values("l0")
     if len(points) < 2:
@@ -111,7 +111,7 @@ def label_l1(ax, frame: pd.DataFrame, arch: str, y: str, ends: tuple[str, ...] =
                   "dense": (points.iloc[-1], (-5, -11 if below else 5), "right")}
     for end in ends:
         point, offset, align = placements[end]
-        ax.annotate(f"λ={point['l1']:g}", (point["l0"], point[y] * (100 if y in PERCENT else 1)),
+        ax.annotate(knob_text(arch, point).replace(" = ", "="), (point["l0"], point[y] * (100 if y in PERCENT else 1)),
                     textcoords="offset points", xytext=offset, ha=align, fontsize=MIN_FONT_PT,
                     color=COLOURS.get(arch, "black"))
 
