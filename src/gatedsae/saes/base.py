@@ -135,6 +135,12 @@ class BatchedSAE(nn.Module, ABC):
             self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True))
 
     @torch.no_grad()
+    def constrain_(self) -> None:
+        """The architecture's constraints, applied after each optimizer step: unit-norm decoder rows (a
+        subclass adds its own, e.g. JumpReLU's non-negative thresholds)."""
+        self.normalize_decoder_()
+
+    @torch.no_grad()
     def remove_parallel_decoder_grad_(self) -> None:
         """Drop the component of W_dec.grad parallel to each decoder row (before each optimizer step), so
         the step moves rows along the unit sphere rather than changing their norm."""

@@ -263,7 +263,7 @@ class GridTrainer:
                                          f"{kept}. Lower its lr or check the activations.")
             module.remove_parallel_decoder_grad_()
             optimizer.step()
-            module.normalize_decoder_()
+            module.constrain_()
             fired = outcome.fired.cpu()
             self.idle_steps[g] = torch.where(fired, 0, self.idle_steps[g] + 1)
             self.fired_ever[g] |= fired
