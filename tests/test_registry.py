@@ -27,6 +27,7 @@ def _build(name: str, seeds=(11, 12)):
     with torch.no_grad():  # away from the initialisation, where biases are zero and tensors coincide
         for _, tensor in sae.named_parameters():
             tensor.add_(0.05 * torch.randn(tensor.shape, generator=gen, dtype=tensor.dtype))
+    sae.constrain_()  # back inside the architecture's constraints, as after every training step
     return sae
 
 

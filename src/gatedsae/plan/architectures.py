@@ -123,7 +123,7 @@ register(Architecture(
     _GATED_AXES, figure="ablation", sparse_steps=True))
 register(Architecture(
     "gated_untied", "Gated, untied encoders", "#ff7f0e", "D", "gatedsae.saes.gated:GatedUntiedSAE", "gated_untied", 18,
-    {**_GATED_AXES, "W_mag": ENCODER_AXIS}, encoders=2, figure="ablation", saelens_loadable=False,
+    {**{k: v for k, v in _GATED_AXES.items() if k != "r_mag"}, "W_mag": ENCODER_AXIS}, encoders=2, figure="ablation", saelens_loadable=False,
     sparse_steps=True))
 register(Architecture(
     "baseline_rescale_shift", "Baseline + rescale & shift", "#8c564b", "P", "gatedsae.saes.rescale_shift:RescaleShiftSAE", "gated", 6,
