@@ -20,6 +20,7 @@ SAELENS_TENSORS = {
               "b_dec": INPUT},
     "gated_untied": {"W_enc": ENCODER, "W_mag": ENCODER, "b_gate": FEATURE, "b_mag": FEATURE, "W_dec": DECODER,
                      "b_dec": INPUT},
+    "jumprelu": {"W_enc": ENCODER, "b_enc": FEATURE, "threshold": FEATURE, "W_dec": DECODER, "b_dec": INPUT},
 }
 
 # Which axis of a batched module's tensor indexes the features: [n, d, width] encoders, [n, width, d]
@@ -129,3 +130,7 @@ register(Architecture(
     "baseline_rescale_shift", "Baseline + rescale & shift", "#8c564b", "P", "gatedsae.saes.rescale_shift:RescaleShiftSAE", "gated", 6,
     {"W_enc": ENCODER_AXIS, "W_dec": DECODER_AXIS, "b_enc": FEATURE_AXIS, "b_mag": FEATURE_AXIS,
      "r_mag": FEATURE_AXIS}, figure="rescale_shift", sparse_steps=True))
+register(Architecture(
+    "jumprelu", "JumpReLU", "#17becf", "X", "gatedsae.saes.jumprelu:JumpReLUSAE", "jumprelu", 10,
+    {"W_enc": ENCODER_AXIS, "W_dec": DECODER_AXIS, "b_enc": FEATURE_AXIS, "threshold": FEATURE_AXIS},
+    figure="successor"))
