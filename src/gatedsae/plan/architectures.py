@@ -21,6 +21,7 @@ SAELENS_TENSORS = {
     "gated_untied": {"W_enc": ENCODER, "W_mag": ENCODER, "b_gate": FEATURE, "b_mag": FEATURE, "W_dec": DECODER,
                      "b_dec": INPUT},
     "jumprelu": {"W_enc": ENCODER, "b_enc": FEATURE, "threshold": FEATURE, "W_dec": DECODER, "b_dec": INPUT},
+    "topk": {"W_enc": ENCODER, "b_enc": FEATURE, "W_dec": DECODER, "b_dec": INPUT},
 }
 
 # Which axis of a batched module's tensor indexes the features: [n, d, width] encoders, [n, width, d]
@@ -134,3 +135,7 @@ register(Architecture(
     "jumprelu", "JumpReLU", "#17becf", "X", "gatedsae.saes.jumprelu:JumpReLUSAE", "jumprelu", 10,
     {"W_enc": ENCODER_AXIS, "W_dec": DECODER_AXIS, "b_enc": FEATURE_AXIS, "threshold": FEATURE_AXIS},
     figure="successor"))
+register(Architecture(
+    "topk", "TopK", "#e377c2", "*", "gatedsae.saes.topk:TopKSAE", "topk", 10,
+    {"W_enc": ENCODER_AXIS, "W_dec": DECODER_AXIS, "b_enc": FEATURE_AXIS}, knob="k", figure="successor",
+    saelens_cfg_fields=("k", "rescale_acts_by_decoder_norm"), resamples=False))  # AuxK keeps latents alive
