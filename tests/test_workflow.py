@@ -172,6 +172,12 @@ def test_smoke_workflow_end_to_end_then_nothing_to_do_then_only_what_a_new_l1_ne
     again = snakemake("--profile", "profiles/local", "--cores", "2", "--config", "experiment=smoke",
                       cwd=scratch_repo)
     assert "Nothing to be done" in again.stdout + again.stderr
+    # Placing the work differently (threads, devices' batch sizes, checkpoint cadence) reruns nothing.
+    placed = ["train.threads=1", "train.checkpoint_every_steps=3", "cache.threads=1", "cache.batch_sequences=2",
+              "evaluate.threads=1", "evaluate.batch_rows=100", "evaluate.batch_windows=1"]
+    moved = snakemake("-n", "--profile", "profiles/local", "--config", "experiment=smoke",
+                      f"overrides={' '.join(placed)}", cwd=scratch_repo)
+    assert "Nothing to be done" in moved.stdout + moved.stderr, moved.stdout[-2000:]
 
     # One more baseline λ: no re-caching, one new SAE trained and evaluated per site.
     grown = ["--config", "experiment=smoke", "overrides=sweep.groups.1.l1=[0.01,0.03,0.1]"]
