@@ -128,3 +128,15 @@ def test_a_chapter_cuts_the_sweep_down_to_the_chapters_so_far():
 def test_every_sweep_group_belongs_to_a_chapter():
     with pytest.raises(ConfigError, match="experiment.chapters"):
         load_config(["experiment=default", "experiment.chapters=[{name: headline, archs: [gated]}]"])
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["experiment=default", "model.packages.0.registry=conda"], "model.packages.0.registry"),
+    (["experiment=smoke", "+sweep.groups.0.k=[4]"], "sweep.groups.0.k"),  # Gated is swept over λ, not k
+    (["experiment=successors", "sweep.groups.3.k=[0]"], "sweep.groups.3.k"),
+    (["experiment=successors", "sweep.groups.3.k=[16,5000]"], "sweep.groups.3.k"),  # k above the width
+    (["experiment=successors", "sweep.groups.3.k=[]"], "sweep.groups.3.k"),
+])
+def test_packages_and_knobs_are_checked_naming_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=f"config key '{key}"):
+        load_config(overrides)

@@ -10,8 +10,8 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 import torch
-
 from conftest import smoke_config
+
 from gatedsae.activations.store import ActivationStore
 from gatedsae.evaluation.evaluate import evaluate_grid
 from gatedsae.plan.architectures import architecture

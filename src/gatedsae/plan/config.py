@@ -57,35 +57,23 @@ def _finite(value: float, key: str) -> None:
     _require(isinstance(value, (int, float)) and math.isfinite(value), key, f"got {value}; must be a finite number")
 
 
-@dataclass(frozen=True)
-class PackagePin:
-    """One archive from a package registry: `registry` is "pypi" or "npm"."""
-
-    registry: str
-    name: str
-    version: str
-    sha256: str
-    licence: str = ""
-
-    def __post_init__(self) -> None:
-        if self.registry not in ("pypi", "npm"):
-            raise ValueError(f"package {self.name}: registry must be 'pypi' or 'npm', got {self.registry!r}")
-
-    @property
-    def spec(self) -> str:
-        return f"{self.name}=={self.version}" if self.registry == "pypi" else f"{self.name}@{self.version}"
-
-
 @dataclass
 class PackageConfig:
+    """One archive from a package registry ("pypi" or "npm"), pinned by version and sha256."""
+
     registry: str = "pypi"
     name: str = ""
     version: str = ""
     sha256: str = ""
     licence: str = ""
 
-    def pin(self) -> PackagePin:
-        return PackagePin(self.registry, self.name, self.version, self.sha256, self.licence)
+    def validate(self, key: str) -> None:
+        _choice(self.registry, f"{key}.registry", ("pypi", "npm"))
+        _require(bool(self.name) and bool(self.version), key, "a package needs its name and version")
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}=={self.version}" if self.registry == "pypi" else f"{self.name}@{self.version}"
 
 
 @dataclass
@@ -125,6 +113,8 @@ class ModelConfig:
         if self.source == "package_gguf":
             _require(bool(self.packages) and bool(self.gguf_file), "model.packages",
                      "a package_gguf model needs `packages` and `gguf_file`")
+        for index, package in enumerate(self.packages):
+            package.validate(f"model.packages.{index}")
         if self.source == "hub":
             _require(bool(self.hub_id), "model.hub_id", "a hub model needs its hub id, e.g. EleutherAI/pythia-2.8b")
         for key in ("n_layers", "d_model", "n_heads", "d_head", "n_ctx"):
@@ -165,6 +155,9 @@ class CorpusConfig:
                  f"got {self.heldout_fraction}; use a value in [0.05, 0.5) (at least 5% is held out)")
         if self.kind == "packages":
             _require(bool(self.sources), "corpus.sources", "a packages corpus needs at least one source")
+            for index, source in enumerate(self.sources):
+                if source.package is not None:
+                    source.package.validate(f"corpus.sources.{index}.package")
         else:
             _require(bool(self.hub_dataset), "corpus.hub_dataset", "a hub corpus needs a dataset id")
 
