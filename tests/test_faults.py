@@ -166,9 +166,9 @@ def flip_byte(path: Path, offset: int = -3) -> None:
 
 
 @pytest.mark.parametrize("point", [
-    ("gatedsae.activations.store:_StoreWriter.write_shard", "kill-before", 3),  # two training shards finished
+    ("gatedsae.activations.cache:_StoreWriter.write_shard", "kill-before", 3),  # two training shards finished
     ("numpy:save", "kill-after", 4),  # a shard's bytes written to its temporary file, not yet renamed
-    ("gatedsae.activations.store:_StoreWriter.write_shard", "kill-before", 6),  # in the held-out split
+    ("gatedsae.activations.cache:_StoreWriter.write_shard", "kill-before", 6),  # in the held-out split
 ], ids=["between-shards", "inside-a-shard-write", "held-out-split"])
 def test_sigkill_during_caching_then_rerun_equals_an_uninterrupted_run(point, reference, tiny_model, tmp_path):
     """Caching killed with SIGKILL (between shards, inside a shard write, in the held-out split), then run
@@ -184,7 +184,7 @@ def test_sigkill_during_caching_then_rerun_equals_an_uninterrupted_run(point, re
 
 
 @pytest.mark.parametrize("point", [
-    ("gatedsae.training.stages:GridTrainer.save_state", "kill-after", 2),  # mid-training, state saved at step 8
+    ("gatedsae.training.trainer:GridTrainer.save_state", "kill-after", 2),  # mid-training, state saved at step 8
     ("gatedsae.saes.checkpoints:write_checkpoint", "kill-after", 2),  # two of six SAEs exported, no grid.json
 ], ids=["mid-training", "mid-export"])
 def test_sigkill_during_training_then_rerun_equals_an_uninterrupted_run(point, reference, tmp_path):
@@ -448,7 +448,7 @@ def test_disk_full_while_caching_keeps_finished_shards_and_the_rerun_completes(r
 
     root = small_disk(100)  # room for two or three shards of six
     (root / "tokens").symlink_to(copy_data(reference.paths.root, tmp_path / "outside", "tokens") / "tokens")
-    full = patched_cli("gatedsae.plan.estimates:check_disk", "noop", 0, "cache", root)  # as if the disk filled meanwhile
+    full = patched_cli("gatedsae.plan.preflight:check_disk", "noop", 0, "cache", root)  # as if the disk filled meanwhile
     assert_clean_error(full, "the disk is full", "free of", str(store_dir(root)), code=5)
     journal = StoreManifest.read(store_dir(root) / "progress.json")
     finished = journal.splits["train"].shards

@@ -205,7 +205,7 @@ def test_nan_loss_stops_naming_the_sae_and_keeps_the_last_good_state(smoke_cache
 
 def test_bad_sweep_config_is_rejected_before_compute():
     with pytest.raises(ConfigError, match=r"sweep.groups.0.arch"):
-        load_config(["experiment=smoke", "sweep.groups.0.arch=topk"])
+        load_config(["experiment=smoke", "sweep.groups.0.arch=relu_softplus"])
     with pytest.raises(ConfigError, match=r"sweep.groups.1.l1"):
         load_config(["experiment=smoke", "sweep.groups.1.l1=[]"])
     with pytest.raises(ConfigError, match=r"train.buffer_rows"):

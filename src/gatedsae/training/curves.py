@@ -16,17 +16,21 @@ if TYPE_CHECKING:
 CURVES_FILE = "curves.csv"
 LOSS_TERMS = ("total", "reconstruction", "sparsity", "auxiliary")
 FIELDS = ("sae", "arch", "l1", "step", "tokens", *LOSS_TERMS, "l0", "dead_fraction", "lr", "k")  # k: TopK's knob
+KNOBS = ("l1", "k")  # an SAE's row sets the one its architecture is swept over and leaves the other empty
 
 
 def read_rows(path: Path) -> list[dict]:
-    """The well-formed rows of a curves file (a row cut short by a kill is dropped)."""
+    """The well-formed rows of a curves file (a row cut short by a kill, whose last fields are missing,
+    is dropped)."""
     if not path.exists():
         return []
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     complete = []
     for row in rows:
-        if None in row or any(row.get(field) in (None, "") for field in FIELDS):
+        if None in row or any(row.get(field) is None for field in FIELDS):
+            continue
+        if any(row[field] == "" for field in FIELDS if field not in KNOBS) or not any(row[k] for k in KNOBS):
             continue
         try:
             row["step"] = int(row["step"])
