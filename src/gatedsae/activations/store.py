@@ -12,7 +12,7 @@ Every shard covers the same context windows in every store of a run, so one LM f
 and a killed run resumes at the first shard that some store lacks. The BOS position is never stored.
 
 With `cache.mode: stream` only the held-out split is written; training computes the same shards on the
-fly (`streaming.py`) and reads them through the same `ShardedActivations` interface, so the shuffle,
+fly (`stream.py`) and reads them through the same `ShardedActivations` interface, so the shuffle,
 the outlier rule and the statistics are shared code.
 """
 

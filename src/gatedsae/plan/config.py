@@ -576,7 +576,7 @@ class ResourcesConfig:
     split a grid into passes that fit, for scheduler resources and for `gatedsae estimate`."""
 
     device_memory_gib: Optional[float] = None  # None: the device's own (GPU total, or the RAM available)
-    sustained_tflops: Optional[float] = None   # None: 300 on a GPU, 0.06 on a CPU (see resources.py)
+    sustained_tflops: Optional[float] = None   # None: 300 on a GPU, 0.06 on a CPU (see plan/estimates.py)
 
     def validate(self) -> None:
         for key in ("device_memory_gib", "sustained_tflops"):
