@@ -290,9 +290,9 @@ class SAEGroupConfig:
     @property
     def knob(self) -> str:
         """The sweep's sparsity knob for this architecture: "l1" (λ) or "k" (the registry's record)."""
-        from gatedsae.plan.architectures import ARCHITECTURES
+        from gatedsae.plan.architectures import knob_of
 
-        return ARCHITECTURES[self.arch].knob if self.arch in ARCHITECTURES else "l1"
+        return knob_of(self.arch)
 
     @property
     def values(self) -> list:

@@ -50,9 +50,8 @@ def sae_seed(seed: int, arch: str, width: int, value: float) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The stages: train a site's grid from its activation store and export every SAE. An SAE trained in a
-# grid is the SAE trained alone (same seed, same batches), so a grid only trains the SAEs that have no
-# finished checkpoint for the same settings: adding one λ to a sweep trains one SAE.
+# Reuse: a finished checkpoint with the same training key is kept, so adding one λ to a sweep trains one
+# SAE; the grid index beside the checkpoints lists them.
 
 GRID_INDEX = "grid.json"
 RESCALE_SHIFT_DIR = "rescale_shift"
