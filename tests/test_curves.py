@@ -90,54 +90,70 @@ def test_no_curves_when_logging_is_off(smoke_cache, tmp_path):
     assert not (tmp_path / CURVES_FILE).exists()
 
 
-def test_the_experiments_curves_are_gathered_for_every_trained_sae(smoke_cache, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def gathered(smoke_cache, tmp_path_factory):
+    """Two sites' grids trained, one grid's baseline rows removed (SAEs trained before curves existed),
+    and the experiment's curves gathered: (config, the trained resid_post grid's index, curves.csv)."""
+    tmp_path = tmp_path_factory.mktemp("gathered")
     shutil.copytree(smoke_cache.paths.root / "activations", tmp_path / "activations")
     config = smoke_config(tmp_path)
     config = replace(config, experiment=replace(config.experiment, sites=[SITE, "mlp_out"],
                                                 results_dir=str(tmp_path / "results")))
     index = json.loads(train_grid(config, SITE, LAYER, progress=False).read_text())
     train_grid(config, "mlp_out", LAYER, progress=False)
-    # an SAE trained before curves existed: its rows are gone
     grid_dir = config.paths.checkpoints_dir("tiny", "tiny", "mlp_out", LAYER, "smoke")
     kept = [r for r in _rows(grid_dir / CURVES_FILE) if not r["sae"].startswith("baseline")]
     with open(grid_dir / CURVES_FILE, "w", newline="") as handle:
         writer = csv.DictWriter(handle, FIELDS)
         writer.writeheader()
         writer.writerows(kept)
-    frame = pd.read_csv(gather_curves(config))
-    assert "2 SAEs have no training curves" in capsys.readouterr().out
+    return config, index, gather_curves(config)
+
+
+def test_the_experiments_curves_are_gathered_for_every_trained_sae(gathered):
+    config, index, curves = gathered
+    frame = pd.read_csv(curves)
     resid = frame[frame["site"] == SITE]
     assert set(resid["sae"]) == {entry["sae"] for entry in index["saes"]}
     assert set(frame[frame["site"] == "mlp_out"]["arch"]) == {"gated"}
     assert (resid.groupby("sae")["step"].max() == config.train.steps).all()
 
 
-def test_dvc_plots_show_draws_the_training_curves(tmp_path):
-    """dvc.yaml's training-curve plots and their template, read by `dvc plots show` from a curves table."""
+def test_saes_without_curves_are_named(gathered, capsys):
+    gather_curves(gathered[0])
+    assert "2 SAEs have no training curves" in capsys.readouterr().out
+
+
+def test_dvc_plots_show_draws_the_training_curves_where_the_pipeline_writes_them(gathered, tmp_path):
+    """dvc.yaml's plots read by `dvc plots show` in a copy of the repository's DVC files, from the curves and
+    the Pareto table of a smoke run placed where the pipeline writes them (results/<experiment>/, as the
+    Snakefile's plan names it; params.yaml picks the experiment)."""
     import os
     import subprocess
     import sys
 
     from gatedsae.plan.config import REPO_ROOT
+    from gatedsae.plan.workflow import ExperimentPlan
 
+    plan = ExperimentPlan("smoke")
+    curves = tmp_path / plan.curves()
+    curves.parent.mkdir(parents=True)
+    shutil.copy(gathered[2], curves)
+    pareto = tmp_path / plan.aggregate_outputs()["pareto"]
+    pd.DataFrame({"l0": [3.0, 5.0], "loss_recovered": [0.5, 0.7]}).to_csv(pareto, index=False)
     shutil.copy(REPO_ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
-    shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
-    (tmp_path / "results").mkdir()
-    rows = [{"model": "m", "site": site, "layer": 1, "variant": "sweep", "sae": f"{arch}_{l1}", "arch": arch, "l1": l1,
-             "step": step, "tokens": step * 8, "total": 1.0 / step, "reconstruction": 0.5 / step, "sparsity": 0.1,
-             "auxiliary": 0.0, "l0": 10 + step, "dead_fraction": 0.0, "lr": 1e-3}
-            for site in ("resid_post", "mlp_out") for arch in ("gated", "baseline") for l1 in (0.1, 0.2)
-            for step in (10, 20)]
-    pd.DataFrame(rows).to_csv(tmp_path / "results" / CURVES_FILE, index=False)
+    (tmp_path / "params.yaml").write_text("experiment: smoke\n")
     dvc = [sys.executable, "-m", "dvc"]
     subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True, capture_output=True)
     shutil.copytree(REPO_ROOT / ".dvc" / "plots", tmp_path / ".dvc" / "plots")
     shown = subprocess.run([*dvc, "plots", "show", "--json"], cwd=tmp_path, check=True, capture_output=True, text=True,
                            env={**os.environ, "DVC_NO_ANALYTICS": "1"})
     plots = json.loads(shown.stdout)["data"]
+    rows = len(pd.read_csv(curves))
     for name, column in (("training loss", "total"), ("training L0", "l0"), ("training dead fraction", "dead_fraction"),
                          ("training learning rate", "lr"), ("training reconstruction loss", "reconstruction")):
         content = plots[name][0]["content"]
         assert content["spec"]["encoding"]["y"]["field"] == column
         assert content["spec"]["encoding"]["color"]["field"] == "arch" and content["facet"]["column"]["field"] == "site"
-        assert len(content["data"]["values"]) == len(rows)
+        assert len(content["data"]["values"]) == rows > 0
+    assert len(plots[plan.aggregate_outputs()["pareto"]][0]["content"]["data"]["values"]) == 2
