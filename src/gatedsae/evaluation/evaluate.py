@@ -255,7 +255,19 @@ def _saved_matches(path: Path, identity: str) -> bool:
 def evaluate_checkpoint(config: Config, directory: str | Path, progress: bool = True) -> dict:
     """One checkpoint's metrics, recomputed from scratch from the checkpoint and the data (the site and
     layer are read from its training record)."""
+    require_checkpoint_directory(Path(directory))
     sae = CheckpointSAE.load(directory, config.evaluate.device)
     site, layer = sae.record["site"], int(sae.record["layer"])
     return evaluate_saes(config, site, layer, [sae], progress=progress)[0]
 
+
+def require_checkpoint_directory(directory: Path) -> None:
+    """A path the user gave for one checkpoint: not found, or not a checkpoint at all, said as such (a
+    checkpoint that is there but incomplete gets CheckpointError's repair advice instead)."""
+    from gatedsae.saes.checkpoints import CFG_FILE, RECORD_FILE
+
+    where = "one SAE's folder, e.g. data/checkpoints/<model>/<corpus>/<site>/layer<L>/<sweep>/<sae> (grid.json lists them)"
+    if not directory.exists():
+        raise FileNotFoundError(f"checkpoint {directory} not found; a checkpoint is {where}")
+    if not directory.is_dir() or not any((directory / name).exists() for name in (CFG_FILE, RECORD_FILE)):
+        raise FileNotFoundError(f"{directory} is not a checkpoint (no {CFG_FILE} or {RECORD_FILE}); a checkpoint is {where}")

@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from gatedsae.plan.overrides import override_problem
 from gatedsae.plan.sites import SITES
 
 REPO_ROOT = Path(__file__).resolve().parents[3]  # src/gatedsae/plan/config.py → the checkout
@@ -733,12 +734,15 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config", conf_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
+    problem = override_problem(overrides, Config, conf_dir)  # a misspelt key or option, before Hydra sees it
+    if problem:
+        raise ConfigError(problem)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
             return hydra_compose(config_name=config_name, overrides=list(overrides))
     except HydraException as error:
-        raise ConfigError(f"{error}. Available choices are the file names under {conf_dir}/<group>/.") from None
+        raise ConfigError(" ".join(str(error).split())) from None
 
 
 def load_config(overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> Config:
