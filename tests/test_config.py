@@ -69,7 +69,7 @@ def test_cli_usage_lists_stages():
 def test_settings_added_at_their_neutral_default_change_no_params_or_training_key():
     from dataclasses import replace
 
-    from gatedsae.plan.config import NEUTRAL_DEFAULTS
+    from gatedsae.plan.identity import NEUTRAL_DEFAULTS
     from gatedsae.plan.grid import grid_specs, training_key
     from gatedsae.plan.workflow import ExperimentPlan
 
@@ -87,7 +87,7 @@ def test_settings_added_at_their_neutral_default_change_no_params_or_training_ke
 def test_placement_changes_no_params_training_key_or_evaluation_identity():
     """Devices, threads, batch sizes of the LM and evaluation, and checkpoint cadence place the work; they
     do not change what is computed, so changing them reruns nothing."""
-    from gatedsae.plan.config import PLACEMENT_ONLY
+    from gatedsae.plan.identity import PLACEMENT_ONLY
     from gatedsae.plan.grid import grid_specs, training_key
     from gatedsae.plan.workflow import ExperimentPlan
 

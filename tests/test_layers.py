@@ -99,3 +99,11 @@ def test_the_planning_layer_loads_without_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"the planning layer imported {result.stdout.strip()}"
+
+
+LONGEST_MODULE = 450  # lines: past this a module holds more than one job; split it by concern
+
+
+def test_no_module_is_too_long():
+    long = {module: n for module, path in MODULES.items() if (n := len(path.read_text().splitlines())) > LONGEST_MODULE}
+    assert not long, f"modules over {LONGEST_MODULE} lines (split them by concern): {long}"

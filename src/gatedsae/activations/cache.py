@@ -26,7 +26,8 @@ from gatedsae.core.progress import progress_bar
 from gatedsae.data.corpus import MANIFEST as TOKENS_MANIFEST
 from gatedsae.data.corpus import load_windows
 from gatedsae.plan.cache import cache_identity, plan_windows, windows_to_store
-from gatedsae.plan.config import Config, ConfigError, config_hash
+from gatedsae.plan.config import Config, ConfigError
+from gatedsae.plan.identity import config_hash
 from gatedsae.plan.layout import MANIFEST, SPLITS
 from gatedsae.plan.layout import STORE_PROGRESS as PROGRESS
 from gatedsae.plan.sites import flatten, hook_name

@@ -17,7 +17,8 @@ import torch
 from gatedsae.activations.cache import shard_activations, token_windows
 from gatedsae.activations.store import STORAGE, ShardedActivations, as_stored
 from gatedsae.plan.cache import cache_identity
-from gatedsae.plan.config import Config, config_hash
+from gatedsae.plan.config import Config
+from gatedsae.plan.identity import config_hash
 
 Key = tuple[str, int]  # (site, layer)
 

@@ -269,7 +269,7 @@ STAGES: dict[str, Stage] = {
 
 OVERRIDES_HELP = """configuration: any number of Hydra overrides of conf/, e.g.
   experiment=smoke                        an experiment of conf/experiment/ (default: default)
-  train.tokens=1048576 paths.data=/data   any key of the schema (gatedsae/plan/config.py), type-checked
+  train.tokens=1048576 paths.data=/data   any key of the schema (gatedsae/plan/config/), type-checked
 A bad key or value stops before any compute, naming the key and the allowed values."""
 
 

@@ -35,7 +35,8 @@ from gatedsae.core.atomic import write_json_atomic
 from gatedsae.core.codehash import METRICS_CODE, code_fingerprint
 from gatedsae.evaluation.reconstruction import StoreResult, reconstruction_metrics
 from gatedsae.evaluation.spliced import HeldOutWindows, SplicedLM, WindowLosses
-from gatedsae.plan.config import Config, comparable, config_hash
+from gatedsae.plan.config import Config
+from gatedsae.plan.identity import comparable, config_hash
 from gatedsae.plan.grid import read_grid_index
 from gatedsae.plan.layout import METRICS_FILE
 from gatedsae.saes.checkpoints import checkpoint_id, decode_raw, encode_raw, read_checkpoint

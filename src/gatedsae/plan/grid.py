@@ -11,7 +11,8 @@ from pathlib import Path
 
 from gatedsae.core.atomic import write_json_atomic
 from gatedsae.plan.cache import cache_identity
-from gatedsae.plan.config import Config, comparable, config_hash
+from gatedsae.plan.config import Config
+from gatedsae.plan.identity import comparable, config_hash
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gatedsae.core.codehash import AGGREGATE_CODE, METRICS_CODE, VERDICT_CODE, code_fingerprint
-from gatedsae.plan.config import STAGES, Config, comparable, load_config, require_safe_name
+from gatedsae.plan.config import STAGES, Config, load_config, require_safe_name
+from gatedsae.plan.identity import comparable
 from gatedsae.plan.grid import GRID_INDEX, RESCALE_SHIFT_DIR
 from gatedsae.plan.layout import (
     AGGREGATE_OUTPUTS,

@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from gatedsae.core.atomic import write_json_atomic, write_text_atomic
-from gatedsae.plan.config import Config, ConfigError, config_hash
+from gatedsae.plan.config import Config, ConfigError
+from gatedsae.plan.identity import config_hash
 from gatedsae.plan.layout import ANALYSIS_FILE, ANALYSIS_MARKDOWN, KEY_FILE, PAGE_FILE, study_dir
 
 SCALE = ("no", "maybe", "yes")

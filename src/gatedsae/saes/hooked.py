@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from gatedsae.plan.config import CONF_DIR, ConfigError, ModelConfig, PathsConfig, _dataclass_from
+from gatedsae.plan.config import CONF_DIR, ConfigError, ModelConfig, PathsConfig, dataclass_from
 
 
 def model_config(name: str) -> ModelConfig:
@@ -22,7 +22,7 @@ def model_config(name: str) -> ModelConfig:
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
         raise ConfigError(f"no model config {path}; known models: {known}")
-    config = _dataclass_from(ModelConfig, OmegaConf.load(path))
+    config = dataclass_from(ModelConfig, OmegaConf.load(path))
     config.validate()
     return config
 

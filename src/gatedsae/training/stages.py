@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Optional
 
 from gatedsae.activations.store import ShardedActivations
-from gatedsae.plan.config import Config, ConfigError, config_hash
+from gatedsae.plan.config import Config, ConfigError
+from gatedsae.plan.identity import config_hash
 from gatedsae.plan.grid import (
     GRID_INDEX,
     RESCALE_SHIFT_DIR,

@@ -26,7 +26,8 @@ from gatedsae.core.atomic import atomic_path
 from gatedsae.core.errors import PipelineError
 from gatedsae.core.progress import progress_bar
 from gatedsae.plan.architectures import architecture
-from gatedsae.plan.config import Config, TrainConfig, comparable, config_hash
+from gatedsae.plan.config import Config, TrainConfig
+from gatedsae.plan.identity import comparable, config_hash
 from gatedsae.plan.grid import SAESpec, grid_specs, sae_seed
 from gatedsae.saes.base import BatchedSAE, make_sae
 from gatedsae.training.curves import CurveLog

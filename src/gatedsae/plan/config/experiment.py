@@ -1,0 +1,110 @@
+"""`experiment` (conf/experiment/): layers, sites, chapters and output folders; `paths` (where data
+lives) and `resources` (how jobs are sized), neither of which changes a result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from gatedsae.plan.config.checks import choice, require, require_safe_name
+from gatedsae.plan.sites import SITES
+
+
+STAGES = ("cache", "train", "evaluate", "report")  # pipeline stages, in order, an experiment can run through
+
+
+@dataclass
+class ChapterConfig:
+    """A part of an experiment that runs (and reports) on its own: the SAEs of the sweep groups whose
+    architecture it names, on top of every earlier chapter's. `make replicate` runs the chapters in order,
+    so the first one's verdict is out before the later ones start."""
+
+    name: str = ""
+    description: str = ""
+    archs: list[str] = field(default_factory=list)  # architectures this chapter adds to the sweep
+    rescale_shift: bool = False                     # whether it adds Fig. 9's rescale-and-shift
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = ""
+    layers: list[int] = field(default_factory=list)
+    sites: list[str] = field(default_factory=lambda: list(SITES))
+    context_length: int = 128
+    through: str = "report"  # the last stage `snakemake all` builds: cache | train | evaluate | report
+    results_dir: str = ""    # tables, headline, report ("": results/<name>)
+    figures_dir: str = ""    # figures ("": paper_figures/<name>)
+    chapters: list[ChapterConfig] = field(default_factory=list)  # [] : the experiment is one chapter
+    chapter: str = ""        # run only up to this chapter ("": the whole experiment)
+
+    @property
+    def results(self) -> Path:
+        return Path(self.results_dir or f"results/{self.name}")
+
+    @property
+    def figures(self) -> Path:
+        return Path(self.figures_dir or f"paper_figures/{self.name}")
+
+    def validate(self) -> None:
+        require_safe_name(self.name, "experiment.name")
+        require(bool(self.layers), "experiment.layers", "list at least one layer")
+        require(bool(self.sites), "experiment.sites", f"list at least one of {', '.join(SITES)}")
+        for site in self.sites:
+            choice(site, "experiment.sites", SITES)
+        require(self.context_length >= 2, "experiment.context_length", "must be at least 2 (BOS + one token)")
+        choice(self.through, "experiment.through", STAGES)
+        names = [chapter.name for chapter in self.chapters]
+        require(all(names) and len(set(names)) == len(names), "experiment.chapters", "names must be set and distinct")
+        if self.chapter:
+            choice(self.chapter, "experiment.chapter", names)
+
+    def chapters_through(self, name: str) -> list[ChapterConfig]:
+        """The chapters up to and including `name`."""
+        names = [chapter.name for chapter in self.chapters]
+        return self.chapters[: names.index(name) + 1]
+
+
+@dataclass
+class ResourcesConfig:
+    """How jobs are sized (never what they compute): device memory and sustained throughput, used to
+    split a grid into passes that fit, for scheduler resources and for `gatedsae estimate`."""
+
+    device_memory_gib: Optional[float] = None  # None: the device's own (GPU total, or the RAM available)
+    sustained_tflops: Optional[float] = None   # None: 300 on a GPU, 0.06 on a CPU (see plan/estimates.py)
+
+    def validate(self) -> None:
+        for key in ("device_memory_gib", "sustained_tflops"):
+            value = getattr(self, key)
+            require(value is None or value > 0, f"resources.{key}", "must be positive, or null")
+
+
+@dataclass
+class PathsConfig:
+    data: str = "data"
+
+    @property
+    def root(self) -> Path:
+        return Path(self.data)
+
+    @property
+    def downloads(self) -> Path:
+        return self.root / "downloads"
+
+    def model_dir(self, model: str) -> Path:
+        return self.root / "models" / model
+
+    def text_dir(self, corpus: str) -> Path:
+        return self.root / "text" / corpus
+
+    def tokens_dir(self, model: str, corpus: str) -> Path:
+        return self.root / "tokens" / model / corpus
+
+    def activations_dir(self, model: str, corpus: str, site: str, layer: int) -> Path:
+        return self.root / "activations" / model / corpus / site / f"layer{layer}"
+
+    def checkpoints_dir(self, model: str, corpus: str, site: str, layer: int, sweep: str) -> Path:
+        return self.root / "checkpoints" / model / corpus / site / f"layer{layer}" / sweep
+
+    def evaluation_dir(self, model: str, corpus: str, site: str, layer: int, sweep: str) -> Path:
+        return self.root / "evaluation" / model / corpus / site / f"layer{layer}" / sweep

@@ -1,0 +1,132 @@
+"""`cache`, `train` and `evaluate` (conf/cache/, conf/train/, conf/evaluate/): the settings of the three
+compute stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from gatedsae.plan.config.checks import DTYPES, choice, finite, require
+
+
+@dataclass
+class CacheConfig:
+    """How activations are cached: storage dtype, shard size, batch, and how many tokens per split.
+
+    mode `store` writes both splits to disk and training reads them back; mode `stream` stores only the
+    held-out split (for evaluation) and training runs the LM itself over the same training windows,
+    shard by shard, feeding every site of a layer from one forward: for paper-scale runs, whose stored
+    training activations would take terabytes.
+    """
+
+    mode: str = "store"  # store | stream
+    stream_keep_shards: int = 2  # streamed shards kept in memory, so sites in lockstep share a forward
+    dtype: str = "bfloat16"
+    shard_sequences: int = 256
+    batch_sequences: int = 16
+    train_tokens: int = 500_000  # stop once this many (non-BOS) training tokens are cached
+    heldout_tokens: int = 50_000
+    device: str = "cpu"
+    threads: int = 0  # 0: torch's default
+    outlier_norm_ratio: float = 50.0  # tokens whose norm exceeds this × the shard median are counted
+
+    def validate(self) -> None:
+        choice(self.mode, "cache.mode", ("store", "stream"))
+        choice(self.dtype, "cache.dtype", DTYPES)
+        for key in ("shard_sequences", "batch_sequences", "train_tokens", "heldout_tokens", "stream_keep_shards"):
+            require(getattr(self, key) > 0, f"cache.{key}", "must be a positive integer")
+        require(self.threads >= 0, "cache.threads", "must be 0 (torch's default) or a positive integer")
+        finite(self.outlier_norm_ratio, "cache.outlier_norm_ratio")
+        require(self.outlier_norm_ratio > 1, "cache.outlier_norm_ratio", "must be above 1 (a multiple of the median norm)")
+        require(self.shard_sequences % self.batch_sequences == 0, "cache.shard_sequences",
+                 f"must be a multiple of cache.batch_sequences ({self.batch_sequences})")
+
+
+# Largest L0 / width at which `train.sparse: auto` takes steps on the support (sparse_step.py). Measured by
+# scripts/bench_train.py on this project's 2-core CPU in fp32 (results/benchmarks/train.json,
+# "sparse_crossover"): dense steps become faster at densities 0.24-0.27 (Gated and baseline, widths 1×-6× d);
+# at 0.2 steps on the support were still 1.1-1.3× faster, so 0.2 keeps a margin for noise and other CPUs.
+SPARSE_MAX_DENSITY = 0.2
+
+
+@dataclass
+class TrainConfig:
+    """Training as in the paper's App. D (Adam β1 = 0, warm-up, resampling), sized for the machine."""
+
+    tokens: int = 500_000          # training tokens per SAE (epochs over the store as needed)
+    batch_size: int = 4096
+    adam_beta1: float = 0.0
+    adam_beta2: float = 0.999
+    lr_warmup_steps: int = 20
+    normalize: str = "mean_sq_norm"  # scale activations so E||x||² = 1 over the training rows | none
+    statistics_tokens: Optional[int] = None  # rows that estimate the scale and mean (None: the whole split)
+    max_norm_ratio: Optional[float] = 50.0  # massive activations: rows above this × the median norm (None: none)
+    resample_at: list[float] = field(default_factory=lambda: [0.25, 0.5])  # fractions of training
+    resample_window_steps: int = 20  # a feature is dead if it did not fire in this many recent steps
+    resample_lr_factor: float = 0.1  # lr drop after a resample, recovered along a cosine ...
+    resample_recovery_steps: int = 20  # ... over this many steps
+    buffer_rows: int = 262_144
+    checkpoint_every_steps: int = 50
+    log_every_steps: int = 10  # training curves: one row per SAE this often (0: none); never changes results
+    autocast_bf16: bool = False
+    # Steps computed on the support only (open gates; src/gatedsae/training/sparse_step.py), equal to dense steps
+    # up to float rounding: auto takes them for a group when its mean L0 at the previous step was at most
+    # sparse_max_density × its width (on a CPU in float32; dense elsewhere); always | never force a path.
+    sparse: str = "auto"
+    sparse_max_density: float = SPARSE_MAX_DENSITY
+    device: str = "cpu"
+    # One device per site of experiment.sites, for jobs that train several sites together (stream mode:
+    # a layer's grids on a multi-GPU node, the LM on cache.device); [] puts every site on `device`.
+    site_devices: list[str] = field(default_factory=list)
+    threads: int = 0
+    seed: int = 0
+
+    def validate(self) -> None:
+        for key in ("tokens", "batch_size", "checkpoint_every_steps", "buffer_rows"):
+            require(getattr(self, key) > 0, f"train.{key}", "must be a positive integer")
+        require(self.log_every_steps >= 0, "train.log_every_steps", "must be 0 (no training curves) or positive")
+        require(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "train.adam_beta1",
+                 "Adam betas must lie in [0, 1)")
+        choice(self.normalize, "train.normalize", ("mean_sq_norm", "none"))
+        require(all(0 < f < 1 for f in self.resample_at), "train.resample_at",
+                 "list fractions of training strictly between 0 and 1")
+        for key in ("lr_warmup_steps", "resample_recovery_steps", "threads"):
+            require(getattr(self, key) >= 0, f"train.{key}", f"got {getattr(self, key)}; must be 0 or more")
+        require(self.resample_window_steps > 0, "train.resample_window_steps", "must be a positive integer")
+        require(0 < self.resample_lr_factor <= 1, "train.resample_lr_factor", "must lie in (0, 1]")
+        require(self.buffer_rows >= self.batch_size, "train.buffer_rows", "must be at least train.batch_size")
+        require(self.statistics_tokens is None or self.statistics_tokens > 0, "train.statistics_tokens",
+                 "must be positive, or null for the whole training split")
+        require(self.max_norm_ratio is None or self.max_norm_ratio > 1, "train.max_norm_ratio",
+                 "must be above 1 (a multiple of the median norm), or null to keep every row")
+        choice(self.sparse, "train.sparse", ("auto", "always", "never"))
+        require(0 < self.sparse_max_density <= 1, "train.sparse_max_density",
+                 f"got {self.sparse_max_density}; use a fraction of the width in (0, 1]")
+        require(not (self.sparse == "always" and self.autocast_bf16), "train.sparse",
+                 "'always' computes in float32 and cannot run under train.autocast_bf16; use train.sparse=auto "
+                 "(dense steps under autocast) or train.autocast_bf16=false")
+
+    @property
+    def steps(self) -> int:
+        return max(1, self.tokens // self.batch_size)
+
+
+@dataclass
+class EvaluateConfig:
+    """Held-out evaluation: reconstruction metrics from the activation store, CE from the LM. Which
+    positions count as massive activations is not set here: each checkpoint's training record carries
+    its threshold (`massive_norm_threshold`), so training and evaluation always agree."""
+
+    heldout_tokens: Optional[int] = None  # held-out rows for L0 / FVU / γ / density (None: the whole split)
+    batch_rows: int = 8192                # rows per SAE forward
+    ce_windows: int = 64                  # held-out context windows for the spliced-LM losses
+    batch_windows: int = 8                # windows per LM batch (prefix computed once per batch)
+    device: str = "cpu"
+    threads: int = 0
+
+    def validate(self) -> None:
+        for key in ("batch_rows", "ce_windows", "batch_windows"):
+            require(getattr(self, key) > 0, f"evaluate.{key}", "must be a positive integer")
+        require(self.threads >= 0, "evaluate.threads", "must be 0 (torch's default) or a positive integer")
+        require(self.heldout_tokens is None or self.heldout_tokens > 0, "evaluate.heldout_tokens",
+                 "must be positive, or null for the whole held-out split")
