@@ -18,11 +18,11 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cache import machine  # noqa: E402
 from probe_l1 import heldout_summary  # noqa: E402
 
 from gatedsae.activations.store import ActivationStore
 from gatedsae.core.atomic import write_json_atomic
+from gatedsae.core.precision import machine
 from gatedsae.plan.config import REPO_ROOT, load_config
 from gatedsae.training.trainer import GridTrainer
 

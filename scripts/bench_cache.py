@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -32,26 +31,10 @@ import torch
 
 from gatedsae.activations.cache import cache_activations
 from gatedsae.core.atomic import write_json_atomic
+from gatedsae.core.precision import machine
 from gatedsae.data.corpus import load_windows
 from gatedsae.data.models import load_model
 from gatedsae.plan.config import REPO_ROOT, load_config
-
-
-def machine() -> dict:
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    flags = set()
-    try:
-        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
-    except (OSError, StopIteration):
-        pass
-    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "python": platform.python_version(),
-            "cpu_features": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}),
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def bare_forward(model, windows: np.ndarray, batch: int, stop_at: int) -> float:

@@ -21,10 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cache import machine  # noqa: E402
-
 from gatedsae.core.atomic import write_json_atomic
+from gatedsae.core.precision import machine
 from gatedsae.data.corpus import load_windows
 from gatedsae.data.models import load_model
 from gatedsae.evaluation.evaluate import CheckpointSAE

@@ -41,11 +41,9 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cache import machine  # noqa: E402
-
 from gatedsae.activations.store import ActivationStore
 from gatedsae.core.atomic import write_json_atomic
+from gatedsae.core.precision import machine
 from gatedsae.plan.config import REPO_ROOT, SAEGroupConfig, SweepConfig, load_config
 from gatedsae.plan.layout import MANIFEST
 from gatedsae.saes.base import BatchedSAE

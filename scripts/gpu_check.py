@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cache import machine  # noqa: E402
 from bench_train import step_flops  # noqa: E402
 
 from gatedsae.activations.cache import cache_activations
 from gatedsae.activations.store import ActivationStore
 from gatedsae.core.atomic import write_json_atomic
+from gatedsae.core.precision import machine
 from gatedsae.data.models import is_prepared, load_model
 from gatedsae.evaluation.evaluate import CheckpointSAE, evaluate_saes
 from gatedsae.plan.config import REPO_ROOT, load_config

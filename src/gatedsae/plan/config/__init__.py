@@ -8,6 +8,7 @@ One module per concern, each holding its sections' dataclasses and their `valida
     experiment  experiment (conf/experiment/), paths, resources
     sweep       sweep (conf/sweep/): the SAE groups and their sparsity knobs
     stages      cache, train, evaluate (conf/cache/, conf/train/, conf/evaluate/)
+    precision   precision (conf/precision/): each stage's compute precision and the bf16 fidelity gate
     verdict     intervals, verdict (conf/intervals/, conf/verdict/)
     tools       browser, study (conf/browser/, conf/study/)
     root        Config (all sections, the checks across them) and load_config
@@ -20,6 +21,7 @@ from gatedsae.plan.config.checks import DTYPES, SAFE_NAME, ConfigError, require_
 from gatedsae.plan.config.corpus import CorpusConfig, SourceConfig
 from gatedsae.plan.config.experiment import STAGES, ChapterConfig, ExperimentConfig, PathsConfig, ResourcesConfig
 from gatedsae.plan.config.model import ModelConfig, PackageConfig
+from gatedsae.plan.config.precision import FidelityGateConfig, PrecisionConfig
 from gatedsae.plan.config.root import CONF_DIR, REPO_ROOT, Config, compose, dataclass_from, load_config, to_dict
 from gatedsae.plan.config.stages import SPARSE_MAX_DENSITY, CacheConfig, EvaluateConfig, TrainConfig
 from gatedsae.plan.config.sweep import L1_UNITS, SAEGroupConfig, SweepConfig
@@ -29,7 +31,7 @@ from gatedsae.plan.config.verdict import IntervalsConfig, PaperMatchedL0, Verdic
 __all__ = [
     "CONF_DIR", "DTYPES", "L1_UNITS", "REPO_ROOT", "SAFE_NAME", "SPARSE_MAX_DENSITY", "STAGES",
     "BrowserConfig", "CacheConfig", "ChapterConfig", "Config", "ConfigError", "CorpusConfig", "EvaluateConfig",
-    "ExperimentConfig", "IntervalsConfig", "ModelConfig", "PackageConfig", "PaperMatchedL0", "PathsConfig",
+    "ExperimentConfig", "FidelityGateConfig", "IntervalsConfig", "ModelConfig", "PackageConfig", "PaperMatchedL0", "PathsConfig", "PrecisionConfig",
     "ResourcesConfig", "SAEGroupConfig", "SourceConfig", "StudyConfig", "SweepConfig", "TrainConfig",
     "VerdictConfig", "compose", "dataclass_from", "load_config", "require_safe_name", "to_dict",
 ]

@@ -17,6 +17,7 @@ from gatedsae.plan.config.checks import ConfigError, require
 from gatedsae.plan.config.corpus import CorpusConfig
 from gatedsae.plan.config.experiment import ExperimentConfig, PathsConfig, ResourcesConfig
 from gatedsae.plan.config.model import ModelConfig
+from gatedsae.plan.config.precision import PrecisionConfig
 from gatedsae.plan.config.stages import CacheConfig, EvaluateConfig, TrainConfig
 from gatedsae.plan.config.sweep import SweepConfig
 from gatedsae.plan.config.tools import BrowserConfig, StudyConfig
@@ -38,6 +39,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     intervals: IntervalsConfig = field(default_factory=IntervalsConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     browser: BrowserConfig = field(default_factory=BrowserConfig)
@@ -47,7 +49,7 @@ class Config:
 
     def validate(self) -> None:
         for part in (self.model, self.corpus, self.cache, self.experiment, self.sweep, self.train, self.evaluate,
-                     self.intervals, self.verdict, self.resources, self.browser, self.study):
+                     self.intervals, self.precision, self.verdict, self.resources, self.browser, self.study):
             part.validate()
         if self.experiment.chapters:
             covered = {arch for chapter in self.experiment.chapters for arch in chapter.archs}

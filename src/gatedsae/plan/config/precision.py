@@ -1,0 +1,43 @@
+"""precision (conf/precision/): the precision each stage computes its matmuls in, and the fidelity gate
+that bf16 passes before a stage uses it. Choosing and recording it: gatedsae.core.precision."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gatedsae.core.precision import SETTINGS
+from gatedsae.plan.config.checks import choice, finite, require
+
+
+@dataclass
+class FidelityGateConfig:
+    """What bf16 must reproduce before a stage uses it (under `auto`): each stage compares bf16 with float32
+    on a little of its own data when it starts, and keeps float32 if a difference exceeds its tolerance."""
+
+    windows: int = 8                     # held-out windows the LM stages check on (cache, evaluate)
+    ce_nats: float = 0.002               # evaluate: |ΔCE| per token, clean, zero-ablated and spliced
+    activation_rel_error: float = 0.01   # cache: ||a_bf16 − a_fp32|| / ||a_fp32|| at every site
+    encoder_rel_error: float = 0.01      # train: the same for the encoder's pre-activations
+
+    def validate(self) -> None:
+        require(self.windows > 0, "precision.gate.windows", "must be a positive integer")
+        for key in ("ce_nats", "activation_rel_error", "encoder_rel_error"):
+            finite(getattr(self, key), f"precision.gate.{key}")
+            require(getattr(self, key) > 0, f"precision.gate.{key}", "must be positive")
+
+
+@dataclass
+class PrecisionConfig:
+    """The precision each stage computes its matmuls in: auto (bfloat16 where the device has native bf16
+    matmuls and the stage's fidelity gate passes, float32 elsewhere) | float32 | bfloat16. Never part of
+    an artifact's identity: each artifact records it in its provenance."""
+
+    cache: str = "auto"     # the LM forward that caches activations
+    train: str = "auto"     # the SAE encoder matmul (master weights and Adam state stay float32)
+    evaluate: str = "auto"  # the LM forwards of the spliced evaluation
+    gate: FidelityGateConfig = field(default_factory=FidelityGateConfig)
+
+    def validate(self) -> None:
+        for stage in ("cache", "train", "evaluate"):
+            choice(getattr(self, stage), f"precision.{stage}", SETTINGS)
+        self.gate.validate()
