@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gatedsae.plan.workflow import ExperimentPlan
 
-plan = ExperimentPlan(str(config.get("experiment", "default")), str(config.get("overrides", "")).split())
+plan = ExperimentPlan.from_snakemake(config)  # a bad key or size: one line and its exit code, nothing run
 LOGS = "logs/" + plan.experiment
 BENCH = "benchmarks/" + plan.experiment
 STARTED = time.time()

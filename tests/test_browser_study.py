@@ -17,6 +17,7 @@ import torch
 from conftest import smoke_config
 
 from gatedsae.activations.store import ActivationStore
+from gatedsae.core.errors import InputError
 from gatedsae.evaluation.evaluate import CheckpointSAE, evaluate_grid
 from gatedsae.plan.layout import ANALYSIS_MARKDOWN, KEY_FILE, study_dir
 from gatedsae.reporting.browser import browse, logit_effects
@@ -228,7 +229,35 @@ def test_hand_computed_analysis_and_bad_rating_files(evaluated, study, tmp_path)
     for bad, message in (({"study": "other"}, "another build"), ({"ratings": {first: "great"}}, "the scale is"),
                          ({"ratings": {"F999": "yes"}}, "not a feature")):
         path.write_text(json.dumps({"study": key["study"], "rater": "a", "ratings": {}, **bad}))
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(InputError, match=message):
             read_ratings([path], key)
     with pytest.raises(Exception, match="study.ratings"):
         analyse_study(evaluated, ratings=[])
+
+
+MALFORMED_RATINGS = {  # what a rater's file may turn out to be, and what the refusal says
+    "not-json": (b'{"study": "s", "ratings": {"F001": "yes"', "not valid JSON"),
+    "empty": (b"", "not valid JSON"),
+    "binary": (b"\xff\xfe\x00\x01PNG", "not a text file"),
+    "a-list": (b'[{"F001": "yes"}]', "holds a JSON list"),
+    "a-string": (b'"yes"', "holds a JSON str"),
+    "ratings-a-list": (b'{"study": "s", "ratings": ["yes"]}', "'ratings' is a JSON list"),
+    "rating-a-list": (b'{"study": "s", "ratings": {"F001": ["yes"]}}', "rating ['yes'] for F001"),
+    "rating-a-number": (b'{"study": "s", "ratings": {"F001": 1}}', "rating 1 for F001"),
+    "rater-a-number": (b'{"study": "s", "rater": 7, "ratings": {"F001": "yes"}}', "'rater' is 7"),
+    "no-ratings": (b'{"study": "s", "ratings": {}}', "no ratings in"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_RATINGS))
+def test_a_malformed_ratings_file_is_refused_naming_it(case, tmp_path):
+    content, message = MALFORMED_RATINGS[case]
+    path = tmp_path / f"{case}.json"
+    path.write_bytes(content)
+    key = {"study": "s", "features": {"F001": {"arch": "gated", "site": "resid_post", "pair": 0}}}
+    with pytest.raises(InputError, match=re.escape(message)) as error:
+        read_ratings([path], key)
+    assert str(path) in str(error.value)
+    for missing in (tmp_path / "absent.json", tmp_path):
+        with pytest.raises(InputError, match=re.escape(str(missing))):
+            read_ratings([missing], key)

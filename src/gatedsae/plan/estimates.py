@@ -11,6 +11,7 @@ The numbers are estimates (stated assumptions below), meant to size jobs, not to
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from gatedsae.plan.architectures import architecture
@@ -139,6 +140,33 @@ def evaluate_estimate(config: Config, site: str) -> Estimate:
     # the remainder runs once per SAE and twice for the zero-ablation (with and without massive positions)
     flops = tokens * (2 * model_parameters(config) + (n_saes + 2) * (2 * remainder + 4 * d * widest))
     return Estimate(f"evaluate_grid[{site}]", memory, flops, breakdown={"prefixes": prefixes})
+
+
+def _saes_per_grid(config: Config, site: str) -> int:
+    baselines = sum(len(g.values) for g in config.sweep.groups_at(site) if g.arch == "baseline")
+    return sum(len(g.values) for g in config.sweep.groups_at(site)) + baselines * config.sweep.rescale_shift_at(site)
+
+
+def aggregate_estimate(config: Config) -> Estimate:
+    """The aggregate job's paired bootstrap (evaluation/intervals.py): per grid, the resampled window
+    counts [B, W + S] and every SAE's replicates of four metrics under two treatments [B, K], kept for
+    every grid; the matched comparisons add a Python loop over the B resamples."""
+    resamples = config.intervals.resamples
+    ce_windows = config.evaluate.ce_windows
+    store_windows = math.ceil(config.cache.heldout_tokens / (config.experiment.context_length - 1))
+    grids = [_saes_per_grid(config, site) for site in config.experiment.sites] * len(config.experiment.layers)
+    per_grid = 8 * resamples * (ce_windows + store_windows + 3 * max(grids))  # counts, and ce() intermediates
+    kept = 8 * resamples * 8 * sum(grids)  # replicates of every grid, four metrics × two treatments
+    flops = resamples * sum(2 * k * (ce_windows + store_windows) * 8 for k in grids)
+    return Estimate("aggregate", per_grid + kept, flops, breakdown={"bootstrap_replicates": kept})
+
+
+def study_analysis_estimate(config: Config) -> Estimate:
+    """The study analysis' bootstrap and sign-flip test: [B, n] draws of the n rated pairs, at most
+    `features_per_sae` per site (reporting/study.py, paired_comparison)."""
+    pairs = config.study.features_per_sae * len(config.study_sites)
+    memory = 8 * config.study.bootstrap * pairs * 4  # indices, flips, their products, the means
+    return Estimate("study_analysis", memory, 4.0 * config.study.bootstrap * pairs)
 
 
 def experiment_estimates(config: Config) -> list[tuple[Estimate, int]]:

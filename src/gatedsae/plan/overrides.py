@@ -65,3 +65,21 @@ def bare_word(word: str, schema: type, available: dict[str, list[str]]) -> str:
     near = suggestions(word, [f"{group}={option}" for group, options in available.items() for option in options]
                        + known_keys(schema))
     return f"'{word}' is not an override (they are key=value){_did_you_mean(near)} ({HELP})"
+
+
+def conflicting_override(overrides: Sequence[str]) -> Optional[str]:
+    """A key given twice with different values (Hydra would keep the last, silently), or None."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException:
+        return None  # a malformed override: Hydra's own message names it
+    seen: dict = {}
+    for override in parsed:
+        key, value = override.key_or_group, override.value()
+        if key in seen and seen[key] != value:
+            return f"config key '{key}' is given twice with different values ({seen[key]!r} and {value!r}); give it once"
+        seen[key] = value
+    return None

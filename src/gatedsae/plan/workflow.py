@@ -38,8 +38,24 @@ class ExperimentPlan:
     config: Config = field(init=False)
 
     def __post_init__(self) -> None:
+        from gatedsae.plan.preflight import check_plan
+
         require_safe_name(self.experiment, "experiment")  # it names the log folder
         self.config = load_config([f"experiment={self.experiment}", *self.overrides])
+        check_plan(self.config)  # a size that cannot work stops the run before its first job
+
+    @classmethod
+    def from_snakemake(cls, snakemake_config: dict) -> "ExperimentPlan":
+        """The plan of the Snakefile's `--config experiment=... overrides="..."`. An expected failure (a bad
+        key, a device or size that cannot work) ends Snakemake with its one line and exit code."""
+        from gatedsae.core.errors import PipelineError, classify, failure_line
+
+        experiment = str(snakemake_config.get("experiment", "default"))
+        try:
+            return cls(experiment, str(snakemake_config.get("overrides", "")).split())
+        except PipelineError as error:
+            print(failure_line(error), file=sys.stderr, flush=True)
+            sys.exit(classify(error)[1])
 
     @property
     def model(self) -> str:

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from gatedsae.core.atomic import write_json_atomic, write_text_atomic
+from gatedsae.core.errors import InputError, IntegrityError
 from gatedsae.plan.config import Config, ConfigError
 from gatedsae.plan.identity import config_hash
 from gatedsae.plan.layout import ANALYSIS_FILE, ANALYSIS_MARKDOWN, KEY_FILE, PAGE_FILE, study_dir
@@ -90,26 +91,56 @@ def build_study(config: Config, loaded=None) -> Path:
 
 
 def read_ratings(paths: Iterable[str | Path], key: dict) -> pd.DataFrame:
-    """One row per (rater, feature, rating) from raters' files, checked against the key."""
+    """One row per (rater, feature, rating) from raters' files, checked against the key; a file that is
+    not what the rating page downloads is refused naming it (InputError)."""
     rows, raters = [], set()
-    for path in paths:
-        data = json.loads(Path(path).read_text())
+    for path in map(Path, paths):
+        data = _rating_file(path)
         if data.get("study") != key["study"]:
-            raise ValueError(f"{path} rates study {data.get('study')!r}, not this key's {key['study']!r}: "
+            raise InputError(f"{path} rates study {data.get('study')!r}, not this key's {key['study']!r}: "
                              "a rating page from another build of the study")
-        rater = (data.get("rater") or "").strip() or Path(path).stem
+        rater = data.get("rater")
+        if rater is not None and not isinstance(rater, str):
+            raise InputError(f"{path}: 'rater' is {rater!r}; it must be the rater's name (text) or absent")
+        rater = (rater or "").strip() or path.stem
         if rater in raters:
-            raise ValueError(f"{path}: rater {rater!r} appears in two files; give each rater one file")
+            raise InputError(f"{path}: rater {rater!r} appears in two files; give each rater one file")
         raters.add(rater)
-        for identifier, rating in data.get("ratings", {}).items():
+        ratings = data.get("ratings", {})
+        if not isinstance(ratings, dict):
+            raise InputError(f"{path}: 'ratings' is a JSON {type(ratings).__name__}; it must map feature ids (F001, "
+                             "...) to no / maybe / yes, as the rating page writes it")
+        for identifier, rating in ratings.items():
             if identifier not in key["features"]:
-                raise ValueError(f"{path}: {identifier!r} is not a feature of this study")
-            if rating not in SCORES:
-                raise ValueError(f"{path}: rating {rating!r} for {identifier}; the scale is {', '.join(SCALE)}")
+                raise InputError(f"{path}: {identifier!r} is not a feature of this study")
+            if not isinstance(rating, str) or rating not in SCORES:
+                raise InputError(f"{path}: rating {rating!r} for {identifier}; the scale is {', '.join(SCALE)}")
             rows.append({"rater": rater, "id": identifier, "rating": rating, "score": SCORES[rating]})
     if not rows:
-        raise ValueError("no ratings in the given files")
+        raise InputError(f"no ratings in {', '.join(map(str, paths))}: the raters' files hold no rated feature")
     return pd.DataFrame(rows)
+
+
+def _rating_file(path: Path) -> dict:
+    """A rater's downloaded file as a JSON object, or InputError naming what is wrong with it."""
+    what = "give the file the rating page downloaded, unedited"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist; list the raters' downloaded files in study.ratings") from None
+    except IsADirectoryError:
+        raise InputError(f"{path} is a folder; list the raters' files themselves in study.ratings") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not a text file (not UTF-8): {what}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        where = f" ({error.msg}, line {error.lineno})" if isinstance(error, json.JSONDecodeError) else ""
+        raise InputError(f"{path} is not valid JSON{where}: {what}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path} holds a JSON {type(data).__name__}, not the rating page's object with 'study', "
+                         f"'rater' and 'ratings': {what}")
+    return data
 
 
 def paired_comparison(differences: np.ndarray, resamples: int, confidence: float, seed: int) -> dict:
@@ -197,7 +228,13 @@ def analyse_study(config: Config, ratings: Iterable[str | Path] | None = None) -
     key_path = study_dir(config) / KEY_FILE
     if not key_path.exists():
         raise FileNotFoundError(f"{key_path} does not exist; build the study first (`python -m gatedsae study`)")
-    key = json.loads(key_path.read_text())
+    try:
+        key = json.loads(key_path.read_text())
+    except ValueError:
+        key = None
+    if not isinstance(key, dict) or not isinstance(key.get("features"), dict) or "study" not in key:
+        raise IntegrityError(f"{key_path} is corrupt (not the study's key); build the study again (`python -m "
+                             "gatedsae study`, the same settings give the same key)")
     result = analyse(key, read_ratings(files, key), config.study.bootstrap, config.study.confidence, config.study.seed)
     out = study_dir(config)
     write_json_atomic(out / ANALYSIS_FILE, result)

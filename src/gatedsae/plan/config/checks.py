@@ -7,12 +7,17 @@ import math
 import re
 from typing import Sequence
 
+from gatedsae.core.errors import PipelineError
+
 
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-class ConfigError(ValueError):
+class ConfigError(PipelineError, ValueError):
     """A configuration problem, found before any compute, naming the key and the fix."""
+
+    label = "configuration error"
+    exit_code = 2
 
 
 def require(condition: bool, key: str, message: str) -> None:
@@ -37,3 +42,18 @@ def require_safe_name(value: str, key: str) -> None:
 
 def finite(value: float, key: str) -> None:
     require(isinstance(value, (int, float)) and math.isfinite(value), key, f"got {value}; must be a finite number")
+
+
+def distinct(values: Sequence, key: str) -> None:
+    repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
+    require(not repeated, key, f"lists {', '.join(repeated)} more than once; list each once")
+
+
+# A device as torch names it. Whether this machine has it is checked when a stage starts
+# (plan/preflight.check_devices), since the workflow may be planned on another machine than it runs on.
+DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")
+
+
+def device(value: str, key: str) -> None:
+    require(bool(DEVICE.fullmatch(str(value))), key, f"got {value!r}; a device is cpu, cuda, cuda:N (N the GPU's "
+            "index) or mps")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from gatedsae.plan.config.checks import choice, require, require_safe_name
+from gatedsae.plan.config.checks import choice, distinct, finite, require, require_safe_name
 from gatedsae.plan.sites import SITES
 
 
@@ -52,6 +52,8 @@ class ExperimentConfig:
         require(bool(self.sites), "experiment.sites", f"list at least one of {', '.join(SITES)}")
         for site in self.sites:
             choice(site, "experiment.sites", SITES)
+        distinct(self.sites, "experiment.sites")
+        distinct(self.layers, "experiment.layers")
         require(self.context_length >= 2, "experiment.context_length", "must be at least 2 (BOS + one token)")
         choice(self.through, "experiment.through", STAGES)
         names = [chapter.name for chapter in self.chapters]
@@ -72,16 +74,30 @@ class ResourcesConfig:
 
     device_memory_gib: Optional[float] = None  # None: the device's own (GPU total, or the RAM available)
     sustained_tflops: Optional[float] = None   # None: 300 on a GPU, 0.06 on a CPU (see plan/estimates.py)
+    # A job estimated to take longer than this (device-hours) is refused before anything runs: a token
+    # budget or a resample count with a few zeros too many. Raise it for a run that really is that long.
+    max_job_hours: float = 10_000.0
 
     def validate(self) -> None:
         for key in ("device_memory_gib", "sustained_tflops"):
             value = getattr(self, key)
             require(value is None or value > 0, f"resources.{key}", "must be positive, or null")
+        finite(self.max_job_hours, "resources.max_job_hours")
+        require(self.max_job_hours > 0, "resources.max_job_hours", "must be positive (device-hours)")
 
 
 @dataclass
 class PathsConfig:
     data: str = "data"
+
+    def validate(self) -> None:
+        require(bool(str(self.data).strip()), "paths.data", "is empty; give the folder for downloads, tokens, "
+                "activations and checkpoints, e.g. paths.data=data")
+        root = Path(self.data)
+        require(not root.exists() or root.is_dir(), "paths.data", f"{root} exists and is not a folder; give a "
+                "folder (it is created if missing)")
+        existing = next(parent for parent in [root, *root.parents] if parent.exists())  # nearest existing ancestor
+        require(existing.is_dir(), "paths.data", f"{existing} is not a folder, so {root} cannot be created")
 
     @property
     def root(self) -> Path:

@@ -22,7 +22,7 @@ from gatedsae.plan.config.stages import CacheConfig, EvaluateConfig, TrainConfig
 from gatedsae.plan.config.sweep import SweepConfig
 from gatedsae.plan.config.tools import BrowserConfig, StudyConfig
 from gatedsae.plan.config.verdict import IntervalsConfig, VerdictConfig
-from gatedsae.plan.overrides import override_problem
+from gatedsae.plan.overrides import conflicting_override, override_problem
 
 
 REPO_ROOT = Path(__file__).resolve().parents[4]  # src/gatedsae/plan/config/root.py → the checkout
@@ -49,7 +49,8 @@ class Config:
 
     def validate(self) -> None:
         for part in (self.model, self.corpus, self.cache, self.experiment, self.sweep, self.train, self.evaluate,
-                     self.intervals, self.precision, self.verdict, self.resources, self.browser, self.study):
+                     self.intervals, self.precision, self.verdict, self.resources, self.browser, self.study,
+                     self.paths):
             part.validate()
         if self.experiment.chapters:
             covered = {arch for chapter in self.experiment.chapters for arch in chapter.archs}
@@ -148,7 +149,8 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config", conf_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
-    problem = override_problem(overrides, Config, conf_dir)  # a misspelt key or option, before Hydra sees it
+    # a misspelt key or option, or one given twice, before Hydra sees it
+    problem = override_problem(overrides, Config, conf_dir) or conflicting_override(overrides)
     if problem:
         raise ConfigError(problem)
     GlobalHydra.instance().clear()

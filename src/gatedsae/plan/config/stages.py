@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from gatedsae.plan.config.checks import DTYPES, choice, finite, require
+from gatedsae.plan.config.checks import DTYPES, choice, device, finite, require
 
 
 @dataclass
@@ -38,6 +38,7 @@ class CacheConfig:
         require(self.threads >= 0, "cache.threads", "must be 0 (torch's default) or a positive integer")
         finite(self.outlier_norm_ratio, "cache.outlier_norm_ratio")
         require(self.outlier_norm_ratio > 1, "cache.outlier_norm_ratio", "must be above 1 (a multiple of the median norm)")
+        device(self.device, "cache.device")
         require(self.shard_sequences % self.batch_sequences == 0, "cache.shard_sequences",
                  f"must be a multiple of cache.batch_sequences ({self.batch_sequences})")
 
@@ -100,6 +101,9 @@ class TrainConfig:
         require(self.max_norm_ratio is None or self.max_norm_ratio > 1, "train.max_norm_ratio",
                  "must be above 1 (a multiple of the median norm), or null to keep every row")
         choice(self.sparse, "train.sparse", ("auto", "always", "never"))
+        device(self.device, "train.device")
+        for index, name in enumerate(self.site_devices):
+            device(name, f"train.site_devices.{index}")
         require(0 < self.sparse_max_density <= 1, "train.sparse_max_density",
                  f"got {self.sparse_max_density}; use a fraction of the width in (0, 1]")
         require(not (self.sparse == "always" and self.autocast_bf16), "train.sparse",
@@ -128,5 +132,6 @@ class EvaluateConfig:
         for key in ("batch_rows", "ce_windows", "batch_windows"):
             require(getattr(self, key) > 0, f"evaluate.{key}", "must be a positive integer")
         require(self.threads >= 0, "evaluate.threads", "must be 0 (torch's default) or a positive integer")
+        device(self.device, "evaluate.device")
         require(self.heldout_tokens is None or self.heldout_tokens > 0, "evaluate.heldout_tokens",
                  "must be positive, or null for the whole held-out split")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from gatedsae.plan.config.checks import choice, finite, require, require_safe_name
+from gatedsae.plan.config.checks import choice, distinct, finite, require, require_safe_name
 from gatedsae.plan.sites import SITES
 
 
@@ -35,6 +35,7 @@ class SAEGroupConfig:
         choice(self.l1_units, f"{key}.l1_units", L1_UNITS)
         for site in self.sites:
             choice(site, f"{key}.sites", SITES)
+        distinct(self.sites, f"{key}.sites")
         choice(self.arch, f"{key}.arch", sorted(ARCHITECTURES))
         for name in ("width_ratio", "lr"):
             finite(getattr(self, name), f"{key}.{name}")
@@ -107,6 +108,7 @@ class SweepConfig:
             group.validate(f"sweep.groups.{index}")
         for site in self.rescale_shift_sites:
             choice(site, "sweep.rescale_shift_sites", SITES)
+        distinct(self.rescale_shift_sites, "sweep.rescale_shift_sites")
 
     def rescale_shift_at(self, site: str) -> bool:
         """Whether Fig. 9's rescale-and-shift is trained at `site` (it needs a baseline group there)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from gatedsae.plan.config.checks import choice, require
+from gatedsae.plan.config.checks import choice, distinct, require
 from gatedsae.plan.sites import SITES
 
 
@@ -41,6 +41,7 @@ class BrowserConfig:
         require(bool(self.archs), "browser.archs", "list at least one architecture, e.g. [gated, baseline]")
         for arch in self.archs:
             choice(arch, "browser.archs", sorted(ARCHITECTURES))
+        distinct(self.archs, "browser.archs")
         require(self.heldout_tokens is None or self.heldout_tokens > 0, "browser.heldout_tokens",
                  "must be positive, or null for the whole held-out split")
 
@@ -63,6 +64,7 @@ class StudyConfig:
     def validate(self) -> None:
         for site in self.sites:
             choice(site, "study.sites", SITES)
+        distinct(self.sites, "study.sites")
         require(self.features_per_sae > 0, "study.features_per_sae", "must be a positive integer")
         require(self.bootstrap >= 100, "study.bootstrap", "use at least 100 resamples")
         require(0.5 < self.confidence < 1, "study.confidence", "must lie in (0.5, 1), e.g. 0.95")
