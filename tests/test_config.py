@@ -49,7 +49,7 @@ def test_paper_experiments_use_the_papers_layers_and_contexts():
         ("evaluate.device=tpu", "evaluate.device"),
         ("cache.device=gpu", "cache.device"),
         ("+train.site_devices=[cpu,cuda:x,cpu]", "train.site_devices.1"),
-        ("model=null", "config group 'model'"),
+        ("model=null", "model is one of"),
         ("train.tokens=1000 train.tokens=2000", "given twice"),
         ("paths.data=", "paths.data"),
         ("resources.max_job_hours=0", "resources.max_job_hours"),
