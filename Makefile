@@ -1,7 +1,8 @@
 # Entry points. Each target installs what it needs first (scripts/setup.sh, idempotent).
 #   make replicate              the default replication (dvc repro → its chapters through Snakemake), versioned by DVC, then its verdict
 #   make test                   the test suite
-#   make run EXPERIMENT=smoke   Snakemake alone, any experiment in conf/experiment/
+#   make run EXPERIMENT=smoke   Snakemake alone, any experiment in conf/experiment/ (one line per job, ETA; all of
+#                               Snakemake's output in logs/<experiment>/snakemake.log)
 #   make verify EXPERIMENT=…    every activation shard and SAE checkpoint against its recorded sha256
 # Snakemake runs through `python -m gatedsae.cli.runlock`: a run killed mid-way leaves no lock that blocks
 # the next, and a second run is refused while one is alive (docs/reliability.md).
@@ -26,7 +27,7 @@ replicate:
 	@echo; cat results/$$($(BIN)/python -c "import yaml; print(yaml.safe_load(open('params.yaml'))['experiment'])")/verdict.md 2>/dev/null || true
 
 run: setup
-	$(BIN)/python -m gatedsae.cli.runlock --profile profiles/local --config experiment=$(EXPERIMENT)
+	$(BIN)/python -m gatedsae.cli.runlock --progress-log=logs/$(EXPERIMENT)/snakemake.log --profile profiles/local --config experiment=$(EXPERIMENT)
 
 dry-run: setup
 	snakemake -n --profile profiles/local --config experiment=$(EXPERIMENT)

@@ -148,6 +148,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     unlock_only = args[:1] == ["--unlock-only"]
     args = args[1:] if unlock_only else args
+    progress_log = None  # --progress-log=PATH: Snakemake's output to PATH, one line per job on the console
+    if args and args[0].startswith("--progress-log="):
+        progress_log, args = Path(args[0].split("=", 1)[1]), args[1:]
     command = [sys.executable, "-m", "snakemake", *args]
     try:
         fd = prepare(workdir(args), command)
@@ -158,11 +161,33 @@ def main(argv: Optional[list[str]] = None) -> int:
         os.close(fd)
         return 0
     try:  # the child inherits the flock: it holds while Snakemake lives, even if this process is killed
+        if progress_log is not None:
+            return _with_progress(command, progress_log, fd)
         return subprocess.run(command, pass_fds=(fd,)).returncode
     except KeyboardInterrupt:
         return 130
     finally:
         os.close(fd)
+
+
+def _with_progress(command: list[str], log: Path, fd: int) -> int:
+    from gatedsae.cli.progress import Progress, experiment_of, run_snakemake
+    from gatedsae.plan.config import ConfigError, load_config
+    from gatedsae.plan.eta import Predictor
+
+    experiment, overrides = experiment_of(command)
+    try:
+        predictor = Predictor(load_config([f"experiment={experiment}", *overrides]))
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
+    print(f"Snakemake's full output: tail -f {log}\n"
+          f"each job's own log (progress bars: tokens/s, loss, L0): {log.parent}/<rule>/..., named as long jobs "
+          "start", flush=True)
+    code = run_snakemake(command, log, Progress(predictor), pass_fds=(fd,))
+    if code != 0:
+        print(f"Snakemake stopped (exit code {code}); what it said is above and in {log}", flush=True)
+    return code
 
 
 if __name__ == "__main__":

@@ -1,0 +1,94 @@
+"""How long the jobs still to run will take: the project's own estimates (plan/estimates.py: FLOPs at the
+configured sustained throughput, plus a start-up cost per job), calibrated on the jobs that finish.
+
+The raw estimates size cluster jobs and may be off by a constant factor on a given machine (on the
+2-core reference machine: cache and training 3-4× pessimistic, evaluation about right), so each stage's
+ratio of measured to estimated compute is learned from its first finished job and applied to the rest;
+a stage with none finished yet uses the ratio of all finished jobs. Start-up (Python, torch, the config)
+is learned from the jobs with almost no compute.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from gatedsae.plan import estimates
+from gatedsae.plan.config import Config
+
+STARTUP_SECONDS = 10.0   # a stage's start-up before anything is measured (Python, torch, conf/)
+LIGHT_SECONDS = 1.0      # jobs estimated below this much compute measure the start-up
+
+# The stage each rule runs (rules named after their stage need no entry).
+STAGE_OF_RULE = {"cache_activations": "cache", "train_grid": "train", "train_layer": "train-layer",
+                 "evaluate_grid": "evaluate", "html_report": "report", "training_curves": "curves",
+                 "study_pages": "study"}
+TARGET_RULES = {"all"}  # rules that run nothing
+
+
+def stage_of(rule: str) -> str:
+    return STAGE_OF_RULE.get(rule, rule.replace("_", "-"))
+
+
+def _estimators(config: Config) -> dict[str, Callable[[Optional[str]], estimates.Estimate]]:
+    """stage → estimate of one of its jobs (by site where the stage runs per site)."""
+    return {
+        "cache": lambda site: estimates.cache_estimate(config),
+        "train": lambda site: estimates.train_job_estimate(config, site),
+        "train-layer": lambda site: estimates.train_layer_estimate(config),
+        "rescale-shift": lambda site: estimates.rescale_shift_estimate(config, site),
+        "evaluate": lambda site: estimates.evaluate_estimate(config, site),
+    }
+
+
+@dataclass
+class Predictor:
+    """Seconds per job, from the estimates, learning from finished jobs as they come: a stage's own
+    finished jobs first (their mean where the estimate sees no compute, their ratio of measured to
+    estimated compute otherwise), else all finished jobs."""
+
+    config: Config
+    _measured: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # stage → (compute, seconds)
+
+    def compute_seconds(self, rule: str, site: Optional[str] = None) -> float:
+        """The estimate's compute time for one job of `rule` (at `site`, else the mean over the sites)."""
+        stage = stage_of(rule)
+        estimator = _estimators(self.config).get(stage)
+        if estimator is None or rule in TARGET_RULES:
+            return 0.0
+        sites = [site] if site else self._sites(stage)
+        device = {"cache": self.config.cache.device, "evaluate": self.config.evaluate.device}.get(
+            stage, self.config.train.device)
+        tflops = self.config.resources.sustained_tflops
+        return statistics.fmean(estimator(s).hours(device, tflops) * 3600 for s in sites)
+
+    def _sites(self, stage: str) -> list[str]:
+        sites = self.config.experiment.sites
+        if stage == "rescale-shift":
+            sites = [s for s in sites if self.config.sweep.rescale_shift_at(s)] or sites
+        return sites
+
+    @property
+    def startup(self) -> float:
+        """A job's cost beyond its estimated compute: the median of the light jobs measured so far."""
+        light = [seconds for pairs in self._measured.values() for compute, seconds in pairs if compute < LIGHT_SECONDS]
+        return statistics.median(light) if light else STARTUP_SECONDS
+
+    def seconds(self, rule: str, site: Optional[str] = None) -> float:
+        if rule in TARGET_RULES:
+            return 0.0
+        compute = self.compute_seconds(rule, site)
+        own = self._measured.get(stage_of(rule), [])
+        if compute < LIGHT_SECONDS:
+            light = [seconds for c, seconds in own if c < LIGHT_SECONDS]
+            return statistics.fmean(light) if light else self.startup
+        heavy = [pair for pair in own if pair[0] >= LIGHT_SECONDS] or [
+            pair for pairs in self._measured.values() for pair in pairs if pair[0] >= LIGHT_SECONDS]
+        estimated = sum(c for c, _ in heavy)
+        ratio = sum(max(s - self.startup, 0.0) for _, s in heavy) / estimated if estimated else 1.0
+        return self.startup + ratio * compute
+
+    def observe(self, rule: str, site: Optional[str], actual: float) -> None:
+        if rule not in TARGET_RULES:
+            self._measured.setdefault(stage_of(rule), []).append((self.compute_seconds(rule, site), actual))
