@@ -14,7 +14,8 @@ from pathlib import Path
 from gatedsae.plan.workflow import ExperimentPlan
 
 plan = ExperimentPlan.from_snakemake(config)  # a bad key or size: one line and its exit code, nothing run
-LOGS = "logs/" + plan.experiment
+# A chapter's jobs log under its own folder, so running the next chapter keeps this one's logs.
+LOGS = "logs/" + plan.experiment + ("/" + plan.config.experiment.chapter if plan.config.experiment.chapter else "")
 BENCH = "benchmarks/" + plan.experiment
 STARTED = time.time()
 

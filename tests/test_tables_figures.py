@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -175,9 +176,24 @@ def test_aggregate_figures_and_report_from_metrics_files(tmp_path):
     assert set(FAMILIES) == {"pareto", "shrinkage", "ablations", "density", "curves"}
 
     captions = json.loads(index.read_text())["captions"]
-    html = build_report(load_config(["experiment=smoke"]), tmp_path / "results", tmp_path / "figures", captions, "v0")
+    pngs = [Path(f) for f in files if f.endswith(".png")]
+    assert [p.stem for p in pngs][:4] == ["fig1_loss_recovered_vs_l0", "gamma_vs_l0", "fig8_ablations",
+                                          "fig9_rescale_shift"]  # the paper's order, in the index and the report
+    html = build_report(load_config(["experiment=smoke"]), tmp_path / "results", pngs, captions, "v0")
     assert html.count("<img") == len(expected) and "0.500" in html and "Gemma-7B L20" in html
     assert "No verdict yet" in html
+    assert html.index('alt="fig1_loss_recovered_vs_l0"') < html.index('alt="gamma_vs_l0"') < html.index('alt="fig8_ablations"')
+
+    # Without the ablations' SAEs, their figure goes, and so does its file from the earlier render.
+    smaller = fixture_frame().drop(columns="pareto")
+    smaller = smaller[~smaller["arch"].isin(ablations.ABLATIONS)]
+    metrics.write_text(json.dumps({"rows": smaller.to_dict("records")}))
+    aggregate([metrics], tmp_path / "results")
+    kept = json.loads(render_all(tmp_path / "results", tmp_path / "figures").read_text())["files"]
+    assert not any("fig8_ablations" in f for f in kept)
+    assert not (tmp_path / "figures" / "fig8_ablations.png").exists()
+    assert sorted(p.name for p in (tmp_path / "figures").glob("*.png")) == sorted(Path(f).name for f in kept
+                                                                                    if f.endswith(".png"))
 
 
 def test_metrics_csv_keeps_a_metric_it_does_not_know(tmp_path):

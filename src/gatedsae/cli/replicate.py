@@ -21,18 +21,24 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from gatedsae.core.atomic import write_json_atomic
 from gatedsae.core.errors import PipelineError
+from gatedsae.plan.chapters import chapter_names, chapters_to_run
 from gatedsae.plan.config import Config, ConfigError
 
 TIMINGS_FILE = "replicate.json"
+SNAKEMAKE_LOG = "snakemake.log"  # all Snakemake says during a chapter, beside its jobs' logs
 PROFILE = "profiles/local"
 
 
-def snakemake_command(experiment: str, overrides: list[str], extra: tuple[str, ...] = ()) -> list[str]:
-    """Snakemake through the run lock (`runlock`): a killed run's stale lock is cleared, a live run never shared."""
-    command = [sys.executable, "-m", "gatedsae.cli.runlock", "--profile", PROFILE, *extra, "--config",
+def snakemake_command(experiment: str, overrides: list[str], extra: tuple[str, ...] = (),
+                      progress_log: Optional[Path] = None) -> list[str]:
+    """Snakemake through the run lock (`runlock`): a killed run's stale lock is cleared, a live run never
+    shared; with `progress_log`, Snakemake's output goes there and the console gets one line per job."""
+    progress = [f"--progress-log={progress_log}"] if progress_log is not None else []
+    command = [sys.executable, "-m", "gatedsae.cli.runlock", *progress, "--profile", PROFILE, *extra, "--config",
                f"experiment={experiment}"]
     if overrides:
         command.append("overrides=" + " ".join(overrides))
@@ -53,33 +59,41 @@ def stage_seconds(benchmarks: Path, since: float) -> dict[str, float]:
     return seconds
 
 
-def replicate(config: Config, overrides: list[str], chapter: str | None = None) -> Path:
-    """Run the chapters of `config`'s experiment up to `chapter` (all of them by default)."""
+def replicate(config: Config, overrides: list[str], chapter: Optional[str] = None) -> Path:
+    """Run the chapters of `config`'s experiment up to `chapter` (all of them by default), never fewer than
+    the published results already hold (plan/chapters.py)."""
     experiment = config.experiment
-    names = [c.name for c in experiment.chapters] or [""]
-    if chapter is not None:
-        if chapter not in names:
-            raise ConfigError(f"--chapter={chapter!r}: experiment '{experiment.name}' has chapters {names}")
-        names = names[: names.index(chapter) + 1]
+    names = chapter_names(config)
+    if chapter is not None and chapter not in names:
+        raise ConfigError(f"--chapter={chapter!r}: experiment '{experiment.name}' has chapters {names or 'none'}")
+    run = chapters_to_run(config, chapter) if names else [""]
+    skipped = [name for name in (names[: names.index(chapter) + 1] if chapter else names) if name not in run]
+    if skipped or (chapter and run[-1] != chapter):
+        print(f"{experiment.results}/ already holds the chapters through '{run[-1]}': running "
+              f"{', '.join(run)} so that they stay in the published results (only what changed reruns)", flush=True)
     overrides = [o for o in overrides if not o.startswith(("experiment=", "experiment.chapter="))]
     benchmarks = Path("benchmarks") / experiment.name
-    timings = {"experiment": experiment.name, "overrides": overrides,
+    timings = {"experiment": experiment.name, "overrides": overrides, "chapter": chapter, "chapters_run": run,
                "command": " ".join(shlex.quote(a) for a in [sys.executable, "-m", "gatedsae", "replicate",
-                                                             f"experiment={experiment.name}", *overrides]),
+                                                             f"experiment={experiment.name}", *overrides,
+                                                             *([f"--chapter={chapter}"] if chapter else [])]),
                "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                            "python": platform.python_version()},
                "setup_seconds": _setup_seconds(), "chapters": []}
     started = time.time()
-    for name in names:
+    for number, name in enumerate(run, 1):
         described = next((c.description for c in experiment.chapters if c.name == name), "")
-        print(f"\n=== chapter {name or experiment.name}: {described}".rstrip(": "), flush=True)
+        title = f"chapter {number} of {len(run)}: {name}" if name else f"experiment {experiment.name}"
+        print(f"\n=== {title}" + (f" ({described})" if described else ""), flush=True)
         chapter_overrides = overrides + ([f"experiment.chapter={name}"] if name else [])
         chapter_started = time.time()
-        result = subprocess.run(snakemake_command(experiment.name, chapter_overrides))
+        logs = Path("logs") / experiment.name / name
+        result = subprocess.run(snakemake_command(experiment.name, chapter_overrides,
+                                                  progress_log=logs / SNAKEMAKE_LOG))
         if result.returncode != 0:
             raise PipelineError(f"chapter {name or experiment.name} failed (Snakemake exit code {result.returncode}); "
-                               f"its logs are under logs/{experiment.name}/. Fix the cause and run the same "
-                               "command again: finished work is kept.")
+                               f"its logs are under {logs}/ ({SNAKEMAKE_LOG}: all Snakemake said). Fix the cause and "
+                               "run the same command again: finished work is kept.")
         timings["chapters"].append({"name": name or experiment.name, "description": described,
                                     "wall_seconds": round(time.time() - chapter_started, 1),
                                     "stages": stage_seconds(benchmarks, chapter_started)})

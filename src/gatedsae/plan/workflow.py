@@ -50,9 +50,13 @@ class ExperimentPlan:
         key, a device or size that cannot work) ends Snakemake with its one line and exit code."""
         from gatedsae.core.errors import PipelineError, classify, failure_line
 
+        from gatedsae.plan.chapters import require_no_shrink
+
         experiment = str(snakemake_config.get("experiment", "default"))
         try:
-            return cls(experiment, str(snakemake_config.get("overrides", "")).split())
+            plan = cls(experiment, str(snakemake_config.get("overrides", "")).split())
+            require_no_shrink(plan.config)  # a chapter run never drops later chapters' SAEs from the results
+            return plan
         except PipelineError as error:
             print(failure_line(error), file=sys.stderr, flush=True)
             sys.exit(classify(error)[1])

@@ -84,7 +84,8 @@ def versions(config: Config, code_version: str) -> dict:
     return found
 
 
-def build_report(config: Config, results: Path, figures: Path, captions: dict[str, str], code_version: str) -> str:
+def build_report(config: Config, results: Path, figures: list[Path], captions: dict[str, str], code_version: str) -> str:
+    """The page; `figures` are the PNGs in the order shown (figures.json's: the paper's order)."""
     head = pd.read_csv(results / "headline.csv")
     metrics = pd.read_csv(results / "metrics.csv")
     markdown_tables = (results / "tables" / "metrics.md").read_text()
@@ -105,7 +106,7 @@ def build_report(config: Config, results: Path, figures: Path, captions: dict[st
              f"<p>The paper's γ: Gated {html.escape(config.verdict.paper_gamma_gated)}; baseline "
              f"{html.escape(config.verdict.paper_gamma_baseline)} ({html.escape(config.verdict.paper_gamma_source)}).</p>",
              "<h2>Figures</h2>"]
-    for png in sorted(figures.glob("*.png")):
+    for png in figures:
         parts.append(_figure_html(png, captions.get(png.stem, "")))
     parts += ["<h2>Tables</h2>", "<p>★ marks Pareto-optimal SAEs (L0 vs loss recovered) within each sweep; "
               "[low, high]: 95% interval.</p>",
@@ -146,8 +147,9 @@ def write_report(config: Config) -> Path:
     from gatedsae.saes.checkpoints import code_version
 
     results, figures = config.experiment.results, config.experiment.figures
-    captions = json.loads((figures / "figures.json").read_text())["captions"]
+    index = json.loads((figures / "figures.json").read_text())
+    pngs = [Path(f) for f in index["files"] if f.endswith(".png")]
     path = results / "report.html"
     with atomic_path(path) as tmp:
-        Path(tmp).write_text(build_report(config, results, figures, captions, code_version()))
+        Path(tmp).write_text(build_report(config, results, pngs, index["captions"], code_version()))
     return path

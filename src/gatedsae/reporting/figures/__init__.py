@@ -3,6 +3,16 @@
 from gatedsae.reporting.figures import ablations, curves, density, pareto, shrinkage
 
 FAMILIES = {"pareto": pareto, "shrinkage": shrinkage, "ablations": ablations, "density": density, "curves": curves}
+# The order of figures.json and of the report: the paper's figures in the paper's order, then the others.
+PAPER_ORDER = ("fig1_loss_recovered_vs_l0", "gamma_vs_l0", "fig8_ablations", "fig9_rescale_shift", "delta_lm_loss_vs_l0",
+               "fvu_vs_l0", "successors_pareto", "feature_density", "training_curves")
+
+
+def in_paper_order(files: list[str]) -> list[str]:
+    from pathlib import Path
+
+    rank = {stem: index for index, stem in enumerate(PAPER_ORDER)}
+    return sorted(files, key=lambda f: (rank.get(Path(f).stem, len(rank)), Path(f).stem, Path(f).suffix))
 
 
 def render_all(results, out_dir):
@@ -24,7 +34,21 @@ def render_all(results, out_dir):
     for module in FAMILIES.values():
         files += [str(path) for path in module.render(frame, out_dir, densities=densities, curves=training_curves)]
         captions |= module.CAPTIONS
+    files = in_paper_order(files)
     index = out_dir / "figures.json"
+    stale = [Path(f) for f in _listed(index) if f not in files]
     write_json_atomic(index, {"files": files, "captions": {k: v for k, v in captions.items()
                                                           if any(Path(f).stem == k for f in files)}})
+    for path in stale:  # drawn by an earlier run from SAEs this one no longer has: gone with them
+        path.unlink(missing_ok=True)
     return index
+
+
+def _listed(index) -> list[str]:
+    """The files an earlier run's figures.json lists (none if it is missing or unreadable)."""
+    import json
+
+    try:
+        return list(json.loads(index.read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []

@@ -1,0 +1,52 @@
+"""Chapters never shrink the published results: which chapter the results hold, which chapters a
+`replicate --chapter=C` runs, and the refusal of a Snakemake run that would drop later chapters' SAEs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+
+from gatedsae.plan.chapters import chapters_to_run, published_chapter, require_no_shrink
+from gatedsae.plan.config import ConfigError, load_config
+
+HEADLINE = [("gated", "sweep"), ("baseline", "sweep")]
+RESCALE = HEADLINE + [("baseline_rescale_shift", "rescale_shift")]
+ABLATIONS = RESCALE + [("gated_untied", "sweep")]
+
+
+def _config(tmp_path, rows, *overrides):
+    config = load_config(["experiment=smoke", *overrides])
+    config = replace(config, experiment=replace(config.experiment, results_dir=str(tmp_path)))
+    if rows is not None:
+        pd.DataFrame([{"arch": arch, "variant": variant, "l0": 1.0} for arch, variant in rows]).to_csv(
+            tmp_path / "metrics.csv", index=False)
+    return config
+
+
+@pytest.mark.parametrize("rows, published", [(None, None), (HEADLINE, "headline"), (RESCALE, "rescale_shift"),
+                                             (ABLATIONS, "ablations")])
+def test_the_published_chapter_is_read_from_metrics_csv(tmp_path, rows, published):
+    assert published_chapter(_config(tmp_path, rows)) == published
+
+
+@pytest.mark.parametrize("rows, chapter, run", [
+    (None, None, ["headline", "rescale_shift", "ablations"]),       # a cold run: every chapter in turn
+    (None, "headline", ["headline"]),
+    (HEADLINE, None, ["headline", "rescale_shift", "ablations"]),
+    (RESCALE, None, ["rescale_shift", "ablations"]),                 # nothing runs short of what is published
+    (ABLATIONS, "headline", ["ablations"]),                          # a chapter after a full run: kept whole
+    (ABLATIONS, "rescale_shift", ["ablations"]),
+    (RESCALE, "ablations", ["rescale_shift", "ablations"]),
+])
+def test_a_chapter_runs_at_least_through_what_is_published(tmp_path, rows, chapter, run):
+    assert chapters_to_run(_config(tmp_path, rows), chapter) == run
+
+
+def test_a_snakemake_run_short_of_the_published_chapters_is_refused_before_compute(tmp_path):
+    with pytest.raises(ConfigError, match=r"holds the SAEs of chapter 'ablations'.*--chapter=headline"):
+        require_no_shrink(_config(tmp_path, ABLATIONS, "experiment.chapter=headline"))
+    require_no_shrink(_config(tmp_path, ABLATIONS, "experiment.chapter=ablations"))
+    require_no_shrink(_config(tmp_path, ABLATIONS))  # the whole experiment
+    require_no_shrink(_config(tmp_path, HEADLINE, "experiment.chapter=rescale_shift"))  # a cold run's next chapter
