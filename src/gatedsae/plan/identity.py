@@ -25,7 +25,7 @@ NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
 # evaluation identities, whatever their value, so renumbering GPUs or changing threads reruns nothing.
 PLACEMENT_ONLY: dict[str, set[str]] = {
     "cache": {"device", "threads", "batch_sequences"},
-    "train": {"device", "threads", "site_devices", "checkpoint_every_steps", "log_every_steps"},
+    "train": {"device", "threads", "site_devices", "checkpoint_every_steps", "log_every_steps", "tracker"},
     "evaluate": {"device", "threads", "batch_rows", "batch_windows"},
 }
 

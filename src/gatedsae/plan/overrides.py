@@ -6,6 +6,7 @@ these ("use +key=value", "missing EQUAL at '<EOF>'") point the wrong way."""
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -83,3 +84,16 @@ def conflicting_override(overrides: Sequence[str]) -> Optional[str]:
             return f"config key '{key}' is given twice with different values ({seen[key]!r} and {value!r}); give it once"
         seen[key] = value
     return None
+
+
+NOT_IN_YAML = re.compile(r"Could not override '([^']+)'")
+
+
+def schema_key_not_in_yaml(hydra_message: str, overrides: list[str], schema: type) -> Optional[int]:
+    """The index of the override Hydra refused because no YAML file sets its key, when the schema has the
+    key (so it can be added); None otherwise."""
+    found = NOT_IN_YAML.search(hydra_message)
+    if not found or resolve_key(schema, found.group(1)) is not None:
+        return None
+    return next((i for i, o in enumerate(overrides) if not o.startswith(("+", "~"))
+                 and o.split("=", 1)[0].strip() == found.group(1)), None)

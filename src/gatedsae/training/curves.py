@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Optional
 
 from gatedsae.core.atomic import atomic_path
 
 if TYPE_CHECKING:
+    from gatedsae.training.trackers import Tracker
     from gatedsae.training.trainer import GridTrainer
 
 CURVES_FILE = "curves.csv"
@@ -49,10 +50,11 @@ def _write_rows(path: Path, rows: Iterable[dict]) -> None:
 
 
 class CurveLog:
-    """The curves of one trainer's SAEs, in its output folder."""
+    """The curves of one trainer's SAEs, in its output folder (and in `tracker`, when one is set)."""
 
-    def __init__(self, directory: Path, every: int, saes: list[str], resumed_at: int):
-        self.path, self.every = Path(directory) / CURVES_FILE, every
+    def __init__(self, directory: Path, every: int, saes: list[str], resumed_at: int,
+                 tracker: Optional["Tracker"] = None):
+        self.path, self.every, self.tracker = Path(directory) / CURVES_FILE, every, tracker
         if every <= 0:
             return
         mine = set(saes)
@@ -82,3 +84,10 @@ class CurveLog:
             if new:
                 writer.writeheader()
             writer.writerows(rows)
+        if self.tracker is not None:
+            self.tracker.log(trainer.step, rows)
+
+    def close(self) -> None:
+        if self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None

@@ -220,12 +220,29 @@ class GridTrainer:
             torch.set_num_threads(self.train.threads)
         if not self.try_resume():
             self._init_decoder_bias()
-        self.curves = CurveLog(self.out_dir, self.train.log_every_steps, [s.name for s in self.specs], self.step)
+        self.curves = CurveLog(self.out_dir, self.train.log_every_steps, [s.name for s in self.specs], self.step,
+                               self._tracker())
         self._batches = TrainingBatches(self.store, self.train, self.massive_norm_threshold)
         if self._data_state is not None:
             self._batches.load_state_dict(self._data_state)
         else:
             self._batches.skip(self.step)  # re-reads the batches before the resume point
+
+    def _tracker(self):
+        """The experiment tracker's run for this grid (train.tracker; None when off or not logging curves)."""
+        from dataclasses import asdict
+
+        from gatedsae.training.trackers import open_tracker
+
+        if self.train.tracker == "none" or self.train.log_every_steps <= 0:
+            return None
+        try:
+            run = str(self.out_dir.relative_to(self.config.paths.root / "checkpoints"))
+        except ValueError:
+            run = self.out_dir.name
+        settings = {"experiment": self.config.experiment.name, "sweep": asdict(self.config.sweep),
+                    "train": asdict(self.train)}
+        return open_tracker(self.train.tracker, run, Path("logs") / self.config.experiment.name, settings)
 
     @property
     def done(self) -> bool:
@@ -323,14 +340,18 @@ def train_lockstep(trainers: list[GridTrainer], progress: bool = True, stop_afte
     first = trainers[0]
     bar = progress_bar("train grid", "step", total=first.steps, initial=first.step, enabled=progress)
     started, start_step, rounds = time.time(), first.step, 0
-    while not all(t.done for t in trainers) and (stop_after is None or rounds < stop_after):
+    try:
+        while not all(t.done for t in trainers) and (stop_after is None or rounds < stop_after):
+            for trainer in trainers:
+                if not trainer.done:
+                    trainer.advance()
+            rounds += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(first._postfix(started, start_step), refresh=False)
+    finally:
         for trainer in trainers:
-            if not trainer.done:
-                trainer.advance()
-        rounds += 1
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(first._postfix(started, start_step), refresh=False)
+            trainer.curves.close()
     if bar is not None:
         bar.close()
 

@@ -22,7 +22,7 @@ from gatedsae.plan.config.stages import CacheConfig, EvaluateConfig, TrainConfig
 from gatedsae.plan.config.sweep import SweepConfig
 from gatedsae.plan.config.tools import BrowserConfig, StudyConfig
 from gatedsae.plan.config.verdict import IntervalsConfig, VerdictConfig
-from gatedsae.plan.overrides import conflicting_override, override_problem
+from gatedsae.plan.overrides import conflicting_override, override_problem, schema_key_not_in_yaml
 
 
 REPO_ROOT = Path(__file__).resolve().parents[4]  # src/gatedsae/plan/config/root.py → the checkout
@@ -153,12 +153,19 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config", conf_dir
     problem = override_problem(overrides, Config, conf_dir) or conflicting_override(overrides)
     if problem:
         raise ConfigError(problem)
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-            return hydra_compose(config_name=config_name, overrides=list(overrides))
-    except HydraException as error:
-        raise ConfigError(" ".join(str(error).split())) from None
+    overrides = list(overrides)
+    while True:
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+                return hydra_compose(config_name=config_name, overrides=overrides)
+        except HydraException as error:
+            # A key of the schema that no YAML file sets yet (a setting left at its default): Hydra would
+            # ask for "+key=value"; the schema knows it, so it is added as such.
+            index = schema_key_not_in_yaml(str(error), overrides, Config)
+            if index is None:
+                raise ConfigError(" ".join(str(error).split())) from None
+            overrides[index] = "++" + overrides[index]
 
 
 def load_config(overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> Config:

@@ -69,6 +69,7 @@ class TrainConfig:
     buffer_rows: int = 262_144
     checkpoint_every_steps: int = 50
     log_every_steps: int = 10  # training curves: one row per SAE this often (0: none); never changes results
+    tracker: str = "none"  # also send the training curves to an experiment tracker: none | wandb | dvclive
     autocast_bf16: bool = False
     # Steps computed on the support only (open gates; src/gatedsae/training/sparse_step.py), equal to dense steps
     # up to float rounding: auto takes them for a group when its mean L0 at the previous step was at most
@@ -101,6 +102,13 @@ class TrainConfig:
         require(self.max_norm_ratio is None or self.max_norm_ratio > 1, "train.max_norm_ratio",
                  "must be above 1 (a multiple of the median norm), or null to keep every row")
         choice(self.sparse, "train.sparse", ("auto", "always", "never"))
+        choice(self.tracker, "train.tracker", ("none", "wandb", "dvclive"))
+        if self.tracker != "none":
+            import importlib.util
+
+            require(importlib.util.find_spec(self.tracker) is not None, "train.tracker",
+                     f"{self.tracker} is not installed here; `pip install {self.tracker}` in the environment, or "
+                     "train.tracker=none")
         device(self.device, "train.device")
         for index, name in enumerate(self.site_devices):
             device(name, f"train.site_devices.{index}")
