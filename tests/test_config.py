@@ -112,7 +112,7 @@ def test_placement_changes_no_params_training_key_or_evaluation_identity():
     from gatedsae.plan.workflow import ExperimentPlan
 
     moved = ["train.device=cuda:1", "train.threads=7", "+train.site_devices=[cuda:0,cuda:1,cuda:2]",
-             "train.checkpoint_every_steps=3", "train.log_every_steps=5", "cache.device=cuda:2", "cache.threads=3",
+             "train.checkpoint_every_steps=3", "train.log_every_steps=5", "train.tracker=wandb", "cache.device=cuda:2", "cache.threads=3",
              "cache.batch_sequences=2", "evaluate.device=cuda:3", "evaluate.threads=5", "evaluate.batch_rows=17",
              "evaluate.batch_windows=3"]
     assert {o.split("=")[0].lstrip("+") for o in moved} == {f"{s}.{k}" for s, keys in PLACEMENT_ONLY.items() for k in keys}
