@@ -20,7 +20,9 @@ from gatedsae.activations.store import ActivationStore
 from gatedsae.core.errors import InputError
 from gatedsae.evaluation.evaluate import CheckpointSAE, evaluate_grid
 from gatedsae.plan.layout import ANALYSIS_MARKDOWN, KEY_FILE, study_dir
-from gatedsae.reporting.browser import browse, logit_effects
+from gatedsae.reporting.browse import INDEX_SUFFIX, browse
+from gatedsae.reporting.browser import logit_effects
+from gatedsae.reporting.feature_index import feature_view
 from gatedsae.reporting.study import analyse, analyse_study, build_study, read_ratings
 from gatedsae.reporting.tables import aggregate
 from gatedsae.training.stages import train_grid
@@ -51,12 +53,14 @@ def test_browser_data_is_what_the_sae_computes(evaluated, browsed, tiny_model):
     store = ActivationStore(evaluated.paths.activations_dir("tiny", "tiny", SITE, LAYER), "heldout")
     rows = torch.cat([store.rows(i, None) for i in range(store.n_shards)])
     positions = store.manifest.positions_per_window
-    pages = sorted(browsed.parent.glob("*.json"))
+    pages = sorted(p for p in browsed.parent.glob("*.json") if not p.name.endswith(INDEX_SUFFIX))
     assert {p.stem.split("_")[0] for p in pages} == {"gated", "baseline"}
     for page in pages:
         data = json.loads(page.read_text())
         sae = CheckpointSAE.load(data["checkpoint"])
-        features = sae.encode(rows)
+        norms = sae.tensors["W_dec"].norm(dim=-1)
+        features = sae.encode(rows) * norms  # in the model's units: the decoder rows' scale folded back
+        assert data["units"]["decoder_norm_max"] == pytest.approx(float(norms.max()), abs=1e-3)
         assert data["l0"] == pytest.approx(float((features > 0).sum(-1).float().mean()), abs=1e-3)
         assert len(data["features"]) == 5
         for feature in data["features"]:
@@ -76,6 +80,39 @@ def test_browser_data_is_what_the_sae_computes(evaluated, browsed, tiny_model):
             direction = ((decoder - decoder.mean()) * ln.w) @ tiny_model.model.W_U
             expected = [tiny_model.tokenizer.token_text(int(i)) for i in torch.topk(direction, 10).indices]
             assert [token for token, _ in feature["logits"]["promoted"]] == expected
+
+
+def test_every_feature_is_indexed_as_the_sae_computes_it(evaluated, browsed, tiny_model):
+    """The compact index behind 'open any feature': density, firing count, maximum and histogram of every
+    feature in the model's units, its top examples one per window in order, and logit effects along the
+    unit decoder direction."""
+    store = ActivationStore(evaluated.paths.activations_dir("tiny", "tiny", SITE, LAYER), "heldout")
+    rows = torch.cat([store.rows(i, None) for i in range(store.n_shards)])
+    positions = store.manifest.positions_per_window
+    for path in sorted(browsed.parent.glob(f"*{INDEX_SUFFIX}")):
+        index = json.loads(path.read_text())
+        page = json.loads(path.with_name(path.name.replace(INDEX_SUFFIX, ".json")).read_text())
+        sae = CheckpointSAE.load(page["checkpoint"])
+        norms = sae.tensors["W_dec"].norm(dim=-1)
+        activations = (sae.encode(rows) * norms).numpy()
+        assert len(index["features"]) == sae.width and index["rows"] == len(rows)
+        for number in range(sae.width):
+            feature, column = feature_view(index, number), activations[:, number]
+            assert feature["index"] == number and feature["fired"] == int((column > 0).sum())
+            assert feature["density"] == pytest.approx((column > 0).mean(), abs=1e-6)
+            assert feature["max_activation"] == pytest.approx(column.max(), abs=1e-3)
+            assert sum(feature["histogram"]) == feature["fired"]
+            values = [e["activations"][e["focus"]] for e in feature["examples"]]
+            assert values == sorted(values, reverse=True) and len({e["window"] for e in feature["examples"]}) == len(values)
+            assert len(values) == min(evaluated.browser.index_examples, len({r // positions for r in np.flatnonzero(column)}))
+            for example in feature["examples"]:
+                row = example["window"] * positions + example["position"] - 1
+                assert example["activations"][example["focus"]] == pytest.approx(column[row], abs=2e-3)
+                window_max = column[example["window"] * positions:(example["window"] + 1) * positions].max()
+                assert column[row] == pytest.approx(window_max, abs=1e-4)  # the window's highest activation
+        sampled = page["features"][0]
+        indexed = feature_view(index, sampled["index"])
+        assert [t for t, _ in indexed["promoted"]] == [t for t, _ in sampled["logits"]["promoted"]][: len(indexed["promoted"])]
 
 
 def test_attention_logit_effects_go_through_w_o(evaluated, tiny_model):
@@ -113,7 +150,51 @@ def test_the_browser_renders_in_headless_chromium(browsed, tmp_path):
         if os.environ.get("GATEDSAE_SCREENSHOT_DIR"):  # to refresh docs/img
             shutil.copy(screenshot, Path(os.environ["GATEDSAE_SCREENSHOT_DIR"]) / "feature-browser-smoke.png")
         browser.open(browsed.as_uri())
-        assert browser.evaluate("document.querySelectorAll('table.saes a').length") == len(list(browsed.parent.glob("*.json")))
+        pages = [p for p in browsed.parent.glob("*.json") if not p.name.endswith(INDEX_SUFFIX)]
+        assert browser.evaluate("document.querySelectorAll('table.saes a').length") == len(pages)
+        assert not browser.page_errors()
+    finally:
+        browser.close()
+
+
+def test_any_feature_opens_by_index_and_features_search_and_sort_in_headless_chromium(browsed, tmp_path):
+    page = sorted(browsed.parent.glob("baseline_*.html"))[0]
+    index = json.loads(page.with_name(page.stem + INDEX_SUFFIX).read_text())
+    at = {name: i for i, name in enumerate(index["fields"])}
+    browser = _chromium(tmp_path)
+    try:
+        browser.open(page.as_uri())
+        assert browser.evaluate("document.body.dataset.explorer") == "ready"
+        width = len(index["features"])
+        assert browser.evaluate("document.querySelectorAll('#feature-rows tr').length") == min(width, 200)
+        # open a feature by its number, through the form: its card, with both histogram axes
+        number = width - 1
+        browser.evaluate(f"document.getElementById('feature-number').value = {number}; "
+                         "document.getElementById('feature-open').requestSubmit(); new Promise(r => setTimeout(r, 200))")
+        assert browser.evaluate("location.hash") == f"#feature={number}"
+        assert browser.evaluate("document.querySelector('#opened h2').textContent") == f"Feature {number}"
+        labels = browser.evaluate("[...document.querySelectorAll('#opened svg.hist text')].map(t => t.textContent)")
+        assert "activation (model units)" in labels and "tokens" in labels
+        shown = browser.evaluate("document.querySelectorAll('#opened ol.examples li').length")
+        assert shown == len(index["features"][number][at["examples"]])
+        # sorted by max activation, then by density (the default): the listed order is the data's
+        def listed():
+            return browser.evaluate("[...document.querySelectorAll('#feature-rows tr')].map(r => +r.dataset.index)")
+        browser.evaluate("const s = document.getElementById('feature-sort'); s.value = 'max_activation'; "
+                         "s.dispatchEvent(new Event('change'))")
+        maxima = [index["features"][i][at["max_activation"]] for i in listed()]
+        assert maxima == sorted(maxima, reverse=True) and len(maxima) == min(width, 200)
+        # search by a token the features fire on: exactly the features with it among their top tokens
+        token = index["tokens"][index["features"][0][at["examples"]][0][1][index["features"][0][at["examples"]][0][0]]]
+        query = token.strip() or token
+        browser.evaluate(f"const q = document.getElementById('feature-search'); q.value = {json.dumps(query)}; "
+                         "q.dispatchEvent(new Event('input'))")
+        expected = {i for i, f in enumerate(index["features"])
+                    if any(query.lower() in index["tokens"][e[1][e[0]]].strip().lower() for e in f[at["examples"]])}
+        assert set(listed()) == expected and 0 in expected
+        browser.screenshot(tmp_path / "explorer.png", full_page_height=1400)
+        if os.environ.get("GATEDSAE_SCREENSHOT_DIR"):
+            shutil.copy(tmp_path / "explorer.png", Path(os.environ["GATEDSAE_SCREENSHOT_DIR"]) / "feature-explorer-smoke.png")
         assert not browser.page_errors()
     finally:
         browser.close()

@@ -155,7 +155,7 @@ def _verdict(config: Config) -> None:
 
 def _browse(config: Config) -> None:
     """The feature browser of browser.site (docs/feature-browser.md)."""
-    from gatedsae.reporting.browser import browse
+    from gatedsae.reporting.browse import browse
 
     print(f"wrote {browse(config)}")
 

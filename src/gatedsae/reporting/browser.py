@@ -16,22 +16,16 @@ Rows of the held-out store map back to text exactly: row r is window r // (T−1
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
 
 from gatedsae.activations.store import ActivationStore
-from gatedsae.core.atomic import write_text_atomic
 from gatedsae.evaluation.evaluate import CheckpointSAE
 from gatedsae.plan.config import BrowserConfig, Config
-from gatedsae.plan.grid import read_grid_index
-from gatedsae.plan.layout import browser_dir
 
-INDEX_FILE = "index.html"
 
 
 @dataclass
@@ -74,6 +68,12 @@ class Scan:
     l0: float
 
 
+def decoder_norms(sae: CheckpointSAE) -> torch.Tensor:
+    """‖W_dec[i]‖ per feature: a checkpoint's rows carry the training's activation scale (norm 1 / scale),
+    so activation × this norm is the feature's contribution to the reconstruction in the model's units."""
+    return sae.tensors["W_dec"].float().norm(dim=-1)
+
+
 @torch.no_grad()
 def scan(sae: CheckpointSAE, shards, batch_rows: int) -> Scan:
     fired, rows, active = torch.zeros(sae.width, dtype=torch.long), 0, 0
@@ -88,11 +88,12 @@ def scan(sae: CheckpointSAE, shards, batch_rows: int) -> Scan:
 
 @torch.no_grad()
 def activations_of(sae: CheckpointSAE, features: torch.Tensor, shards, batch_rows: int) -> np.ndarray:
-    """[rows, len(features)] activations of the chosen features on every row (0 on rows left out)."""
-    parts = []
+    """[rows, len(features)] activations of the chosen features on every row (0 on rows left out), in the
+    model's units (times the decoder row's norm: see `decoder_norms`)."""
+    parts, scale = [], decoder_norms(sae)[features]
     for x, kept in shards:
         for chunk, keep in zip(x.split(batch_rows), kept.split(batch_rows)):
-            parts.append((sae.encode(chunk)[:, features] * keep[:, None]).numpy())
+            parts.append((sae.encode(chunk)[:, features] * scale * keep[:, None]).numpy())
     return np.concatenate(parts) if parts else np.zeros((0, len(features)), dtype=np.float32)
 
 
@@ -160,20 +161,28 @@ def through_final_norm(model, directions: torch.Tensor) -> torch.Tensor:
     return directions * weight.float() if weight is not None else directions
 
 
+LOGIT_CHUNK = 256  # features whose logits are computed at once ([chunk, vocab] floats)
+
+
 @torch.no_grad()
 def logit_effects(model, sae: CheckpointSAE, site: str, layer: int, features: np.ndarray, count: int,
                   token_text) -> list[dict]:
-    """Per feature, the `count` tokens whose logits its decoder direction raises and lowers the most."""
-    directions = sae.tensors["W_dec"][torch.as_tensor(features)].float()  # [k, d_site]
-    if site == "attn_z":  # z (heads concatenated) → the residual stream, through W_O
-        W_O = model.blocks[layer].attn.W_O.float()  # [heads, d_head, d_model]
-        directions = torch.einsum("khd,hdm->km", directions.reshape(len(features), *W_O.shape[:2]), W_O)
-    logits = through_final_norm(model, directions) @ model.W_U.float()  # [k, vocab]
+    """Per feature, the `count` tokens whose logits its decoder direction (normalised to 1, as SAEDashboard
+    and Neuronpedia show it) raises and lowers the most, through the final norm and the unembedding."""
     effects = []
-    for row in logits:
-        up, down = torch.topk(row, count), torch.topk(-row, count)
-        effects.append({"promoted": [[token_text(int(i)), round(float(v), 4)] for v, i in zip(up.values, up.indices)],
-                        "suppressed": [[token_text(int(i)), round(-float(v), 4)] for v, i in zip(down.values, down.indices)]})
+    for start in range(0, len(features), LOGIT_CHUNK):
+        chosen = torch.as_tensor(np.asarray(features[start : start + LOGIT_CHUNK]), dtype=torch.long)
+        directions = sae.tensors["W_dec"][chosen].float()  # [k, d_site]
+        directions = directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        if site == "attn_z":  # z (heads concatenated) → the residual stream, through W_O
+            W_O = model.blocks[layer].attn.W_O.float()  # [heads, d_head, d_model]
+            directions = torch.einsum("khd,hdm->km", directions.reshape(len(chosen), *W_O.shape[:2]), W_O)
+        logits = through_final_norm(model, directions) @ model.W_U.float()  # [k, vocab]
+        up, down = torch.topk(logits, count, dim=-1), torch.topk(-logits, count, dim=-1)
+        for values, indices, low_values, low_indices in zip(up.values, up.indices, down.values, down.indices):
+            effects.append({
+                "promoted": [[token_text(int(i)), round(float(v), 4)] for v, i in zip(values, indices)],
+                "suppressed": [[token_text(int(i)), round(-float(v), 4)] for v, i in zip(low_values, low_indices)]})
     return effects
 
 
@@ -191,34 +200,17 @@ def sae_features(sae: CheckpointSAE, store: ActivationStore, text: HeldoutText, 
     record = sae.record
     effects = logit_effects(model, sae, record["site"], int(record["layer"]), features, browser.logit_tokens,
                             text.token_text)
+    norms = decoder_norms(sae)
     return {
         "sae": record["sae"], "arch": record["arch"], **{knob: record[knob] for knob in ("l1", "k") if knob in record}, "width": sae.width,
         "site": record["site"], "layer": int(record["layer"]), "model": config.model.name,
         "checkpoint": str(sae.directory), "checkpoint_id": sae.checkpoint_id, "heldout_rows": scanned.rows,
         "l0": round(scanned.l0, 3), "alive": int((scanned.fired > 0).sum()), "dead": int((scanned.fired == 0).sum()),
+        "units": {"activation": "model", "decoder_norm_min": round(float(norms.min()), 4),
+                  "decoder_norm_max": round(float(norms.max()), 4)},
         "features": [feature_record(int(f), columns[:, i], scanned.rows, text, browser, rng, effects[i])
                      for i, f in enumerate(features)],
     }
-
-
-# ---------------------------------------------------------------------------------------------------
-# The stage.
-
-
-def browsed_checkpoints(config: Config, site: str, layer: int, archs: list[str]) -> list[Path]:
-    """The checkpoints of (site, layer)'s grids whose architecture is in `archs`, in grid order."""
-    from gatedsae.evaluation.evaluate import grid_indexes
-
-    found = []
-    for variant, index in grid_indexes(config, site, layer).items():
-        if not index.exists():
-            raise FileNotFoundError(f"{index} does not exist; train the grid first (Snakemake rule train_grid"
-                                    f"{' and rescale_shift' if variant == 'rescale_shift' else ''})")
-        found += [Path(e["path"]) for e in read_grid_index(index) if e["arch"] in archs]
-    if not found:
-        raise FileNotFoundError(f"no SAE of architecture {archs} in the grids of {site} layer {layer}; "
-                                "check browser.archs")
-    return found
 
 
 def load_context(config: Config, site: str, layer: int, loaded=None):
@@ -233,22 +225,3 @@ def load_context(config: Config, site: str, layer: int, loaded=None):
         raise ValueError(f"the held-out windows ({windows.shape[1]} tokens) do not match the store "
                          f"({store.manifest.positions_per_window} positions per window); re-run tokenize and cache")
     return store, HeldoutText(windows, loaded.tokenizer.token_text), loaded
-
-
-def browse(config: Config, loaded=None) -> Path:
-    """Write `<results>/browser/<site>/layer<L>/`: per SAE `<sae>.json` and `<sae>.html`, then index.html."""
-    from gatedsae.reporting.feature_html import index_page, sae_page
-
-    site, layer, browser = config.browser.site, config.browser_layer, config.browser
-    checkpoints = browsed_checkpoints(config, site, layer, browser.archs)
-    store, text, loaded = load_context(config, site, layer, loaded)
-    out = browser_dir(config)
-    pages = []
-    for directory in checkpoints:
-        data = sae_features(CheckpointSAE.load(directory), store, text, loaded.model, browser, config)
-        write_text_atomic(out / f"{data['sae']}.json", json.dumps(data, separators=(",", ":")) + "\n")
-        write_text_atomic(out / f"{data['sae']}.html", sae_page(data))
-        pages.append(data)
-        print(f"{data['sae']}: {len(data['features'])} features (L0 {data['l0']:.1f}, {data['dead']} dead)", flush=True)
-    write_text_atomic(out / INDEX_FILE, index_page(pages, config.experiment.name))
-    return out / INDEX_FILE

@@ -7,6 +7,8 @@ import html
 
 from gatedsae.plan.architectures import knob_text, label
 from gatedsae.plan.sites import label as site_label
+from gatedsae.reporting.feature_explorer import SCRIPT, explorer_html
+from gatedsae.reporting.feature_explorer import STYLE as EXPLORER_STYLE
 
 STYLE = """
 :root { --ink: #222; --muted: #666; --line: #ddd; --hot: 255, 110, 0; --cold: 30, 110, 220; }
@@ -28,6 +30,7 @@ ol.examples .value { flex: 0 0 4.5em; text-align: right; color: var(--muted); fo
 .ctx span.a { border-radius: 2px; }
 .ctx span.f { outline: 1.5px solid #b00; }
 svg.hist rect { fill: rgb(var(--hot)); } svg.hist text { font-size: 9px; fill: var(--muted); }
+svg.hist path.axis { stroke: var(--muted); fill: none; stroke-width: 1; }
 fieldset.rating { border: 1px solid var(--line); border-radius: 4px; margin-top: .8em; }
 fieldset.rating label { margin-right: 1.2em; } fieldset.rating input.note { width: 60%; margin-top: .4em; }
 header.study { position: sticky; top: 0; background: #fff; border-bottom: 1px solid var(--line); padding: .5em 0; z-index: 1; }
@@ -69,17 +72,29 @@ def examples_html(examples: list[dict], scale: float) -> str:
     return f'<ol class="examples">{items}</ol>'
 
 
-def histogram_svg(histogram: dict, width: int = 220, height: int = 70) -> str:
-    """The feature's non-zero activations as a small bar chart (x: activation, from 0 to its maximum)."""
+HIST = {"width": 250, "height": 112, "left": 36, "right": 8, "top": 6, "bottom": 30}  # px, plot margins
+
+
+def histogram_svg(histogram: dict) -> str:
+    """The feature's non-zero activations as a bar chart with both axes: activation (model units) from 0 to
+    its maximum, and the number of held-out tokens per bin."""
     counts, edges = histogram["counts"], histogram["edges"]
+    w, h, left, right, top, bottom = (HIST[k] for k in ("width", "height", "left", "right", "top", "bottom"))
+    plot_w, plot_h, base = w - left - right, h - top - bottom, h - bottom
     peak = max(counts) or 1
-    bar = width / len(counts)
-    bars = "".join(f'<rect x="{i * bar:.1f}" y="{height - 14 - (height - 16) * c / peak:.1f}" width="{bar - 1:.1f}" '
-                   f'height="{(height - 16) * c / peak:.1f}"><title>{edges[i]:.3g}–{edges[i + 1]:.3g}: {c}</title></rect>'
+    bar = plot_w / len(counts)
+    bars = "".join(f'<rect x="{left + i * bar:.1f}" y="{base - plot_h * c / peak:.1f}" width="{bar - 1:.1f}" '
+                   f'height="{plot_h * c / peak:.1f}"><title>{edges[i]:.3g}–{edges[i + 1]:.3g}: {c} tokens</title></rect>'
                    for i, c in enumerate(counts))
-    return (f'<svg class="hist" width="{width}" height="{height}" role="img" aria-label="activation histogram">{bars}'
-            f'<text x="0" y="{height - 2}">0</text><text x="{width}" y="{height - 2}" text-anchor="end">'
-            f'{edges[-1]:.3g}</text></svg>')
+    axes = (f'<path class="axis" d="M{left},{top} V{base} H{w - right}"/>'
+            f'<text x="{left - 3}" y="{top + 7}" text-anchor="end">{peak:,}</text>'
+            f'<text x="{left - 3}" y="{base}" text-anchor="end">0</text>'
+            f'<text x="{left}" y="{base + 11}">0</text>'
+            f'<text x="{w - right}" y="{base + 11}" text-anchor="end">{edges[-1]:.3g}</text>'
+            f'<text x="{left + plot_w / 2}" y="{h - 3}" text-anchor="middle">activation (model units)</text>'
+            f'<text transform="translate(9,{top + plot_h / 2}) rotate(-90)" text-anchor="middle">tokens</text>')
+    return (f'<svg class="hist" width="{w}" height="{h}" role="img" aria-label="activation histogram">{bars}{axes}'
+            '</svg>')
 
 
 def logits_html(logits: dict) -> str:
@@ -116,17 +131,32 @@ def describe(data: dict) -> str:
             f"{site_label(data['site'])}, layer {data['layer']} of {data['model']}")
 
 
-def sae_page(data: dict) -> str:
+def units_note(data: dict) -> str:
+    """How to read the numbers: activations in the model's units, directions of norm 1 (as SAEDashboard and
+    Neuronpedia show them), and the scale this checkpoint folds into its decoder."""
+    units = data.get("units") or {}
+    folded = (f" This checkpoint's decoder rows have norms {units['decoder_norm_min']:.3g}–{units['decoder_norm_max']:.3g} "
+              "(the training's activation scale is folded into W_dec)." if "decoder_norm_min" in units else "")
+    return (f"Activations are in the model's units: the feature's activation times the norm of its decoder row, "
+            f"i.e. the size of what it adds to the reconstruction of the {site_label(data['site']).lower()}. Logit "
+            f"effects follow its decoder direction normalised to 1.{folded}")
+
+
+def sae_page(data: dict, index: dict | None = None) -> str:
+    """One SAE's page: the sampled features as cards, and (with `index`) every feature, to open and search."""
     nav = " ".join(f'<a href="#f{f["index"]}">{f["index"]}</a>' for f in data["features"])
     cards = "".join(feature_html(f, f"Feature {f['index']}", f"f{f['index']}") for f in data["features"])
     body = (f'<h1>{_e(describe(data))}</h1>'
             f'<p class="summary">L0 {data["l0"]:.1f} on {data["heldout_rows"]:,} held-out tokens; {data["alive"]:,} '
-            f'features fire, {data["dead"]:,} never do. {len(data["features"])} features sampled among those that '
-            f'fire. Shading: the feature\'s activation on each token relative to its maximum; outlined: the '
-            f'token the example is about; hover a token for its activation. Checkpoint '
-            f'<code>{_e(data["checkpoint"])}</code> ({_e(data["checkpoint_id"])}). <a href="index.html">All SAEs</a></p>'
+            f'features fire, {data["dead"]:,} never do. {_e(units_note(data))} Shading: the feature\'s activation on '
+            f'each token relative to its maximum; outlined: the token the example is about; hover a token for its '
+            f'activation. Checkpoint <code>{_e(data["checkpoint"])}</code> ({_e(data["checkpoint_id"])}). '
+            f'<a href="index.html">All SAEs</a></p>'
+            + (explorer_html(index) if index else "")
+            + f'<h2>{len(data["features"])} features sampled among those that fire</h2>'
             f'<nav class="features">Features: {nav}</nav>{cards}')
-    return _page(f"Features of {data['sae']}", body)
+    page = _page(f"Features of {data['sae']}", body, SCRIPT if index else "")
+    return page.replace("</style>", EXPLORER_STYLE + "</style>", 1) if index else page
 
 
 def index_page(pages: list[dict], experiment: str) -> str:

@@ -17,7 +17,7 @@ class BrowserConfig:
     activation density and the tokens its decoder direction promotes and suppresses."""
 
     enabled: bool = False     # build it with the experiment (`snakemake all`); `python -m gatedsae browse` any time
-    site: str = "resid_post"
+    site: str = "resid_post"   # the site whose SAEs are browsed: resid_post | mlp_out | attn_z
     layer: Optional[int] = None  # None: the experiment's first layer
     archs: list[str] = field(default_factory=lambda: ["gated", "baseline"])  # the SAEs browsed (architectures)
     features: int = 32        # features sampled per SAE (among those that fire on the held-out rows)
@@ -28,11 +28,13 @@ class BrowserConfig:
     context_after: int = 4    # ... and after it
     logit_tokens: int = 10    # tokens promoted and suppressed through the unembedding
     heldout_tokens: Optional[int] = None  # held-out rows scanned (None: the whole held-out split)
-    seed: int = 0
+    all_features: bool = True  # also every feature in a compact index: open any by number, search, sort
+    index_examples: int = 5   # top-activating contexts per feature in that index
+    seed: int = 0             # the sampling of features and of quantile examples
 
     def validate(self) -> None:
         choice(self.site, "browser.site", SITES)
-        for key in ("features", "top_examples", "quantile_bins", "logit_tokens"):
+        for key in ("features", "top_examples", "quantile_bins", "logit_tokens", "index_examples"):
             require(getattr(self, key) > 0, f"browser.{key}", "must be a positive integer")
         for key in ("examples_per_bin", "context_before", "context_after"):
             require(getattr(self, key) >= 0, f"browser.{key}", "must be 0 or more")
