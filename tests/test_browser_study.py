@@ -342,3 +342,37 @@ def test_a_malformed_ratings_file_is_refused_naming_it(case, tmp_path):
     for missing in (tmp_path / "absent.json", tmp_path):
         with pytest.raises(InputError, match=re.escape(str(missing))):
             read_ratings([missing], key)
+
+
+def test_the_neuronpedia_export_holds_the_browsers_data(evaluated, browsed, tmp_path):
+    """One Neuronpedia source per browsed SAE: its model, release, source-set and source records, and every
+    feature and top example of the index, with the browser's values."""
+    import gzip
+
+    from gatedsae.cli.main import main
+
+    out = tmp_path / "neuronpedia"
+    assert main(["export-neuronpedia", "experiment=smoke", f"paths.data={evaluated.paths.root}", f"--out={out}",
+                 f"experiment.results_dir={evaluated.experiment.results}", "--release=smoke-test"]) == 0
+    sources = sorted(p for p in (out / "tiny").iterdir())
+    indexes = sorted(browsed.parent.glob(f"*{INDEX_SUFFIX}"))
+    assert len(sources) == len(indexes) and all(s.name.startswith(f"{LAYER}-gatedsae-resid-post-") for s in sources)
+    for path in indexes:
+        index = json.loads(path.read_text())
+        sae = path.name.removesuffix(INDEX_SUFFIX)
+        (source,) = [s for s in sources if s.name.endswith(re.sub(r"[^a-z0-9]+", "-", sae))]
+        for name in ("model.jsonl", "release.jsonl", "sourceset.jsonl", "source.jsonl"):
+            (record,) = [json.loads(line) for line in (source / name).read_text().splitlines()]
+        assert record["id"] == source.name and record["num_prompts"] == index["windows"]
+        features = [json.loads(line) for line in gzip.decompress((source / "features/batch-0.jsonl.gz").read_bytes()).splitlines()]
+        activations = [json.loads(line) for line in gzip.decompress((source / "activations/batch-0.jsonl.gz").read_bytes()).splitlines()]
+        assert [int(f["index"]) for f in features] == list(range(len(index["features"])))
+        for feature in features:
+            view = feature_view(index, int(feature["index"]))
+            assert feature["frac_nonzero"] == view["density"] and feature["maxActApprox"] == view["max_activation"]
+            assert feature["pos_str"] == [t for t, _ in view["promoted"]] and feature["layer"] == source.name
+            assert feature["freq_hist_data_bar_heights"] == view["histogram"]
+        assert len(activations) == sum(len(feature_view(index, i)["examples"]) for i in range(len(index["features"])))
+        first = feature_view(index, int(activations[0]["index"]))["examples"][0]
+        assert activations[0]["values"] == first["activations"] and activations[0]["maxValueTokenIndex"] == first["focus"]
+        assert activations[0]["tokens"] == first["tokens"] and len({a["id"] for a in activations}) == len(activations)

@@ -118,3 +118,84 @@ def test_an_older_checkpoint_is_upgraded_in_place_without_touching_its_weights(s
     assert sae_lens.SAE.load_from_disk(old).cfg.metadata.hook_name == hook_name("mlp_out", LAYER)
     assert checkpoint_id(old) == identity
     read_checkpoint(old)  # its recorded hashes follow the rewritten cfg.json
+
+
+def test_the_untied_ablation_loads_in_sae_lens_once_gatedsae_registers_it(smoke_grids):
+    """Plain sae-lens does not know `gated_untied` (KeyError); importing gatedsae.saes.hooked registers it, and
+    the loaded SAE computes what our checkpoint reader computes."""
+    import subprocess
+    import sys
+
+    _, grids = smoke_grids
+    entry = next(e for e in grids["resid_post"] if e["arch"] == "gated_untied")
+    plain = subprocess.run([sys.executable, "-c", f"from sae_lens import SAE; SAE.load_from_disk({str(entry['path'])!r})"],
+                           capture_output=True, text=True)
+    assert plain.returncode != 0 and "KeyError: 'gated_untied'" in plain.stderr  # what the docs warn about
+    import gatedsae.saes.hooked  # noqa: F401  (registers gated_untied)
+
+    sae = sae_lens.SAE.load_from_disk(entry["path"], device="cpu")
+    ours = CheckpointSAE.load(entry["path"])
+    x = torch.randn(64, ours.cfg["d_in"]) * 3
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode(x), ours.encode(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sae.decode(sae.encode(x)), ours.reconstruct(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("site", ["resid_post", "attn_z"])
+def test_sae_lens_activation_store_rebuilds_the_pipelines_data(smoke_grids, site):
+    """token_dataset(sae) + ActivationsStore.from_sae: the windows the SAE was evaluated on, and from them the
+    very activations the pipeline cached (BOS left out, as the metadata's seqpos_slice says)."""
+    from gatedsae.activations.store import ActivationStore
+    from gatedsae.saes.hooked import load_hooked_sae_transformer, token_dataset
+
+    config, grids = smoke_grids
+    sae = sae_lens.SAE.load_from_disk(_loadable(grids[site])[0]["path"], device="cpu")
+    model, _ = load_hooked_sae_transformer(sae.cfg.metadata.model_name, data=str(config.paths.root))
+    store = sae_lens.ActivationsStore.from_sae(model, sae, dataset=token_dataset(sae, data=config.paths.root),
+                                               streaming=False, store_batch_size_prompts=4)
+    tokens = store.get_batch_tokens(4)
+    windows = np.asarray(load_windows(config.paths.tokens_dir("tiny", "tiny"), "heldout")[:4], dtype=np.int64)
+    assert torch.equal(tokens, torch.from_numpy(windows))
+    theirs = store.get_activations(tokens).reshape(-1, sae.cfg.d_in)
+    cached = ActivationStore(config.paths.activations_dir("tiny", "tiny", site, LAYER), "heldout")
+    torch.testing.assert_close(theirs, cached.rows(0, None, torch.float32)[: len(theirs)], rtol=1e-5, atol=1e-5)
+
+
+def test_a_hub_export_loads_with_sae_lens_from_pretrained_without_network(smoke_grids, tmp_path):
+    """export-hub's folder, placed as the Hugging Face cache holds a downloaded repository, loads through sae-lens'
+    pretrained loader offline: weights equal to the checkpoint's, sparsity the held-out firing frequency."""
+    import os
+    import subprocess
+    import sys
+
+    from gatedsae.cli.main import main
+    from gatedsae.reporting.browser import heldout_shards, scan
+
+    config, grids = smoke_grids
+    out = tmp_path / "hub"
+    assert main(["export-hub", "experiment=smoke", f"paths.data={config.paths.root}", "--repo=someone/smoke-saes",
+                 f"--out={out}", f"experiment.results_dir={tmp_path / 'results'}"]) == 0
+    exported = sorted(str(p.parent.relative_to(out)) for p in out.rglob("cfg.json"))
+    loadable = sorted(f"{hook_name(site, LAYER)}/{e['sae']}" for site, index in grids.items() for e in _loadable(index))
+    assert exported == loadable and "gated_untied" in (out / "README.md").read_text()  # named, left out
+    snapshot = tmp_path / "cache" / "models--someone--smoke-saes" / "snapshots" / ("0" * 40)
+    shutil.copytree(out, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    sae_id = next(i for i in exported if i.startswith(hook_name("attn_z", LAYER)))
+    script = ("import json, sys, torch\nfrom sae_lens import SAE\n"
+              f"sae, cfg, sparsity = SAE.from_pretrained_with_cfg_and_sparsity('someone/smoke-saes', {sae_id!r})\n"
+              "json.dump({'W_dec': sae.W_dec.tolist(), 'hook': sae.cfg.metadata.hook_name, "
+              "'sparsity': sparsity.tolist()}, sys.stdout)")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HOME": str(tmp_path)}
+    loaded = json.loads(subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                                       check=True).stdout)
+    checkpoint = next(e for e in grids["attn_z"] if sae_id.endswith("/" + e["sae"]))
+    ours = CheckpointSAE.load(checkpoint["path"])
+    torch.testing.assert_close(torch.tensor(loaded["W_dec"]), ours.tensors["W_dec"])
+    assert loaded["hook"] == hook_name("attn_z", LAYER)
+    from gatedsae.activations.store import ActivationStore
+
+    store = ActivationStore(config.paths.activations_dir("tiny", "tiny", "attn_z", LAYER), "heldout")
+    scanned = scan(ours, heldout_shards(store, None, ours.massive_norm_threshold), 1024)
+    torch.testing.assert_close(torch.tensor(loaded["sparsity"]), torch.log10(scanned.fired.double() / scanned.rows).float())

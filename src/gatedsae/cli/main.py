@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from gatedsae.cli.confighelp import ALL_SECTIONS
@@ -137,6 +138,24 @@ def _replicate(config: Config, overrides: list[str], chapter: str | None = None)
     from gatedsae.cli.replicate import replicate
 
     print(f"wrote {replicate(config, overrides, chapter)}")
+
+
+def _export_hub(config: Config, repo: str, out: str = "") -> None:
+    """The experiment's SAEs in the layout of a Hugging Face Hub repository named --repo (USER/NAME), which
+    sae-lens loads with SAE.from_pretrained(release=USER/NAME, sae_id=<hook>/<sae>); upload the folder as is
+    (docs/using-saes.md#publishing). Default folder: results/<experiment>/hub/."""
+    from gatedsae.reporting.hub import export_hub
+
+    print(f"wrote {export_hub(config, Path(out or config.experiment.results / 'hub'), repo)}")
+
+
+def _export_neuronpedia(config: Config, out: str = "", release: str = "", creator: str = "") -> None:
+    """The feature browser's data (browse stage, browser.all_features) in Neuronpedia's import format, one source
+    per browsed SAE. Default folder: results/<experiment>/neuronpedia/."""
+    from gatedsae.reporting.neuronpedia import export_neuronpedia
+
+    target = Path(out or config.experiment.results / "neuronpedia")
+    print(f"wrote {export_neuronpedia(config, target, release or f'gatedsae-{config.experiment.name}', creator or 'gatedsae')}")
 
 
 def _publish_reference(config: Config) -> None:
@@ -268,6 +287,10 @@ STAGES: dict[str, Stage] = {
     "replicate": Stage(_replicate, "the experiment's chapters through Snakemake, timed (what make replicate runs)",
                        "[--chapter=NAME]",
                        reads=("experiment",)),
+    "export-hub": Stage(_export_hub, "the SAEs as a Hugging Face Hub repository sae-lens' from_pretrained loads",
+                        "--repo=USER/NAME [--out=DIR]", reads=(*DATA, "sweep", "evaluate")),
+    "export-neuronpedia": Stage(_export_neuronpedia, "the feature browser's data in Neuronpedia's import format",
+                                "[--out=DIR] [--release=NAME] [--creator=NAME]", reads=("experiment", "browser")),
     "publish-reference": Stage(_publish_reference, "copy a finished run's results and figures into reference/<experiment>/",
                                reads=("experiment", "verdict")),
     "estimate": Stage(_estimate, "every job's estimated peak memory, disk and device-hours",

@@ -88,11 +88,11 @@ def index_features(sae, shards_fn, text: HeldoutText, model, shape: IndexShape, 
         picked = values[local, offsets[here].clamp(0, positions - 1), feature_of[here][:, None].expand_as(local)]
         context[here] = picked * inside[here]
         first += len(values)
-    return _records(sae, text, model, shape, fired, kept_rows, peak, counts.view(width, BINS),
+    return _records(sae, text, model, shape, fired, kept_rows, len(maxima), peak, counts.view(width, BINS),
                     feature_of, window_of, focus_of, offsets, inside, context)
 
 
-def _records(sae, text: HeldoutText, model, shape: IndexShape, fired, rows, peak, histograms,
+def _records(sae, text: HeldoutText, model, shape: IndexShape, fired, rows, windows, peak, histograms,
              feature_of, window_of, focus_of, offsets, inside, context) -> dict:
     tokens: dict[str, int] = {}
 
@@ -120,7 +120,8 @@ def _records(sae, text: HeldoutText, model, shape: IndexShape, fired, rows, peak
     return {"fields": ["index", "density", "fired", "max_activation", "histogram", "examples", "promoted",
                        "suppressed"],
             "example_fields": ["focus", "tokens", "activations", "window", "position"], "bins": BINS,
-            "tokens": list(tokens), "rows": rows, "features": features}
+            "tokens": list(tokens), "rows": rows, "windows": windows, "context": text.positions + 1,
+            "features": features}
 
 
 def feature_view(index: dict, feature: int) -> dict:

@@ -7,6 +7,10 @@ SAEs were trained on (for an embedded model: the packaged GGUF, dequantized; not
     sae = SAE.load_from_disk("data/checkpoints/smollm2-135m/offline_prose/resid_post/layer15/default/gated_w2304_l1_0.07")
     model, tokenizer = load_hooked_sae_transformer(sae.cfg.metadata.model_name)
     model.add_sae(sae, exclude_special_tokens=[tokenizer.bos_token_id])   # BOS stays clean, as in training
+
+sae-lens' activation store and evals on the same data: `ActivationsStore.from_sae(model, sae,
+dataset=token_dataset(sae))` (the pipeline's held-out windows of the model and corpus the SAE names).
+Importing this module also registers the untied Gated ablation (`gated_untied`) with sae-lens.
 """
 
 from __future__ import annotations
@@ -14,6 +18,14 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 
 from gatedsae.plan.config import CONF_DIR, ConfigError, ModelConfig, PathsConfig, dataclass_from
+from gatedsae.saes.saelens import register_untied, token_dataset
+
+__all__ = ["load_hooked_sae_transformer", "as_hooked_sae_transformer", "model_config", "token_dataset"]
+
+try:
+    register_untied()
+except ImportError:  # sae-lens is not installed: nothing to register with
+    pass
 
 
 def model_config(name: str) -> ModelConfig:
