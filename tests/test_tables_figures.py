@@ -264,8 +264,11 @@ def _hlines(ax) -> set[float]:
 
 
 def test_reference_lines_shared_axes_and_lambda_labels():
+    from gatedsae.reporting.figures.style import finish
+
     figures = dict(pareto.figures(fixture_frame()))
     fig1 = figures["fig1_loss_recovered_vs_l0"]
+    finish(fig1)  # labels are placed once the figure is laid out
     assert all(100.0 in _hlines(ax) for ax in fig1.axes)
     assert any(t.get_text().startswith("λ=") for ax in fig1.axes for t in ax.texts), "λ labels on the sweeps"
     assert not fig1.axes[0].get_shared_y_axes().joined(fig1.axes[0], fig1.axes[1]), "loss recovered: own y per site"
@@ -302,3 +305,67 @@ def test_error_bars_come_from_interval_columns_when_present():
     assert lengths == [3.0], "the bar spans ci_low..ci_high, in percent"
     delta = figures["delta_lm_loss_vs_l0"]
     assert not any(isinstance(c, ErrorbarContainer) for ax in delta.axes for c in ax.containers), "no Δ interval given"
+
+
+def _hidden(ax, box) -> list[str]:
+    """What a text box in display coordinates covers: solid data lines, markers, error bars, histogram
+    outlines (dashed reference lines may be crossed)."""
+    from matplotlib.collections import LineCollection, PathCollection
+
+    found = []
+    for line in ax.lines:
+        path = line.get_transform().transform_path(line.get_path())
+        if line.get_linestyle() == "-" and len(path.vertices) > 1 and path.intersects_bbox(box, filled=False):
+            found.append(f"line {line.get_label()}")
+        if line.get_marker() not in (None, "None", "none", ""):
+            found += [f"marker {line.get_label()}" for x, y in path.vertices if box.contains(x, y)]
+    for collection in ax.collections:
+        if isinstance(collection, LineCollection):
+            found += ["error bar" for path in collection.get_paths()
+                      if collection.get_transform().transform_path(path).intersects_bbox(box, filled=False)]
+        elif isinstance(collection, PathCollection):
+            offsets = collection.get_offset_transform().transform(collection.get_offsets())
+            found += ["point" for x, y in offsets if box.contains(x, y)]
+    found += ["bar" for patch in ax.patches
+              if patch.get_transform().transform_path(patch.get_path()).intersects_bbox(box, filled=False)]
+    return found
+
+
+def _text_box(text, renderer):
+    """The extent of the text itself (an annotation's own extent includes its leader line)."""
+    import matplotlib.text
+
+    if isinstance(text, matplotlib.text.Annotation):
+        text.update_positions(renderer)
+    return matplotlib.text.Text.get_window_extent(text, renderer)
+
+
+def test_labels_and_notes_hide_no_data_on_the_reference_run():
+    """The published run's crowded panels (Fig. 1, γ, the density pairs): every λ label and density note,
+    placed at the final layout, covers no line, marker, error bar or bar, stays inside its panel, and no
+    two labels overlap."""
+    import json
+
+    import matplotlib.pyplot as plt
+
+    from gatedsae.plan.config import REPO_ROOT
+    from gatedsae.reporting.figures.style import finish
+
+    reference = REPO_ROOT / "reference" / "default"
+    frame = pd.read_csv(reference / "metrics.csv")
+    drawn = [*pareto.figures(frame), *shrinkage.figures(frame),
+             *density.figures(frame, json.loads((reference / "densities.json").read_text()))]
+    checked = 0
+    for stem, fig in drawn:
+        finish(fig)
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            boxes = [_text_box(t, renderer) for t in ax.texts if t.get_text()]
+            panel = ax.get_window_extent(renderer)
+            for box in boxes:
+                assert not _hidden(ax, box), (stem, _hidden(ax, box))
+                assert panel.x0 <= box.x0 and box.x1 <= panel.x1 and panel.y0 <= box.y0 and box.y1 <= panel.y1, stem
+                assert sum(box.overlaps(other) for other in boxes) == 1, f"{stem}: labels overlap"
+            checked += len(boxes)
+        plt.close(fig)
+    assert checked >= 12

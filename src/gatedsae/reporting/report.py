@@ -54,8 +54,15 @@ def verdict_html(results: Path) -> str:
 
 
 def _figure_html(png: Path, caption: str) -> str:
-    data = base64.b64encode(png.read_bytes()).decode()
-    return (f'<figure><img alt="{html.escape(png.stem)}" src="data:image/png;base64,{data}">'
+    """The figure at its printed size relative to the page, so every figure's fonts show at one size (a
+    single-column figure takes half the column, not all of it)."""
+    from gatedsae.reporting.figures.style import FULL_WIDTH, SAVE_DPI
+
+    raw = png.read_bytes()
+    inches = int.from_bytes(raw[16:20], "big") / SAVE_DPI  # the PNG header's width, in pixels
+    data = base64.b64encode(raw).decode()
+    return (f'<figure><img alt="{html.escape(png.stem)}" style="width:{min(100.0, 100 * inches / FULL_WIDTH):.1f}%" '
+            f'src="data:image/png;base64,{data}">'
             f"<figcaption><b>{html.escape(png.stem)}.</b> {html.escape(caption)}</figcaption></figure>")
 
 

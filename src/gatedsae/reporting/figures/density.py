@@ -21,6 +21,7 @@ from gatedsae.reporting.figures.style import (
     save,
     shared_legend,
 )
+from gatedsae.reporting.figures.placement import queue_note
 from gatedsae.reporting.tables import density_key, matched_pairs
 
 STEM = "feature_density"
@@ -64,7 +65,7 @@ def figures(frame: pd.DataFrame, densities: dict):
             ax.stairs(counts / max(total, 1), edges, color=COLOURS[row["arch"]], linewidth=1.2,
                       label=arch_label(row["arch"]))
             notes.append(f"{arch_label(row['arch'])}: L0 {row['l0']:.0f}, {dead} dead")
-        ax.text(0.02, 0.97, "\n".join(notes), transform=ax.transAxes, va="top", ha="left", fontsize=MIN_FONT_PT)
+        queue_note(ax, "\n".join(notes), MIN_FONT_PT)  # placed where it covers no bar (placement.py)
         ax.set_xlim(low, high)
         ax.xaxis.set_major_locator(MultipleLocator(0.5) if high - low <= 4 else MultipleLocator(1.0))
         ax.set_title(panel_title(pair[0]["site"], pair[0]["layer"], several_layers))

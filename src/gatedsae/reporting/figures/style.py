@@ -17,11 +17,13 @@ from gatedsae.core.atomic import atomic_path
 from gatedsae.plan.architectures import ARCHITECTURES, knob_text
 from gatedsae.plan.architectures import label as arch_label
 from gatedsae.plan.sites import SITES, short_label
+from gatedsae.reporting.figures.placement import place_labels, queue_label
 from gatedsae.reporting.tables import pareto_mask
 
 SINGLE_COLUMN = 3.25  # inches: one column of a two-column paper
 FULL_WIDTH = 6.75     # inches: the text width
 MIN_FONT_PT = 7.0
+SAVE_DPI = 300        # PNG resolution; the report shows each PNG at width / SAVE_DPI inches of FULL_WIDTH
 
 COLOURS = {name: record.colour for name, record in ARCHITECTURES.items()}
 MARKERS = {name: record.marker for name, record in ARCHITECTURES.items()}
@@ -36,7 +38,7 @@ PERCENT = {"loss_recovered"}
 REFERENCE = {"loss_recovered": 100.0, "gamma": 1.0, "delta_lm_loss": 0.0}  # the clean model; γ = 1: unbiased
 
 plt.rcParams.update({
-    "figure.dpi": 100, "savefig.dpi": 300, "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8,
+    "figure.dpi": 100, "savefig.dpi": SAVE_DPI, "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8,
     "xtick.labelsize": 7, "ytick.labelsize": 7, "legend.fontsize": 7, "lines.linewidth": 1.2,
     "lines.markersize": 3.5, "axes.linewidth": 0.6, "xtick.major.width": 0.6, "ytick.major.width": 0.6,
     "axes.grid": True, "grid.alpha": 0.25, "grid.linewidth": 0.5, "axes.spines.top": False,
@@ -101,19 +103,15 @@ def _error_bars(ax, points: pd.DataFrame, y: str, colour: str, alpha: float) -> 
 
 
 def label_l1(ax, frame: pd.DataFrame, arch: str, y: str, ends: tuple[str, ...] = ("sparse", "dense")) -> None:
-    """λ (or k) beside a sweep's sparsest and/or densest SAE, so the sweep's direction reads off the figure. The
-    text points into the panel (rightwards from the sparse end, leftwards from the dense end)."""
+    """λ (or k) beside a sweep's sparsest and/or densest SAE, so the sweep's direction reads off the figure;
+    placed once the figure is laid out, where it hides no line, marker or other label (placement.py)."""
     points = frame[frame["arch"] == arch].sort_values("l0")
     if len(points) < 2:
         return
-    below = arch == "baseline"
-    placements = {"sparse": (points.iloc[0], (6, -4 if below else 3), "left"),
-                  "dense": (points.iloc[-1], (-5, -11 if below else 5), "right")}
     for end in ends:
-        point, offset, align = placements[end]
-        ax.annotate(knob_text(arch, point).replace(" = ", "="), (point["l0"], point[y] * (100 if y in PERCENT else 1)),
-                    textcoords="offset points", xytext=offset, ha=align, fontsize=MIN_FONT_PT,
-                    color=COLOURS.get(arch, "black"))
+        point = points.iloc[0] if end == "sparse" else points.iloc[-1]
+        queue_label(ax, knob_text(arch, point).replace(" = ", "="), point["l0"],
+                    point[y] * (100 if y in PERCENT else 1), COLOURS.get(arch, "black"), MIN_FONT_PT)
 
 
 def reference_line(ax, y: str) -> None:
@@ -189,15 +187,21 @@ def shared_legend(fig, axes=None, ncol: int | None = None) -> None:
                bbox_to_anchor=(0.5, 1.0), handlelength=1.8, columnspacing=1.2, borderaxespad=0.1)
 
 
-def save(fig, directory: Path, stem: str) -> list[Path]:
+def finish(fig) -> None:
     """Lay out the figure at its own size, leaving the figure legend its measured height above the
-    panels; write `stem`.png and `stem`.pdf atomically; return both paths."""
-    directory.mkdir(parents=True, exist_ok=True)
+    panels, then place the queued notes and labels where they hide nothing."""
     fig.tight_layout(pad=0.3)
     if fig.legends:
         fig.canvas.draw()
         height = max(legend.get_window_extent().height for legend in fig.legends) / fig.bbox.height
         fig.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - height))
+    place_labels(fig)
+
+
+def save(fig, directory: Path, stem: str) -> list[Path]:
+    """`finish` the figure; write `stem`.png and `stem`.pdf atomically; return both paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    finish(fig)
     paths = []
     for suffix in ("png", "pdf"):
         path = directory / f"{stem}.{suffix}"
