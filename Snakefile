@@ -64,7 +64,7 @@ rule prepare_model:
     output:
         plan.model_marker(),
     params:
-        config=plan.params("model"),
+        config=plan.params("prepare_model"),
     log:
         LOGS + "/prepare_model/{model}.log",
     benchmark:
@@ -80,7 +80,7 @@ rule fetch_corpus:
     output:
         plan.corpus_manifest(),
     params:
-        config=plan.params("corpus"),
+        config=plan.params("fetch_corpus"),
     log:
         LOGS + "/fetch_corpus/{corpus}.log",
     benchmark:
@@ -97,7 +97,7 @@ rule tokenize:
     output:
         plan.tokens_manifest(),
     params:
-        config=plan.params("model", "corpus", "experiment", "seed"),
+        config=plan.params("tokenize"),
     log:
         LOGS + "/tokenize/{model}/{corpus}.log",
     benchmark:
@@ -116,7 +116,7 @@ rule cache_activations:
     output:
         plan.store_manifests(),
     params:
-        config=plan.params("model", "corpus", "cache", "experiment", "seed"),
+        config=plan.params("cache"),
     log:
         LOGS + "/cache_activations/{model}/{corpus}.log",
     benchmark:
@@ -138,7 +138,7 @@ if plan.streamed:
         output:
             plan.layer_grid_indexes(),
         params:
-            config=plan.params("model", "corpus", "cache", "experiment", "seed", "sweep", "train"),
+            config=plan.params("train"),
         log:
             LOGS + "/train_layer/{model}/{corpus}/layer{layer}/{sweep}.log",
         benchmark:
@@ -158,7 +158,7 @@ else:
         output:
             plan.grid_index(),
         params:
-            config=plan.params("sweep", "train"),
+            config=plan.params("train"),
         log:
             LOGS + "/train_grid/{model}/{corpus}/{site}/layer{layer}/{sweep}.log",
         benchmark:
@@ -177,7 +177,7 @@ rule rescale_shift:
     output:
         plan.rescale_shift_index(),
     params:
-        config=plan.params("sweep", "train"),
+        config=plan.params("rescale_shift"),
     log:
         LOGS + "/rescale_shift/{model}/{corpus}/{site}/layer{layer}/{sweep}.log",
     benchmark:
@@ -199,7 +199,7 @@ rule evaluate_grid:
     output:
         plan.evaluation(),
     params:
-        config=plan.params("evaluate", code="metrics"),
+        config=plan.params("evaluate"),
     log:
         LOGS + "/evaluate/{model}/{corpus}/{site}/layer{layer}/{sweep}.log",
     benchmark:
@@ -219,7 +219,7 @@ rule aggregate:
     output:
         **plan.aggregate_outputs(),
     params:
-        config=plan.params("intervals", code="aggregate"),
+        config=plan.params("aggregate"),
     log:
         LOGS + "/aggregate.log",
     shell:
@@ -263,7 +263,7 @@ rule verdict:
     output:
         **plan.verdict_outputs(),
     params:
-        config=plan.params("verdict", "intervals", code="verdict"),
+        config=plan.params("verdict"),
     log:
         LOGS + "/verdict.log",
     shell:
@@ -293,7 +293,7 @@ rule browse:
     output:
         plan.browser_index(),
     params:
-        config=plan.params("browser", "evaluate"),
+        config=plan.params("browse"),
     log:
         LOGS + "/browse.log",
     resources:
@@ -310,7 +310,7 @@ rule study_pages:
     output:
         plan.study_page(),
     params:
-        config=plan.study_page_params(),
+        config=plan.params("study"),
     log:
         LOGS + "/study_pages.log",
     resources:
@@ -327,7 +327,7 @@ rule study_analysis:
     output:
         plan.study_analysis(),
     params:
-        config=plan.params("study"),
+        config=plan.params("study_analysis"),
     log:
         LOGS + "/study_analysis.log",
     shell:

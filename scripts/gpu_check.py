@@ -32,7 +32,8 @@ from gatedsae.core.precision import machine
 from gatedsae.data.models import is_prepared, load_model
 from gatedsae.evaluation.evaluate import CheckpointSAE, evaluate_saes
 from gatedsae.plan.config import REPO_ROOT, load_config
-from gatedsae.plan.grid import grid_specs, training_key
+from gatedsae.plan.grid import grid_specs
+from gatedsae.plan.identity import training_key
 from gatedsae.training.stages import export_checkpoints
 from gatedsae.training.trainer import GridTrainer
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -86,47 +85,6 @@ def test_cli_usage_lists_stages():
     assert result.returncode == 2 and "cache" in result.stderr
 
 
-def test_settings_added_at_their_neutral_default_change_no_params_or_training_key():
-    from dataclasses import replace
-
-    from gatedsae.plan.identity import NEUTRAL_DEFAULTS
-    from gatedsae.plan.grid import grid_specs, training_key
-    from gatedsae.plan.workflow import ExperimentPlan
-
-    config = load_config(["experiment=smoke"])
-    spec = grid_specs(config, config.model.site_width("resid_post"), "resid_post")[0]
-    params = json.loads(ExperimentPlan("smoke").params("cache", "train"))
-    for section, settings in NEUTRAL_DEFAULTS.items():
-        assert getattr(config, section).__dict__.items() >= settings.items(), "the defaults are the neutral values"
-        assert not set(settings) & set(params[section]), "neutral settings stay out of the job params"
-    assert "mode" in json.loads(ExperimentPlan("smoke", ["cache.mode=stream"]).params("cache"))["cache"]
-    statistics = replace(config, train=replace(config.train, statistics_tokens=512))
-    assert training_key(statistics, "resid_post", spec) != training_key(config, "resid_post", spec)
-
-
-def test_placement_changes_no_params_training_key_or_evaluation_identity():
-    """Devices, threads, batch sizes of the LM and evaluation, and checkpoint cadence place the work; they
-    do not change what is computed, so changing them reruns nothing."""
-    from gatedsae.plan.identity import PLACEMENT_ONLY
-    from gatedsae.plan.grid import grid_specs, training_key
-    from gatedsae.plan.workflow import ExperimentPlan
-
-    moved = ["train.device=cuda:1", "train.threads=7", "+train.site_devices=[cuda:0,cuda:1,cuda:2]",
-             "train.checkpoint_every_steps=3", "train.log_every_steps=5", "train.tracker=wandb", "cache.device=cuda:2", "cache.threads=3",
-             "cache.batch_sequences=2", "evaluate.device=cuda:3", "evaluate.threads=5", "evaluate.batch_rows=17",
-             "evaluate.batch_windows=3"]
-    assert {o.split("=")[0].lstrip("+") for o in moved} == {f"{s}.{k}" for s, keys in PLACEMENT_ONLY.items() for k in keys}
-    before, after = ExperimentPlan("smoke"), ExperimentPlan("smoke", moved)
-    for stage in ("cache", "train", "evaluate"):
-        assert before.params(stage) == after.params(stage)
-    spec = grid_specs(before.config, before.config.model.site_width("resid_post"), "resid_post")[0]
-    assert training_key(before.config, "resid_post", spec) == training_key(after.config, "resid_post", spec)
-    # ... while a setting that changes results does change them.
-    other = ExperimentPlan("smoke", ["train.buffer_rows=2048"])
-    assert before.params("train") != other.params("train")
-    assert training_key(other.config, "resid_post", spec) != training_key(before.config, "resid_post", spec)
-
-
 def test_a_chapter_cuts_the_sweep_down_to_the_chapters_so_far():
     full = load_config(["experiment=default"])
     headline = load_config(["experiment=default", "experiment.chapter=headline"])
@@ -136,11 +94,9 @@ def test_a_chapter_cuts_the_sweep_down_to_the_chapters_so_far():
     last = load_config(["experiment=default", f"experiment.chapter={full.experiment.chapters[-1].name}"])
     assert last.sweep == full.sweep, "the last chapter is the whole experiment"
     # The chapter itself reruns nothing: only the sweep it selects enters the jobs' params.
-    from gatedsae.plan.workflow import ExperimentPlan
+    from gatedsae.plan.identity import section_params
 
-    last_chapter = f"experiment.chapter={full.experiment.chapters[-1].name}"
-    assert ExperimentPlan("default", [last_chapter]).params("experiment", "sweep") == \
-        ExperimentPlan("default").params("experiment", "sweep")
+    assert section_params(last, "experiment", "sweep") == section_params(full, "experiment", "sweep")
     with pytest.raises(ConfigError, match="experiment.chapter"):
         load_config(["experiment=default", "experiment.chapter=nonsense"])
 

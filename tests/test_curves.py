@@ -14,7 +14,8 @@ from conftest import smoke_config
 
 from gatedsae.activations.store import ActivationStore
 from gatedsae.plan.config import load_config
-from gatedsae.plan.grid import grid_specs, training_key
+from gatedsae.plan.grid import grid_specs
+from gatedsae.plan.identity import training_key
 from gatedsae.reporting.curves import gather_curves
 from gatedsae.training.curves import CURVES_FILE, FIELDS
 from gatedsae.training.stages import train_grid

@@ -25,9 +25,9 @@ from gatedsae.core.atomic import atomic_path, sha256_file, write_json_atomic
 from gatedsae.core.progress import progress_bar
 from gatedsae.data.corpus import MANIFEST as TOKENS_MANIFEST
 from gatedsae.data.corpus import load_windows
-from gatedsae.plan.cache import cache_identity, plan_windows, windows_to_store
+from gatedsae.plan.cache import plan_windows, windows_to_store
 from gatedsae.plan.config import Config, ConfigError
-from gatedsae.plan.identity import config_hash
+from gatedsae.plan.identity import store_identity
 from gatedsae.plan.layout import MANIFEST, SPLITS
 from gatedsae.plan.layout import STORE_PROGRESS as PROGRESS
 from gatedsae.plan.sites import flatten, hook_name
@@ -142,7 +142,7 @@ def cache_activations(config: Config, loaded=None) -> list[Path]:
 
     prepared = config.paths.model_dir(config.model.name) / PREPARED_MARKER
     provenance = json.loads(prepared.read_text()).get("provenance", {}) if prepared.exists() else {}
-    identity = config_hash(cache_identity(config))
+    identity = store_identity(config)
     writers: dict[tuple[str, int], _StoreWriter] = {}
     for (site, layer), directory in config.activation_dirs().items():
         fresh = StoreManifest(

@@ -16,9 +16,8 @@ import torch
 
 from gatedsae.activations.cache import shard_activations, token_windows
 from gatedsae.activations.store import STORAGE, ShardedActivations, as_stored
-from gatedsae.plan.cache import cache_identity
 from gatedsae.plan.config import Config
-from gatedsae.plan.identity import config_hash
+from gatedsae.plan.identity import store_identity
 
 Key = tuple[str, int]  # (site, layer)
 
@@ -62,7 +61,7 @@ class StreamedActivations(ShardedActivations):
             raise ValueError(f"the shard source computes {source.keys}, not {(site, layer)}")
         self.source, self.site, self.layer = source, site, layer
         self.d = source.config.model.site_width(site)
-        self.identity = config_hash(cache_identity(source.config))  # the stored split's, by design
+        self.identity = store_identity(source.config)  # the stored split's, by design
         self.storage_dtype = STORAGE[source.config.cache.dtype][0]
         self.replay_is_cheap = False
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -36,7 +36,7 @@ from gatedsae.core.codehash import METRICS_CODE, code_fingerprint
 from gatedsae.evaluation.reconstruction import StoreResult, reconstruction_metrics
 from gatedsae.evaluation.spliced import HeldOutWindows, SplicedLM, WindowLosses
 from gatedsae.plan.config import Config
-from gatedsae.plan.identity import comparable, config_hash
+from gatedsae.plan.identity import evaluation_identity
 from gatedsae.plan.grid import read_grid_index
 from gatedsae.plan.layout import METRICS_FILE
 from gatedsae.saes.checkpoints import checkpoint_id, decode_raw, encode_raw, read_checkpoint
@@ -116,15 +116,6 @@ def describe(sae: CheckpointSAE) -> dict:
 def metrics_code_version() -> str:
     """The fingerprint of the code that computes a saved result (see `codehash.METRICS_CODE`)."""
     return code_fingerprint(METRICS_CODE)
-
-
-def evaluation_identity(sae: CheckpointSAE, config: Config, store: ActivationStore) -> str:
-    """What a saved result must share to be reused: the weights and their massive-activation threshold,
-    the settings, the data, and the code that computes the metrics."""
-    return config_hash({"checkpoint": sae.checkpoint_id, "massive_norm_threshold": sae.massive_norm_threshold,
-                        "evaluate": comparable("evaluate", asdict(config.evaluate)), "store": store.manifest.config_hash,
-                        "context_length": config.experiment.context_length, "model": asdict(config.model),
-                        "metrics_code": metrics_code_version()})
 
 
 @dataclass
@@ -225,7 +216,8 @@ def evaluate_grid(config: Config, site: str, layer: int, progress: bool = True, 
         for entry in read_grid_index(index):
             sae = CheckpointSAE.load(entry["path"], config.evaluate.device)
             entries.append((variant, sae, out_dir / variant / f"{entry['sae']}.json",
-                            evaluation_identity(sae, config, store)))
+                            evaluation_identity(config, sae.checkpoint_id, sae.massive_norm_threshold,
+                                                store.manifest.config_hash, metrics_code_version())))
     todo = [(variant, sae, path, identity) for variant, sae, path, identity in entries
             if not _saved_matches(path, identity)]
     if todo:

@@ -1,24 +1,12 @@
-"""Planning of the activation cache, without touching data: which settings identify a store, and how
-many context windows each split needs for its token budget (checked before any compute)."""
+"""Planning of the activation cache, without touching data: how many context windows each split needs
+for its token budget (checked before any compute). Which settings identify a store: plan/identity.py."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 
 from gatedsae.plan.config import Config, ConfigError
 from gatedsae.plan.layout import SPLITS
-
-
-def cache_identity(config: Config) -> dict:
-    """The settings whose change invalidates a store (token budgets only extend it)."""
-    return {"model": asdict(config.model), "corpus": asdict(config.corpus), "seed": config.seed,
-            "context_length": config.experiment.context_length, "dtype": config.cache.dtype,
-            "shard_sequences": config.cache.shard_sequences}
-
-
-# ---------------------------------------------------------------------------------------------------
-# Writing.
 
 
 def _windows_needed(tokens: int, positions: int, per_shard: int) -> int:

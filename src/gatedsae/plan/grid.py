@@ -1,18 +1,17 @@
-"""The SAE grid as a plan: which SAEs a sweep trains at a site (`SAESpec`), their seeds, the key that
-says whether a finished checkpoint can be reused (`training_key`), and the grid index written beside
-the checkpoints. Torch-free, so the workflow and the estimates can use it."""
+"""The SAE grid as a plan: which SAEs a sweep trains at a site (`SAESpec`), their seeds, and the grid
+index written beside the checkpoints. Torch-free, so the workflow and the estimates can use it. Whether
+a finished checkpoint can be reused is its training key (plan/identity.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from gatedsae.core.atomic import write_json_atomic
-from gatedsae.plan.cache import cache_identity
 from gatedsae.plan.config import Config
-from gatedsae.plan.identity import comparable, config_hash
+from gatedsae.plan.identity import config_hash
 
 
 @dataclass(frozen=True)
@@ -51,20 +50,11 @@ def sae_seed(seed: int, arch: str, width: int, value: float) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Reuse: a finished checkpoint with the same training key is kept, so adding one λ to a sweep trains one
-# SAE; the grid index beside the checkpoints lists them.
+# The grid index beside the checkpoints lists them; a finished checkpoint with the same training key is
+# kept (plan/identity.py), so adding one λ to a sweep trains one SAE.
 
 GRID_INDEX = "grid.json"
 RESCALE_SHIFT_DIR = "rescale_shift"
-
-
-def training_key(config: Config, site: str, spec: SAESpec, extra: str = "") -> str:
-    """Everything an SAE's trained parameters depend on (besides the code). The activations enter by
-    the hash of the settings that define them, so stored and streamed training share their keys."""
-    return config_hash({"spec": [spec.arch, spec.width, spec.value, spec.lr, spec.l1_units],
-                        "train": comparable("train", asdict(config.train)),
-                        "store": config_hash(cache_identity(config)), "d": config.model.site_width(site),
-                        "extra": extra})
 
 
 def sweep_of(config: Config, site: str, specs: list[SAESpec]) -> Config:

@@ -1,14 +1,34 @@
-"""Run identity: which settings make two results "the same run". Job params, training keys and evaluation
-identities are hashes of settings; these rules say which settings enter them."""
+"""Run identity: what makes two results "the same run", in one place.
+
+Every artifact the pipeline reuses carries a hash of the settings it was computed from; a later run
+reuses it only when its own hash is equal. The identities, from the bottom of the pipeline up:
+
+    store_identity           an activation store (both splits; token budgets only extend a store)
+    training_key             one trained SAE checkpoint (kept when a later sweep lists the same SAE)
+    training_state_identity  a grid trainer's saved state (resumed only by the same grid)
+    evaluation_identity      one SAE's saved metrics
+    job_params               a Snakemake job of any stage, the verdict included (a change reruns the job)
+
+Two rules decide which settings enter them. PLACEMENT_ONLY: settings that place the work (devices,
+threads, batch sizes of the LM and evaluation, checkpoint cadence) never do. NEUTRAL_DEFAULTS: a
+setting added after artifacts existed stays out while at the value that reproduces the earlier
+behaviour. tests/test_identity.py checks the whole contract: each result-bearing setting changes exactly
+the identities that depend on it, a placement setting changes none.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
+from gatedsae.core.codehash import AGGREGATE_CODE, METRICS_CODE, VERDICT_CODE, code_fingerprint
 from gatedsae.plan.config.stages import SPARSE_MAX_DENSITY
+
+if TYPE_CHECKING:
+    from gatedsae.plan.config import Config, SAEGroupConfig, TrainConfig
+    from gatedsae.plan.grid import SAESpec
 
 
 # Settings added after artifacts existed, each at the value that reproduces the earlier behaviour: left
@@ -29,6 +49,20 @@ PLACEMENT_ONLY: dict[str, set[str]] = {
     "evaluate": {"device", "threads", "batch_rows", "batch_windows"},
 }
 
+# Sections no identity reads, and why: whatever their values, they rerun nothing.
+OUTSIDE_IDENTITY: dict[str, str] = {
+    "paths": "where the data lives (grid indexes hold paths relative to it, so a data folder can move)",
+    "resources": "how jobs are sized and scheduled, never what they compute",
+    "precision": "recorded in each artifact's provenance; set every stage to float32 to reproduce a float32 run",
+}
+
+# experiment.* keys that choose what to build and where its summaries go, not how anything is computed
+# (the chapter changes the sweep, which enters by itself).
+EXPERIMENT_NOT_IDENTITY = ("name", "through", "results_dir", "figures_dir", "chapters", "chapter")
+
+# The code whose fingerprint a job's params carry (core/codehash.py), so a fix to it reruns the job.
+CODE = {"metrics": METRICS_CODE, "aggregate": AGGREGATE_CODE, "verdict": VERDICT_CODE}
+
 
 def comparable(section: str, values: dict) -> dict:
     """`values` of a config section without the settings still at their neutral default, nor those that
@@ -42,3 +76,105 @@ def config_hash(config: Any) -> str:
     """A short stable hash of a (sub)config or dict, tying artifacts to the settings that made them."""
     payload = json.dumps(config if isinstance(config, dict) else asdict(config), sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+# --- artifacts ---------------------------------------------------------------------------------------------
+
+
+def store_settings(config: Config) -> dict:
+    """The settings whose change invalidates an activation store (token budgets only extend it)."""
+    return {"model": asdict(config.model), "corpus": asdict(config.corpus), "seed": config.seed,
+            "context_length": config.experiment.context_length, "dtype": config.cache.dtype,
+            "shard_sequences": config.cache.shard_sequences}
+
+
+def store_identity(config: Config) -> str:
+    """An activation store's identity, recorded in its manifest; a streamed split shares it by design."""
+    return config_hash(store_settings(config))
+
+
+def training_key(config: Config, site: str, spec: SAESpec, extra: str = "") -> str:
+    """Everything an SAE's trained parameters depend on (besides the code). The activations enter by
+    their store's identity, so stored and streamed training share their keys. `extra`: what else the
+    SAE is trained from (a rescale-and-shift SAE: its baseline's checkpoint)."""
+    return config_hash({"spec": [spec.arch, spec.width, spec.value, spec.lr, spec.l1_units],
+                        "train": comparable("train", asdict(config.train)),
+                        "store": store_identity(config), "d": config.model.site_width(site),
+                        "extra": extra})
+
+
+def rescale_shift_extra(baseline_keys: Sequence[str]) -> str:
+    """What a rescale-and-shift grid is trained from besides its settings: its baselines' training keys."""
+    return config_hash({"baselines": sorted(baseline_keys)})
+
+
+def training_state_identity(groups: Sequence[SAEGroupConfig], train: TrainConfig, store: str, d: int,
+                            extra: str = "") -> str:
+    """What a saved grid-training state must share to be resumed: the site's sweep groups, the training
+    settings, the store's identity, the width d and `extra` (as in `training_key`)."""
+    return config_hash({"sweep": [asdict(group) for group in groups], "train": comparable("train", asdict(train)),
+                        "store": store, "d": d, "extra": extra})
+
+
+def evaluation_identity(config: Config, checkpoint_id: str, massive_norm_threshold: Optional[float],
+                        store: str, metrics_code: Optional[str] = None) -> str:
+    """What a saved evaluation must share to be reused: the weights and their massive-activation
+    threshold, the evaluation settings, the store's identity, the LM and context, and the code that
+    computes the metrics (`metrics_code`, by default its fingerprint now)."""
+    return config_hash({"checkpoint": checkpoint_id, "massive_norm_threshold": massive_norm_threshold,
+                        "evaluate": comparable("evaluate", asdict(config.evaluate)), "store": store,
+                        "context_length": config.experiment.context_length, "model": asdict(config.model),
+                        "metrics_code": metrics_code or code_fingerprint(METRICS_CODE)})
+
+
+# --- jobs --------------------------------------------------------------------------------------------------
+
+# What each Snakemake job depends on: its rule's config sections, and the code whose fingerprint its params
+# carry (CODE). A job reads its other inputs as files, so their changes reach it through them; a
+# stream-mode train job runs the LM itself, so it depends on what makes the activations as well.
+STORE_SECTIONS = ("model", "corpus", "cache", "experiment", "seed")
+JOBS: dict[str, tuple[tuple[str, ...], Optional[str]]] = {
+    "prepare_model": (("model",), None),
+    "fetch_corpus": (("corpus",), None),
+    "tokenize": (("model", "corpus", "experiment", "seed"), None),
+    "cache": (STORE_SECTIONS, None),
+    "train": (("sweep", "train"), None),
+    "train_streamed": ((*STORE_SECTIONS, "sweep", "train"), None),
+    "rescale_shift": (("sweep", "train"), None),
+    "evaluate": (("evaluate",), "metrics"),
+    "aggregate": (("intervals",), "aggregate"),
+    "verdict": (("verdict", "intervals"), "verdict"),
+    "browse": (("browser", "evaluate"), None),
+    "study": (("study", "browser", "evaluate"), None),  # the rating page (below)
+    "study_analysis": (("study",), None),
+}
+# The study's settings that only its analysis reads (never the rating page).
+STUDY_ANALYSIS_ONLY = ("ratings", "bootstrap", "confidence")
+
+
+def job_params(config: Config, job: str) -> str:
+    """A job's params (Snakemake reruns a job whose params changed): the config sections it depends on
+    (JOBS), as one canonical JSON string."""
+    if job == "train" and config.cache.mode == "stream":
+        job = "train_streamed"
+    if job == "study":
+        study = {k: v for k, v in asdict(config.study).items() if k not in STUDY_ANALYSIS_ONLY}
+        return json.dumps({"study": study, "page": json.loads(section_params(config, "browser", "evaluate"))},
+                          sort_keys=True)
+    sections, code = JOBS[job]
+    return section_params(config, *sections, code=code)
+
+
+def section_params(config: Config, *sections: str, code: Optional[str] = None) -> str:
+    """Config sections as one canonical JSON string, without what never identifies a result (placement,
+    neutral defaults, EXPERIMENT_NOT_IDENTITY). `code` names the code whose fingerprint is part of it
+    (metrics | aggregate | verdict), so that a fix to what computes the stage's numbers reruns it;
+    Snakemake's own `code` trigger only sees the rule's shell command, not the package it calls."""
+    resolved = asdict(config)
+    for key in EXPERIMENT_NOT_IDENTITY:
+        resolved["experiment"].pop(key)
+    found = {section: comparable(section, resolved[section]) if isinstance(resolved[section], dict)
+             else resolved[section] for section in sections}
+    if code is not None:
+        found["code"] = code_fingerprint(CODE[code])
+    return json.dumps(found, sort_keys=True)

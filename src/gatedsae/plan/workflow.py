@@ -6,15 +6,13 @@ Hydra is composed once per Snakemake invocation; the Snakefile itself stays a th
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from gatedsae.core.codehash import AGGREGATE_CODE, METRICS_CODE, VERDICT_CODE, code_fingerprint
 from gatedsae.plan.config import STAGES, Config, load_config, require_safe_name
-from gatedsae.plan.identity import comparable
+from gatedsae.plan.identity import job_params
 from gatedsae.plan.grid import GRID_INDEX, RESCALE_SHIFT_DIR
 from gatedsae.plan.layout import (
     AGGREGATE_OUTPUTS,
@@ -27,9 +25,6 @@ from gatedsae.plan.layout import (
     browser_dir,
     study_dir,
 )
-
-CODE = {"metrics": METRICS_CODE, "aggregate": AGGREGATE_CODE, "verdict": VERDICT_CODE}
-
 
 @dataclass
 class ExperimentPlan:
@@ -143,12 +138,6 @@ class ExperimentPlan:
     def study_analysis(self) -> str:
         return str(study_dir(self.config) / ANALYSIS_FILE)
 
-    def study_page_params(self) -> str:
-        """What the rating page depends on: the study's sampling (not the analysis settings or the ratings
-        files, which only the analysis reads), the browser's view and the evaluation's row rule."""
-        study = {k: v for k, v in asdict(self.config.study).items() if k not in ("ratings", "bootstrap", "confidence")}
-        return json.dumps({"study": study, "page": json.loads(self.params("browser", "evaluate"))}, sort_keys=True)
-
     def site_inputs(self, site: str, layer: int) -> list[str]:
         """What a stage reading one site's trained SAEs and held-out data needs: its grid(s), its store,
         the held-out tokens and the model."""
@@ -232,19 +221,6 @@ class ExperimentPlan:
         # Quoted for the shell; braces doubled so Snakemake's formatting leaves them literal.
         return " ".join(shlex.quote(a) for a in args).replace("{", "{{").replace("}", "}}")
 
-    def params(self, *parts: str, code: str | None = None) -> str:
-        """The resolved config sections a stage depends on, as one canonical JSON string. The
-        experiment's name, `through` and output folders choose what to build and where its summaries
-        go, not how, so they never rerun a job; nor does the chapter (it changes the sweep, which is compared itself), nor do
-        settings added at their neutral default.
-        `code` names the code whose fingerprint is part of it (see `codehash`: metrics | aggregate |
-        verdict), so that a fix to what computes the stage's numbers reruns it; Snakemake's own `code`
-        trigger only sees the rule's shell command, not the package it calls."""
-        resolved = asdict(self.config)
-        for key in ("name", "through", "results_dir", "figures_dir", "chapters", "chapter"):
-            resolved["experiment"].pop(key)
-        found = {part: comparable(part, resolved[part]) if isinstance(resolved[part], dict) else resolved[part]
-                 for part in parts}
-        if code is not None:
-            found["code"] = code_fingerprint(CODE[code])
-        return json.dumps(found, sort_keys=True)
+    def params(self, job: str) -> str:
+        """A job's params: the settings that identify its result (plan/identity.py)."""
+        return job_params(self.config, job)

@@ -13,7 +13,7 @@ from typing import Optional
 
 from gatedsae.activations.store import ShardedActivations
 from gatedsae.plan.config import Config, ConfigError
-from gatedsae.plan.identity import config_hash
+from gatedsae.plan.identity import rescale_shift_extra, training_key
 from gatedsae.plan.grid import (
     GRID_INDEX,
     RESCALE_SHIFT_DIR,
@@ -23,7 +23,6 @@ from gatedsae.plan.grid import (
     read_grid_index,
     sae_seed,
     sweep_of,
-    training_key,
     write_grid_index,
 )
 from gatedsae.saes.rescale_shift import RescaleShiftSAE
@@ -158,7 +157,7 @@ def _train_rescale_shift_pass(config: Config, store: ShardedActivations, site: s
         specs += [SAESpec(len(modules), i, spec.arch, width, spec.value, lr) for i, (spec, _) in enumerate(members)]
         modules.append(RescaleShiftSAE.from_baseline(baseline))
         group_lrs.append(lr)
-    extra = config_hash({"baselines": sorted(keys[spec.name] for spec, _ in todo)})
+    extra = rescale_shift_extra([keys[spec.name] for spec, _ in todo])
     trainer = GridTrainer(config, store, out_dir, grid=(modules, specs, group_lrs), identity_extra=extra)
     trained_scale = json.loads(Path(todo[0][1]["path"], "training.json").read_text())["activation_scale"]
     if not math.isclose(trainer.scale, trained_scale, rel_tol=1e-6):

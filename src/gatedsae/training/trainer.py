@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -27,7 +26,7 @@ from gatedsae.core.errors import PipelineError
 from gatedsae.core.progress import progress_bar
 from gatedsae.plan.architectures import architecture
 from gatedsae.plan.config import Config, TrainConfig
-from gatedsae.plan.identity import comparable, config_hash
+from gatedsae.plan.identity import training_state_identity
 from gatedsae.plan.grid import SAESpec, grid_specs, sae_seed
 from gatedsae.saes.base import BatchedSAE, make_sae
 from gatedsae.training.curves import CurveLog
@@ -179,10 +178,8 @@ class GridTrainer:
     def identity(self) -> str:
         """Settings a saved state must share to be resumed (settings at their neutral default left out, so
         adding one does not discard states)."""
-        groups = [asdict(group) for group in self.config.sweep.groups_at(self.store.site)]
-        return config_hash({"sweep": groups, "train": comparable("train", asdict(self.train)),
-                            "store": self.store.identity, "d": self.store.d,
-                            "extra": self.identity_extra})
+        return training_state_identity(self.config.sweep.groups_at(self.store.site), self.train,
+                                       self.store.identity, self.store.d, self.identity_extra)
 
     def save_state(self) -> None:
         with atomic_path(self.out_dir / STATE_FILE) as tmp:
