@@ -248,8 +248,7 @@ def synthetic_store(directory: Path, d: int, rows: int, seed: int = 0) -> Path:
     """A store of `rows` synthetic activations of width d: each row a sparse non-negative combination of
     about 30 of 8·d random unit directions (Zipf-like frequencies, log-normal magnitudes) plus an offset
     and noise, so the data has the shape and the sparse structure SAEs are trained on."""
-    from gatedsae.activations.cache import _StoreWriter
-    from gatedsae.activations.store import FORMAT_VERSION, SplitRecord, StoreManifest
+    from gatedsae.activations.store import FORMAT_VERSION, SplitRecord, StoreManifest, StoreWriter
 
     generator = torch.Generator().manual_seed(seed)
     atoms = 8 * d
@@ -260,7 +259,7 @@ def synthetic_store(directory: Path, d: int, rows: int, seed: int = 0) -> Path:
     offset = 2.0 * torch.randn(d, generator=generator)
     manifest = StoreManifest(FORMAT_VERSION, "synthetic", {}, "resid_post", 0, "synthetic", d, "float32", 128, 127,
                              256, "synthetic", 0, seed, "synthetic", 50.0, {"train": SplitRecord()})
-    writer = _StoreWriter(directory, manifest)
+    writer = StoreWriter(directory, manifest)
     per_shard = 8192
     for index in range(rows // per_shard):
         active = torch.rand(per_shard, atoms, generator=generator) < frequency

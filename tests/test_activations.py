@@ -14,8 +14,8 @@ import pytest
 import torch
 from conftest import copy_token_data, smoke_config
 
-from gatedsae.activations.cache import _StoreWriter, cache_activations
-from gatedsae.activations.store import ActivationStore, CorruptShardError
+from gatedsae.activations.cache import cache_activations
+from gatedsae.activations.store import ActivationStore, CorruptShardError, StoreWriter
 from gatedsae.data.corpus import load_windows
 from gatedsae.plan.config import ConfigError
 from gatedsae.plan.sites import flatten, hook_name
@@ -77,7 +77,7 @@ def test_low_precision_storage_round_trips_exactly(smoke_tokens, tiny_model, tmp
 
 def test_resume_after_a_crash_recomputes_nothing_finished(smoke_tokens, tiny_model, tmp_path, monkeypatch, cached):
     config = copy_token_data(smoke_tokens, tmp_path)
-    real_write = _StoreWriter.write_shard
+    real_write = StoreWriter.write_shard
     calls = {"n": 0}
 
     def crash_after_seven(self, *args, **kwargs):
@@ -86,16 +86,16 @@ def test_resume_after_a_crash_recomputes_nothing_finished(smoke_tokens, tiny_mod
         calls["n"] += 1
         return real_write(self, *args, **kwargs)
 
-    monkeypatch.setattr(_StoreWriter, "write_shard", crash_after_seven)
+    monkeypatch.setattr(StoreWriter, "write_shard", crash_after_seven)
     with pytest.raises(KeyboardInterrupt):
         cache_activations(config, loaded=tiny_model)
-    monkeypatch.setattr(_StoreWriter, "write_shard", real_write)
+    monkeypatch.setattr(StoreWriter, "write_shard", real_write)
     finished = {p: p.stat().st_mtime_ns for p in tmp_path.glob("activations/**/shard_*.npy")}
     assert len(finished) == 7
     assert not list(tmp_path.glob("activations/**/manifest.json")), "an unfinished store must not look complete"
 
     written = []
-    monkeypatch.setattr(_StoreWriter, "write_shard",
+    monkeypatch.setattr(StoreWriter, "write_shard",
                         lambda self, split, index, *a, **k: written.append((self.directory, split, index))
                         or real_write(self, split, index, *a, **k))
     cache_activations(config, loaded=tiny_model)

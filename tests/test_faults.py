@@ -166,9 +166,9 @@ def flip_byte(path: Path, offset: int = -3) -> None:
 
 
 @pytest.mark.parametrize("point", [
-    ("gatedsae.activations.cache:_StoreWriter.write_shard", "kill-before", 3),  # two training shards finished
+    ("gatedsae.activations.store:StoreWriter.write_shard", "kill-before", 3),  # two training shards finished
     ("numpy:save", "kill-after", 4),  # a shard's bytes written to its temporary file, not yet renamed
-    ("gatedsae.activations.cache:_StoreWriter.write_shard", "kill-before", 6),  # in the held-out split
+    ("gatedsae.activations.store:StoreWriter.write_shard", "kill-before", 6),  # in the held-out split
 ], ids=["between-shards", "inside-a-shard-write", "held-out-split"])
 def test_sigkill_during_caching_then_rerun_equals_an_uninterrupted_run(point, reference, tiny_model, tmp_path):
     """Caching killed with SIGKILL (between shards, inside a shard write, in the held-out split), then run

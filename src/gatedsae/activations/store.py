@@ -1,5 +1,6 @@
-"""Activation store: cache a model's activations at many (site, layer) points in one pass, and read
-them back as shuffled batches without loading the store into memory.
+"""The activation store, in one place: its format (manifest, shard records, storage dtypes), its writer
+(`StoreWriter`, journaled and resumable) and its reader (`ActivationStore`: shuffled batches without
+loading the store into memory). The cache stage that fills stores from the LM is `cache.py`.
 
 Layout of one store (one model, corpus, site, layer):
 
@@ -20,7 +21,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+import shutil
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -28,9 +30,10 @@ import numpy as np
 import torch
 
 from gatedsae.activations.shuffle import ShuffledBatches
-from gatedsae.core.atomic import sha256_file
+from gatedsae.core.atomic import atomic_path, sha256_file, write_json_atomic
 from gatedsae.core.errors import IntegrityError, PipelineError
 from gatedsae.plan.layout import MANIFEST
+from gatedsae.plan.layout import STORE_PROGRESS as PROGRESS
 
 FORMAT_VERSION = 1
 STORAGE = {  # dtype name → (torch dtype, numpy dtype holding its bits)
@@ -146,6 +149,89 @@ def as_stored(activations: torch.Tensor, dtype: str) -> torch.Tensor:
 def _from_storage(array: np.ndarray, dtype: str) -> torch.Tensor:
     tensor = torch.from_numpy(np.array(array))  # a private copy: the shard file is memory-mapped read-only
     return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing.
+
+
+class StoreWriter:
+    """Writes one store's shards and its journal (progress.json), then its manifest; knows nothing about
+    the model."""
+
+    def __init__(self, directory: Path, manifest: StoreManifest):
+        self.directory = directory
+        self.manifest = manifest
+
+    @classmethod
+    def open(cls, directory: Path, fresh: StoreManifest) -> "StoreWriter":
+        """Resume from the journal if it was written by the same settings, else start over. The finished
+        shards are verified first (size, then sha256): the journal is cut at the first one that is
+        missing or corrupt, so a rerun recomputes it and what follows."""
+        journal = directory / PROGRESS
+        if journal.exists():
+            try:
+                previous = StoreManifest.read(journal)
+            except (OSError, ValueError, TypeError, KeyError) as error:
+                print(f"{journal} is unreadable ({type(error).__name__}); caching this store from the start", flush=True)
+            else:
+                if previous.config_hash == fresh.config_hash and previous.format_version == FORMAT_VERSION:
+                    writer = cls(directory, previous)
+                    writer._keep_verified_shards()
+                    return writer
+        # Different settings (or no journal): nothing on disk can be reused.
+        (directory / MANIFEST).unlink(missing_ok=True)
+        for split in fresh.splits:
+            shutil.rmtree(directory / split, ignore_errors=True)
+        return cls(directory, fresh)
+
+    def _keep_verified_shards(self) -> None:
+        cut = False
+        for name, split in self.manifest.splits.items():
+            for index, record in enumerate(split.shards):
+                problem = record.problem(self.directory)
+                if problem is not None:
+                    dropped = split.shards[index:]
+                    print(f"{problem}: recomputing it and the {len(dropped) - 1} shards after it", flush=True)
+                    split.shards = split.shards[:index]
+                    split.windows = index * self.manifest.windows_per_shard
+                    split.tokens = sum(r.rows for r in split.shards)
+                    cut = True
+                    break
+        if cut:
+            (self.directory / MANIFEST).unlink(missing_ok=True)  # the store is incomplete until repaired
+            write_json_atomic(self.directory / PROGRESS, asdict(self.manifest))
+
+    def finished_shards(self, split: str) -> int:
+        return len(self.manifest.splits.setdefault(split, SplitRecord()).shards)
+
+    def write_shard(self, split: str, index: int, rows: torch.Tensor, windows: int, outlier_ratio: float) -> None:
+        name = f"{split}/shard_{index:05d}.npy"
+        rows32 = rows.float()
+        if not torch.isfinite(rows32).all():
+            raise NonFiniteActivationError(f"non-finite activation in {self.directory / name}; the model or its dtype "
+                                           "overflows here (try model.dtype=float32)")
+        norms = rows32.norm(dim=-1)
+        median = float(norms.median().clamp_min(1e-12))
+        with atomic_path(self.directory / name) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, _to_storage(rows, self.manifest.dtype))
+        record = ShardRecord(
+            file=name, rows=len(rows), sha256=sha256_file(self.directory / name),
+            bytes=(self.directory / name).stat().st_size,
+            sum=rows32.sum(0).tolist(), sum_sq_norm=float((norms**2).sum()),
+            outliers=int((norms > outlier_ratio * median).sum()), max_norm_ratio=float(norms.max()) / median,
+        )
+        split_record = self.manifest.splits[split]
+        split_record.shards.append(record)
+        split_record.windows += windows
+        split_record.tokens += len(rows)
+        write_json_atomic(self.directory / PROGRESS, asdict(self.manifest))
+
+    def close(self) -> Path:
+        self.manifest.finalize()
+        write_json_atomic(self.directory / MANIFEST, asdict(self.manifest))
+        return self.directory / MANIFEST
 
 
 # ---------------------------------------------------------------------------------------------------
