@@ -1,12 +1,15 @@
 # The DAG: corpus -> tokens -> activation cache -> training -> evaluation -> tables -> figures -> report.
-# Every number comes from conf/ (Hydra); this file only wires paths, wildcards and resources.
+# Every number comes from conf/ (Hydra), resources included; this file only wires paths, wildcards and
+# resources.
 # Shell arguments are quoted ({log:q}, {wildcards.x:q}; stage commands by ExperimentPlan.command) and
 # every name that enters a path is checked against a safe pattern when the configuration is loaded.
 #
 #   snakemake --profile profiles/local                                  # the default experiment
 #   snakemake --profile profiles/local --config experiment=smoke
 #   snakemake --profile profiles/local --config experiment=default overrides="cache.train_tokens=200000"
-#   snakemake --profile profiles/local train      # build through a given stage: cache | train | evaluate
+#   snakemake --profile profiles/local --config experiment=smoke overrides="experiment.through=train"
+#                                              # build through a given stage: cache | train | evaluate
+# Rules are named after the stage they run (`python -m gatedsae <stage>`, '-' read as '_').
 
 import time
 from pathlib import Path
@@ -44,21 +47,6 @@ rule all:
         plan.targets(),
 
 
-rule cache:
-    input:
-        plan.stage_targets("cache"),
-
-
-rule train:
-    input:
-        plan.stage_targets("train"),
-
-
-rule evaluate:
-    input:
-        plan.stage_targets("evaluate"),
-
-
 rule prepare_model:
     """Make the model loadable offline (dequantize a packaged GGUF, or find hub weights in the local cache)."""
     output:
@@ -70,7 +58,7 @@ rule prepare_model:
     benchmark:
         BENCH + "/prepare_model/{model}.tsv"
     resources:
-        mem_mb=4000,
+        **plan.resources("prepare_model"),
     shell:
         plan.command("prepare-model") + " > {log:q} 2>&1"
 
@@ -103,12 +91,12 @@ rule tokenize:
     benchmark:
         BENCH + "/tokenize/{model}/{corpus}.tsv"
     resources:
-        mem_mb=4000,
+        **plan.resources("tokenize"),
     shell:
         plan.command("tokenize") + " > {log:q} 2>&1"
 
 
-rule cache_activations:
+rule cache:
     """One LM forward per batch feeds every (site, layer) store of the experiment; resumes after a kill."""
     input:
         tokens=plan.tokens_manifest(),
@@ -118,19 +106,19 @@ rule cache_activations:
     params:
         config=plan.params("cache"),
     log:
-        LOGS + "/cache_activations/{model}/{corpus}.log",
+        LOGS + "/cache/{model}/{corpus}.log",
     benchmark:
-        BENCH + "/cache_activations/{model}/{corpus}.tsv"
+        BENCH + "/cache/{model}/{corpus}.tsv"
     threads: workflow.cores
     resources:
-        **plan.resources("cache_activations"),
+        **plan.resources("cache"),
     shell:
         plan.command("cache") + " > {log:q} 2>&1"
 
 
 if plan.streamed:
 
-    rule train_layer:
+    rule train:
         """Stream mode: every site's grid of one layer, in lockstep, fed by one LM forward per shard."""
         input:
             tokens=plan.tokens_manifest(),
@@ -140,18 +128,18 @@ if plan.streamed:
         params:
             config=plan.params("train"),
         log:
-            LOGS + "/train_layer/{model}/{corpus}/layer{layer}/{sweep}.log",
+            LOGS + "/train/{model}/{corpus}/layer{layer}/{sweep}.log",
         benchmark:
-            BENCH + "/train_layer/{model}/{corpus}/layer{layer}/{sweep}.tsv"
+            BENCH + "/train/{model}/{corpus}/layer{layer}/{sweep}.tsv"
         threads: workflow.cores
         resources:
-            **plan.resources("train_layer"),
+            **plan.resources("train"),
         shell:
             plan.command("train") + " --layer={wildcards.layer:q} > {log:q} 2>&1"
 
 else:
 
-    rule train_grid:
+    rule train:
         """Every SAE of the sweep (architecture × λ × width) in one pass over the site's activations."""
         input:
             plan.store_manifest(),
@@ -160,12 +148,12 @@ else:
         params:
             config=plan.params("train"),
         log:
-            LOGS + "/train_grid/{model}/{corpus}/{site}/layer{layer}/{sweep}.log",
+            LOGS + "/train/{model}/{corpus}/{site}/layer{layer}/{sweep}.log",
         benchmark:
-            BENCH + "/train_grid/{model}/{corpus}/{site}/layer{layer}/{sweep}.tsv"
+            BENCH + "/train/{model}/{corpus}/{site}/layer{layer}/{sweep}.tsv"
         threads: workflow.cores
         resources:
-            **plan.resources("train_grid"),
+            **plan.resources("train"),
         shell:
             plan.command("train") + " --site={wildcards.site:q} --layer={wildcards.layer:q} > {log:q} 2>&1"
 
@@ -189,7 +177,7 @@ rule rescale_shift:
         plan.command("rescale-shift") + " --site={wildcards.site:q} --layer={wildcards.layer:q} > {log:q} 2>&1"
 
 
-rule evaluate_grid:
+rule evaluate:
     """Held-out metrics of every SAE of (site, layer); the clean prefix is computed once per batch and
     SAEs whose checkpoint and settings are unchanged keep their saved results."""
     input:
@@ -206,7 +194,7 @@ rule evaluate_grid:
         BENCH + "/evaluate/{model}/{corpus}/{site}/layer{layer}/{sweep}.tsv"
     threads: workflow.cores
     resources:
-        **plan.resources("evaluate_grid"),
+        **plan.resources("evaluate"),
     shell:
         plan.command("evaluate") + " --site={wildcards.site:q} --layer={wildcards.layer:q} > {log:q} 2>&1"
 
@@ -226,14 +214,14 @@ rule aggregate:
         plan.command("aggregate") + " > {log:q} 2>&1"
 
 
-rule training_curves:
+rule curves:
     """Every trained SAE's training curves (loss terms, L0, dead fraction, lr) in one table: `dvc plots`."""
     input:
         plan.stage_targets("train"),
     output:
         plan.curves(),
     log:
-        LOGS + "/training_curves.log",
+        LOGS + "/curves.log",
     shell:
         plan.command("curves") + " > {log:q} 2>&1"
 
@@ -270,7 +258,7 @@ rule verdict:
         plan.command("verdict") + " > {log:q} 2>&1"
 
 
-rule html_report:
+rule report:
     """One self-contained HTML file: the verdict, headline vs the paper, figures, tables, configuration,
     versions."""
     input:
@@ -297,12 +285,12 @@ rule browse:
     log:
         LOGS + "/browse.log",
     resources:
-        mem_mb=4000,
+        **plan.resources("browse"),
     shell:
         plan.command("browse") + " > {log:q} 2>&1"
 
 
-rule study_pages:
+rule study:
     """The blinded interpretability study's rating page and key (optional: study.enabled)."""
     input:
         plan.aggregate_outputs()["metrics"],
@@ -312,9 +300,9 @@ rule study_pages:
     params:
         config=plan.params("study"),
     log:
-        LOGS + "/study_pages.log",
+        LOGS + "/study.log",
     resources:
-        mem_mb=4000,
+        **plan.resources("study"),
     shell:
         plan.command("study") + " > {log:q} 2>&1"
 

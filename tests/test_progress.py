@@ -41,7 +41,7 @@ def test_one_line_per_finished_job_with_progress_and_an_eta():
     done = [line for line in lines if line.startswith("[")]
     assert [int(re.match(r"\[\s*(\d+)/19", line).group(1)) for line in done] == list(range(1, 20))
     assert done[0].startswith("[ 1/19   5%] fetch_corpus · 0:03 · elapsed 0:03 · ETA ")
-    assert "train_grid resid_post layer1" in "\n".join(done)
+    assert "train resid_post layer1" in "\n".join(done)
     etas = [re.search(r"ETA (\S+)$", line).group(1) for line in done[:-1]]
     assert etas[-1] == "0:00" and done[-1] == "[19/19 100%] all done in 8:12"
     # Calibrated on finished jobs: half-way through, the estimate is within 40% of the time actually left.
@@ -64,7 +64,7 @@ def test_a_long_job_names_its_log_when_it_starts():
 def test_a_failed_job_is_shown_whole():
     lines = replay("failed_job.log")
     text = "\n".join(lines)
-    assert "Error in rule cache_activations:" in text and "Logfile logs/smoke/cache_activations/tiny/tiny.log:" in text
+    assert "Error in rule cache:" in text and "Logfile logs/smoke/cache/tiny/tiny.log:" in text
     assert "Torch not compiled with CUDA enabled" in text and "Exiting because a job execution failed" in text
     assert "[ 1/17   5%] tokenize" in text  # the jobs before it were reported as usual
 
@@ -82,12 +82,12 @@ def test_the_experiment_comes_from_snakemakes_config_arguments():
 
 def test_the_predictor_learns_each_stage_from_its_finished_jobs():
     predictor = Predictor(load_config(["experiment=default", "experiment.chapter=headline"]))
-    before = predictor.seconds("train_grid", "mlp_out")
-    assert predictor.seconds("train_grid") > predictor.seconds("aggregate") > 0
+    before = predictor.seconds("train", "mlp_out")
+    assert predictor.seconds("train") > predictor.seconds("aggregate") > 0
     predictor.observe("aggregate", None, 4.0)  # a light job: the start-up cost
-    predictor.observe("train_grid", "resid_post", 4.0 + 0.25 * predictor.compute_seconds("train_grid", "resid_post"))
+    predictor.observe("train", "resid_post", 4.0 + 0.25 * predictor.compute_seconds("train", "resid_post"))
     assert predictor.seconds("aggregate") == pytest.approx(4.0)
-    assert predictor.seconds("train_grid", "mlp_out") == pytest.approx(
-        4.0 + 0.25 * predictor.compute_seconds("train_grid", "mlp_out"))
-    assert predictor.seconds("train_grid", "mlp_out") < before
+    assert predictor.seconds("train", "mlp_out") == pytest.approx(
+        4.0 + 0.25 * predictor.compute_seconds("train", "mlp_out"))
+    assert predictor.seconds("train", "mlp_out") < before
     assert predictor.seconds("all") == 0

@@ -28,10 +28,10 @@ SITE, LAYER = "resid_post", 1
 def test_estimates_grow_with_the_grid_and_name_every_job():
     config = load_config(["experiment=paper_pythia_2.8b", "cache.mode=store"])
     jobs = [estimate.job for estimate, _ in experiment_estimates(config)]
-    assert jobs[0] == "cache_activations" and len(jobs) == 1 + 3 * 3
+    assert jobs[0] == "cache" and len(jobs) == 1 + 3 * 3
     streamed = load_config(["experiment=paper_pythia_2.8b", "resources.device_memory_gib=80"])
     estimates = [estimate for estimate, _ in experiment_estimates(streamed)]
-    assert [e.job.split("[")[0] for e in estimates[:2]] == ["cache_activations", "train_layer"]
+    assert [e.job.split("[")[0] for e in estimates[:2]] == ["cache", "train"]
     assert len(estimates) == 2 + 3 * 2 and estimates[1].devices == 4  # three grids + the LM
     assert estimates[0].disk_bytes < experiment_estimates(config)[0][0].disk_bytes / 1000  # held-out only
     assert all(e.memory_bytes <= 80 * GIB for e in estimates), "every job fits its 80 GiB devices"
@@ -52,7 +52,7 @@ def test_plan_passes_is_greedy_and_stable():
 def test_an_impossible_config_stops_before_any_compute(smoke_cache, tmp_path):
     shutil.copytree(smoke_cache.paths.root / "activations", tmp_path / "activations")
     config = smoke_config(tmp_path, "resources.device_memory_gib=0.0001")
-    with pytest.raises(ResourceError, match=r"train_grid\[resid_post\] needs about .* GiB but cpu has 0.0 GiB; lower"):
+    with pytest.raises(ResourceError, match=r"train\[resid_post\] needs about .* GiB but cpu has 0.0 GiB; lower"):
         train_grid(config, SITE, LAYER, progress=False)
     assert not config.paths.checkpoints_dir("tiny", "tiny", SITE, LAYER, "smoke").exists()
     result = subprocess.run([sys.executable, "-m", "gatedsae", "train", "experiment=smoke", f"paths.data={tmp_path}",
@@ -82,12 +82,12 @@ def test_a_grid_too_large_for_the_device_trains_in_passes_to_the_same_saes(smoke
 def test_scheduler_resources_come_from_the_estimates():
     plan = ExperimentPlan("paper_gemma_7b", ["resources.device_memory_gib=80", "cache.mode=store"])
     wildcards = type("Wildcards", (), {"site": "mlp_out"})()
-    train = {key: value(wildcards) for key, value in plan.resources("train_grid").items()}
+    train = {key: value(wildcards) for key, value in plan.resources("train").items()}
     assert train["gpu"] == 1 and 80 * 1024 < train["mem_mb"] < 80 * 1024 * 1.25 + 2048 + 1
     assert train["runtime"] > 60 * 24  # days of GPU time for a paper grid
-    streamed = ExperimentPlan("paper_gemma_7b", ["resources.device_memory_gib=80"]).resources("train_layer")
+    streamed = ExperimentPlan("paper_gemma_7b", ["resources.device_memory_gib=80"]).resources("train")
     assert streamed["gpu"] == 4 and streamed["mem_mb"] < 80 * 1024 * 1.25 + 2048 + 1
-    cache = plan.resources("cache_activations")
+    cache = plan.resources("cache")
     assert cache["gpu"] == 1 and cache["mem_mb"] > 16 * 1024
 
 
@@ -99,17 +99,17 @@ def test_slurm_dry_run_lists_the_paper_dag_with_resources_per_job(tmp_path):
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     blocks = result.stdout.split("\n\n")
-    trains = [b for b in blocks if "rule train_layer:" in b]
-    assert len(trains) == 4 and "rule train_grid:" not in result.stdout  # stream mode: one job per layer
+    trains = [b for b in blocks if "rule train:" in b]
+    assert len(trains) == 4  # stream mode: one job per layer
     plan = ExperimentPlan("paper_gemma_7b", [f"paths.data={tmp_path}", "resources.device_memory_gib=80"])
-    expected = plan.resources("train_layer")["mem_mb"]
+    expected = plan.resources("train")["mem_mb"]
     for block in trains:
         assert f"mem_mb={expected}" in block and "gpu=4" in block and "gpu_model=h100" in block
     for block in (b for b in blocks if "rule rescale_shift:" in b):
         site = re.search(r"site=(\w+)", block).group(1)
         wildcards = type("Wildcards", (), {"site": site})()
         assert f"mem_mb={plan.resources('rescale_shift')['mem_mb'](wildcards)}" in block and "gpu=2" in block
-    assert len([b for b in blocks if "rule evaluate_grid:" in b]) == 12
+    assert len([b for b in blocks if "rule evaluate:" in b]) == 12
 
 
 @pytest.mark.slow

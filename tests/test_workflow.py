@@ -38,6 +38,23 @@ def _git(*args: str, cwd: Path) -> str:
     return _run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args], cwd).stdout
 
 
+def test_every_rule_runs_the_stage_it_is_named_after_and_is_documented():
+    """A rule's name is its stage's (`python -m gatedsae <stage>`), and docs/pipeline.md's table lists it."""
+    import re
+
+    from gatedsae.cli.main import STAGES
+
+    snakefile = (REPO_ROOT / "Snakefile").read_text()
+    rules = set(re.findall(r"^\s*rule (\w+):", snakefile, flags=re.M))
+    documented = set(re.findall(r"^\| `(\w+)` \|", (REPO_ROOT / "docs" / "pipeline.md").read_text(), flags=re.M))
+    assert rules - {"all"} <= {stage.replace("-", "_") for stage in STAGES}, "a rule not named after its stage"
+    for rule in rules - {"all"}:
+        block = snakefile[snakefile.index(f"rule {rule}:"):]
+        command = re.search(r'plan\.command\("([\w-]+)"\)', block).group(1)
+        assert command.replace("-", "_") == rule, f"rule {rule} runs the stage {command}"
+    assert rules <= documented, f"rules missing from docs/pipeline.md's table: {sorted(rules - documented)}"
+
+
 @pytest.fixture(scope="module")
 def scratch_repo(tmp_path_factory) -> Path:
     """A fresh `git clone` of the repository, as a newcomer gets it. Changes not yet committed in the
@@ -68,8 +85,8 @@ def test_fresh_clone_dry_run_plans_the_real_work(scratch_repo):
     Snakemake believe a stage is done."""
     planned = snakemake("-n", "--profile", "profiles/local", "--config", "experiment=default",
                         cwd=scratch_repo).stdout
-    for rule in ("prepare_model", "fetch_corpus", "tokenize", "cache_activations", "train_grid", "rescale_shift",
-                 "evaluate_grid", "aggregate", "figures", "html_report"):
+    for rule in ("prepare_model", "fetch_corpus", "tokenize", "cache", "train", "rescale_shift",
+                 "evaluate", "aggregate", "figures", "report"):
         assert f"rule {rule}:" in planned or f"localrule {rule}:" in planned, rule
     assert not _git("status", "--porcelain", cwd=scratch_repo).strip()
 
@@ -78,13 +95,12 @@ def test_fresh_clone_dry_run_plans_the_real_work(scratch_repo):
 def test_dry_run_lists_the_dag_without_network(experiment, tmp_path):
     result = snakemake("-n", "--config", f"experiment={experiment}",
                        f"overrides=paths.data={tmp_path / 'data'}", cwd=REPO_ROOT)
-    training = "train_layer" if experiment.startswith("paper_") else "train_grid"  # the paper runs stream
-    for rule in ("prepare_model", "fetch_corpus", "tokenize", "cache_activations", training, "rescale_shift",
-                 "evaluate_grid", "aggregate", "training_curves", "figures", "verdict", "html_report"):
-        assert rule in result.stdout
-    trained = snakemake("-n", "train", "--config", f"experiment={experiment}",
-                        f"overrides=paths.data={tmp_path / 'data'}", cwd=REPO_ROOT)
-    assert training in trained.stdout
+    for rule in ("prepare_model", "fetch_corpus", "tokenize", "cache", "train", "rescale_shift",
+                 "evaluate", "aggregate", "curves", "figures", "verdict", "report"):
+        assert f"rule {rule}:" in result.stdout, rule
+    trained = snakemake("-n", "--config", f"experiment={experiment}",
+                        f"overrides=paths.data={tmp_path / 'data'} experiment.through=train", cwd=REPO_ROOT)
+    assert "rule train:" in trained.stdout and "rule evaluate:" not in trained.stdout
     assert not (tmp_path / "data").exists(), "a dry run must not create anything"
 
 
@@ -93,10 +109,10 @@ def test_dry_run_with_the_browser_and_the_study_switched_on(tmp_path):
     ratings.write_text("{}")
     tools = f"browser.enabled=true study.enabled=true study.ratings=[{ratings}] paths.data={tmp_path}"
     result = snakemake("-n", "--config", "experiment=smoke", f"overrides={tools}", cwd=REPO_ROOT)
-    for rule in ("browse", "study_pages", "study_analysis"):
+    for rule in ("browse", "study", "study_analysis"):
         assert f"rule {rule}:" in result.stdout, rule
     plain = snakemake("-n", "--config", "experiment=smoke", f"overrides=paths.data={tmp_path}", cwd=REPO_ROOT)
-    assert "rule browse:" not in plain.stdout and "rule study_pages:" not in plain.stdout
+    assert "rule browse:" not in plain.stdout and "rule study:" not in plain.stdout
 
 
 def test_dry_run_of_paper_experiment_lists_every_site_and_layer(tmp_path):
@@ -111,7 +127,7 @@ def test_slurm_profile_dry_run_has_gpu_resources(tmp_path):
     pytest.importorskip("snakemake_executor_plugin_slurm")
     result = snakemake("-n", "--profile", "profiles/slurm", "--config", "experiment=paper_gemma_7b",
                        f"overrides=paths.data={tmp_path}", cwd=REPO_ROOT)
-    assert "cache_activations" in result.stdout
+    assert "rule cache:" in result.stdout
 
 
 @pytest.mark.slow
@@ -123,7 +139,7 @@ def test_smoke_workflow_end_to_end_then_nothing_to_do_then_only_what_a_new_l1_ne
     manifests = sorted(scratch_repo.glob("data/activations/tiny/tiny/*/layer1/manifest.json"))
     assert len(manifests) == 3
     for site in ("resid_post", "mlp_out", "attn_z"):
-        assert (scratch_repo / "logs/smoke/cache_activations/tiny/tiny.log").exists()
+        assert (scratch_repo / "logs/smoke/cache/tiny/tiny.log").exists()
         assert (scratch_repo / f"data/activations/tiny/tiny/{site}/layer1/train/shard_00000.npy").stat().st_size > 0
     grids = sorted(scratch_repo.glob("data/checkpoints/tiny/tiny/*/layer1/smoke/grid.json"))
     assert len(grids) == 3
@@ -182,10 +198,10 @@ def test_smoke_workflow_end_to_end_then_nothing_to_do_then_only_what_a_new_l1_ne
     # One more baseline λ: no re-caching, one new SAE trained and evaluated per site.
     grown = ["--config", "experiment=smoke", "overrides=sweep.groups.1.l1=[0.01,0.03,0.1]"]
     planned = snakemake("-n", "--profile", "profiles/local", *grown, cwd=scratch_repo).stdout
-    assert "cache_activations" not in planned and "tokenize" not in planned
+    assert "rule cache:" not in planned and "rule tokenize:" not in planned
     snakemake("--profile", "profiles/local", "--cores", "2", *grown, cwd=scratch_repo)
     for site in ("resid_post", "mlp_out", "attn_z"):
-        log = (scratch_repo / f"logs/smoke/train_grid/tiny/tiny/{site}/layer1/smoke.log").read_text()
+        log = (scratch_repo / f"logs/smoke/train/tiny/tiny/{site}/layer1/smoke.log").read_text()
         assert "training 1\n" in log, log[-500:]
         evaluated = (scratch_repo / f"logs/smoke/evaluate/tiny/tiny/{site}/layer1/smoke.log").read_text()
         assert "evaluating 2 of" in evaluated, evaluated[-500:]  # the new baseline and its rescale-and-shift

@@ -52,7 +52,7 @@ class NonFiniteActivationError(PipelineError):
 
 
 REPAIR = ("Run the cache step again with the same experiment and overrides (`python -m gatedsae cache …`, or "
-          "Snakemake with --forcerun cache_activations): it re-verifies every finished shard and recomputes only the "
+          "Snakemake with --forcerun cache): it re-verifies every finished shard and recomputes only the "
           "missing or corrupt ones.")
 
 

@@ -2,7 +2,7 @@
 everything Snakemake says kept in a log file, and whatever is not routine (errors, warnings, the
 verdict) shown as it comes.
 
-    [ 5/19  26%] train_grid resid_post layer1 · 34 s · elapsed 1:25 · ETA 3:40
+    [ 5/19  26%] train resid_post layer1 · 34 s · elapsed 1:25 · ETA 3:40
 
 Snakemake prints a block per job (`rule X:` with its log, jobid and wildcards), `Finished jobid: N` and
 `K of M steps (P%) done`; its `Job stats` table at the start counts the jobs of each rule. The ETA is

@@ -211,7 +211,7 @@ def evaluate_grid(config: Config, site: str, layer: int, progress: bool = True, 
     entries = []  # (variant, sae, path of its saved metrics, identity)
     for variant, index in grid_indexes(config, site, layer).items():
         if not index.exists():
-            raise FileNotFoundError(f"{index} does not exist; train the grid first (Snakemake rule train_grid"
+            raise FileNotFoundError(f"{index} does not exist; train the grid first (Snakemake rule train"
                                     f"{' and rescale_shift' if variant == 'rescale_shift' else ''})")
         for entry in read_grid_index(index):
             sae = CheckpointSAE.load(entry["path"], config.evaluate.device)

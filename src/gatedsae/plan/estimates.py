@@ -75,7 +75,7 @@ def cache_estimate(config: Config) -> Estimate:
     weights = model_parameters(config) * BYTES[config.model.dtype]
     activations = _forward_activation_bytes(config, config.cache.batch_sequences)
     stores = len(config.experiment.layers) * sum(config.model.site_width(s) for s in config.experiment.sites)
-    return Estimate("cache_activations", weights + activations, 2 * model_parameters(config, deepest) * tokens,
+    return Estimate("cache", weights + activations, 2 * model_parameters(config, deepest) * tokens,
                     disk_bytes=tokens * stores * BYTES[config.cache.dtype],
                     breakdown={"model": weights, "activations": activations})
 
@@ -100,7 +100,7 @@ def train_estimate(config: Config, site: str) -> Estimate:
     buffer = 2 * train.buffer_rows * d * 4  # the mixing buffer and its permuted copy
     flops = sum(architecture(g.arch).train_flops_per_dw * d * g.width(d) * len(g.values) for g in groups) * train.tokens
     checkpoints = parameters * 4 * 4  # exported weights + the training state (params and Adam moments)
-    return Estimate(f"train_grid[{site}]", optimiser_state + step + buffer, flops, disk_bytes=checkpoints,
+    return Estimate(f"train[{site}]", optimiser_state + step + buffer, flops, disk_bytes=checkpoints,
                     breakdown={"sae_grid_and_optimiser": optimiser_state, "step_activations": step,
                                "shuffle_buffer": buffer})
 
@@ -139,7 +139,7 @@ def evaluate_estimate(config: Config, site: str) -> Estimate:
     remainder = model_parameters(config) - model_parameters(config, min(config.experiment.layers))
     # the remainder runs once per SAE and twice for the zero-ablation (with and without massive positions)
     flops = tokens * (2 * model_parameters(config) + (n_saes + 2) * (2 * remainder + 4 * d * widest))
-    return Estimate(f"evaluate_grid[{site}]", memory, flops, breakdown={"prefixes": prefixes})
+    return Estimate(f"evaluate[{site}]", memory, flops, breakdown={"prefixes": prefixes})
 
 
 def _saes_per_grid(config: Config, site: str) -> int:
@@ -199,7 +199,7 @@ def plan_passes(items: list, memory, available: float) -> list[list]:
 
 
 def train_pass_memory(config: Config, site: str):
-    """memory(chunk of SAESpecs) for `plan_passes` of a train_grid job."""
+    """memory(chunk of SAESpecs) for `plan_passes` of a train job (store mode)."""
     from gatedsae.plan.grid import sweep_of
 
     return lambda chunk: train_estimate(sweep_of(config, site, chunk), site).memory_bytes
@@ -220,7 +220,7 @@ def _site_passes(config: Config, site: str, available: float) -> list[list]:
 
 
 def train_job_estimate(config: Config, site: str) -> Estimate:
-    """The train_grid job (store mode) as it will run: memory of its largest pass, FLOPs of all of them."""
+    """The train job (store mode) as it will run: memory of its largest pass, FLOPs of all of them."""
     whole = train_estimate(config, site)
     if not config.resources.device_memory_gib:
         return whole
@@ -250,7 +250,7 @@ def stream_forward_flops(config: Config, passes: int) -> float:
 
 
 def train_layer_estimate(config: Config) -> Estimate:
-    """The train_layer job (stream mode): the LM and every site's grid, each site on its device
+    """The train job (stream mode: one per layer): the LM and every site's grid, each site on its device
     (train.site_devices) with an equal share of what the LM leaves there; peak memory on the busiest
     device, FLOPs of the SAEs and of the forwards."""
     sites = config.experiment.sites
@@ -270,7 +270,7 @@ def train_layer_estimate(config: Config) -> Estimate:
                 largest, passes = max(train_pass_memory(config, site)(chunk) for chunk in chunks), len(chunks)
         per_device[device] = per_device.get(device, 0.0) + largest
         flops, disk, rounds = flops + whole.flops, disk + whole.disk_bytes, max(rounds, passes)
-    job = "train_layer[" + ",".join(sites) + "]" + (f" in {rounds} passes" if rounds > 1 else "")
+    job = "train[" + ",".join(sites) + "]" + (f" in {rounds} passes" if rounds > 1 else "")
     return Estimate(job, max(per_device.values()), flops + stream_forward_flops(config, rounds), disk_bytes=disk,
                     breakdown={"model_and_streamed_shards": lm, "sae_grids": sum(per_device.values()) - lm},
                     devices=len(per_device))

@@ -20,23 +20,20 @@ from gatedsae.plan.config import Config
 STARTUP_SECONDS = 10.0   # a stage's start-up before anything is measured (Python, torch, conf/)
 LIGHT_SECONDS = 1.0      # jobs estimated below this much compute measure the start-up
 
-# The stage each rule runs (rules named after their stage need no entry).
-STAGE_OF_RULE = {"cache_activations": "cache", "train_grid": "train", "train_layer": "train-layer",
-                 "evaluate_grid": "evaluate", "html_report": "report", "training_curves": "curves",
-                 "study_pages": "study"}
 TARGET_RULES = {"all"}  # rules that run nothing
 
 
 def stage_of(rule: str) -> str:
-    return STAGE_OF_RULE.get(rule, rule.replace("_", "-"))
+    """The stage a rule runs: rules are named after their stage, '-' written '_'."""
+    return rule.replace("_", "-")
 
 
 def _estimators(config: Config) -> dict[str, Callable[[Optional[str]], estimates.Estimate]]:
     """stage → estimate of one of its jobs (by site where the stage runs per site)."""
     return {
         "cache": lambda site: estimates.cache_estimate(config),
-        "train": lambda site: estimates.train_job_estimate(config, site),
-        "train-layer": lambda site: estimates.train_layer_estimate(config),
+        "train": (lambda site: estimates.train_layer_estimate(config)) if config.cache.mode == "stream"
+        else (lambda site: estimates.train_job_estimate(config, site)),
         "rescale-shift": lambda site: estimates.rescale_shift_estimate(config, site),
         "evaluate": lambda site: estimates.evaluate_estimate(config, site),
     }

@@ -28,9 +28,9 @@ class ResourceError(PipelineError):
 # --- before the workflow and before every stage --------------------------------------------------------
 
 # What to lower when an estimate is too large, by job.
-_LOWER = {"cache_activations": "cache.train_tokens or cache.heldout_tokens",
+_LOWER = {"cache": "cache.train_tokens or cache.heldout_tokens",
           "train": "train.tokens (or the sweep's groups)", "rescale_shift": "train.tokens",
-          "evaluate_grid": "evaluate.ce_windows or evaluate.heldout_tokens", "aggregate": "intervals.resamples",
+          "evaluate": "evaluate.ce_windows or evaluate.heldout_tokens", "aggregate": "intervals.resamples",
           "study_analysis": "study.bootstrap"}
 
 

@@ -98,7 +98,7 @@ class ExperimentPlan:
         return self.config.cache.mode == "stream"
 
     def layer_grid_indexes(self) -> list[str]:
-        """The grids a stream-mode train_layer job writes: every site of one layer (a wildcard)."""
+        """The grids a stream-mode train job writes: every site of one layer (a wildcard)."""
         return [self.grid_index().replace("{site}", site) for site in self.config.experiment.sites]
 
     def grid_index(self) -> str:
@@ -191,7 +191,8 @@ class ExperimentPlan:
     # --- scheduler resources, from the estimates of `resources` -------------------------------------
 
     def resources(self, job: str) -> dict:
-        """Snakemake resources of a rule: callables of the wildcards where they depend on the site."""
+        """Snakemake resources of a rule: from the estimates where the project has one (callables of the
+        wildcards where they depend on the site), else `resources.light_job_mem_mb`."""
         from gatedsae.plan import estimates, scheduling
 
         def per_site(estimate, device):
@@ -200,18 +201,20 @@ class ExperimentPlan:
                                                                  self.config)[key]
             return {key: get(key) for key in ("mem_mb", "runtime", "gpu")}
 
-        if job == "cache_activations":
+        if job == "cache":
             return scheduling.job_resources(estimates.cache_estimate(self.config), self.config.cache.device,
                                            self.config)
-        if job == "train_layer":
+        if job == "train" and self.streamed:
             return scheduling.job_resources(estimates.train_layer_estimate(self.config), self.config.train.device,
                                            self.config)
-        estimate, device = {
-            "train_grid": (estimates.train_job_estimate, self.config.train.device),
-            "rescale_shift": (estimates.rescale_shift_estimate, self.config.train.device),
-            "evaluate_grid": (estimates.evaluate_estimate, self.config.evaluate.device),
-        }[job]
-        return per_site(estimate, device)
+        if job in ("train", "rescale_shift", "evaluate"):
+            estimate, device = {
+                "train": (estimates.train_job_estimate, self.config.train.device),
+                "rescale_shift": (estimates.rescale_shift_estimate, self.config.train.device),
+                "evaluate": (estimates.evaluate_estimate, self.config.evaluate.device),
+            }[job]
+            return per_site(estimate, device)
+        return {"mem_mb": self.config.resources.light_job_mem_mb}
 
     # --- commands and params --------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ def browsed_checkpoints(config: Config, site: str, layer: int, archs: list[str])
     found = []
     for variant, index in grid_indexes(config, site, layer).items():
         if not index.exists():
-            raise FileNotFoundError(f"{index} does not exist; train the grid first (Snakemake rule train_grid"
+            raise FileNotFoundError(f"{index} does not exist; train the grid first (Snakemake rule train"
                                     f"{' and rescale_shift' if variant == 'rescale_shift' else ''})")
         found += [Path(e["path"]) for e in read_grid_index(index) if e["arch"] in archs]
     if not found:

@@ -36,7 +36,7 @@ HASHES = "sha256"  # key of the training record holding {file name: sha256} of t
 
 REPAIR = ("Retrain it by running its grid's training stage again with the same experiment and overrides "
           "(`python -m gatedsae train --site=S --layer=L …`, `rescale-shift` for a rescale_shift SAE, or Snakemake "
-          "with --forcerun train_grid rescale_shift): it retrains only the SAEs whose checkpoint is missing or corrupt.")
+          "with --forcerun train rescale_shift): it retrains only the SAEs whose checkpoint is missing or corrupt.")
 
 
 class CheckpointError(IntegrityError):

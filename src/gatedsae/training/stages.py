@@ -119,7 +119,7 @@ def train_rescale_shift(config: Config, site: str, layer: int, progress: bool = 
     grid, d = grid_dir(config, site, layer), config.model.site_width(site)
     index = grid / GRID_INDEX
     if not index.exists():
-        raise FileNotFoundError(f"{index} does not exist; run the train_grid stage first")
+        raise FileNotFoundError(f"{index} does not exist; run the train stage first")
     baselines = [entry for entry in read_grid_index(index) if entry["arch"] == "baseline"]
     if not baselines:
         raise ConfigError(f"sweep '{config.sweep.name}' has no baseline group to rescale and shift")
@@ -162,7 +162,7 @@ def _train_rescale_shift_pass(config: Config, store: ShardedActivations, site: s
     trained_scale = json.loads(Path(todo[0][1]["path"], "training.json").read_text())["activation_scale"]
     if not math.isclose(trainer.scale, trained_scale, rel_tol=1e-6):
         raise RuntimeError(f"the activation store of {site} layer {layer} changed since its baselines were "
-                           "trained; re-run train_grid")
+                           "trained; re-run the train stage")
     trainer.run(progress=progress)
     export_checkpoints(trainer, site, layer, out_dir, keys)
 

@@ -77,6 +77,7 @@ class ResourcesConfig:
     # A job estimated to take longer than this (device-hours) is refused before anything runs: a token
     # budget or a resample count with a few zeros too many. Raise it for a run that really is that long.
     max_job_hours: float = 10_000.0
+    light_job_mem_mb: int = 4000  # memory asked for jobs without an estimate (prepare-model, tokenize, browse, study)
 
     def validate(self) -> None:
         for key in ("device_memory_gib", "sustained_tflops"):
@@ -84,6 +85,7 @@ class ResourcesConfig:
             require(value is None or value > 0, f"resources.{key}", "must be positive, or null")
         finite(self.max_job_hours, "resources.max_job_hours")
         require(self.max_job_hours > 0, "resources.max_job_hours", "must be positive (device-hours)")
+        require(self.light_job_mem_mb > 0, "resources.light_job_mem_mb", "must be a positive number of MB")
 
 
 @dataclass
