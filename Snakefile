@@ -11,12 +11,16 @@
 #                                              # build through a given stage: cache | train | evaluate
 # Rules are named after the stage they run (`python -m gatedsae <stage>`, '-' read as '_').
 
+import sys
 import time
 from pathlib import Path
 
 from gatedsae.plan.workflow import ExperimentPlan
 
 plan = ExperimentPlan.from_snakemake(config)  # a bad key or size: one line and its exit code, nothing run
+# Threads of the jobs that cache, train or evaluate: every core Snakemake may use here (--cores); on a
+# cluster, where a run has no --cores, the CPUs each such job asks for (resources.job_cpus).
+COMPUTE_THREADS = workflow.resource_settings.cores or plan.config.resources.job_cpus
 # A chapter's jobs log under its own folder, so running the next chapter keeps this one's logs.
 LOGS = "logs/" + plan.experiment + ("/" + plan.config.experiment.chapter if plan.config.experiment.chapter else "")
 BENCH = "benchmarks/" + plan.experiment
@@ -31,6 +35,12 @@ onsuccess:
     verdict = Path(plan.verdict_outputs()["verdict_markdown"])
     if verdict.exists() and verdict.stat().st_mtime >= STARTED:
         print("\n" + verdict.read_text(), flush=True)
+
+
+onerror:
+    # A job SLURM killed for its memory: name the rule and the setting to raise.
+    for advice in plan.explain_failures(log):
+        print(advice, file=sys.stderr, flush=True)
 
 
 wildcard_constraints:
@@ -73,6 +83,8 @@ rule fetch_corpus:
         LOGS + "/fetch_corpus/{corpus}.log",
     benchmark:
         BENCH + "/fetch_corpus/{corpus}.tsv"
+    resources:
+        **plan.resources("fetch_corpus"),
     shell:
         plan.command("fetch-corpus") + " > {log:q} 2>&1"
 
@@ -109,7 +121,7 @@ rule cache:
         LOGS + "/cache/{model}/{corpus}.log",
     benchmark:
         BENCH + "/cache/{model}/{corpus}.tsv"
-    threads: workflow.cores
+    threads: COMPUTE_THREADS
     resources:
         **plan.resources("cache"),
     shell:
@@ -131,7 +143,7 @@ if plan.streamed:
             LOGS + "/train/{model}/{corpus}/layer{layer}/{sweep}.log",
         benchmark:
             BENCH + "/train/{model}/{corpus}/layer{layer}/{sweep}.tsv"
-        threads: workflow.cores
+        threads: COMPUTE_THREADS
         resources:
             **plan.resources("train"),
         shell:
@@ -151,7 +163,7 @@ else:
             LOGS + "/train/{model}/{corpus}/{site}/layer{layer}/{sweep}.log",
         benchmark:
             BENCH + "/train/{model}/{corpus}/{site}/layer{layer}/{sweep}.tsv"
-        threads: workflow.cores
+        threads: COMPUTE_THREADS
         resources:
             **plan.resources("train"),
         shell:
@@ -170,7 +182,7 @@ rule rescale_shift:
         LOGS + "/rescale_shift/{model}/{corpus}/{site}/layer{layer}/{sweep}.log",
     benchmark:
         BENCH + "/rescale_shift/{model}/{corpus}/{site}/layer{layer}/{sweep}.tsv"
-    threads: workflow.cores
+    threads: COMPUTE_THREADS
     resources:
         **plan.resources("rescale_shift"),
     shell:
@@ -192,7 +204,7 @@ rule evaluate:
         LOGS + "/evaluate/{model}/{corpus}/{site}/layer{layer}/{sweep}.log",
     benchmark:
         BENCH + "/evaluate/{model}/{corpus}/{site}/layer{layer}/{sweep}.tsv"
-    threads: workflow.cores
+    threads: COMPUTE_THREADS
     resources:
         **plan.resources("evaluate"),
     shell:
@@ -210,6 +222,8 @@ rule aggregate:
         config=plan.params("aggregate"),
     log:
         LOGS + "/aggregate.log",
+    resources:
+        **plan.resources("aggregate"),
     shell:
         plan.command("aggregate") + " > {log:q} 2>&1"
 
@@ -222,6 +236,8 @@ rule curves:
         plan.curves(),
     log:
         LOGS + "/curves.log",
+    resources:
+        **plan.resources("curves"),
     shell:
         plan.command("curves") + " > {log:q} 2>&1"
 
@@ -236,6 +252,8 @@ rule figures:
         plan.figures_index(),
     log:
         LOGS + "/figures.log",
+    resources:
+        **plan.resources("figures"),
     shell:
         plan.command("figures") + " > {log:q} 2>&1"
 
@@ -254,6 +272,8 @@ rule verdict:
         config=plan.params("verdict"),
     log:
         LOGS + "/verdict.log",
+    resources:
+        **plan.resources("verdict"),
     shell:
         plan.command("verdict") + " > {log:q} 2>&1"
 
@@ -269,6 +289,8 @@ rule report:
         plan.report(),
     log:
         LOGS + "/report.log",
+    resources:
+        **plan.resources("report"),
     shell:
         plan.command("report") + " > {log:q} 2>&1"
 
@@ -318,5 +340,7 @@ rule study_analysis:
         config=plan.params("study_analysis"),
     log:
         LOGS + "/study_analysis.log",
+    resources:
+        **plan.resources("study_analysis"),
     shell:
         plan.command("study-analysis") + " > {log:q} 2>&1"

@@ -17,7 +17,7 @@ from gatedsae.plan.config import REPO_ROOT, load_config
 from gatedsae.plan.estimates import GIB, experiment_estimates, plan_passes, train_estimate, train_pass_memory
 from gatedsae.plan.grid import grid_specs, read_grid_index
 from gatedsae.plan.preflight import ResourceError
-from gatedsae.plan.scheduling import markdown_table
+from gatedsae.plan.scheduling import markdown_table, resources_table, rule_resources
 from gatedsae.plan.workflow import ExperimentPlan
 from gatedsae.saes.checkpoints import read_checkpoint
 from gatedsae.training.stages import train_grid
@@ -95,21 +95,62 @@ def test_slurm_dry_run_lists_the_paper_dag_with_resources_per_job(tmp_path):
     pytest.importorskip("snakemake_executor_plugin_slurm")
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "--profile", "profiles/slurm", "--config", "experiment=paper_gemma_7b",
-         f"overrides=paths.data={tmp_path} resources.device_memory_gib=80"],
+         f"overrides=paths.data={tmp_path} resources.device_memory_gib=80 resources.gpu_model=h100"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     blocks = result.stdout.split("\n\n")
     trains = [b for b in blocks if "rule train:" in b]
     assert len(trains) == 4  # stream mode: one job per layer
-    plan = ExperimentPlan("paper_gemma_7b", [f"paths.data={tmp_path}", "resources.device_memory_gib=80"])
+    plan = ExperimentPlan("paper_gemma_7b", [f"paths.data={tmp_path}", "resources.device_memory_gib=80",
+                                             "resources.gpu_model=h100"])
     expected = plan.resources("train")["mem_mb"]
     for block in trains:
         assert f"mem_mb={expected}" in block and "gpu=4" in block and "gpu_model=h100" in block
+        assert "cpus_per_task=8" in block  # resources.job_cpus
     for block in (b for b in blocks if "rule rescale_shift:" in b):
         site = re.search(r"site=(\w+)", block).group(1)
         wildcards = type("Wildcards", (), {"site": site})()
         assert f"mem_mb={plan.resources('rescale_shift')['mem_mb'](wildcards)}" in block and "gpu=2" in block
     assert len([b for b in blocks if "rule evaluate:" in b]) == 12
+    for rule in ("prepare_model", "fetch_corpus", "tokenize", "aggregate", "figures", "verdict", "report"):
+        (block,) = [b for b in blocks if f"rule {rule}:" in b]
+        (requested,) = re.findall(r"resources: (.*)", block)
+        expected = rule_resources(plan.config, rule)
+        assert f"mem_mb={expected['mem_mb']}," in requested and "cpus_per_task=1" in requested
+        assert "gpu_model" not in requested
+
+
+def test_every_rule_asks_for_what_its_estimate_needs():
+    config = load_config(["experiment=paper_pythia_2.8b", "resources.device_memory_gib=80", "resources.gpu_model=h100"])
+    tokenize = rule_resources(config, "tokenize")
+    assert tokenize["mem_mb"] > 20 * 1024, "every token of the experiment is held while it is cut into windows"
+    assert tokenize["runtime"] > 15 and tokenize["cpus_per_task"] == 1 and tokenize["gpu"] == 0
+    light = config.resources.light_job_mem_mb
+    assert rule_resources(config, "figures") == {"mem_mb": light, "runtime": 15, "gpu": 0, "cpus_per_task": 1}
+    evaluate = rule_resources(config, "evaluate", "mlp_out")
+    assert evaluate["gpu"] == 1 and evaluate["gpu_model"] == "h100" and evaluate["cpus_per_task"] == 8
+    cpu = load_config(["experiment=smoke", "resources.job_cpus=2", "resources.gpu_model=h100"])
+    assert rule_resources(cpu, "train", "resid_post")["cpus_per_task"] == 2
+    assert "gpu_model" not in rule_resources(cpu, "train", "resid_post"), "no GPU type on a CPU job"
+    table = resources_table(config)
+    assert "| train | 5 |" in table and "h100:4" in table and f"| report | 1 | {light / 1024:.1f} GiB | 0:15:00 | 1 |  |" in table
+
+
+def test_a_job_killed_for_its_memory_is_explained_with_the_rule_and_the_setting(tmp_path):
+    slurm_log = tmp_path / ".snakemake/slurm_logs/rule_train/tiny_tiny_mlp_out_1_smoke/7.log"
+    slurm_log.parent.mkdir(parents=True)
+    slurm_log.write_text("slurmstepd-vm: error: StepId=7.batch exceeded memory limit (128790528 > 104857600), "
+                         "being killed\n")
+    log = tmp_path / "snakemake.log"
+    log.write_text(f"Error in rule train:\n    message: SLURM-job '7' failed, SLURM status is: 'FAILED'.\n"
+                   f"    log: logs/smoke/train.log, {slurm_log} (check log file(s) for error details)\n"
+                   f"Error in rule aggregate:\n    message: None\n    log: logs/smoke/aggregate.log\n")
+    plan = ExperimentPlan("smoke", [f"paths.data={tmp_path}"])
+    (advice,) = plan.explain_failures([str(log)])
+    expected = rule_resources(plan.config, "train", "mlp_out")["mem_mb"]
+    assert advice.startswith("rule train ran out of memory") and "(--mem 100 MB)" in advice
+    assert f"--set-resources train:mem_mb={max(200, expected)}`" in advice and str(slurm_log) in advice
+    assert plan.explain_failures([str(tmp_path / "missing.log")]) == []
 
 
 @pytest.mark.slow

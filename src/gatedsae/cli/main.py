@@ -201,10 +201,11 @@ def _study_analysis(config: Config) -> None:
 
 
 def _estimate(config: Config) -> None:
-    """Print the experiment's jobs with their estimated memory, disk and device-hours."""
-    from gatedsae.plan.scheduling import markdown_table
+    """Print the experiment's jobs with their estimated memory, disk and device-hours, and what each job
+    asks a cluster for."""
+    from gatedsae.plan.scheduling import markdown_table, resources_table
 
-    print(markdown_table(config))
+    print(markdown_table(config) + "\n\nScheduler requests per job (profiles/slurm):\n\n" + resources_table(config))
 
 
 def _verify(config: Config, overrides: str = "") -> None:
@@ -293,7 +294,7 @@ STAGES: dict[str, Stage] = {
                                 "[--out=DIR] [--release=NAME] [--creator=NAME]", reads=("experiment", "browser")),
     "publish-reference": Stage(_publish_reference, "copy a finished run's results and figures into reference/<experiment>/",
                                reads=("experiment", "verdict")),
-    "estimate": Stage(_estimate, "every job's estimated peak memory, disk and device-hours",
+    "estimate": Stage(_estimate, "every job's estimated peak memory, disk and device-hours, and its cluster request",
                       reads=(*DATA, "cache", "sweep", "train", "evaluate", "resources"), planned=False),
     "verify": Stage(_verify, "check every shard and checkpoint against its recorded sha256; say how to repair",
                     reads=DATA, planned=False),

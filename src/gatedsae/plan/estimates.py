@@ -3,7 +3,8 @@ optimiser, per-step activations), FLOPs and so device-hours, and disk. Used thre
 
 - before a run, `check_memory` prints the estimate and stops with a clear error when it cannot fit
   the device (GPU memory, or the RAM available on a CPU);
-- the Snakefile derives each job's resources (mem_mb, runtime, GPUs) from it, for cluster profiles;
+- the Snakefile derives each job's resources (mem_mb, runtime, CPUs, GPUs) from it, for cluster profiles
+  (gatedsae.plan.scheduling);
 - `python -m gatedsae estimate experiment=...` prints the table of the README's "Running at paper scale".
 
 The numbers are estimates (stated assumptions below), meant to size jobs, not to replace profiling.
@@ -22,6 +23,10 @@ GIB = 1024**3
 # Sustained throughput assumed for device-hours: dense bf16 on an H100/H200-class GPU at ~40% of peak,
 # and fp32 on CPUs from the benchmarks in results/benchmarks/ (2 cores: ~60 GFLOP/s).
 SUSTAINED_FLOPS = {"cuda": 300e12, "cpu": 60e9}
+# Tokenizing runs at ~1M tokens/s with a fast tokenizer (the default corpus: 7.5M tokens in 6.7 s on two
+# cores); the token streams, the cut windows and their shuffled copy hold ~3 int32 copies of every token.
+TOKENIZE_TOKENS_PER_S = 1e6
+TOKENIZE_BYTES_PER_TOKEN = 3 * 4
 
 
 @dataclass
@@ -32,11 +37,12 @@ class Estimate:
     disk_bytes: float = 0.0
     breakdown: dict | None = None
     devices: int = 1  # accelerators the job holds (memory_bytes is the peak on any one of them)
+    seconds: float = 0.0  # time outside the FLOP count (tokenizing)
 
     def hours(self, device: str, sustained_tflops: float | None = None) -> float:
         flops_per_s = sustained_tflops * 1e12 if sustained_tflops else SUSTAINED_FLOPS[
             "cuda" if device.startswith("cuda") else "cpu"]
-        return self.flops / flops_per_s / 3600
+        return (self.flops / flops_per_s + self.seconds) / 3600
 
 
 # --- model ---------------------------------------------------------------------------------------------
@@ -65,6 +71,31 @@ def _forward_activation_bytes(config: Config, sequences: int) -> float:
     per_token = 4 * (4 * m.d_model + 2 * m.d_mlp + m.n_heads * m.d_head)  # residual, MLP hidden, z (fp32)
     attention_scores = sequences * m.n_heads * ctx * ctx * 4
     return sequences * ctx * per_token + attention_scores
+
+
+def prepare_estimate(config: Config) -> Estimate:
+    """prepare_model: a packaged GGUF is read and dequantized to fp32 weights (both in memory at once);
+    hub weights are only located, a random model only described."""
+    if config.model.source != "package_gguf":
+        return Estimate("prepare_model", 0.0, 0.0)
+    weights = model_parameters(config) * BYTES["float32"]
+    return Estimate("prepare_model", 2 * weights, 0.0, disk_bytes=weights)
+
+
+def tokenize_estimate(config: Config) -> Estimate:
+    """tokenize: every token the experiment reads (training and held-out) held in memory while it is cut
+    into windows and shuffled."""
+    tokens = config.cache.train_tokens + config.cache.heldout_tokens
+    return Estimate("tokenize", tokens * TOKENIZE_BYTES_PER_TOKEN, 0.0, disk_bytes=tokens * BYTES["float32"],
+                    seconds=tokens / TOKENIZE_TOKENS_PER_S)
+
+
+def browse_estimate(config: Config, job: str = "browse") -> Estimate:
+    """browse (and the study's pages, built the same way): the LM over held-out windows, one evaluation
+    batch at a time (as evaluate, without the spliced SAEs' prefixes)."""
+    m = config.model
+    memory = model_parameters(config) * BYTES[m.dtype] + _forward_activation_bytes(config, config.evaluate.batch_windows)
+    return Estimate(job, memory, 2 * model_parameters(config) * config.cache.heldout_tokens)
 
 
 def cache_estimate(config: Config) -> Estimate:
@@ -170,17 +201,23 @@ def study_analysis_estimate(config: Config) -> Estimate:
 
 
 def experiment_estimates(config: Config) -> list[tuple[Estimate, int]]:
-    """(estimate, number of such jobs) for every job kind of the experiment."""
+    """(estimate, number of such jobs) for every job kind of the experiment that caches, trains or
+    evaluates (the others only read and write files, or bootstrap tables: `aggregate_estimate`)."""
+    return [(rule_estimate(config, rule, site), count) for rule, site, count in dag_jobs(config)
+            if rule in COMPUTE_RULES]
+
+
+def dag_jobs(config: Config) -> list[tuple[str, str | None, int]]:
+    """(rule, site or None, number of jobs) of the experiment's DAG through its report, in order."""
     layers = len(config.experiment.layers)
     streamed = config.cache.mode == "stream"
-    rows = [(cache_estimate(config), 1)] + ([(train_layer_estimate(config), layers)] if streamed else [])
+    rows = [("prepare_model", None, 1), ("fetch_corpus", None, 1), ("tokenize", None, 1), ("cache", None, 1)]
+    rows += [("train", None, layers)] if streamed else []
     for site in config.experiment.sites:
-        if not streamed:
-            rows.append((train_job_estimate(config, site), layers))
-        if config.sweep.rescale_shift_at(site):
-            rows.append((rescale_shift_estimate(config, site), layers))
-        rows.append((evaluate_estimate(config, site), layers))
-    return rows
+        rows += [] if streamed else [("train", site, layers)]
+        rows += [("rescale_shift", site, layers)] if config.sweep.rescale_shift_at(site) else []
+        rows.append(("evaluate", site, layers))
+    return rows + [(rule, None, 1) for rule in ("curves", "aggregate", "figures", "verdict", "report")]
 
 
 def plan_passes(items: list, memory, available: float) -> list[list]:
@@ -278,3 +315,29 @@ def train_layer_estimate(config: Config) -> Estimate:
 
 def size_text(n_bytes: float) -> str:
     return f"{n_bytes / GIB:.2f} GiB" if n_bytes >= GIB / 10 else f"{n_bytes / 2**20:.1f} MiB"
+
+
+# --- every rule ----------------------------------------------------------------------------------------
+
+# Rules that run the LM or train SAEs (the others read and write files).
+COMPUTE_RULES = ("cache", "train", "rescale_shift", "evaluate")
+# Rules sized by the experiment alone; `train` only in stream mode (one job per layer), else per site.
+PER_EXPERIMENT = {"prepare_model": prepare_estimate, "tokenize": tokenize_estimate, "cache": cache_estimate,
+                  "browse": browse_estimate, "study": lambda config: browse_estimate(config, "study"),
+                  "aggregate": aggregate_estimate, "study_analysis": study_analysis_estimate}
+PER_SITE = {"train": train_job_estimate, "rescale_shift": rescale_shift_estimate, "evaluate": evaluate_estimate}
+
+
+def sized_per_site(config: Config, rule: str) -> bool:
+    """Whether one job of `rule` depends on its site (its width)."""
+    return rule in PER_SITE and not (rule == "train" and config.cache.mode == "stream")
+
+
+def rule_estimate(config: Config, rule: str, site: str | None = None) -> Estimate | None:
+    """One job of a Snakefile rule (`site` for the rules sized per site); None for the rules that only
+    read and write files."""
+    if rule == "train" and config.cache.mode == "stream":
+        return train_layer_estimate(config)
+    if rule in PER_SITE:
+        return PER_SITE[rule](config, site)
+    return PER_EXPERIMENT[rule](config) if rule in PER_EXPERIMENT else None

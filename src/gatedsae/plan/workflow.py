@@ -190,31 +190,26 @@ class ExperimentPlan:
 
     # --- scheduler resources, from the estimates of `resources` -------------------------------------
 
-    def resources(self, job: str) -> dict:
-        """Snakemake resources of a rule: from the estimates where the project has one (callables of the
-        wildcards where they depend on the site), else `resources.light_job_mem_mb`."""
-        from gatedsae.plan import estimates, scheduling
+    def resources(self, rule: str) -> dict:
+        """Snakemake resources of a rule (gatedsae.plan.scheduling): callables of the wildcards where they
+        depend on the site."""
+        from gatedsae.plan.estimates import sized_per_site
+        from gatedsae.plan.scheduling import rule_resources
 
-        def per_site(estimate, device):
-            def get(key):
-                return lambda wildcards: scheduling.job_resources(estimate(self.config, wildcards.site), device,
-                                                                 self.config)[key]
-            return {key: get(key) for key in ("mem_mb", "runtime", "gpu")}
+        if not sized_per_site(self.config, rule):
+            return rule_resources(self.config, rule)
+        keys = rule_resources(self.config, rule, self.config.experiment.sites[0])
+        return {key: (lambda wildcards, key=key: rule_resources(self.config, rule, wildcards.site)[key]) for key in keys}
 
-        if job == "cache":
-            return scheduling.job_resources(estimates.cache_estimate(self.config), self.config.cache.device,
-                                           self.config)
-        if job == "train" and self.streamed:
-            return scheduling.job_resources(estimates.train_layer_estimate(self.config), self.config.train.device,
-                                           self.config)
-        if job in ("train", "rescale_shift", "evaluate"):
-            estimate, device = {
-                "train": (estimates.train_job_estimate, self.config.train.device),
-                "rescale_shift": (estimates.rescale_shift_estimate, self.config.train.device),
-                "evaluate": (estimates.evaluate_estimate, self.config.evaluate.device),
-            }[job]
-            return per_site(estimate, device)
-        return {"mem_mb": self.config.resources.light_job_mem_mb}
+    def explain_failures(self, logs: str | list[str] | None) -> list[str]:
+        """For a failed run's Snakemake log(s): which jobs SLURM killed for their memory, and what to raise."""
+        from gatedsae.plan.job_failures import memory_failures
+        from gatedsae.plan.scheduling import rule_resources
+
+        paths = [logs] if isinstance(logs, str) else list(logs or [])
+        text = "\n".join(Path(p).read_text(errors="replace") for p in paths if Path(p).is_file())
+        return [failure.advice(rule_resources(self.config, failure.rule, failure.site)["mem_mb"])
+                for failure in memory_failures(text)]
 
     # --- commands and params --------------------------------------------------------------------------
 

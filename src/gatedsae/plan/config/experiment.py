@@ -3,6 +3,7 @@ lives) and `resources` (how jobs are sized), neither of which changes a result."
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -77,7 +78,9 @@ class ResourcesConfig:
     # A job estimated to take longer than this (device-hours) is refused before anything runs: a token
     # budget or a resample count with a few zeros too many. Raise it for a run that really is that long.
     max_job_hours: float = 10_000.0
-    light_job_mem_mb: int = 4000  # memory asked for jobs without an estimate (prepare-model, tokenize, browse, study)
+    light_job_mem_mb: int = 4000  # memory asked for jobs that only read and write files (no estimate of their own)
+    job_cpus: int = 8             # CPUs each job that caches, trains or evaluates asks a cluster for
+    gpu_model: Optional[str] = None  # the scheduler's GPU type for GPU jobs (SLURM --gpus=<model>:<n>)
 
     def validate(self) -> None:
         for key in ("device_memory_gib", "sustained_tflops"):
@@ -86,6 +89,9 @@ class ResourcesConfig:
         finite(self.max_job_hours, "resources.max_job_hours")
         require(self.max_job_hours > 0, "resources.max_job_hours", "must be positive (device-hours)")
         require(self.light_job_mem_mb > 0, "resources.light_job_mem_mb", "must be a positive number of MB")
+        require(self.job_cpus >= 1, "resources.job_cpus", "must be a positive integer")
+        require(self.gpu_model is None or re.fullmatch(r"[A-Za-z0-9_.]+", str(self.gpu_model)) is not None,
+                "resources.gpu_model", "must be a GPU type name (letters, digits, '_' or '.'), e.g. h100, or null")
 
 
 @dataclass
