@@ -10,7 +10,8 @@ import pytest
 
 from gatedsae.activations.store import ActivationStore
 from gatedsae.plan.config import ConfigError, load_config
-from gatedsae.plan.grid import grid_specs, training_key
+from gatedsae.plan.grid import grid_specs
+from gatedsae.plan.identity import training_key
 from gatedsae.training.curves import CURVES_FILE
 from gatedsae.training.trainer import GridTrainer
 
