@@ -212,8 +212,9 @@ rule evaluate:
 
 
 rule aggregate:
-    """metrics.csv (one row per SAE), the paper-layout tables, the headline, the Figs. 8–9 comparisons and
-    the DVC metrics summary, with 95% intervals from a paired bootstrap over held-out windows."""
+    """metrics.csv (one row per SAE), the paper-layout tables, the readings at the pre-registered levels
+    (headline, levels, Figs. 8–9 comparisons, the ratio curve) and the DVC metrics summary, with 95%
+    intervals from a two-level bootstrap (training seeds, then held-out windows)."""
     input:
         plan.evaluations(),
     output:
@@ -247,6 +248,8 @@ rule figures:
     input:
         metrics=plan.aggregate_outputs()["metrics"],
         densities=plan.aggregate_outputs()["densities"],
+        ratio_curve=plan.aggregate_outputs()["ratio_curve"],
+        headline=plan.aggregate_outputs()["headline"],
         curves=plan.curves(),
     output:
         plan.figures_index(),
@@ -259,12 +262,12 @@ rule figures:
 
 
 rule verdict:
-    """verdict.json and verdict.md: each claim of the paper, measured with its interval, against the paper
-    and the reference run (reference/<experiment>/), REPRODUCED / NOT REPRODUCED / INCONCLUSIVE."""
+    """verdict.json and verdict.md: each claim of the paper, read at its pre-registered level on the
+    verdict's held-out split with its two-level interval, against the paper and the reference run
+    (reference/<experiment>/); the convergence of the SAEs behind each, from the training curves."""
     input:
-        headline=plan.aggregate_outputs()["headline"],
-        comparisons=plan.aggregate_outputs()["comparisons"],
-        metrics=plan.aggregate_outputs()["metrics"],
+        evaluations=plan.evaluations(),
+        curves=plan.curves(),
         reference=plan.reference_verdict(),
     output:
         **plan.verdict_outputs(),

@@ -52,6 +52,13 @@ def test_paper_experiments_use_the_papers_layers_and_contexts():
         ("train.tokens=1000 train.tokens=2000", "given twice"),
         ("paths.data=", "paths.data"),
         ("resources.max_job_hours=0", "resources.max_job_hours"),
+        ("verdict.levels={resid_post:[97.8]}", "verdict.levels.resid_post"),
+        ("~verdict.levels.attn_z", "verdict.levels"),
+        ("verdict.matched_l0={resid_post:[-1]}", "verdict.matched_l0.resid_post"),
+        ("verdict.matched_l0={residual:[100]}", "verdict.matched_l0"),
+        ("verdict.rescale_shift_gap_below=2", "verdict.rescale_shift_gap_below"),
+        ("verdict.convergence.window=0.5", "verdict.convergence.window"),
+        ("verdict.split=../test", "verdict.split"),
     ],
 )
 def test_bad_config_names_the_key(override, named):
@@ -68,6 +75,16 @@ def test_the_same_override_twice_is_fine_and_paths_data_must_be_a_folder(tmp_pat
         with pytest.raises(ConfigError, match=f"paths.data.*{named}"):
             load_config([f"paths.data={data}"])
     assert load_config([f"paths.data={tmp_path / 'new' / 'folder'}"]).paths.root == tmp_path / "new" / "folder"
+
+
+def test_the_verdicts_levels_follow_the_rule_written_beside_them():
+    """conf/verdict: each site's levels are its paper rows' levels, the mean of each row's Gated and
+    baseline loss recovered (as fractions)."""
+    verdict = load_config([]).verdict
+    assert set(verdict.levels) == {"resid_post", "mlp_out", "attn_z"}
+    for site, levels in verdict.levels.items():
+        rows = [row for row in verdict.paper_matched_l0 if row.site == site]
+        assert levels == pytest.approx([(r.loss_recovered_gated + r.loss_recovered_baseline) / 200 for r in rows], abs=1e-12)
 
 
 def test_cli_rejects_bad_config_before_compute(tmp_path):

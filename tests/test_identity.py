@@ -62,7 +62,11 @@ def _changed(value, hint):
         return value + "x"
     if isinstance(value, list):
         return [_changed(value[0], None), *value[1:]] if value else ["resid_post"]
+    if isinstance(value, dict):
+        return {**value, "resid_post": [0.5]}
     args = [a for a in typing.get_args(hint) if a is not type(None)]  # an Optional at None
+    if typing.get_origin(args[0]) is dict:
+        return {"resid_post": [0.5]}
     return args[0]() if dataclasses.is_dataclass(args[0]) else {int: 7, float: 0.5, str: "x"}[args[0]]
 
 

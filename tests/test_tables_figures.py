@@ -10,8 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gatedsae.reporting.figures import FAMILIES, ablations, curves, density, pareto, shrinkage
-from gatedsae.reporting.tables import aggregate, headline, latex_tables, markdown_tables, pareto_mask
+from gatedsae.reporting.figures import FAMILIES, ablations, curves, density, pareto, ratio, shrinkage
+from gatedsae.evaluation.intervals import Bootstrap
+from gatedsae.plan.config import IntervalsConfig
+from gatedsae.reporting.statistics import Readings
+from gatedsae.reporting.tables import aggregate, latex_tables, markdown_tables, pareto_mask
 
 SITES = ["resid_post", "mlp_out", "attn_z"]
 
@@ -51,31 +54,47 @@ def test_pareto_mask_marks_only_undominated_points():
     assert frame[frame["arch"] == "gated"]["pareto"].all()
 
 
-def test_headline_ratio_on_frontiers_with_a_known_answer():
-    head = headline(fixture_frame())
-    assert list(head["site"]) == SITES
-    assert np.allclose(head["l0_ratio"], 0.5) and np.allclose(head["l0_ratio_min"], 0.5)
-    assert np.allclose(head["loss_recovered_low"], 0.80) and np.allclose(head["loss_recovered_high"], 0.95)
-    assert head["gamma_baseline"].iloc[0] < head["gamma_gated"].iloc[0]
+def readings(frame: pd.DataFrame, levels: dict) -> Readings:
+    from dataclasses import replace
+
+    from gatedsae.plan.config import load_config
+
+    protocol = replace(load_config(["experiment=smoke"]).verdict, levels=levels)
+    return Readings(frame, Bootstrap(frame, IntervalsConfig()), protocol)
 
 
-def test_headline_interpolates_between_sweep_points():
-    # Gated: log L0 linear from (0.8, log 4) to (0.9, log 16); baseline flat 2× that at the same levels
-    # except a kink: the ratio must follow the interpolation, not the nearest point.
-    rows = sweep_rows("gated", "mlp_out", [4, 16], [0.8, 0.9]) + sweep_rows("baseline", "mlp_out", [8, 8 * 4], [0.8, 0.9])
-    head = headline(pd.DataFrame(rows))
-    assert head["l0_ratio"].iloc[0] == pytest.approx(0.5)
-    rows = sweep_rows("gated", "mlp_out", [4, 16], [0.8, 0.9]) + sweep_rows("baseline", "mlp_out", [4, 64], [0.8, 0.9])
-    head = headline(pd.DataFrame(rows))
-    # log ratio runs linearly from 0 to log(1/4): geometric mean exp(log(1/4)/2) = 1/2
-    assert head["l0_ratio"].iloc[0] == pytest.approx(0.5)
-    assert head["l0_ratio_min"].iloc[0] == pytest.approx(0.25) and head["l0_ratio_max"].iloc[0] == pytest.approx(1.0)
+def test_the_ratio_is_read_at_the_pre_registered_levels_of_known_frontiers():
+    # Gated: log L0 linear from (0.8, log 4) to (0.9, log 16); baseline from (0.8, log 4) to (0.9, log 64):
+    # the ratio runs log-linearly from 1 at 80% to 1/4 at 90%: 1/2 at 85%, whatever lies elsewhere.
+    rows = sweep_rows("gated", "mlp_out", [4, 16], [0.8, 0.9], [1.0, 1.0]) + \
+        sweep_rows("baseline", "mlp_out", [4, 64], [0.8, 0.9], [0.9, 0.7])
+    head, per_level = readings(pd.DataFrame(rows), {"mlp_out": [0.85, 0.9]}).headline()
+    assert per_level["l0_ratio"].tolist() == pytest.approx([0.5, 0.25])
+    assert head["l0_ratio"].iloc[0] == pytest.approx(math.sqrt(0.5 * 0.25))  # geometric mean over the levels
+    assert per_level["gamma_baseline"].tolist() == pytest.approx([0.8, 0.7])
+    assert head["gamma_baseline"].iloc[0] == pytest.approx(0.75) and head["levels"].iloc[0] == "0.85;0.9"
+    assert head["loss_recovered_max_baseline"].iloc[0] == pytest.approx(0.9)
 
 
-def test_headline_says_so_when_frontiers_do_not_overlap():
-    rows = sweep_rows("gated", "attn_z", [4, 8], [0.95, 0.97]) + sweep_rows("baseline", "attn_z", [4, 8], [0.5, 0.6])
-    head = headline(pd.DataFrame(rows))
-    assert math.isnan(head["l0_ratio"].iloc[0]) and "do not overlap" in head["note"].iloc[0]
+def test_a_level_a_frontier_does_not_reach_is_not_read():
+    rows = sweep_rows("gated", "attn_z", [4, 8], [0.85, 0.97]) + sweep_rows("baseline", "attn_z", [4, 8], [0.5, 0.9])
+    head, per_level = readings(pd.DataFrame(rows), {"attn_z": [0.88, 0.95]}).headline()
+    assert per_level["l0_ratio"].notna().tolist() == [True, False]  # 95%: the baseline stops at 90%
+    assert math.isnan(head["l0_ratio"].iloc[0]) and math.isnan(head["gamma_baseline"].iloc[0])
+
+
+def test_matched_l0_comparisons_are_read_where_gated_reaches_the_levels():
+    frame = fixture_frame()  # Gated: L0 5, 10, 20, 40 at 80, 85, 90, 95%
+    compared = readings(frame, {"resid_post": [0.85, 0.9], "mlp_out": [0.85], "attn_z": [0.85]}).comparisons()
+    compared = compared.set_index("arch")
+    assert compared.loc["gated_untied", "l0_at"] == "10;20"
+    # ablations: (6, 80%), (12, 85%), (24, 90%), Gated's loss recovered at 1.2× its L0: read at L0 10 and 20
+    expected = np.mean([np.interp(np.log(x), np.log([6, 12, 24]), [0.8, 0.85, 0.9]) for x in (10, 20)]) - 0.875
+    assert compared.loc["gated_untied", "loss_recovered_difference"] == pytest.approx(expected)
+    # rescale-and-shift (10, 82%), (20, 87%), (40, 91%) over the baseline (10, 80%), (20, 85%), (40, 90%):
+    # at L0 10 and 20 it closes (2 + 2) / (5 + 5) of the gap to Gated (85%, 90%)
+    assert compared.loc["baseline_rescale_shift", "gap_fraction"] == pytest.approx(0.4)
+    assert compared.loc["baseline_rescale_shift", "loss_recovered_difference"] == pytest.approx(0.02)
 
 
 def test_tables_have_one_row_per_sae_and_mark_the_frontier():
@@ -142,6 +161,8 @@ def test_density_figure_pairs_gated_with_the_nearest_baseline(tmp_path):
 
 
 def test_aggregate_figures_and_report_from_metrics_files(tmp_path):
+    from dataclasses import replace
+
     from gatedsae.plan.config import load_config
     from gatedsae.reporting.figures import render_all
     from gatedsae.reporting.report import build_report
@@ -149,10 +170,15 @@ def test_aggregate_figures_and_report_from_metrics_files(tmp_path):
     frame = fixture_frame().drop(columns="pareto")
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps({"rows": frame.to_dict("records")}))
-    outputs = aggregate([metrics], tmp_path / "results")
+    protocol = replace(load_config(["experiment=smoke"]).verdict,
+                       levels={"resid_post": [0.85, 0.9], "mlp_out": [0.9], "attn_z": [0.82]})
+    outputs = aggregate([metrics], tmp_path / "results", protocol=protocol)
     written = pd.read_csv(outputs["metrics"])
     assert len(written) == len(frame) and written["pareto"].sum() == len(frame) - 3
     assert pd.read_csv(outputs["headline"])["l0_ratio"].round(6).tolist() == [0.5, 0.5, 0.5]
+    assert len(pd.read_csv(outputs["levels"])) == 4
+    curve = pd.read_csv(outputs["ratio_curve"])
+    assert np.allclose(curve["l0_ratio"], 0.5) and curve["loss_recovered"].min() == pytest.approx(0.8)
     summary = json.loads(outputs["summary"].read_text())
     assert summary["m/resid_post/layer6"]["l0_ratio"] == 0.5
     # no per-window samples in these rows: the interval columns exist, empty
@@ -170,10 +196,10 @@ def test_aggregate_figures_and_report_from_metrics_files(tmp_path):
     files = json.loads(index.read_text())["files"]
     stems = {p.rsplit("/", 1)[1].rsplit(".", 1)[0] for p in files}
     drawn = {stem for stem in ablations.FIGURES if stem != "successors_pareto"}  # no JumpReLU or TopK here
-    expected = {*pareto.FIGURES, shrinkage.STEM, *drawn, density.STEM}
+    expected = {*pareto.FIGURES, ratio.STEM, shrinkage.STEM, *drawn, density.STEM}
     assert stems == expected and len(files) == 2 * len(expected)
     assert all((tmp_path / "figures" / f"{stem}.pdf").stat().st_size > 0 for stem in expected)
-    assert set(FAMILIES) == {"pareto", "shrinkage", "ablations", "density", "curves"}
+    assert set(FAMILIES) == {"pareto", "ratio", "shrinkage", "ablations", "density", "curves"}
 
     captions = json.loads(index.read_text())["captions"]
     pngs = [Path(f) for f in files if f.endswith(".png")]
@@ -236,6 +262,8 @@ def all_figures(frame: pd.DataFrame):
     yield from ablations.figures(frame)
     yield from density.figures(frame, _densities(frame))
     yield from curves.figures(curves_frame())
+    levels = {"resid_post": [0.85, 0.9], "mlp_out": [0.85], "attn_z": [0.85]}
+    yield from ratio.figures(readings(frame, levels).ratio_curve(), readings(frame, levels).headline()[0])
 
 
 def test_every_figure_is_paper_sized_with_readable_fonts_no_title_and_one_legend():
@@ -255,7 +283,8 @@ def test_every_figure_is_paper_sized_with_readable_fonts_no_title_and_one_legend
                  if t.get_visible() and t.get_text() and t.get_fontsize() < MIN_FONT_PT]
         assert not small, f"{stem}: text under {MIN_FONT_PT} pt: {small[:3]}"
         plt.close(fig)
-    assert {"fig1_loss_recovered_vs_l0", "gamma_vs_l0", "fig8_ablations", "feature_density", "training_curves"} <= set(stems)
+    assert {"fig1_loss_recovered_vs_l0", "gamma_vs_l0", "fig8_ablations", "feature_density", "training_curves",
+            ratio.STEM} <= set(stems)
 
 
 def _hlines(ax) -> set[float]:
@@ -369,3 +398,15 @@ def test_labels_and_notes_hide_no_data_on_the_reference_run():
             checked += len(boxes)
         plt.close(fig)
     assert checked >= 12
+
+
+def test_figures_draw_each_configuration_at_the_mean_of_its_seeds():
+    from gatedsae.reporting.tables import seed_means
+
+    frame = fixture_frame()
+    assert seed_means(frame) is frame, "one seed per configuration: unchanged"
+    seeded = pd.concat([frame.assign(seed=0), frame.assign(seed=1, l0=frame["l0"] * 3, loss_recovered_ci_low=0.0)])
+    means = seed_means(seeded.reset_index(drop=True))
+    assert len(means) == len(frame) and "seed" not in means and "loss_recovered_ci_low" not in means
+    assert np.allclose(means["l0"], frame["l0"] * 2) and np.allclose(means["loss_recovered"], frame["loss_recovered"])
+    assert means["sae"].tolist() == frame["sae"].tolist() and means["pareto"].tolist() == frame["pareto"].tolist()

@@ -168,7 +168,7 @@ def test_smoke_workflow_end_to_end_then_nothing_to_do_then_only_what_a_new_l1_ne
     claim_ids = {claim["id"] for claim in verdict["claims"]}
     assert {f"l0_ratio/{site}/layer1" for site in ("resid_post", "mlp_out", "attn_z")} <= claim_ids
     assert "rescale_shift_vs_baseline/resid_post/layer1" in claim_ids and "gated_untied_vs_gated/resid_post/layer1" in claim_ids
-    assert all(claim["status"] in ("REPRODUCED", "NOT REPRODUCED", "INCONCLUSIVE", "NOT MEASURED")
+    assert all(claim["status"] in ("REPRODUCED", "NOT REPRODUCED", "INCONCLUSIVE", "NOT TESTED", "NOT MEASURED")
                for claim in verdict["claims"])
     assert "| Claim |" in (results / "verdict.md").read_text()
     summary = json.loads((results / "summary.json").read_text())

@@ -111,7 +111,7 @@ def _aggregate(config: Config) -> None:
 
     check_memory(aggregate_estimate(config), "cpu", "lower intervals.resamples", available_memory("cpu", config))
 
-    for path in aggregate(evaluation_files(config), config.experiment.results, config.intervals).values():
+    for path in aggregate(evaluation_files(config), config.experiment.results, config.intervals, config.verdict).values():
         print(f"wrote {path}")
 
 
@@ -162,13 +162,26 @@ def _publish_reference(config: Config) -> None:
     from gatedsae.cli.reference import publish
 
     print(f"wrote {publish(config)}")
+    _render_docs(config)
+
+
+def _render_docs(config: Config) -> None:
+    """Rewrite the generated blocks of README.md and docs/*.md from the published reference runs they name
+    (the verdict's numbers are never copied by hand; tests/test_published_docs.py checks them)."""
+    from gatedsae.reporting.published import render_docs
+
+    changed = render_docs()
+    print("rewrote " + ", ".join(str(path) for path in changed) if changed else "README.md and docs/ agree with reference/")
 
 
 def _verdict(config: Config) -> None:
     """verdict.json and verdict.md next to the results; the table is printed."""
+    from gatedsae.plan.estimates import aggregate_estimate
+    from gatedsae.plan.preflight import available_memory, check_memory
     from gatedsae.reporting.verdict import write_verdict
 
-    _, markdown = write_verdict(config)
+    check_memory(aggregate_estimate(config), "cpu", "lower intervals.resamples", available_memory("cpu", config))
+    _, markdown = write_verdict(config, evaluation_files(config))
     print(markdown.read_text())
 
 
@@ -269,10 +282,10 @@ STAGES: dict[str, Stage] = {
                                  reads=("evaluate", "paths"), devices=("evaluate.device",)),
     "upgrade-checkpoints": Stage(_upgrade_checkpoints, "rewrite older checkpoints' cfg.json in the sae-lens 6.x format",
                                  reads=DATA, writes_data=True),
-    "aggregate": Stage(_aggregate, "metrics.csv (with intervals), tables, headline, comparisons, DVC summary",
-                       reads=("experiment", "intervals")),
-    "verdict": Stage(_verdict, "verdict.json / verdict.md: each claim REPRODUCED / NOT REPRODUCED / INCONCLUSIVE",
-                     reads=("experiment", "intervals", "verdict")),
+    "aggregate": Stage(_aggregate, "metrics.csv (with intervals), tables, the readings at the pre-registered levels, "
+                       "DVC summary", reads=("experiment", "intervals", "verdict")),
+    "verdict": Stage(_verdict, "verdict.json / verdict.md: each claim, read at its pre-registered level, REPRODUCED / "
+                     "NOT REPRODUCED / INCONCLUSIVE / NOT TESTED", reads=("experiment", "intervals", "verdict")),
     "curves": Stage(_curves, "every trained SAE's training curves in one table (curves.csv, for dvc plots)",
                     reads=(*DATA, "sweep")),
     "figures": Stage(_figures, "every figure, PNG and PDF, with figures.json (files and captions)",
@@ -292,8 +305,10 @@ STAGES: dict[str, Stage] = {
                         "--repo=USER/NAME [--out=DIR]", reads=(*DATA, "sweep", "evaluate")),
     "export-neuronpedia": Stage(_export_neuronpedia, "the feature browser's data in Neuronpedia's import format",
                                 "[--out=DIR] [--release=NAME] [--creator=NAME]", reads=("experiment", "browser")),
-    "publish-reference": Stage(_publish_reference, "copy a finished run's results and figures into reference/<experiment>/",
-                               reads=("experiment", "verdict")),
+    "publish-reference": Stage(_publish_reference, "copy a finished run's results and figures into reference/<experiment>/; "
+                               "rewrite the README's and docs' numbers from it", reads=("experiment", "verdict")),
+    "render-docs": Stage(_render_docs, "rewrite the README's and docs' generated blocks from reference/ (no number by hand)",
+                         planned=False),
     "estimate": Stage(_estimate, "every job's estimated peak memory, disk and device-hours, and its cluster request",
                       reads=(*DATA, "cache", "sweep", "train", "evaluate", "resources"), planned=False),
     "verify": Stage(_verify, "check every shard and checkpoint against its recorded sha256; say how to repair",

@@ -20,7 +20,8 @@ from gatedsae.plan.config import REPO_ROOT, Config
 REFERENCE_ROOT = REPO_ROOT / "reference"
 PROVENANCE = "provenance.json"
 # What a reference keeps of the results folder: small, text or self-contained files.
-RESULT_FILES = ("metrics.csv", "pareto.csv", "headline.csv", "comparisons.csv", "summary.json", "densities.json",
+RESULT_FILES = ("metrics.csv", "pareto.csv", "headline.csv", "levels.csv", "comparisons.csv", "ratio_curve.csv",
+                "summary.json", "densities.json",
                 "report.html", "verdict.json", "verdict.md", "replicate.json", "curves.csv", "tables")
 
 

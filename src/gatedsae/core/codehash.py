@@ -20,10 +20,13 @@ METRICS_CODE: dict[str, Optional[Sequence[str]]] = {   # per-SAE evaluation resu
     "plan/sites.py": None, "saes/checkpoints.py": ("encode_raw", "decode_raw"),
     "saes/": None,  # every architecture's module: the sae-lens encoders live on the SAE classes
 }
-AGGREGATE_CODE: dict[str, Optional[Sequence[str]]] = {  # tables, headline, comparisons, intervals
-    "reporting/tables.py": None, "evaluation/intervals.py": None, "evaluation/frontiers.py": None,
+STATISTICS_CODE: dict[str, Optional[Sequence[str]]] = {  # the readings at the levels, with their intervals
+    "reporting/statistics.py": None, "evaluation/intervals.py": None, "evaluation/frontiers.py": None,
+    "evaluation/seeds.py": None,
 }
-VERDICT_CODE: dict[str, Optional[Sequence[str]]] = {"reporting/verdict.py": None}
+AGGREGATE_CODE: dict[str, Optional[Sequence[str]]] = {"reporting/tables.py": None, **STATISTICS_CODE}
+VERDICT_CODE: dict[str, Optional[Sequence[str]]] = {
+    "reporting/verdict.py": None, "reporting/claims.py": None, "reporting/convergence.py": None, **STATISTICS_CODE}
 
 
 def _without_docstrings(tree: ast.AST) -> ast.AST:

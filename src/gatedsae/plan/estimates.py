@@ -179,15 +179,15 @@ def _saes_per_grid(config: Config, site: str) -> int:
 
 
 def aggregate_estimate(config: Config) -> Estimate:
-    """The aggregate job's paired bootstrap (evaluation/intervals.py): per grid, the resampled window
-    counts [B, W + S] and every SAE's replicates of four metrics under two treatments [B, K], kept for
-    every grid; the matched comparisons add a Python loop over the B resamples."""
+    """The aggregate (and verdict) job's bootstrap (evaluation/intervals.py): per grid, the resampled
+    window counts [B, W + S] and every SAE's replicates of four metrics [B, K] (every seed a row), kept
+    for every grid; the readings add a Python loop over the B resamples (and the seed draws)."""
     resamples = config.intervals.resamples
     ce_windows = config.evaluate.ce_windows
     store_windows = math.ceil(config.cache.heldout_tokens / (config.experiment.context_length - 1))
     grids = [_saes_per_grid(config, site) for site in config.experiment.sites] * len(config.experiment.layers)
     per_grid = 8 * resamples * (ce_windows + store_windows + 3 * max(grids))  # counts, and ce() intermediates
-    kept = 8 * resamples * 8 * sum(grids)  # replicates of every grid, four metrics × two treatments
+    kept = 8 * resamples * 4 * sum(grids)  # replicates of every grid, four metrics
     flops = resamples * sum(2 * k * (ce_windows + store_windows) * 8 for k in grids)
     return Estimate("aggregate", per_grid + kept, flops, breakdown={"bootstrap_replicates": kept})
 

@@ -142,7 +142,7 @@ JOBS: dict[str, tuple[tuple[str, ...], Optional[str]]] = {
     "train_streamed": ((*STORE_SECTIONS, "sweep", "train"), None),
     "rescale_shift": (("sweep", "train"), None),
     "evaluate": (("evaluate",), "metrics"),
-    "aggregate": (("intervals",), "aggregate"),
+    "aggregate": (("intervals", "verdict"), "aggregate"),  # the verdict's levels: where the readings are taken
     "verdict": (("verdict", "intervals"), "verdict"),
     "browse": (("browser", "evaluate"), None),
     "study": (("study", "browser", "evaluate"), None),  # the rating page (below)

@@ -17,7 +17,8 @@ DOCUMENTS = "documents.jsonl"
 
 # What the aggregate stage writes under the experiment's results folder, by key.
 AGGREGATE_OUTPUTS = {"metrics": "metrics.csv", "pareto": "pareto.csv", "headline": "headline.csv",
-                     "comparisons": "comparisons.csv", "summary": "summary.json", "densities": "densities.json",
+                     "levels": "levels.csv", "comparisons": "comparisons.csv", "ratio_curve": "ratio_curve.csv",
+                     "summary": "summary.json", "densities": "densities.json",
                      "markdown": "tables/metrics.md", "latex": "tables/metrics.tex"}
 VERDICT_OUTPUTS = {"verdict_json": "verdict.json", "verdict_markdown": "verdict.md"}  # what the verdict stage writes there
 

@@ -40,17 +40,20 @@ def verdict_html(results: Path) -> str:
     path = results / "verdict.json"
     if not path.exists():
         return "<p>No verdict yet: run the <code>verdict</code> stage.</p>"
-    from gatedsae.reporting.verdict import Claim
+    from gatedsae.reporting.claims import load_claims
+    from gatedsae.reporting.convergence import describe
 
     verdict = json.loads(path.read_text())
-    claims = [Claim(**{k: (float(v) if k in ("ci_low", "ci_high") and isinstance(v, str) else v)
-                       for k, v in c.items()}) for c in verdict["claims"]]
+    claims = load_claims(verdict["claims"])
     summary = ", ".join(f"{n} {status}" for status, n in verdict["summary"].items() if n)
     table = pd.DataFrame([{"claim": c.claim, "site": "—" if c.layer is None else f"{c.site}, L{c.layer}",
-                           "statistic": c.statistic, "measured [95% CI]": c.measured(), "threshold": c.threshold,
-                           "paper": c.paper, "reference run": c.reference,
+                           "statistic": c.statistic, "read at": c.read_at, "measured [95% CI]": c.measured(),
+                           "seed SD": c.spread(), "threshold": c.threshold, "paper": c.paper,
+                           "reference run": c.reference, "SAEs converged": describe(c.convergence) if c.convergence else "—",
                            "verdict": c.status + (f" ({c.note})" if c.note else "")} for c in claims])
-    return f"<p>{len(claims)} claims: {html.escape(summary)}.</p>" + table.to_html(index=False)
+    split = html.escape(str(verdict.get("split", "")))
+    return f"<p>{len(claims)} claims, read on the held-out split <b>{split}</b>: {html.escape(summary)}.</p>" \
+        + table.to_html(index=False)
 
 
 def _figure_html(png: Path, caption: str) -> str:
@@ -104,11 +107,12 @@ def build_report(config: Config, results: Path, figures: list[Path], captions: d
              f"{len(metrics)} SAEs evaluated; code {html.escape(code_version)}.</p>",
              "<h2>Verdict</h2>", verdict_html(results),
              "<h2>Headline: L0 of Gated / baseline at matched loss recovered</h2>",
-             "<p>Interpolated along each Pareto frontier over the range of loss recovered both cover "
-             "(geometric mean over 21 levels; min and max alongside), with 95% intervals from a paired "
-             "bootstrap over held-out windows; columns ending in <code>_all_tokens</code> count every "
-             "non-BOS token (the paper's treatment of massive activations). The paper reports about ½.</p>",
-             head.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="—"),
+             "<p>Interpolated along each Pareto frontier (seed-averaged) at the pre-registered loss-recovered "
+             "levels of conf/verdict (geometric mean over a site's levels), with 95% intervals from a two-level "
+             "bootstrap (training seeds, then held-out windows) and the seed-to-seed SD; this table reads the "
+             "development split, the verdict above the test split. The paper reports about ½.</p>",
+             head.drop(columns=[c for c in head.columns if c.endswith("_per_seed")]).to_html(
+                 index=False, float_format=lambda v: f"{v:.3f}", na_rep="—"),
              "<h3>The paper's values</h3>", paper_headline(config).to_html(index=False),
              f"<p>The paper's γ: Gated {html.escape(config.verdict.paper_gamma_gated)}; baseline "
              f"{html.escape(config.verdict.paper_gamma_baseline)} ({html.escape(config.verdict.paper_gamma_source)}).</p>",

@@ -9,16 +9,16 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
 from gatedsae.core.atomic import atomic_path, write_json_atomic, write_text_atomic
-from gatedsae.evaluation.frontiers import LEVELS, Sweep, matched_l0, matched_loss_recovered, pareto_optimal
-from gatedsae.evaluation.intervals import GRID, TREATMENTS, Bootstrap
+from gatedsae.evaluation.frontiers import pareto_optimal
+from gatedsae.evaluation.intervals import Bootstrap
 from gatedsae.plan import architectures
-from gatedsae.plan.config import IntervalsConfig
+from gatedsae.plan.config import IntervalsConfig, VerdictConfig
 from gatedsae.plan.layout import AGGREGATE_OUTPUTS
 from gatedsae.plan.sites import SITES
 from gatedsae.plan.sites import label as site_label
@@ -29,16 +29,13 @@ ALL_TOKENS_COLUMNS = [f"{metric}_all_tokens" for metric in
 # metrics.csv columns, in order: the paper's tables first, then the later papers' metrics, the intervals,
 # the massive-activation treatment (and the paper's treatment), and provenance.
 COLUMNS = [
-    "model", "site", "layer", "arch", "variant", "l1", "k", "lr", "width", "l0", "loss_recovered",
+    "model", "site", "layer", "split", "arch", "variant", "l1", "k", "lr", "width", "seed", "l0", "loss_recovered",
     "ce_clean", "ce_sae", "ce_zero", "alive_fraction", "gamma", "fvu", "nmse", "delta_lm_loss",
     *(f"{metric}_ci_{end}" for metric in SAE_INTERVALS for end in ("low", "high")),
     "train_tokens", "eval_tokens", "ce_tokens", "ce_windows",
     "massive_norm_threshold", "massive_rows", "massive_windows", *ALL_TOKENS_COLUMNS,
     "corpus", "sweep", "sae", "checkpoint_id", "checkpoint",
 ]
-ABLATIONS = tuple(architectures.names("ablation"))  # Fig. 8
-SUCCESSORS = tuple(architectures.names("successor"))  # beyond the paper: JumpReLU, TopK
-RESCALE_SHIFT = "baseline_rescale_shift"         # Fig. 9
 
 
 def collect(metrics_files: Iterable[Path]) -> pd.DataFrame:
@@ -49,7 +46,9 @@ def collect(metrics_files: Iterable[Path]) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     frame["site_order"] = frame["site"].map(SITES.index)
     knobs = [knob for knob in ("l1", "k") if knob in frame]  # λ, and k where a TopK sweep is present
-    frame = frame.sort_values(["model", "site_order", "layer", "arch", *knobs]).drop(columns="site_order")
+    order = ["model", "site_order", "layer", *[c for c in ("split",) if c in frame], "arch", *knobs,
+             *[c for c in ("seed",) if c in frame]]
+    frame = frame.sort_values(order).drop(columns="site_order")
     frame["pareto"] = pareto_mask(frame)
     return frame.reset_index(drop=True)
 
@@ -64,11 +63,36 @@ def metrics_columns(frame: pd.DataFrame) -> list[str]:
     return [*COLUMNS, *extra, "pareto"]
 
 
+def seed_means(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per SAE configuration: its metrics averaged over its training seeds (figures draw these);
+    the other columns from its first seed. Per-SAE intervals are dropped where a configuration has several
+    seeds (they cover one training only); a frame of one seed per configuration comes back unchanged."""
+    from gatedsae.evaluation.seeds import IDENTITY, SEED
+
+    if SEED not in frame or frame.groupby(_configuration(frame), dropna=False)[SEED].nunique().max() <= 1:
+        return frame
+    keep = set(IDENTITY) | {"model", "site", "layer", "split", SEED, "pareto"}
+    metrics = [c for c in frame.columns if c not in keep and pd.api.types.is_numeric_dtype(frame[c])
+               and "_ci_" not in c]
+    grouped = frame.groupby(_configuration(frame), dropna=False, sort=False)
+    means = grouped[metrics].transform("mean")
+    first = frame.drop(columns=[c for c in frame.columns if "_ci_" in c]).assign(**means)
+    first = first[~grouped.cumcount().astype(bool)].drop(columns=SEED).reset_index(drop=True)
+    first["pareto"] = pareto_mask(first)
+    return first
+
+
+def _configuration(frame: pd.DataFrame) -> list[str]:
+    from gatedsae.evaluation.seeds import IDENTITY
+
+    return [c for c in ("model", "site", "layer", "split", *IDENTITY) if c in frame]
+
+
 def pareto_mask(frame: pd.DataFrame, x: str = "l0", y: str = "loss_recovered") -> pd.Series:
-    """True where no SAE of the same (model, site, layer, architecture) has lower-or-equal `x` and
-    higher-or-equal `y`, one of them strictly (low L0 and high loss recovered are both better)."""
+    """True where no SAE of the same (model, site, layer, architecture, split, seed) has lower-or-equal `x`
+    and higher-or-equal `y`, one of them strictly (low L0 and high loss recovered are both better)."""
     mask = pd.Series(False, index=frame.index)
-    for _, group in frame.groupby(["model", "site", "layer", "arch"]):
+    for _, group in frame.groupby(["model", "site", "layer", "arch", *[c for c in ("split", "seed") if c in frame]]):
         mask[group.index] = pareto_optimal(group[x].to_numpy(), group[y].to_numpy())
     return mask
 
@@ -92,91 +116,6 @@ def matched_pairs(frame: pd.DataFrame) -> list[tuple[pd.Series, pd.Series]]:
         b = baseline.loc[(np.log(baseline["l0"].clip(lower=1e-3)) - np.log(g["l0"])).abs().idxmin()]
         pairs.append((g, b))
     return pairs
-
-
-# ---------------------------------------------------------------------------------------------------
-# The headline (at matched loss recovered, how much lower is Gated's L0?) and Figs. 8–9's comparisons
-# (at matched L0, how much more loss does one frontier recover than another?), each with its interval.
-
-
-def _sweep(group: pd.DataFrame, arch: str, treatment: str) -> Sweep:
-    rows = group[group["arch"] == arch]
-
-    def column(name: str) -> np.ndarray:
-        name += treatment
-        return rows[name].to_numpy(dtype=float) if name in rows else np.full(len(rows), np.nan)
-
-    return Sweep(column("l0"), column("loss_recovered"), column("gamma"))
-
-
-def _estimate(frame: pd.DataFrame, key: tuple, bootstrap: Optional[Bootstrap], archs: Sequence[str],
-              treatment: str, compute: Callable[..., Optional[dict]], with_interval: tuple[str, ...]) -> Optional[dict]:
-    """compute(*sweeps of `archs`) on the grid `key` of `frame`, each value suffixed with the treatment,
-    and the intervals of `with_interval` from the bootstrap; None when it is undefined."""
-    group = frame.loc[bootstrap.rows[key]] if bootstrap and key in bootstrap.rows else \
-        frame[(frame[GRID] == pd.Series(key, index=GRID)).all(1)]
-    point = compute(*[_sweep(group, arch, treatment) for arch in archs])
-    if point is None:
-        return None
-    result = {name + treatment: value for name, value in point.items()}
-    replicates = bootstrap.replicate(key, [(group["arch"] == arch).to_numpy() for arch in archs], treatment,
-                                     compute, with_interval) if bootstrap else None
-    for name in with_interval:
-        low, high = bootstrap.interval(replicates[name]) if replicates else (math.nan, math.nan)
-        result[f"{name}{treatment}_ci_low"], result[f"{name}{treatment}_ci_high"] = float(low), float(high)
-    return result
-
-
-HEADLINE_INTERVALS = ("l0_ratio", "gamma_gated", "gamma_baseline")
-
-
-def headline(frame: pd.DataFrame, bootstrap: Optional[Bootstrap] = None, levels: int = LEVELS) -> pd.DataFrame:
-    """Per (model, site, layer): L0_gated / L0_baseline at matched loss recovered over the band both
-    frontiers cover (`frontiers.matched_loss_recovered`), with γ of each, under both treatments of
-    massive activations (suffix `_all_tokens`: the paper's), and intervals where samples exist."""
-    def compute(gated: Sweep, baseline: Sweep) -> Optional[dict]:
-        return matched_loss_recovered(gated, baseline, levels)
-
-    records = []
-    for key, _ in frame[frame["arch"].isin(["gated", "baseline"])].groupby(GRID, sort=False):
-        record, note = dict(zip(GRID, key)), ""
-        for treatment in TREATMENTS:
-            found = _estimate(frame, key, bootstrap, ("gated", "baseline"), treatment, compute, HEADLINE_INTERVALS)
-            if found is not None:
-                record |= found
-                continue
-            record[f"l0_ratio{treatment}"] = math.nan
-            if treatment == "":
-                note = "frontiers do not overlap in loss recovered"
-            elif not note and f"l0{treatment}" in frame:
-                note = "frontiers do not overlap in loss recovered when every token counts"
-        records.append({**record, "note": note})
-    return pd.DataFrame(records)
-
-
-COMPARISON_INTERVALS = ("loss_recovered_difference", "gamma")
-
-
-def comparisons(frame: pd.DataFrame, bootstrap: Optional[Bootstrap] = None, levels: int = LEVELS) -> pd.DataFrame:
-    """Figs. 9 and 8 at matched L0: rescale-and-shift vs the baseline and vs Gated, each ablation vs
-    Gated (`frontiers.matched_l0`: the first frontier's loss recovered minus the second's, and its γ)."""
-    def compute(sweep: Sweep, versus: Sweep) -> Optional[dict]:
-        return matched_l0(sweep, versus, levels)
-
-    records = []
-    for key, group in frame.groupby(GRID, sort=False):
-        present = set(group["arch"])
-        pairs = ([(RESCALE_SHIFT, "baseline"), ("gated", RESCALE_SHIFT)] + [(a, "gated") for a in ABLATIONS]
-                 + [(a, "gated") for a in SUCCESSORS])
-        for arch, versus in pairs:
-            if {arch, versus} <= present:
-                found = _estimate(frame, key, bootstrap, (arch, versus), "", compute, COMPARISON_INTERVALS)
-                records.append({**dict(zip(GRID, key)), "arch": arch, "versus": versus,
-                                **(found or {"loss_recovered_difference": math.nan}),
-                                "note": "" if found else "frontiers do not overlap in L0"})
-    columns = [*GRID, "arch", "versus", "loss_recovered_difference", "loss_recovered_difference_ci_low",
-               "loss_recovered_difference_ci_high", "gamma", "gamma_ci_low", "gamma_ci_high", "l0_low", "l0_high", "note"]
-    return pd.DataFrame(records).reindex(columns=columns)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -254,7 +193,8 @@ def summary(frame: pd.DataFrame, head: pd.DataFrame) -> dict:
             "best_loss_recovered": round(float(group["loss_recovered"].max()), 5),
             "min_l0": round(float(group["l0"].min()), 3), "mean_gamma": round(float(group["gamma"].mean()), 4),
         }
-    for _, row in head.iterrows():
+    main = head.drop_duplicates(["model", "site", "layer"]) if len(head) else head  # main sweep, compute-matched
+    for _, row in main.iterrows():
         if not math.isnan(row["l0_ratio"]):
             grid = result[f"{row['model']}/{row['site']}/layer{row['layer']}"]
             grid["l0_ratio"] = round(float(row["l0_ratio"]), 4)
@@ -268,20 +208,27 @@ def write_csv_atomic(frame: pd.DataFrame, path: Path, columns: Sequence[str] | N
         frame.to_csv(tmp, index=False, columns=columns, float_format="%.6g")
 
 
-def aggregate(metrics_files: Iterable[Path], results: Path, intervals: Optional[IntervalsConfig] = None) -> dict[str, Path]:
-    """Write metrics.csv, tables/, headline.csv, comparisons.csv and summary.json under `results`."""
+def aggregate(metrics_files: Iterable[Path], results: Path, intervals: Optional[IntervalsConfig] = None,
+              protocol: Optional[VerdictConfig] = None) -> dict[str, Path]:
+    """Write metrics.csv, tables/, the readings at the pre-registered levels (headline.csv, levels.csv,
+    comparisons.csv, ratio_curve.csv) and summary.json under `results`."""
+    from gatedsae.reporting.statistics import Readings
+
     frame = collect(metrics_files)
     bootstrap = Bootstrap(frame, intervals or IntervalsConfig())
     frame = bootstrap.sae_intervals(frame, SAE_INTERVALS)
-    head = headline(frame, bootstrap)
+    readings = Readings(frame, bootstrap, protocol or VerdictConfig())
+    head, per_level = readings.headline()
     outputs = {key: results / name for key, name in AGGREGATE_OUTPUTS.items()}
     write_csv_atomic(frame.reindex(columns=metrics_columns(frame)), outputs["metrics"])
-    pareto_columns = ["model", "site", "layer", "arch", "l1", "k", "l0", "loss_recovered", "loss_recovered_ci_low",
+    pareto_columns = ["model", "site", "layer", "arch", "seed", "l1", "k", "l0", "loss_recovered", "loss_recovered_ci_low",
                       "loss_recovered_ci_high", "delta_lm_loss", "delta_lm_loss_ci_low", "delta_lm_loss_ci_high",
                       "fvu", "gamma"]
     write_csv_atomic(frame[frame["pareto"]].reindex(columns=pareto_columns), outputs["pareto"])
     write_csv_atomic(head, outputs["headline"])
-    write_csv_atomic(comparisons(frame, bootstrap), outputs["comparisons"])
+    write_csv_atomic(per_level, outputs["levels"])
+    write_csv_atomic(readings.comparisons(), outputs["comparisons"])
+    write_csv_atomic(readings.ratio_curve(), outputs["ratio_curve"])
     write_text_atomic(outputs["markdown"], markdown_tables(frame))
     write_text_atomic(outputs["latex"], latex_tables(frame))
     write_json_atomic(outputs["summary"], summary(frame, head))

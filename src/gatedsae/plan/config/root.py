@@ -66,6 +66,9 @@ class Config:
         for layer in self.experiment.layers:
             require(0 <= layer < self.model.n_layers, "experiment.layers",
                      f"layer {layer} does not exist in {self.model.name} (layers 0..{self.model.n_layers - 1})")
+        missing = [site for site in self.experiment.sites if not self.verdict.levels_at(site)]
+        require(not missing, "verdict.levels", f"no pre-registered loss-recovered level for {', '.join(missing)}: "
+                "add one per site of experiment.sites (conf/verdict/default.yaml states the rule)")
         for site in self.experiment.sites:
             for index, group in enumerate(self.sweep.groups):
                 if group.trained_at(site):

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
-from gatedsae.plan.config.checks import choice, require
+from gatedsae.plan.config.checks import choice, require, require_safe_name
 from gatedsae.plan.sites import SITES
 
 
 @dataclass
 class IntervalsConfig:
-    """Uncertainty: a paired bootstrap over held-out windows (the same resample for clean, zero-ablated
-    and every SAE of a grid), percentile intervals. Used by the aggregate stage, never by evaluation."""
+    """Uncertainty: a two-level bootstrap, training seeds (the same draw for every configuration of a
+    grid) then held-out windows (the same draw for clean, zero-ablated and every SAE of a grid). Used by
+    the aggregate and verdict stages, never by evaluation."""
 
     resamples: int = 1000
     level: float = 0.95
@@ -43,15 +44,43 @@ class PaperMatchedL0:
 
 
 @dataclass
+class ConvergenceConfig:
+    """When an SAE counts as converged, read from its training curve: each of `metrics` changes by less
+    than `max_relative_change` between the start and the end of the last `last_fraction` of training,
+    each end the mean of the logged points within `window` (a fraction of training) of it."""
+
+    last_fraction: float = 0.25
+    window: float = 0.1
+    max_relative_change: float = 0.05
+    metrics: list[str] = field(default_factory=lambda: ["l0", "reconstruction"])
+
+    def validate(self) -> None:
+        require(0 < self.last_fraction < 1, "verdict.convergence.last_fraction",
+                f"got {self.last_fraction}; a fraction of training in (0, 1), e.g. 0.25")
+        require(0 < self.window <= self.last_fraction, "verdict.convergence.window",
+                f"got {self.window}; a fraction of training in (0, last_fraction], e.g. 0.1")
+        require(0 < self.max_relative_change < 1, "verdict.convergence.max_relative_change",
+                f"got {self.max_relative_change}; a relative change in (0, 1), e.g. 0.05")
+        require(bool(self.metrics), "verdict.convergence.metrics", "name at least one training-curve column")
+
+
+@dataclass
 class VerdictConfig:
-    """What counts as reproducing each claim, and the paper's numbers it is compared with."""
+    """What each claim reads (pre-registered levels, the held-out split), what counts as reproducing it,
+    and the paper's numbers it is compared with."""
 
     reference_dir: Optional[str] = None  # the published reference run (None: reference/<experiment name>)
+    split: str = "test"                  # the held-out split the claims are read on (rows without one: all held-out)
+    levels: dict[str, list[float]] = field(default_factory=dict)  # site → loss-recovered levels (fractions)
+    # site → L0s where Figs. 8/9 are read (None: where the Gated frontier reaches `levels`); Any: "[100, 200]" holds ints
+    matched_l0: Optional[dict[str, list[Any]]] = None
     l0_ratio_below: float = 0.75         # (a) REPRODUCED when the l0_ratio interval lies below this
     gated_gamma_within: list[float] = field(default_factory=lambda: [0.98, 1.02])  # (b) Gated γ ≈ 1
     baseline_gamma_below: float = 1.0    # (b) the baseline shrinks
     rescale_shift_gamma_within: list[float] = field(default_factory=lambda: [0.98, 1.02])  # (c)
-    ablation_margin: float = 0.005       # (d) "no better": at most this much more loss recovered than Gated
+    rescale_shift_gap_below: float = 0.5  # (c) "closes only part of the gap": the fraction's interval within (0, this)
+    ablation_margin: float = 0.005       # (d) equivalence margin: |ablation − Gated| below it is "equivalent"
+    convergence: ConvergenceConfig = field(default_factory=ConvergenceConfig)
     paper_matched_l0: list[PaperMatchedL0] = field(default_factory=list)
     paper_matched_l0_source: str = ""
     paper_gamma_gated: str = ""
@@ -63,20 +92,41 @@ class VerdictConfig:
     paper_ablations: str = ""
 
     def validate(self) -> None:
+        require_safe_name(self.split, "verdict.split")
+        for key in ("levels", "matched_l0"):
+            for site, values in (getattr(self, key) or {}).items():
+                choice(site, f"verdict.{key}", SITES)
+                require(bool(values), f"verdict.{key}.{site}", "list at least one value")
+        for site, levels in self.levels.items():
+            require(all(0 < level < 1.5 for level in levels), f"verdict.levels.{site}",
+                    f"got {levels}; loss recovered as fractions, e.g. [0.978, 0.988]")
+        for site, l0s in (self.matched_l0 or {}).items():
+            require(all(isinstance(l0, (int, float)) and l0 > 0 for l0 in l0s), f"verdict.matched_l0.{site}",
+                    f"got {l0s}; L0 values are positive numbers")
         require(0 < self.l0_ratio_below <= 1, "verdict.l0_ratio_below",
-                 f"got {self.l0_ratio_below}; a ratio in (0, 1] (1 means no improvement)")
+                f"got {self.l0_ratio_below}; a ratio in (0, 1] (1 means no improvement)")
         for key in ("gated_gamma_within", "rescale_shift_gamma_within"):
             low_high = getattr(self, key)
             require(len(low_high) == 2 and 0 < low_high[0] <= 1 <= low_high[1], f"verdict.{key}",
-                     f"got {low_high}; give [low, high] around 1, e.g. [0.98, 1.02]")
+                    f"got {low_high}; give [low, high] around 1, e.g. [0.98, 1.02]")
         require(0 < self.baseline_gamma_below <= 1.5, "verdict.baseline_gamma_below",
-                 f"got {self.baseline_gamma_below}; use 1.0 (no shrinkage)")
-        require(0 <= self.ablation_margin < 0.1, "verdict.ablation_margin",
-                 f"got {self.ablation_margin}; a fraction of loss recovered, e.g. 0.005 (half a point)")
+                f"got {self.baseline_gamma_below}; use 1.0 (no shrinkage)")
+        require(0 < self.rescale_shift_gap_below <= 1, "verdict.rescale_shift_gap_below",
+                f"got {self.rescale_shift_gap_below}; a fraction of the gap in (0, 1], e.g. 0.5")
+        require(0 < self.ablation_margin < 0.1, "verdict.ablation_margin",
+                f"got {self.ablation_margin}; a fraction of loss recovered, e.g. 0.005 (half a point)")
+        self.convergence.validate()
         for index, row in enumerate(self.paper_matched_l0):
             choice(row.site, f"verdict.paper_matched_l0.{index}.site", SITES)
             require(row.l0_gated > 0 and row.l0_baseline > 0, f"verdict.paper_matched_l0.{index}",
-                     "give both L0 values from the paper's table")
+                    "give both L0 values from the paper's table")
 
     def reference(self, experiment: str) -> Path:
         return Path(self.reference_dir or f"reference/{experiment}")
+
+    def levels_at(self, site: str) -> list[float]:
+        return [float(level) for level in self.levels.get(site, [])]
+
+    def matched_l0_at(self, site: str) -> list[float]:
+        """The L0s conf fixes for Figs. 8/9 at `site` ([]: read where the Gated frontier reaches the levels)."""
+        return [float(l0) for l0 in (self.matched_l0 or {}).get(site, [])]

@@ -1,11 +1,13 @@
 """The paper's figures from `metrics.csv`, one module per figure family; `FAMILIES` lists them all."""
 
-from gatedsae.reporting.figures import ablations, curves, density, pareto, shrinkage
+from gatedsae.reporting.figures import ablations, curves, density, pareto, ratio, shrinkage
 
-FAMILIES = {"pareto": pareto, "shrinkage": shrinkage, "ablations": ablations, "density": density, "curves": curves}
+FAMILIES = {"pareto": pareto, "ratio": ratio, "shrinkage": shrinkage, "ablations": ablations, "density": density,
+            "curves": curves}
 # The order of figures.json and of the report: the paper's figures in the paper's order, then the others.
-PAPER_ORDER = ("fig1_loss_recovered_vs_l0", "gamma_vs_l0", "fig8_ablations", "fig9_rescale_shift", "delta_lm_loss_vs_l0",
-               "fvu_vs_l0", "successors_pareto", "feature_density", "training_curves")
+PAPER_ORDER = ("fig1_loss_recovered_vs_l0", "gamma_vs_l0", "fig8_ablations", "fig9_rescale_shift",
+               "l0_ratio_vs_loss_recovered", "delta_lm_loss_vs_l0", "fvu_vs_l0", "successors_pareto", "feature_density",
+               "training_curves")
 
 
 def in_paper_order(files: list[str]) -> list[str]:
@@ -16,8 +18,9 @@ def in_paper_order(files: list[str]) -> list[str]:
 
 
 def render_all(results, out_dir):
-    """Every figure of every family from `results`/metrics.csv (and curves.csv, when training curves were
-    gathered); writes figures.json (files and captions) last and returns its path."""
+    """Every figure of every family from `results`/metrics.csv (each SAE configuration at the mean of its
+    training seeds), with the readings at the levels, and curves.csv when training curves were gathered;
+    writes figures.json (files and captions) last and returns its path."""
     import json
     from pathlib import Path
 
@@ -25,14 +28,19 @@ def render_all(results, out_dir):
 
     from gatedsae.core.atomic import write_json_atomic
 
+    from gatedsae.reporting.tables import seed_means
+
     results, out_dir = Path(results), Path(out_dir)
-    frame = pd.read_csv(results / "metrics.csv")
+    frame = seed_means(pd.read_csv(results / "metrics.csv"))  # a configuration's point: the mean of its seeds
     densities = json.loads((results / "densities.json").read_text())
     curves_file = results / "curves.csv"
     training_curves = pd.read_csv(curves_file) if curves_file.exists() else None
+    readings = {name: pd.read_csv(results / f"{name}.csv") if (results / f"{name}.csv").exists() else None
+                for name in ("ratio_curve", "headline")}
     files, captions = [], {}
     for module in FAMILIES.values():
-        files += [str(path) for path in module.render(frame, out_dir, densities=densities, curves=training_curves)]
+        files += [str(path) for path in module.render(frame, out_dir, densities=densities, curves=training_curves,
+                                                      **readings)]
         captions |= module.CAPTIONS
     files = in_paper_order(files)
     index = out_dir / "figures.json"

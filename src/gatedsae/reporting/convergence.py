@@ -1,0 +1,83 @@
+"""Whether each SAE had converged when its training stopped, from its training curve (curves.csv) and
+the rule in conf/verdict (`ConvergenceConfig`): each watched metric changes by less than a stated
+fraction over the last part of training, each end of that part the mean of the logged steps near it."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import pandas as pd
+
+from gatedsae.plan.config import ConvergenceConfig
+
+KEY = ["site", "layer", "variant", "sae"]  # how a curve is matched with its metrics rows
+
+
+def assess(curves: Optional[pd.DataFrame], rule: ConvergenceConfig) -> pd.DataFrame:
+    """One row per SAE with a curve: each metric's relative change over the last `rule.last_fraction` of
+    training (`<metric>_change`), `converged` (True / False; None when the curve is too short to tell)
+    and a note."""
+    columns = [*KEY, "last_step", *(f"{m}_change" for m in rule.metrics), "converged", "note"]
+    if curves is None or curves.empty:
+        return pd.DataFrame(columns=columns)
+    records = []
+    for key, curve in curves.groupby(KEY, sort=False):
+        curve = curve.sort_values("step")
+        last = float(curve["step"].max())
+        start_at, width = (1 - rule.last_fraction) * last, rule.window * last
+        start = curve[(curve["step"] >= start_at - width) & (curve["step"] <= start_at)]
+        end = curve[curve["step"] >= last - width]
+        record = dict(zip(KEY, key)) | {"last_step": int(last)}
+        moved, unknown = [], []
+        for metric in rule.metrics:
+            change = _relative_change(start, end, metric)
+            record[f"{metric}_change"] = change
+            if change is None:
+                unknown.append(metric)
+            elif change >= rule.max_relative_change:
+                moved.append(f"{metric} {100 * change:.0f}%")
+        record["converged"] = None if unknown else not moved
+        record["note"] = (f"too few logged steps to read {', '.join(unknown)}" if unknown else
+                          f"still moving over the last {100 * rule.last_fraction:.0f}% of training: {', '.join(moved)}"
+                          if moved else "")
+        records.append(record)
+    return pd.DataFrame(records, columns=columns)
+
+
+def _relative_change(start: pd.DataFrame, end: pd.DataFrame, metric: str) -> Optional[float]:
+    if metric not in start or start.empty or end.empty or start["step"].max() >= end["step"].min():
+        return None
+    before, after = pd.to_numeric(start[metric]).mean(), pd.to_numeric(end[metric]).mean()
+    if not (math.isfinite(before) and math.isfinite(after)) or before == 0:
+        return None
+    return abs(after - before) / abs(before)
+
+
+def behind(status: pd.DataFrame, rows: pd.DataFrame) -> dict:
+    """The convergence of the SAEs in `rows` (metrics rows): how many are, are not, cannot be told; the
+    names of those not converged."""
+    if rows.empty:
+        return {"saes": 0, "converged": 0, "not_converged": [], "unknown": 0}
+    keyed = rows[KEY].merge(status, on=KEY, how="left") if not status.empty else rows[KEY].assign(converged=None)
+    converged = keyed["converged"]
+    known = converged.notna()
+    not_converged = keyed[known & (converged == False)]  # noqa: E712 (a column of True / False / None)
+    return {"saes": int(len(keyed)), "converged": int((known & (converged == True)).sum()),  # noqa: E712
+            "not_converged": [f"{r.variant}/{r.sae}" for r in not_converged.itertuples()],
+            "unknown": int((~known).sum())}
+
+
+def describe(summary: dict) -> str:
+    """'12 of 14 converged (2 not: …)', or why it cannot be said."""
+    if not summary["saes"]:
+        return "n/a"
+    if summary["unknown"] == summary["saes"]:
+        return "not assessed (no training curves)"
+    text = f"{summary['converged']} of {summary['saes']} converged"
+    if summary["not_converged"]:
+        shown = ", ".join(summary["not_converged"][:3]) + (" …" if len(summary["not_converged"]) > 3 else "")
+        text += f" (not: {shown})"
+    if summary["unknown"]:
+        text += f", {summary['unknown']} not assessed"
+    return text

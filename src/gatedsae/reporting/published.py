@@ -1,0 +1,153 @@
+"""Numbers of the published reference runs in README.md and docs/, never copied by hand: each is inside a
+generated block, rewritten from the file it names (`python -m gatedsae render-docs`, and after every
+`publish-reference`) through the verdict's own formatter (`claims.format_interval`: fractions of loss
+recovered shown ×100 in points). tests/test_published_docs.py fails when a block disagrees with its file.
+
+A block in Markdown:
+
+    <!-- generated from reference/default/verdict.json (claims) by `python -m gatedsae render-docs`: do not edit -->
+    ...
+    <!-- end of generated block -->
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from gatedsae.core.atomic import write_text_atomic
+from gatedsae.plan.config import REPO_ROOT
+from gatedsae.plan.sites import short_label
+from gatedsae.reporting.claims import STATUSES, Claim, format_interval, load_claims
+
+BLOCK = re.compile(r"(?P<head><!-- generated from (?P<source>\S+) \((?P<kind>[\w-]+)\) by `python -m gatedsae "
+                   r"render-docs`: do not edit -->\n)(?P<body>.*?)(?P<tail><!-- end of generated block -->)", re.DOTALL)
+
+
+def documents(root: Path = REPO_ROOT) -> list[Path]:
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
+def _site(claim: Claim) -> str:
+    return "—" if claim.layer is None else f"{short_label(claim.site)}, L{claim.layer}"
+
+
+def _claims_table(claims: list[Claim]) -> list[str]:
+    lines = ["| claim | site | read at | measured [95% CI] | seed SD | verdict |", "|---|---|---|---|---|---|"]
+    for c in claims:
+        verdict = c.status + (f" ({c.outcome.lower()})" if c.outcome and c.outcome != c.status else "")
+        lines.append(f"| {c.claim} | {_site(c)} | {c.read_at or '—'} | {c.measured()} | {c.spread()} | {verdict} |")
+    return lines
+
+
+def summary(verdict: dict) -> list[str]:
+    counts = ", ".join(f"{n} {status}" for status, n in verdict["summary"].items() if n and status in STATUSES)
+    total = sum(verdict["summary"].values())
+    if "split" not in verdict:
+        return [f"{total} claims: {counts}. This verdict predates the pre-registered protocol (docs/verdict.md): "
+                "its statistics are averaged over the band of loss recovered both "
+                "frontiers happen to cover, and its intervals cover held-out windows only (one training seed)."]
+    levels = "; ".join(f"{short_label(site)} {', '.join(f'{100 * v:g}%' for v in values)}"
+                       for site, values in verdict["protocol"]["levels"].items())
+    seeds = sorted({len(site["seeds"]) for site in verdict["notes"]["sites"]})
+    return [f"{total} claims: {counts}. Read on the held-out split `{verdict['split']}`, with "
+            f"{' or '.join(map(str, seeds))} training seed{'s' if seeds != [1] else ''} per SAE, at the pre-registered "
+            f"loss-recovered levels ({levels})."]
+
+
+def claims(verdict: dict) -> list[str]:
+    return _claims_table(load_claims(verdict["claims"]))
+
+
+def beyond(verdict: dict) -> list[str]:
+    return _claims_table(load_claims(verdict.get("beyond_the_paper", [])))
+
+
+def _value(row, column: str):
+    value = row.get(column)
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def comparisons(frame: pd.DataFrame) -> list[str]:
+    """Differences at matched L0 from a comparisons.csv (loss recovered in points)."""
+    from gatedsae.plan.architectures import label
+
+    lines = ["| at matched L0 | L0 | loss recovered, difference [95% CI] | γ of the first |", "|---|---|---|---|"]
+    for _, row in frame.iterrows():
+        if "l0_at" in row and isinstance(row["l0_at"], str):
+            where = ", ".join(f"{float(v):.0f}" for v in row["l0_at"].split(";"))
+        else:
+            where = f"{row['l0_low']:.0f}–{row['l0_high']:.0f}"
+        difference = format_interval(_value(row, "loss_recovered_difference"), _value(row, "loss_recovered_difference_ci_low"),
+                                     _value(row, "loss_recovered_difference_ci_high"), percent_points=True)
+        gamma = _value(row, "gamma")
+        lines.append(f"| {label(row['arch'])} − {label(row['versus'])} | {where} | {difference} | "
+                     f"{'n/a' if gamma is None else f'{gamma:.3f}'} |")
+    return lines
+
+
+def headline(frame: pd.DataFrame) -> list[str]:
+    """L0 ratios from a headline.csv, with where each was read."""
+    lines = ["| site | read at | L0 Gated / L0 baseline [95% CI] |", "|---|---|---|"]
+    for _, row in frame.iterrows():
+        if "levels" in row and isinstance(row["levels"], str):
+            where = ", ".join(f"{100 * float(v):g}%" for v in row["levels"].split(";")) + " loss recovered"
+        else:
+            where = f"{100 * row['loss_recovered_low']:.1f}–{100 * row['loss_recovered_high']:.1f}% loss recovered (band)"
+        ratio = format_interval(_value(row, "l0_ratio"), _value(row, "l0_ratio_ci_low"), _value(row, "l0_ratio_ci_high"))
+        lines.append(f"| {short_label(row['site'])}, L{int(row['layer'])} | {where} | {ratio} |")
+    return lines
+
+
+def coverage(measured: dict) -> list[str]:
+    """The intervals' coverage over simulated runs (scripts/interval_coverage.py)."""
+    methods = list(next(iter(measured["scenarios"].values()))["coverage"])
+    lines = ["| simulated variation | seeds × windows | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+    for name, scenario in measured["scenarios"].items():
+        cells = [f"{100 * scenario['coverage'][m]:.1f}%" for m in methods]
+        lines.append(f"| {name} | {scenario['seeds']} × {scenario['windows']} | " + " | ".join(cells) + " |")
+    runs = {scenario["runs"] for scenario in measured["scenarios"].values()}
+    lines += ["", f"Coverage of 95% intervals over {', '.join(map(str, sorted(runs)))} simulated runs per row "
+                  f"({measured['resamples']} window resamples each)."]
+    return lines
+
+
+RENDERERS: dict[str, tuple[str, Callable]] = {  # kind: (the file it reads, how)
+    "summary": ("verdict.json", summary), "claims": ("verdict.json", claims), "beyond": ("verdict.json", beyond),
+    "comparisons": ("comparisons.csv", comparisons), "headline": ("headline.csv", headline),
+    "coverage": ("interval_coverage.json", coverage),
+}
+
+
+def render_block(source: Path, kind: str) -> str:
+    if kind not in RENDERERS:
+        raise ValueError(f"unknown generated block kind {kind!r}; use one of {', '.join(RENDERERS)}")
+    expected, renderer = RENDERERS[kind]
+    if source.name != expected:
+        raise ValueError(f"a '{kind}' block reads a {expected}, not {source}")
+    data = json.loads(source.read_text()) if source.suffix == ".json" else pd.read_csv(source)
+    return "\n".join(renderer(data)) + "\n"
+
+
+def render_text(text: str, root: Path = REPO_ROOT) -> str:
+    """`text` with every generated block rewritten from its source (paths relative to `root`)."""
+    def replace(match: re.Match) -> str:
+        return match["head"] + render_block(root / match["source"], match["kind"]) + match["tail"]
+
+    return BLOCK.sub(replace, text)
+
+
+def render_docs(root: Path = REPO_ROOT) -> list[Path]:
+    """Rewrite the generated blocks of README.md and docs/*.md; the files that changed."""
+    changed = []
+    for path in documents(root):
+        text = path.read_text()
+        rendered = render_text(text, root)
+        if rendered != text:
+            write_text_atomic(path, rendered)
+            changed.append(path)
+    return changed
