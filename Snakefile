@@ -262,11 +262,14 @@ rule figures:
 
 
 rule verdict:
-    """verdict.json and verdict.md: each claim of the paper, read at its pre-registered level on the
-    verdict's held-out split with its two-level interval, against the paper and the reference run
-    (reference/<experiment>/); the convergence of the SAEs behind each, from the training curves."""
+    """verdict.json and verdict.md: each claim of the paper, read by the aggregate at its pre-registered
+    level on the verdict's held-out split with its two-level interval, judged against the paper and the
+    reference run (reference/<experiment>/); the convergence of the SAEs behind each, from the curves."""
     input:
-        evaluations=plan.evaluations(),
+        headline=plan.aggregate_outputs()["headline"],
+        levels=plan.aggregate_outputs()["levels"],
+        comparisons=plan.aggregate_outputs()["comparisons"],
+        metrics=plan.aggregate_outputs()["metrics"],
         curves=plan.curves(),
         reference=plan.reference_verdict(),
     output:

@@ -30,7 +30,7 @@ from gatedsae.reporting.claims import (
     headline_claims,
     outcome,
 )
-from gatedsae.reporting.verdict import write_verdict
+from gatedsae.reporting.verdict import notes, on_split, write_verdict
 
 CONFIG = load_config(["experiment=smoke"])
 PROTOCOL = replace(CONFIG.verdict, levels={"resid_post": [0.9, 0.95], "mlp_out": [0.9], "attn_z": [0.9]})
@@ -107,7 +107,11 @@ def test_headline_claims_at_the_levels_and_not_tested_where_a_frontier_stops_sho
     ])
     levels = pd.DataFrame(level_rows("resid_post", {0.9: 0.48, 0.95: 0.52}) + level_rows("mlp_out", {0.9: 0.9})
                           + level_rows("attn_z", {0.9: math.nan}))
+    equal_width = {**head_row("resid_post", 0.65, 0.55, 0.72), "width_baseline": 64}  # a second baseline width
+    head = pd.concat([head, pd.DataFrame([equal_width])], ignore_index=True)
     found = by_id(headline_claims(head, levels, PROTOCOL, "test"))
+    assert found["l0_ratio/resid_post/layer6/baseline_w64"].claim.endswith("(baseline at Gated's width)")
+    assert found["l0_ratio/resid_post/layer6/baseline_w64"].status == REPRODUCED
     resid = found["l0_ratio/resid_post/layer6"]
     assert resid.status == REPRODUCED and resid.levels == [0.9, 0.95] and resid.read_at == "90%, 95% loss recovered"
     assert resid.seeds == 3 and resid.seed_sd == 0.02 and resid.per_seed == [0.48, 0.5, 0.52] and resid.split == "test"
@@ -222,6 +226,9 @@ def _synthetic_experiment(tmp_path, split: bool = False):
 
 
 def test_the_verdict_stage_from_metrics_rows_with_seeds_a_split_and_a_reference(tmp_path):
+    """aggregate (the readings, with their intervals) → verdict (the judgement), on rows of two splits."""
+    from gatedsae.reporting.tables import aggregate
+
     metrics_file = _synthetic_experiment(tmp_path, split=True)
     results, reference = tmp_path / "results", tmp_path / "reference"
     results.mkdir()
@@ -229,7 +236,8 @@ def test_the_verdict_stage_from_metrics_rows_with_seeds_a_split_and_a_reference(
     config = replace(CONFIG, experiment=replace(CONFIG.experiment, results_dir=str(results)),
                      verdict=replace(PROTOCOL, reference_dir=str(reference), levels={"resid_post": [0.85, 0.9],
                                                                                      "mlp_out": [0.85], "attn_z": [0.99]}))
-    path_json, path_md = write_verdict(config, [metrics_file])
+    aggregate([metrics_file], results, config.intervals, config.verdict)
+    path_json, path_md = write_verdict(config, results)
     verdict = json.loads(path_json.read_text())
     found = by_id(verdict["claims"])
     resid = found["l0_ratio/resid_post/layer3"]
@@ -252,9 +260,16 @@ def test_the_verdict_stage_from_metrics_rows_with_seeds_a_split_and_a_reference(
 
     reference.mkdir()
     (reference / "verdict.json").write_text(path_json.read_text())
-    write_verdict(config, [metrics_file])
+    write_verdict(config, results)
     quoted = by_id(json.loads(path_json.read_text())["claims"])["l0_ratio/resid_post/layer3"]["reference"]
     assert quoted.startswith(f"{resid['value']:.3f} [") and quoted.endswith(REPRODUCED)
 
+    unsplit = {name: pd.read_csv(results / f"{name}.csv") for name in ("headline", "levels", "comparisons", "metrics")}
+    unsplit["metrics"]["split"] = unsplit["metrics"]["seed"] = np.nan  # metrics.csv from before: empty columns
+    tables, split = on_split(unsplit, "test")
+    assert split == "held-out (not split)" and notes(tables["metrics"], config, split)["sites"][0]["seeds"] == [0]
     with pytest.raises(PipelineError, match="split 'heldout'"):
-        write_verdict(replace(config, verdict=replace(config.verdict, split="heldout")), [metrics_file])
+        write_verdict(replace(config, verdict=replace(config.verdict, split="heldout")), results)
+    (results / "levels.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="levels.csv: run the aggregate stage"):
+        write_verdict(config, results)

@@ -26,7 +26,7 @@ STATISTICS_CODE: dict[str, Optional[Sequence[str]]] = {  # the readings at the l
 }
 AGGREGATE_CODE: dict[str, Optional[Sequence[str]]] = {"reporting/tables.py": None, **STATISTICS_CODE}
 VERDICT_CODE: dict[str, Optional[Sequence[str]]] = {
-    "reporting/verdict.py": None, "reporting/claims.py": None, "reporting/convergence.py": None, **STATISTICS_CODE}
+    "reporting/verdict.py": None, "reporting/claims.py": None, "reporting/convergence.py": None}
 
 
 def _without_docstrings(tree: ast.AST) -> ast.AST:

@@ -56,7 +56,7 @@ SWEEP_METRICS = ("l0", "loss_recovered", "gamma")  # what a frontier is built fr
 
 
 def grid_columns(frame: pd.DataFrame) -> list[str]:
-    return GRID + (["split"] if "split" in frame else [])
+    return GRID + (["split"] if "split" in frame and frame["split"].notna().any() else [])
 
 
 def percentile_interval(replicates: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:

@@ -179,7 +179,7 @@ def _saes_per_grid(config: Config, site: str) -> int:
 
 
 def aggregate_estimate(config: Config) -> Estimate:
-    """The aggregate (and verdict) job's bootstrap (evaluation/intervals.py): per grid, the resampled
+    """The aggregate job's bootstrap (evaluation/intervals.py): per grid, the resampled
     window counts [B, W + S] and every SAE's replicates of four metrics [B, K] (every seed a row), kept
     for every grid; the readings add a Python loop over the B resamples (and the seed draws)."""
     resamples = config.intervals.resamples

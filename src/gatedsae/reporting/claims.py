@@ -205,8 +205,10 @@ def headline_claims(head: pd.DataFrame, per_level: pd.DataFrame, config: Verdict
             context.suffix = f"/{row['variant']}"
             context.label = f" ({VARIANT_LABELS.get(row['variant'], row['variant'])})"
         if row.name != first:  # a second baseline width (e.g. equal width): its own claims
-            context.suffix += f"/baseline_w{int(row['width_baseline'])}"
-            context.label += f" (baseline at width {int(row['width_baseline'])})"
+            width = int(row["width_baseline"])
+            context.suffix += f"/baseline_w{width}"
+            context.label += (" (baseline at Gated's width)" if width == _number(row, "width_gated")
+                              else f" (baseline at width {width})")
         levels = parse_list(row["levels"])
         mine = per_level[(per_level["site"] == site) & (per_level["layer"] == layer)
                          & (per_level["variant"] == row["variant"])

@@ -1,7 +1,8 @@
-"""The replication verdict (`python -m gatedsae verdict`): the claims (`claims`) read on the held-out split
-conf/verdict names, from the evaluated SAEs' per-window samples (`statistics`, two-level intervals), with
-the convergence of the SAEs behind each (`convergence`), the reference run's value of each, and notes:
-written as verdict.json and verdict.md next to the experiment's results.
+"""The replication verdict (`python -m gatedsae verdict`): the claims (`claims`) judged on the readings the
+aggregate stage took at the pre-registered levels (`statistics`: headline.csv, levels.csv, comparisons.csv,
+with their two-level intervals), on the held-out split conf/verdict names, with the convergence of the SAEs
+behind each (`convergence`, from curves.csv), the reference run's value of each, and notes: written as
+verdict.json and verdict.md next to the experiment's results.
 """
 
 from __future__ import annotations
@@ -10,13 +11,12 @@ import json
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 import pandas as pd
 
 from gatedsae.core.atomic import write_json_atomic, write_text_atomic
 from gatedsae.core.errors import PipelineError
-from gatedsae.evaluation.intervals import Bootstrap
 from gatedsae.plan.config import Config
 from gatedsae.plan.layout import VERDICT_OUTPUTS
 from gatedsae.plan.sites import prose as site_prose
@@ -30,21 +30,30 @@ from gatedsae.reporting.claims import (
     format_interval,
     headline_claims,
 )
-from gatedsae.reporting.statistics import MAIN_VARIANT, Readings
-from gatedsae.reporting.tables import collect
+from gatedsae.reporting.statistics import MAIN_VARIANT
 
 UNSPLIT = "held-out (not split)"  # rows of a run whose held-out windows were not split
+MEASURED = ("headline", "levels", "comparisons", "metrics")  # the aggregate's tables the verdict judges
 
 
-def verdict_rows(frame: pd.DataFrame, split: str) -> tuple[pd.DataFrame, str]:
-    """The rows evaluated on `split`, and the split's name as the claims report it."""
-    if "split" not in frame:
-        return frame, UNSPLIT
-    chosen = frame[frame["split"] == split]
-    if chosen.empty:
-        raise PipelineError(f"no SAE was evaluated on the held-out split {split!r} (verdict.split; the rows hold "
-                            f"{sorted(set(frame['split']))}): run the evaluation of that split first")
-    return chosen.reset_index(drop=True), split
+def on_split(tables: dict[str, pd.DataFrame], split: str) -> tuple[dict[str, pd.DataFrame], str]:
+    """The tables' rows read on `split`, and the split's name as the claims report it."""
+    if "split" not in tables["metrics"] or tables["metrics"]["split"].isna().all():
+        return tables, UNSPLIT
+    found = set(tables["metrics"]["split"].dropna())
+    if split not in found:
+        raise PipelineError(f"no SAE was evaluated on the held-out split {split!r} (verdict.split; the tables hold "
+                            f"{sorted(found)}): run the evaluation and aggregate of that split first")
+    return {name: table[table["split"] == split].reset_index(drop=True) if "split" in table else table
+            for name, table in tables.items()}, split
+
+
+def read_measured(measured: Path) -> dict[str, pd.DataFrame]:
+    """The aggregate's tables of the split the verdict reads (headline, levels, comparisons, metrics)."""
+    missing = [f"{name}.csv" for name in MEASURED if not (measured / f"{name}.csv").exists()]
+    if missing:
+        raise FileNotFoundError(f"{measured} lacks {', '.join(missing)}: run the aggregate stage first")
+    return {name: pd.read_csv(measured / f"{name}.csv") for name in MEASURED}
 
 
 def behind(claim: Claim, rows: pd.DataFrame) -> pd.DataFrame:
@@ -85,7 +94,8 @@ def notes(rows: pd.DataFrame, config: Config, split: str) -> dict:
     for (site, layer), saes in rows.groupby(["site", "layer"], sort=False):
         thresholds = sorted({float(t) for t in saes["massive_norm_threshold"].dropna()}) \
             if "massive_norm_threshold" in saes else []
-        seeds = sorted({int(s) for s in saes["seed"]}) if "seed" in saes else [0]
+        seeds = sorted({int(s) for s in saes["seed"].dropna()}) if "seed" in saes else []
+        seeds = seeds or [0]  # rows from before training seeds: one
         by_site.append({"site": site, "layer": int(layer), "massive_norm_threshold": thresholds or None,
                         "massive_store_rows": _max(saes, "massive_rows"), "massive_ce_windows": _max(saes, "massive_windows"),
                         "store_rows": _max(saes, "eval_tokens"), "ce_windows": _max(saes, "ce_windows"),
@@ -104,14 +114,14 @@ def _max(frame: pd.DataFrame, column: str) -> Optional[float]:
     return float(frame[column].max())
 
 
-def write_verdict(config: Config, metrics_files: Iterable[Path]) -> tuple[Path, Path]:
-    """verdict.json and verdict.md next to the experiment's results, from the evaluated SAEs' rows."""
+def write_verdict(config: Config, measured: Path) -> tuple[Path, Path]:
+    """verdict.json and verdict.md next to the experiment's results, judging the readings the aggregate
+    stage wrote to `measured` (headline.csv, levels.csv, comparisons.csv, metrics.csv) on verdict.split."""
     results = config.experiment.results
-    rows, split = verdict_rows(collect(metrics_files), config.verdict.split)
-    readings = Readings(rows, Bootstrap(rows, config.intervals), config.verdict)
-    head, per_level = readings.headline()
-    found = headline_claims(head, per_level, config.verdict, split)
-    compared, beyond = comparison_claims(readings.comparisons(), config.verdict, split)
+    tables, split = on_split(read_measured(measured), config.verdict.split)
+    rows = tables["metrics"]
+    found = headline_claims(tables["headline"], tables["levels"], config.verdict, split)
+    compared, beyond = comparison_claims(tables["comparisons"], config.verdict, split)
     found += compared
     curves_file = results / "curves.csv"
     status = convergence.assess(pd.read_csv(curves_file) if curves_file.exists() else None, config.verdict.convergence)
