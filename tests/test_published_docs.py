@@ -41,3 +41,15 @@ def test_an_edited_number_is_caught_and_fractions_are_shown_in_points(tmp_path):
     assert render_text(edited, tmp_path) != edited
     with pytest.raises(ValueError, match="unknown generated block kind"):
         render_block(tmp_path / "reference" / "verdict.json", "numbers")
+
+
+def test_the_summary_says_where_and_on_what_the_claims_were_read():
+    from gatedsae.reporting.published import summary
+
+    verdict = {"summary": {"REPRODUCED": 2, "NOT TESTED": 1}, "split": "test",
+               "protocol": {"levels": {"resid_post": [0.97825, 0.9875]}}, "notes": {"sites": [{"seeds": [0, 1, 2]}]}}
+    (line,) = summary(verdict)
+    assert line.startswith("3 claims: 2 REPRODUCED, 1 NOT TESTED. Read on the held-out split `test`, with 3 training seeds")
+    assert "(Residual stream 97.825%, 98.75%)" in line
+    (older,) = summary({"summary": {"REPRODUCED": 12, "INCONCLUSIVE": 3}})
+    assert "predates the pre-registered protocol" in older
