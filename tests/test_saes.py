@@ -251,7 +251,9 @@ def test_parallel_gradient_removal_leaves_orthogonal_rows(arch):
     scale = before.norm(dim=-1) * W.norm(dim=-1) + 1e-12
     assert ((after * W).sum(-1).abs() / scale).max() < 1e-6
     expected = before - (before * W).sum(-1, keepdim=True) * W  # rows of W have unit norm
-    torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-6)
+    # float32 arithmetic on gradients of magnitude ~30: the absolute tolerance follows their scale
+    # (a fixed 1e-6 passed or failed by the CPU's summation order)
+    torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-6 * float(before.abs().max()))
 
 
 # ---------------------------------------------------------------------------------------------------
