@@ -24,13 +24,13 @@ def _x(seed: int = 0, batch: int = B) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _sae(n: int = 2, seeds=None, l1=None, x: torch.Tensor | None = None, seed: int = 1) -> JumpReLUSAE:
+def _sae(n: int = 2, seeds=None, coefficient=None, x: torch.Tensor | None = None, seed: int = 1) -> JumpReLUSAE:
     """A float64 JumpReLU SAE moved off its init, with thresholds placed among the pre-activations of `x`:
     for each feature θ sits within ε·0.4 of one π of the batch (above or below it), so the kernel fires
     there, while every other π is clearly open or closed."""
     seeds = list(range(n)) if seeds is None else seeds
-    l1 = torch.linspace(0.1, 1.0, n) if l1 is None else l1
-    sae = JumpReLUSAE(n, D, WIDTH, l1, seeds).double()
+    coefficient = torch.linspace(0.1, 1.0, n) if coefficient is None else coefficient
+    sae = JumpReLUSAE(n, D, WIDTH, coefficient, seeds).double()
     gen = torch.Generator().manual_seed(seed)
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
         t = getattr(sae, name)
@@ -86,7 +86,7 @@ def test_features_and_l0_by_hand():
     torch.testing.assert_close(terms.sparsity, l0, rtol=0, atol=0)
     assert torch.equal(terms.sparsity, (terms.features != 0).sum(-1).double().mean(-1))
     torch.testing.assert_close(terms.reconstruction, (x - terms.x_hat).pow(2).sum(-1).mean(-1))
-    torch.testing.assert_close(terms.total, terms.reconstruction + sae.l1.double() * l0)
+    torch.testing.assert_close(terms.total, terms.reconstruction + sae.sparsity_coefficient.double() * l0)
     assert not terms.auxiliary.any()
 
 
@@ -138,9 +138,9 @@ def test_constraints_keep_thresholds_non_negative_and_decoder_rows_unit():
 
 def test_slice_of_a_grid_equals_the_sae_alone():
     x = _x() + 0.5
-    l1 = torch.tensor([0.1, 0.5, 2.0])
-    grid = _sae(3, seeds=[21, 22, 23], l1=l1, x=x)
-    alone = JumpReLUSAE(1, D, WIDTH, l1[1:2], seeds=[22]).double()
+    coefficient = torch.tensor([0.1, 0.5, 2.0])
+    grid = _sae(3, seeds=[21, 22, 23], coefficient=coefficient, x=x)
+    alone = JumpReLUSAE(1, D, WIDTH, coefficient[1:2], seeds=[22]).double()
     load_slice_state(alone, 0, slice_state(grid, 1))
     grid_terms, alone_terms = grid(x), alone(x)
     for field in ("total", "reconstruction", "sparsity", "auxiliary", "features", "x_hat"):
@@ -196,7 +196,7 @@ def test_loaded_gated_export_gives_the_gated_features():
         assert (params["threshold"] > 0).all()
         load_slice_state(sae, i, {"W_enc": params["W_enc"], "b_enc": params["b_enc"],
                                   "threshold": params["threshold"], "W_dec": params["W_dec"],
-                                  "b_dec": params["b_dec"], "l1": torch.tensor(1.0)})
+                                  "b_dec": params["b_dec"], "sparsity_coefficient": torch.tensor(1.0)})
         exported = sae.saelens_tensors(i, scale=1.0)  # and our export gives back the same tensors
         assert set(exported) == set(params)
         for name, value in params.items():

@@ -11,7 +11,7 @@ from gatedsae.plan.architectures import ARCHITECTURES, KNOBS, SAELENS_TENSORS, a
 from gatedsae.saes.base import load_slice_state, make_sae, slice_state
 
 D, WIDTH, B = 8, 12, 64
-KNOB_VALUES = {"l1": [0.05, 0.5], "k": [3, 5]}  # two SAEs per module, different knobs
+KNOB_VALUES = {"l1": [0.05, 0.5], "l0_coefficient": [0.05, 0.5], "k": [3, 5]}  # two SAEs per module, different knobs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -30,7 +30,7 @@ def _perturb(sae, seed: int = 1, scale: float = 0.3) -> None:
     """Move every parameter and buffer (but λ) off its init so no term is trivially zero."""
     gen = torch.Generator().manual_seed(seed)
     for name, t in [*sae.named_parameters(), *sae.named_buffers()]:
-        if name != "l1" and not (name == "r_mag" and "r_mag" in sae.frozen):
+        if name != "sparsity_coefficient" and not (name == "r_mag" and "r_mag" in sae.frozen):
             t.add_(scale * torch.randn(t.shape, generator=gen, dtype=t.dtype))
     sae.W_dec.div_(sae.W_dec.norm(dim=-1, keepdim=True))
 
@@ -104,7 +104,7 @@ def test_slice_state_round_trip_and_mismatch():
     _perturb(source)
     target = make_sae("gated", 3, D, WIDTH, torch.ones(3), seed=2)
     state = slice_state(source, 1)
-    assert state["l1"].item() == 2.0 and state["W_dec"].shape == (WIDTH, D)
+    assert state["sparsity_coefficient"].item() == 2.0 and state["W_dec"].shape == (WIDTH, D)
     load_slice_state(target, 2, state)
     for name, value in slice_state(target, 2).items():
         assert torch.equal(value, state[name]), name
@@ -130,7 +130,7 @@ def test_heaviside_gate_passes_no_gradient(arch):
         assert recon["W_gate"].abs().sum() > 0
     assert recon["b_mag"].abs().sum() > 0
     terms = sae(_x())
-    gate = _backward(sae, (sae.l1 * terms.sparsity + terms.auxiliary).sum())
+    gate = _backward(sae, (sae.sparsity_coefficient * terms.sparsity + terms.auxiliary).sum())
     assert (gate["b_gate"].abs().sum(-1) > 0).all()  # the gate learns from sparsity + auxiliary only
     assert torch.equal(gate["b_mag"], torch.zeros_like(gate["b_mag"]))  # ... which never touch magnitudes
 

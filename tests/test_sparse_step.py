@@ -29,7 +29,7 @@ def _sae(arch: str, dtype: torch.dtype = torch.float64, closed: float = 0.5):
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, t in [*sae.named_parameters(), *sae.named_buffers()]:
-            if name != "l1" and not (name == "r_mag" and "r_mag" in sae.frozen):
+            if name != "sparsity_coefficient" and not (name == "r_mag" and "r_mag" in sae.frozen):
                 t.add_(0.3 * torch.randn(t.shape, generator=gen, dtype=dtype))
         sae.W_dec.div_(sae.W_dec.norm(dim=-1, keepdim=True))
         gate_bias = sae.b_gate if hasattr(sae, "b_gate") else sae.b_enc

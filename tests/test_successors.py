@@ -26,7 +26,7 @@ SITE, LAYER = "resid_post", 1
 GROUPS = [
     SAEGroupConfig(arch="baseline", width_ratio=2.0, lr=3e-3, l1=[0.01, 0.1]),
     SAEGroupConfig(arch="gated", width_ratio=2.0, lr=3e-3, l1=[0.01, 0.1]),
-    SAEGroupConfig(arch="jumprelu", width_ratio=2.0, lr=3e-3, l1=[0.001, 0.01]),
+    SAEGroupConfig(arch="jumprelu", width_ratio=2.0, lr=3e-3, l0_coefficient=[0.001, 0.01]),
     SAEGroupConfig(arch="topk", width_ratio=2.0, lr=3e-3, k=[2, 8]),
 ]
 
@@ -72,10 +72,11 @@ def test_they_are_evaluated_and_reported_beside_gated(successors, tmp_path):
     _, _, outputs = successors
     metrics = pd.read_csv(outputs["metrics"])
     topk = metrics[metrics["arch"] == "topk"].sort_values("k")
-    assert list(topk["k"]) == [2, 8] and topk["l1"].isna().all()
+    assert list(topk["k"]) == [2, 8] and topk["l1"].isna().all() and topk["l0_coefficient"].isna().all()
     assert (topk["l0"] <= topk["k"] + 1e-6).all() and topk["l0"].iloc[0] < topk["l0"].iloc[1]
     jumprelu = metrics[metrics["arch"] == "jumprelu"]
-    assert len(jumprelu) == 2 and jumprelu["loss_recovered"].notna().all()
+    assert len(jumprelu) == 2 and jumprelu["loss_recovered"].notna().all() and jumprelu["l1"].isna().all()
+    assert sorted(jumprelu["l0_coefficient"]) == [0.001, 0.01]
     comparisons = pd.read_csv(outputs["comparisons"])
     assert {("jumprelu", "gated"), ("topk", "gated")} <= set(zip(comparisons["arch"], comparisons["versus"]))
     table = outputs["markdown"].read_text()

@@ -35,6 +35,7 @@ from gatedsae.core.atomic import write_json_atomic
 from gatedsae.core.codehash import METRICS_CODE, code_fingerprint
 from gatedsae.evaluation.reconstruction import StoreResult, reconstruction_metrics
 from gatedsae.evaluation.spliced import HeldOutWindows, SplicedLM, WindowLosses
+from gatedsae.plan.architectures import KNOBS, knob_fields
 from gatedsae.plan.config import Config
 from gatedsae.plan.identity import evaluation_identity
 from gatedsae.plan.grid import read_grid_index
@@ -108,7 +109,8 @@ def loss_metrics(clean: np.ndarray, zero: np.ndarray, sae: np.ndarray, predictio
 def describe(sae: CheckpointSAE) -> dict:
     """The identifying columns of a metrics row, from the checkpoint's training record."""
     record = sae.record
-    return {"arch": record["arch"], "l1": record.get("l1"), "k": record.get("k"), "lr": record["lr"], "width": record["width"],
+    return {"arch": record["arch"], **dict.fromkeys(KNOBS), **knob_fields(record["arch"], record), "lr": record["lr"],
+            "width": record["width"],
             "d": record["d"], "train_tokens": record["tokens"], "sae": record["sae"],
             "checkpoint_id": sae.checkpoint_id, "checkpoint": str(sae.directory)}
 

@@ -28,7 +28,26 @@ SAELENS_TENSORS = {
 # decoders, [n, width] biases. Resampling re-initialises these slices of a dead feature.
 ENCODER_AXIS, DECODER_AXIS, FEATURE_AXIS = 2, 1, 1
 
-KNOBS = {"l1": "λ", "k": "k"}  # a grid's sparsity knob: the penalty's coefficient, or the number of features kept
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A grid's sparsity knob, named as its architecture's paper names it: the key in conf/, checkpoint
+    records and metrics rows, and the symbol in tables and figures."""
+
+    symbol: str
+    meaning: str
+    penalty: bool  # a coefficient of a penalty in the loss (converted by l1_units), or a count (k)
+
+
+KNOBS = {
+    "l1": Knob("λ", "the L1 penalty's coefficient", penalty=True),                 # baseline, Gated
+    "l0_coefficient": Knob("λ_L0", "the L0 penalty's coefficient", penalty=True),  # JumpReLU
+    "k": Knob("k", "features kept per token", penalty=False),                      # TopK
+}
+# Before each knob had its own key, every penalty's coefficient was recorded as "l1": checkpoints, grid
+# indexes and metrics rows written then still read through `knob_value`.
+LEGACY_KNOB = "l1"
 
 
 @dataclass(frozen=True)
@@ -45,7 +64,7 @@ class Architecture:
     train_flops_per_dw: int
     feature_axes: dict[str, int] = field(default_factory=dict)  # trainable tensor → its feature axis
     encoders: int = 1              # [d, width] encoder matrices (memory estimates)
-    knob: str = "l1"               # the grid's sparsity knob (KNOBS)
+    knob: str = "l1"               # the grid's sparsity knob (a key of KNOBS)
     figure: str = "main"  # main: the Pareto figures; ablation: Fig. 8; rescale_shift: Fig. 9; successor: beyond the paper
     saelens_loadable: bool = True  # whether sae-lens can load the checkpoint
     saelens_cfg_fields: tuple[str, ...] = ()  # its own fields in cfg.json (BatchedSAE.saelens_cfg_extra)
@@ -54,7 +73,7 @@ class Architecture:
 
     @property
     def knob_symbol(self) -> str:
-        return KNOBS[self.knob]
+        return KNOBS[self.knob].symbol
 
 
 ARCHITECTURES: dict[str, Architecture] = {}
@@ -94,10 +113,26 @@ def knob_of(name: str) -> str:
     return ARCHITECTURES[name].knob if name in ARCHITECTURES else "l1"
 
 
-def knob_text(name: str, values: Mapping) -> str:
-    """"λ = 0.02" or "k = 32": an SAE's knob, read from its record, grid entry or metrics row."""
+def knob_value(name: str, values: Mapping):
+    """An SAE's knob value, read from its record, grid entry or metrics row (one written before the knob had
+    its own key holds it under LEGACY_KNOB)."""
     knob = knob_of(name)
-    return f"{KNOBS[knob]} = {float(values[knob]):g}"
+    value = values.get(knob)
+    if (value is None or value != value) and KNOBS[knob].penalty:  # missing, or NaN in a table's empty cell
+        value = values.get(LEGACY_KNOB)
+    return value
+
+
+def knob_fields(name: str, values: Mapping) -> dict:
+    """{knob: value} of an SAE, as recorded in checkpoints, grid indexes and metrics rows."""
+    knob = knob_of(name)
+    value = knob_value(name, values)
+    return {knob: int(value) if knob == "k" and value is not None else value}
+
+
+def knob_text(name: str, values: Mapping) -> str:
+    """"λ = 0.02", "λ_L0 = 0.001" or "k = 32": an SAE's knob, read from its record, grid entry or row."""
+    return f"{KNOBS[knob_of(name)].symbol} = {float(knob_value(name, values)):g}"
 
 
 def label(name: str) -> str:
@@ -134,7 +169,7 @@ register(Architecture(
 register(Architecture(
     "jumprelu", "JumpReLU", "#17becf", "X", "gatedsae.saes.jumprelu:JumpReLUSAE", "jumprelu", 10,
     {"W_enc": ENCODER_AXIS, "W_dec": DECODER_AXIS, "b_enc": FEATURE_AXIS, "threshold": FEATURE_AXIS},
-    figure="successor"))
+    knob="l0_coefficient", figure="successor"))
 register(Architecture(
     "topk", "TopK", "#e377c2", "*", "gatedsae.saes.topk:TopKSAE", "topk", 10,
     {"W_enc": ENCODER_AXIS, "W_dec": DECODER_AXIS, "b_enc": FEATURE_AXIS}, knob="k", figure="successor",

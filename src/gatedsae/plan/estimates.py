@@ -138,7 +138,7 @@ def train_estimate(config: Config, site: str) -> Estimate:
 
 def rescale_shift_estimate(config: Config, site: str) -> Estimate:
     d, train = config.model.site_width(site), config.train
-    widths = [g.width(d) for g in config.sweep.groups_at(site) if g.arch == "baseline" for _ in g.l1]
+    widths = [g.width(d) for g in config.sweep.groups_at(site) if g.arch == "baseline" for _ in g.values]
     memory = lambda chunk: rescale_shift_memory(config, d, chunk)  # noqa: E731
     streamed = config.cache.mode == "stream"  # then it streams its own site's activations
     lm = stream_model_memory(config) if streamed and config.train_device(site) == config.cache.device else 0.0

@@ -24,6 +24,7 @@ import torch
 
 from gatedsae.activations.store import ActivationStore
 from gatedsae.evaluation.evaluate import CheckpointSAE
+from gatedsae.plan.architectures import knob_fields
 from gatedsae.plan.config import BrowserConfig, Config
 
 
@@ -202,7 +203,7 @@ def sae_features(sae: CheckpointSAE, store: ActivationStore, text: HeldoutText, 
                             text.token_text)
     norms = decoder_norms(sae)
     return {
-        "sae": record["sae"], "arch": record["arch"], **{knob: record[knob] for knob in ("l1", "k") if knob in record}, "width": sae.width,
+        "sae": record["sae"], "arch": record["arch"], **knob_fields(record["arch"], record), "width": sae.width,
         "site": record["site"], "layer": int(record["layer"]), "model": config.model.name,
         "checkpoint": str(sae.directory), "checkpoint_id": sae.checkpoint_id, "heldout_rows": scanned.rows,
         "l0": round(scanned.l0, 3), "alive": int((scanned.fired > 0).sum()), "dead": int((scanned.fired == 0).sum()),

@@ -25,6 +25,7 @@ import pandas as pd
 
 from gatedsae.core.atomic import write_json_atomic, write_text_atomic
 from gatedsae.core.errors import InputError, IntegrityError
+from gatedsae.plan.architectures import knob_fields
 from gatedsae.plan.config import Config, ConfigError
 from gatedsae.plan.identity import config_hash
 from gatedsae.plan.layout import ANALYSIS_FILE, ANALYSIS_MARKDOWN, KEY_FILE, PAGE_FILE, study_dir
@@ -70,7 +71,7 @@ def build_study(config: Config, loaded=None) -> Path:
         for i in range(min(len(data["features"]) for _, data in sampled.values())):
             for arch, (row, data) in sampled.items():
                 items.append({"feature": data["features"][i], "key": {
-                    "arch": arch, "site": site, "layer": layer, "sae": data["sae"], "l1": data.get("l1"),
+                    "arch": arch, "site": site, "layer": layer, "sae": data["sae"], **knob_fields(arch, data),
                     "l0": data["l0"], "checkpoint_id": data["checkpoint_id"], "feature": data["features"][i]["index"],
                     "pair": f"{site}/layer{layer}/{i}"}})
     order = np.random.default_rng(study.seed).permutation(len(items))

@@ -29,7 +29,7 @@ ALL_TOKENS_COLUMNS = [f"{metric}_all_tokens" for metric in
 # metrics.csv columns, in order: the paper's tables first, then the later papers' metrics, the intervals,
 # the massive-activation treatment (and the paper's treatment), and provenance.
 COLUMNS = [
-    "model", "site", "layer", "split", "arch", "variant", "l1", "k", "lr", "width", "seed", "l0", "loss_recovered",
+    "model", "site", "layer", "split", "arch", "variant", *architectures.KNOBS, "lr", "width", "seed", "l0", "loss_recovered",
     "ce_clean", "ce_sae", "ce_zero", "alive_fraction", "gamma", "fvu", "nmse", "delta_lm_loss",
     *(f"{metric}_ci_{end}" for metric in SAE_INTERVALS for end in ("low", "high")),
     "train_tokens", "eval_tokens", "ce_tokens", "ce_windows",
@@ -45,7 +45,7 @@ def collect(metrics_files: Iterable[Path]) -> pd.DataFrame:
         raise ValueError("no metrics rows to aggregate: evaluate at least one grid first")
     frame = pd.DataFrame(rows)
     frame["site_order"] = frame["site"].map(SITES.index)
-    knobs = [knob for knob in ("l1", "k") if knob in frame]  # λ, and k where a TopK sweep is present
+    knobs = [knob for knob in architectures.KNOBS if knob in frame]  # each architecture's own knob
     order = ["model", "site_order", "layer", *[c for c in ("split",) if c in frame], "arch", *knobs,
              *[c for c in ("seed",) if c in frame]]
     frame = frame.sort_values(order).drop(columns="site_order")
@@ -221,7 +221,8 @@ def aggregate(metrics_files: Iterable[Path], results: Path, intervals: Optional[
     head, per_level = readings.headline()
     outputs = {key: results / name for key, name in AGGREGATE_OUTPUTS.items()}
     write_csv_atomic(frame.reindex(columns=metrics_columns(frame)), outputs["metrics"])
-    pareto_columns = ["model", "site", "layer", "arch", "seed", "l1", "k", "l0", "loss_recovered", "loss_recovered_ci_low",
+    pareto_columns = ["model", "site", "layer", "arch", "seed", *architectures.KNOBS, "l0", "loss_recovered",
+                      "loss_recovered_ci_low",
                       "loss_recovered_ci_high", "delta_lm_loss", "delta_lm_loss_ci_low", "delta_lm_loss_ci_high",
                       "fvu", "gamma"]
     write_csv_atomic(frame[frame["pareto"]].reindex(columns=pareto_columns), outputs["pareto"])

@@ -38,8 +38,11 @@ class LossTerms:
 
     total: Tensor           # [n]  reconstruction + λ · sparsity + auxiliary
     reconstruction: Tensor  # [n]  mean over the batch of ||x − x̂||² (summed over d)
-    sparsity: Tensor        # [n]  mean over the batch of the L1 term, before multiplying by λ
-    auxiliary: Tensor       # [n]  zeros for architectures without one
+    # [n] mean over the batch of what the sparsity penalty measures, before its coefficient λ: the L1 norm
+    # of the penalised activations (baseline, Gated: ReLU(π_gate)), the L0 norm of the features (JumpReLU,
+    # in the loss through its straight-through estimator; TopK, reported only: k sets its sparsity)
+    sparsity: Tensor
+    auxiliary: Tensor       # [n]  zeros for architectures without one (TopK: AuxK; Gated: its auxiliary loss)
     features: Tensor        # [n, B, width]
     x_hat: Tensor           # [n, B, d]
 
@@ -68,22 +71,41 @@ class BatchedSAE(nn.Module, ABC):
     # Names of tensors stored as (non-trainable) buffers instead of parameters, e.g. an ablation's fixed
     # r_mag or the frozen baseline under a rescale-and-shift.
     frozen: ClassVar[frozenset[str]] = frozenset()
+    # Buffers renamed since states were saved: old name → new. "l1" held the sparsity coefficient (and, for
+    # TopK, zeros: dropped, as TopK has no coefficient).
+    LEGACY_BUFFERS: ClassVar[dict[str, str]] = {"l1": "sparsity_coefficient"}
 
-    def __init__(self, n: int, d: int, width: int, l1: Tensor | float | Sequence[float], seeds: Sequence[int]):
+    def __init__(self, n: int, d: int, width: int, knob: Tensor | float | Sequence[float], seeds: Sequence[int]):
+        """`knob`: each SAE's value of its architecture's sparsity knob (or one value for all): the
+        coefficient λ of the sparsity penalty here, k for TopK (see `_set_knob`)."""
         super().__init__()
         seeds = [int(s) for s in seeds]
         if len(seeds) != n:
             raise ValueError(f"{self.arch}: got {len(seeds)} seeds for n={n} SAEs")
         self.n, self.d, self.width, self.seeds = n, d, width, seeds
-        l1 = torch.as_tensor(l1, dtype=torch.float32).flatten()
-        if l1.numel() == 1:
-            l1 = l1.expand(n)
-        if l1.shape != (n,):
-            raise ValueError(f"{self.arch}: l1 must have one coefficient per SAE ({n}), got shape {tuple(l1.shape)}")
-        self.register_buffer("l1", l1.clone())
+        self._set_knob(knob)
         # Each slice draws from its own generator, so its init depends on its seed only (not on n or i).
         self._add("W_dec", torch.stack([_random_unit_rows(width, d, s) for s in seeds]))
         self._add("b_dec", torch.zeros(n, d))
+
+    def _set_knob(self, knob: Tensor | float | Sequence[float]) -> None:
+        """Store the knob: λ per SAE, the sparsity penalty's coefficient in `forward`'s loss (an architecture
+        whose knob is not a penalty's coefficient stores its own instead)."""
+        coefficient = torch.as_tensor(knob, dtype=torch.float32).flatten()
+        if coefficient.numel() == 1:
+            coefficient = coefficient.expand(self.n)
+        if coefficient.shape != (self.n,):
+            raise ValueError(f"{self.arch}: the sparsity coefficient needs one value per SAE ({self.n}), got shape "
+                             f"{tuple(coefficient.shape)}")
+        self.register_buffer("sparsity_coefficient", coefficient.clone())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for old, new in self.LEGACY_BUFFERS.items():
+            if prefix + old in state_dict:
+                value = state_dict.pop(prefix + old)
+                if hasattr(self, new) and prefix + new not in state_dict:
+                    state_dict[prefix + new] = value
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _add(self, name: str, value: Tensor) -> None:
         if name in self.frozen:
@@ -120,7 +142,7 @@ class BatchedSAE(nn.Module, ABC):
         reconstruction = squared_error(x, x_hat)
         sparsity = penalised.sum(-1).mean(-1)  # penalised ≥ 0, so its sum is its L1 norm
         auxiliary = self._auxiliary(x, penalised)
-        total = reconstruction + self.l1.to(reconstruction.dtype) * sparsity + auxiliary
+        total = reconstruction + self.sparsity_coefficient.to(reconstruction.dtype) * sparsity + auxiliary
         return LossTerms(total, reconstruction, sparsity, auxiliary, features, x_hat)
 
     @property
@@ -239,19 +261,20 @@ def make_sae(
     n: int,
     d: int,
     width: int,
-    l1: Tensor | float | Sequence[float],
+    knob: Tensor | float | Sequence[float],
     seed: int,
     seeds: Sequence[int] | Tensor | None = None,
 ) -> BatchedSAE:
-    """`n` SAEs of architecture `arch`; slice i is initialised from `seeds[i]` when given, else from
+    """`n` SAEs of architecture `arch`, slice i at `knob[i]` of its sparsity knob (λ, or k for TopK);
+    slice i is initialised from `seeds[i]` when given, else from
     `default_seeds(seed, n)[i]`. (`baseline_rescale_shift` built here wraps a freshly initialised baseline;
     use `RescaleShiftSAE.from_baseline` to wrap a trained one.)"""
     per_slice = default_seeds(seed, n) if seeds is None else [int(s) for s in seeds]
-    return sae_class(arch)(n, d, width, l1, per_slice)
+    return sae_class(arch)(n, d, width, knob, per_slice)
 
 
 def slice_state(sae: BatchedSAE, i: int) -> dict[str, Tensor]:
-    """SAE i's parameters and buffers (λ included) without the leading n dim."""
+    """SAE i's parameters and buffers (its knob included) without the leading n dim."""
     tensors = {**dict(sae.named_parameters()), **dict(sae.named_buffers())}
     return {name: t.detach()[i].clone() for name, t in tensors.items()}
 

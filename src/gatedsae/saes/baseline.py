@@ -18,8 +18,8 @@ class BaselineSAE(BatchedSAE):
 
     arch = "baseline"
 
-    def __init__(self, n: int, d: int, width: int, l1: Tensor | float | Sequence[float], seeds: Sequence[int]):
-        super().__init__(n, d, width, l1, seeds)
+    def __init__(self, n: int, d: int, width: int, knob: Tensor | float | Sequence[float], seeds: Sequence[int]):
+        super().__init__(n, d, width, knob, seeds)
         self._add("W_enc", self._encoder_init())
         self._add("b_enc", torch.zeros(n, width))
 

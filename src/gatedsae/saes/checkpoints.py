@@ -259,11 +259,11 @@ def baseline_from_checkpoints(directories: list[str | Path], seeds: list[int]) -
     if len(widths) != 1 or any(cfg["architecture"] != "standard" for cfg, _, _ in loaded):
         raise ValueError(f"baseline_from_checkpoints needs standard SAEs of one width, got {directories}")
     d, width = loaded[0][0]["d_in"], widths.pop()
-    l1 = [record["l1"] for _, _, record in loaded]
+    l1 = [record["l1"] for _, _, record in loaded]  # the baseline's knob: λ of its L1 penalty
     module = BaselineSAE(len(loaded), d, width, l1, seeds)
     for i, (_, tensors, record) in enumerate(loaded):
         scale = record["activation_scale"]
         load_slice_state(module, i, {"W_enc": tensors["W_enc"] / scale, "b_enc": tensors["b_enc"],
                                      "W_dec": tensors["W_dec"] * scale, "b_dec": tensors["b_dec"] * scale,
-                                     "l1": torch.tensor(float(record["l1"]))})
+                                     "sparsity_coefficient": torch.tensor(float(record["l1"]))})
     return module

@@ -25,8 +25,8 @@ class GatedSAE(BatchedSAE):
 
     arch = "gated"
 
-    def __init__(self, n: int, d: int, width: int, l1: Tensor | float | Sequence[float], seeds: Sequence[int]):
-        super().__init__(n, d, width, l1, seeds)
+    def __init__(self, n: int, d: int, width: int, knob: Tensor | float | Sequence[float], seeds: Sequence[int]):
+        super().__init__(n, d, width, knob, seeds)
         self._add("W_gate", self._encoder_init())
         self._add("b_gate", torch.zeros(n, width))
         self._add("b_mag", torch.zeros(n, width))

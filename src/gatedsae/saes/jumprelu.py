@@ -76,7 +76,7 @@ class _Step(torch.autograd.Function):
 
 
 class JumpReLUSAE(BatchedSAE):
-    """`n` JumpReLU SAEs; `l1` holds each SAE's λ, the coefficient of its L0 penalty. The sparsity term of
+    """`n` JumpReLU SAEs; the knob, λ_L0, is each SAE's `sparsity_coefficient`: its L0 penalty's. The sparsity term of
     `forward` is the mean number of open features per input (the Heaviside step through its estimator);
     there is no auxiliary term."""
 
@@ -87,8 +87,8 @@ class JumpReLUSAE(BatchedSAE):
     INITIAL_THRESHOLD: ClassVar[float] = 1e-3
     BANDWIDTH: ClassVar[float] = 1e-3  # ε, the kernel's width: the threshold learns from π within ε/2 of it
 
-    def __init__(self, n: int, d: int, width: int, l1: Tensor | float | Sequence[float], seeds: Sequence[int]):
-        super().__init__(n, d, width, l1, seeds)
+    def __init__(self, n: int, d: int, width: int, knob: Tensor | float | Sequence[float], seeds: Sequence[int]):
+        super().__init__(n, d, width, knob, seeds)
         self._add("W_enc", self._encoder_init())
         self._add("b_enc", torch.zeros(n, width))
         self._add("threshold", torch.full((n, width), self.INITIAL_THRESHOLD))  # θ [n, width]

@@ -26,8 +26,8 @@ class RescaleShiftSAE(BaselineSAE):
     arch = "baseline_rescale_shift"
     frozen = frozenset({"W_enc", "b_enc", "W_dec", "b_dec"})
 
-    def __init__(self, n: int, d: int, width: int, l1: Tensor | float | Sequence[float], seeds: Sequence[int]):
-        super().__init__(n, d, width, l1, seeds)
+    def __init__(self, n: int, d: int, width: int, knob: Tensor | float | Sequence[float], seeds: Sequence[int]):
+        super().__init__(n, d, width, knob, seeds)
         self._add("r_mag", torch.zeros(n, width))
         self._add("b_mag", self.b_enc.clone())
 
@@ -35,7 +35,7 @@ class RescaleShiftSAE(BaselineSAE):
     def from_baseline(cls, baseline: BaselineSAE) -> RescaleShiftSAE:
         if type(baseline) is not BaselineSAE:
             raise TypeError(f"from_baseline needs a BaselineSAE, got {type(baseline).__name__}")
-        sae = cls(baseline.n, baseline.d, baseline.width, baseline.l1.detach().clone(), baseline.seeds)
+        sae = cls(baseline.n, baseline.d, baseline.width, baseline.sparsity_coefficient.detach().clone(), baseline.seeds)
         sae.to(device=baseline.W_dec.device, dtype=baseline.W_dec.dtype)
         with torch.no_grad():
             for name in cls.frozen:

@@ -58,8 +58,8 @@ def _validated_k(k: Tensor | float | Sequence[float], n: int, width: int) -> Ten
 
 
 class TopKSAE(BatchedSAE):
-    """`n` TopK SAEs; slice i keeps `k[i]` latents per token. Constructed as `(n, d, width, k, seeds)`, k in
-    the place of the other architectures' l1 (the base class's l1 buffer is held at 0)."""
+    """`n` TopK SAEs; slice i keeps `k[i]` latents per token. k is the knob (`(n, d, width, k, seeds)`, as
+    λ is the others'); there is no sparsity penalty, so no `sparsity_coefficient`."""
 
     arch = "topk"
 
@@ -95,12 +95,14 @@ class TopKSAE(BatchedSAE):
             raise ValueError(f"topk: dead_after_tokens = {dead_after_tokens!r} must be a positive integer")
         if not (math.isfinite(aux_coefficient) and aux_coefficient >= 0):
             raise ValueError(f"topk: aux_coefficient = {aux_coefficient!r} must be finite and ≥ 0 (paper: 1/32)")
-        super().__init__(n, d, width, 0.0, seeds)
+        super().__init__(n, d, width, k, seeds)
         self.k_aux, self.dead_after_tokens, self.aux_coefficient = min(k_aux, width), dead_after_tokens, aux_coefficient
-        self.register_buffer("k", k)
         self.register_buffer("tokens_since_fired", torch.zeros(n, width, dtype=torch.long))
         self._add("W_enc", self._encoder_init())
         self._add("b_enc", torch.zeros(n, width))
+
+    def _set_knob(self, knob: Tensor) -> None:
+        self.register_buffer("k", knob)  # validated in __init__, before any compute
 
     def preactivations(self, x: Tensor) -> Tensor:
         """π [n, B, width]."""

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional
 
 from gatedsae.core.atomic import atomic_path
+from gatedsae.plan.architectures import KNOBS
 
 if TYPE_CHECKING:
     from gatedsae.training.trackers import Tracker
@@ -16,8 +17,9 @@ if TYPE_CHECKING:
 
 CURVES_FILE = "curves.csv"
 LOSS_TERMS = ("total", "reconstruction", "sparsity", "auxiliary")
-FIELDS = ("sae", "arch", "l1", "step", "tokens", *LOSS_TERMS, "l0", "dead_fraction", "lr", "k")  # k: TopK's knob
-KNOBS = ("l1", "k")  # an SAE's row sets the one its architecture is swept over and leaves the other empty
+# An SAE's row sets the knob its architecture is swept over (KNOBS) and leaves the others empty.
+FIELDS = ("sae", "arch", "l1", "step", "tokens", *LOSS_TERMS, "l0", "dead_fraction", "lr",
+          *(knob for knob in KNOBS if knob != "l1"))
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -29,9 +31,9 @@ def read_rows(path: Path) -> list[dict]:
         rows = list(csv.DictReader(handle))
     complete = []
     for row in rows:
-        if None in row or any(row.get(field) is None for field in FIELDS):
-            continue
-        if any(row[field] == "" for field in FIELDS if field not in KNOBS) or not any(row[k] for k in KNOBS):
+        if None in row or any(row.get(field) in (None, "") for field in FIELDS if field not in KNOBS):
+            continue  # a file written before a knob had its column lacks that column, which is fine
+        if not any(row.get(knob) for knob in KNOBS):
             continue
         try:
             row["step"] = int(row["step"])

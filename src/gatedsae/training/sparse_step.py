@@ -196,7 +196,7 @@ def sparse_step_(module: BatchedSAE, x: Tensor) -> StepOutcome:
     residual = x_hat - x
     reconstruction = residual.pow(2).sum(-1).mean(-1)
     sparsity = support.per_sae(pi, n) / batch
-    l1 = module.l1.to(pi.dtype)
+    l1 = module.sparsity_coefficient.to(pi.dtype)
     auxiliary = torch.zeros_like(reconstruction)
     if gated:
         aux_residual = support.decode(pi, decoder).view(n, batch, d) + module.b_dec[:, None, :] - x

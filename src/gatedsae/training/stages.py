@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from gatedsae.activations.store import ShardedActivations
+from gatedsae.plan.architectures import KNOBS
 from gatedsae.plan.config import Config, ConfigError
 from gatedsae.plan.identity import rescale_shift_extra, training_key
 from gatedsae.plan.grid import (
@@ -177,7 +178,8 @@ def export_checkpoints(trainer: GridTrainer, site: str, layer: int, out_dir: Pat
     for spec in trainer.specs:
         record = {
             "sae": spec.name, "arch": spec.arch, "width": spec.width, **spec.knob_fields, "lr": spec.lr,
-            **({"l1_in_training_loss": float(trainer.modules[spec.group].l1[spec.index])} if spec.knob == "l1" else {}),
+            **({f"{spec.knob}_in_training_loss": float(trainer.modules[spec.group].sparsity_coefficient[spec.index])}
+               if KNOBS[spec.knob].penalty else {}),
             "training_key": keys[spec.name],
             "site": site, "layer": layer, "d": store.d, "steps": trainer.step,
             "tokens": trainer.step * config.train.batch_size, "seed": config.train.seed,

@@ -5,6 +5,7 @@ the wrong type fails with the key's full name, and each section's `validate()` c
 from __future__ import annotations
 
 import dataclasses
+import sys
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -175,6 +176,10 @@ def load_config(overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> Con
     """Compose and validate the full configuration; raises ConfigError naming the offending key. With
     `experiment.chapter` set, the sweep is cut down to what the chapters up to that one train."""
     config = dataclass_from(Config, compose(overrides, conf_dir=conf_dir))
+    for index, group in enumerate(config.sweep.groups):
+        note = group.upgrade_legacy_knob(f"sweep.groups.{index}")
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     config.validate()
     return _through_chapter(config) if config.experiment.chapter else config
 

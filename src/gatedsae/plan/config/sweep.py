@@ -15,22 +15,24 @@ L1_UNITS = ("normalized", "paper_per_dim", "paper_per_dim_energy")
 
 @dataclass
 class SAEGroupConfig:
-    """SAEs of one architecture trained together: one per value of its sparsity knob (λ in `l1`, or k in
-    `k` for TopK: the registry says which), width = width_ratio × d."""
+    """SAEs of one architecture trained together: one per value of its sparsity knob, named as its paper
+    names it (the registry says which): λ in `l1` (baseline, Gated), λ_L0 in `l0_coefficient` (JumpReLU),
+    k in `k` (TopK); width = width_ratio × d."""
 
     arch: str = "gated"
     width_ratio: float = 4.0
     lr: float = 1e-3
-    l1: list[float] = field(default_factory=list)
-    k: list[int] = field(default_factory=list)  # features kept per token, for architectures whose knob is k
+    l1: list[float] = field(default_factory=list)  # λ, the L1 penalty's coefficient
+    l0_coefficient: list[float] = field(default_factory=list)  # λ_L0, the L0 penalty's coefficient (JumpReLU)
+    k: list[int] = field(default_factory=list)  # features kept per token (TopK)
     sites: list[str] = field(default_factory=list)  # train this group only at these sites ([]: every site)
-    # What λ is measured against. normalized: the loss ||x − x̂||² + λ||f||₁ on activations scaled by
-    # train.normalize; paper_per_dim: the paper's Gated runs (squared error / d, raw activations);
+    # What the L1 penalty's λ is measured against. normalized: the loss ||x − x̂||² + λ||f||₁ on activations
+    # scaled by train.normalize; paper_per_dim: the paper's Gated runs (squared error / d, raw activations);
     # paper_per_dim_energy: the paper's Pythia / Gemma baseline runs (squared error / (d · E||x||²)).
     l1_units: str = "normalized"
 
     def validate(self, key: str) -> None:
-        from gatedsae.plan.architectures import ARCHITECTURES
+        from gatedsae.plan.architectures import ARCHITECTURES, KNOBS
 
         choice(self.l1_units, f"{key}.l1_units", L1_UNITS)
         for site in self.sites:
@@ -41,23 +43,25 @@ class SAEGroupConfig:
             finite(getattr(self, name), f"{key}.{name}")
             require(getattr(self, name) > 0, f"{key}.{name}", "must be positive")
         knob = self.knob
-        other = "k" if knob == "l1" else "l1"
-        require(not getattr(self, other), f"{key}.{other}", f"{self.arch} is swept over {knob}, not {other}; "
-                 f"move the values to {key}.{knob}")
-        require(bool(self.values), f"{key}.{knob}", "list one or more λ ≥ 0" if knob == "l1" else
-                 "list one or more k ≥ 1 (features kept per token)")
+        for other in KNOBS:
+            require(other == knob or not getattr(self, other), f"{key}.{other}", f"{self.arch} is swept over "
+                    f"{knob} ({KNOBS[knob].meaning}), not {other}; move the values to {key}.{knob}")
+        require(knob == "l1" or self.l1_units == "normalized", f"{key}.l1_units", f"units apply to the L1 "
+                f"penalty's λ; {self.arch}'s {knob} is given on normalized activations: remove the key")
+        require(bool(self.values), f"{key}.{knob}", "list one or more k ≥ 1 (features kept per token)"
+                if knob == "k" else f"list one or more {KNOBS[knob].symbol} ≥ 0")
         for i, value in enumerate(self.values):
-            if knob == "l1":
-                require(math.isfinite(value) and value >= 0, f"{key}.l1", f"got λ = {value} (item {i}); every λ "
-                         "must be a finite number ≥ 0")
-            else:
+            if knob == "k":
                 require(isinstance(value, int) and value >= 1, f"{key}.k", f"got k = {value} (item {i}); every k "
-                         "must be a whole number ≥ 1")
+                        "must be a whole number ≥ 1")
+            else:
+                require(math.isfinite(value) and value >= 0, f"{key}.{knob}", f"got {KNOBS[knob].symbol} = {value} "
+                        f"(item {i}); every {KNOBS[knob].symbol} must be a finite number ≥ 0")
         require(len(set(self.values)) == len(self.values), f"{key}.{knob}", "values must be distinct")
 
     @property
     def knob(self) -> str:
-        """The sweep's sparsity knob for this architecture: "l1" (λ) or "k" (the registry's record)."""
+        """The sweep's sparsity knob for this architecture (the registry's record): a key of KNOBS."""
         from gatedsae.plan.architectures import knob_of
 
         return knob_of(self.arch)
@@ -65,7 +69,19 @@ class SAEGroupConfig:
     @property
     def values(self) -> list:
         """The knob's values, one SAE each."""
-        return self.k if self.knob == "k" else self.l1
+        return getattr(self, self.knob)
+
+    def upgrade_legacy_knob(self, key: str) -> str:
+        """Configurations written before each knob had its own key held every penalty's coefficient in `l1`:
+        move them to the architecture's own key. Returns a note saying so ("" when nothing moved)."""
+        from gatedsae.plan.architectures import LEGACY_KNOB
+
+        knob = self.knob
+        if knob == LEGACY_KNOB or knob == "k" or not self.l1 or getattr(self, knob):
+            return ""
+        setattr(self, knob, self.l1)
+        self.l1 = []
+        return f"{key}.{LEGACY_KNOB} of a {self.arch} group is read as {key}.{knob}; rename the key"
 
     def width(self, d: int) -> int:
         return int(round(self.width_ratio * d))
@@ -79,7 +95,8 @@ class SAEGroupConfig:
 
     def internal_l1(self, l1: float, d: int, scale: float, mean_sq_norm: float) -> float:
         """λ in the trainer's loss, ||s·x − s·x̂||² + λ'||s·f||₁ with s the activation scale, for a λ in
-        `l1_units` (dividing the paper's loss by the factor in front of its squared error gives ours)."""
+        `l1_units` (dividing the paper's loss by the factor in front of its squared error gives ours). Other
+        knobs' coefficients are given in the trainer's units (validation allows only `normalized`)."""
         if self.l1_units == "paper_per_dim":
             return l1 * d * scale
         if self.l1_units == "paper_per_dim_energy":

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import to_rgb
 
+from gatedsae.plan.architectures import knob_value
 from gatedsae.plan.architectures import label as arch_label
 from gatedsae.plan.sites import SITES
 from gatedsae.reporting.figures.style import (
@@ -61,7 +62,7 @@ def figures(curves: pd.DataFrame):
         axes[0][col].set_title(panel_title(site, layer, several_layers))
         for arch in MAIN:
             saes = cell[cell["arch"] == arch].groupby("sae")
-            ordered = sorted(saes, key=lambda item: float(item[1]["l1"].iloc[0]))
+            ordered = sorted(saes, key=lambda item: float(knob_value(arch, item[1].iloc[0])))
             for colour, (_, sae) in zip(shades(arch, len(ordered)), ordered):
                 sae = sae.sort_values("step")
                 for row, column in enumerate(ROWS):

@@ -9,7 +9,7 @@ import pandas as pd
 
 from gatedsae.reporting.figures.style import (
     label_grid,
-    label_l1,
+    label_knobs,
     plot_sweep,
     reference_line,
     save,
@@ -48,8 +48,8 @@ def figures(frame: pd.DataFrame):
             for arch in MAIN:
                 plot_sweep(ax, cell, arch, y, lower_is_better=lower)
             if y == "loss_recovered":
-                label_l1(ax, cell, "gated", y)
-                label_l1(ax, cell, "baseline", y, ends=("sparse",))
+                label_knobs(ax, cell, "gated", y)
+                label_knobs(ax, cell, "baseline", y, ends=("sparse",))
         label_grid(cells, y)
         shared_legend(fig)
         yield stem, fig

@@ -9,7 +9,7 @@ import pandas as pd
 
 from gatedsae.reporting.figures.style import (
     label_grid,
-    label_l1,
+    label_knobs,
     plot_line,
     reference_line,
     save,
@@ -33,7 +33,7 @@ def figures(frame: pd.DataFrame):
         reference_line(ax, "gamma")
         for arch in ("gated", "baseline"):
             plot_line(ax, cell, arch, "gamma")
-        label_l1(ax, cell, "baseline", "gamma")
+        label_knobs(ax, cell, "baseline", "gamma")
     label_grid(cells, "gamma")
     shared_legend(fig)
     yield STEM, fig

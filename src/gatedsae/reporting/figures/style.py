@@ -102,9 +102,9 @@ def _error_bars(ax, points: pd.DataFrame, y: str, colour: str, alpha: float) -> 
                     capsize=1.5, capthick=0.6, alpha=alpha)
 
 
-def label_l1(ax, frame: pd.DataFrame, arch: str, y: str, ends: tuple[str, ...] = ("sparse", "dense")) -> None:
-    """λ (or k) beside a sweep's sparsest and/or densest SAE, so the sweep's direction reads off the figure;
-    placed once the figure is laid out, where it hides no line, marker or other label (placement.py)."""
+def label_knobs(ax, frame: pd.DataFrame, arch: str, y: str, ends: tuple[str, ...] = ("sparse", "dense")) -> None:
+    """The knob (λ, λ_L0 or k) beside a sweep's sparsest and/or densest SAE, so the sweep's direction reads off
+    the figure; placed once the figure is laid out, where it hides no line, marker or other label (placement.py)."""
     points = frame[frame["arch"] == arch].sort_values("l0")
     if len(points) < 2:
         return
