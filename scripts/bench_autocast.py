@@ -23,6 +23,7 @@ from probe_l1 import heldout_summary  # noqa: E402
 from gatedsae.activations.store import ActivationStore
 from gatedsae.core.atomic import write_json_atomic
 from gatedsae.core.precision import machine
+from gatedsae.plan.architectures import BASELINE, PROPOSED
 from gatedsae.plan.config import REPO_ROOT, load_config
 from gatedsae.training.trainer import GridTrainer
 
@@ -50,7 +51,7 @@ def main() -> None:
     args, overrides = parser.parse_known_args()
     config = load_config(overrides)
     l1 = [float(v) for v in args.l1.split(",")]
-    groups = [replace(g, l1=l1, sites=[]) for g in config.sweep.groups if g.arch in ("gated", "baseline")]
+    groups = [replace(g, l1=l1, sites=[]) for g in config.sweep.groups if g.arch in (PROPOSED, BASELINE)]
     config = replace(config, sweep=replace(config.sweep, groups=groups),
                      train=replace(config.train, tokens=args.steps * config.train.batch_size))
     layer = config.experiment.layers[0]

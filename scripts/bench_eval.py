@@ -27,6 +27,7 @@ from gatedsae.data.corpus import load_windows
 from gatedsae.data.models import load_model
 from gatedsae.evaluation.evaluate import CheckpointSAE
 from gatedsae.evaluation.spliced import SplicedLM, next_token_losses
+from gatedsae.plan.architectures import PROPOSED
 from gatedsae.plan.config import REPO_ROOT, load_config
 from gatedsae.plan.grid import read_grid_index
 
@@ -54,7 +55,7 @@ def first_sae(config, site: str, layer: int):
     if index.exists():
         return CheckpointSAE.load(read_grid_index(index)[0]["path"]), "trained checkpoint"
     d = config.model.site_width(site)
-    gated = next(g for g in config.sweep.groups if g.arch == "gated")
+    gated = next(g for g in config.sweep.groups if g.arch == PROPOSED)
     return RandomGated(d, gated.width(d)), "random Gated SAE of the sweep's width"
 
 

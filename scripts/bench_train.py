@@ -44,6 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from gatedsae.activations.store import ActivationStore
 from gatedsae.core.atomic import write_json_atomic
 from gatedsae.core.precision import machine
+from gatedsae.plan.architectures import BASELINE, PROPOSED
 from gatedsae.plan.config import REPO_ROOT, SAEGroupConfig, SweepConfig, load_config
 from gatedsae.plan.layout import MANIFEST
 from gatedsae.saes.base import BatchedSAE
@@ -310,9 +311,9 @@ def main() -> None:
         return replace(config, sweep=SweepConfig(arch, [SAEGroupConfig(arch, width_ratio, 1e-3, l1s)]))
 
     cases = {
-        "today": {"gated": (one("gated", 1.0, [L1]), True), "baseline": (one("baseline", 1.5, [L1]), False)},
-        "paper_regime": {"gated": (one("gated", 4.0, [L1]), True), "baseline": (one("baseline", 6.0, [L1]), False),
-                         "gated_group_of_6": (one("gated", 4.0, [0.02, 0.035, 0.06, 0.1, 0.18, 0.3]), False)},
+        "today": {PROPOSED: (one(PROPOSED, 1.0, [L1]), True), BASELINE: (one(BASELINE, 1.5, [L1]), False)},
+        "paper_regime": {PROPOSED: (one(PROPOSED, 4.0, [L1]), True), BASELINE: (one(BASELINE, 6.0, [L1]), False),
+                         "gated_group_of_6": (one(PROPOSED, 4.0, [0.02, 0.035, 0.06, 0.1, 0.18, 0.3]), False)},
     }
     runs = {(c, k, path): [] for c, kinds in cases.items() for k in kinds for path in ("sparse", "dense", "peer")}
     matmul = {(c, k): [] for c, kinds in cases.items() for k in kinds}
@@ -376,10 +377,10 @@ def main() -> None:
     densities = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5]
     cross = crossover(config, store, batches[1], {f"{k.split('_w')[0]}_w{w}": w for k, w in widths.items()}, densities)
     crossings = [v["crossover_density"] for v in cross.values() if v["crossover_density"] is not None]
-    breakdown = step_breakdown(cases["paper_regime"]["gated"][0], store, batches, args.l0)
+    breakdown = step_breakdown(cases["paper_regime"][PROPOSED][0], store, batches, args.l0)
     l0_sweep = {}
     for l0 in (10, 20, 50, 100, 200):
-        case_config = cases["paper_regime"]["gated"][0]
+        case_config = cases["paper_regime"][PROPOSED][0]
         l0_sweep[str(l0)] = timed_training(case_config, store, batches, l0, "always")
 
     report = {

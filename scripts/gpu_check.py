@@ -31,6 +31,7 @@ from gatedsae.core.atomic import write_json_atomic
 from gatedsae.core.precision import machine
 from gatedsae.data.models import is_prepared, load_model
 from gatedsae.evaluation.evaluate import CheckpointSAE, evaluate_saes
+from gatedsae.plan.architectures import PROPOSED
 from gatedsae.plan.config import REPO_ROOT, load_config
 from gatedsae.plan.grid import grid_specs
 from gatedsae.plan.identity import training_key
@@ -95,7 +96,7 @@ def check_model(name: str, device: str, data: Path, source_data: Path, train_ste
     timed_steps = trainer.step - 1
     keys = {spec.name: training_key(config, site, spec) for spec in grid_specs(config, store.d, site)}
     export_checkpoints(trainer, site, layer, out_dir, keys)
-    gated = next(g for g in config.sweep.groups_at(site) if g.arch == "gated")
+    gated = next(g for g in config.sweep.groups_at(site) if g.arch == PROPOSED)
     dtype = torch.bfloat16 if cuda else torch.float32
     peak = matmul_tflops(config.train.batch_size, store.d, gated.width(store.d), dtype, device)
 

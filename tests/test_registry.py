@@ -85,3 +85,30 @@ def test_sae_lens_export_computes_the_same_features_on_raw_activations(name):
         exported = sae_class(by_saelens(record.saelens).name).encode_saelens(cfg, tensors, raw)
         torch.testing.assert_close(exported, features[i], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(exported @ tensors["W_dec"] + tensors["b_dec"], x_hat[i], rtol=1e-5, atol=1e-5)
+
+
+def test_every_role_names_what_it_is_measured_against():
+    from gatedsae.plan.architectures import BASELINE, PROPOSED, ROLES, names, only, rescale_shift_base
+
+    assert {a.role for a in ARCHITECTURES.values()} <= set(ROLES) and {PROPOSED, BASELINE} <= set(names("main"))
+    for name in names("ablation") + names("successor") + names("rescale_shift"):
+        assert architecture(name).versus in ARCHITECTURES, name
+    assert all(architecture(name).change for name in names("ablation"))
+    assert rescale_shift_base() == architecture(only("rescale_shift")).versus == BASELINE
+
+
+def test_the_verdict_judges_every_registered_ablation():
+    """A claim (d) per ablation the registry lists, worded with its record's `change`: a new ablation gets
+    its verdict without an edit to the verdict."""
+    import pandas as pd
+
+    from gatedsae.plan.architectures import names, versus
+    from gatedsae.plan.config import VerdictConfig
+    from gatedsae.reporting.verdict import _comparison_claims
+
+    rows = [{"model": "m", "site": "resid_post", "layer": 1, "arch": name, "versus": versus(name),
+             "loss_recovered_difference": -0.001, "loss_recovered_difference_ci_low": -0.002,
+             "loss_recovered_difference_ci_high": 0.0, "note": ""} for name in names("ablation")]
+    claims = _comparison_claims(pd.DataFrame(rows), VerdictConfig())
+    worded = {claim.claim for claim in claims if claim.id.startswith(tuple(names("ablation")))}
+    assert worded == {f"(d) the ablation '{architecture(name).change}' is no better than Gated" for name in names("ablation")}

@@ -15,6 +15,7 @@ from conftest import smoke_config
 from gatedsae.data.corpus import load_windows
 from gatedsae.evaluation.evaluate import CheckpointSAE
 from gatedsae.evaluation.spliced import SplicedLM
+from gatedsae.plan.architectures import architecture
 from gatedsae.plan.grid import read_grid_index
 from gatedsae.plan.sites import hook_name
 from gatedsae.saes.checkpoints import SAELENS_FORMAT_VERSION, read_checkpoint
@@ -37,7 +38,7 @@ def smoke_grids(smoke_cache, tmp_path_factory):
 
 
 def _loadable(entries: list[dict]) -> list[dict]:
-    return [entry for entry in entries if entry["arch"] != "gated_untied"]  # no sae-lens equivalent
+    return [entry for entry in entries if architecture(entry["arch"]).saelens_loadable]
 
 
 def test_sae_lens_reads_the_complete_metadata(smoke_grids):

@@ -9,7 +9,8 @@ import torch
 from gatedsae.plan.architectures import ARCHITECTURES, sae_class
 from gatedsae.saes.base import load_slice_state, make_sae, slice_state
 from gatedsae.saes.baseline import BaselineSAE
-from gatedsae.saes.gated import GatedSAE, jumprelu_encode, to_jumprelu
+from gatedsae.saes.gated import GatedSAE, to_jumprelu
+from gatedsae.saes.jumprelu_form import jumprelu_encode
 from gatedsae.saes.rescale_shift import RescaleShiftSAE
 
 D, WIDTH, B = 8, 12, 32

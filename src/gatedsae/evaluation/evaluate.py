@@ -35,14 +35,14 @@ from gatedsae.core.atomic import write_json_atomic
 from gatedsae.core.codehash import METRICS_CODE, code_fingerprint
 from gatedsae.evaluation.reconstruction import StoreResult, reconstruction_metrics
 from gatedsae.evaluation.spliced import HeldOutWindows, SplicedLM, WindowLosses
-from gatedsae.plan.architectures import KNOBS, knob_fields
+from gatedsae.plan.architectures import BASELINE, KNOBS, PROPOSED, knob_fields
 from gatedsae.plan.config import Config
 from gatedsae.plan.identity import evaluation_identity
 from gatedsae.plan.grid import read_grid_index
 from gatedsae.plan.layout import METRICS_FILE
 from gatedsae.saes.checkpoints import checkpoint_id, decode_raw, encode_raw, read_checkpoint
 
-PAPER_TREATMENT_ARCHS = ("gated", "baseline")  # also measured with every non-BOS token (the paper's way)
+PAPER_TREATMENT_ARCHS = (PROPOSED, BASELINE)  # also measured with every non-BOS token (the paper's way)
 ALL_TOKENS_METRICS = ("l0", "fvu", "nmse", "gamma", "ce_zero", "ce_sae", "loss_recovered", "delta_lm_loss")
 
 

@@ -65,7 +65,10 @@ class Architecture:
     feature_axes: dict[str, int] = field(default_factory=dict)  # trainable tensor → its feature axis
     encoders: int = 1              # [d, width] encoder matrices (memory estimates)
     knob: str = "l1"               # the grid's sparsity knob (a key of KNOBS)
-    figure: str = "main"  # main: the Pareto figures; ablation: Fig. 8; rescale_shift: Fig. 9; successor: beyond the paper
+    role: str = "main"             # a key of ROLES: which question of the study the architecture answers
+    versus: str = ""               # what comparisons.csv and the verdict measure it against ("": the question's own pair)
+    change: str = ""               # an ablation's change to what it ablates, in the verdict's words
+    wraps: str = ""                # the trained architecture it is built on (rescale-and-shift: a frozen baseline)
     saelens_loadable: bool = True  # whether sae-lens can load the checkpoint
     saelens_cfg_fields: tuple[str, ...] = ()  # its own fields in cfg.json (BatchedSAE.saelens_cfg_extra)
     resamples: bool = True         # dead features are resampled (Bricken et al.) during training
@@ -78,12 +81,25 @@ class Architecture:
 
 ARCHITECTURES: dict[str, Architecture] = {}
 
+# The replication's question, the paper's: does the proposed architecture beat the baseline it improves on?
+# The headline, the frontiers, the verdict, the figures and the study compare these two; they name them
+# through these constants, never by literal (docs/architecture.md).
+PROPOSED, BASELINE = "gated", "baseline"
+ROLES = {  # role → what it answers
+    "main": "the question itself: the proposed architecture against the baseline (Fig. 1, the tables)",
+    "ablation": "Fig. 8: is the proposed architecture's every part needed? (each ablation against it)",
+    "rescale_shift": "Fig. 9: does fixing the baseline's shrinkage alone close the gap?",
+    "successor": "beyond the paper: later architectures against the proposed one",
+}
+
 
 def register(architecture: Architecture) -> Architecture:
     if architecture.name in ARCHITECTURES:
         raise ValueError(f"architecture {architecture.name!r} is registered twice")
     if architecture.knob not in KNOBS:
         raise ValueError(f"architecture {architecture.name!r}: unknown knob {architecture.knob!r}; use one of {list(KNOBS)}")
+    if architecture.role not in ROLES:
+        raise ValueError(f"architecture {architecture.name!r}: unknown role {architecture.role!r}; use one of {list(ROLES)}")
     if architecture.saelens not in SAELENS_TENSORS:
         raise ValueError(f"architecture {architecture.name!r}: no tensor layout for sae-lens {architecture.saelens!r}")
     ARCHITECTURES[architecture.name] = architecture
@@ -139,38 +155,62 @@ def label(name: str) -> str:
     return ARCHITECTURES[name].label if name in ARCHITECTURES else name
 
 
-def names(figure: Optional[str] = None) -> list[str]:
-    """Registered architectures, in registration order (those of one figure role when given)."""
-    return [a.name for a in ARCHITECTURES.values() if figure is None or a.figure == figure]
+def names(role: Optional[str] = None) -> list[str]:
+    """Registered architectures, in registration order (those of one role when given)."""
+    return [a.name for a in ARCHITECTURES.values() if role is None or a.role == role]
+
+
+def versus(name: str) -> str:
+    """What an architecture is measured against in comparisons.csv and the verdict (its record's `versus`)."""
+    return ARCHITECTURES[name].versus
+
+
+def rescale_shift_base() -> str:
+    """The architecture Fig. 9's rescale-and-shift is trained on top of (its record's `wraps`)."""
+    return ARCHITECTURES[only("rescale_shift")].wraps
+
+
+def only(role: str) -> str:
+    """The one architecture of `role` (rescale-and-shift has one)."""
+    found = names(role)
+    if len(found) != 1:
+        raise ValueError(f"role {role!r} has {len(found)} architectures ({found}); expected exactly one")
+    return found[0]
 
 
 _GATED_AXES = {"W_gate": ENCODER_AXIS, "W_dec": DECODER_AXIS, "b_gate": FEATURE_AXIS, "b_mag": FEATURE_AXIS,
                "r_mag": FEATURE_AXIS}
+_ENCODER_AXES = {"W_enc": ENCODER_AXIS, "W_dec": DECODER_AXIS, "b_enc": FEATURE_AXIS}
 
 register(Architecture(
-    "gated", "Gated", "#1f77b4", "o", "gatedsae.saes.gated:GatedSAE", "gated", 14, _GATED_AXES, sparse_steps=True))
+    name="gated", label="Gated", colour="#1f77b4", marker="o", module="gatedsae.saes.gated:GatedSAE",
+    saelens="gated", train_flops_per_dw=14, feature_axes=_GATED_AXES, sparse_steps=True))
 register(Architecture(
-    "baseline", "Baseline", "#d62728", "s", "gatedsae.saes.baseline:BaselineSAE", "standard", 10,
-    {"W_enc": ENCODER_AXIS, "W_dec": DECODER_AXIS, "b_enc": FEATURE_AXIS}, sparse_steps=True))
+    name="baseline", label="Baseline", colour="#d62728", marker="s", module="gatedsae.saes.baseline:BaselineSAE",
+    saelens="standard", train_flops_per_dw=10, feature_axes=_ENCODER_AXES, sparse_steps=True))
 register(Architecture(
-    "gated_unfrozen_decoder", "Gated, unfrozen decoder", "#9467bd", "^", "gatedsae.saes.gated:GatedUnfrozenDecoderSAE",
-    "gated", 14, _GATED_AXES, figure="ablation", sparse_steps=True))
+    name="gated_unfrozen_decoder", label="Gated, unfrozen decoder", colour="#9467bd", marker="^",
+    module="gatedsae.saes.gated:GatedUnfrozenDecoderSAE", saelens="gated", train_flops_per_dw=14,
+    feature_axes=_GATED_AXES, role="ablation", versus="gated", change="unfrozen decoder", sparse_steps=True))
 register(Architecture(
-    "gated_no_rmag", "Gated, no r_mag", "#2ca02c", "v", "gatedsae.saes.gated:GatedNoRmagSAE", "gated", 14,
-    _GATED_AXES, figure="ablation", sparse_steps=True))
+    name="gated_no_rmag", label="Gated, no r_mag", colour="#2ca02c", marker="v",
+    module="gatedsae.saes.gated:GatedNoRmagSAE", saelens="gated", train_flops_per_dw=14, feature_axes=_GATED_AXES,
+    role="ablation", versus="gated", change="no r_mag", sparse_steps=True))
 register(Architecture(
-    "gated_untied", "Gated, untied encoders", "#ff7f0e", "D", "gatedsae.saes.gated:GatedUntiedSAE", "gated_untied", 18,
-    {**{k: v for k, v in _GATED_AXES.items() if k != "r_mag"}, "W_mag": ENCODER_AXIS}, encoders=2, figure="ablation", saelens_loadable=False,
-    sparse_steps=True))
+    name="gated_untied", label="Gated, untied encoders", colour="#ff7f0e", marker="D",
+    module="gatedsae.saes.gated:GatedUntiedSAE", saelens="gated_untied", train_flops_per_dw=18,
+    feature_axes={**{k: v for k, v in _GATED_AXES.items() if k != "r_mag"}, "W_mag": ENCODER_AXIS}, encoders=2,
+    role="ablation", versus="gated", change="untied encoders", saelens_loadable=False, sparse_steps=True))
 register(Architecture(
-    "baseline_rescale_shift", "Baseline + rescale & shift", "#8c564b", "P", "gatedsae.saes.rescale_shift:RescaleShiftSAE", "gated", 6,
-    {"W_enc": ENCODER_AXIS, "W_dec": DECODER_AXIS, "b_enc": FEATURE_AXIS, "b_mag": FEATURE_AXIS,
-     "r_mag": FEATURE_AXIS}, figure="rescale_shift", sparse_steps=True))
+    name="baseline_rescale_shift", label="Baseline + rescale & shift", colour="#8c564b", marker="P",
+    module="gatedsae.saes.rescale_shift:RescaleShiftSAE", saelens="gated", train_flops_per_dw=6,
+    feature_axes={**_ENCODER_AXES, "b_mag": FEATURE_AXIS, "r_mag": FEATURE_AXIS}, role="rescale_shift",
+    versus="baseline", wraps="baseline", sparse_steps=True))
 register(Architecture(
-    "jumprelu", "JumpReLU", "#17becf", "X", "gatedsae.saes.jumprelu:JumpReLUSAE", "jumprelu", 10,
-    {"W_enc": ENCODER_AXIS, "W_dec": DECODER_AXIS, "b_enc": FEATURE_AXIS, "threshold": FEATURE_AXIS},
-    knob="l0_coefficient", figure="successor"))
+    name="jumprelu", label="JumpReLU", colour="#17becf", marker="X", module="gatedsae.saes.jumprelu:JumpReLUSAE",
+    saelens="jumprelu", train_flops_per_dw=10, feature_axes={**_ENCODER_AXES, "threshold": FEATURE_AXIS},
+    knob="l0_coefficient", role="successor", versus="gated"))
 register(Architecture(
-    "topk", "TopK", "#e377c2", "*", "gatedsae.saes.topk:TopKSAE", "topk", 10,
-    {"W_enc": ENCODER_AXIS, "W_dec": DECODER_AXIS, "b_enc": FEATURE_AXIS}, knob="k", figure="successor",
+    name="topk", label="TopK", colour="#e377c2", marker="*", module="gatedsae.saes.topk:TopKSAE", saelens="topk",
+    train_flops_per_dw=10, feature_axes=_ENCODER_AXES, knob="k", role="successor", versus="gated",
     saelens_cfg_fields=("k", "rescale_acts_by_decoder_norm"), resamples=False))  # AuxK keeps latents alive

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from gatedsae.plan.architectures import architecture
+from gatedsae.plan.architectures import architecture, only, rescale_shift_base
 from gatedsae.plan.config import Config, SAEGroupConfig
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -138,14 +138,14 @@ def train_estimate(config: Config, site: str) -> Estimate:
 
 def rescale_shift_estimate(config: Config, site: str) -> Estimate:
     d, train = config.model.site_width(site), config.train
-    widths = [g.width(d) for g in config.sweep.groups_at(site) if g.arch == "baseline" for _ in g.values]
+    widths = [g.width(d) for g in config.sweep.groups_at(site) if g.arch == rescale_shift_base() for _ in g.values]
     memory = lambda chunk: rescale_shift_memory(config, d, chunk)  # noqa: E731
     streamed = config.cache.mode == "stream"  # then it streams its own site's activations
     lm = stream_model_memory(config) if streamed and config.train_device(site) == config.cache.device else 0.0
     passes = [widths]
     if config.resources.device_memory_gib:
         passes = plan_passes(widths, memory, config.resources.device_memory_gib * GIB - lm)
-    flops = sum(architecture("baseline_rescale_shift").train_flops_per_dw * d * w for w in widths) * train.tokens
+    flops = sum(architecture(only("rescale_shift")).train_flops_per_dw * d * w for w in widths) * train.tokens
     job = f"rescale_shift[{site}]" + (f" in {len(passes)} passes" if len(passes) > 1 else "")
     if streamed:
         flops += stream_forward_flops(config, len(passes))
@@ -158,7 +158,8 @@ def evaluate_estimate(config: Config, site: str) -> Estimate:
     m, evaluate = config.model, config.evaluate
     d = m.site_width(site)
     n_saes = sum(len(g.values) for g in config.sweep.groups_at(site))
-    n_saes += sum(len(g.values) for g in config.sweep.groups_at(site) if g.arch == "baseline") * config.sweep.rescale_shift_at(site)
+    n_saes += (sum(len(g.values) for g in config.sweep.groups_at(site) if g.arch == rescale_shift_base())
+               * config.sweep.rescale_shift_at(site))
     widest = max(g.width(d) for g in config.sweep.groups_at(site))
     tokens = evaluate.ce_windows * config.experiment.context_length
     logits = evaluate.batch_windows * config.experiment.context_length * m.d_vocab * 4 * 2
@@ -174,7 +175,7 @@ def evaluate_estimate(config: Config, site: str) -> Estimate:
 
 
 def _saes_per_grid(config: Config, site: str) -> int:
-    baselines = sum(len(g.values) for g in config.sweep.groups_at(site) if g.arch == "baseline")
+    baselines = sum(len(g.values) for g in config.sweep.groups_at(site) if g.arch == rescale_shift_base())
     return sum(len(g.values) for g in config.sweep.groups_at(site)) + baselines * config.sweep.rescale_shift_at(site)
 
 

@@ -24,7 +24,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from gatedsae.core.codehash import AGGREGATE_CODE, METRICS_CODE, VERDICT_CODE, code_fingerprint
-from gatedsae.plan.config.stages import SPARSE_MAX_DENSITY
+from gatedsae.plan.config.stages import DEAD_AFTER_TOKENS, SPARSE_MAX_DENSITY
 
 if TYPE_CHECKING:
     from gatedsae.plan.config import Config, SAEGroupConfig, TrainConfig
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "cache": {"mode": "store", "stream_keep_shards": 2},
     "train": {"statistics_tokens": None, "sparse": "auto",
-              "sparse_max_density": SPARSE_MAX_DENSITY},
+              "sparse_max_density": SPARSE_MAX_DENSITY, "dead_after_tokens": DEAD_AFTER_TOKENS},
 }
 
 

@@ -25,7 +25,7 @@ import pandas as pd
 
 from gatedsae.core.atomic import write_json_atomic, write_text_atomic
 from gatedsae.core.errors import InputError, IntegrityError
-from gatedsae.plan.architectures import knob_fields
+from gatedsae.plan.architectures import BASELINE, PROPOSED, knob_fields
 from gatedsae.plan.config import Config, ConfigError
 from gatedsae.plan.identity import config_hash
 from gatedsae.plan.layout import ANALYSIS_FILE, ANALYSIS_MARKDOWN, KEY_FILE, PAGE_FILE, study_dir
@@ -174,12 +174,12 @@ def analyse(key: dict, ratings: pd.DataFrame, resamples: int, confidence: float,
                           "fraction_yes_or_maybe": (counts["yes"] + counts["maybe"]) / len(group),
                           "mean_score": float(group["score"].mean())}
     wide = features.pivot_table(index=["pair", "site"], columns="arch", values="score").reset_index()
-    for arch in ("gated", "baseline"):
+    for arch in (PROPOSED, BASELINE):
         if arch not in wide:
             wide[arch] = np.nan
-    complete = wide.dropna(subset=["gated", "baseline"])
-    overall = paired_comparison((complete["gated"] - complete["baseline"]).to_numpy(), resamples, confidence, seed)
-    per_site = {site: paired_comparison((group["gated"] - group["baseline"]).to_numpy(), resamples, confidence, seed)
+    complete = wide.dropna(subset=[PROPOSED, BASELINE])
+    overall = paired_comparison((complete[PROPOSED] - complete[BASELINE]).to_numpy(), resamples, confidence, seed)
+    per_site = {site: paired_comparison((group[PROPOSED] - group[BASELINE]).to_numpy(), resamples, confidence, seed)
                 for site, group in complete.groupby("site")}
     raters = sorted(ratings["rater"].unique())
     agreement = None

@@ -18,6 +18,7 @@ from gatedsae.core.atomic import atomic_path, write_json_atomic, write_text_atom
 from gatedsae.evaluation.frontiers import pareto_optimal
 from gatedsae.evaluation.intervals import Bootstrap
 from gatedsae.plan import architectures
+from gatedsae.plan.architectures import BASELINE, PROPOSED
 from gatedsae.plan.config import IntervalsConfig, VerdictConfig
 from gatedsae.plan.layout import AGGREGATE_OUTPUTS
 from gatedsae.plan.sites import SITES
@@ -108,7 +109,7 @@ def matched_pairs(frame: pd.DataFrame) -> list[tuple[pd.Series, pd.Series]]:
     pairs = []
     main = frame[frame["variant"] == "sweep"]
     for _, cell in main.groupby(["site", "layer"], sort=False):
-        gated, baseline = cell[cell["arch"] == "gated"], cell[cell["arch"] == "baseline"]
+        gated, baseline = cell[cell["arch"] == PROPOSED], cell[cell["arch"] == BASELINE]
         if gated.empty or baseline.empty:
             continue
         log_l0 = np.log(gated["l0"].clip(lower=1e-3))

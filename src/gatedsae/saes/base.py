@@ -107,6 +107,10 @@ class BatchedSAE(nn.Module, ABC):
                     state_dict[prefix + new] = value
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def use_training_settings(self, train) -> None:
+        """Take what the architecture reads from the training settings (`train`, conf/train/); the trainer
+        calls this once the grid is built. Most read nothing; TopK reads its dead window."""
+
     def _add(self, name: str, value: Tensor) -> None:
         if name in self.frozen:
             self.register_buffer(name, value)

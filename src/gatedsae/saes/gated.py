@@ -130,9 +130,3 @@ def to_jumprelu(sae: GatedSAE, i: int) -> dict[str, Tensor]:
             "W_dec": sae.W_dec[i].clone(),
             "b_dec": sae.b_dec[i].clone(),
         }
-
-
-def jumprelu_encode(params: dict[str, Tensor], x: Tensor) -> Tensor:
-    """x [B, d] -> features [B, width] = 1[π > θ] ⊙ ReLU(π), π = (x − b_dec) W_enc + b_enc."""
-    pi = (x - params["b_dec"]) @ params["W_enc"] + params["b_enc"]
-    return (pi > params["threshold"]).to(pi.dtype) * torch.relu(pi)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from gatedsae.saes.base import BatchedSAE
-from gatedsae.saes.gated import jumprelu_encode
+from gatedsae.saes.jumprelu_form import jumprelu_encode
 
 
 def _rectangle(u: Tensor) -> Tensor:

@@ -27,6 +27,7 @@ from typing import ClassVar, Sequence
 import torch
 from torch import Tensor
 
+from gatedsae.plan.config.stages import DEAD_AFTER_TOKENS
 from gatedsae.saes.base import BatchedSAE, LossTerms, squared_error
 
 
@@ -63,12 +64,6 @@ class TopKSAE(BatchedSAE):
 
     arch = "topk"
 
-    # The paper flags a latent dead after 10M tokens without firing, in runs of billions of tokens (~76
-    # optimizer steps of its 131,072-token batches). Our default runs train ~400k tokens, so 10M would never
-    # trigger. 20,480 tokens (20 steps of 1,024, ~5% of a default run) matches `train.resample_window_steps`,
-    # the window in which the other architectures call a feature dead, so "dead" means the same for all;
-    # a latent silent that long fires at a rate < 5e-5, against ~k/width (~1e-2) for an average latent.
-    DEAD_AFTER_TOKENS: ClassVar[int] = 20_480
     # AuxK's weight, the paper's α.
     AUX_COEFFICIENT: ClassVar[float] = 1 / 32
 
@@ -103,6 +98,9 @@ class TopKSAE(BatchedSAE):
 
     def _set_knob(self, knob: Tensor) -> None:
         self.register_buffer("k", knob)  # validated in __init__, before any compute
+
+    def use_training_settings(self, train) -> None:
+        self.dead_after_tokens = train.dead_after_tokens
 
     def preactivations(self, x: Tensor) -> Tensor:
         """π [n, B, width]."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from gatedsae.activations.store import ShardedActivations
-from gatedsae.plan.architectures import KNOBS
+from gatedsae.plan.architectures import KNOBS, architecture
 from gatedsae.plan.config import Config, ConfigError
 from gatedsae.plan.identity import rescale_shift_extra, training_key
 from gatedsae.plan.grid import (
@@ -28,6 +28,8 @@ from gatedsae.plan.grid import (
 )
 from gatedsae.saes.rescale_shift import RescaleShiftSAE
 from gatedsae.training.trainer import GridTrainer, train_lockstep
+
+WRAPPED = architecture(RescaleShiftSAE.arch).wraps  # Fig. 9 rescales and shifts trained baselines
 
 
 def _finished(directory: Path, key: str) -> bool:
@@ -121,11 +123,11 @@ def train_rescale_shift(config: Config, site: str, layer: int, progress: bool = 
     index = grid / GRID_INDEX
     if not index.exists():
         raise FileNotFoundError(f"{index} does not exist; run the train stage first")
-    baselines = [entry for entry in read_grid_index(index) if entry["arch"] == "baseline"]
+    baselines = [entry for entry in read_grid_index(index) if entry["arch"] == WRAPPED]
     if not baselines:
         raise ConfigError(f"sweep '{config.sweep.name}' has no baseline group to rescale and shift")
     out_dir = grid / RESCALE_SHIFT_DIR
-    lrs = {(g.width(d), l1): g.lr for g in config.sweep.groups_at(site) if g.arch == "baseline" for l1 in g.l1}
+    lrs = {(g.width(d), l1): g.lr for g in config.sweep.groups_at(site) if g.arch == WRAPPED for l1 in g.values}
     wrapped = [SAESpec(0, 0, RescaleShiftSAE.arch, e["width"], e["l1"], lrs[(e["width"], e["l1"])]) for e in baselines]
     keys = {spec.name: training_key(config, site, spec, extra=checkpoint_id(entry["path"]))
             for spec, entry in zip(wrapped, baselines)}
@@ -153,7 +155,7 @@ def _train_rescale_shift_pass(config: Config, store: ShardedActivations, site: s
     for width, lr in sorted({(spec.width, spec.lr) for spec, _ in todo}):
         members = [(spec, entry) for spec, entry in todo if (spec.width, spec.lr) == (width, lr)]
         baseline = baseline_from_checkpoints([entry["path"] for _, entry in members],
-                                             seeds=[sae_seed(config.train.seed, "baseline", width, spec.value)
+                                             seeds=[sae_seed(config.train.seed, WRAPPED, width, spec.value)
                                                     for spec, _ in members])
         specs += [SAESpec(len(modules), i, spec.arch, width, spec.value, lr) for i, (spec, _) in enumerate(members)]
         modules.append(RescaleShiftSAE.from_baseline(baseline))

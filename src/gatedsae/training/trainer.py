@@ -49,7 +49,9 @@ def build_grid(config: Config, d: int, site: str, scale: float = 1.0,
         seeds = [sae_seed(config.train.seed, group.arch, width, value) for value in group.values]
         knob = (torch.tensor([group.internal_l1(v, d, scale, mean_sq_norm) for v in group.l1]) if group.knob == "l1"
                 else torch.tensor(group.values, dtype=torch.float32))
-        modules.append(make_sae(group.arch, len(group.values), d, width, knob, config.train.seed, seeds=seeds))
+        module = make_sae(group.arch, len(group.values), d, width, knob, config.train.seed, seeds=seeds)
+        module.use_training_settings(config.train)
+        modules.append(module)
     return modules, grid_specs(config, d, site)
 
 

@@ -50,6 +50,9 @@ class CacheConfig:
 SPARSE_MAX_DENSITY = 0.2
 
 
+DEAD_AFTER_TOKENS = 20_480  # train.dead_after_tokens' default (TopK's dead window, see TrainConfig)
+
+
 @dataclass
 class TrainConfig:
     """Training as in the paper's App. D (Adam β1 = 0, warm-up, resampling), sized for the machine."""
@@ -64,6 +67,10 @@ class TrainConfig:
     max_norm_ratio: Optional[float] = 50.0  # massive activations: rows above this × the median norm (None: none)
     resample_at: list[float] = field(default_factory=lambda: [0.25, 0.5])  # fractions of training
     resample_window_steps: int = 20  # a feature is dead if it did not fire in this many recent steps
+    # TopK's AuxK: a latent silent for this many training tokens is dead. The paper's 10M (in runs of billions
+    # of tokens) would never trigger in runs of ~400k; 20,480 is ~5% of a default run, resample_window_steps
+    # at batch 1,024, and a latent that silent fires at a rate < 5e-5 (an average one: ~k/width, ~1e-2).
+    dead_after_tokens: int = DEAD_AFTER_TOKENS
     resample_lr_factor: float = 0.1  # lr drop after a resample, recovered along a cosine ...
     resample_recovery_steps: int = 20  # ... over this many steps
     buffer_rows: int = 262_144
@@ -95,6 +102,7 @@ class TrainConfig:
         for key in ("lr_warmup_steps", "resample_recovery_steps", "threads"):
             require(getattr(self, key) >= 0, f"train.{key}", f"got {getattr(self, key)}; must be 0 or more")
         require(self.resample_window_steps > 0, "train.resample_window_steps", "must be a positive integer")
+        require(self.dead_after_tokens > 0, "train.dead_after_tokens", "must be a positive number of tokens")
         require(0 < self.resample_lr_factor <= 1, "train.resample_lr_factor", "must lie in (0, 1]")
         require(self.buffer_rows >= self.batch_size, "train.buffer_rows", "must be at least train.batch_size")
         require(self.statistics_tokens is None or self.statistics_tokens > 0, "train.statistics_tokens",

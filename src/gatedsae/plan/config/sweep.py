@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from gatedsae.plan.architectures import ARCHITECTURES, KNOBS, LEGACY_KNOB, PROPOSED, knob_of, rescale_shift_base
 from gatedsae.plan.config.checks import choice, distinct, finite, require, require_safe_name
 from gatedsae.plan.sites import SITES
 
@@ -19,7 +20,7 @@ class SAEGroupConfig:
     names it (the registry says which): λ in `l1` (baseline, Gated), λ_L0 in `l0_coefficient` (JumpReLU),
     k in `k` (TopK); width = width_ratio × d."""
 
-    arch: str = "gated"
+    arch: str = PROPOSED
     width_ratio: float = 4.0
     lr: float = 1e-3
     l1: list[float] = field(default_factory=list)  # λ, the L1 penalty's coefficient
@@ -32,8 +33,6 @@ class SAEGroupConfig:
     l1_units: str = "normalized"
 
     def validate(self, key: str) -> None:
-        from gatedsae.plan.architectures import ARCHITECTURES, KNOBS
-
         choice(self.l1_units, f"{key}.l1_units", L1_UNITS)
         for site in self.sites:
             choice(site, f"{key}.sites", SITES)
@@ -62,8 +61,6 @@ class SAEGroupConfig:
     @property
     def knob(self) -> str:
         """The sweep's sparsity knob for this architecture (the registry's record): a key of KNOBS."""
-        from gatedsae.plan.architectures import knob_of
-
         return knob_of(self.arch)
 
     @property
@@ -74,8 +71,6 @@ class SAEGroupConfig:
     def upgrade_legacy_knob(self, key: str) -> str:
         """Configurations written before each knob had its own key held every penalty's coefficient in `l1`:
         move them to the architecture's own key. Returns a note saying so ("" when nothing moved)."""
-        from gatedsae.plan.architectures import LEGACY_KNOB
-
         knob = self.knob
         if knob == LEGACY_KNOB or knob == "k" or not self.l1 or getattr(self, knob):
             return ""
@@ -119,8 +114,8 @@ class SweepConfig:
     def validate(self) -> None:
         require_safe_name(self.name, "sweep.name")
         require(bool(self.groups), "sweep.groups", "list at least one group of SAEs")
-        require(not self.rescale_shift or any(g.arch == "baseline" for g in self.groups), "sweep.rescale_shift",
-                 "needs a baseline group to rescale and shift")
+        require(not self.rescale_shift or any(g.arch == rescale_shift_base() for g in self.groups),
+                "sweep.rescale_shift", f"needs a {rescale_shift_base()} group to rescale and shift")
         for index, group in enumerate(self.groups):
             group.validate(f"sweep.groups.{index}")
         for site in self.rescale_shift_sites:
@@ -130,7 +125,7 @@ class SweepConfig:
     def rescale_shift_at(self, site: str) -> bool:
         """Whether Fig. 9's rescale-and-shift is trained at `site` (it needs a baseline group there)."""
         return (self.rescale_shift and (not self.rescale_shift_sites or site in self.rescale_shift_sites)
-                and any(g.arch == "baseline" for g in self.groups_at(site)))
+                and any(g.arch == rescale_shift_base() for g in self.groups_at(site)))
 
     def groups_at(self, site: str) -> list[SAEGroupConfig]:
         """The groups trained at `site` (ablation groups may be limited to some sites)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from gatedsae.plan.architectures import ARCHITECTURES, BASELINE, PROPOSED
 from gatedsae.plan.config.checks import choice, distinct, require
 from gatedsae.plan.sites import SITES
 
@@ -19,7 +20,7 @@ class BrowserConfig:
     enabled: bool = False     # build it with the experiment (`snakemake all`); `python -m gatedsae browse` any time
     site: str = "resid_post"   # the site whose SAEs are browsed: resid_post | mlp_out | attn_z
     layer: Optional[int] = None  # None: the experiment's first layer
-    archs: list[str] = field(default_factory=lambda: ["gated", "baseline"])  # the SAEs browsed (architectures)
+    archs: list[str] = field(default_factory=lambda: [PROPOSED, BASELINE])  # the SAEs browsed (architectures)
     features: int = 32        # features sampled per SAE (among those that fire on the held-out rows)
     top_examples: int = 10    # top-activating contexts per feature (one per window)
     quantile_bins: int = 4    # the feature's non-zero activations split at their quantiles ...
@@ -38,8 +39,6 @@ class BrowserConfig:
             require(getattr(self, key) > 0, f"browser.{key}", "must be a positive integer")
         for key in ("examples_per_bin", "context_before", "context_after"):
             require(getattr(self, key) >= 0, f"browser.{key}", "must be 0 or more")
-        from gatedsae.plan.architectures import ARCHITECTURES
-
         require(bool(self.archs), "browser.archs", "list at least one architecture, e.g. [gated, baseline]")
         for arch in self.archs:
             choice(arch, "browser.archs", sorted(ARCHITECTURES))

@@ -10,7 +10,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from gatedsae.plan.architectures import names
+from gatedsae.plan.architectures import BASELINE, PROPOSED, names
 from gatedsae.reporting.figures.style import (
     FULL_WIDTH,
     SINGLE_COLUMN,
@@ -24,9 +24,9 @@ from gatedsae.reporting.figures.style import (
 
 ABLATIONS, RESCALE_SHIFT, SUCCESSORS = names("ablation"), names("rescale_shift"), names("successor")
 FIGURES = {  # stem: (architectures drawn, the ones that must be present for a panel, drawn faint)
-    "fig8_ablations": (["gated", *ABLATIONS, "baseline"], set(ABLATIONS), {"baseline"}),
-    "fig9_rescale_shift": (["baseline", *RESCALE_SHIFT, "gated"], set(RESCALE_SHIFT), set()),
-    "successors_pareto": (["baseline", "gated", *SUCCESSORS], set(SUCCESSORS), set()),
+    "fig8_ablations": ([PROPOSED, *ABLATIONS, BASELINE], set(ABLATIONS), {BASELINE}),
+    "fig9_rescale_shift": ([BASELINE, *RESCALE_SHIFT, PROPOSED], set(RESCALE_SHIFT), set()),
+    "successors_pareto": ([BASELINE, PROPOSED, *SUCCESSORS], set(SUCCESSORS), set()),
 }
 CAPTIONS = {
     "fig8_ablations": "Ablations of the Gated SAE (the paper's Fig. 8): the auxiliary loss also training the decoder "

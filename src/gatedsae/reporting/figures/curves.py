@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import to_rgb
 
-from gatedsae.plan.architectures import knob_value
+from gatedsae.plan.architectures import BASELINE, PROPOSED, knob_value
 from gatedsae.plan.architectures import label as arch_label
 from gatedsae.plan.sites import SITES
 from gatedsae.reporting.figures.style import (
@@ -38,7 +38,7 @@ ROWS = {  # column: (axis label, log scale)
     "dead_fraction": ("dead fraction", False),
     "lr": ("learning rate", False),
 }
-MAIN = ("gated", "baseline")
+MAIN = (PROPOSED, BASELINE)
 
 
 def shades(arch: str, count: int) -> list[tuple[float, float, float]]:

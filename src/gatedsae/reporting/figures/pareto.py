@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from gatedsae.plan.architectures import BASELINE, PROPOSED
 from gatedsae.reporting.figures.style import (
     label_grid,
     label_knobs,
@@ -17,7 +18,7 @@ from gatedsae.reporting.figures.style import (
     site_grid,
 )
 
-MAIN = ("gated", "baseline")
+MAIN = (PROPOSED, BASELINE)
 FIGURES = {  # stem: (y column, lower is better, shared y across sites)
     "fig1_loss_recovered_vs_l0": ("loss_recovered", False, False),
     "delta_lm_loss_vs_l0": ("delta_lm_loss", True, False),
@@ -48,8 +49,8 @@ def figures(frame: pd.DataFrame):
             for arch in MAIN:
                 plot_sweep(ax, cell, arch, y, lower_is_better=lower)
             if y == "loss_recovered":
-                label_knobs(ax, cell, "gated", y)
-                label_knobs(ax, cell, "baseline", y, ends=("sparse",))
+                label_knobs(ax, cell, PROPOSED, y)
+                label_knobs(ax, cell, BASELINE, y, ends=("sparse",))
         label_grid(cells, y)
         shared_legend(fig)
         yield stem, fig

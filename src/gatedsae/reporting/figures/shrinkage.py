@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from gatedsae.plan.architectures import BASELINE, PROPOSED
 from gatedsae.reporting.figures.style import (
     label_grid,
     label_knobs,
@@ -24,16 +25,16 @@ CAPTIONS = {STEM: "Relative reconstruction bias γ = E‖x̂‖² / E[x̂·x] ag
 
 
 def figures(frame: pd.DataFrame):
-    main = frame[frame["arch"].isin(["gated", "baseline"]) & (frame["variant"] == "sweep")]
+    main = frame[frame["arch"].isin([PROPOSED, BASELINE]) & (frame["variant"] == "sweep")]
     if main.empty:
         return
     fig, cells = site_grid(main, sharey=True)
     for (site, layer), ax in cells.items():
         cell = main[(main["site"] == site) & (main["layer"] == layer)]
         reference_line(ax, "gamma")
-        for arch in ("gated", "baseline"):
+        for arch in (PROPOSED, BASELINE):
             plot_line(ax, cell, arch, "gamma")
-        label_knobs(ax, cell, "baseline", "gamma")
+        label_knobs(ax, cell, BASELINE, "gamma")
     label_grid(cells, "gamma")
     shared_legend(fig)
     yield STEM, fig
