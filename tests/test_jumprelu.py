@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from sae_helpers import gradients, inputs, toy_batch, toy_directions, train_step
 
 from gatedsae.saes.base import load_slice_state, slice_state
 from gatedsae.saes.gated import GatedSAE, to_jumprelu
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: threads only
 
 
 def _x(seed: int = 0, batch: int = B) -> torch.Tensor:
-    return torch.randn(batch, D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return inputs(batch, D, seed, torch.float64)
 
 
 @torch.no_grad()
@@ -52,12 +53,6 @@ def _by_hand(sae: JumpReLUSAE, x: torch.Tensor) -> dict[str, torch.Tensor]:
         theta = sae.threshold.clone()
         kernel = (((pi - theta[:, None, :]) / EPS).abs() < 0.5).to(pi.dtype)
     return dict(centred=centred, pi=pi, theta=theta, open=(pi > theta[:, None, :]).to(pi.dtype), kernel=kernel)
-
-
-def _grads(sae, loss: torch.Tensor) -> dict[str, torch.Tensor]:
-    sae.zero_grad(set_to_none=True)
-    loss.backward()
-    return {name: p.grad.clone() if p.grad is not None else torch.zeros_like(p) for name, p in sae.named_parameters()}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -104,7 +99,7 @@ def test_threshold_gradients_are_the_papers_pseudo_derivatives():
     terms = sae(x)
     dL_df = 2 / B * (terms.x_hat.detach() - x) @ sae.W_dec.detach().transpose(1, 2)
     d_theta = -(theta[:, None, :] / EPS * hand["kernel"] * dL_df).sum(1)
-    recon = _grads(sae, terms.reconstruction.sum())
+    recon = gradients(sae, terms.reconstruction.sum())
     assert d_theta.abs().sum() > 0
     torch.testing.assert_close(recon["threshold"], d_theta)
     # ... and the encoder learns only through open features (∂f/∂π = H(π − θ)).
@@ -112,7 +107,7 @@ def test_threshold_gradients_are_the_papers_pseudo_derivatives():
     torch.testing.assert_close(recon["b_enc"], delta.sum(1))
     torch.testing.assert_close(recon["W_enc"], hand["centred"].transpose(1, 2) @ delta)
     # L0 (mean over the batch of Σ_j H): ∂/∂θ = −(1/ε) Σ_B K / B, and nothing else gets a gradient.
-    sparse = _grads(sae, sae(x).sparsity.sum())
+    sparse = gradients(sae, sae(x).sparsity.sum())
     d_theta = -(hand["kernel"] / EPS).sum(1) / B
     assert d_theta.abs().sum() > 0
     torch.testing.assert_close(sparse["threshold"], d_theta)
@@ -145,7 +140,7 @@ def test_slice_of_a_grid_equals_the_sae_alone():
     grid_terms, alone_terms = grid(x), alone(x)
     for field in ("total", "reconstruction", "sparsity", "auxiliary", "features", "x_hat"):
         torch.testing.assert_close(getattr(grid_terms, field)[1:2], getattr(alone_terms, field))
-    grid_grads, alone_grads = _grads(grid, grid_terms.total.sum()), _grads(alone, alone_terms.total.sum())
+    grid_grads, alone_grads = gradients(grid, grid_terms.total.sum()), gradients(alone, alone_terms.total.sum())
     assert grid_grads.keys() == alone_grads.keys()
     assert alone_grads["threshold"].abs().sum() > 0
     for name, grad in alone_grads.items():
@@ -248,20 +243,13 @@ def test_sae_lens_computes_our_features_of_raw_activations(tmp_path):
 # Training on toy data with known sparse features.
 
 
-def _toy_batch(gen: torch.Generator, directions: torch.Tensor, batch: int) -> torch.Tensor:
-    active = torch.rand(batch, directions.shape[0], generator=gen) < 0.05
-    magnitude = 1 + 2 * torch.rand(batch, directions.shape[0], generator=gen)
-    return (active * magnitude) @ directions
-
-
 def test_training_reduces_the_loss_and_lambda_controls_l0():
     """d=16, 32 unit ground-truth directions, each active w.p. 0.05 with magnitude U[1, 3], normalised to
     E||x||² = 1 as the trainer does (the threshold's init and ε assume it). Three SAEs of one init at
     λ = 0.001, 0.03, 0.3 train in one module: each loss falls, and L0 falls as λ grows."""
     gen = torch.Generator().manual_seed(0)
-    directions = torch.randn(32, 16, generator=gen)
-    directions /= directions.norm(dim=-1, keepdim=True)
-    heldout = _toy_batch(gen, directions, 4096)
+    directions = toy_directions(gen)
+    heldout = toy_batch(gen, directions, 4096)
     scale = heldout.pow(2).sum(-1).mean().rsqrt()
     heldout = heldout * scale
     sae = JumpReLUSAE(3, 16, 32, torch.tensor([0.001, 0.03, 0.3]), seeds=[0, 0, 0])
@@ -269,11 +257,7 @@ def test_training_reduces_the_loss_and_lambda_controls_l0():
         start = sae(heldout).total
     opt = torch.optim.Adam(sae.trainable_parameters(), lr=1e-2)
     for _ in range(600):
-        opt.zero_grad(set_to_none=True)
-        sae(_toy_batch(gen, directions, 256) * scale).total.sum().backward()
-        sae.remove_parallel_decoder_grad_()
-        opt.step()
-        sae.constrain_()
+        train_step(sae, opt, toy_batch(gen, directions, 256) * scale)
     with torch.no_grad():
         end = sae(heldout)
     l0 = end.sparsity.tolist()

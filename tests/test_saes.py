@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sae_helpers import gradients, inputs, perturb, toy_batch, toy_directions, train_step
 
 from gatedsae.plan.architectures import ARCHITECTURES, sae_class
 from gatedsae.saes.base import load_slice_state, make_sae, slice_state
@@ -23,38 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: threads only
 
 
 def _x(seed: int = 0, batch: int = B, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return torch.randn(batch, D, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-@torch.no_grad()
-def _perturb(sae, seed: int = 1, scale: float = 0.3) -> None:
-    """Move every parameter and buffer (but λ) off its init so no term is trivially zero."""
-    gen = torch.Generator().manual_seed(seed)
-    for name, t in [*sae.named_parameters(), *sae.named_buffers()]:
-        if name != "sparsity_coefficient" and not (name == "r_mag" and "r_mag" in sae.frozen):
-            t.add_(scale * torch.randn(t.shape, generator=gen, dtype=t.dtype))
-    sae.W_dec.div_(sae.W_dec.norm(dim=-1, keepdim=True))
-
-
-def _grads(sae) -> dict[str, torch.Tensor]:
-    return {
-        name: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
-        for name, p in sae.named_parameters()
-    }
-
-
-def _backward(sae, loss: torch.Tensor) -> dict[str, torch.Tensor]:
-    sae.zero_grad(set_to_none=True)
-    loss.backward()
-    return _grads(sae)
-
-
-def _step(sae, opt, x) -> None:
-    opt.zero_grad(set_to_none=True)
-    sae(x).total.sum().backward()
-    sae.remove_parallel_decoder_grad_()
-    opt.step()
-    sae.normalize_decoder_()
+    return inputs(batch, D, seed, dtype)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -102,7 +72,7 @@ def test_slice_init_depends_on_its_seed_only():
 
 def test_slice_state_round_trip_and_mismatch():
     source = make_sae("gated", 2, D, WIDTH, torch.tensor([0.5, 2.0]), seed=1)
-    _perturb(source)
+    perturb(source)
     target = make_sae("gated", 3, D, WIDTH, torch.ones(3), seed=2)
     state = slice_state(source, 1)
     assert state["sparsity_coefficient"].item() == 2.0 and state["W_dec"].shape == (WIDTH, D)
@@ -120,10 +90,10 @@ def test_slice_state_round_trip_and_mismatch():
 @pytest.mark.parametrize("arch", GATED)
 def test_heaviside_gate_passes_no_gradient(arch):
     sae = make_sae(arch, 2, D, WIDTH, torch.tensor([0.3, 1.0]), seed=0)
-    _perturb(sae)
+    perturb(sae)
     terms = sae(_x())
     assert 0 < (terms.features > 0).float().mean() < 1  # some gates open, some closed
-    recon = _backward(sae, terms.reconstruction.sum())
+    recon = gradients(sae, terms.reconstruction.sum())
     assert torch.equal(recon["b_gate"], torch.zeros_like(recon["b_gate"]))  # b_gate only feeds the gate
     if arch == "gated_untied":  # untied, W_gate too only feeds the gate
         assert torch.equal(recon["W_gate"], torch.zeros_like(recon["W_gate"]))
@@ -131,20 +101,20 @@ def test_heaviside_gate_passes_no_gradient(arch):
         assert recon["W_gate"].abs().sum() > 0
     assert recon["b_mag"].abs().sum() > 0
     terms = sae(_x())
-    gate = _backward(sae, (sae.sparsity_coefficient * terms.sparsity + terms.auxiliary).sum())
+    gate = gradients(sae, (sae.sparsity_coefficient * terms.sparsity + terms.auxiliary).sum())
     assert (gate["b_gate"].abs().sum(-1) > 0).all()  # the gate learns from sparsity + auxiliary only
     assert torch.equal(gate["b_mag"], torch.zeros_like(gate["b_mag"]))  # ... which never touch magnitudes
 
 
 def test_auxiliary_term_trains_the_decoder_only_when_unfrozen():
     frozen = make_sae("gated", 2, D, WIDTH, torch.ones(2), seed=0)
-    _perturb(frozen)
+    perturb(frozen)
     unfrozen = make_sae("gated_unfrozen_decoder", 2, D, WIDTH, torch.ones(2), seed=0)
     for i in range(2):
         load_slice_state(unfrozen, i, slice_state(frozen, i))
     x = _x()
-    g_frozen = _backward(frozen, frozen(x).auxiliary.sum())
-    g_unfrozen = _backward(unfrozen, unfrozen(x).auxiliary.sum())
+    g_frozen = gradients(frozen, frozen(x).auxiliary.sum())
+    g_unfrozen = gradients(unfrozen, unfrozen(x).auxiliary.sum())
 
     assert torch.equal(g_frozen["W_dec"], torch.zeros_like(frozen.W_dec))
     with torch.no_grad():  # d/dW_dec and d/db_dec of mean_B ||x − (a W_dec + b_dec)||², a = ReLU(π_gate)
@@ -170,14 +140,14 @@ def test_no_rmag_has_no_trainable_rmag():
     assert not any(p is sae.r_mag for p in sae.trainable_parameters())
     opt = torch.optim.Adam(sae.trainable_parameters(), lr=1e-2)
     for step in range(3):
-        _step(sae, opt, _x(step))
+        train_step(sae, opt, _x(step))
     assert not sae.r_mag.any()
     torch.testing.assert_close(sae.magnitude_weight(), sae.W_gate)
 
 
 def _trained_baseline(n: int = 2) -> BaselineSAE:
     baseline = make_sae("baseline", n, D, WIDTH, torch.linspace(0.2, 1.0, n), seed=3)
-    _perturb(baseline)
+    perturb(baseline)
     return baseline
 
 
@@ -190,12 +160,12 @@ def test_rescale_shift_starts_as_the_baseline_and_trains_only_rmag_bmag():
         torch.testing.assert_close(getattr(terms, field), getattr(base_terms, field))
     assert not terms.auxiliary.any()
     assert {name for name, _ in sae.named_parameters()} == {"r_mag", "b_mag"}
-    grads = _backward(sae, terms.total.sum())
+    grads = gradients(sae, terms.total.sum())
     assert grads["r_mag"].abs().sum() > 0 and grads["b_mag"].abs().sum() > 0
     frozen = {name: getattr(sae, name).clone() for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
     opt = torch.optim.Adam(sae.trainable_parameters(), lr=1e-2)
     for step in range(3):
-        _step(sae, opt, _x(step))
+        train_step(sae, opt, _x(step))
     assert sae.r_mag.abs().sum() > 0
     for name, value in frozen.items():
         assert torch.equal(getattr(sae, name), value), name
@@ -234,7 +204,7 @@ def test_decoder_rows_stay_unit_norm(arch):
     start = sae.W_dec.detach().clone()
     opt = torch.optim.Adam(sae.trainable_parameters(), lr=1e-2, betas=(0.0, 0.999))
     for step in range(10):
-        _step(sae, opt, _x(step) + 1.0)
+        train_step(sae, opt, _x(step) + 1.0)
         torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(2, WIDTH), rtol=0, atol=1e-6)
     assert (sae.W_dec - start).abs().max() > 1e-2  # the decoder did move
 
@@ -242,7 +212,7 @@ def test_decoder_rows_stay_unit_norm(arch):
 @pytest.mark.parametrize("arch", ["baseline", "gated"])
 def test_parallel_gradient_removal_leaves_orthogonal_rows(arch):
     sae = make_sae(arch, 2, D, WIDTH, torch.tensor([0.1, 1.0]), seed=0)
-    _perturb(sae)
+    perturb(sae)
     sae(_x() + 1.0).total.sum().backward()
     W = sae.W_dec.detach().double()
     before = sae.W_dec.grad.double().clone()
@@ -266,7 +236,7 @@ def test_weight_tying_holds_after_training():
     assert "W_mag" not in dict(sae.named_parameters())
     opt = torch.optim.Adam(sae.trainable_parameters(), lr=3e-2, betas=(0.0, 0.999))
     for step in range(10):
-        _step(sae, opt, _x(step) + 1.0)
+        train_step(sae, opt, _x(step) + 1.0)
     assert sae.r_mag.abs().min() > 1e-3  # every r_mag moved, so tying is not trivially W_mag = W_gate
     with torch.no_grad():
         W_mag = torch.exp(sae.r_mag)[:, None, :] * sae.W_gate
@@ -283,7 +253,7 @@ def test_untied_magnitude_weights_are_separate():
     assert "r_mag" not in dict(sae.named_parameters()) and "r_mag" not in dict(sae.named_buffers())
     opt = torch.optim.Adam(sae.trainable_parameters(), lr=3e-2, betas=(0.0, 0.999))
     for step in range(5):
-        _step(sae, opt, _x(step) + 1.0)
+        train_step(sae, opt, _x(step) + 1.0)
     assert sae.magnitude_weight() is sae.W_mag
     assert (sae.W_mag - sae.W_gate).abs().max() > 1e-2
     with pytest.raises(TypeError):
@@ -321,15 +291,15 @@ def test_slice_of_a_grid_equals_the_sae_alone(arch):
     l1 = torch.tensor([0.1, 0.5, 2.0])
     grid = make_sae(arch, 3, D, WIDTH, l1, seed=0, seeds=[21, 22, 23])
     alone = make_sae(arch, 1, D, WIDTH, l1[1:2], seed=0, seeds=[22])
-    _perturb(grid)  # every slice moved differently, so a mixing bug would show
+    perturb(grid)  # every slice moved differently, so a mixing bug would show
     load_slice_state(alone, 0, slice_state(grid, 1))
     x = _x() + 0.5
     grid_terms, alone_terms = grid(x), alone(x)
     for field in ("total", "reconstruction", "sparsity", "auxiliary", "features", "x_hat"):
         torch.testing.assert_close(getattr(grid_terms, field)[1:2], getattr(alone_terms, field),
                                    rtol=1e-6, atol=1e-6)
-    grid_grads = _backward(grid, grid_terms.total.sum())
-    alone_grads = _backward(alone, alone_terms.total.sum())
+    grid_grads = gradients(grid, grid_terms.total.sum())
+    alone_grads = gradients(alone, alone_terms.total.sum())
     assert grid_grads.keys() == alone_grads.keys()
     for name, grad in alone_grads.items():
         torch.testing.assert_close(grid_grads[name][1:2], grad, rtol=1e-5, atol=1e-6)
@@ -339,26 +309,19 @@ def test_slice_of_a_grid_equals_the_sae_alone(arch):
 # Shrinkage on toy data with known sparse features.
 
 
-def _toy_batch(gen: torch.Generator, directions: torch.Tensor, batch: int) -> torch.Tensor:
-    active = torch.rand(batch, directions.shape[0], generator=gen) < 0.05
-    magnitude = 1 + 2 * torch.rand(batch, directions.shape[0], generator=gen)
-    return (active * magnitude) @ directions
-
-
 def test_baseline_shrinks_and_gated_does_not_on_toy_data():
     """d=16, 32 unit ground-truth directions, each active w.p. 0.05 with magnitude U[1, 3]. At the same λ
     both SAEs are sparse and reconstruct well, but the baseline's L1 shrinks its features (γ well below 1)
     while the Gated SAE's magnitudes are unpenalised (γ ≈ 1)."""
     gen = torch.Generator().manual_seed(0)
-    directions = torch.randn(32, 16, generator=gen)
-    directions /= directions.norm(dim=-1, keepdim=True)
-    heldout = _toy_batch(gen, directions, 4096)
+    directions = toy_directions(gen)
+    heldout = toy_batch(gen, directions, 4096)
     results = {}
     for arch in ("baseline", "gated"):
         sae = make_sae(arch, 1, 16, 32, torch.tensor([1.0]), seed=0)
         opt = torch.optim.Adam(sae.trainable_parameters(), lr=1e-2, betas=(0.0, 0.999))
         for _ in range(300):
-            _step(sae, opt, _toy_batch(gen, directions, 256))
+            train_step(sae, opt, toy_batch(gen, directions, 256))
         with torch.no_grad():
             terms = sae(heldout)
             x_hat = terms.x_hat[0]

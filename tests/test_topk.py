@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from sae_helpers import gradients, inputs, perturb, toy_batch, toy_directions, train_step
 
 from gatedsae.saes.base import load_slice_state, slice_state
 from gatedsae.saes.topk import TopKSAE
@@ -17,26 +18,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: threads only
 
 
 def _x(seed: int = 0, batch: int = B, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    return torch.randn(batch, D, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    return inputs(batch, D, seed, dtype)
 
 
 def _sae(k, seeds=(1, 2, 3), **kwargs) -> TopKSAE:
     return TopKSAE(len(seeds), D, WIDTH, k, seeds, **kwargs).double()
-
-
-@torch.no_grad()
-def _perturb(sae: TopKSAE, seed: int = 1, scale: float = 0.3) -> None:
-    """Move every parameter off its init (biases included) so no term is trivially zero."""
-    gen = torch.Generator().manual_seed(seed)
-    for _, p in sae.named_parameters():
-        p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    sae.W_dec.div_(sae.W_dec.norm(dim=-1, keepdim=True))
-
-
-def _grads(sae, loss: torch.Tensor) -> dict[str, torch.Tensor]:
-    sae.zero_grad(set_to_none=True)
-    loss.backward()
-    return {name: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for name, p in sae.named_parameters()}
 
 
 def _mark_dead(sae: TopKSAE, dead: torch.Tensor) -> None:
@@ -50,7 +36,7 @@ def _mark_dead(sae: TopKSAE, dead: torch.Tensor) -> None:
 def test_each_sae_keeps_its_own_k_largest_positive_preactivations():
     k = [1, 3, 7]
     sae = _sae(k)
-    _perturb(sae)
+    perturb(sae, buffers=False)
     with torch.no_grad():
         sae.b_enc[:, : WIDTH // 2] -= 1.5  # many π ≤ 0, so some rows have fewer than k positive
     x = _x()
@@ -78,11 +64,11 @@ def test_each_sae_keeps_its_own_k_largest_positive_preactivations():
 
 def test_reconstruction_gradient_reaches_only_the_selected_latents():
     sae = _sae([2, 3], seeds=(1, 2))
-    _perturb(sae)
+    perturb(sae, buffers=False)
     x = _x(batch=2)  # few tokens, so most latents are selected on none
     terms = sae(x)
     selected = terms.features > 0  # [n, 2, width]
-    grads = _grads(sae, terms.reconstruction.sum())
+    grads = gradients(sae, terms.reconstruction.sum())
     used = selected.any(1)  # latents selected on some token
     assert (~used).any() and used.any()
     assert not grads["b_enc"][~used].any() and not grads["W_enc"].transpose(1, 2)[~used].any()
@@ -95,7 +81,7 @@ def test_reconstruction_gradient_reaches_only_the_selected_latents():
 
 def test_auxk_is_zero_without_dead_latents_and_trains_only_the_dead_ones():
     sae = _sae([2, 3], seeds=(1, 2), k_aux=3)
-    _perturb(sae)
+    perturb(sae, buffers=False)
     x = _x()
     terms = sae(x)
     assert not sae.dead().any() and not terms.auxiliary.any()
@@ -118,7 +104,7 @@ def test_auxk_is_zero_without_dead_latents_and_trains_only_the_dead_ones():
         expected = (e - z @ sae.W_dec[0]).pow(2).sum(-1).mean() / 32
     torch.testing.assert_close(terms.auxiliary[0], expected)
 
-    grads = _grads(sae, terms.auxiliary.sum())
+    grads = gradients(sae, terms.auxiliary.sum())
     chosen = (z > 0).any(0)
     assert chosen.any() and (dead[0] | ~chosen).all()  # only dead latents are chosen
     assert (grads["b_enc"][0, chosen] != 0).all() and not grads["b_enc"][0, ~chosen].any()
@@ -132,7 +118,7 @@ def test_auxk_is_zero_without_dead_latents_and_trains_only_the_dead_ones():
 
 def test_dead_counter_advances_and_resets_in_training_only():
     sae = _sae([1], seeds=(5,), dead_after_tokens=3 * B)
-    _perturb(sae)
+    perturb(sae, buffers=False)
     x = _x()
     fires = (sae.encode(x) > 0).any(1)  # [1, width]
     assert fires.any() and (~fires).sum() >= 2
@@ -161,7 +147,7 @@ def test_dead_counter_advances_and_resets_in_training_only():
 def test_slice_of_a_grid_equals_the_sae_alone():
     grid = TopKSAE(3, D, WIDTH, [2, 5, 9], [21, 22, 23], k_aux=3)
     alone = TopKSAE(1, D, WIDTH, 5, [22], k_aux=3)
-    _perturb(grid)
+    perturb(grid, buffers=False)
     dead = torch.rand(3, WIDTH, generator=torch.Generator().manual_seed(4)) < 0.4
     assert dead[1].any()
     _mark_dead(grid, dead)
@@ -173,8 +159,8 @@ def test_slice_of_a_grid_equals_the_sae_alone():
     assert alone_terms.auxiliary[0] > 0
     for field in ("total", "reconstruction", "sparsity", "auxiliary", "features", "x_hat"):
         torch.testing.assert_close(getattr(grid_terms, field)[1:2], getattr(alone_terms, field), rtol=1e-6, atol=1e-6)
-    grid_grads = _grads(grid, grid_terms.total.sum())
-    alone_grads = _grads(alone, alone_terms.total.sum())
+    grid_grads = gradients(grid, grid_terms.total.sum())
+    alone_grads = gradients(alone, alone_terms.total.sum())
     assert grid_grads.keys() == alone_grads.keys()
     for name, grad in alone_grads.items():
         torch.testing.assert_close(grid_grads[name][1:2], grad, rtol=1e-5, atol=1e-6)
@@ -194,7 +180,7 @@ def test_sae_lens_loads_the_export_and_computes_the_same_features(tmp_path):
 
     scale = 3.7
     sae = TopKSAE(2, D, WIDTH, [2, 4], [1, 2])
-    _perturb(sae)
+    perturb(sae, buffers=False)
     x_raw = _x(9, batch=64, dtype=torch.float32) * 2 + 0.3
     ours = sae.encode(scale * x_raw)
     for i in range(2):
@@ -239,31 +225,19 @@ def test_bad_k_shape_and_auxk_settings_are_refused():
 # Training on toy data with known sparse features.
 
 
-def _toy_batch(gen: torch.Generator, directions: torch.Tensor, batch: int) -> torch.Tensor:
-    active = torch.rand(batch, directions.shape[0], generator=gen) < 0.05
-    magnitude = 1 + 2 * torch.rand(batch, directions.shape[0], generator=gen)
-    return (active * magnitude) @ directions
-
-
 def test_training_reduces_the_loss_and_larger_k_reconstructs_better():
     """d=16, 32 unit ground-truth directions, each active w.p. 0.05 (1.6 per input on average). One module
     trains k = 1 and k = 4 side by side (AuxK on, with a short dead window so it acts)."""
     gen = torch.Generator().manual_seed(0)
-    directions = torch.randn(32, 16, generator=gen)
-    directions /= directions.norm(dim=-1, keepdim=True)
-    heldout = _toy_batch(gen, directions, 2048)
+    directions = toy_directions(gen)
+    heldout = toy_batch(gen, directions, 2048)
     sae = TopKSAE(2, 16, 32, [1, 4], [0, 1], dead_after_tokens=5 * 256)
     with torch.no_grad():
         before = sae(heldout)
     opt = torch.optim.Adam(sae.trainable_parameters(), lr=1e-2, betas=(0.0, 0.999))
     auxiliary_seen = torch.zeros(2)
     for _ in range(200):
-        opt.zero_grad(set_to_none=True)
-        terms = sae(_toy_batch(gen, directions, 256))
-        terms.total.sum().backward()
-        sae.remove_parallel_decoder_grad_()
-        opt.step()
-        sae.constrain_()
+        terms = train_step(sae, opt, toy_batch(gen, directions, 256))
         auxiliary_seen = torch.maximum(auxiliary_seen, terms.auxiliary.detach())
     sae.eval()
     with torch.no_grad():
