@@ -33,7 +33,7 @@ class SAESpec:
 
     @property
     def knob_fields(self) -> dict:
-        """The knob as recorded in checkpoints, grid indexes and metrics rows: {"l1": λ} or {"k": k}."""
+        """The knob as recorded in checkpoints, grid indexes and metrics rows: {knob: value}."""
         return {self.knob: int(self.value) if self.knob == "k" else self.value}
 
 
