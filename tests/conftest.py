@@ -56,10 +56,34 @@ def smoke_cache(smoke_tokens, tiny_model, tmp_path_factory) -> Config:
     return config
 
 
-def copy_token_data(source: Config, target_dir: Path) -> Config:
-    """A fresh data dir holding `source`'s text and tokens, so a test can cache into it."""
+def copy_data(source: Config, target_dir: Path, parts: tuple[str, ...], *overrides: str) -> Config:
+    """A fresh data dir holding the `parts` of `source`'s (text, tokens, activations, checkpoints), and the
+    smoke configuration pointing at it: a test writes there without touching a session fixture's data."""
     import shutil
 
-    for part in ("text", "tokens"):
-        shutil.copytree(source.paths.root / part, target_dir / part)
-    return smoke_config(target_dir)
+    for part in parts:
+        shutil.copytree(source.paths.root / part, Path(target_dir) / part)
+    return smoke_config(target_dir, *overrides)
+
+
+def copy_token_data(source: Config, target_dir: Path) -> Config:
+    """A fresh data dir holding `source`'s text and tokens, so a test can cache into it."""
+    return copy_data(source, target_dir, ("text", "tokens"))
+
+
+SMOKE_SITES = ("resid_post", "mlp_out", "attn_z")
+TRAINED = ("text", "tokens", "activations", "checkpoints")  # what `smoke_trained` holds
+
+
+@pytest.fixture(scope="session")
+def smoke_trained(smoke_cache, tmp_path_factory) -> Config:
+    """The smoke sweep trained once per session at every site, with Fig. 9's rescale-and-shift on top:
+    read-only for tests, which take a copy (`copy_data(smoke_trained, dir, TRAINED)`). A test that trains
+    the same grid in its copy finds every SAE finished (same training keys) and trains nothing."""
+    from gatedsae.training.stages import train_grid, train_rescale_shift
+
+    config = copy_data(smoke_cache, tmp_path_factory.mktemp("trained"), ("text", "tokens", "activations"))
+    for site in SMOKE_SITES:
+        train_grid(config, site, 1, progress=False)
+        train_rescale_shift(config, site, 1, progress=False)
+    return config

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import smoke_config
+from conftest import TRAINED, copy_data
 
 from gatedsae.activations.store import ActivationStore
 from gatedsae.core.errors import InputError
@@ -31,13 +31,12 @@ SITE, LAYER = "resid_post", 1
 
 
 @pytest.fixture(scope="module")
-def evaluated(smoke_cache, tiny_model, tmp_path_factory):
-    """The smoke residual-stream grid trained, evaluated and aggregated, in a data dir of its own."""
+def evaluated(smoke_trained, tiny_model, tmp_path_factory):
+    """The smoke residual-stream grid (the session's, copied: training finds it finished), evaluated and
+    aggregated, in a data dir of its own."""
     data = tmp_path_factory.mktemp("pages")
-    for part in ("text", "tokens", "activations"):
-        shutil.copytree(smoke_cache.paths.root / part, data / part)
-    config = smoke_config(data, "browser.features=5", "study.features_per_sae=12", f"study.sites=[{SITE}]",
-                          "study.bootstrap=2000", "sweep.rescale_shift=false")
+    config = copy_data(smoke_trained, data, TRAINED, "browser.features=5", "study.features_per_sae=12",
+                       f"study.sites=[{SITE}]", "study.bootstrap=2000", "sweep.rescale_shift=false")
     config = replace(config, experiment=replace(config.experiment, results_dir=str(data / "results")))
     train_grid(config, SITE, LAYER, progress=False)
     aggregate([evaluate_grid(config, SITE, LAYER, progress=False, loaded=tiny_model)], config.experiment.results)

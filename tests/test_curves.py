@@ -10,14 +10,14 @@ from dataclasses import replace
 
 import pandas as pd
 import pytest
-from conftest import smoke_config
+from conftest import TRAINED, copy_data
 
 from gatedsae.activations.store import ActivationStore
 from gatedsae.plan.config import load_config
 from gatedsae.plan.grid import grid_specs
 from gatedsae.plan.identity import training_key
-from gatedsae.reporting.curves import gather_curves
-from gatedsae.training.curves import CURVES_FILE, FIELDS
+from gatedsae.reporting.curves_table import gather_curves
+from gatedsae.training.curve_log import CURVES_FILE, FIELDS
 from gatedsae.training.stages import train_grid
 from gatedsae.training.trainer import GridTrainer, lr_factor
 
@@ -92,12 +92,12 @@ def test_no_curves_when_logging_is_off(smoke_cache, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def gathered(smoke_cache, tmp_path_factory):
+def gathered(smoke_trained, tmp_path_factory):
     """Two sites' grids trained, one grid's baseline rows removed (SAEs trained before curves existed),
     and the experiment's curves gathered: (config, the trained resid_post grid's index, curves.csv)."""
     tmp_path = tmp_path_factory.mktemp("gathered")
-    shutil.copytree(smoke_cache.paths.root / "activations", tmp_path / "activations")
-    config = smoke_config(tmp_path)
+    # The session's grids (training finds them finished), without Fig. 9's variant: only the sweeps' curves.
+    config = copy_data(smoke_trained, tmp_path, TRAINED, "sweep.rescale_shift=false")
     config = replace(config, experiment=replace(config.experiment, sites=[SITE, "mlp_out"],
                                                 results_dir=str(tmp_path / "results")))
     index = json.loads(train_grid(config, SITE, LAYER, progress=False).read_text())

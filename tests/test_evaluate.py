@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TRAINED, copy_data
 
 from gatedsae.activations.store import ActivationStore
 from gatedsae.data.corpus import load_windows
@@ -24,7 +25,6 @@ from gatedsae.evaluation.evaluate import (
 from gatedsae.evaluation.reconstruction import ReconstructionStats
 from gatedsae.evaluation.spliced import SplicedLM, next_token_losses
 from gatedsae.saes.checkpoints import CFG_FILE, RECORD_FILE, WEIGHTS_FILE
-from gatedsae.training.stages import train_grid, train_rescale_shift
 
 SITES = ("resid_post", "mlp_out", "attn_z")
 
@@ -122,16 +122,9 @@ def test_prefix_activations_are_the_cached_heldout_rows_without_bos(smoke_cache,
 
 
 @pytest.fixture(scope="module")
-def trained_smoke(smoke_cache, tmp_path_factory):
-    """The smoke grids trained (and rescale-shifted) once, in a data dir of their own."""
-    data = tmp_path_factory.mktemp("evaluated")
-    for part in ("text", "tokens", "activations"):
-        shutil.copytree(smoke_cache.paths.root / part, data / part)
-    config = replace(smoke_cache, paths=replace(smoke_cache.paths, data=str(data)))
-    for site in SITES:
-        train_grid(config, site, 1, progress=False)
-        train_rescale_shift(config, site, 1, progress=False)
-    return config
+def trained_smoke(smoke_trained, tmp_path_factory):
+    """A copy of the session's trained (and rescale-shifted) smoke grids: evaluation writes in it."""
+    return copy_data(smoke_trained, tmp_path_factory.mktemp("evaluated"), TRAINED)
 
 
 @pytest.mark.parametrize("site", SITES)

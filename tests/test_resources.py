@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import smoke_config
+from conftest import TRAINED, copy_data
 
 from gatedsae.plan.config import REPO_ROOT, load_config
 from gatedsae.plan.estimates import GIB, experiment_estimates, plan_passes, train_estimate, train_pass_memory
@@ -50,8 +49,7 @@ def test_plan_passes_is_greedy_and_stable():
 
 
 def test_an_impossible_config_stops_before_any_compute(smoke_cache, tmp_path):
-    shutil.copytree(smoke_cache.paths.root / "activations", tmp_path / "activations")
-    config = smoke_config(tmp_path, "resources.device_memory_gib=0.0001")
+    config = copy_data(smoke_cache, tmp_path, ("activations",), "resources.device_memory_gib=0.0001")
     with pytest.raises(ResourceError, match=r"train\[resid_post\] needs about .* GiB but cpu has 0.0 GiB; lower"):
         train_grid(config, SITE, LAYER, progress=False)
     assert not config.paths.checkpoints_dir("tiny", "tiny", SITE, LAYER, "smoke").exists()
@@ -61,14 +59,13 @@ def test_an_impossible_config_stops_before_any_compute(smoke_cache, tmp_path):
     assert result.returncode == 3 and "resource error" in result.stderr
 
 
-def test_a_grid_too_large_for_the_device_trains_in_passes_to_the_same_saes(smoke_cache, tmp_path, capsys):
-    shutil.copytree(smoke_cache.paths.root / "activations", tmp_path / "one" / "activations")
-    shutil.copytree(smoke_cache.paths.root / "activations", tmp_path / "split" / "activations")
-    whole = smoke_config(tmp_path / "one")
+def test_a_grid_too_large_for_the_device_trains_in_passes_to_the_same_saes(smoke_cache, smoke_trained, tmp_path,
+                                                                             capsys):
+    whole = copy_data(smoke_trained, tmp_path / "one", TRAINED)  # the grid trained in one pass (the session's)
     memory = train_pass_memory(whole, SITE)
     specs = grid_specs(whole, whole.model.site_width(SITE), SITE)
     budget = memory(specs[:3]) / GIB  # room for three of the six SAEs at a time
-    split = smoke_config(tmp_path / "split", f"resources.device_memory_gib={budget}")
+    split = copy_data(smoke_cache, tmp_path / "split", ("activations",), f"resources.device_memory_gib={budget}")
     index = train_grid(split, SITE, LAYER, progress=False)
     assert re.search(r"training 6 in [23] passes over the data", capsys.readouterr().out)
     train_grid(whole, SITE, LAYER, progress=False)

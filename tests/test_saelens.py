@@ -10,16 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import smoke_config
+from conftest import TRAINED, copy_data
 
 from gatedsae.data.corpus import load_windows
 from gatedsae.evaluation.evaluate import CheckpointSAE
 from gatedsae.evaluation.spliced import SplicedLM
 from gatedsae.plan.architectures import architecture
-from gatedsae.plan.grid import read_grid_index
+from gatedsae.plan.grid import GRID_INDEX, read_grid_index
 from gatedsae.plan.sites import hook_name
 from gatedsae.saes.checkpoints import SAELENS_FORMAT_VERSION, read_checkpoint
-from gatedsae.training.stages import train_grid
 
 sae_lens = pytest.importorskip("sae_lens")
 
@@ -28,13 +27,11 @@ LAYER = 1
 
 
 @pytest.fixture(scope="module")
-def smoke_grids(smoke_cache, tmp_path_factory):
-    """Every smoke site's grid trained once: (config, {site: grid index})."""
-    data = tmp_path_factory.mktemp("saelens")
-    for part in ("tokens", "activations"):
-        shutil.copytree(smoke_cache.paths.root / part, data / part)
-    config = smoke_config(data)
-    return config, {site: read_grid_index(train_grid(config, site, LAYER, progress=False)) for site in SITES}
+def smoke_grids(smoke_trained, tmp_path_factory):
+    """A copy of the session's trained smoke sweep: (config, {site: grid index})."""
+    config = copy_data(smoke_trained, tmp_path_factory.mktemp("saelens"), TRAINED)
+    grid = lambda site: config.paths.checkpoints_dir("tiny", "tiny", site, LAYER, "smoke") / GRID_INDEX  # noqa: E731
+    return config, {site: read_grid_index(grid(site)) for site in SITES}
 
 
 def _loadable(entries: list[dict]) -> list[dict]:
@@ -104,9 +101,8 @@ def test_an_older_checkpoint_is_upgraded_in_place_without_touching_its_weights(s
 
     config, grids = smoke_grids
     entry = _loadable(grids["mlp_out"])[0]
-    data = tmp_path / "data"  # a copy of the trained data, whose one checkpoint gets the old format
-    for part in ("tokens", "activations", "checkpoints"):
-        shutil.copytree(config.paths.root / part, data / part)
+    # a copy of the trained data, whose one checkpoint gets the old format
+    data = copy_data(config, tmp_path / "data", ("tokens", "activations", "checkpoints")).paths.root
     old = data / Path(entry["path"]).relative_to(config.paths.root)
     cfg = json.loads((old / CFG_FILE).read_text())
     cfg["meta"] = {k: cfg["metadata"][k] for k in ("model_name", "hook_name", "context_size")}
@@ -175,7 +171,7 @@ def test_a_hub_export_loads_with_sae_lens_from_pretrained_without_network(smoke_
     config, grids = smoke_grids
     out = tmp_path / "hub"
     assert main(["export-hub", "experiment=smoke", f"paths.data={config.paths.root}", "--repo=someone/smoke-saes",
-                 f"--out={out}", f"experiment.results_dir={tmp_path / 'results'}"]) == 0
+                 f"--out={out}", f"experiment.results_dir={tmp_path / 'results'}", "sweep.rescale_shift=false"]) == 0
     exported = sorted(str(p.parent.relative_to(out)) for p in out.rglob("cfg.json"))
     loadable = sorted(f"{hook_name(site, LAYER)}/{e['sae']}" for site, index in grids.items() for e in _loadable(index))
     assert exported == loadable and "gated_untied" in (out / "README.md").read_text()  # named, left out

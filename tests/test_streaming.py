@@ -3,13 +3,12 @@ gives the same SAEs (and so the same metrics) from either; the sites of a layer 
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import copy_token_data, smoke_config
+from conftest import copy_data, copy_token_data, smoke_config
 
 from gatedsae.activations.cache import cache_activations
 from gatedsae.activations.store import ActivationStore
@@ -50,8 +49,7 @@ def test_streamed_shards_are_the_stored_shards(smoke_tokens, tiny_model, tmp_pat
 def test_stream_mode_trains_the_same_saes_as_the_cache(smoke_cache, smoke_tokens, tmp_path):
     streamed = smoke_config(copy_token_data(smoke_tokens, tmp_path / "stream").paths.root, "cache.mode=stream")
     indexes = train_layer(streamed, LAYER, progress=False)  # every site of the layer, in lockstep
-    shutil.copytree(smoke_cache.paths.root / "activations", tmp_path / "store" / "activations")
-    stored = smoke_config(tmp_path / "store")
+    stored = copy_data(smoke_cache, tmp_path / "store", ("activations",))  # trained here: compared bit for bit
     for site, index in zip(streamed.experiment.sites, indexes):
         train_grid(stored, site, LAYER, progress=False)
         grid = read_grid_index(index)

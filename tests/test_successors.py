@@ -4,13 +4,12 @@ aggregate puts them in metrics.csv, the matched comparisons and the successors' 
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
 
 import pandas as pd
 import pytest
 import torch
-from conftest import smoke_config
+from conftest import copy_data
 
 from gatedsae.activations.store import ActivationStore
 from gatedsae.evaluation.evaluate import evaluate_grid
@@ -34,9 +33,8 @@ GROUPS = [
 @pytest.fixture(scope="module")
 def successors(smoke_cache, tiny_model, tmp_path_factory):
     data = tmp_path_factory.mktemp("successors")
-    for part in ("text", "tokens", "activations"):
-        shutil.copytree(smoke_cache.paths.root / part, data / part)
-    config = smoke_config(data, "sweep.name=successors", "sweep.rescale_shift=false")
+    config = copy_data(smoke_cache, data, ("text", "tokens", "activations"), "sweep.name=successors",
+                       "sweep.rescale_shift=false")
     config = replace(config, sweep=replace(config.sweep, groups=GROUPS),
                      experiment=replace(config.experiment, results_dir=str(data / "results"), chapters=[]))
     config.validate()

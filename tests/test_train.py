@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import smoke_config
+from conftest import TRAINED, copy_data, smoke_config
 
 from gatedsae.activations.store import ActivationStore
 from gatedsae.plan.architectures import SAELENS_TENSORS, architecture
 from gatedsae.plan.config import ConfigError, SAEGroupConfig, SweepConfig, load_config
-from gatedsae.plan.grid import read_grid_index
+from gatedsae.plan.grid import GRID_INDEX, read_grid_index
 from gatedsae.saes.checkpoints import decode_raw, encode_raw, read_checkpoint
 from gatedsae.training.stages import train_grid
 from gatedsae.training.trainer import STATE_FILE, GridTrainer, NonFiniteLossError, lr_factor
@@ -160,10 +160,8 @@ def test_resume_continues_to_the_same_parameters(smoke_cache, tmp_path, sparse):
 
 @pytest.mark.slow
 def test_train_cli_resumes_after_sigkill(smoke_cache, tmp_path):
-    import shutil
-
-    shutil.copytree(smoke_cache.paths.root / "activations", tmp_path / "activations")
     overrides = ["train.tokens=16384", "train.checkpoint_every_steps=4"]
+    copy_data(smoke_cache, tmp_path, ("activations",))
     command = [sys.executable, "-m", "gatedsae", "train", "experiment=smoke", f"paths.data={tmp_path}",
                f"--site={SITE}", f"--layer={LAYER}", *overrides]
     out_dir = smoke_config(tmp_path, *overrides).paths.checkpoints_dir("tiny", "tiny", SITE, LAYER, "smoke")
@@ -181,8 +179,7 @@ def test_train_cli_resumes_after_sigkill(smoke_cache, tmp_path):
     assert not (out_dir / "grid.json").exists()
     subprocess.run(command, check=True, capture_output=True)
 
-    config = smoke_config(tmp_path / "uninterrupted", *overrides)
-    shutil.copytree(smoke_cache.paths.root / "activations", tmp_path / "uninterrupted" / "activations")
+    config = copy_data(smoke_cache, tmp_path / "uninterrupted", ("activations",), *overrides)
     train_grid(config, SITE, LAYER, progress=False)
     reference_dir = config.paths.checkpoints_dir("tiny", "tiny", SITE, LAYER, "smoke")
     for entry in read_grid_index(out_dir / "grid.json"):
@@ -219,14 +216,10 @@ def test_bad_sweep_config_is_rejected_before_compute():
 
 
 @pytest.fixture(scope="module")
-def smoke_grid(smoke_cache, tmp_path_factory):
-    """The smoke sweep trained and exported once: (config, grid index)."""
-    import shutil
-
-    data = tmp_path_factory.mktemp("grid")
-    shutil.copytree(smoke_cache.paths.root / "activations", data / "activations")
-    config = smoke_config(data)
-    index = train_grid(config, SITE, LAYER, progress=False)
+def smoke_grid(smoke_trained, tmp_path_factory):
+    """A copy of the session's trained smoke sweep: (config, the residual-stream grid index)."""
+    config = copy_data(smoke_trained, tmp_path_factory.mktemp("grid"), TRAINED)
+    index = config.paths.checkpoints_dir("tiny", "tiny", SITE, LAYER, "smoke") / GRID_INDEX
     return config, {**json.loads(index.read_text()), "saes": read_grid_index(index)}
 
 
@@ -295,19 +288,16 @@ def test_rescale_shift_trains_only_rmag_and_bmag_on_the_frozen_baselines(smoke_g
         assert error_new < error_old
 
 
-def test_adding_one_l1_trains_only_the_new_sae(smoke_cache, tmp_path, capsys):
+def test_adding_one_l1_trains_only_the_new_sae(smoke_cache, smoke_trained, tmp_path, capsys):
     """Grids are incremental: SAEs with a finished checkpoint for the same settings are kept, and the
     new one equals the same SAE trained with the whole grown grid from scratch."""
-    import shutil
-
     from gatedsae.saes.checkpoints import WEIGHTS_FILE
     from gatedsae.training.stages import train_rescale_shift
 
     def weights(index: Path) -> dict[str, bytes]:
         return {e["sae"]: Path(e["path"], WEIGHTS_FILE).read_bytes() for e in read_grid_index(index)}
 
-    shutil.copytree(smoke_cache.paths.root / "activations", tmp_path / "grown" / "activations")
-    first = smoke_config(tmp_path / "grown")
+    first = copy_data(smoke_trained, tmp_path / "grown", TRAINED)  # the session's grid, already trained
     before = weights(train_grid(first, SITE, LAYER, progress=False))
     shifted_before = weights(train_rescale_shift(first, SITE, LAYER, progress=False))
     capsys.readouterr()
@@ -323,8 +313,7 @@ def test_adding_one_l1_trains_only_the_new_sae(smoke_cache, tmp_path, capsys):
     assert all(after[name] == before[name] for name in before), "finished SAEs are not retrained"
     assert all(shifted_after[name] == shifted_before[name] for name in shifted_before)
 
-    shutil.copytree(smoke_cache.paths.root / "activations", tmp_path / "scratch" / "activations")
-    scratch = smoke_config(tmp_path / "scratch", grow)
+    scratch = copy_data(smoke_cache, tmp_path / "scratch", ("activations",), grow)
     train_grid(scratch, SITE, LAYER, progress=False)
     _, expected, _ = read_checkpoint(scratch.paths.checkpoints_dir("tiny", "tiny", SITE, LAYER, "smoke") / new)
     _, incremental, _ = read_checkpoint(grown.paths.checkpoints_dir("tiny", "tiny", SITE, LAYER, "smoke") / new)
