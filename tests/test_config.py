@@ -97,11 +97,6 @@ def test_cli_rejects_bad_config_before_compute(tmp_path):
     assert not any(tmp_path.iterdir()), "nothing may be written for a bad config"
 
 
-def test_cli_usage_lists_stages():
-    result = subprocess.run([sys.executable, "-m", "gatedsae"], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and "cache" in result.stderr
-
-
 def test_a_chapter_cuts_the_sweep_down_to_the_chapters_so_far():
     full = load_config(["experiment=default"])
     headline = load_config(["experiment=default", "experiment.chapter=headline"])

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gatedsae.reporting.figures import FAMILIES, ablations, curves, density, pareto, ratio, shrinkage
+from gatedsae.reporting.figures import FAMILIES, ablations, density, pareto, ratio, shrinkage, training_curves
 from gatedsae.evaluation.intervals import Bootstrap
 from gatedsae.plan.config import IntervalsConfig
 from gatedsae.reporting.statistics import Readings
@@ -199,7 +199,7 @@ def test_aggregate_figures_and_report_from_metrics_files(tmp_path):
     expected = {*pareto.FIGURES, ratio.STEM, shrinkage.STEM, *drawn, density.STEM}
     assert stems == expected and len(files) == 2 * len(expected)
     assert all((tmp_path / "figures" / f"{stem}.pdf").stat().st_size > 0 for stem in expected)
-    assert set(FAMILIES) == {"pareto", "ratio", "shrinkage", "ablations", "density", "curves"}
+    assert set(FAMILIES) == {"pareto", "ratio", "shrinkage", "ablations", "density", "training_curves"}
 
     captions = json.loads(index.read_text())["captions"]
     pngs = [Path(f) for f in files if f.endswith(".png")]
@@ -261,7 +261,7 @@ def all_figures(frame: pd.DataFrame):
     yield from shrinkage.figures(frame)
     yield from ablations.figures(frame)
     yield from density.figures(frame, _densities(frame))
-    yield from curves.figures(curves_frame())
+    yield from training_curves.figures(curves_frame())
     levels = {"resid_post": [0.85, 0.9], "mlp_out": [0.85], "attn_z": [0.85]}
     yield from ratio.figures(readings(frame, levels).ratio_curve(), readings(frame, levels).headline()[0])
 

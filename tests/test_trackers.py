@@ -12,7 +12,7 @@ from gatedsae.activations.store import ActivationStore
 from gatedsae.plan.config import ConfigError, load_config
 from gatedsae.plan.grid import grid_specs
 from gatedsae.plan.identity import training_key
-from gatedsae.training.curves import CURVES_FILE
+from gatedsae.training.curve_log import CURVES_FILE
 from gatedsae.training.trainer import GridTrainer
 
 SITE, LAYER = "resid_post", 1

@@ -116,7 +116,7 @@ def _aggregate(config: Config) -> None:
 
 
 def _curves(config: Config) -> None:
-    from gatedsae.reporting.curves import gather_curves
+    from gatedsae.reporting.curves_table import gather_curves
 
     print(f"wrote {gather_curves(config)}")
 

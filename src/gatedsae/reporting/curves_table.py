@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from gatedsae.plan.config import Config
-from gatedsae.training.curves import CURVES_FILE, FIELDS, read_rows
+from gatedsae.training.curve_log import CURVES_FILE, FIELDS, read_rows
 
 # ---------------------------------------------------------------------------------------------------
 # The experiment's curves in one table.

@@ -29,7 +29,7 @@ from gatedsae.plan.config import Config, TrainConfig
 from gatedsae.plan.identity import training_state_identity
 from gatedsae.plan.grid import SAESpec, grid_specs, sae_seed
 from gatedsae.saes.base import BatchedSAE, make_sae
-from gatedsae.training.curves import CurveLog
+from gatedsae.training.curve_log import CurveLog
 from gatedsae.training.sparse_step import dense_step_, sparse_step_
 
 STATE_FILE = "training_state.pt"

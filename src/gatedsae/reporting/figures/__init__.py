@@ -1,9 +1,9 @@
 """The paper's figures from `metrics.csv`, one module per figure family; `FAMILIES` lists them all."""
 
-from gatedsae.reporting.figures import ablations, curves, density, pareto, ratio, shrinkage
+from gatedsae.reporting.figures import ablations, density, pareto, ratio, shrinkage, training_curves
 
 FAMILIES = {"pareto": pareto, "ratio": ratio, "shrinkage": shrinkage, "ablations": ablations, "density": density,
-            "curves": curves}
+            "training_curves": training_curves}
 # The order of figures.json and of the report: the paper's figures in the paper's order, then the others.
 PAPER_ORDER = ("fig1_loss_recovered_vs_l0", "gamma_vs_l0", "fig8_ablations", "fig9_rescale_shift",
                "l0_ratio_vs_loss_recovered", "delta_lm_loss_vs_l0", "fvu_vs_l0", "successors_pareto", "feature_density",
@@ -34,12 +34,12 @@ def render_all(results, out_dir):
     frame = seed_means(pd.read_csv(results / "metrics.csv"))  # a configuration's point: the mean of its seeds
     densities = json.loads((results / "densities.json").read_text())
     curves_file = results / "curves.csv"
-    training_curves = pd.read_csv(curves_file) if curves_file.exists() else None
+    curves = pd.read_csv(curves_file) if curves_file.exists() else None
     readings = {name: pd.read_csv(results / f"{name}.csv") if (results / f"{name}.csv").exists() else None
                 for name in ("ratio_curve", "headline")}
     files, captions = [], {}
     for module in FAMILIES.values():
-        files += [str(path) for path in module.render(frame, out_dir, densities=densities, curves=training_curves,
+        files += [str(path) for path in module.render(frame, out_dir, densities=densities, curves=curves,
                                                       **readings)]
         captions |= module.CAPTIONS
     files = in_paper_order(files)
