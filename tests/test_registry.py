@@ -93,22 +93,21 @@ def test_every_role_names_what_it_is_measured_against():
     assert {a.role for a in ARCHITECTURES.values()} <= set(ROLES) and {PROPOSED, BASELINE} <= set(names("main"))
     for name in names("ablation") + names("successor") + names("rescale_shift"):
         assert architecture(name).versus in ARCHITECTURES, name
-    assert all(architecture(name).change for name in names("ablation"))
     assert rescale_shift_base() == architecture(only("rescale_shift")).versus == BASELINE
 
 
-def test_the_verdict_judges_every_registered_ablation():
-    """A claim (d) per ablation the registry lists, worded with its record's `change`: a new ablation gets
-    its verdict without an edit to the verdict."""
+def test_the_verdict_judges_every_registered_ablation_and_successor():
+    """A claim per ablation and per successor the registry lists, against what its record says it is
+    measured against: a new one gets its verdict without an edit to the verdict."""
     import pandas as pd
 
     from gatedsae.plan.architectures import names, versus
     from gatedsae.plan.config import VerdictConfig
-    from gatedsae.reporting.verdict import _comparison_claims
+    from gatedsae.reporting.claims import comparison_claims
 
-    rows = [{"model": "m", "site": "resid_post", "layer": 1, "arch": name, "versus": versus(name),
-             "loss_recovered_difference": -0.001, "loss_recovered_difference_ci_low": -0.002,
-             "loss_recovered_difference_ci_high": 0.0, "note": ""} for name in names("ablation")]
-    claims = _comparison_claims(pd.DataFrame(rows), VerdictConfig())
-    worded = {claim.claim for claim in claims if claim.id.startswith(tuple(names("ablation")))}
-    assert worded == {f"(d) the ablation '{architecture(name).change}' is no better than Gated" for name in names("ablation")}
+    rows = [{"model": "m", "site": "resid_post", "layer": 1, "arch": name, "versus": versus(name), "seeds": 1,
+             "l0_at": "10", "loss_recovered_difference": -0.001, "loss_recovered_difference_ci_low": -0.002,
+             "loss_recovered_difference_ci_high": 0.0} for name in names("ablation") + names("successor")]
+    found, beyond = comparison_claims(pd.DataFrame(rows), VerdictConfig(), "test")
+    judged = {claim.id.split("/")[0] for claim in found + beyond}
+    assert {f"{name}_vs_{versus(name)}" for name in names("ablation") + names("successor")} <= judged

@@ -67,7 +67,6 @@ class Architecture:
     knob: str = "l1"               # the grid's sparsity knob (a key of KNOBS)
     role: str = "main"             # a key of ROLES: which question of the study the architecture answers
     versus: str = ""               # what comparisons.csv and the verdict measure it against ("": the question's own pair)
-    change: str = ""               # an ablation's change to what it ablates, in the verdict's words
     wraps: str = ""                # the trained architecture it is built on (rescale-and-shift: a frozen baseline)
     saelens_loadable: bool = True  # whether sae-lens can load the checkpoint
     saelens_cfg_fields: tuple[str, ...] = ()  # its own fields in cfg.json (BatchedSAE.saelens_cfg_extra)
@@ -191,16 +190,16 @@ register(Architecture(
 register(Architecture(
     name="gated_unfrozen_decoder", label="Gated, unfrozen decoder", colour="#9467bd", marker="^",
     module="gatedsae.saes.gated:GatedUnfrozenDecoderSAE", saelens="gated", train_flops_per_dw=14,
-    feature_axes=_GATED_AXES, role="ablation", versus="gated", change="unfrozen decoder", sparse_steps=True))
+    feature_axes=_GATED_AXES, role="ablation", versus="gated", sparse_steps=True))
 register(Architecture(
     name="gated_no_rmag", label="Gated, no r_mag", colour="#2ca02c", marker="v",
     module="gatedsae.saes.gated:GatedNoRmagSAE", saelens="gated", train_flops_per_dw=14, feature_axes=_GATED_AXES,
-    role="ablation", versus="gated", change="no r_mag", sparse_steps=True))
+    role="ablation", versus="gated", sparse_steps=True))
 register(Architecture(
     name="gated_untied", label="Gated, untied encoders", colour="#ff7f0e", marker="D",
     module="gatedsae.saes.gated:GatedUntiedSAE", saelens="gated_untied", train_flops_per_dw=18,
     feature_axes={**{k: v for k, v in _GATED_AXES.items() if k != "r_mag"}, "W_mag": ENCODER_AXIS}, encoders=2,
-    role="ablation", versus="gated", change="untied encoders", saelens_loadable=False, sparse_steps=True))
+    role="ablation", versus="gated", saelens_loadable=False, sparse_steps=True))
 register(Architecture(
     name="baseline_rescale_shift", label="Baseline + rescale & shift", colour="#8c564b", marker="P",
     module="gatedsae.saes.rescale_shift:RescaleShiftSAE", saelens="gated", train_flops_per_dw=6,

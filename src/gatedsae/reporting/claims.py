@@ -21,6 +21,7 @@ from typing import Optional
 import pandas as pd
 
 from gatedsae.plan import architectures
+from gatedsae.plan.architectures import BASELINE, PROPOSED
 from gatedsae.plan.config import VerdictConfig
 from gatedsae.reporting.statistics import ABLATIONS, MAIN_VARIANT, RESCALE_SHIFT, SUCCESSORS, parse_list
 
@@ -190,7 +191,7 @@ def _unreached(levels: list[float], per_level: pd.DataFrame, row) -> str:
         return ""
     reach = "; ".join(f"the {name} frontier spans {100 * _number(row, f'loss_recovered_min_{name}'):.1f}–"
                       f"{100 * _number(row, f'loss_recovered_max_{name}'):.1f}%"
-                      for name in ("gated", "baseline") if _number(row, f"loss_recovered_max_{name}") is not None)
+                      for name in (PROPOSED, BASELINE) if _number(row, f"loss_recovered_max_{name}") is not None)
     return f"not tested at {_percent(missing)} loss recovered" + (f": {reach}" if reach else "")
 
 
@@ -243,7 +244,8 @@ def paper_l0_ratios(config: VerdictConfig, site: str) -> str:
 def comparison_claims(comparisons: pd.DataFrame, config: VerdictConfig, split: str) -> tuple[list[Claim], list[Claim]]:
     """(c) and (d) of every grid; and, beyond the paper, each successor against Gated."""
     found, beyond = [], []
-    rescale = comparisons[(comparisons["arch"] == RESCALE_SHIFT) & (comparisons["versus"] == "baseline")]
+    measured_against_its_own = comparisons["versus"] == comparisons["arch"].map(architectures.versus)
+    rescale = comparisons[(comparisons["arch"] == RESCALE_SHIFT) & measured_against_its_own]
     if rescale.empty:
         found.append(Claim("rescale_shift", "(c) Fig. 9: rescale-and-shift", "—", None, "", None, None, None, "",
                            "Fig. 9", NOT_MEASURED, note="the experiment trains no rescale-and-shift SAEs (sweep.rescale_shift)"))
@@ -266,20 +268,20 @@ def comparison_claims(comparisons: pd.DataFrame, config: VerdictConfig, split: s
                     config.paper_gated_vs_rescale_shift, not_reached=unreached),
         ]
         found += [_at_l0(claim, l0_at) for claim in claims]
-    ablations = comparisons[(comparisons["versus"] == "gated") & comparisons["arch"].isin(ABLATIONS)]
+    ablations = comparisons[measured_against_its_own & comparisons["arch"].isin(ABLATIONS)]
     if ablations.empty:
         found.append(Claim("ablations", "(d) Fig. 8: ablations", "—", None, "", None, None, None, "",
                            config.paper_ablations, NOT_MEASURED, note="the experiment trains none of the Fig. 8 ablations"))
     margin = config.ablation_margin
     for _, row in ablations.iterrows():
         name = architectures.label(row["arch"])
-        claim = _two_sided(Context(row["site"], int(row["layer"]), split, config), row, f"{row['arch']}_vs_gated",
+        claim = _two_sided(Context(row["site"], int(row["layer"]), split, config), row, f"{row['arch']}_vs_{row['versus']}",
                            f"(d) the ablation '{name}' is no better than Gated", f"loss recovered, {name} − Gated", margin,
                            config.paper_ablations, {WORSE: REPRODUCED, EQUIVALENT: REPRODUCED, BETTER: NOT_REPRODUCED})
         found.append(claim)
-    for _, row in comparisons[(comparisons["versus"] == "gated") & comparisons["arch"].isin(SUCCESSORS)].iterrows():
+    for _, row in comparisons[measured_against_its_own & comparisons["arch"].isin(SUCCESSORS)].iterrows():
         name = architectures.label(row["arch"])
-        beyond.append(_two_sided(Context(row["site"], int(row["layer"]), split, config), row, f"{row['arch']}_vs_gated",
+        beyond.append(_two_sided(Context(row["site"], int(row["layer"]), split, config), row, f"{row['arch']}_vs_{row['versus']}",
                                  f"{name} against Gated", f"loss recovered, {name} − Gated", margin, "—", None))
     return found, beyond
 

@@ -24,10 +24,11 @@ import pandas as pd
 from gatedsae.evaluation.frontiers import Sweep, anchors, at_levels, at_matched_l0, gap_fraction, ratio_curve as curve_at
 from gatedsae.evaluation.intervals import Bootstrap, Estimate, grid_columns
 from gatedsae.plan import architectures
+from gatedsae.plan.architectures import BASELINE, PROPOSED
 from gatedsae.plan.config import VerdictConfig
 
 MAIN_VARIANT = "sweep"                       # the main grid (other variants: rescale_shift, ...)
-RESCALE_SHIFT = "baseline_rescale_shift"     # Fig. 9
+RESCALE_SHIFT = architectures.only("rescale_shift")  # Fig. 9
 ABLATIONS = tuple(architectures.names("ablation"))    # Fig. 8
 SUCCESSORS = tuple(architectures.names("successor"))  # beyond the paper
 COMPUTE_MATCHED = 1.5  # the paper's baseline width relative to Gated's (equal training compute)
@@ -91,7 +92,7 @@ class Readings:
             levels = np.array(self.protocol.levels_at(site), dtype=float)
             variants = sorted(group["variant"].unique(), key=lambda v: v != MAIN_VARIANT) if "variant" in group else [None]
             for variant in variants:
-                gated, all_baselines = self._arch(group, "gated", variant), self._arch(group, "baseline", variant)
+                gated, all_baselines = self._arch(group, PROPOSED, variant), self._arch(group, BASELINE, variant)
                 if not gated.any() or not all_baselines.any():
                     continue
                 for width in self.baseline_widths(group, gated, all_baselines) or [None]:
@@ -116,7 +117,7 @@ class Readings:
     def _reach(self, key: tuple, gated: pd.Series, baseline: pd.Series) -> dict:
         """How far each seed-averaged frontier reaches in loss recovered (says why a level is not reached)."""
         found = {}
-        for name, sweep in zip(("gated", "baseline"), self.bootstrap.sweeps(key, [gated.to_numpy(), baseline.to_numpy()])):
+        for name, sweep in zip((PROPOSED, BASELINE), self.bootstrap.sweeps(key, [gated.to_numpy(), baseline.to_numpy()])):
             front = sweep.frontier()
             found[f"loss_recovered_min_{name}"] = float(front.loss_recovered.min()) if len(front.l0) else math.nan
             found[f"loss_recovered_max_{name}"] = float(front.loss_recovered.max()) if len(front.l0) else math.nan
@@ -137,17 +138,19 @@ class Readings:
             site = group["site"].iloc[0]
             levels = np.array(self.protocol.levels_at(site), dtype=float)
             fixed = np.array(self.protocol.matched_l0_at(site), dtype=float)
-            gated = self._arch(group, "gated")
+            gated = self._arch(group, PROPOSED)
             rescale = self._arch(group, RESCALE_SHIFT, None)
-            baseline = self._arch(group, "baseline")
+            baseline = self._arch(group, architectures.versus(RESCALE_SHIFT))
             if rescale.any():  # the baseline the rescale-and-shift SAEs were trained on: their width
                 baseline &= group["width"].isin(set(group.loc[rescale, "width"]))
 
             def where(g: Sweep) -> np.ndarray:
                 return fixed if len(fixed) else anchors(g, levels)
 
-            pairs = [(RESCALE_SHIFT, rescale, "baseline", baseline), ("gated", gated, RESCALE_SHIFT, rescale)]
-            pairs += [(arch, self._arch(group, arch), "gated", gated) for arch in (*ABLATIONS, *SUCCESSORS)]
+            pairs = [(RESCALE_SHIFT, rescale, architectures.versus(RESCALE_SHIFT), baseline),
+                     (PROPOSED, gated, RESCALE_SHIFT, rescale)]
+            pairs += [(arch, self._arch(group, arch), architectures.versus(arch), self._arch(group, architectures.versus(arch)))
+                      for arch in (*ABLATIONS, *SUCCESSORS)]
             for arch, mask, versus, versus_mask in pairs:
                 if not mask.any() or not versus_mask.any() or not gated.any():
                     continue
@@ -177,7 +180,7 @@ class Readings:
         across the range both seed-averaged frontiers cover."""
         records = []
         for key, group in self._grids():
-            gated, baselines = self._arch(group, "gated"), self._arch(group, "baseline")
+            gated, baselines = self._arch(group, PROPOSED), self._arch(group, BASELINE)
             if not gated.any() or not baselines.any():
                 continue
             width = self.baseline_widths(group, gated, baselines)[0]

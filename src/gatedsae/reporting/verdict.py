@@ -17,6 +17,7 @@ import pandas as pd
 
 from gatedsae.core.atomic import write_json_atomic, write_text_atomic
 from gatedsae.core.errors import PipelineError
+from gatedsae.plan.architectures import BASELINE, PROPOSED
 from gatedsae.plan.config import Config
 from gatedsae.plan.layout import VERDICT_OUTPUTS
 from gatedsae.plan.sites import prose as site_prose
@@ -60,11 +61,11 @@ def behind(claim: Claim, rows: pd.DataFrame) -> pd.DataFrame:
     """The SAEs (every seed) a claim's statistic is made of."""
     kind = claim.id.split("/")[0]
     if kind in ("l0_ratio", "gamma_gated", "gamma_baseline"):
-        archs, variants = {"gated", "baseline"}, {claim.variant}
+        archs, variants = {PROPOSED, BASELINE}, {claim.variant}
     elif kind.startswith("rescale_shift"):
-        archs, variants = {RESCALE_SHIFT, "baseline", "gated"}, {MAIN_VARIANT, "rescale_shift"}
+        archs, variants = {RESCALE_SHIFT, BASELINE, PROPOSED}, {MAIN_VARIANT, "rescale_shift"}
     else:
-        archs, variants = {kind.removesuffix("_vs_gated"), "gated"}, {MAIN_VARIANT}
+        archs, variants = set(kind.split("_vs_")), {MAIN_VARIANT}  # "<arch>_vs_<what it is measured against>"
     mask = (rows["site"] == claim.site) & (rows["layer"] == claim.layer) & rows["arch"].isin(archs)
     return rows[mask & rows["variant"].isin(variants)] if "variant" in rows else rows[mask]
 

@@ -10,6 +10,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from gatedsae.plan.architectures import PROPOSED
 from gatedsae.reporting.figures.style import COLOURS, plain_log_axis, save, shared_legend, site_grid
 from gatedsae.reporting.statistics import MAIN_VARIANT, parse_list
 
@@ -34,7 +35,7 @@ def figures(curve: Optional[pd.DataFrame], head: Optional[pd.DataFrame]):
     curve = _one_split(curve)
     head = _one_split(head) if head is not None and not head.empty else None
     fig, cells = site_grid(curve)
-    colour = COLOURS.get("gated", "black")
+    colour = COLOURS.get(PROPOSED, "black")
     for index, ((site, layer), ax) in enumerate(cells.items()):
         points = curve[(curve["site"] == site) & (curve["layer"] == layer)].sort_values("loss_recovered")
         x = 100 * points["loss_recovered"].to_numpy()
