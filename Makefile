@@ -1,6 +1,7 @@
 # Entry points. Each target installs what it needs first (scripts/setup.sh, idempotent).
 #   make replicate              the default replication (dvc repro → its chapters through Snakemake), versioned by DVC, then its verdict
-#   make test                   the test suite
+#   make test                   the test suite (but the cluster tests)
+#   make test-cluster           the cluster tests: a real local SLURM cluster and S3 server (root; Debian packages)
 #   make run EXPERIMENT=smoke   Snakemake alone, any experiment in conf/experiment/ (one line per job, ETA; all of
 #                               Snakemake's output in logs/<experiment>/snakemake.log)
 #   make verify EXPERIMENT=…    every activation shard and SAE checkpoint against its recorded sha256
@@ -13,7 +14,7 @@ EXPERIMENT ?= default
 export DVC_NO_ANALYTICS := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup replicate run dry-run unlock verify test test-fast sync push bench lock clean
+.PHONY: setup replicate run dry-run unlock verify test test-fast test-cluster sync push bench lock clean
 
 setup:
 	@bash scripts/setup.sh
@@ -40,10 +41,15 @@ verify: setup
 	$(BIN)/python -m gatedsae verify experiment=$(EXPERIMENT)
 
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not cluster"
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not integration and not slow"
+	$(BIN)/python -m pytest -m "not integration and not slow and not cluster"
+
+# Brings up a single-node SLURM cluster and an S3 server on loopback (scripts/local_cluster.py): needs root
+# and `apt-get install slurmctld slurmd slurm-client munge`; skipped with the reason otherwise.
+test-cluster: setup
+	$(BIN)/python -m pytest -m cluster
 
 # After `dvc pull`, `dvc checkout` or `git checkout`: make Snakemake's metadata agree with the files.
 sync: setup

@@ -4,38 +4,15 @@ scratch copy of the repository (a second run does nothing), and `dvc repro` twic
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from scratch import clone_repository, snakemake
+from scratch import git as _git
+from scratch import run as _run
 
 from gatedsae.plan.config import REPO_ROOT
-
-
-def _env() -> dict:
-    env = dict(os.environ, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env
-
-
-def _run(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = _env()
-    if (Path(cwd) / "src" / "gatedsae").is_dir():  # a scratch clone runs its own code and conf/
-        env["PYTHONPATH"] = str(Path(cwd) / "src")
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
-
-
-def snakemake(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    return _run([sys.executable, "-m", "snakemake", *args], cwd, timeout)
-
-
-def _git(*args: str, cwd: Path) -> str:
-    return _run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args], cwd).stdout
 
 
 def test_every_rule_runs_the_stage_it_is_named_after_and_is_documented():
@@ -57,27 +34,10 @@ def test_every_rule_runs_the_stage_it_is_named_after_and_is_documented():
 
 @pytest.fixture(scope="module")
 def scratch_repo(tmp_path_factory) -> Path:
-    """A fresh `git clone` of the repository, as a newcomer gets it. Changes not yet committed in the
-    working tree are copied over and committed in the clone, so the tests see the code under test and
-    the clone starts clean (`git status` empty)."""
-    target = tmp_path_factory.mktemp("repo") / "repo"
+    """A fresh `git clone` of the repository, as a newcomer gets it (tests/scratch.py)."""
     if not (REPO_ROOT / ".git").exists():
         pytest.skip("the repository is not a git checkout")
-    _run(["git", "clone", "--quiet", "--no-hardlinks", str(REPO_ROOT), str(target)], tmp_path_factory.getbasetemp())
-    changed = subprocess.run(["git", "ls-files", "-mo", "--exclude-standard"], cwd=REPO_ROOT,
-                             capture_output=True, text=True, check=True).stdout.split()
-    deleted = set(subprocess.run(["git", "ls-files", "-d"], cwd=REPO_ROOT,
-                                 capture_output=True, text=True, check=True).stdout.split())
-    for name in changed:
-        if name in deleted:
-            (target / name).unlink(missing_ok=True)
-        elif (REPO_ROOT / name).is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO_ROOT / name, target / name)
-    _git("add", "-A", cwd=target)
-    if _git("status", "--porcelain", cwd=target).strip():
-        _git("commit", "--quiet", "-m", "working tree under test", cwd=target)
-    return target
+    return clone_repository(tmp_path_factory.mktemp("repo") / "repo")
 
 
 def test_fresh_clone_dry_run_plans_the_real_work(scratch_repo):

@@ -1,0 +1,70 @@
+"""Regenerate the generated blocks of the docs: numbers that come from the code or from a benchmark's
+JSON are never typed by hand. A block is
+
+    <!-- generated: KEY -->
+    ...
+    <!-- end generated -->
+
+and KEY names one of the generators below. `python scripts/update_docs.py` rewrites every block;
+`--check` only reports the stale ones (tests/test_docs.py runs it that way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from gatedsae.plan.config import REPO_ROOT, load_config
+from gatedsae.plan.scheduling import markdown_table, resources_table
+
+DOCS = ("docs/paper-scale.md",)
+BLOCK = re.compile(r"(<!-- generated: (?P<key>[^>]+?) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.DOTALL)
+# The paper runs as the runbook submits them: 80 GiB GPUs, SLURM's GPU type h100.
+PAPER_OVERRIDES = ["resources.device_memory_gib=80", "resources.gpu_model=h100"]
+
+
+def _paper(experiment: str):
+    return load_config([f"experiment={experiment}", *PAPER_OVERRIDES])
+
+
+GENERATORS = {
+    "estimates paper_pythia_2.8b": lambda: markdown_table(_paper("paper_pythia_2.8b")),
+    "estimates paper_gemma_7b": lambda: markdown_table(_paper("paper_gemma_7b")),
+    "requests paper_pythia_2.8b": lambda: resources_table(_paper("paper_pythia_2.8b")),
+    "requests paper_gemma_7b": lambda: resources_table(_paper("paper_gemma_7b")),
+}
+
+
+def regenerate(text: str) -> str:
+    def block(match: re.Match) -> str:
+        key = match.group("key")
+        if key not in GENERATORS:
+            raise SystemExit(f"unknown generated block {key!r}; known: {', '.join(GENERATORS)}")
+        return f"{match.group(1)}{GENERATORS[key]()}\n{match.group(4)}"
+
+    return BLOCK.sub(block, text)
+
+
+def stale(paths=DOCS) -> list[str]:
+    """The docs whose generated blocks differ from what the generators give now."""
+    return [path for path in paths if regenerate((REPO_ROOT / path).read_text()) != (REPO_ROOT / path).read_text()]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only list the docs that are out of date")
+    args = parser.parse_args()
+    if args.check:
+        out_of_date = stale()
+        for path in out_of_date:
+            print(f"{path}: generated blocks out of date; run python scripts/update_docs.py")
+        return 1 if out_of_date else 0
+    for path in DOCS:
+        (REPO_ROOT / path).write_text(regenerate((REPO_ROOT / path).read_text()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
