@@ -38,7 +38,10 @@ SCENARIOS = {  # name: (seeds, windows, seed sd, shared seed sd, window sd, nois
     "both, 5 seeds": (5, 32, 0.004, 0.0, 0.02, 0.002, 1),
     "paired difference, shared seed effect": (3, 32, 0.002, 0.01, 0.005, 0.002, 2),
 }
-TRUTH = {"gated": 0.9, "gated_untied": 0.895}
+# Each simulated configuration's true loss recovered; the second is the paired comparison's other side.
+# The names only label the simulated frame's `arch` column.
+TRUTH = {"simulated": 0.9, "simulated_other": 0.895}
+FIRST, SECOND = TRUTH
 RESAMPLES = 400
 
 
@@ -77,14 +80,14 @@ def _alternatives(boot: Bootstrap, masks, compute, seeds: int, rng: np.random.Ge
 def run(name: str, runs: int, rng: np.random.Generator) -> dict:
     seeds, windows, seed_sd, shared_sd, window_sd, noise_sd, configs = SCENARIOS[name]
     truth = {arch: TRUTH[arch] for arch in list(TRUTH)[:configs]}
-    target = truth["gated"] - truth.get("gated_untied", 0.0) if configs == 2 else truth["gated"]
+    target = truth[FIRST] - truth.get(SECOND, 0.0) if configs == 2 else truth[FIRST]
     covered: dict[str, list[bool]] = {}
     widths: dict[str, list[float]] = {}
     for _ in range(runs):
         frame = simulated_frame(rng, truth, seeds, windows, seed_sd, shared_sd, window_sd, noise_sd)
         boot = Bootstrap(frame, IntervalsConfig(resamples=RESAMPLES, seed=int(rng.integers(1 << 30))))
         masks = [(frame["arch"] == arch).to_numpy() for arch in truth]
-        compute = _difference if configs == 2 else loss_recovered_of("gated")
+        compute = _difference if configs == 2 else loss_recovered_of(FIRST)
         found = boot.estimate(KEY, masks, compute)["loss_recovered"]
         intervals = {"two-level (the verdict's)": (found.ci_low, found.ci_high),
                      **_alternatives(boot, masks, compute, seeds, rng)}

@@ -111,3 +111,41 @@ def test_the_verdict_judges_every_registered_ablation_and_successor():
     found, beyond = comparison_claims(pd.DataFrame(rows), VerdictConfig(), "test")
     judged = {claim.id.split("/")[0] for claim in found + beyond}
     assert {f"{name}_vs_{versus(name)}" for name in names("ablation") + names("successor")} <= judged
+
+
+def _code_outside_the_registry():
+    """(path, syntax tree) of every module that must learn architectures from the registry and the SAE
+    classes' own methods: the package but `saes/` and `plan/architectures.py`, and the scripts."""
+    import ast
+
+    from gatedsae.plan.config import REPO_ROOT
+
+    package = REPO_ROOT / "src" / "gatedsae"
+    paths = [p for p in sorted(package.rglob("*.py"))
+             if p.relative_to(package).parts[0] != "saes" and p != package / "plan" / "architectures.py"]
+    paths += sorted((REPO_ROOT / "scripts").glob("*.py"))
+    return [(p.relative_to(REPO_ROOT), ast.parse(p.read_text())) for p in paths]
+
+
+def test_no_code_outside_the_saes_and_the_registry_names_an_architecture_or_asks_an_sae_its_class():
+    import ast
+
+    from gatedsae.saes.base import BatchedSAE
+
+    def subclasses(cls):
+        return {cls.__name__}.union(*(subclasses(sub) for sub in cls.__subclasses__()))
+
+    for name in ARCHITECTURES:
+        sae_class(name)  # imported, so that every class is among BatchedSAE's subclasses
+    classes = subclasses(BatchedSAE)
+    named, asked = [], []
+    for path, tree in _code_outside_the_registry():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and node.value in ARCHITECTURES:
+                named.append(f"{path}:{node.lineno} {node.value!r}")
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("isinstance", "issubclass"):
+                kinds = node.args[1].elts if isinstance(node.args[1], ast.Tuple) else [node.args[1]]
+                found = {getattr(kind, "id", getattr(kind, "attr", "")) for kind in kinds} & classes
+                asked += [f"{path}:{node.lineno} {sorted(found)}"] if found else []
+    assert not named, f"architecture names outside saes/ and plan/architectures.py (use the registry): {named}"
+    assert not asked, f"SAE classes asked outside saes/ (put the behaviour on the class): {asked}"

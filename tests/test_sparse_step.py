@@ -132,3 +132,16 @@ def test_sparse_step_rejects_an_unknown_module():
 
     with pytest.raises(TypeError, match="no sparse step"):
         sparse_step_(Other(), _x(0))
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_the_registry_says_sparse_steps_exactly_where_the_class_has_a_gate_on_its_support(arch):
+    sae = make_sae("baseline" if arch == "baseline_rescale_shift" else arch, 1, D, WIDTH, 4, seed=0)
+    if arch == "baseline_rescale_shift":
+        sae = RescaleShiftSAE.from_baseline(sae)
+    try:
+        sae.support_gate()
+        has_gate = True
+    except TypeError:
+        has_gate = False
+    assert has_gate == ARCHITECTURES[arch].sparse_steps

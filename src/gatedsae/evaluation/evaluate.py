@@ -38,7 +38,7 @@ from gatedsae.evaluation.spliced import HeldOutWindows, SplicedLM, WindowLosses
 from gatedsae.plan.architectures import BASELINE, KNOBS, PROPOSED, knob_fields
 from gatedsae.plan.config import Config
 from gatedsae.plan.identity import evaluation_identity
-from gatedsae.plan.grid import read_grid_index
+from gatedsae.plan.grid import GRID_INDEX, MAIN_VARIANT, RESCALE_SHIFT_DIR, RESCALE_SHIFT_VARIANT, read_grid_index
 from gatedsae.plan.layout import METRICS_FILE
 from gatedsae.saes.checkpoints import checkpoint_id, decode_raw, encode_raw, read_checkpoint
 
@@ -191,13 +191,19 @@ def evaluate_saes(config: Config, site: str, layer: int, saes: list[CheckpointSA
 
 def grid_indexes(config: Config, site: str, layer: int) -> dict[str, Path]:
     """The trained grids of (site, layer): the sweep, and its rescale-and-shift variant if configured."""
-    from gatedsae.plan.grid import GRID_INDEX, RESCALE_SHIFT_DIR
-
     grid_dir = config.paths.checkpoints_dir(config.model.name, config.corpus.name, site, layer, config.sweep.name)
-    indexes = {"sweep": grid_dir / GRID_INDEX}
+    indexes = {MAIN_VARIANT: grid_dir / GRID_INDEX}
     if config.sweep.rescale_shift_at(site):
-        indexes["rescale_shift"] = grid_dir / RESCALE_SHIFT_DIR / GRID_INDEX
+        indexes[RESCALE_SHIFT_VARIANT] = grid_dir / RESCALE_SHIFT_DIR / GRID_INDEX
     return indexes
+
+
+def read_trained_grid(index: Path, variant: str) -> list[dict]:
+    """A grid index's entries; a grid not trained yet is refused with the rules that train it."""
+    if not index.exists():
+        rules = "train and rescale_shift" if variant == RESCALE_SHIFT_VARIANT else "train"
+        raise FileNotFoundError(f"{index} does not exist; train the grid first (Snakemake rule {rules})")
+    return read_grid_index(index)
 
 
 def evaluate_grid(config: Config, site: str, layer: int, progress: bool = True, loaded=None) -> Path:
@@ -212,10 +218,7 @@ def evaluate_grid(config: Config, site: str, layer: int, progress: bool = True, 
     store = ActivationStore(config.paths.activations_dir(config.model.name, config.corpus.name, site, layer), "heldout")
     entries = []  # (variant, sae, path of its saved metrics, identity)
     for variant, index in grid_indexes(config, site, layer).items():
-        if not index.exists():
-            raise FileNotFoundError(f"{index} does not exist; train the grid first (Snakemake rule train"
-                                    f"{' and rescale_shift' if variant == 'rescale_shift' else ''})")
-        for entry in read_grid_index(index):
+        for entry in read_trained_grid(index, variant):
             sae = CheckpointSAE.load(entry["path"], config.evaluate.device)
             entries.append((variant, sae, out_dir / variant / f"{entry['sae']}.json",
                             evaluation_identity(config, sae.checkpoint_id, sae.massive_norm_threshold,

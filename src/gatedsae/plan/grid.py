@@ -54,7 +54,11 @@ def sae_seed(seed: int, arch: str, width: int, value: float) -> int:
 # kept (plan/identity.py), so adding one λ to a sweep trains one SAE.
 
 GRID_INDEX = "grid.json"
-RESCALE_SHIFT_DIR = "rescale_shift"
+# The variants of a site's training (metrics.csv's `variant`): the sweep's grid, and Fig. 9's
+# rescale-and-shift grid trained on its baselines, in the folder of that name beside the sweep's.
+MAIN_VARIANT = "sweep"
+RESCALE_SHIFT_VARIANT = "rescale_shift"
+RESCALE_SHIFT_DIR = RESCALE_SHIFT_VARIANT
 
 
 def sweep_of(config: Config, site: str, specs: list[SAESpec]) -> Config:

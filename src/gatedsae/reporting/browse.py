@@ -10,7 +10,6 @@ from gatedsae.activations.store import ActivationStore
 from gatedsae.core.atomic import write_text_atomic
 from gatedsae.evaluation.evaluate import CheckpointSAE
 from gatedsae.plan.config import Config
-from gatedsae.plan.grid import read_grid_index
 from gatedsae.plan.layout import browser_dir
 from gatedsae.reporting.browser import HeldoutText, heldout_shards, load_context, sae_features
 from gatedsae.reporting.feature_index import IndexShape, index_features
@@ -21,14 +20,11 @@ INDEX_SUFFIX = ".features.json"  # every feature of an SAE, compact (reporting/f
 
 def browsed_checkpoints(config: Config, site: str, layer: int, archs: list[str]) -> list[Path]:
     """The checkpoints of (site, layer)'s grids whose architecture is in `archs`, in grid order."""
-    from gatedsae.evaluation.evaluate import grid_indexes
+    from gatedsae.evaluation.evaluate import grid_indexes, read_trained_grid
 
     found = []
     for variant, index in grid_indexes(config, site, layer).items():
-        if not index.exists():
-            raise FileNotFoundError(f"{index} does not exist; train the grid first (Snakemake rule train"
-                                    f"{' and rescale_shift' if variant == 'rescale_shift' else ''})")
-        found += [Path(e["path"]) for e in read_grid_index(index) if e["arch"] in archs]
+        found += [Path(e["path"]) for e in read_trained_grid(index, variant) if e["arch"] in archs]
     if not found:
         raise FileNotFoundError(f"no SAE of architecture {archs} in the grids of {site} layer {layer}; "
                                 "check browser.archs")

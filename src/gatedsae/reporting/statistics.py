@@ -26,8 +26,8 @@ from gatedsae.evaluation.intervals import Bootstrap, Estimate, grid_columns
 from gatedsae.plan import architectures
 from gatedsae.plan.architectures import BASELINE, PROPOSED
 from gatedsae.plan.config import VerdictConfig
+from gatedsae.plan.grid import MAIN_VARIANT
 
-MAIN_VARIANT = "sweep"                       # the main grid (other variants: rescale_shift, ...)
 RESCALE_SHIFT = architectures.only("rescale_shift")  # Fig. 9
 ABLATIONS = tuple(architectures.names("ablation"))    # Fig. 8
 SUCCESSORS = tuple(architectures.names("successor"))  # beyond the paper

@@ -19,6 +19,7 @@ from gatedsae.core.atomic import write_json_atomic, write_text_atomic
 from gatedsae.core.errors import PipelineError
 from gatedsae.plan.architectures import BASELINE, PROPOSED
 from gatedsae.plan.config import Config
+from gatedsae.plan.grid import MAIN_VARIANT, RESCALE_SHIFT_VARIANT
 from gatedsae.plan.layout import VERDICT_OUTPUTS
 from gatedsae.plan.sites import prose as site_prose
 from gatedsae.reporting import convergence
@@ -31,7 +32,6 @@ from gatedsae.reporting.claims import (
     format_interval,
     headline_claims,
 )
-from gatedsae.reporting.statistics import MAIN_VARIANT
 
 UNSPLIT = "held-out (not split)"  # rows of a run whose held-out windows were not split
 MEASURED = ("headline", "levels", "comparisons", "metrics")  # the aggregate's tables the verdict judges
@@ -63,7 +63,7 @@ def behind(claim: Claim, rows: pd.DataFrame) -> pd.DataFrame:
     if kind in ("l0_ratio", "gamma_gated", "gamma_baseline"):
         archs, variants = {PROPOSED, BASELINE}, {claim.variant}
     elif kind.startswith("rescale_shift"):
-        archs, variants = {RESCALE_SHIFT, BASELINE, PROPOSED}, {MAIN_VARIANT, "rescale_shift"}
+        archs, variants = {RESCALE_SHIFT, BASELINE, PROPOSED}, {MAIN_VARIANT, RESCALE_SHIFT_VARIANT}
     else:
         archs, variants = set(kind.split("_vs_")), {MAIN_VARIANT}  # "<arch>_vs_<what it is measured against>"
     mask = (rows["site"] == claim.site) & (rows["layer"] == claim.layer) & rows["arch"].isin(archs)

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from gatedsae.plan.architectures import ENCODER_AXIS, architecture, sae_class
+from gatedsae.saes.support_step import SupportPass
 
 
 @dataclass
@@ -179,6 +180,34 @@ class BatchedSAE(nn.Module, ABC):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+    # --- a training step on the support only (saes/support_step.py; training/sparse_step.py) -------------
+
+    def support_gate(self) -> tuple[Tensor, Tensor]:
+        """(weight [n, d, width], bias [n, width]) of the pre-activation whose sign opens a feature's gate:
+        its positive entries are the support. Only architectures whose record sets `sparse_steps` have one."""
+        raise TypeError(f"no sparse step for {type(self).__name__}")
+
+    def support_magnitude(self, step: SupportPass) -> Tensor:
+        """[nnz]: the magnitude pre-activation π_mag on the support (the features are ReLU(π_mag) there)."""
+        return step.pi
+
+    def support_auxiliary(self, step: SupportPass) -> Tensor | None:
+        """[n, B, d]: the residual of the loss's auxiliary reconstruction, or None when it has none."""
+        return None
+
+    def support_encoder_grads(self, step: SupportPass, d_mag: Tensor, d_penalty: Tensor,
+                              g_aux: Tensor | None) -> tuple[dict[str, Tensor], Tensor | None]:
+        """The encoder parameters' gradients (encoder weights as [n · m, d] tables) from ∂L/∂π_mag on S
+        (`d_mag`), the penalty's λ/B per triple (`d_penalty`) and the auxiliary residual's gradient
+        [n · B, d]; and Σ_j ∂L/∂z_j W[:, j] per SAE [n, d], which ∂L/∂b_dec subtracts (None: frozen decoder)."""
+        raise TypeError(f"no sparse step for {type(self).__name__}")
+
+    def support_decoder_grads(self, step: SupportPass, f: Tensor, g: Tensor, g_aux: Tensor | None,
+                              encoder_sum: Tensor) -> dict[str, Tensor]:
+        """W_dec's and b_dec's gradients (a trainable decoder) from the features on S and ∂L/∂x̂ [n · B, d]."""
+        return {"W_dec": step.on.scatter(f, g),
+                "b_dec": g.view(self.n, -1, self.d).sum(1) - encoder_sum.view(self.n, self.d)}
 
     # --- dead-feature resampling (Bricken et al.) ----------------------------------------------------
 

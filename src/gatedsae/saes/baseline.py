@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from gatedsae.saes.base import BatchedSAE
+from gatedsae.saes.support_step import SupportPass, times_encoder
 
 # ---------------------------------------------------------------------------------------------------
 # Baseline.
@@ -26,6 +27,15 @@ class BaselineSAE(BatchedSAE):
     def _encode_terms(self, x: Tensor) -> tuple[Tensor, Tensor]:
         f = torch.relu(self._project(x, self.W_enc) + self.b_enc[:, None, :])
         return f, f
+
+    def support_gate(self) -> tuple[Tensor, Tensor]:
+        return self.W_enc, self.b_enc
+
+    def support_encoder_grads(self, step: SupportPass, d_mag: Tensor, d_penalty: Tensor,
+                              g_aux: Tensor | None) -> tuple[dict[str, Tensor], Tensor | None]:
+        d_pre = d_mag + d_penalty  # f = ReLU(π): ∂L/∂π = ∂L/∂f + λ/B on S
+        grads = {"b_enc": step.on.per_feature(d_pre), "W_enc": step.on.scatter(d_pre, step.centred)}
+        return grads, times_encoder(grads["b_enc"], self.W_enc)
 
     def _saelens_encoder(self, state: dict[str, Tensor], scale: float) -> dict[str, Tensor]:
         return {"W_enc": state["W_enc"] * scale, "b_enc": state["b_enc"]}

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from gatedsae.saes.base import BatchedSAE, squared_error
+from gatedsae.saes.support_step import SupportPass, rows_to_features, tied_magnitude, tied_scale, times_encoder
 
 # ---------------------------------------------------------------------------------------------------
 # Gated SAEs: the variants override small methods (`_init_magnitude`, `magnitude_weight`,
@@ -60,6 +61,32 @@ class GatedSAE(BatchedSAE):
     def _auxiliary(self, x: Tensor, penalised: Tensor) -> Tensor:
         return squared_error(x, self._decode_auxiliary(penalised))
 
+    # On the support (saes/support_step.py): ∂L/∂π_gate = ∂L/∂a + λ/B with a = ReLU(π_gate), which the
+    # auxiliary reconstruction decodes; z = (x − b_dec) W_gate feeds both paths (π_mag = exp(r_mag) ⊙ z + b_mag).
+
+    def support_gate(self) -> tuple[Tensor, Tensor]:
+        return self.W_gate, self.b_gate
+
+    def support_magnitude(self, step: SupportPass) -> Tensor:
+        return tied_magnitude(step, self.r_mag, self.b_mag)
+
+    def support_auxiliary(self, step: SupportPass) -> Tensor | None:
+        x_aux = step.on.decode(step.pi, step.decoder).view(self.n, -1, self.d) + self.b_dec[:, None, :]
+        return x_aux - step.x
+
+    def _support_gate_grad(self, step: SupportPass, d_penalty: Tensor, g_aux: Tensor) -> Tensor:
+        """[nnz]: ∂L/∂π_gate on S."""
+        return step.on.dots(g_aux, step.decoder) + d_penalty
+
+    def support_encoder_grads(self, step: SupportPass, d_mag: Tensor, d_penalty: Tensor,
+                              g_aux: Tensor | None) -> tuple[dict[str, Tensor], Tensor | None]:
+        d_gate = self._support_gate_grad(step, d_penalty, g_aux)
+        scale = tied_scale(step, self.r_mag)
+        d_z = d_gate + scale * d_mag
+        grads = {"b_gate": step.on.per_feature(d_gate), "b_mag": step.on.per_feature(d_mag),
+                 "r_mag": step.on.per_feature(d_mag * scale * step.z), "W_gate": step.on.scatter(d_z, step.centred)}
+        return grads, times_encoder(step.on.per_feature(d_z), self.W_gate)
+
     def _saelens_encoder(self, state: dict[str, Tensor], scale: float) -> dict[str, Tensor]:
         r_mag = state["r_mag"] if "r_mag" in state else torch.zeros_like(state["b_mag"])
         return {"W_enc": state["W_gate"] * scale, "b_gate": state["b_gate"], "b_mag": state["b_mag"], "r_mag": r_mag}
@@ -84,6 +111,13 @@ class GatedUnfrozenDecoderSAE(GatedSAE):
     def _decode_auxiliary(self, gate_acts: Tensor) -> Tensor:
         return self.decode(gate_acts)
 
+    def support_decoder_grads(self, step: SupportPass, f: Tensor, g: Tensor, g_aux: Tensor | None,
+                              encoder_sum: Tensor) -> dict[str, Tensor]:
+        grads = super().support_decoder_grads(step, f, g, g_aux, encoder_sum)
+        grads["W_dec"] += step.on.scatter(step.pi, g_aux)  # the auxiliary reconstruction trains the decoder
+        grads["b_dec"] += g_aux.view(self.n, -1, self.d).sum(1)
+        return grads
+
 
 class GatedNoRmagSAE(GatedSAE):
     """Ablation (Fig. 8): r_mag fixed at 0 (a buffer), so W_mag = W_gate."""
@@ -105,6 +139,16 @@ class GatedUntiedSAE(GatedSAE):
 
     def _magnitude_preactivation(self, x: Tensor, z_gate: Tensor) -> Tensor:
         return self._project(x, self.W_mag) + self.b_mag[:, None, :]
+
+    def support_magnitude(self, step: SupportPass) -> Tensor:
+        return step.on.dots(step.centred, rows_to_features(self.W_mag)) + step.on.at_features(self.b_mag)
+
+    def support_encoder_grads(self, step: SupportPass, d_mag: Tensor, d_penalty: Tensor,
+                              g_aux: Tensor | None) -> tuple[dict[str, Tensor], Tensor | None]:
+        d_gate = self._support_gate_grad(step, d_penalty, g_aux)
+        grads = {"b_gate": step.on.per_feature(d_gate), "b_mag": step.on.per_feature(d_mag),
+                 "W_gate": step.on.scatter(d_gate, step.centred), "W_mag": step.on.scatter(d_mag, step.centred)}
+        return grads, times_encoder(grads["b_gate"], self.W_gate) + times_encoder(grads["b_mag"], self.W_mag)
 
     def _saelens_encoder(self, state: dict[str, Tensor], scale: float) -> dict[str, Tensor]:
         return {"W_enc": state["W_gate"] * scale, "b_gate": state["b_gate"], "b_mag": state["b_mag"],

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from gatedsae.saes.baseline import BaselineSAE
 from gatedsae.saes.gated import GatedSAE
+from gatedsae.saes.support_step import SupportPass, tied_magnitude, tied_scale
 
 
 class RescaleShiftSAE(BaselineSAE):
@@ -49,6 +50,16 @@ class RescaleShiftSAE(BaselineSAE):
         magnitude = torch.exp(self.r_mag)[:, None, :] * z + self.b_mag[:, None, :]  # z = π − b_enc
         features = (pi > 0).to(z.dtype) * torch.relu(magnitude)
         return features, torch.relu(pi)
+
+    def support_magnitude(self, step: SupportPass) -> Tensor:
+        return tied_magnitude(step, self.r_mag, self.b_mag)
+
+    def support_encoder_grads(self, step: SupportPass, d_mag: Tensor, d_penalty: Tensor,
+                              g_aux: Tensor | None) -> tuple[dict[str, Tensor], Tensor | None]:
+        # Only r_mag and b_mag train (the sparsity term is constant in them); the baseline under them is frozen.
+        grads = {"b_mag": step.on.per_feature(d_mag),
+                 "r_mag": step.on.per_feature(d_mag * tied_scale(step, self.r_mag) * step.z)}
+        return grads, None
 
     def _saelens_encoder(self, state: dict[str, Tensor], scale: float) -> dict[str, Tensor]:
         # A tied Gated SAE with W_gate = W_enc, b_gate = b_enc.

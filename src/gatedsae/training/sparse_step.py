@@ -24,6 +24,8 @@ costs one dense matmul plus O(|S| · d) = O(B · L0 · d) instead of O(B · m ·
 scatter are `embedding_bag(mode="sum", per_sample_weights=...)` (FBGEMM on CPUs), the sampled dot products
 `torch.sparse.sampled_addmm`; each output row is reduced by one thread, so results are deterministic.
 
+What differs between architectures (which pre-activation gates, the magnitudes, the auxiliary term,
+the encoder's gradients) is on each SAE class (`support_*`, saes/support_step.py); what they share is here.
 `sparse_step_` writes every trainable parameter's full (dense) `.grad`, equal to what
 `dense_step_` (autograd on the module's forward) writes up to float rounding, so the optimiser, the
 decoder-norm projection and resampling run unchanged: Adam decays its moments for every parameter.
@@ -40,10 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gatedsae.plan.architectures import ARCHITECTURES
 from gatedsae.saes.base import BatchedSAE
-from gatedsae.saes.baseline import BaselineSAE
-from gatedsae.saes.gated import GatedSAE, GatedUnfrozenDecoderSAE, GatedUntiedSAE
-from gatedsae.saes.rescale_shift import RescaleShiftSAE
+from gatedsae.saes.support_step import SupportPass
 
 __all__ = ["StepOutcome", "dense_step_", "sparse_step_"]
 
@@ -141,11 +142,6 @@ def _exclusive_cumsum(counts: Tensor, end: bool = False) -> Tensor:
     return starts if end else starts[:-1]
 
 
-def _rows_to_features(W: Tensor) -> Tensor:
-    """An encoder weight [n, d, m] as one table [n · m, d] whose row i · m + j is W[i, :, j]."""
-    return W.transpose(1, 2).reshape(-1, W.shape[1])
-
-
 def _features_to_encoder(grad: Tensor, param: Tensor) -> Tensor:
     """The inverse layout: [n · m, d] -> [n, d, m], laid out in memory as `param` is (encoder weights
     start as the transposed decoder, so they are usually stored feature-major: then no copy)."""
@@ -153,23 +149,17 @@ def _features_to_encoder(grad: Tensor, param: Tensor) -> Tensor:
     return grad if grad.stride() == param.stride() else grad.contiguous()
 
 
-def _times_encoder(per_feature: Tensor, W: Tensor) -> Tensor:
-    """[n, d]: W[i] @ v[i] for an encoder weight W [n, d, m] and v = `per_feature` [n · m]."""
-    return torch.bmm(per_feature.view(W.shape[0], 1, W.shape[2]), W.transpose(1, 2)).view(W.shape[0], -1)
-
-
 @torch.no_grad()
 def sparse_step_(module: BatchedSAE, x: Tensor) -> StepOutcome:
     """The step's loss terms, with the gradient of `total.sum()` written into every trainable
-    parameter's `.grad` (dense tensors), computed on the support only (see the module docstring).
-    x is [B, d] (shared by the SAEs) or [n, B, d]; float32 or float64, no autocast."""
-    if not isinstance(module, (GatedSAE, BaselineSAE)):
+    parameter's `.grad` (dense tensors), computed on the support only (see the module docstring): the
+    shared part here, each architecture's own part through its class's `support_*` methods
+    (saes/support_step.py). x is [B, d] (shared by the SAEs) or [n, B, d]; float32 or float64, no autocast."""
+    record = ARCHITECTURES.get(getattr(module, "arch", None))
+    if record is None or not record.sparse_steps:
         raise TypeError(f"no sparse step for {type(module).__name__}")
     n, width, d = module.n, module.width, module.d
-    params = dict(module.named_parameters())
-    gated = isinstance(module, GatedSAE)
-    rescale_shift = isinstance(module, RescaleShiftSAE)
-    gate_weight, gate_bias = (module.W_gate, module.b_gate) if gated else (module.W_enc, module.b_enc)
+    gate_weight, gate_bias = module.support_gate()
 
     centred = x - module.b_dec[:, None, :]                                   # [n, B, d]
     batch = centred.shape[1]
@@ -178,17 +168,9 @@ def sparse_step_(module: BatchedSAE, x: Tensor) -> StepOutcome:
     support = _Support.of(z > -gate_bias[:, None, :])                        # π = z + b_gate > 0
     z = z.reshape(-1).index_select(0, support.flat)                          # z on S
     pi = z + support.at_features(gate_bias)                                  # π on S (> 0): also ReLU(π)
-    table_c = centred.reshape(-1, d)
     decoder = module.W_dec.reshape(-1, d)                                    # [n · m, d]
-
-    # Features on S and the magnitude path.
-    if gated and isinstance(module, GatedUntiedSAE):
-        pi_mag = support.dots(table_c, _rows_to_features(module.W_mag)) + support.at_features(module.b_mag)
-    elif gated or rescale_shift:
-        scale = support.at_features(torch.exp(module.r_mag))
-        pi_mag = torch.addcmul(support.at_features(module.b_mag), scale, z)
-    else:
-        pi_mag = pi
+    step = SupportPass(support, x, centred.reshape(-1, d), z, pi, decoder)
+    pi_mag = module.support_magnitude(step)
     f = torch.relu(pi_mag)
 
     # Forward: reconstruction, sparsity, auxiliary.
@@ -197,48 +179,19 @@ def sparse_step_(module: BatchedSAE, x: Tensor) -> StepOutcome:
     reconstruction = residual.pow(2).sum(-1).mean(-1)
     sparsity = support.per_sae(pi, n) / batch
     l1 = module.sparsity_coefficient.to(pi.dtype)
-    auxiliary = torch.zeros_like(reconstruction)
-    if gated:
-        aux_residual = support.decode(pi, decoder).view(n, batch, d) + module.b_dec[:, None, :] - x
-        auxiliary = aux_residual.pow(2).sum(-1).mean(-1)
+    aux_residual = module.support_auxiliary(step)
+    auxiliary = torch.zeros_like(reconstruction) if aux_residual is None else aux_residual.pow(2).sum(-1).mean(-1)
     total = reconstruction + l1 * sparsity + auxiliary
 
     # Backward.
     g = (2.0 / batch) * residual.reshape(-1, d)                               # ∂L/∂x̂
+    g_aux = None if aux_residual is None else (2.0 / batch) * aux_residual.reshape(-1, d)
     d_mag = support.dots(g, decoder).masked_fill_(pi_mag <= 0, 0.0)          # ∂L/∂π_mag (= ∂L/∂f where on)
-    grads: dict[str, Tensor] = {}
-    l1_per_triple = support.at_saes(l1 / batch)
-    if gated:
-        g_aux = (2.0 / batch) * aux_residual.reshape(-1, d)
-        d_gate = support.dots(g_aux, decoder) + l1_per_triple                # ∂L/∂π_gate
-        grads["b_gate"] = support.per_feature(d_gate)
-        grads["b_mag"] = support.per_feature(d_mag)
-        if isinstance(module, GatedUntiedSAE):
-            grads["W_gate"] = support.scatter(d_gate, table_c)
-            grads["W_mag"] = support.scatter(d_mag, table_c)
-            encoder_sum = (_times_encoder(grads["b_gate"], module.W_gate)
-                           + _times_encoder(grads["b_mag"], module.W_mag))
-        else:
-            grads["r_mag"] = support.per_feature(d_mag * scale * z)
-            d_z = d_gate + scale * d_mag
-            grads["W_gate"] = support.scatter(d_z, table_c)
-            encoder_sum = _times_encoder(support.per_feature(d_z), module.W_gate)
-    elif rescale_shift:  # only r_mag and b_mag train; the baseline under them is frozen
-        grads["b_mag"] = support.per_feature(d_mag)
-        grads["r_mag"] = support.per_feature(d_mag * scale * z)
-    else:
-        d_pre = d_mag + l1_per_triple
-        grads["b_enc"] = support.per_feature(d_pre)
-        grads["W_enc"] = support.scatter(d_pre, table_c)
-        encoder_sum = _times_encoder(grads["b_enc"], module.W_enc)
+    grads, encoder_sum = module.support_encoder_grads(step, d_mag, support.at_saes(l1 / batch), g_aux)
     if module.decoder_trainable:
-        grads["W_dec"] = support.scatter(f, g)
-        grads["b_dec"] = g.view(n, batch, d).sum(1) - encoder_sum.view(n, d)
-        if isinstance(module, GatedUnfrozenDecoderSAE):  # the auxiliary reconstruction trains the decoder
-            grads["W_dec"] += support.scatter(pi, g_aux)
-            grads["b_dec"] += g_aux.view(n, batch, d).sum(1)
+        grads |= module.support_decoder_grads(step, f, g, g_aux, encoder_sum)
 
-    for name, param in params.items():
+    for name, param in module.named_parameters():
         grad = grads[name]
         if param.dim() == 3 and name != "W_dec":  # encoder weights: [n · m, d] -> [n, d, m]
             grad = _features_to_encoder(grad, param)
