@@ -189,6 +189,26 @@ rule rescale_shift:
         plan.command("rescale-shift") + " --site={wildcards.site:q} --layer={wildcards.layer:q} > {log:q} 2>&1"
 
 
+rule train_all_tokens:
+    """The paper's treatment of massive activations as its own run (sweep.all_tokens): the Gated and
+    baseline SAEs trained again on every non-BOS token, in the grid's all_tokens folder."""
+    input:
+        plan.training_input(),
+    output:
+        plan.all_tokens_index(),
+    params:
+        config=plan.params("train_all_tokens"),
+    log:
+        LOGS + "/train_all_tokens/{model}/{corpus}/{site}/layer{layer}/{sweep}.log",
+    benchmark:
+        BENCH + "/train_all_tokens/{model}/{corpus}/{site}/layer{layer}/{sweep}.tsv"
+    threads: COMPUTE_THREADS
+    resources:
+        **plan.resources("train_all_tokens"),
+    shell:
+        plan.command("train-all-tokens") + " --site={wildcards.site:q} --layer={wildcards.layer:q} > {log:q} 2>&1"
+
+
 rule evaluate:
     """Held-out metrics of every SAE of (site, layer); the clean prefix is computed once per batch and
     SAEs whose checkpoint and settings are unchanged keep their saved results."""

@@ -234,9 +234,7 @@ def with_threshold(sae: CheckpointSAE, directory: Path, threshold) -> Checkpoint
     return CheckpointSAE.load(directory)
 
 
-def test_massive_positions_are_treated_like_bos_and_the_paper_treatment_is_measured_too(trained_smoke, tiny_model,
-                                                                                       tmp_path):
-    from gatedsae.evaluation.evaluate import ALL_TOKENS_METRICS
+def test_massive_positions_are_treated_like_bos(trained_smoke, tiny_model, tmp_path):
     from gatedsae.evaluation.spliced import kept_positions
 
     site = "resid_post"
@@ -245,14 +243,12 @@ def test_massive_positions_are_treated_like_bos_and_the_paper_treatment_is_measu
     norms = rows.norm(dim=-1)
     tau = float(norms.quantile(0.9))  # a tenth of the held-out rows count as massive
     saes = {sae.record["arch"]: sae for sae in _grid_saes(trained_smoke, site)}
-    plain = with_threshold(saes["gated"], tmp_path / "gated_plain", None)  # no threshold: one treatment
+    plain = with_threshold(saes["gated"], tmp_path / "gated_plain", None)  # no threshold: every row counts
     thresholded = with_threshold(plain, tmp_path / "gated_tau", tau)
-    untied = with_threshold(saes["gated_untied"], tmp_path / "untied_tau", tau)
     above_all = with_threshold(plain, tmp_path / "gated_high", float(norms.max()) + 1)
     blocked = with_threshold(saes["baseline"], tmp_path / "baseline_everything", 0.0)  # every position massive
-    results = list(evaluate_each(trained_smoke, site, 1, [plain, thresholded, untied, above_all, blocked],
-                                 loaded=tiny_model))
-    plain_r, tau_r, untied_r, high_r, blocked_r = results
+    results = list(evaluate_each(trained_smoke, site, 1, [plain, thresholded, above_all, blocked], loaded=tiny_model))
+    plain_r, tau_r, high_r, blocked_r = results
 
     # store metrics leave the massive rows out, exactly as if they were not there
     kept = rows[norms <= tau]
@@ -264,31 +260,24 @@ def test_massive_positions_are_treated_like_bos_and_the_paper_treatment_is_measu
     assert tau_r.row["eval_tokens"] == len(kept)
     for metric in ("l0", "fvu", "nmse", "gamma"):
         assert tau_r.row[metric] == pytest.approx(expected[metric], rel=1e-6), metric
+    assert plain_r.row["massive_rows"] == 0 and set(plain_r.samples) == {"ce_clean", "ce_zero", "ce_sae", "store"}
 
-    # the paper's treatment (every non-BOS token) equals evaluating the checkpoint without a threshold
-    for metric in ALL_TOKENS_METRICS:
-        assert tau_r.row[f"{metric}_all_tokens"] == pytest.approx(plain_r.row[metric], rel=1e-5), metric
-        assert plain_r.row[f"{metric}_all_tokens"] == plain_r.row[metric]  # no threshold: one treatment
-    assert plain_r.samples["all_tokens"] is None and plain_r.row["massive_rows"] == 0
-
-    # the splice: only windows holding a massive position differ between the treatments
+    # the splice: only windows holding a massive position differ from the SAE evaluated on every token
     windows = load_windows(trained_smoke.paths.tokens_dir("tiny", "tiny"), "heldout")[: trained_smoke.evaluate.ce_windows]
     prefix = SplicedLM(tiny_model.model, site, 1).prefix(torch.from_numpy(np.asarray(windows, dtype=np.int64)))
     massive = kept_positions(prefix.activation, tau)[:, 1:].any(1).numpy()
     assert tau_r.row["massive_windows"] == int(massive.sum()) > 0
-    kept_ce, all_ce = np.array(tau_r.samples["ce_sae"]), np.array(tau_r.samples["all_tokens"]["ce_sae"])
-    np.testing.assert_allclose(kept_ce[~massive], all_ce[~massive], rtol=1e-6)
-    assert not np.allclose(kept_ce[massive], all_ce[massive], rtol=1e-6)
-    np.testing.assert_allclose(all_ce, plain_r.samples["ce_sae"], rtol=1e-5)
+    kept_ce, every_ce = np.array(tau_r.samples["ce_sae"]), np.array(plain_r.samples["ce_sae"])
+    np.testing.assert_allclose(kept_ce[~massive], every_ce[~massive], rtol=1e-6)
+    assert not np.allclose(kept_ce[massive], every_ce[massive], rtol=1e-6)
     # every position massive: the site keeps its clean activation everywhere, as at BOS
     np.testing.assert_allclose(blocked_r.samples["ce_sae"], blocked_r.samples["ce_clean"], rtol=1e-6)
     np.testing.assert_allclose(blocked_r.samples["ce_zero"], blocked_r.samples["ce_clean"], rtol=1e-6)
 
-    # a threshold above every norm changes nothing; ablations get no second treatment
+    # a threshold above every norm changes nothing
     for metric in ("l0", "gamma", "ce_sae", "loss_recovered"):
         assert high_r.row[metric] == pytest.approx(plain_r.row[metric], rel=1e-6)
     assert high_r.row["massive_rows"] == 0 and high_r.row["massive_windows"] == 0
-    assert untied_r.row["loss_recovered_all_tokens"] is None and untied_r.samples["all_tokens"] is None
 
 
 def test_a_killed_evaluation_keeps_every_sae_it_finished(trained_smoke, tiny_model, capsys, monkeypatch):

@@ -140,7 +140,7 @@ def test_the_contract_covers_every_job_and_every_placement_setting():
 
 
 def test_settings_at_their_neutral_default_stay_out_of_params():
-    params = json.loads(section_params(BASE, "cache", "train"))
+    params = json.loads(section_params(BASE, *NEUTRAL_DEFAULTS))
     for section, neutral in NEUTRAL_DEFAULTS.items():
         assert getattr(BASE, section).__dict__.items() >= neutral.items(), "the defaults are the neutral values"
         assert not set(neutral) & set(params[section]), "neutral settings stay out of the job params"

@@ -15,8 +15,7 @@ from gatedsae.plan.config import Config
 def verify_experiment(config: Config, overrides: str = "") -> str:
     """A summary of what was checked; raises IntegrityError listing every problem and its repair."""
     from gatedsae.activations.store import ActivationStore, StoreManifest
-    from gatedsae.evaluation.evaluate import grid_indexes
-    from gatedsae.plan.grid import RESCALE_SHIFT_VARIANT, read_grid_index
+    from gatedsae.plan.grid import VARIANT_STAGES, grid_indexes, read_grid_index
     from gatedsae.plan.layout import MANIFEST, STORE_PROGRESS
     from gatedsae.saes.checkpoints import CheckpointError, verify_checkpoint
 
@@ -48,7 +47,7 @@ def verify_experiment(config: Config, overrides: str = "") -> str:
         for variant, index in grid_indexes(config, site, layer).items():
             if not index.exists():
                 continue
-            stage = "rescale-shift" if variant == RESCALE_SHIFT_VARIANT else "train"
+            stage = VARIANT_STAGES[variant]
             for entry in read_grid_index(index):
                 checkpoints += 1
                 try:

@@ -63,6 +63,12 @@ def _rescale_shift(config: Config, site: str, layer: str) -> None:
     print(f"wrote {train_rescale_shift(config, site, int(layer))}")
 
 
+def _train_all_tokens(config: Config, site: str, layer: str) -> None:
+    from gatedsae.training.stages import train_all_tokens
+
+    print(f"wrote {train_all_tokens(config, site, int(layer))}")
+
+
 def _evaluate(config: Config, site: str, layer: str) -> None:
     from gatedsae.evaluation.evaluate import evaluate_grid
 
@@ -87,8 +93,7 @@ def _upgrade_checkpoints(config: Config) -> None:
     """Rewrite the cfg.json of every trained checkpoint of the experiment in the current sae-lens format
     (checkpoints written before it carry their metadata where sae-lens does not read it)."""
 
-    from gatedsae.evaluation.evaluate import grid_indexes
-    from gatedsae.plan.grid import read_grid_index
+    from gatedsae.plan.grid import grid_indexes, read_grid_index
     from gatedsae.saes.checkpoints import upgrade_saelens_cfg
 
     rewritten = kept = 0
@@ -270,6 +275,10 @@ STAGES: dict[str, Stage] = {
     "rescale-shift": Stage(_rescale_shift, "Fig. 9: learn a rescale and shift on top of each trained baseline",
                            "--site=S --layer=L",
                            reads=(*DATA, "sweep", "train", "resources"), devices=TRAIN_DEVICES, writes_data=True),
+    "train-all-tokens": Stage(_train_all_tokens, "the paper's treatment of massive activations: the Gated and "
+                              "baseline SAEs trained again on every non-BOS token (sweep.all_tokens)",
+                              "--site=S --layer=L",
+                              reads=(*DATA, "sweep", "train", "resources"), devices=TRAIN_DEVICES, writes_data=True),
     "evaluate": Stage(_evaluate, "held-out metrics of every SAE of a site and layer (L0, FVU, γ, loss recovered, ...)",
                       "--site=S --layer=L",
                       reads=(*DATA, "sweep", "evaluate", "resources"), devices=("evaluate.device",),
@@ -391,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         from gatedsae.plan import preflight
 
         config = load_config(overrides)
-        if name in ("train", "rescale-shift", "evaluate"):
+        if name in ("train", "rescale-shift", "train-all-tokens", "evaluate"):
             _check_target(name, config, options)
         streamed = name == "train" and config.cache.mode == "stream"  # the LM runs on cache.device too
         preflight.before_stage(config, stage.devices + (("cache.device",) if streamed else ()), stage.writes_data,

@@ -9,8 +9,8 @@ Per SAE:
 
 Massive activations follow the checkpoint's training record (`massive_norm_threshold`): positions
 above it are treated like BOS (left out of the store metrics, kept clean in the splice, for the
-zero-ablation too). The Gated and baseline SAEs are also measured the paper's way (every non-BOS
-position counted and replaced): columns `*_all_tokens`.
+zero-ablation too). The paper's treatment (every non-BOS position) is a training run of its own
+(`sweep.all_tokens`), whose checkpoints record no threshold.
 
 A grid's job runs the clean prefix of every window once, keeps it in memory, then evaluates SAE by SAE
 and writes each SAE's result as soon as it exists, keyed by the checkpoint's hash, the evaluation
@@ -35,15 +35,12 @@ from gatedsae.core.atomic import write_json_atomic
 from gatedsae.core.codehash import METRICS_CODE, code_fingerprint
 from gatedsae.evaluation.reconstruction import StoreResult, reconstruction_metrics
 from gatedsae.evaluation.spliced import HeldOutWindows, SplicedLM, WindowLosses
-from gatedsae.plan.architectures import BASELINE, KNOBS, PROPOSED, knob_fields
+from gatedsae.plan.architectures import KNOBS, knob_fields
 from gatedsae.plan.config import Config
 from gatedsae.plan.identity import evaluation_identity
-from gatedsae.plan.grid import GRID_INDEX, MAIN_VARIANT, RESCALE_SHIFT_DIR, RESCALE_SHIFT_VARIANT, read_grid_index
+from gatedsae.plan.grid import grid_indexes, read_trained_grid
 from gatedsae.plan.layout import METRICS_FILE
 from gatedsae.saes.checkpoints import checkpoint_id, decode_raw, encode_raw, read_checkpoint
-
-PAPER_TREATMENT_ARCHS = (PROPOSED, BASELINE)  # also measured with every non-BOS token (the paper's way)
-ALL_TOKENS_METRICS = ("l0", "fvu", "nmse", "gamma", "ce_zero", "ce_sae", "loss_recovered", "delta_lm_loss")
 
 
 @dataclass
@@ -85,10 +82,6 @@ class CheckpointSAE:
         like BOS in evaluation too (None: no threshold, every non-BOS row counts)."""
         value = self.record.get("massive_norm_threshold")
         return None if value is None else float(value)
-
-    @property
-    def paper_treatment_wanted(self) -> bool:
-        return self.record.get("arch") in PAPER_TREATMENT_ARCHS
 
 
 def loss_metrics(clean: np.ndarray, zero: np.ndarray, sae: np.ndarray, predictions_per_window: int) -> dict:
@@ -141,8 +134,7 @@ def evaluate_each(config: Config, site: str, layer: int, saes: list[CheckpointSA
         torch.set_num_threads(evaluate.threads)
     started = time.time()
     store = ActivationStore(config.paths.activations_dir(config.model.name, config.corpus.name, site, layer), "heldout")
-    stored = reconstruction_metrics(saes, store, evaluate.heldout_tokens, evaluate.batch_rows, evaluate.device,
-                                    [sae.paper_treatment_wanted for sae in saes])
+    stored = reconstruction_metrics(saes, store, evaluate.heldout_tokens, evaluate.batch_rows, evaluate.device)
     if loaded is None:
         from gatedsae.data.models import load_model
 
@@ -156,30 +148,20 @@ def evaluate_each(config: Config, site: str, layer: int, saes: list[CheckpointSA
     for sae, store_result in zip(saes, stored):
         started = time.time()
         threshold = sae.massive_norm_threshold
-        losses = held_out.losses(sae.reconstruct, threshold, sae.paper_treatment_wanted)
+        losses = held_out.losses(sae.reconstruct, threshold)
         row, samples = _assemble(sae, store_result, held_out, held_out.zero(threshold), losses)
         yield Evaluated(sae, row, samples, shared + time.time() - started)
 
 
 def _assemble(sae: CheckpointSAE, stored: StoreResult, held_out: HeldOutWindows, zero: WindowLosses,
               losses: WindowLosses) -> tuple[dict, dict]:
-    """The metrics row and the per-window samples of one SAE, under both treatments of massive
-    activations (the same values when it has no threshold; None where the paper's was not computed)."""
+    """The metrics row and the per-window samples of one SAE."""
     predictions = held_out.predictions_per_window
     row = {**describe(sae), **loss_metrics(held_out.clean, zero.kept, losses.kept, predictions), **stored.metrics,
            "massive_norm_threshold": sae.massive_norm_threshold, "massive_rows": stored.massive_rows,
            "massive_windows": losses.massive_windows}
     samples = {"ce_clean": held_out.clean.tolist(), "ce_zero": zero.kept.tolist(), "ce_sae": losses.kept.tolist(),
-               "store": stored.windows, "all_tokens": None}
-    if sae.massive_norm_threshold is None:
-        paper = row
-    elif losses.all_tokens is not None and stored.all_tokens is not None:
-        paper = {**loss_metrics(held_out.clean, zero.all_tokens, losses.all_tokens, predictions), **stored.all_tokens}
-        samples["all_tokens"] = {"ce_zero": zero.all_tokens.tolist(), "ce_sae": losses.all_tokens.tolist(),
-                                 "store": stored.all_tokens_windows}
-    else:
-        paper = {}
-    row |= {f"{metric}_all_tokens": paper.get(metric) for metric in ALL_TOKENS_METRICS}
+               "store": stored.windows}
     return row, samples
 
 
@@ -187,23 +169,6 @@ def evaluate_saes(config: Config, site: str, layer: int, saes: list[CheckpointSA
                   progress: bool = False) -> list[dict]:
     """Metrics rows (without the grid columns) for `saes` at (site, layer)."""
     return [evaluated.row for evaluated in evaluate_each(config, site, layer, saes, loaded, progress)]
-
-
-def grid_indexes(config: Config, site: str, layer: int) -> dict[str, Path]:
-    """The trained grids of (site, layer): the sweep, and its rescale-and-shift variant if configured."""
-    grid_dir = config.paths.checkpoints_dir(config.model.name, config.corpus.name, site, layer, config.sweep.name)
-    indexes = {MAIN_VARIANT: grid_dir / GRID_INDEX}
-    if config.sweep.rescale_shift_at(site):
-        indexes[RESCALE_SHIFT_VARIANT] = grid_dir / RESCALE_SHIFT_DIR / GRID_INDEX
-    return indexes
-
-
-def read_trained_grid(index: Path, variant: str) -> list[dict]:
-    """A grid index's entries; a grid not trained yet is refused with the rules that train it."""
-    if not index.exists():
-        rules = "train and rescale_shift" if variant == RESCALE_SHIFT_VARIANT else "train"
-        raise FileNotFoundError(f"{index} does not exist; train the grid first (Snakemake rule {rules})")
-    return read_grid_index(index)
 
 
 def evaluate_grid(config: Config, site: str, layer: int, progress: bool = True, loaded=None) -> Path:

@@ -76,28 +76,23 @@ class ReconstructionStats:
 
 @dataclass
 class StoreResult:
-    """One SAE's store metrics: under its own treatment, and every row counted (None: not computed)."""
+    """One SAE's store metrics (rows above its massive-activation threshold left out)."""
 
     metrics: dict
     windows: dict[str, list[float]]
-    all_tokens: Optional[dict] = None
-    all_tokens_windows: Optional[dict[str, list[float]]] = None
     massive_rows: int = 0
 
 
 @torch.no_grad()
-def reconstruction_metrics(saes: list, store, heldout_tokens: Optional[int], batch_rows: int, device: str,
-                           all_tokens: list[bool]) -> list[StoreResult]:
+def reconstruction_metrics(saes: list, store, heldout_tokens: Optional[int], batch_rows: int,
+                           device: str) -> list[StoreResult]:
     """Reconstruction metrics of each SAE over the same held-out rows, read once. Rows above an SAE's
-    `massive_norm_threshold` are left out of its metrics; where `all_tokens` is set for an SAE with a
-    threshold, its metrics over every row come from the same encoding."""
+    `massive_norm_threshold` are left out of its metrics."""
     rows_per_window = store.manifest.positions_per_window
     total = len(store) if heldout_tokens is None else min(heldout_tokens, len(store))
     windows = math.ceil(total / rows_per_window)
     thresholds = [sae.massive_norm_threshold for sae in saes]
     kept = [ReconstructionStats(sae.width, store.d, windows) for sae in saes]
-    every = [ReconstructionStats(sae.width, store.d, windows) if wanted and threshold is not None else None
-             for sae, wanted, threshold in zip(saes, all_tokens, thresholds)]
     offset = 0
     for chunk in store.tokens(total):
         for rows in chunk.split(batch_rows):
@@ -105,20 +100,12 @@ def reconstruction_metrics(saes: list, store, heldout_tokens: Optional[int], bat
             window_ids = torch.arange(offset, offset + len(x), device=device) // rows_per_window
             offset += len(x)
             norms = x.norm(dim=-1)
-            for sae, threshold, stat, all_stat in zip(saes, thresholds, kept, every):
+            for sae, threshold, stat in zip(saes, thresholds, kept):
                 features = sae.encode(x)
                 x_hat = sae.decode(features)
-                if all_stat is not None:
-                    all_stat.update(x, features, x_hat, window_ids)
                 if threshold is None:
                     stat.update(x, features, x_hat, window_ids)
                 else:
                     keep = norms <= threshold
                     stat.update(x[keep], features[keep], x_hat[keep], window_ids[keep])
-    results = []
-    for stat, all_stat in zip(kept, every):
-        result = StoreResult(stat.result(), stat.window_sums(), massive_rows=offset - stat.rows)
-        if all_stat is not None:
-            result.all_tokens, result.all_tokens_windows = all_stat.result(), all_stat.window_sums()
-        results.append(result)
-    return results
+    return [StoreResult(stat.result(), stat.window_sums(), massive_rows=offset - stat.rows) for stat in kept]

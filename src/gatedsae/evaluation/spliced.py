@@ -111,12 +111,10 @@ def window_means(losses: torch.Tensor) -> np.ndarray:
 
 @dataclass
 class WindowLosses:
-    """Mean CE per held-out window with the site replaced, massive positions kept clean (`kept`), and
-    with every non-BOS position replaced (`all_tokens`: the paper's treatment; None if not computed)."""
+    """Mean CE per held-out window with the site replaced, massive positions kept clean."""
 
     kept: np.ndarray
-    all_tokens: Optional[np.ndarray]
-    massive_windows: int  # windows with a massive position: the only ones where the treatments differ
+    massive_windows: int  # windows with a massive position kept clean
 
 
 class HeldOutWindows:
@@ -141,33 +139,19 @@ class HeldOutWindows:
         return len(self.clean)
 
     @torch.no_grad()
-    def losses(self, reconstruct: Callable[[torch.Tensor], torch.Tensor], threshold: Optional[float],
-               all_tokens: bool) -> WindowLosses:
+    def losses(self, reconstruct: Callable[[torch.Tensor], torch.Tensor], threshold: Optional[float]) -> WindowLosses:
         """Per-window CE with the site replaced by `reconstruct(clean activation)`. Massive positions
-        (above `threshold`) keep their clean activation; with `all_tokens`, the windows holding one are
-        run again with them replaced too (the other windows are the same under both treatments)."""
-        kept_means, all_means, massive = [], [], 0
+        (above `threshold`) keep their clean activation, as BOS does."""
+        kept_means, massive = [], 0
         for prefix in self.prefixes:
-            replacement = reconstruct(prefix.activation)
             kept = kept_positions(prefix.activation, threshold)
-            means = window_means(self.spliced.token_losses(prefix, replacement, kept))
-            kept_means.append(means)
-            touched = kept[:, 1:].any(1)
-            massive += int(touched.sum())
-            if all_tokens and threshold is not None:
-                means = means.copy()
-                if touched.any():
-                    means[touched.cpu().numpy()] = window_means(
-                        self.spliced.token_losses(prefix.select(touched), replacement[touched]))
-                all_means.append(means)
-        kept_means = np.concatenate(kept_means)
-        if threshold is None:
-            return WindowLosses(kept_means, kept_means if all_tokens else None, 0)
-        return WindowLosses(kept_means, np.concatenate(all_means) if all_tokens else None, massive)
+            kept_means.append(window_means(self.spliced.token_losses(prefix, reconstruct(prefix.activation), kept)))
+            massive += int(kept[:, 1:].any(1).sum())
+        return WindowLosses(np.concatenate(kept_means), massive)
 
     def zero(self, threshold: Optional[float]) -> WindowLosses:
-        """Zero-ablation under both treatments (computed once per threshold)."""
+        """The zero-ablation (computed once per threshold)."""
         if threshold not in self._zero:
-            self._zero[threshold] = self.losses(torch.zeros_like, threshold, all_tokens=True)
+            self._zero[threshold] = self.losses(torch.zeros_like, threshold)
         return self._zero[threshold]
 

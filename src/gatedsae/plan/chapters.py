@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from gatedsae.plan.config import Config, ConfigError
-from gatedsae.plan.grid import RESCALE_SHIFT_VARIANT
+from gatedsae.plan.grid import ALL_TOKENS_VARIANT, RESCALE_SHIFT_VARIANT
 from gatedsae.plan.layout import AGGREGATE_OUTPUTS
 
 
@@ -33,7 +33,8 @@ def published_chapter(config: Config) -> Optional[str]:
     archs, variants = {arch for arch, _ in rows}, {variant for _, variant in rows}
     furthest = None
     for chapter in config.experiment.chapters:
-        if archs & set(chapter.archs) or (chapter.rescale_shift and RESCALE_SHIFT_VARIANT in variants):
+        if archs & set(chapter.archs) or (chapter.rescale_shift and RESCALE_SHIFT_VARIANT in variants) \
+                or (chapter.all_tokens and ALL_TOKENS_VARIANT in variants):
             furthest = chapter.name
     return furthest
 

@@ -138,7 +138,8 @@ def train_estimate(config: Config, site: str) -> Estimate:
 
 def rescale_shift_estimate(config: Config, site: str) -> Estimate:
     d, train = config.model.site_width(site), config.train
-    widths = [g.width(d) for g in config.sweep.groups_at(site) if g.arch == rescale_shift_base() for _ in g.values]
+    widths = [g.width(d) for g in config.sweep.variant_groups_at(site) if g.arch == rescale_shift_base()
+              for _ in g.values]
     memory = lambda chunk: rescale_shift_memory(config, d, chunk)  # noqa: E731
     streamed = config.cache.mode == "stream"  # then it streams its own site's activations
     lm = stream_model_memory(config) if streamed and config.train_device(site) == config.cache.device else 0.0
@@ -154,12 +155,19 @@ def rescale_shift_estimate(config: Config, site: str) -> Estimate:
                     disk_bytes=sum(2 * d * w * 4 * 2 for w in widths), devices=2 if own_lm_device else 1)
 
 
+def all_tokens_estimate(config: Config, site: str) -> Estimate:
+    """The every-token run's train job (sweep.all_tokens): the sweep's Gated and baseline groups again."""
+    from gatedsae.plan.grid import all_tokens_config
+
+    whole = train_job_estimate(all_tokens_config(config), site)
+    return Estimate(whole.job.replace("train[", "train_all_tokens["), whole.memory_bytes, whole.flops,
+                    whole.disk_bytes, whole.breakdown)
+
+
 def evaluate_estimate(config: Config, site: str) -> Estimate:
     m, evaluate = config.model, config.evaluate
     d = m.site_width(site)
-    n_saes = sum(len(g.values) for g in config.sweep.groups_at(site))
-    n_saes += (sum(len(g.values) for g in config.sweep.groups_at(site) if g.arch == rescale_shift_base())
-               * config.sweep.rescale_shift_at(site))
+    n_saes = _saes_per_grid(config, site)
     widest = max(g.width(d) for g in config.sweep.groups_at(site))
     tokens = evaluate.ce_windows * config.experiment.context_length
     logits = evaluate.batch_windows * config.experiment.context_length * m.d_vocab * 4 * 2
@@ -175,8 +183,13 @@ def evaluate_estimate(config: Config, site: str) -> Estimate:
 
 
 def _saes_per_grid(config: Config, site: str) -> int:
-    baselines = sum(len(g.values) for g in config.sweep.groups_at(site) if g.arch == rescale_shift_base())
-    return sum(len(g.values) for g in config.sweep.groups_at(site)) + baselines * config.sweep.rescale_shift_at(site)
+    """SAEs evaluated at `site`: the sweep's, its rescale-and-shift ones and its every-token run's."""
+    from gatedsae.plan.grid import all_tokens_config
+
+    baselines = sum(len(g.values) for g in config.sweep.variant_groups_at(site) if g.arch == rescale_shift_base())
+    every_token = sum(len(g.values) for g in all_tokens_config(config).sweep.groups_at(site))
+    return (sum(len(g.values) for g in config.sweep.groups_at(site)) + baselines * config.sweep.rescale_shift_at(site)
+            + every_token * config.sweep.all_tokens_at(site))
 
 
 def aggregate_estimate(config: Config) -> Estimate:
@@ -217,6 +230,7 @@ def dag_jobs(config: Config) -> list[tuple[str, str | None, int]]:
     for site in config.experiment.sites:
         rows += [] if streamed else [("train", site, layers)]
         rows += [("rescale_shift", site, layers)] if config.sweep.rescale_shift_at(site) else []
+        rows += [("train_all_tokens", site, layers)] if config.sweep.all_tokens_at(site) else []
         rows.append(("evaluate", site, layers))
     return rows + [(rule, None, 1) for rule in ("curves", "aggregate", "figures", "verdict", "report")]
 
@@ -321,12 +335,13 @@ def size_text(n_bytes: float) -> str:
 # --- every rule ----------------------------------------------------------------------------------------
 
 # Rules that run the LM or train SAEs (the others read and write files).
-COMPUTE_RULES = ("cache", "train", "rescale_shift", "evaluate")
+COMPUTE_RULES = ("cache", "train", "rescale_shift", "train_all_tokens", "evaluate")
 # Rules sized by the experiment alone; `train` only in stream mode (one job per layer), else per site.
 PER_EXPERIMENT = {"prepare_model": prepare_estimate, "tokenize": tokenize_estimate, "cache": cache_estimate,
                   "browse": browse_estimate, "study": lambda config: browse_estimate(config, "study"),
                   "aggregate": aggregate_estimate, "study_analysis": study_analysis_estimate}
-PER_SITE = {"train": train_job_estimate, "rescale_shift": rescale_shift_estimate, "evaluate": evaluate_estimate}
+PER_SITE = {"train": train_job_estimate, "rescale_shift": rescale_shift_estimate,
+            "train_all_tokens": all_tokens_estimate, "evaluate": evaluate_estimate}
 
 
 def sized_per_site(config: Config, rule: str) -> bool:

@@ -35,6 +35,7 @@ def _estimators(config: Config) -> dict[str, Callable[[Optional[str]], estimates
         "train": (lambda site: estimates.train_layer_estimate(config)) if config.cache.mode == "stream"
         else (lambda site: estimates.train_job_estimate(config, site)),
         "rescale-shift": lambda site: estimates.rescale_shift_estimate(config, site),
+        "train-all-tokens": lambda site: estimates.all_tokens_estimate(config, site),
         "evaluate": lambda site: estimates.evaluate_estimate(config, site),
     }
 
@@ -64,6 +65,8 @@ class Predictor:
         sites = self.config.experiment.sites
         if stage == "rescale-shift":
             sites = [s for s in sites if self.config.sweep.rescale_shift_at(s)] or sites
+        if stage == "train-all-tokens":
+            sites = [s for s in sites if self.config.sweep.all_tokens_at(s)] or sites
         return sites
 
     @property

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gatedsae.core.atomic import write_json_atomic
+from gatedsae.plan.architectures import BASELINE, PROPOSED
 from gatedsae.plan.config import Config
 from gatedsae.plan.identity import config_hash
 
@@ -54,11 +55,18 @@ def sae_seed(seed: int, arch: str, width: int, value: float) -> int:
 # kept (plan/identity.py), so adding one λ to a sweep trains one SAE.
 
 GRID_INDEX = "grid.json"
-# The variants of a site's training (metrics.csv's `variant`): the sweep's grid, and Fig. 9's
-# rescale-and-shift grid trained on its baselines, in the folder of that name beside the sweep's.
+# The variants of a site's training (metrics.csv's `variant`): the sweep's grid, and the grids trained
+# beside it, each in the folder of its name within the sweep's, with its own grid.json: Fig. 9's
+# rescale-and-shift on the sweep's baselines, and the every-token run (sweep.all_tokens). The stage that
+# trains each.
 MAIN_VARIANT = "sweep"
 RESCALE_SHIFT_VARIANT = "rescale_shift"
 RESCALE_SHIFT_DIR = RESCALE_SHIFT_VARIANT
+ALL_TOKENS_VARIANT = "all_tokens"
+ALL_TOKENS_DIR = ALL_TOKENS_VARIANT
+VARIANT_DIRS = {RESCALE_SHIFT_VARIANT: RESCALE_SHIFT_DIR, ALL_TOKENS_VARIANT: ALL_TOKENS_DIR}
+VARIANT_STAGES = {MAIN_VARIANT: "train", RESCALE_SHIFT_VARIANT: "rescale-shift",
+                  ALL_TOKENS_VARIANT: "train-all-tokens"}
 
 
 def sweep_of(config: Config, site: str, specs: list[SAESpec]) -> Config:
@@ -71,8 +79,33 @@ def sweep_of(config: Config, site: str, specs: list[SAESpec]) -> Config:
     return replace(config, sweep=replace(config.sweep, groups=[g for g in groups if g.values]))
 
 
-def grid_dir(config: Config, site: str, layer: int) -> Path:
-    return config.paths.checkpoints_dir(config.model.name, config.corpus.name, site, layer, config.sweep.name)
+def grid_dir(config: Config, site: str, layer: int, variant: str = MAIN_VARIANT) -> Path:
+    """Where the checkpoints of (site, layer)'s grid of `variant` lie (a variant: a folder of the sweep's)."""
+    root = config.paths.checkpoints_dir(config.model.name, config.corpus.name, site, layer, config.sweep.name)
+    return root if variant == MAIN_VARIANT else root / VARIANT_DIRS[variant]
+
+
+def trained_variants(config: Config, site: str) -> list[str]:
+    """The grids trained at `site`: the sweep, its rescale-and-shift and its every-token variant where
+    configured."""
+    return [MAIN_VARIANT] + [RESCALE_SHIFT_DIR] * config.sweep.rescale_shift_at(site) \
+        + [ALL_TOKENS_DIR] * config.sweep.all_tokens_at(site)
+
+
+def grid_indexes(config: Config, site: str, layer: int) -> dict[str, Path]:
+    """The grid index of every grid trained at (site, layer), by variant."""
+    return {variant: grid_dir(config, site, layer, variant) / GRID_INDEX for variant in trained_variants(config, site)}
+
+
+def all_tokens_config(config: Config) -> Config:
+    """The paper's treatment of massive activations as a training run of its own: the sweep's Gated and
+    baseline groups (those `in_variants`) trained with every non-BOS row (`train.max_norm_ratio` null),
+    so their checkpoints record no threshold and are evaluated on every non-BOS token too."""
+    from dataclasses import replace
+
+    groups = [group for group in config.sweep.groups if group.arch in (PROPOSED, BASELINE) and group.in_variants]
+    return replace(config, sweep=replace(config.sweep, groups=groups, rescale_shift=False),
+                   train=replace(config.train, max_norm_ratio=None))
 
 
 def write_grid_index(out_dir: Path, site: str, layer: int, sweep: str, specs: list[SAESpec], root: Path) -> Path:
@@ -84,6 +117,13 @@ def write_grid_index(out_dir: Path, site: str, layer: int, sweep: str, specs: li
     write_json_atomic(out_dir / GRID_INDEX, {"site": site, "layer": layer, "sweep": sweep,
                                              "paths_relative_to": "paths.data", "saes": entries})
     return out_dir / GRID_INDEX
+
+
+def read_trained_grid(index: Path, variant: str) -> list[dict]:
+    """A grid index's entries; a grid not trained yet is refused with the stage that trains it."""
+    if not index.exists():
+        raise FileNotFoundError(f"{index} does not exist; train the grid first (stage {VARIANT_STAGES[variant]})")
+    return read_grid_index(index)
 
 
 def read_grid_index(index: Path) -> list[dict]:

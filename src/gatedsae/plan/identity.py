@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 # out of job params and training keys while at that value, so adding a setting reruns nothing.
 NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "cache": {"mode": "store", "stream_keep_shards": 2},
+    "sweep": {"all_tokens": False, "all_tokens_sites": []},
     "train": {"statistics_tokens": None, "sparse": "auto",
               "sparse_max_density": SPARSE_MAX_DENSITY, "dead_after_tokens": DEAD_AFTER_TOKENS},
 }
@@ -141,6 +142,7 @@ JOBS: dict[str, tuple[tuple[str, ...], Optional[str]]] = {
     "train": (("sweep", "train"), None),
     "train_streamed": ((*STORE_SECTIONS, "sweep", "train"), None),
     "rescale_shift": (("sweep", "train"), None),
+    "train_all_tokens": (("sweep", "train"), None),
     "evaluate": (("evaluate",), "metrics"),
     "aggregate": (("intervals", "verdict"), "aggregate"),  # the verdict's levels: where the readings are taken
     "verdict": (("verdict", "intervals"), "verdict"),
@@ -155,8 +157,8 @@ STUDY_ANALYSIS_ONLY = ("ratings", "bootstrap", "confidence")
 def job_params(config: Config, job: str) -> str:
     """A job's params (Snakemake reruns a job whose params changed): the config sections it depends on
     (JOBS), as one canonical JSON string."""
-    if job == "train" and config.cache.mode == "stream":
-        job = "train_streamed"
+    if job in ("train", "train_all_tokens") and config.cache.mode == "stream":
+        job = "train_streamed"  # it runs the LM itself
     if job == "study":
         study = {k: v for k, v in asdict(config.study).items() if k not in STUDY_ANALYSIS_ONLY}
         return json.dumps({"study": study, "page": json.loads(section_params(config, "browser", "evaluate"))},

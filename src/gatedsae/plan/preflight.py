@@ -29,6 +29,7 @@ class ResourceError(PipelineError):
 
 # What to lower when an estimate is too large, by job.
 _LOWER = {"cache": "cache.train_tokens or cache.heldout_tokens",
+          "train_all_tokens": "train.tokens (or set sweep.all_tokens=false)",  # before its prefix "train"
           "train": "train.tokens (or the sweep's groups)", "rescale_shift": "train.tokens",
           "evaluate": "evaluate.ce_windows or evaluate.heldout_tokens", "aggregate": "intervals.resamples",
           "study_analysis": "study.bootstrap"}

@@ -27,6 +27,7 @@ def job_resources(estimate: Estimate, device: str, config: Config) -> dict:
 def rule_device(config: Config, rule: str) -> str:
     """Where a rule's stage computes (the rules not listed compute on the CPU, if at all)."""
     devices = {"cache": config.cache.device, "train": config.train.device, "rescale_shift": config.train.device,
+               "train_all_tokens": config.train.device,
                "evaluate": config.evaluate.device, "browse": config.evaluate.device, "study": config.evaluate.device}
     return devices.get(rule, "cpu")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gatedsae.plan.config import STAGES, Config, load_config, require_safe_name
 from gatedsae.plan.identity import job_params
-from gatedsae.plan.grid import GRID_INDEX, RESCALE_SHIFT_DIR
+from gatedsae.plan.grid import ALL_TOKENS_DIR, GRID_INDEX, MAIN_VARIANT, RESCALE_SHIFT_DIR, trained_variants
 from gatedsae.plan.layout import (
     AGGREGATE_OUTPUTS,
     ANALYSIS_FILE,
@@ -97,6 +97,10 @@ class ExperimentPlan:
         """Stream mode: training runs the LM itself, one job per layer for all its sites."""
         return self.config.cache.mode == "stream"
 
+    def training_input(self) -> list[str]:
+        """What a per-site training job reads: its store, or in stream mode the tokens and the model."""
+        return [self.tokens_manifest(), self.model_marker()] if self.streamed else [self.store_manifest()]
+
     def layer_grid_indexes(self) -> list[str]:
         """The grids a stream-mode train job writes: every site of one layer (a wildcard)."""
         return [self.grid_index().replace("{site}", site) for site in self.config.experiment.sites]
@@ -105,8 +109,17 @@ class ExperimentPlan:
         return str(self.config.paths.checkpoints_dir("{model}", "{corpus}", "{site}", "{layer}", "{sweep}") / GRID_INDEX)
 
     def rescale_shift_index(self) -> str:
+        return self.variant_index(RESCALE_SHIFT_DIR)
+
+    def all_tokens_index(self) -> str:
+        return self.variant_index(ALL_TOKENS_DIR)
+
+    def variant_index(self, variant: str) -> str:
+        """The grid index a variant's training writes (the sweep's own: `grid_index`)."""
+        if variant == MAIN_VARIANT:
+            return self.grid_index()
         grid = self.config.paths.checkpoints_dir("{model}", "{corpus}", "{site}", "{layer}", "{sweep}")
-        return str(grid / RESCALE_SHIFT_DIR / GRID_INDEX)
+        return str(grid / variant / GRID_INDEX)
 
     def evaluation(self) -> str:
         return str(self.config.paths.evaluation_dir("{model}", "{corpus}", "{site}", "{layer}", "{sweep}")
@@ -142,7 +155,7 @@ class ExperimentPlan:
         """What a stage reading one site's trained SAEs and held-out data needs: its grid(s), its store,
         the held-out tokens and the model."""
         values = dict(model=self.model, corpus=self.corpus, site=site, layer=layer, sweep=self.config.sweep.name)
-        grids = [self.grid_index()] + ([self.rescale_shift_index()] if self.config.sweep.rescale_shift_at(site) else [])
+        grids = [self.variant_index(variant) for variant in trained_variants(self.config, site)]
         return [p.format(**values) for p in [*grids, self.store_manifest(), self.tokens_manifest(), self.model_marker()]]
 
     def figures_index(self) -> str:
@@ -164,15 +177,15 @@ class ExperimentPlan:
         patterns = {"cache": [self.store_manifest()], "train": [self.grid_index()], "evaluate": [self.evaluation()]}
         targets = {path for pattern in patterns[stage] for path in self._concrete(pattern)}
         if stage == "train":
-            sites = [site for site in self.config.experiment.sites if self.config.sweep.rescale_shift_at(site)]
-            targets |= set(self._concrete(self.rescale_shift_index(), sites))
+            for site in self.config.experiment.sites:
+                targets |= {path for variant in trained_variants(self.config, site)
+                            for path in self._concrete(self.variant_index(variant), [site])}
         return sorted(targets)
 
     def trained_grids(self, wildcards) -> list[str]:
-        """Input function of the evaluate rule: the (site, layer)'s grid, and its rescale-shift grid if any."""
-        grids = [self.grid_index()]
-        if self.config.sweep.rescale_shift_at(wildcards.site):
-            grids.append(self.rescale_shift_index())
+        """Input function of the evaluate rule: the (site, layer)'s grid, and its variants' (rescale-and-shift,
+        every token) where configured."""
+        grids = [self.variant_index(variant) for variant in trained_variants(self.config, wildcards.site)]
         return [grid.format(**dict(wildcards.items())) for grid in grids]
 
     def targets(self) -> list[str]:

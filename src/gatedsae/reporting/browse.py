@@ -19,12 +19,14 @@ INDEX_SUFFIX = ".features.json"  # every feature of an SAE, compact (reporting/f
 
 
 def browsed_checkpoints(config: Config, site: str, layer: int, archs: list[str]) -> list[Path]:
-    """The checkpoints of (site, layer)'s grids whose architecture is in `archs`, in grid order."""
-    from gatedsae.evaluation.evaluate import grid_indexes, read_trained_grid
+    """The checkpoints of (site, layer)'s grids whose architecture is in `archs`, in grid order (not the
+    every-token run's: its SAEs repeat the sweep's names)."""
+    from gatedsae.plan.grid import ALL_TOKENS_VARIANT, grid_indexes, read_trained_grid
 
     found = []
     for variant, index in grid_indexes(config, site, layer).items():
-        found += [Path(e["path"]) for e in read_trained_grid(index, variant) if e["arch"] in archs]
+        if variant != ALL_TOKENS_VARIANT:
+            found += [Path(e["path"]) for e in read_trained_grid(index, variant) if e["arch"] in archs]
     if not found:
         raise FileNotFoundError(f"no SAE of architecture {archs} in the grids of {site} layer {layer}; "
                                 "check browser.archs")

@@ -19,7 +19,7 @@ def gather_curves(config: "Config") -> Path:
     curves were logged have none; the stage says how many)."""
     import pandas as pd
 
-    from gatedsae.evaluation.evaluate import grid_indexes
+    from gatedsae.plan.grid import grid_indexes
     from gatedsae.reporting.tables import write_csv_atomic
 
     rows, missing = [], []

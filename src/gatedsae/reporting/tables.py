@@ -25,16 +25,14 @@ from gatedsae.plan.sites import SITES
 from gatedsae.plan.sites import label as site_label
 
 SAE_INTERVALS = ("loss_recovered", "delta_lm_loss", "gamma")  # per-SAE metrics with an interval
-ALL_TOKENS_COLUMNS = [f"{metric}_all_tokens" for metric in
-                      ("l0", "fvu", "nmse", "gamma", "ce_zero", "ce_sae", "loss_recovered", "delta_lm_loss")]
 # metrics.csv columns, in order: the paper's tables first, then the later papers' metrics, the intervals,
-# the massive-activation treatment (and the paper's treatment), and provenance.
+# the massive-activation treatment, and provenance.
 COLUMNS = [
     "model", "site", "layer", "split", "arch", "variant", *architectures.KNOBS, "lr", "width", "seed", "l0", "loss_recovered",
     "ce_clean", "ce_sae", "ce_zero", "alive_fraction", "gamma", "fvu", "nmse", "delta_lm_loss",
     *(f"{metric}_ci_{end}" for metric in SAE_INTERVALS for end in ("low", "high")),
     "train_tokens", "eval_tokens", "ce_tokens", "ce_windows",
-    "massive_norm_threshold", "massive_rows", "massive_windows", *ALL_TOKENS_COLUMNS,
+    "massive_norm_threshold", "massive_rows", "massive_windows",
     "corpus", "sweep", "sae", "checkpoint_id", "checkpoint",
 ]
 

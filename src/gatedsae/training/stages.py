@@ -16,9 +16,12 @@ from gatedsae.plan.architectures import KNOBS, architecture
 from gatedsae.plan.config import Config, ConfigError
 from gatedsae.plan.identity import rescale_shift_extra, training_key
 from gatedsae.plan.grid import (
+    ALL_TOKENS_DIR,
     GRID_INDEX,
+    MAIN_VARIANT,
     RESCALE_SHIFT_DIR,
     SAESpec,
+    all_tokens_config,
     grid_dir,
     grid_specs,
     read_grid_index,
@@ -73,11 +76,13 @@ def train_grid(config: Config, site: str, layer: int, progress: bool = True) -> 
     return train_layer(config, layer, [site], progress)[0]
 
 
-def train_layer(config: Config, layer: int, sites: Optional[list[str]] = None, progress: bool = True) -> list[Path]:
+def train_layer(config: Config, layer: int, sites: Optional[list[str]] = None, progress: bool = True,
+                variant: str = MAIN_VARIANT) -> list[Path]:
     """Train the SAEs of the sweep at each site of `layer` that are not trained yet; write one checkpoint
     per SAE, then each site's `grid.json` (every SAE of the sweep) last. The sites' grids step in
     lockstep, so in stream mode one LM forward per shard feeds them all; when the device cannot hold
-    every missing SAE at once they train in passes over the data, each pass exported when it ends."""
+    every missing SAE at once they train in passes over the data, each pass exported when it ends.
+    `variant` names the folder the grid is written to (the sweep's, or a variant's such as all_tokens)."""
     from gatedsae.activations.stream import training_activations
     from gatedsae.plan.estimates import plan_passes, train_estimate, train_pass_memory
     from gatedsae.plan.preflight import check_memory
@@ -88,7 +93,7 @@ def train_layer(config: Config, layer: int, sites: Optional[list[str]] = None, p
         share = _device_share(config, site, sites)
         specs[site] = grid_specs(config, config.model.site_width(site), site)
         keys[site] = {spec.name: training_key(config, site, spec) for spec in specs[site]}
-        missing = [spec for spec in specs[site] if not _finished(grid_dir(config, site, layer) / spec.name,
+        missing = [spec for spec in specs[site] if not _finished(grid_dir(config, site, layer, variant) / spec.name,
                                                                  keys[site][spec.name])]
         passes[site] = plan_passes(missing, train_pass_memory(config, site), share)
         for chunk in passes[site]:  # before any compute: every pass must fit (a single SAE may not)
@@ -102,13 +107,22 @@ def train_layer(config: Config, layer: int, sites: Optional[list[str]] = None, p
         splits = training_activations(config, [(site, layer) for site in training])
         for round_ in range(max(len(passes[site]) for site in training)):
             trainers = {site: GridTrainer(sweep_of(_on_device(config, site), site, passes[site][round_]),
-                                          splits[(site, layer)], grid_dir(config, site, layer))
+                                          splits[(site, layer)], grid_dir(config, site, layer, variant))
                         for site in training if round_ < len(passes[site])}
             train_lockstep(list(trainers.values()), progress)
             for site, trainer in trainers.items():
-                export_checkpoints(trainer, site, layer, grid_dir(config, site, layer), keys[site])
-    return [write_grid_index(grid_dir(config, site, layer), site, layer, config.sweep.name, specs[site],
+                export_checkpoints(trainer, site, layer, grid_dir(config, site, layer, variant), keys[site])
+    return [write_grid_index(grid_dir(config, site, layer, variant), site, layer, config.sweep.name, specs[site],
                              config.paths.root) for site in sites]
+
+
+def train_all_tokens(config: Config, site: str, layer: int, progress: bool = True) -> Path:
+    """The paper's treatment of massive activations as its own run: the sweep's Gated and baseline SAEs at
+    (site, layer) trained on every non-BOS row (plan/grid.all_tokens_config), in the `all_tokens` folder."""
+    if not config.sweep.all_tokens_at(site):
+        raise ConfigError(f"the every-token run is not configured at {site}: set sweep.all_tokens=true (and "
+                          f"{site} in sweep.all_tokens_sites, or leave it empty) with Gated and baseline groups there")
+    return train_layer(all_tokens_config(config), layer, [site], progress, variant=ALL_TOKENS_DIR)[0]
 
 
 def train_rescale_shift(config: Config, site: str, layer: int, progress: bool = True) -> Path:
@@ -123,11 +137,12 @@ def train_rescale_shift(config: Config, site: str, layer: int, progress: bool = 
     index = grid / GRID_INDEX
     if not index.exists():
         raise FileNotFoundError(f"{index} does not exist; run the train stage first")
-    baselines = [entry for entry in read_grid_index(index) if entry["arch"] == WRAPPED]
+    lrs = {(g.width(d), l1): g.lr for g in config.sweep.variant_groups_at(site) if g.arch == WRAPPED for l1 in g.values}
+    baselines = [entry for entry in read_grid_index(index) if entry["arch"] == WRAPPED
+                 and (entry["width"], entry["l1"]) in lrs]
     if not baselines:
         raise ConfigError(f"sweep '{config.sweep.name}' has no baseline group to rescale and shift")
     out_dir = grid / RESCALE_SHIFT_DIR
-    lrs = {(g.width(d), l1): g.lr for g in config.sweep.groups_at(site) if g.arch == WRAPPED for l1 in g.values}
     wrapped = [SAESpec(0, 0, RescaleShiftSAE.arch, e["width"], e["l1"], lrs[(e["width"], e["l1"])]) for e in baselines]
     keys = {spec.name: training_key(config, site, spec, extra=checkpoint_id(entry["path"]))
             for spec, entry in zip(wrapped, baselines)}

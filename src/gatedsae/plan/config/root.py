@@ -190,7 +190,8 @@ def _through_chapter(config: Config) -> Config:
     chapters = config.experiment.chapters_through(config.experiment.chapter)
     archs = {arch for chapter in chapters for arch in chapter.archs}
     sweep = replace(config.sweep, groups=[group for group in config.sweep.groups if group.arch in archs],
-                    rescale_shift=config.sweep.rescale_shift and any(chapter.rescale_shift for chapter in chapters))
+                    rescale_shift=config.sweep.rescale_shift and any(chapter.rescale_shift for chapter in chapters),
+                    all_tokens=config.sweep.all_tokens and any(chapter.all_tokens for chapter in chapters))
     return replace(config, sweep=sweep)
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from gatedsae.plan.architectures import ARCHITECTURES, KNOBS, LEGACY_KNOB, PROPOSED, knob_of, rescale_shift_base
+from gatedsae.plan.architectures import (ARCHITECTURES, BASELINE, KNOBS, LEGACY_KNOB, PROPOSED, knob_of,
+                                         rescale_shift_base)
 from gatedsae.plan.config.checks import choice, distinct, finite, require, require_safe_name
 from gatedsae.plan.sites import SITES
 
@@ -31,6 +32,9 @@ class SAEGroupConfig:
     # scaled by train.normalize; paper_per_dim: the paper's Gated runs (squared error / d, raw activations);
     # paper_per_dim_energy: the paper's Pythia / Gemma baseline runs (squared error / (d · E||x||²)).
     l1_units: str = "normalized"
+    # Whether Fig. 9's rescale-and-shift and the every-token run repeat this group (false: only the sweep
+    # trains it, e.g. the baseline at Gated's own width beside the compute-matched one)
+    in_variants: bool = True
 
     def validate(self, key: str) -> None:
         choice(self.l1_units, f"{key}.l1_units", L1_UNITS)
@@ -110,6 +114,10 @@ class SweepConfig:
     groups: list[SAEGroupConfig] = field(default_factory=list)
     rescale_shift: bool = False  # also train Fig. 9's rescale-and-shift on top of each trained baseline
     rescale_shift_sites: list[str] = field(default_factory=list)  # ... at these sites ([]: every site)
+    # The paper's treatment of massive activations as its own run: the Gated and baseline groups trained
+    # again on every non-BOS row (train.max_norm_ratio null), metrics rows of variant `all_tokens`
+    all_tokens: bool = False
+    all_tokens_sites: list[str] = field(default_factory=list)  # ... at these sites ([]: every site)
 
     def validate(self) -> None:
         require_safe_name(self.name, "sweep.name")
@@ -118,15 +126,28 @@ class SweepConfig:
                 "sweep.rescale_shift", f"needs a {rescale_shift_base()} group to rescale and shift")
         for index, group in enumerate(self.groups):
             group.validate(f"sweep.groups.{index}")
-        for site in self.rescale_shift_sites:
-            choice(site, "sweep.rescale_shift_sites", SITES)
-        distinct(self.rescale_shift_sites, "sweep.rescale_shift_sites")
+        for key in ("rescale_shift_sites", "all_tokens_sites"):
+            for site in getattr(self, key):
+                choice(site, f"sweep.{key}", SITES)
+            distinct(getattr(self, key), f"sweep.{key}")
+        require(not self.all_tokens or any(self.all_tokens_at(site) for site in SITES), "sweep.all_tokens",
+                f"needs a {PROPOSED} and a {BASELINE} group at one of its sites to train on every token")
 
     def rescale_shift_at(self, site: str) -> bool:
         """Whether Fig. 9's rescale-and-shift is trained at `site` (it needs a baseline group there)."""
         return (self.rescale_shift and (not self.rescale_shift_sites or site in self.rescale_shift_sites)
-                and any(g.arch == rescale_shift_base() for g in self.groups_at(site)))
+                and any(g.arch == rescale_shift_base() for g in self.variant_groups_at(site)))
+
+    def all_tokens_at(self, site: str) -> bool:
+        """Whether the every-token variant is trained at `site` (it needs Gated and baseline groups there)."""
+        archs = {group.arch for group in self.variant_groups_at(site)}
+        return (self.all_tokens and (not self.all_tokens_sites or site in self.all_tokens_sites)
+                and {PROPOSED, BASELINE} <= archs)
 
     def groups_at(self, site: str) -> list[SAEGroupConfig]:
         """The groups trained at `site` (ablation groups may be limited to some sites)."""
         return [group for group in self.groups if group.trained_at(site)]
+
+    def variant_groups_at(self, site: str) -> list[SAEGroupConfig]:
+        """The groups at `site` that rescale-and-shift and the every-token run repeat (`in_variants`)."""
+        return [group for group in self.groups_at(site) if group.in_variants]
