@@ -12,6 +12,10 @@ activation above it: the treatment recorded with each checkpoint). Cross-entropy
 predictions made from positions 1..T-2 (those the replacement can change; the BOS position's
 prediction of token 1 is not), kept per window so that intervals can resample windows.
 
+The remainder stops after the last block; the final norm, the unembedding and the CE then run a few
+windows at a time on the predicting positions only (`Unembedding`): the vocabulary-wide logits of a
+whole batch never exist at once, and the unembedding's transposed matrix is built once, not per call.
+
 `HeldOutWindows` runs the clean prefix of every held-out window once and keeps it in memory (the
 residual stream at the splice point: windows × T × d values), so each SAE then costs only the
 remainder of the model and can be finished, and saved, on its own.
@@ -19,6 +23,7 @@ remainder of the model and can be finished, and saved, on its own.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -44,13 +49,26 @@ class Prefix:
 
 
 class SplicedLM:
-    def __init__(self, model, site: str, layer: int):
+    """`precision` (a `core.precision.Precision`; None: float32) is the LM's: its forwards run under that
+    precision's autocast (the caller casts the weights once: `data.lm_precision.matmul_weights`), while a
+    replacement is computed by the caller outside it, in float32."""
+
+    def __init__(self, model, site: str, layer: int, precision=None):
         self.model, self.site, self.layer = model, site, layer
         self.hook = hook_name(site, layer)
         self._start = layer + 1 if site == "resid_post" else layer
+        self.precision = precision
+        self.unembedding = Unembedding(model)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext() if self.precision is None else self.precision.autocast()
 
     @torch.no_grad()
     def prefix(self, tokens: torch.Tensor) -> Prefix:
+        with self.autocast():
+            return self._prefix(tokens)
+
+    def _prefix(self, tokens: torch.Tensor) -> Prefix:
         residual = self.model(tokens, stop_at_layer=self._start)
         if self.site == "resid_post":
             return Prefix(tokens, residual, residual)
@@ -69,27 +87,73 @@ class SplicedLM:
                      kept: torch.Tensor | None = None) -> torch.Tensor:
         """Per-token next-token CE [B, T-2] with the site replaced (None: clean) at every position but
         those `kept` clean ([B, T] mask; None: BOS only)."""
+        with self.autocast():
+            return self._token_losses(prefix, replacement, kept)
+
+    def _token_losses(self, prefix: Prefix, replacement: torch.Tensor | None,
+                      kept: torch.Tensor | None) -> torch.Tensor:
         if replacement is None:
-            logits = self._remainder(prefix, prefix.residual, hooks=[])
+            final = self._remainder(prefix, prefix.residual, hooks=[])
         else:
             kept = kept_positions(prefix.activation, None) if kept is None else kept
             replacement = torch.where(kept[..., None], prefix.activation, replacement.to(prefix.activation.dtype))
             if self.site == "resid_post":
-                logits = self._remainder(prefix, replacement, hooks=[])
+                final = self._remainder(prefix, replacement, hooks=[])
             else:
                 def swap(activation, hook):
                     return unflatten(self.site, replacement, activation)
 
-                logits = self._remainder(prefix, prefix.residual, hooks=[(self.hook, swap)])
-        return next_token_losses(logits, prefix.tokens)
+                final = self._remainder(prefix, prefix.residual, hooks=[(self.hook, swap)])
+        return self.unembedding.token_losses(final, prefix.tokens)
 
     def _remainder(self, prefix: Prefix, residual: torch.Tensor, hooks: list) -> torch.Tensor:
-        return self.model.run_with_hooks(residual, start_at_layer=self._start, fwd_hooks=hooks)
+        """The residual stream after the last block (the unembedding is `Unembedding`'s)."""
+        n_layers = self.model.cfg.n_layers
+        if self._start >= n_layers:
+            return residual
+        return self.model.run_with_hooks(residual, start_at_layer=self._start, stop_at_layer=n_layers, fwd_hooks=hooks)
 
 
-def next_token_losses(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """CE of the predictions from positions 1..T-2 (of tokens 2..T-1), per token, in float32."""
-    predicted = logits[:, 1:-1].float()
+class Unembedding:
+    """The final norm and the unembedding of a hooked transformer, applied to a few windows at a time.
+
+    The transposed unembedding matrix (what `F.linear` wants) is kept between calls and rebuilt only when
+    the model's matrix changes (its storage, an in-place edit, its dtype: a stage may switch precision)."""
+
+    WINDOWS_PER_CHUNK = 2  # [2 × (T−2), vocabulary] logits at once: a few tens of MB for SmolLM2
+
+    def __init__(self, model):
+        self.model = model
+        self._key, self._weight = None, None
+
+    def weight(self) -> torch.Tensor:
+        W_U = self.model.unembed.W_U
+        key = (W_U.data_ptr(), W_U._version, W_U.dtype, tuple(W_U.shape))  # _version: in-place edits
+        if key != self._key:
+            self._key, self._weight = key, W_U.detach().T.contiguous()
+        return self._weight
+
+    def logits(self, residual: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        if model.cfg.normalization_type is not None:
+            residual = model.ln_final(residual)
+        logits = F.linear(residual, self.weight(), model.unembed.b_U)
+        cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
+        return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+    def token_losses(self, residual: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """CE of the predictions from positions 1..T-2 (of tokens 2..T-1), per token, in float32."""
+        chunks = []
+        for start in range(0, len(tokens), self.WINDOWS_PER_CHUNK):
+            window = slice(start, start + self.WINDOWS_PER_CHUNK)
+            chunks.append(next_token_losses(self.logits(residual[window, 1:-1]), tokens[window], predicting_only=True))
+        return torch.cat(chunks)
+
+
+def next_token_losses(logits: torch.Tensor, tokens: torch.Tensor, predicting_only: bool = False) -> torch.Tensor:
+    """CE of the predictions from positions 1..T-2 (of tokens 2..T-1), per token, in float32, from a full
+    forward's logits [B, T, V] (`predicting_only`: the logits of positions 1..T-2 alone)."""
+    predicted = (logits if predicting_only else logits[:, 1:-1]).float()
     return F.cross_entropy(predicted.reshape(-1, predicted.shape[-1]), tokens[:, 2:].reshape(-1),
                            reduction="none").reshape(tokens.shape[0], -1)
 
