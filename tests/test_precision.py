@@ -71,9 +71,94 @@ def test_autocast_only_when_bf16():
 
 
 def test_precision_settings_are_checked_with_the_configuration():
-    config = load_config(["experiment=smoke", "precision.evaluate=float32"])
+    config = load_config(["experiment=default", "precision.evaluate=float32"])
     assert (config.precision.cache, config.precision.evaluate) == ("auto", "float32")
+    assert load_config(["experiment=smoke"]).precision.cache == "float32"  # the plumbing's test: any machine
     with pytest.raises(ConfigError, match="precision.train.*auto, float32, bfloat16"):
         load_config(["experiment=smoke", "precision.train=half"])
     with pytest.raises(ConfigError, match="precision.gate.ce_nats"):
         load_config(["experiment=smoke", "precision.gate.ce_nats=0"])
+
+
+# --- the LM forward in bf16, and each stage's fidelity gate (tiny model) -----------------------------
+
+
+def test_bf16_forward_is_autocast_with_the_matrices_cast_once(tiny_model):
+    """Under bf16 the matmul matrices are bf16 (embeddings and norms stay float32), the logits are exactly
+    plain autocast's, and on exit the float32 weights are back, untouched."""
+    import torch
+
+    from gatedsae.data.lm_precision import lm_forward_precision, matmul_parameters
+
+    model = tiny_model.model
+    tokens = torch.randint(0, 256, (2, 16))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    with torch.no_grad():
+        fp32 = model(tokens)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = model(tokens)
+        with lm_forward_precision(model, precision.choose("evaluate", "bfloat16")):
+            cast = {name for name, p in model.named_parameters() if p.dtype == torch.bfloat16}
+            ours = model(tokens)
+    assert cast == {name for name, _ in matmul_parameters(model)} and cast
+    assert not any(name.startswith("embed.") for name in cast)
+    torch.testing.assert_close(ours, autocast, rtol=0, atol=0)
+    assert not torch.equal(ours.float(), fp32)
+    for name, p in model.named_parameters():
+        assert p.dtype == torch.float32 and torch.equal(p, before[name]), name
+
+
+@pytest.fixture
+def bf16_cpu(cpu_reporting):
+    cpu_reporting({"avx2", "avx512f", "avx512_bf16"}, "AVX512")
+
+
+@pytest.mark.parametrize("tolerance, dtype", [(0.5, "bfloat16"), (1e-9, "float32")])
+def test_the_cache_keeps_bf16_only_if_its_activations_pass_the_gate(bf16_cpu, smoke_tokens, tiny_model, tmp_path,
+                                                                   tolerance, dtype):
+    from conftest import copy_token_data, smoke_config
+
+    from gatedsae.activations.cache import cache_activations
+    from gatedsae.activations.store import ActivationStore
+
+    fp32_config = copy_token_data(smoke_tokens, tmp_path / "fp32")
+    cache_activations(fp32_config, loaded=tiny_model)
+    copy_token_data(smoke_tokens, tmp_path / "auto")
+    config = smoke_config(tmp_path / "auto", "precision.cache=auto", f"precision.gate.activation_rel_error={tolerance}")
+    cache_activations(config, loaded=tiny_model)
+    for (site, layer), directory in config.activation_dirs().items():
+        store = ActivationStore(directory, "train")
+        record = store.manifest.precision
+        assert record["dtype"] == dtype and record["stage"] == "cache" and record["setting"] == "auto"
+        entry = record["gate"][f"{site}_layer{layer}_rel_error"]
+        assert entry["tolerance"] == tolerance and entry["value"] > 0
+        assert record["gate"]["passed"] == (dtype == "bfloat16")
+        reference = ActivationStore(fp32_config.activation_dirs()[(site, layer)], "train").shard(0)
+        error = float((store.shard(0) - reference).norm() / reference.norm())
+        if dtype == "float32":
+            assert error == 0 and "failed this stage's fidelity gate" in record["reason"]
+        else:
+            assert 0 < error < 0.05  # bf16 operands: close to float32, not equal
+        assert ActivationStore(fp32_config.activation_dirs()[(site, layer)], "train").manifest.precision["dtype"] == "float32"
+
+
+@pytest.mark.parametrize("tolerance, dtype", [(0.5, "bfloat16"), (1e-12, "float32")])
+def test_the_evaluation_keeps_bf16_only_if_its_ce_passes_the_gate(bf16_cpu, smoke_trained, tiny_model, tmp_path,
+                                                                  tolerance, dtype):
+    import json
+
+    import torch
+    from conftest import TRAINED, copy_data
+
+    from gatedsae.evaluation.evaluate import evaluate_grid
+
+    config = copy_data(smoke_trained, tmp_path, TRAINED, "precision.evaluate=auto", f"precision.gate.ce_nats={tolerance}")
+    metrics = json.loads(evaluate_grid(config, "mlp_out", 1, progress=False, loaded=tiny_model).read_text())
+    saved = sorted(config.paths.evaluation_dir("tiny", "tiny", "mlp_out", 1, "smoke").glob("sweep/*.json"))
+    assert saved and metrics["rows"]
+    for path in saved:
+        record = json.loads(path.read_text())["precision"]
+        assert record["dtype"] == dtype and record["stage"] == "evaluate"
+        assert set(record["gate"]) == {"passed", "ce_clean_nats", "ce_zero_nats", "ce_spliced_nats"}
+        assert record["gate"]["passed"] == (dtype == "bfloat16")
+    assert all(p.dtype == torch.float32 for p in tiny_model.model.parameters())  # the weights are back

@@ -4,15 +4,18 @@ lacks. The store's format, its writer and its reader are in `store.py`."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
 
 from gatedsae.activations.store import FORMAT_VERSION, SplitRecord, StoreManifest, StoreWriter
+from gatedsae.core.precision import Precision, choose, gated
 from gatedsae.core.progress import progress_bar
+from gatedsae.data.lm_precision import matmul_weights
 from gatedsae.data.corpus import MANIFEST as TOKENS_MANIFEST
 from gatedsae.data.corpus import load_windows
 from gatedsae.plan.cache import plan_windows, windows_to_store
@@ -72,47 +75,87 @@ def cache_activations(config: Config, loaded=None) -> list[Path]:
     loaded = loaded or load_model(config.model, config.paths, device=config.cache.device)
     plan = windows_to_store(config, plan)
     keys = list(writers)
+    precision = cache_precision(config, loaded.model, windows["heldout"], keys)
+    print(f"cache in {precision.dtype}: {precision.reason}", flush=True)
+    for writer in writers.values():
+        writer.record_precision(precision.provenance())
     per_shard = config.cache.shard_sequences
-    for split in SPLITS:
-        first_shard = min(w.finished_shards(split) for w in writers.values())
-        n_shards = plan[split] // per_shard
-        bar = progress_bar(f"cache {split}", "tok", total=plan[split] * (context - 1),
-                           initial=first_shard * per_shard * (context - 1), unit_scale=True)
-        for shard in range(first_shard, n_shards):
-            collected = shard_activations(loaded.model, windows[split], shard, config, keys)
-            bar.update(per_shard * (context - 1))
-            for key, writer in writers.items():
-                if writer.finished_shards(split) == shard:  # a store may be ahead of the others after a crash
-                    writer.write_shard(split, shard, collected[key], per_shard, config.cache.outlier_norm_ratio)
-        bar.close()
+    with matmul_weights(loaded.model, precision):  # bf16 matrices once for every shard (under bf16)
+        for split in SPLITS:
+            first_shard = min(w.finished_shards(split) for w in writers.values())
+            n_shards = plan[split] // per_shard
+            bar = progress_bar(f"cache {split}", "tok", total=plan[split] * (context - 1),
+                               initial=first_shard * per_shard * (context - 1), unit_scale=True)
+            for shard in range(first_shard, n_shards):
+                collected = shard_activations(loaded.model, windows[split], shard, config, keys, precision)
+                bar.update(per_shard * (context - 1))
+                for key, writer in writers.items():
+                    if writer.finished_shards(split) == shard:  # a store may be ahead of the others after a crash
+                        writer.write_shard(split, shard, collected[key], per_shard, config.cache.outlier_norm_ratio)
+            bar.close()
     return [writer.close() for writer in writers.values()]
 
 
-def shard_activations(model, windows: np.ndarray, shard: int, config: Config,
-                      keys: list[tuple[str, int]]) -> dict[tuple[str, int], torch.Tensor]:
-    """The activations of one shard's windows at every (site, layer) in `keys`: [rows, d] each, BOS
-    dropped, on the CPU. The cache and the stream both call this, batch by batch in window order, so a
-    streamed shard is the stored one."""
+def shard_activations(model, windows: np.ndarray, shard: int, config: Config, keys: list[tuple[str, int]],
+                      precision: Optional[Precision] = None) -> dict[tuple[str, int], torch.Tensor]:
+    """The activations of one shard's windows at every (site, layer) in `keys`: [rows, d] each, float32,
+    BOS dropped, on the CPU, the forward in `precision` (None: float32). The cache and the stream both call
+    this, batch by batch in window order, so a streamed shard is the stored one."""
     per_shard, batch = config.cache.shard_sequences, config.cache.batch_sequences
     stop_at = max(layer for _, layer in keys) + 1
     collected: dict[tuple[str, int], list[torch.Tensor]] = {key: [] for key in keys}
-    for start in range(shard * per_shard, (shard + 1) * per_shard, batch):
-        tokens = torch.from_numpy(np.asarray(windows[start : start + batch], dtype=np.int64))
-        for key, activation in _forward(model, tokens.to(config.cache.device), keys, stop_at):
-            collected[key].append(activation)
+    with matmul_weights(model, precision) if precision is not None else contextlib.nullcontext():
+        for start in range(shard * per_shard, (shard + 1) * per_shard, batch):
+            tokens = torch.from_numpy(np.asarray(windows[start : start + batch], dtype=np.int64))
+            for key, activation in _forward(model, tokens.to(config.cache.device), keys, stop_at, precision):
+                collected[key].append(activation)
     return {key: torch.cat(parts) for key, parts in collected.items()}
 
 
 @torch.inference_mode()
-def _forward(model, tokens: torch.Tensor, keys, stop_at: int) -> Iterator[tuple[tuple[str, int], torch.Tensor]]:
-    """One forward to `stop_at`, feeding every requested hook; yields [batch·(ctx−1), d] per key, BOS dropped."""
+def _forward(model, tokens: torch.Tensor, keys, stop_at: int,
+             precision: Optional[Precision] = None) -> Iterator[tuple[tuple[str, int], torch.Tensor]]:
+    """One forward to `stop_at`, feeding every requested hook; yields [batch·(ctx−1), d] float32 per key,
+    BOS dropped."""
     captured: dict[str, torch.Tensor] = {}
 
     def keep(activation: torch.Tensor, hook) -> None:
         captured[hook.name] = activation
 
     names = {hook_name(site, layer) for site, layer in keys}
-    model.run_with_hooks(tokens, stop_at_layer=stop_at, fwd_hooks=[(name, keep) for name in names])
+    with contextlib.nullcontext() if precision is None else precision.autocast():
+        model.run_with_hooks(tokens, stop_at_layer=stop_at, fwd_hooks=[(name, keep) for name in names])
     for site, layer in keys:
         activation = flatten(site, captured[hook_name(site, layer)])[:, 1:]
-        yield (site, layer), activation.reshape(-1, activation.shape[-1]).cpu()
+        yield (site, layer), activation.reshape(-1, activation.shape[-1]).float().cpu()
+
+
+def cache_precision(config: Config, model, heldout: np.ndarray, keys: list[tuple[str, int]]) -> Precision:
+    """The cache forward's precision: bf16 where the machine multiplies it natively (`core.precision`), if
+    it passes the fidelity gate: on the first `precision.gate.windows` held-out windows, at every cached
+    (site, layer), the relative RMS difference ||a_bf16 − a_fp32|| / ||a_fp32|| over the rows SAEs train
+    on (norm at most cache.outlier_norm_ratio × the median: the massive activations are left out of
+    training and kept clean in evaluation) is at most `precision.gate.activation_rel_error`. The error
+    over all rows, massive ones included, is recorded beside it (`…_all_rows`, not gated)."""
+    chosen = choose("cache", config.precision.cache, config.cache.device)
+    gate = config.precision.gate
+    stop_at = max(layer for _, layer in keys) + 1
+
+    def activations(precision: Precision) -> dict[tuple[str, int], torch.Tensor]:
+        tokens = torch.from_numpy(np.asarray(heldout[: gate.windows], dtype=np.int64)).to(config.cache.device)
+        with matmul_weights(model, precision):
+            return dict(_forward(model, tokens, keys, stop_at, precision))
+
+    def measure() -> dict[str, float]:
+        fp32 = activations(choose("cache", "float32", config.cache.device))
+        bf16 = activations(choose("cache", "bfloat16", config.cache.device))
+        errors = {}
+        for (site, layer), reference in fp32.items():
+            norms = reference.norm(dim=-1)
+            trained = norms <= config.cache.outlier_norm_ratio * norms.median()
+            difference = bf16[(site, layer)] - reference
+            errors[f"{site}_layer{layer}_rel_error"] = float(difference[trained].norm() / reference[trained].norm())
+            errors[f"{site}_layer{layer}_rel_error_all_rows"] = float(difference.norm() / reference.norm())
+        return errors
+
+    return gated(chosen, measure, {f"{site}_layer{layer}_rel_error": gate.activation_rel_error for site, layer in keys})

@@ -110,6 +110,9 @@ class StoreManifest:
     complete: bool = False
     mean: Optional[dict[str, list[float]]] = None
     mean_sq_norm: Optional[dict[str, float]] = None
+    # The forward's precision and its fidelity gate (core.precision; provenance, not identity). A store
+    # resumed in another precision lists every run's: {"dtype": "mixed", "runs": [...]}.
+    precision: Optional[dict] = None
 
     @classmethod
     def from_json(cls, data: dict) -> "StoreManifest":
@@ -201,6 +204,17 @@ class StoreWriter:
         if cut:
             (self.directory / MANIFEST).unlink(missing_ok=True)  # the store is incomplete until repaired
             write_json_atomic(self.directory / PROGRESS, asdict(self.manifest))
+
+    def record_precision(self, precision: dict) -> None:
+        """Record the precision the shards written from now on are computed in."""
+        previous = self.manifest.precision
+        has_shards = any(split.shards for split in self.manifest.splits.values())
+        if previous is None or not has_shards:
+            self.manifest.precision = precision
+        else:
+            runs = previous["runs"] if previous.get("dtype") == "mixed" else [previous]
+            dtypes = {run["dtype"] for run in runs} | {precision["dtype"]}
+            self.manifest.precision = precision if dtypes == {precision["dtype"]} else {"dtype": "mixed", "runs": [*runs, precision]}
 
     def finished_shards(self, split: str) -> int:
         return len(self.manifest.splits.setdefault(split, SplitRecord()).shards)

@@ -14,7 +14,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from gatedsae.activations.cache import shard_activations, token_windows
+from gatedsae.activations.cache import cache_precision, shard_activations, token_windows
 from gatedsae.activations.store import STORAGE, ShardedActivations, as_stored
 from gatedsae.plan.config import Config
 from gatedsae.plan.identity import store_identity
@@ -29,18 +29,21 @@ class ShardSource:
         from gatedsae.data.models import load_model
 
         _, windows, plan = token_windows(config)
+        heldout = windows["heldout"]
         self.n_shards = plan["train"] // config.cache.shard_sequences
         self.windows: np.ndarray = windows["train"]
         self.config, self.keys = config, list(keys)
         self.tokens_dir = config.paths.tokens_dir(config.model.name, config.corpus.name)
         self.rows_per_shard = config.cache.shard_sequences * (config.experiment.context_length - 1)
         self.loaded = loaded or load_model(config.model, config.paths, device=config.cache.device)
+        self.precision = cache_precision(config, self.loaded.model, heldout, self.keys)  # as the cache would
         self.forwards = 0  # shards computed, including recomputations after eviction
         self._kept: OrderedDict[int, dict[Key, torch.Tensor]] = OrderedDict()
 
     def shard(self, key: Key, index: int) -> torch.Tensor:
         if index not in self._kept:
-            activations = shard_activations(self.loaded.model, self.windows, index, self.config, self.keys)
+            activations = shard_activations(self.loaded.model, self.windows, index, self.config, self.keys,
+                                            self.precision)
             self._kept[index] = {k: as_stored(v, self.config.cache.dtype) for k, v in activations.items()}
             self.forwards += 1
             while len(self._kept) > self.config.cache.stream_keep_shards:

@@ -158,9 +158,21 @@ def gate_failure(measured: dict) -> str:
 
 
 def check(measurements: dict[str, float], tolerances: dict[str, float]) -> tuple[bool, dict]:
-    """Compare each measurement with its tolerance: (all within, {name: {value, tolerance}})."""
-    measured = {name: {"value": float(value), "tolerance": float(tolerances[name])} for name, value in measurements.items()}
-    return all(entry["value"] <= entry["tolerance"] for entry in measured.values()), measured
+    """Compare each measurement with its tolerance: (all within, {name: {value, tolerance}}); a measurement
+    without a tolerance is only recorded ({name: value})."""
+    measured = {name: {"value": float(value), "tolerance": float(tolerances[name])} if name in tolerances else float(value)
+                for name, value in measurements.items()}
+    gated_entries = [entry for entry in measured.values() if isinstance(entry, dict)]
+    return all(entry["value"] <= entry["tolerance"] for entry in gated_entries), measured
+
+
+def gated(chosen: Precision, measure, tolerances: dict[str, float]) -> Precision:
+    """`chosen` after its fidelity gate: when it is bf16, `measure()` ({name: value}, bf16 against float32
+    on a little of the stage's data) is checked against `tolerances`; an automatic bf16 that fails becomes
+    float32, a forced one stays (its check recorded). float32 needs no gate."""
+    if not chosen.bf16:
+        return chosen
+    return chosen.checked(*check(measure(), tolerances))
 
 
 def choose(stage: str, setting: str, device: str = "cpu") -> Precision:

@@ -33,6 +33,8 @@ import torch
 from gatedsae.activations.store import ActivationStore
 from gatedsae.core.atomic import write_json_atomic
 from gatedsae.core.codehash import METRICS_CODE, code_fingerprint
+from gatedsae.data.lm_precision import matmul_weights
+from gatedsae.evaluation.precision_gate import evaluation_precision
 from gatedsae.evaluation.reconstruction import StoreResult, reconstruction_metrics
 from gatedsae.evaluation.spliced import HeldOutWindows, SplicedLM, WindowLosses
 from gatedsae.plan.architectures import KNOBS, knob_fields
@@ -121,6 +123,7 @@ class Evaluated:
     row: dict
     samples: dict
     seconds: float
+    precision: dict  # the LM forwards' precision and its fidelity gate (provenance, not identity)
 
 
 def evaluate_each(config: Config, site: str, layer: int, saes: list[CheckpointSAE], loaded=None,
@@ -141,16 +144,20 @@ def evaluate_each(config: Config, site: str, layer: int, saes: list[CheckpointSA
         loaded = load_model(config.model, config.paths, evaluate.device)
     from gatedsae.data.corpus import load_windows
 
-    windows = load_windows(config.paths.tokens_dir(config.model.name, config.corpus.name), "heldout")
-    held_out = HeldOutWindows(SplicedLM(loaded.model, site, layer), windows[: evaluate.ce_windows],
-                              evaluate.batch_windows, evaluate.device, progress)
-    shared = (time.time() - started) / len(saes)
-    for sae, store_result in zip(saes, stored):
-        started = time.time()
-        threshold = sae.massive_norm_threshold
-        losses = held_out.losses(sae.reconstruct, threshold)
-        row, samples = _assemble(sae, store_result, held_out, held_out.zero(threshold), losses)
-        yield Evaluated(sae, row, samples, shared + time.time() - started)
+    windows = load_windows(config.paths.tokens_dir(config.model.name, config.corpus.name), "heldout")[: evaluate.ce_windows]
+    precision = evaluation_precision(config, loaded.model, site, layer, windows, saes[0])
+    print(f"evaluate at {site} layer {layer} in {precision.dtype}: {precision.reason}", flush=True)
+    # The LM's matrices stay bf16 (under bf16) until the last SAE is done, or the generator is closed.
+    with matmul_weights(loaded.model, precision):
+        held_out = HeldOutWindows(SplicedLM(loaded.model, site, layer, precision), windows,
+                                  evaluate.batch_windows, evaluate.device, progress)
+        shared = (time.time() - started) / len(saes)
+        for sae, store_result in zip(saes, stored):
+            started = time.time()
+            threshold = sae.massive_norm_threshold
+            losses = held_out.losses(sae.reconstruct, threshold)
+            row, samples = _assemble(sae, store_result, held_out, held_out.zero(threshold), losses)
+            yield Evaluated(sae, row, samples, shared + time.time() - started, precision.provenance())
 
 
 def _assemble(sae: CheckpointSAE, stored: StoreResult, held_out: HeldOutWindows, zero: WindowLosses,
@@ -194,8 +201,8 @@ def evaluate_grid(config: Config, site: str, layer: int, progress: bool = True, 
         print(f"evaluating {len(todo)} of {len(entries)} SAEs at {site} layer {layer}", flush=True)
         evaluated = evaluate_each(config, site, layer, [sae for _, sae, _, _ in todo], loaded, progress)
         for (variant, _, path, identity), result in zip(todo, evaluated):
-            write_json_atomic(path, {"identity": identity, "seconds": result.seconds, "row": result.row,
-                                     "samples": result.samples})
+            write_json_atomic(path, {"identity": identity, "seconds": result.seconds, "precision": result.precision,
+                                     "row": result.row, "samples": result.samples})
             print(f"  {variant}/{result.sae.record['sae']}: {result.seconds:.1f} s", flush=True)
     grid_columns = {"model": config.model.name, "corpus": config.corpus.name, "site": site, "layer": layer,
                     "sweep": config.sweep.name}
