@@ -26,13 +26,15 @@ from gatedsae.plan.config.root import CONF_DIR, REPO_ROOT, Config, compose, data
 from gatedsae.plan.config.stages import SPARSE_MAX_DENSITY, CacheConfig, EvaluateConfig, TrainConfig
 from gatedsae.plan.config.sweep import L1_UNITS, SAEGroupConfig, SweepConfig
 from gatedsae.plan.config.tools import BrowserConfig, StudyConfig
-from gatedsae.plan.config.verdict import ConvergenceConfig, IntervalsConfig, PaperMatchedL0, VerdictConfig
+from gatedsae.plan.config.verdict import (ConvergenceConfig, IntervalsConfig, LayerRuleConfig, PaperMatchedL0,
+                                          VerdictConfig)
 
 __all__ = [
     "CONF_DIR", "DTYPES", "L1_UNITS", "REPO_ROOT", "SAFE_NAME", "SPARSE_MAX_DENSITY", "STAGES",
     "BrowserConfig", "CacheConfig", "ChapterConfig", "Config", "ConfigError", "ConvergenceConfig", "CorpusConfig",
     "EvaluateConfig",
-    "ExperimentConfig", "FidelityGateConfig", "IntervalsConfig", "ModelConfig", "PackageConfig", "PaperMatchedL0", "PathsConfig", "PrecisionConfig",
+    "ExperimentConfig", "FidelityGateConfig", "IntervalsConfig", "LayerRuleConfig", "ModelConfig", "PackageConfig",
+    "PaperMatchedL0", "PathsConfig", "PrecisionConfig",
     "ResourcesConfig", "SAEGroupConfig", "SourceConfig", "StudyConfig", "SweepConfig", "TrainConfig",
     "VerdictConfig", "compose", "dataclass_from", "load_config", "require_safe_name", "to_dict",
 ]

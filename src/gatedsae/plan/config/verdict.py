@@ -65,6 +65,30 @@ class ConvergenceConfig:
 
 
 @dataclass
+class LayerRuleConfig:
+    """How the layer of a site whose zero-ablation may be too cheap to measure against is chosen, before
+    any SAE is trained (plan/site_layers.py states the rule, scripts/probe_layers.py applies it to the
+    model): the layer nearest the experiment's first layer (deeper on a tie) whose predicted 95%
+    half-width of loss recovered, at the site's lowest level and the planned number of evaluation windows,
+    is at most `max_half_width`."""
+
+    sites: list[str] = field(default_factory=list)  # the sites the rule places ([]: none)
+    max_half_width: float = 0.01  # of loss recovered (a fraction): one point
+    noise_floor: float = 0.02     # nats: per-window SD of an SAE's excess CE that does not shrink with its error
+    probe_windows: int = 16       # training-split windows the probe measures (never held-out text)
+
+    def validate(self) -> None:
+        for site in self.sites:
+            choice(site, "verdict.layer_rule.sites", SITES)
+        require(0 < self.max_half_width < 0.5, "verdict.layer_rule.max_half_width",
+                f"got {self.max_half_width}; a half-width of loss recovered in (0, 0.5), e.g. 0.01")
+        require(self.noise_floor >= 0, "verdict.layer_rule.noise_floor",
+                f"got {self.noise_floor}; a per-window SD in nats, ≥ 0 (e.g. 0.02)")
+        require(self.probe_windows >= 8, "verdict.layer_rule.probe_windows",
+                f"got {self.probe_windows}; measure at least 8 windows")
+
+
+@dataclass
 class VerdictConfig:
     """What each claim reads (pre-registered levels, the held-out split), what counts as reproducing it,
     and the paper's numbers it is compared with."""
@@ -81,6 +105,7 @@ class VerdictConfig:
     rescale_shift_gap_below: float = 0.5  # (c) "closes only part of the gap": the fraction's interval within (0, this)
     ablation_margin: float = 0.005       # (d) equivalence margin: |ablation − Gated| below it is "equivalent"
     convergence: ConvergenceConfig = field(default_factory=ConvergenceConfig)
+    layer_rule: LayerRuleConfig = field(default_factory=LayerRuleConfig)
     paper_matched_l0: list[PaperMatchedL0] = field(default_factory=list)
     paper_matched_l0_source: str = ""
     paper_gamma_gated: str = ""
@@ -116,6 +141,7 @@ class VerdictConfig:
         require(0 < self.ablation_margin < 0.1, "verdict.ablation_margin",
                 f"got {self.ablation_margin}; a fraction of loss recovered, e.g. 0.005 (half a point)")
         self.convergence.validate()
+        self.layer_rule.validate()
         for index, row in enumerate(self.paper_matched_l0):
             choice(row.site, f"verdict.paper_matched_l0.{index}.site", SITES)
             require(row.l0_gated > 0 and row.l0_baseline > 0, f"verdict.paper_matched_l0.{index}",

@@ -1,0 +1,132 @@
+"""Apply conf/verdict's `layer_rule`: place each of its sites (e.g. the attention output) at the layer
+where its zero-ablation costs enough for 95% intervals of loss recovered to decide at the planned number
+of evaluation windows (the rule and its noise model: gatedsae/plan/site_layers.py). Run on the model
+before any SAE is trained; the probe reads training-split windows only (never held-out text), so the
+choice is fixed without looking at what the verdict is judged on. Writes its reading as JSON.
+
+    python scripts/probe_layers.py experiment=default          # -> results/calibration/site_layers.json
+
+Needs the experiment's model and token windows (`python -m gatedsae prepare-model ...` and `tokenize`).
+Layers are measured in the rule's order (nearest the experiment's first layer first) and the probe stops
+at the first that meets it; `--all` measures every layer for the record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+from gatedsae.core.atomic import write_json_atomic
+from gatedsae.data.corpus import load_windows
+from gatedsae.data.models import load_model
+from gatedsae.evaluation.spliced import next_token_losses, window_means
+from gatedsae.plan.config import load_config
+from gatedsae.plan.site_layers import ZeroAblation, choose_layer, predicted_half_width, probe_order, windows_needed
+from gatedsae.plan.sites import hook_name
+
+
+@torch.no_grad()
+def clean_pass(model, windows: np.ndarray, batch: int) -> list[tuple[torch.Tensor, np.ndarray, dict]]:
+    """Per batch of windows: the tokens, the clean per-window CE and the residual stream entering every
+    block (so each layer then reruns only from its own block on)."""
+    passes = []
+    for start in range(0, len(windows), batch):
+        tokens = torch.from_numpy(np.asarray(windows[start:start + batch], dtype=np.int64))
+        stored = {}
+        hooks = [(f"blocks.{layer}.hook_resid_pre", lambda act, hook: stored.__setitem__(hook.name, act))
+                 for layer in range(model.cfg.n_layers)]
+        clean = window_means(next_token_losses(model.run_with_hooks(tokens, fwd_hooks=hooks), tokens))
+        passes.append((tokens, clean, stored))
+    return passes
+
+
+@torch.no_grad()
+def zero_ablation_cost(model, passes: list, site: str, layer: int) -> np.ndarray:
+    """Per window: CE with `site` of `layer` zero-ablated at every position but BOS, minus clean CE."""
+
+    def zero(activation, hook):
+        activation = activation.clone()
+        activation[:, 1:] = 0  # BOS keeps its clean activation, as in evaluation
+        return activation
+
+    costs = []
+    for tokens, clean, stored in passes:
+        logits = model.run_with_hooks(stored[f"blocks.{layer}.hook_resid_pre"], start_at_layer=layer,
+                                      fwd_hooks=[(hook_name(site, layer), zero)])
+        costs.append(window_means(next_token_losses(logits, tokens)) - clean)
+    return np.concatenate(costs)
+
+
+def recorded_command(arguments: list[str]) -> str:
+    """The command, less what only places files (`--out`, `paths.*`): the same reading wherever data lives."""
+    kept, skip = [], False
+    for argument in arguments:
+        if skip:
+            skip = False
+        elif argument == "--out":
+            skip = True
+        elif not (argument.startswith("--out=") or argument.startswith("paths.")):
+            kept.append(argument)
+    return " ".join(["python", "scripts/probe_layers.py", *kept])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--all", action="store_true", help="measure every layer, not only up to the rule's choice")
+    parser.add_argument("--batch", type=int, default=8, help="windows per forward")
+    parser.add_argument("--out", default="results/calibration/site_layers.json")
+    args, overrides = parser.parse_known_args()
+    config = load_config(overrides)
+    rule = config.verdict.layer_rule
+    if not rule.sites:
+        sys.exit("verdict.layer_rule.sites is empty: no site to place")
+    if config.evaluate.threads > 0:
+        torch.set_num_threads(config.evaluate.threads)
+    started = time.time()
+    model = load_model(config.model, config.paths, "cpu").model
+    windows = load_windows(config.paths.tokens_dir(config.model.name, config.corpus.name), "train")
+    passes = clean_pass(model, windows[: rule.probe_windows], args.batch)
+    anchor, planned, confidence = config.experiment.layers[0], config.evaluate.ce_windows, config.intervals.level
+    readings = {}
+    for site in rule.sites:
+        level = min(config.verdict.levels_at(site))
+        width = lambda m: predicted_half_width(m, level, planned, rule.noise_floor, confidence)  # noqa: E731
+        measured: list[ZeroAblation] = []
+        for layer in probe_order(config.model.n_layers, anchor):
+            cost = zero_ablation_cost(model, passes, site, layer)
+            measured.append(ZeroAblation(layer, float(cost.mean()), float(cost.std(ddof=1)), len(cost)))
+            print(f"{site} layer {layer}: zero-ablation costs {cost.mean():.4f} nat (SD {cost.std(ddof=1):.4f}); "
+                  f"predicted half-width {width(measured[-1]):.4f}", flush=True)
+            if not args.all and width(measured[-1]) <= rule.max_half_width:
+                break
+        layer, met = choose_layer(measured, anchor, level, planned, rule.max_half_width, rule.noise_floor, confidence)
+        readings[site] = {
+            "layer": layer, "meets_rule": met, "level": level, "planned_windows": planned,
+            "max_half_width": rule.max_half_width, "noise_floor": rule.noise_floor,
+            "layers": [{"layer": m.layer, "zero_ablation_cost": m.cost, "sd": m.sd, "windows": m.windows,
+                        "predicted_half_width": width(m),
+                        "windows_needed": windows_needed(m, level, rule.max_half_width, rule.noise_floor,
+                                                         confidence)}
+                       for m in sorted(measured, key=lambda m: m.layer)],
+        }
+        print(f"{site}: layer {layer} ({'meets' if met else 'does NOT meet'} the rule)", flush=True)
+    write_json_atomic(args.out, {
+        "what": "conf/verdict layer_rule applied to the model (gatedsae/plan/site_layers.py)",
+        "command": recorded_command(sys.argv[1:]),
+        "model": config.model.name, "corpus": config.corpus.name, "anchor_layer": anchor,
+        "probe_split": "train", "probe_windows": sum(len(clean) for _, clean, _ in passes),
+        "context_length": config.experiment.context_length, "confidence": confidence,
+        "rule": {"sites": rule.sites, "max_half_width": rule.max_half_width, "noise_floor": rule.noise_floor},
+        "sites": readings, "seconds": round(time.time() - started, 1),
+        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+    })
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

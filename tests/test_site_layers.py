@@ -1,0 +1,85 @@
+"""The rule that places a site at a layer (plan/site_layers.py) and the probe that applies it to a model
+(scripts/probe_layers.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+import runpy
+import sys
+
+import pytest
+
+from gatedsae.plan.site_layers import ZeroAblation, choose_layer, predicted_half_width, probe_order, windows_needed
+
+
+def test_predicted_half_width_by_hand():
+    measured = ZeroAblation(layer=3, cost=0.1, sd=0.05, windows=64)
+    # z(97.5%) · √(ε² + 2 (1 − 0.9)² · 0.05²) / (√100 · 0.1)
+    by_hand = 1.959964 * math.sqrt(0.02**2 + 2 * (0.1 * 0.05) ** 2) / (10 * 0.1)
+    assert predicted_half_width(measured, 0.9, 100, noise_floor=0.02) == pytest.approx(by_hand)
+    # without a floor, only the part that scales with the error: a zero-ablation twice as costly (same
+    # relative spread) predicts the same; with it, half the half-width
+    doubled = ZeroAblation(3, 0.2, 0.1, 64)
+    assert predicted_half_width(doubled, 0.9, 100, 0.0) == pytest.approx(predicted_half_width(measured, 0.9, 100, 0.0))
+    with_floor = predicted_half_width(measured, 0.9, 100, 1.0)
+    assert predicted_half_width(doubled, 0.9, 100, 1.0) == pytest.approx(with_floor / 2, rel=1e-3)
+    # four times the windows halve it; the windows needed reach the target exactly
+    halved = predicted_half_width(measured, 0.9, 100, 0.02) / 2
+    assert predicted_half_width(measured, 0.9, 400, 0.02) == pytest.approx(halved)
+    needed = windows_needed(measured, 0.9, 0.005, 0.02)
+    assert predicted_half_width(measured, 0.9, needed, 0.02) == pytest.approx(0.005)
+    assert predicted_half_width(ZeroAblation(3, 0.0, 0.05, 64), 0.9, 100, 0.02) == math.inf
+
+
+def test_the_rule_takes_the_nearest_layer_that_meets_it_deeper_on_a_tie():
+    assert probe_order(6, 3) == [3, 4, 2, 5, 1, 0]
+    weak, strong = dict(cost=0.05, sd=0.1, windows=64), dict(cost=1.0, sd=0.1, windows=64)
+    measured = [ZeroAblation(3, **weak), ZeroAblation(4, **weak), ZeroAblation(2, **strong), ZeroAblation(0, **strong)]
+    rule = dict(level=0.9, windows=64, max_half_width=0.01, noise_floor=0.02)
+    assert choose_layer(measured, anchor=3, **rule) == (2, True)
+    measured.append(ZeroAblation(4, **strong))  # as near as 2 and deeper: it wins
+    assert choose_layer(measured[1:], anchor=3, **rule) == (4, True)
+    # none meets it: the layer with the smallest predicted half-width, said so
+    assert choose_layer([ZeroAblation(3, **weak), ZeroAblation(1, cost=0.1, sd=0.1, windows=64)], 3,
+                        **(rule | {"max_half_width": 1e-6})) == (1, False)
+
+
+def test_the_probe_records_the_rule_applied_to_a_model(smoke_tokens, tmp_path, monkeypatch, one_thread):
+    out = tmp_path / "site_layers.json"
+    monkeypatch.setattr(sys, "argv", ["probe_layers.py", "--all", "--out", str(out), "experiment=smoke",
+                                      f"paths.data={smoke_tokens.paths.root}", "verdict.layer_rule.probe_windows=8"])
+    runpy.run_path("scripts/probe_layers.py", run_name="__main__")
+    reading = json.loads(out.read_text())
+    attention = reading["sites"]["attn_z"]
+    assert reading["probe_split"] == "train" and reading["probe_windows"] == 8
+    assert [row["layer"] for row in attention["layers"]] == list(range(smoke_tokens.model.n_layers))  # --all
+    measured = [ZeroAblation(row["layer"], row["zero_ablation_cost"], row["sd"], row["windows"])
+                for row in attention["layers"]]
+    assert all(m.windows == 8 and m.sd >= 0 for m in measured)
+    expected = choose_layer(measured, smoke_tokens.experiment.layers[0], attention["level"],
+                            attention["planned_windows"], attention["max_half_width"], attention["noise_floor"])
+    assert (attention["layer"], attention["meets_rule"]) == expected
+
+
+def test_the_committed_reading_follows_the_rule_in_conf():
+    """results/calibration/site_layers.json holds the probe of the default experiment's model: its layer is
+    the one conf/verdict's rule picks from its measurements at the planned number of windows (a change to
+    the rule or to evaluate.ce_windows needs the probe re-run: `python scripts/probe_layers.py --all`)."""
+    from gatedsae.plan.config import REPO_ROOT, load_config
+
+    reading = json.loads((REPO_ROOT / "results" / "calibration" / "site_layers.json").read_text())
+    config = load_config(["experiment=default"])
+    rule = config.verdict.layer_rule
+    assert reading["rule"] == {"sites": rule.sites, "max_half_width": rule.max_half_width,
+                               "noise_floor": rule.noise_floor}
+    assert reading["probe_split"] == "train" and reading["anchor_layer"] == config.experiment.layers[0]
+    for site in rule.sites:
+        found = reading["sites"][site]
+        assert found["planned_windows"] == config.evaluate.ce_windows
+        assert found["level"] == min(config.verdict.levels_at(site))
+        measured = [ZeroAblation(row["layer"], row["zero_ablation_cost"], row["sd"], row["windows"])
+                    for row in found["layers"]]
+        assert (found["layer"], found["meets_rule"]) == choose_layer(
+            measured, reading["anchor_layer"], found["level"], found["planned_windows"], rule.max_half_width,
+            rule.noise_floor, reading["confidence"])
