@@ -187,6 +187,15 @@ def _verdict(config: Config) -> None:
     print(markdown.read_text())
 
 
+def _groundtruth(config: Config) -> None:
+    """The ground-truth benchmark (conf/groundtruth): synthetic activations with known features, every
+    architecture of its sweep trained on each seed, scored against the true features; rows.csv, summary.json
+    and claims.json under results/<experiment>/groundtruth/, figures under paper_figures/<experiment>/groundtruth/."""
+    from gatedsae.reporting.groundtruth import run_groundtruth
+
+    print(f"wrote {run_groundtruth(config)}")
+
+
 def _browse(config: Config) -> None:
     """The feature browser of browser.site (docs/feature-browser.md)."""
     from gatedsae.reporting.browse import browse
@@ -292,6 +301,9 @@ STAGES: dict[str, Stage] = {
                        "DVC summary", reads=("experiment", "intervals", "verdict")),
     "verdict": Stage(_verdict, "verdict.json / verdict.md: each claim, read at its pre-registered level, REPRODUCED / "
                      "NOT REPRODUCED / INCONCLUSIVE / NOT TESTED", reads=("experiment", "intervals", "verdict")),
+    "groundtruth": Stage(_groundtruth, "the ground-truth benchmark: every architecture on synthetic activations with "
+                         "known features; recovery, shrinkage, firing errors, frontier", reads=("groundtruth", "train", "paths"),
+                         devices=("train.device",), writes_data=True),
     "curves": Stage(_curves, "every trained SAE's training curves in one table (curves.csv, for dvc plots)",
                     reads=(*DATA, "sweep")),
     "figures": Stage(_figures, "every figure, PNG and PDF, with figures.json (files and captions)",

@@ -25,6 +25,10 @@ STATISTICS_CODE: dict[str, Optional[Sequence[str]]] = {  # the readings at the l
     "evaluation/seeds.py": None,
 }
 AGGREGATE_CODE: dict[str, Optional[Sequence[str]]] = {"reporting/tables.py": None, **STATISTICS_CODE}
+GROUNDTRUTH_CODE: dict[str, Optional[Sequence[str]]] = {  # the ground-truth benchmark's data, metrics and claims
+    "activations/synthetic.py": None, "evaluation/groundtruth.py": None, "reporting/groundtruth.py": None,
+    "reporting/groundtruth_claims.py": None, "plan/groundtruth.py": None,
+    "saes/checkpoints.py": ("encode_raw", "decode_raw"), "saes/": None}
 VERDICT_CODE: dict[str, Optional[Sequence[str]]] = {
     "reporting/verdict.py": None, "reporting/claims.py": None, "reporting/convergence.py": None}
 

@@ -11,6 +11,7 @@ One module per concern, each holding its sections' dataclasses and their `valida
     precision   precision (conf/precision/): each stage's compute precision and the bf16 fidelity gate
     verdict     intervals, verdict (conf/intervals/, conf/verdict/)
     tools       browser, study (conf/browser/, conf/study/)
+    groundtruth groundtruth (conf/groundtruth/): the synthetic benchmark with known features
     root        Config (all sections, the checks across them) and load_config
 
 Import from here (`from gatedsae.plan.config import Config, load_config`); which settings identify a run
@@ -20,6 +21,12 @@ is not configuration but a rule over it: gatedsae.plan.identity.
 from gatedsae.plan.config.checks import DTYPES, SAFE_NAME, ConfigError, require_safe_name
 from gatedsae.plan.config.corpus import CorpusConfig, SourceConfig
 from gatedsae.plan.config.experiment import STAGES, ChapterConfig, ExperimentConfig, PathsConfig, ResourcesConfig
+from gatedsae.plan.config.groundtruth import (
+    GeneratorConfig,
+    GroundTruthConfig,
+    GroundTruthTrainConfig,
+    GroundTruthVerdictConfig,
+)
 from gatedsae.plan.config.model import ModelConfig, PackageConfig
 from gatedsae.plan.config.precision import FidelityGateConfig, PrecisionConfig
 from gatedsae.plan.config.root import CONF_DIR, REPO_ROOT, Config, compose, dataclass_from, load_config, to_dict
@@ -33,7 +40,8 @@ __all__ = [
     "CONF_DIR", "DTYPES", "L1_UNITS", "REPO_ROOT", "SAFE_NAME", "SPARSE_MAX_DENSITY", "STAGES",
     "BrowserConfig", "CacheConfig", "ChapterConfig", "Config", "ConfigError", "ConvergenceConfig", "CorpusConfig",
     "EvaluateConfig",
-    "ExperimentConfig", "FidelityGateConfig", "IntervalsConfig", "LayerRuleConfig", "ModelConfig", "PackageConfig",
+    "ExperimentConfig", "FidelityGateConfig", "GeneratorConfig", "GroundTruthConfig", "GroundTruthTrainConfig",
+    "GroundTruthVerdictConfig", "IntervalsConfig", "LayerRuleConfig", "ModelConfig", "PackageConfig",
     "PaperMatchedL0", "PathsConfig", "PrecisionConfig",
     "ResourcesConfig", "SAEGroupConfig", "SourceConfig", "StudyConfig", "SweepConfig", "TrainConfig",
     "VerdictConfig", "compose", "dataclass_from", "load_config", "require_safe_name", "to_dict",

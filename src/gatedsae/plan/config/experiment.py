@@ -26,6 +26,7 @@ class ChapterConfig:
     archs: list[str] = field(default_factory=list)  # architectures this chapter adds to the sweep
     rescale_shift: bool = False                     # whether it adds Fig. 9's rescale-and-shift
     all_tokens: bool = False                        # whether it adds the every-token run (sweep.all_tokens)
+    groundtruth: bool = False                       # whether it adds the ground-truth benchmark (conf/groundtruth)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from gatedsae.plan.config.checks import ConfigError, require
 from gatedsae.plan.config.corpus import CorpusConfig
 from gatedsae.plan.config.experiment import ExperimentConfig, PathsConfig, ResourcesConfig
+from gatedsae.plan.config.groundtruth import GroundTruthConfig
 from gatedsae.plan.config.model import ModelConfig
 from gatedsae.plan.config.precision import PrecisionConfig
 from gatedsae.plan.config.stages import CacheConfig, EvaluateConfig, TrainConfig
@@ -45,13 +46,14 @@ class Config:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     browser: BrowserConfig = field(default_factory=BrowserConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
+    groundtruth: GroundTruthConfig = field(default_factory=GroundTruthConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 0
 
     def validate(self) -> None:
         for part in (self.model, self.corpus, self.cache, self.experiment, self.sweep, self.train, self.evaluate,
                      self.intervals, self.precision, self.verdict, self.resources, self.browser, self.study,
-                     self.paths):
+                     self.groundtruth, self.paths):
             part.validate()
         if self.experiment.chapters:
             covered = {arch for chapter in self.experiment.chapters for arch in chapter.archs}
