@@ -292,6 +292,7 @@ rule verdict:
         metrics=plan.aggregate_outputs()["metrics"],
         curves=plan.curves(),
         reference=plan.reference_verdict(),
+        groundtruth=plan.groundtruth_inputs(),
     output:
         **plan.verdict_outputs(),
     params:
@@ -302,6 +303,25 @@ rule verdict:
         **plan.resources("verdict"),
     shell:
         plan.command("verdict") + " > {log:q} 2>&1"
+
+
+rule groundtruth:
+    """The ground-truth benchmark (conf/groundtruth): synthetic activations from known features, every
+    architecture of its sweep trained on each seed, scored against the true features; rows, summary with the
+    mechanism's claims, figures. Finished stores and checkpoints are kept."""
+    output:
+        **plan.groundtruth_outputs(),
+    params:
+        config=plan.params("groundtruth"),
+    log:
+        LOGS + "/groundtruth.log",
+    benchmark:
+        BENCH + "/groundtruth/groundtruth.tsv"
+    threads: COMPUTE_THREADS
+    resources:
+        **plan.resources("groundtruth"),
+    shell:
+        plan.command("groundtruth") + " > {log:q} 2>&1"
 
 
 rule report:

@@ -32,16 +32,24 @@ def test_the_published_chapter_is_read_from_metrics_csv(tmp_path, rows, publishe
 
 
 @pytest.mark.parametrize("rows, chapter, run", [
-    (None, None, ["headline", "rescale_shift", "ablations"]),       # a cold run: every chapter in turn
+    (None, None, ["headline", "rescale_shift", "ablations", "groundtruth"]),  # a cold run: every chapter in turn
     (None, "headline", ["headline"]),
-    (HEADLINE, None, ["headline", "rescale_shift", "ablations"]),
-    (RESCALE, None, ["rescale_shift", "ablations"]),                 # nothing runs short of what is published
+    (HEADLINE, None, ["headline", "rescale_shift", "ablations", "groundtruth"]),
+    (RESCALE, None, ["rescale_shift", "ablations", "groundtruth"]),  # nothing runs short of what is published
     (ABLATIONS, "headline", ["ablations"]),                          # a chapter after a full run: kept whole
     (ABLATIONS, "rescale_shift", ["ablations"]),
     (RESCALE, "ablations", ["rescale_shift", "ablations"]),
 ])
 def test_a_chapter_runs_at_least_through_what_is_published(tmp_path, rows, chapter, run):
     assert chapters_to_run(_config(tmp_path, rows), chapter) == run
+
+
+def test_the_ground_truth_chapter_is_published_by_its_summary(tmp_path):
+    config = _config(tmp_path, ABLATIONS)
+    (tmp_path / "groundtruth").mkdir()
+    (tmp_path / "groundtruth" / "summary.json").write_text("{}")
+    assert published_chapter(config) == "groundtruth"
+    assert chapters_to_run(config, "headline") == ["groundtruth"]
 
 
 def test_a_snakemake_run_short_of_the_published_chapters_is_refused_before_compute(tmp_path):

@@ -15,6 +15,7 @@ from typing import Optional
 
 from gatedsae.plan.config import Config, ConfigError
 from gatedsae.plan.grid import ALL_TOKENS_VARIANT, RESCALE_SHIFT_VARIANT
+from gatedsae.plan.groundtruth import outputs
 from gatedsae.plan.layout import AGGREGATE_OUTPUTS
 
 
@@ -23,8 +24,8 @@ def chapter_names(config: Config) -> list[str]:
 
 
 def published_chapter(config: Config) -> Optional[str]:
-    """The furthest chapter whose SAEs the experiment's metrics.csv holds (None: no results, or an
-    experiment without chapters)."""
+    """The furthest chapter whose SAEs the experiment's metrics.csv holds, or whose ground-truth benchmark
+    its results hold (None: no results, or an experiment without chapters)."""
     path = config.experiment.results / AGGREGATE_OUTPUTS["metrics"]
     if not config.experiment.chapters or not path.exists():
         return None
@@ -32,9 +33,10 @@ def published_chapter(config: Config) -> Optional[str]:
         rows = [(row.get("arch", ""), row.get("variant", "")) for row in csv.DictReader(handle)]
     archs, variants = {arch for arch, _ in rows}, {variant for _, variant in rows}
     furthest = None
+    benchmark = Path(outputs(config)["summary"]).exists()
     for chapter in config.experiment.chapters:
-        if archs & set(chapter.archs) or (chapter.rescale_shift and RESCALE_SHIFT_VARIANT in variants) \
-                or (chapter.all_tokens and ALL_TOKENS_VARIANT in variants):
+        if (archs & set(chapter.archs) or (chapter.rescale_shift and RESCALE_SHIFT_VARIANT in variants)
+                or (chapter.all_tokens and ALL_TOKENS_VARIANT in variants) or (chapter.groundtruth and benchmark)):
             furthest = chapter.name
     return furthest
 

@@ -139,6 +139,23 @@ class ExperimentPlan:
         path = self.config.verdict.reference(self.experiment) / "verdict.json"
         return [str(path)] if path.exists() else []
 
+    @property
+    def groundtruth(self) -> bool:
+        """Whether the experiment (through its chapter) runs the ground-truth benchmark (plan/groundtruth.py)."""
+        from gatedsae.plan.groundtruth import runs
+
+        return runs(self.config)
+
+    def groundtruth_outputs(self) -> dict[str, str]:
+        """The groundtruth stage's files (rows, summary with the claims, claims)."""
+        from gatedsae.plan.groundtruth import outputs
+
+        return outputs(self.config)
+
+    def groundtruth_inputs(self) -> list[str]:
+        """What the verdict reads of the benchmark: its summary, when the experiment runs it."""
+        return [self.groundtruth_outputs()["summary"]] if self.groundtruth else []
+
     def curves(self) -> str:
         return str(self.config.experiment.results / "curves.csv")
 
@@ -173,7 +190,7 @@ class ExperimentPlan:
 
     def stage_targets(self, stage: str) -> list[str]:
         if stage == "report":
-            return [self.report(), *self.verdict_outputs().values()]
+            return [self.report(), *self.verdict_outputs().values(), *self.groundtruth_inputs()]
         patterns = {"cache": [self.store_manifest()], "train": [self.grid_index()], "evaluate": [self.evaluation()]}
         targets = {path for pattern in patterns[stage] for path in self._concrete(pattern)}
         if stage == "train":

@@ -19,7 +19,7 @@ from gatedsae.activations.synthetic import LAYER, SITE, SyntheticFeatures, write
 from gatedsae.core.atomic import write_json_atomic, write_text_atomic
 from gatedsae.core.errors import IntegrityError
 from gatedsae.evaluation.groundtruth import score_checkpoint
-from gatedsae.plan.architectures import knob_of, knob_value, label
+from gatedsae.plan.architectures import knob_of, knob_value
 from gatedsae.plan.config import Config
 from gatedsae.plan.grid import GRID_INDEX, RESCALE_SHIFT_DIR, grid_dir, read_grid_index
 from gatedsae.plan.groundtruth import SYNTHETIC, figures_dir, outputs, seed_config
@@ -72,6 +72,9 @@ def run_groundtruth(config: Config) -> Path:
     from gatedsae.reporting.figures.groundtruth import render
 
     truth = config.groundtruth
+    # The benchmark's matrices are tiny: one thread is fastest, and several thrash on a loaded machine
+    # (train.threads, when set, decides).
+    torch.set_num_threads(config.train.threads or 1)
     rows = pd.DataFrame([row for seed in truth.seeds for row in score_seed(config, seed)])
     paths = outputs(config)
     buffer = io.StringIO()
@@ -106,42 +109,3 @@ def _finite(data):
     if isinstance(data, float) and not math.isfinite(data):
         return None
     return data
-
-
-# ---------------------------------------------------------------------------------------------------
-# The verdict's section (reporting/verdict.py appends it when the experiment runs the benchmark).
-
-
-def _interval(value, low, high) -> str:
-    if value is None:
-        return "n/a"
-    if low is None or high is None:
-        return f"{value:.3g}"
-    return f"{value:.3g} [{low:.3g}, {high:.3g}]"
-
-
-def verdict_section(summary: dict) -> list[str]:
-    """Markdown lines of the verdict's ground-truth section, from summary.json."""
-    generator, rules = summary["generator"], summary["rules"]
-    lines = ["", "## The mechanism on ground truth", "",
-             f"Synthetic activations with known features: {generator['n_features']} unit directions in d = "
-             f"{generator['d']} (superposition), true L0 ≈ {summary['true_l0']:.2f}, magnitudes "
-             f"{generator['magnitude']['law']} (mean {generator['magnitude']['mean']:g}), noise σ = "
-             f"{generator['noise']:g}; every architecture trained on {len(summary['seeds'])} seeds (dictionary, data "
-             f"and initialisation), a feature counted as recovered at cosine ≥ {summary['recovered_cosine']:g}. "
-             f"Mean over seeds with a {100 * rules['confidence']:g}% Student-t interval; rules in conf/groundtruth "
-             "(docs/method.md defines each metric).", "",
-             "| Claim | Statistic | Measured [CI] | Rule | Per seed | Verdict |", "|---|---|---|---|---|---|"]
-    for c in summary["claims"]:
-        per_seed = ", ".join("n/a" if v is None else f"{v:.3g}" for v in c["per_seed"].values())
-        note = f" ({c['note']})" if c["note"] else ""
-        lines.append(f"| {c['claim']} | {c['statistic']} | {_interval(c['value'], c['ci_low'], c['ci_high'])} | "
-                     f"{c['threshold']} | {per_seed} | **{c['status']}**{note} |")
-    lines += ["", "| SAE | knob | L0 (true L0) | FVU | MMCS | recovered | FP rate | FN rate | magnitude ratio |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for s in summary["saes"]:
-        cell = lambda m: _interval(s[m], s[f"{m}_ci_low"], s[f"{m}_ci_high"])  # noqa: E731
-        lines.append(f"| {label(s['arch'])} | {s['knob']} = {s['value']:g} | {cell('l0')} ({s['true_l0']:.2f}) | {cell('fvu')} | "
-                     f"{cell('mmcs')} | {cell('recovered')} | {cell('false_positive_rate')} | "
-                     f"{cell('false_negative_rate')} | {cell('magnitude_ratio')} |")
-    return lines

@@ -7,7 +7,7 @@ claim is read.
 
 Claims (the paper's mechanism, Rajamanoharan et al. 2024, §3):
 - the baseline's magnitudes shrink as λ grows: the slope of its magnitude ratio per decade of λ < threshold;
-- Gated's do not: its slope within ±margin (equivalence), and its ratio (mean over its λ) within a band;
+- Gated's do not: its slope above −margin (non-inferiority), and its ratio at matched L0 within a band;
 - Gated recovers at least as many true features at matched L0: Gated − baseline fraction recovered, each
   interpolated at a multiple of the true L0, above −margin (non-inferiority).
 """
@@ -74,12 +74,13 @@ def magnitude_slope(rows: pd.DataFrame) -> Optional[float]:
     return float(np.polyfit(np.log10(points["value"]), points["magnitude_ratio"], 1)[0])
 
 
-def recovered_at(rows: pd.DataFrame, l0: float) -> Optional[float]:
-    """One seed's fraction recovered interpolated (linear in log L0) at `l0`; None outside its L0 range."""
-    points = rows[rows["l0"] > 0].sort_values("l0")
+def at_l0(rows: pd.DataFrame, l0: float, metric: str) -> Optional[float]:
+    """One seed's `metric` interpolated (linear in log L0) at `l0`; None outside its L0 range or where the
+    metric is undefined."""
+    points = rows[(rows["l0"] > 0) & np.isfinite(rows[metric])].sort_values("l0")
     if points.empty or not points["l0"].min() <= l0 <= points["l0"].max():
         return None
-    return float(np.interp(np.log(l0), np.log(points["l0"]), points["recovered"]))
+    return float(np.interp(np.log(l0), np.log(points["l0"]), points[metric]))
 
 
 @dataclass
@@ -117,18 +118,21 @@ def claims(rows: pd.DataFrame, rules: GroundTruthVerdictConfig) -> list[GroundTr
                c, "below", (rules.baseline_slope_below,), f"< {rules.baseline_slope_below:g}"),
         _claim("groundtruth/gated_slope", f"{label(PROPOSED)}'s magnitudes do not shrink as λ grows",
                "slope of the magnitude ratio per decade of λ", {s: magnitude_slope(of(PROPOSED, s)) for s in seeds},
-               c, "within", (-rules.gated_slope_within, rules.gated_slope_within),
-               f"within ±{rules.gated_slope_within:g}"),
-        _claim("groundtruth/gated_ratio", f"{label(PROPOSED)} infers the true magnitudes",
-               "magnitude ratio, mean over its λ",
-               {s: _mean(of(PROPOSED, s)["magnitude_ratio"]) for s in seeds}, c, "within",
-               tuple(rules.gated_ratio_within), "within [{:g}, {:g}]".format(*rules.gated_ratio_within)),
+               c, "above", (-rules.gated_slope_margin,), f"> −{rules.gated_slope_margin:g}"),
     ]
+    true_l0 = {seed: float(sweep[sweep["seed"] == seed]["true_l0"].mean()) for seed in seeds}
+    for multiple in rules.matched_l0:
+        found.append(_claim(f"groundtruth/gated_ratio_at_{multiple:g}x_true_l0",
+                            f"{label(PROPOSED)} infers the true magnitudes",
+                            f"magnitude ratio at L0 = {multiple:g} × true L0",
+                            {s: at_l0(of(PROPOSED, s), multiple * true_l0[s], "magnitude_ratio") for s in seeds}, c,
+                            "within", tuple(rules.gated_ratio_within),
+                            "within [{:g}, {:g}]".format(*rules.gated_ratio_within)))
     for multiple in rules.matched_l0:
         per_seed = {}
         for seed in seeds:
-            true_l0 = float(sweep[sweep["seed"] == seed]["true_l0"].mean())
-            gated, baseline = (recovered_at(of(arch, seed), multiple * true_l0) for arch in (PROPOSED, BASELINE))
+            gated, baseline = (at_l0(of(arch, seed), multiple * true_l0[seed], "recovered")
+                               for arch in (PROPOSED, BASELINE))
             per_seed[seed] = None if gated is None or baseline is None else gated - baseline
         found.append(_claim(f"groundtruth/recovery_at_{multiple:g}x_true_l0",
                             f"{label(PROPOSED)} recovers at least as many true features at matched L0",
@@ -137,10 +141,44 @@ def claims(rows: pd.DataFrame, rules: GroundTruthVerdictConfig) -> list[GroundTr
     return found
 
 
-def _mean(values: pd.Series) -> Optional[float]:
-    finite = values[np.isfinite(values)]
-    return float(finite.mean()) if len(finite) else None
-
-
 def as_json(found: list[GroundTruthClaim]) -> list[dict]:
     return [asdict(claim) for claim in found]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The verdict's section (reporting/verdict.py appends it when the experiment runs the benchmark).
+
+
+def _interval(value, low, high) -> str:
+    if value is None:
+        return "n/a"
+    if low is None or high is None:
+        return f"{value:.3g}"
+    return f"{value:.3g} [{low:.3g}, {high:.3g}]"
+
+
+def verdict_section(summary: dict) -> list[str]:
+    """Markdown lines of the verdict's ground-truth section, from summary.json."""
+    generator, rules = summary["generator"], summary["rules"]
+    lines = ["", "## The mechanism on ground truth", "",
+             f"Synthetic activations with known features: {generator['n_features']} unit directions in d = "
+             f"{generator['d']} (superposition), true L0 ≈ {summary['true_l0']:.2f}, magnitudes "
+             f"{generator['magnitude']['law']} (mean {generator['magnitude']['mean']:g}), noise σ = "
+             f"{generator['noise']:g}; every architecture trained on {len(summary['seeds'])} seeds (dictionary, data "
+             f"and initialisation), a feature counted as recovered at cosine ≥ {summary['recovered_cosine']:g}. "
+             f"Mean over seeds with a {100 * rules['confidence']:g}% Student-t interval; rules in conf/groundtruth "
+             "(docs/method.md defines each metric).", "",
+             "| Claim | Statistic | Measured [CI] | Rule | Per seed | Verdict |", "|---|---|---|---|---|---|"]
+    for c in summary["claims"]:
+        per_seed = ", ".join("n/a" if v is None else f"{v:.3g}" for v in c["per_seed"].values())
+        note = f" ({c['note']})" if c["note"] else ""
+        lines.append(f"| {c['claim']} | {c['statistic']} | {_interval(c['value'], c['ci_low'], c['ci_high'])} | "
+                     f"{c['threshold']} | {per_seed} | **{c['status']}**{note} |")
+    lines += ["", "| SAE | knob | L0 (true L0) | FVU | MMCS | recovered | FP rate | FN rate | magnitude ratio |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for s in summary["saes"]:
+        cell = lambda m: _interval(s[m], s[f"{m}_ci_low"], s[f"{m}_ci_high"])  # noqa: E731
+        lines.append(f"| {label(s['arch'])} | {s['knob']} = {s['value']:g} | {cell('l0')} ({s['true_l0']:.2f}) | {cell('fvu')} | "
+                     f"{cell('mmcs')} | {cell('recovered')} | {cell('false_positive_rate')} | "
+                     f"{cell('false_negative_rate')} | {cell('magnitude_ratio')} |")
+    return lines

@@ -20,6 +20,8 @@ from gatedsae.core.errors import PipelineError
 from gatedsae.plan.architectures import BASELINE, PROPOSED
 from gatedsae.plan.config import Config
 from gatedsae.plan.grid import MAIN_VARIANT, RESCALE_SHIFT_VARIANT
+from gatedsae.plan.groundtruth import outputs as groundtruth_outputs
+from gatedsae.plan.groundtruth import runs as groundtruth_runs
 from gatedsae.plan.layout import VERDICT_OUTPUTS
 from gatedsae.plan.sites import prose as site_prose
 from gatedsae.reporting import convergence
@@ -32,6 +34,7 @@ from gatedsae.reporting.claims import (
     format_interval,
     headline_claims,
 )
+from gatedsae.reporting.groundtruth_claims import verdict_section as groundtruth_verdict_section
 
 UNSPLIT = "held-out (not split)"  # rows of a run whose held-out windows were not split
 MEASURED = ("headline", "levels", "comparisons", "metrics")  # the aggregate's tables the verdict judges
@@ -137,10 +140,28 @@ def write_verdict(config: Config, measured: Path) -> tuple[Path, Path]:
         "experiment": config.experiment.name, "split": split, "summary": counts,
         "claims": [asdict(c) for c in found], "beyond_the_paper": [asdict(c) for c in beyond],
         "saes": status.astype(object).where(status.notna(), None).to_dict("records"), "notes": note,
-        "reference": None if reference is None else str(reference), "protocol": asdict(config.verdict)}))
+        "reference": None if reference is None else str(reference), "protocol": asdict(config.verdict),
+        **({"ground_truth": ground_truth_summary(config)} if groundtruth_runs(config) else {})}))
     write_text_atomic(paths["verdict_markdown"],
-                      markdown(config.experiment.name, found, beyond, status, note, reference))
+                      markdown(config.experiment.name, found, beyond, status, note, reference) + ground_truth_markdown(config))
     return paths["verdict_json"], paths["verdict_markdown"]
+
+
+def ground_truth_summary(config: Config) -> Optional[dict]:
+    """The ground-truth benchmark's summary (claims and per-SAE metrics), None when it has not run."""
+    path = Path(groundtruth_outputs(config)["summary"])
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def ground_truth_markdown(config: Config) -> str:
+    """The verdict's section on the paper's mechanism on ground truth ("" when the experiment does not run it)."""
+    if not groundtruth_runs(config):
+        return ""
+    summary = ground_truth_summary(config)
+    if summary is None:
+        return ("\n## The mechanism on ground truth\n\nNOT MEASURED: the groundtruth stage has not run "
+                "(`python -m gatedsae groundtruth`).\n")
+    return "\n".join(groundtruth_verdict_section(summary)) + "\n"
 
 
 def _finite(data):

@@ -127,9 +127,10 @@ class GroundTruthVerdictConfig:
     # The magnitude ratio (inferred / true on correctly detected firings) against λ: its least-squares slope
     # per decade of λ over the sweep. The baseline shrinks more as λ grows: slope below this.
     baseline_slope_below: float = 0.0
-    # Gated's magnitudes do not shrink with λ: slope within ±this (an equivalence test) ...
-    gated_slope_within: float = 0.05
-    # ... and sit at the true magnitude: the ratio, averaged over Gated's λ grid, within this band.
+    # Gated's magnitudes do not shrink as λ grows: its slope above −this margin (non-inferiority) ...
+    gated_slope_margin: float = 0.05
+    # ... and sit at the true magnitudes: its ratio, interpolated (in log L0) at matched_l0 × the true L0,
+    # within this band.
     gated_ratio_within: list[float] = field(default_factory=lambda: [0.9, 1.1])
     # Gated recovers at least as many true features at matched L0: Gated's fraction recovered minus the
     # baseline's, each interpolated (in log L0) at matched_l0 × the true L0, above −margin (non-inferiority).
@@ -138,10 +139,9 @@ class GroundTruthVerdictConfig:
 
     def validate(self, key: str) -> None:
         require(0.5 < self.confidence < 1, f"{key}.confidence", f"got {self.confidence}; e.g. 0.95")
-        for name in ("baseline_slope_below", "gated_slope_within", "recovery_margin"):
+        for name in ("baseline_slope_below", "gated_slope_margin", "recovery_margin"):
             finite(getattr(self, name), f"{key}.{name}")
-        require(self.gated_slope_within > 0 and self.recovery_margin >= 0, f"{key}.gated_slope_within",
-                "margins are positive")
+            require(name == "baseline_slope_below" or getattr(self, name) >= 0, f"{key}.{name}", "a margin is ≥ 0")
         low, high = (self.gated_ratio_within + [math.nan, math.nan])[:2]
         require(len(self.gated_ratio_within) == 2 and 0 < low < 1 < high, f"{key}.gated_ratio_within",
                 "give [low, high] with low < 1 < high")
