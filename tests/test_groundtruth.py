@@ -196,3 +196,15 @@ def test_the_interval_is_students_t_over_seeds():
     mean, low, high = gc.t_interval([1.0, 2.0, 3.0], 0.95)
     assert mean == 2.0 and high - mean == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-5)
     assert math.isnan(gc.t_interval([1.0], 0.95)[1])
+
+
+def test_the_verdicts_section_shows_each_claim_and_each_sae():
+    rows = _rows(-0.2, 0.0, gated_l0_shift=0.5, noise=0.005)
+    found = gc.claims(rows, GroundTruthVerdictConfig(matched_l0=[1.0]))
+    table = gc.summary(rows, 0.95)
+    summary = {"generator": {"n_features": 16, "d": 8, "magnitude": {"law": "uniform", "mean": 1.0}, "noise": 0.0},
+               "rules": {"confidence": 0.95}, "true_l0": 3.0, "seeds": [0, 1, 2], "recovered_cosine": 0.9,
+               "claims": gc.as_json(found), "saes": table.to_dict("records")}
+    text = "\n".join(gc.verdict_section(summary))
+    assert "## The mechanism on ground truth" in text and text.count("**REPRODUCED**") == len(found)
+    assert text.count("| Baseline | l1 = ") == 3 and text.count("| Gated | l1 = ") == 3

@@ -131,6 +131,11 @@ def test_smoke_workflow_end_to_end_then_nothing_to_do_then_only_what_a_new_l1_ne
     assert all(claim["status"] in ("REPRODUCED", "NOT REPRODUCED", "INCONCLUSIVE", "NOT TESTED", "NOT MEASURED")
                for claim in verdict["claims"])
     assert "| Claim |" in (results / "verdict.md").read_text()
+    truth = json.loads((results / "groundtruth" / "summary.json").read_text())  # the ground-truth chapter
+    assert {c["status"] for c in truth["claims"]} <= {"REPRODUCED", "NOT REPRODUCED", "UNDECIDED", "NOT TESTED"}
+    assert verdict["ground_truth"]["claims"] == truth["claims"]
+    assert "## The mechanism on ground truth" in (results / "verdict.md").read_text()
+    assert (scratch_repo / "paper_figures/smoke/groundtruth/recovery_vs_l0.png").stat().st_size > 0
     summary = json.loads((results / "summary.json").read_text())
     assert set(summary) == {f"tiny/{site}/layer1" for site in ("resid_post", "mlp_out", "attn_z")}
     curves = pd.read_csv(results / "curves.csv")

@@ -98,14 +98,14 @@ class GroundTruthTrainConfig:
     """The training settings of the ground-truth runs, replacing train.* of the experiment (every other
     train.* setting applies as it is)."""
 
-    tokens: int = 262_144
+    tokens: int = 262_144               # rows seen by each SAE (epochs over the synthetic store as needed)
     batch_size: int = 512
     lr_warmup_steps: int = 20
-    resample_window_steps: int = 50
+    resample_window_steps: int = 50     # steps (the real runs' are sized for far longer training)
     resample_recovery_steps: int = 20
-    buffer_rows: int = 32_768
+    buffer_rows: int = 32_768           # the shuffle buffer: a few synthetic shards
     checkpoint_every_steps: int = 200
-    log_every_steps: int = 0
+    log_every_steps: int = 0            # no training curves by default (the benchmark reads its checkpoints)
 
     def validate(self, key: str) -> None:
         for name in ("tokens", "batch_size", "buffer_rows", "checkpoint_every_steps", "resample_window_steps",
