@@ -15,6 +15,7 @@ from gatedsae.activations.store import ActivationStore
 from gatedsae.activations.synthetic import SyntheticFeatures, write_store
 from gatedsae.evaluation.groundtruth import GroundTruthScore, score_checkpoint
 from gatedsae.plan.architectures import BASELINE, PROPOSED
+from gatedsae.plan.grid import MAIN_VARIANT
 from gatedsae.plan.config import ConfigError, GeneratorConfig, GroundTruthVerdictConfig, load_config
 from gatedsae.plan.config.groundtruth import CorrelationConfig, MagnitudeConfig
 from gatedsae.reporting import groundtruth_claims as gc
@@ -162,7 +163,7 @@ def _rows(baseline_slope: float, gated_slope: float, gated_l0_shift: float = 1.0
     for seed in range(3):
         for arch, slope, shift in ((BASELINE, baseline_slope, 1.0), (PROPOSED, gated_slope, gated_l0_shift)):
             for i, value in enumerate([0.01, 0.1, 1.0]):
-                rows.append({"seed": seed, "arch": arch, "variant": "sweep", "knob": "l1", "value": value,
+                rows.append({"seed": seed, "arch": arch, "variant": MAIN_VARIANT, "knob": "l1", "value": value,
                              "magnitude_ratio": 1.0 + slope * (np.log10(value) + 2) + noise * rng.normal(),
                              "l0": shift * [8.0, 4.0, 1.0][i], "recovered": [0.9, 0.8, 0.3][i], "true_l0": 3.0,
                              "fvu": 0.1, "mmcs": 0.9, "false_positive_rate": 0.0, "false_negative_rate": 0.0})

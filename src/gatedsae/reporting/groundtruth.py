@@ -21,7 +21,7 @@ from gatedsae.core.errors import IntegrityError
 from gatedsae.evaluation.groundtruth import score_checkpoint
 from gatedsae.plan.architectures import knob_of, knob_value
 from gatedsae.plan.config import Config
-from gatedsae.plan.grid import GRID_INDEX, RESCALE_SHIFT_DIR, grid_dir, read_grid_index
+from gatedsae.plan.grid import grid_indexes, read_grid_index
 from gatedsae.plan.groundtruth import SYNTHETIC, figures_dir, outputs, seed_config
 from gatedsae.reporting import groundtruth_claims
 
@@ -49,14 +49,12 @@ def score_seed(config: Config, seed: int) -> list[dict]:
     write_store(store_dir, truth.generator, seed)
     print(f"seed {seed}: synthetic store {store_dir}", flush=True)
     train_layer(run, LAYER, [SITE], progress=False)
-    grids = {"sweep": grid_dir(run, SITE, LAYER) / GRID_INDEX}
     if run.sweep.rescale_shift_at(SITE):
         train_rescale_shift(run, SITE, LAYER, progress=False)
-        grids["rescale_shift"] = grid_dir(run, SITE, LAYER) / RESCALE_SHIFT_DIR / GRID_INDEX
     features = SyntheticFeatures(truth.generator, seed)
     store = ActivationStore(store_dir, "heldout")
     rows = []
-    for variant, index in grids.items():
+    for variant, index in grid_indexes(run, SITE, LAYER).items():
         for entry in read_grid_index(index):
             batches = heldout_batches(features, store, truth.evaluate_batch_rows)
             metrics = score_checkpoint(entry["path"], features.directions, batches, truth.recovered_cosine)

@@ -23,6 +23,7 @@ import pandas as pd
 
 from gatedsae.plan.architectures import BASELINE, PROPOSED, label
 from gatedsae.plan.config import GroundTruthVerdictConfig
+from gatedsae.plan.grid import MAIN_VARIANT
 
 REPRODUCED, NOT_REPRODUCED, UNDECIDED, NOT_TESTED = "REPRODUCED", "NOT REPRODUCED", "UNDECIDED", "NOT TESTED"
 STATUSES = (REPRODUCED, NOT_REPRODUCED, UNDECIDED, NOT_TESTED)
@@ -107,8 +108,8 @@ def _claim(id_: str, claim: str, statistic: str, per_seed: dict, confidence: flo
 
 
 def claims(rows: pd.DataFrame, rules: GroundTruthVerdictConfig) -> list[GroundTruthClaim]:
-    """The mechanism's claims from the per-seed rows (one row per seed and SAE; variant 'sweep')."""
-    sweep = rows[rows["variant"] == "sweep"]
+    """The mechanism's claims from the per-seed rows (one row per seed and SAE), read on the sweep's SAEs."""
+    sweep = rows[rows["variant"] == MAIN_VARIANT]
     seeds = [int(seed) for seed in sorted(rows["seed"].unique())]
     of = lambda arch, seed: sweep[(sweep["arch"] == arch) & (sweep["seed"] == seed)]  # noqa: E731
     c = rules.confidence

@@ -172,6 +172,8 @@ class GroundTruthConfig:
         if not self.enabled:
             return
         self.sweep.validate()
+        require(not self.sweep.all_tokens, f"{key}.sweep.all_tokens", "the synthetic rows have no massive "
+                "activations to leave out (every row is trained on): remove the key")
         archs = {group.arch for group in self.sweep.groups}
         require({PROPOSED, BASELINE} <= archs, f"{key}.sweep.groups", f"the verdict compares {PROPOSED} with "
                 f"{BASELINE}: the sweep needs a group of each")
