@@ -116,10 +116,29 @@ def coverage(measured: dict) -> list[str]:
     return lines
 
 
+def replicate_plan(plan: dict) -> list[str]:
+    """Predicted cold `make replicate` times of candidate sizes (scripts/plan_replicate.py)."""
+    parts = ["cache", "train", "rescale_shift", "evaluate", "chapters"]
+    lines = ["| candidate | seeds | " + " | ".join(parts) + " | total | fits |", "|---|---|" + "---|" * (len(parts) + 2)]
+    for candidate in plan["candidates"]:
+        seconds = candidate["seconds"]
+        cells = [f"{seconds[part] / 60:.0f}" for part in parts]
+        lines.append(f"| {candidate['name']} | {candidate['seeds']} | " + " | ".join(cells)
+                     + f" | **{seconds['total'] / 60:.0f}** | {'yes' if candidate['fits'] else 'no'} |")
+    measured = plan["calibrated_on"]
+    lines += ["", f"Minutes, install ({plan['calibration']['setup_seconds'] / 60:.0f}) and data preparation "
+                  f"({plan['calibration']['data_seconds'] / 60:.0f}) included in the total; budget "
+                  f"{plan['budget_seconds'] / 60:.0f} min. Calibrated on the measured cold run "
+                  f"({measured['measured_seconds'] / 60:.1f} min; its configuration predicted at "
+                  f"{measured['predicted_seconds_of_the_measured_configuration'] / 60:.1f} min)."]
+    return lines
+
+
 RENDERERS: dict[str, tuple[str, Callable]] = {  # kind: (the file it reads, how)
     "summary": ("verdict.json", summary), "claims": ("verdict.json", claims), "beyond": ("verdict.json", beyond),
     "comparisons": ("comparisons.csv", comparisons), "headline": ("headline.csv", headline),
     "coverage": ("interval_coverage.json", coverage),
+    "replicate_plan": ("replicate_plan.json", replicate_plan),
 }
 
 

@@ -1,0 +1,82 @@
+"""Size the default experiment against the replication's time budget: predict the wall time of a cold
+`make replicate` for candidate configurations from the project's estimates (gatedsae.plan.estimates),
+calibrated on the measured cold run (results/benchmarks/replicate.json) of the configuration it measured
+(conf/ at the commit that run used). Writes results/benchmarks/replicate_plan.json: the calibration, and
+per candidate its predicted time by part and whether it fits the budget.
+
+    python scripts/plan_replicate.py            # the candidates below
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tarfile
+import tempfile
+from io import BytesIO
+from pathlib import Path
+
+from gatedsae.core.atomic import write_json_atomic
+from gatedsae.plan.config import REPO_ROOT, load_config
+from gatedsae.plan.estimates import calibrate, replicate_seconds
+
+MEASURED_COMMIT = "7ff5b3f0c593f4db1b6032973183bfd9525652bc"  # conf/ as the measured run used it (same sizes)
+BUDGET_SECONDS = 7200  # `make replicate` cold on 2 CPU cores, install included
+# (name, overrides on experiment=default, training seeds): what the default could be
+LONGER = ["train.tokens=1638400", "cache.train_tokens=1700000"]  # 1,600 steps of 1,024, under one pass
+CANDIDATES = [
+    ("the default as configured, 1 seed", [], 1),
+    ("the default as configured, 3 seeds", [], 3),
+    ("3 seeds, 4x the training (1,600 steps)", LONGER, 3),
+    ("3 seeds, 32 held-out windows", ["evaluate.ce_windows=32"], 3),
+    ("3 seeds, without the attention output", ["experiment.sites=[resid_post,mlp_out]"], 3),
+    ("3 seeds, the residual stream only", ["experiment.sites=[resid_post]"], 3),
+    ("3 seeds, the residual stream only, no every-token run",
+     ["experiment.sites=[resid_post]", "sweep.all_tokens=false"], 3),
+]
+
+
+def measured_config(commit: str):
+    """The configuration the benchmark measured: experiment=default composed from conf/ at `commit`."""
+    archive = subprocess.run(["git", "archive", commit, "conf"], cwd=REPO_ROOT, check=True, capture_output=True).stdout
+    scratch = Path(tempfile.mkdtemp())
+    with tarfile.open(fileobj=BytesIO(archive)) as tar:
+        tar.extractall(scratch)
+    # sections added since that commit are at their defaults, switched off where they add work
+    return load_config(["experiment=default", "++groundtruth.enabled=false"], conf_dir=scratch / "conf")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="results/benchmarks/replicate_plan.json")
+    args = parser.parse_args()
+    measured = json.loads((REPO_ROOT / "results" / "benchmarks" / "replicate.json").read_text())
+    old = measured_config(MEASURED_COMMIT)
+    calibration = calibrate(measured, old)
+    check = replicate_seconds(old, calibration, seeds=1)
+    candidates = []
+    for name, overrides, seeds in CANDIDATES:
+        parts = replicate_seconds(load_config(["experiment=default", *overrides]), calibration, seeds=seeds)
+        candidates.append({"name": name, "overrides": overrides, "seeds": seeds,
+                           "seconds": {k: round(v, 1) for k, v in parts.items()},
+                           "fits": parts["total"] <= BUDGET_SECONDS})
+        print(f"{parts['total'] / 60:6.1f} min  {'fits' if parts['total'] <= BUDGET_SECONDS else 'over'}  {name}")
+    write_json_atomic(args.out, {
+        "what": "predicted wall time of a cold `make replicate` (install included) on the benchmark's machine",
+        "command": "python scripts/plan_replicate.py",
+        "calibrated_on": {"benchmark": "results/benchmarks/replicate.json", "conf_commit": MEASURED_COMMIT,
+                          "measured_seconds": measured["wall_seconds"],
+                          "predicted_seconds_of_the_measured_configuration": round(check["total"], 1)},
+        "calibration": calibration.to_dict(), "budget_seconds": BUDGET_SECONDS, "candidates": candidates,
+        "assumptions": "stage time proportional to its estimated FLOPs (training at the measured mix of dense and "
+                       "sparse steps; evaluation in float32 as measured); each chapter adds the measured mean "
+                       "overhead (a chapter whose work the estimates do not size, the ground-truth benchmark, "
+                       "counts as that overhead only); seeds multiply training and the per-SAE part of evaluation",
+    })
+    print(f"wrote {args.out} (the measured configuration: {check['total'] / 60:.1f} min predicted, "
+          f"{measured['wall_seconds'] / 60:.1f} min measured)")
+
+
+if __name__ == "__main__":
+    main()

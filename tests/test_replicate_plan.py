@@ -1,0 +1,53 @@
+"""Sizing the default experiment against the time budget: a cold `make replicate` predicted from the
+estimates, calibrated on the measured cold run (gatedsae.plan.estimates.replicate_seconds,
+scripts/plan_replicate.py, results/benchmarks/replicate_plan.json)."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import subprocess
+
+import pytest
+
+from gatedsae.plan.config import REPO_ROOT, load_config
+from gatedsae.plan.estimates import MachineCalibration, calibrate, compute_seconds_by_stage, replicate_seconds
+
+PLAN = json.loads((REPO_ROOT / "results" / "benchmarks" / "replicate_plan.json").read_text())
+CALIBRATION = MachineCalibration(**PLAN["calibration"])
+
+
+def test_seeds_multiply_training_and_the_per_sae_part_of_evaluation():
+    config = load_config(["experiment=default"])
+    one, three = compute_seconds_by_stage(config, seeds=1), compute_seconds_by_stage(config, seeds=3)
+    for kind in ("train", "rescale_shift"):
+        assert three[kind] == pytest.approx(3 * one[kind])
+    assert three["cache"] == one["cache"]
+    assert one["evaluate"] < three["evaluate"] < 3 * one["evaluate"]  # the clean prefix runs once
+    parts = replicate_seconds(config, CALIBRATION, seeds=3)
+    assert parts["total"] == pytest.approx(sum(v for k, v in parts.items() if k != "total"))
+    assert parts["chapters"] == pytest.approx(CALIBRATION.chapter_overhead_seconds * len(config.experiment.chapters))
+
+
+def test_the_calibration_reproduces_the_measured_run():
+    """Calibrated on the benchmark's stages of the configuration it measured (conf/ at its commit), the
+    prediction for that configuration adds up to the measured wall time."""
+    script = runpy.run_path(str(REPO_ROOT / "scripts" / "plan_replicate.py"))
+    try:
+        old = script["measured_config"](script["MEASURED_COMMIT"])
+    except subprocess.CalledProcessError:
+        pytest.skip("the measured configuration's commit is not in this clone")
+    measured = json.loads((REPO_ROOT / "results" / "benchmarks" / "replicate.json").read_text())
+    calibration = calibrate(measured, old)
+    assert calibration.ratios == pytest.approx(CALIBRATION.ratios)
+    assert replicate_seconds(old, calibration, seeds=1)["total"] == pytest.approx(measured["wall_seconds"], rel=0.02)
+
+
+def test_the_committed_plan_is_the_one_the_current_configuration_gives():
+    """results/benchmarks/replicate_plan.json (and the docs' table from it) is current: rerun
+    scripts/plan_replicate.py after changing the default's sizes or the estimates."""
+    for candidate in PLAN["candidates"]:
+        config = load_config(["experiment=default", *candidate["overrides"]])
+        predicted = replicate_seconds(config, CALIBRATION, seeds=candidate["seeds"])
+        assert predicted["total"] == pytest.approx(candidate["seconds"]["total"], abs=1.0), candidate["name"]
+        assert candidate["fits"] == (predicted["total"] <= PLAN["budget_seconds"])
