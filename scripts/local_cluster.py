@@ -1,5 +1,6 @@
 """A real single-node SLURM cluster and an S3 server on this machine, to run the cluster path end to end
-(tests/test_cluster.py, scripts/bench_cluster.py), or to try profiles/slurm by hand:
+(tests/test_cluster.py, which also records results/benchmarks/cluster.json), or to try profiles/slurm by
+hand:
 
     python scripts/local_cluster.py              # bring both up, print how to use them; Ctrl-C stops them
     python scripts/local_cluster.py -- COMMAND   # run COMMAND inside (e.g. snakemake --profile profiles/slurm)
@@ -17,7 +18,8 @@ accounting database: job states come from `squeue`, which keeps finished jobs fo
 the status source snakemake-executor-plugin-slurm documents for clusters without `sacct`
 (`slurm_status_command: squeue`). Memory limits are enforced by polling (jobacct_gather/linux with
 OverMemoryKill, every second), which needs no cgroup delegation: a job over its `--mem` is killed and
-ends OUT_OF_MEMORY.
+ends OUT_OF_MEMORY. A job's processes are tracked by process group (proctrack/pgid; real clusters use cgroups), so
+a cancelled job leaves none behind.
 """
 
 from __future__ import annotations
@@ -244,7 +246,10 @@ class LocalCluster:
             f"StateSaveLocation={folder / 'state'}", f"SlurmdSpoolDir={folder / 'spool'}",
             f"SlurmctldPidFile={folder / 'slurmctld.pid'}", f"SlurmdPidFile={folder / 'slurmd.pid'}",
             f"SlurmctldLogFile={folder / 'logs' / 'slurmctld.log'}", f"SlurmdLogFile={folder / 'logs' / 'slurmd.log'}",
-            "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
+            # A job's processes found by process group, not by parentage: when scancel's SIGTERM ends a job's
+            # shell, the Snakemake under it is re-parented to init, and proctrack/linuxproc (parentage) lost it,
+            # leaving it running after the job was CANCELLED; nothing here leaves its process group.
+            "ProctrackType=proctrack/pgid", "TaskPlugin=task/none",
             "JobAcctGatherType=jobacct_gather/linux", "JobAcctGatherFrequency=task=1",
             "JobAcctGatherParams=OverMemoryKill",
             "AccountingStorageType=accounting_storage/none", "JobCompType=jobcomp/none",

@@ -3,13 +3,16 @@ this machine (scripts/local_cluster.py; loopback only). The smoke experiment sub
 profiles/slurm runs every rule as an sbatch job sized by the project's estimates and ends identical to a
 local run, with a training job cancelled mid-way resubmitted and resumed; a job whose memory request
 is too small fails naming the rule and the setting to raise. The finished run, versioned by DVC on S3,
-comes back whole in a fresh clone, and an object corrupted on the server is caught on pull.
+comes back whole in a fresh clone, and an object corrupted on the server is caught on pull. What the runs
+measured (jobs, wall time locally and through SLURM, overhead per job, the identity check) goes to
+results/benchmarks/cluster.json, which docs/paper-scale.md quotes through a generated block.
 
 Needs root and Debian's slurmctld, slurmd, slurm-client and munge (.ci/run installs them and sets
 GATEDSAE_REQUIRE_CLUSTER=1, so CI fails instead of skipping)."""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -18,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +38,10 @@ import local_cluster  # noqa: E402
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 SITES = ("resid_post", "mlp_out", "attn_z")
+RECORD = REPO_ROOT / "results" / "benchmarks" / "cluster.json"  # what the tests measured (written by the identity test)
+# A training state every step, so that the cancel lands mid-training however fast this machine is (placement
+# only: the same results, as the identity check shows); the local run saves as often, so the two walls compare.
+EVERY_STEP = "train.checkpoint_every_steps=1"
 CANCELLED_SITE = "resid_post"
 BUCKET = "gatedsae-test"
 OUTPUTS = ("data/activations", "data/checkpoints", "data/evaluation", "results/smoke", "paper_figures/smoke")  # dvc.yaml
@@ -63,13 +71,27 @@ def slurm_command(cluster, *args: str, overrides: str = "") -> list[str]:
             f"overrides=resources.job_cpus={cluster.node.cpus} {overrides}".strip()]
 
 
+@dataclass
+class Run:
+    repo: Path
+    output: str      # Snakemake's
+    wall_s: float
+    cancelled: dict  # the SLURM job cancelled mid-training, and the step its saved state had reached
+
+
+def timed_snakemake(*args: str, cwd: Path, **kwargs) -> tuple[str, float]:
+    started = time.perf_counter()
+    result = snakemake(*args, cwd=cwd, **kwargs)
+    return result.stdout + result.stderr, time.perf_counter() - started
+
+
 @pytest.fixture(scope="module")
-def local_run(cluster, tmp_path_factory) -> Path:
+def local_run(cluster, tmp_path_factory) -> Run:
     """The same experiment run locally, its jobs given as many threads as the cluster's."""
     repo = clone_repository(tmp_path_factory.mktemp("local") / "repo")
-    snakemake("--profile", "profiles/local", "--cores", str(cluster.node.cpus), "--config", "experiment=smoke",
-              cwd=repo, timeout=1800)
-    return repo
+    output, wall = timed_snakemake("--profile", "profiles/local", "--cores", str(cluster.node.cpus), "--config",
+                                   "experiment=smoke", f"overrides={EVERY_STEP}", cwd=repo, timeout=1800)
+    return Run(repo, output, wall, {})
 
 
 class CancelMidTraining(threading.Thread):
@@ -108,26 +130,29 @@ class CancelMidTraining(threading.Thread):
         return None
 
 
-@dataclass
-class SlurmRun:
-    repo: Path
-    output: str      # Snakemake's
-    cancelled: dict  # the SLURM job cancelled mid-training, and the step its saved state had reached
-
-
 @pytest.fixture(scope="module")
-def slurm_run(cluster, tmp_path_factory) -> SlurmRun:
+def slurm_run(cluster, tmp_path_factory) -> Run:
     repo = clone_repository(tmp_path_factory.mktemp("slurm") / "repo")
     watcher = CancelMidTraining(cluster, repo, CANCELLED_SITE)
     watcher.start()
-    # A training state every step, so that the cancel lands mid-training however fast this machine is
-    # (placement only: the same results, as the identity check below shows).
-    result = snakemake(*slurm_command(cluster, overrides="train.checkpoint_every_steps=1"), cwd=repo,
-                       wrap=cluster.command, timeout=2400)
+    output, wall = timed_snakemake(*slurm_command(cluster, overrides=EVERY_STEP), cwd=repo, wrap=cluster.command,
+                                   timeout=2400)
     watcher.stop.set()
     watcher.join(timeout=10)
     assert not watcher.error, watcher.error
-    return SlurmRun(repo, result.stdout + result.stderr, watcher.cancelled)
+    return Run(repo, output, wall, watcher.cancelled | {"left_running": _working_in(repo)})
+
+
+def _working_in(repo: Path) -> list[str]:
+    """The processes still working in `repo` (a job's processes that outlived it)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if Path(f"/proc/{pid}/cwd").resolve() == repo.resolve():
+                found.append(f"{pid}: {Path(f'/proc/{pid}/cmdline').read_text().replace(chr(0), ' ')[:200]}")
+        except OSError:  # ended meanwhile, or not ours to read
+            pass
+    return found
 
 
 def _submitted(output: str) -> list[tuple[str, str, str]]:
@@ -136,16 +161,17 @@ def _submitted(output: str) -> list[tuple[str, str, str]]:
 
 
 def _jobs(cluster) -> dict[str, dict]:
-    """What SLURM recorded of every job it still lists: rule, wildcards, requests and final state."""
-    fields = "%i|%k|%m|%l|%C|%T"
+    """What SLURM recorded of every job it still lists: rule, wildcards, requests, final state, and when
+    it was submitted, started and ended."""
+    fields = "%i|%k|%m|%l|%C|%T|%V|%S|%e"
     out = cluster.run(["squeue", "--noheader", "--states=all", f"--format={fields}"]).stdout
     jobs = {}
     for line in out.splitlines():
-        job, comment, memory, limit, cpus, state = (part.strip() for part in line.split("|"))
+        job, comment, memory, limit, cpus, state, submitted, started, ended = (part.strip() for part in line.split("|"))
         rule = re.match(r"rule_(\w+?)(?:_wildcards_|$)", comment).group(1)
         site = next((s for s in SITES if f"_{s}_" in comment + "_"), None)
         jobs[job] = {"rule": rule, "site": site, "mem_mb": _megabytes(memory), "time": limit, "cpus": int(cpus),
-                     "state": state}
+                     "state": state, "submitted": submitted, "started": started, "ended": ended}
     return jobs
 
 
@@ -183,8 +209,9 @@ def test_every_rule_is_an_sbatch_job_sized_by_the_estimates(cluster, slurm_run):
 
 def test_a_job_cancelled_mid_training_is_resubmitted_and_resumes(cluster, slurm_run):
     cancelled = slurm_run.cancelled
-    assert cancelled and 0 < cancelled["step"] < 32, cancelled  # 4096 tokens / batch 128 = 32 steps
+    assert "job" in cancelled and 0 < cancelled["step"] < 32, cancelled  # 4096 tokens / batch 128 = 32 steps
     assert _jobs(cluster)[cancelled["job"]]["state"] == "CANCELLED"
+    assert not cancelled["left_running"], f"processes outlived their jobs: {cancelled['left_running']}"
     trains = [(job, wildcards) for job, rule, wildcards in _submitted(slurm_run.output) if rule == "train"]
     resubmitted = [job for job, wildcards in trains if f"_{CANCELLED_SITE}_" in f"_{wildcards}_"]
     assert len(trains) == 4 and resubmitted[0] == cancelled["job"] and len(resubmitted) == 2, trains
@@ -193,16 +220,54 @@ def test_a_job_cancelled_mid_training_is_resubmitted_and_resumes(cluster, slurm_
     assert resumed_at >= cancelled["step"] > 0, "the resubmitted job resumed from the cancelled one's state"
 
 
-def test_results_are_identical_to_a_local_run(local_run, slurm_run, tmp_path):
+def test_results_are_identical_to_a_local_run(cluster, local_run, slurm_run, tmp_path):
     out = tmp_path / "identity.json"
     result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "compare_runs.py"),
-                             str(local_run / "data"), str(local_run / "results" / "smoke"),
+                             str(local_run.repo / "data"), str(local_run.repo / "results" / "smoke"),
                              str(slurm_run.repo / "data"), str(slurm_run.repo / "results" / "smoke"), "--out", str(out)],
                             capture_output=True, text=True)
     report = json.loads(out.read_text())
+    record_figures(cluster, local_run, slurm_run, report)
     assert result.returncode == 0 and report["identical"], result.stdout[-3000:]
     assert all(kind["a"] > 0 for kind in report["artifacts"].values())
     assert {"metrics.csv", "headline.csv", "comparisons.csv", "pareto.csv"} <= set(report["tables"])
+
+
+def _seconds(stamp: str) -> float:
+    return datetime.datetime.fromisoformat(stamp).timestamp()
+
+
+def record_figures(cluster, local_run: Run, slurm_run: Run, identity: dict) -> None:
+    """results/benchmarks/cluster.json: the smoke experiment's jobs, its wall time locally and through SLURM,
+    the submission overhead per job, and the identity check's result."""
+    from gatedsae.core.atomic import write_json_atomic
+    from gatedsae.core.precision import machine
+
+    submitted = _submitted(slurm_run.output)
+    jobs = _jobs(cluster)
+    waits = sorted(_seconds(jobs[job]["started"]) - _seconds(jobs[job]["submitted"]) for job, _, _ in submitted)
+    local_jobs = len(set(re.findall(r"^    log: (\S+)$", local_run.output, re.MULTILINE)))
+    record = {
+        "benchmark": "the smoke experiment run locally (profiles/local) and through a single-node SLURM cluster "
+                     "(profiles/slurm, every rule an sbatch job), one after the other, by tests/test_cluster.py",
+        "command": "make test-cluster", "machine": machine(), "node": {"cpus": cluster.node.cpus,
+                                                                      "memory_mb": cluster.node.memory_mb},
+        "settings": f"experiment=smoke, {EVERY_STEP} (both runs), resources.job_cpus={cluster.node.cpus}",
+        "jobs_submitted": len(submitted), "jobs_local": local_jobs,
+        "rules": dict(sorted(Counter(rule for _, rule, _ in submitted).items())),
+        "cancelled_and_resubmitted": {"job": slurm_run.cancelled.get("job"), "at_step": slurm_run.cancelled.get("step")},
+        "wall_s": {"local": round(local_run.wall_s, 1), "slurm": round(slurm_run.wall_s, 1)},
+        "slurm_over_local": round(slurm_run.wall_s / local_run.wall_s, 3),
+        # What going through SLURM adds per job: the run's extra wall time over the jobs SLURM ran (it includes
+        # the cancelled training job's lost work), and SLURM's own queue wait (start − submit, 1 s resolution).
+        "overhead_per_job_s": round((slurm_run.wall_s - local_run.wall_s) / len(submitted), 2),
+        "queue_wait_s": {"median": waits[len(waits) // 2], "max": waits[-1]},
+        "identical": identity["identical"],
+        "identity": {kind: {"files": found["a"], "identical": found["identical"]}
+                     for kind, found in identity["artifacts"].items()}
+                    | {table: found["shared_columns_identical"] for table, found in identity["tables"].items()},
+    }
+    write_json_atomic(RECORD, record)
 
 
 def test_a_job_whose_memory_request_is_too_small_names_the_rule_and_the_setting(cluster, tmp_path):

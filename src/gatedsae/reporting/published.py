@@ -134,10 +134,26 @@ def replicate_plan(plan: dict) -> list[str]:
     return lines
 
 
+def cluster(measured: dict) -> list[str]:
+    """The smoke experiment locally and through the local SLURM cluster (tests/test_cluster.py)."""
+    wall, wait = measured["wall_s"], measured["queue_wait_s"]
+    node = measured["node"]
+    return ["| | locally | through SLURM |", "|---|---|---|",
+            f"| jobs | {measured['jobs_local']} | {measured['jobs_submitted']} submitted (one training job cancelled "
+            f"and resubmitted) |",
+            f"| wall time | {wall['local']:.0f} s | {wall['slurm']:.0f} s ({measured['slurm_over_local']:.2f}×) |",
+            "", f"Overhead per submitted job: {measured['overhead_per_job_s']:.1f} s of wall time (the difference "
+            f"over the jobs submitted, the cancelled job's lost work included). SLURM's wait from submission to start, "
+            f"which includes waiting for the node's CPUs while another job holds them: median {wait['median']:.0f} s, "
+            f"at most {wait['max']:.0f} s. Results identical to the local run: "
+            f"{'yes' if measured['identical'] else 'NO'}. One node of {node['cpus']} CPUs and "
+            f"{node['memory_mb'] / 1024:.0f} GiB, shared with other work."]
+
+
 RENDERERS: dict[str, tuple[str, Callable]] = {  # kind: (the file it reads, how)
     "summary": ("verdict.json", summary), "claims": ("verdict.json", claims), "beyond": ("verdict.json", beyond),
     "comparisons": ("comparisons.csv", comparisons), "headline": ("headline.csv", headline),
-    "coverage": ("interval_coverage.json", coverage),
+    "coverage": ("interval_coverage.json", coverage), "cluster": ("cluster.json", cluster),
     "replicate_plan": ("replicate_plan.json", replicate_plan),
 }
 
