@@ -1,4 +1,5 @@
-"""Numbers of the published reference runs in README.md and docs/, never copied by hand: each is inside a
+"""Numbers of the published reference runs (and of the benchmarks that time them: results/benchmarks/
+quickstart.json, replicate.json) in README.md and docs/, never copied by hand: each is inside a
 generated block, rewritten from the file it names (`python -m gatedsae render-docs`, and after every
 `publish-reference`) through the verdict's own formatter (`claims.format_interval`: fractions of loss
 recovered shown ×100 in points). tests/test_published_docs.py fails when a block disagrees with its file.
@@ -150,11 +151,45 @@ def cluster(measured: dict) -> list[str]:
             f"{node['memory_mb'] / 1024:.0f} GiB, shared with other work."]
 
 
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 600 else f"{seconds / 60:.1f} min"
+
+
+def quick_start(record: dict) -> list[str]:
+    """The README's quick start as scripts/bench_quickstart.py timed it on a fresh clone, with the console's
+    first progress lines."""
+    machine = record["machine"]
+    if record["setup_exit_code"] or record["run_exit_code"]:
+        return [f"The last timed quick start (code {record['code_version']}) FAILED: `make setup` exited "
+                f"{record['setup_exit_code']}, `make run EXPERIMENT=smoke` {record['run_exit_code']}."]
+    loads = f"{machine['load_average'][0]:.1f} at the start, {record['load_average_after'][0]:.1f} at the end"
+    shown = [line for line in record["progress_lines"] if not line.startswith("started ")][:3]
+    return [f"Timed from a fresh clone (`python scripts/bench_quickstart.py`, code {record['code_version']}): "
+            f"**{_minutes(record['run_seconds'])}** for `make run EXPERIMENT=smoke`, after "
+            f"{_minutes(record['setup_seconds'])} for the install (pip's wheel cache warm), on {machine['cores']} "
+            f"CPU cores ({machine['cpu']}), no GPU, while other work shared the machine (load average {loads}). "
+            "Its first lines on the console:", "", "```", *shown, "```"]
+
+
+def run_time(record: dict) -> list[str]:
+    """The default replication's cold run (results/benchmarks/replicate.json)."""
+    first, *rest = record["chapters"]
+    later = " and ".join(f"{_minutes(chapter['wall_seconds'])} for {chapter['name']} ({chapter['description']})"
+                      for chapter in rest)
+    headline = record["targets"]["headline_chapter_with_install_seconds"]
+    return [f"Run time, measured as one cold run from a fresh clone ({record['machine']['cpu']}): "
+            f"**{_minutes(record['wall_seconds'])}** for `make replicate` as a whole, of which "
+            f"**{_minutes(headline)}** for the {first['name']} chapter with the install "
+            f"({_minutes(record['setup_seconds'])}, pip's wheel cache warm), then {later}. Its verdict: "
+            f"{record['verdict']}."]
+
+
 RENDERERS: dict[str, tuple[str, Callable]] = {  # kind: (the file it reads, how)
     "summary": ("verdict.json", summary), "claims": ("verdict.json", claims), "beyond": ("verdict.json", beyond),
     "comparisons": ("comparisons.csv", comparisons), "headline": ("headline.csv", headline),
     "coverage": ("interval_coverage.json", coverage), "cluster": ("cluster.json", cluster),
     "replicate_plan": ("replicate_plan.json", replicate_plan),
+    "quickstart": ("quickstart.json", quick_start), "runtime": ("replicate.json", run_time),
 }
 
 
