@@ -23,7 +23,6 @@ from gatedsae.reporting.figures.style import (
     plot_line,
     plot_sweep,
     save,
-    shared_legend,
 )
 
 CAPTIONS = {
@@ -45,24 +44,32 @@ def render(rows: pd.DataFrame, table: pd.DataFrame, truth: GroundTruthConfig, ou
     return files
 
 
+def _legend_above(fig, ax) -> None:
+    """The legend above the panel in two columns (the benchmark draws every architecture: inside the
+    panel it would hide points); `save` lays the panel out below it."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=2, bbox_to_anchor=(0.5, 1.0), handlelength=1.6,
+               columnspacing=0.8, borderaxespad=0.1)
+
+
 def _by_arch(table: pd.DataFrame):
     return [arch for arch in dict.fromkeys(table["arch"])]
 
 
 def _recovery(table: pd.DataFrame, true_l0: float, cosine: float):
-    fig, ax = plt.subplots(figsize=(SINGLE_COLUMN, 2.4))
+    fig, ax = plt.subplots(figsize=(SINGLE_COLUMN + 0.5, 3.4))
     for arch in _by_arch(table):
         plot_line(ax, table, arch, "recovered")
     ax.axvline(true_l0, color="0.4", linestyle="--", linewidth=0.7, zorder=0)
     plain_log_axis(ax, "x")
     ax.set_xlabel(AXIS_LABELS["l0"])
     ax.set_ylabel(f"true features recovered (cos ≥ {cosine:g})")
-    shared_legend(fig, [ax])
+    _legend_above(fig, ax)
     return FIGURES["recovery"], fig
 
 
 def _magnitude(table: pd.DataFrame):
-    fig, ax = plt.subplots(figsize=(SINGLE_COLUMN, 2.4))
+    fig, ax = plt.subplots(figsize=(SINGLE_COLUMN + 0.5, 3.4))
     penalised = table[table["knob"] == "l1"]
     for arch in _by_arch(penalised):
         points = penalised[penalised["arch"] == arch].sort_values("value")
@@ -75,12 +82,12 @@ def _magnitude(table: pd.DataFrame):
     plain_log_axis(ax, "x")
     ax.set_xlabel(f"{KNOBS['l1'].symbol} ({KNOBS['l1'].meaning})")
     ax.set_ylabel("inferred / true magnitude")
-    shared_legend(fig, [ax])
+    _legend_above(fig, ax)
     return FIGURES["magnitude"], fig
 
 
 def _frontier(table: pd.DataFrame, true_l0: float):
-    fig, ax = plt.subplots(figsize=(SINGLE_COLUMN, 2.4))
+    fig, ax = plt.subplots(figsize=(SINGLE_COLUMN + 0.5, 3.4))
     one_cell = table.assign(model=SYNTHETIC, site=SITE, layer=0)  # the frontier helper groups by where SAEs sit
     for arch in _by_arch(table):
         plot_sweep(ax, one_cell, arch, "fvu", lower_is_better=True)
@@ -88,7 +95,7 @@ def _frontier(table: pd.DataFrame, true_l0: float):
     plain_log_axis(ax, "x")
     ax.set_xlabel(AXIS_LABELS["l0"])
     ax.set_ylabel(AXIS_LABELS["fvu"])
-    shared_legend(fig, [ax])
+    _legend_above(fig, ax)
     return FIGURES["frontier"], fig
 
 
