@@ -362,7 +362,7 @@ rule study:
     """The blinded interpretability study's rating page and key (optional: study.enabled)."""
     input:
         plan.aggregate_outputs()["metrics"],
-        [path for site in plan.config.study_sites for path in plan.site_inputs(site, plan.config.study_layer)],
+        [path for site in plan.config.study_sites for path in plan.site_inputs(site, plan.config.study_layer_at(site))],
     output:
         plan.study_page(),
     params:

@@ -7,9 +7,11 @@ import json
 import math
 import runpy
 import sys
+from pathlib import Path
 
 import pytest
 
+from gatedsae.plan.config import load_config
 from gatedsae.plan.site_layers import ZeroAblation, choose_layer, predicted_half_width, probe_order, windows_needed
 
 
@@ -76,6 +78,7 @@ def test_the_committed_reading_follows_the_rule_in_conf():
     assert reading["probe_split"] == "train" and reading["anchor_layer"] == config.experiment.layers[0]
     for site in rule.sites:
         found = reading["sites"][site]
+        assert config.experiment.layers_at(site) == [found["layer"]], "the default reads the site where the rule says"
         assert found["planned_windows"] == config.evaluate.ce_windows
         assert found["level"] == min(config.verdict.levels_at(site))
         measured = [ZeroAblation(row["layer"], row["zero_ablation_cost"], row["sd"], row["windows"])
@@ -83,3 +86,46 @@ def test_the_committed_reading_follows_the_rule_in_conf():
         assert (found["layer"], found["meets_rule"]) == choose_layer(
             measured, reading["anchor_layer"], found["level"], found["planned_windows"], rule.max_half_width,
             rule.noise_floor, reading["confidence"])
+
+
+SITE_LAYERS = "experiment.site_layers={attn_z: [0]}"
+
+
+def test_a_site_is_read_at_its_own_layer(tmp_path):
+    from conftest import smoke_config
+
+    from gatedsae.plan.config import ConfigError
+    from gatedsae.plan.estimates import dag_jobs
+    from gatedsae.plan.workflow import ExperimentPlan
+
+    config = smoke_config(tmp_path, SITE_LAYERS)
+    assert config.experiment.layers_at("attn_z") == [0] and config.experiment.layers_at("resid_post") == [1]
+    assert set(config.activation_dirs()) == {("resid_post", 1), ("mlp_out", 1), ("attn_z", 0)}
+    assert config.experiment.all_layers == [0, 1] and ("evaluate", "attn_z", 1) in dag_jobs(config)
+    targets = ExperimentPlan("smoke", [f"paths.data={tmp_path}", SITE_LAYERS]).targets()
+    assert any("/attn_z/layer0/" in t for t in targets) and not any("/attn_z/layer1/" in t for t in targets)
+    assert any("/resid_post/layer1/" in t for t in targets)
+    with pytest.raises(ConfigError, match="site_layers"):
+        smoke_config(tmp_path, SITE_LAYERS, "cache.mode=stream")
+    with pytest.raises(ConfigError, match="experiment.layers"):
+        smoke_config(tmp_path, "experiment.site_layers={attn_z: [99]}")
+    with pytest.raises(ConfigError, match="site_layers"):
+        smoke_config(tmp_path, "experiment.site_layers={attention: [0]}")
+    assert smoke_config(tmp_path, "experiment.sites=[resid_post]", SITE_LAYERS).activation_dirs().keys() == {
+        ("resid_post", 1)}
+
+
+def test_a_site_at_its_own_layer_is_cached_trained_and_evaluated_there(smoke_tokens, tiny_model, tmp_path, one_thread):
+    from conftest import copy_token_data
+
+    from gatedsae.activations.cache import cache_activations
+    from gatedsae.evaluation.evaluate import evaluate_grid
+    from gatedsae.training.stages import train_grid
+
+    data = copy_token_data(smoke_tokens, tmp_path).paths.root
+    config = load_config(["experiment=smoke", f"paths.data={data}", SITE_LAYERS, "sweep.rescale_shift=false"])
+    cache_activations(config, loaded=tiny_model)
+    train_grid(config, "attn_z", 0, progress=False)
+    rows = json.loads(evaluate_grid(config, "attn_z", 0, progress=False, loaded=tiny_model).read_text())["rows"]
+    assert rows and {row["layer"] for row in rows} == {0} and {row["site"] for row in rows} == {"attn_z"}
+    assert all(json.loads((Path(row["checkpoint"]) / "training.json").read_text())["layer"] == 0 for row in rows)

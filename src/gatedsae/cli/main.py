@@ -97,15 +97,14 @@ def _upgrade_checkpoints(config: Config) -> None:
     from gatedsae.saes.checkpoints import upgrade_saelens_cfg
 
     rewritten = kept = 0
-    for site in config.experiment.sites:
-        for layer in config.experiment.layers:
-            for index in grid_indexes(config, site, layer).values():
-                if index.exists():
-                    for entry in read_grid_index(index):
-                        if upgrade_saelens_cfg(entry["path"], config):
-                            rewritten += 1
-                        else:
-                            kept += 1
+    for site, layer in config.experiment.site_layer_pairs():
+        for index in grid_indexes(config, site, layer).values():
+            if index.exists():
+                for entry in read_grid_index(index):
+                    if upgrade_saelens_cfg(entry["path"], config):
+                        rewritten += 1
+                    else:
+                        kept += 1
     print(f"rewrote {rewritten} cfg.json files; {kept} already current")
 
 
@@ -251,7 +250,7 @@ def evaluation_files(config: Config) -> list:
     from gatedsae.plan.layout import METRICS_FILE
 
     return [config.paths.evaluation_dir(config.model.name, config.corpus.name, site, layer, config.sweep.name)
-            / METRICS_FILE for site in config.experiment.sites for layer in config.experiment.layers]
+            / METRICS_FILE for site, layer in config.experiment.site_layer_pairs()]
 
 
 @dataclass(frozen=True)
@@ -425,11 +424,12 @@ def main(argv: list[str] | None = None) -> int:
 def _check_target(stage: str, config: Config, options: dict[str, str]) -> None:
     site, layer = options.get("site"), options.get("layer", "")
     site_optional = stage == "train"
+    layers = config.experiment.layers_at(site) if site in config.experiment.sites else config.experiment.layers
     if ((site not in config.experiment.sites and not (site_optional and site is None))
-            or not layer.isdigit() or int(layer) not in config.experiment.layers):
+            or not layer.isdigit() or int(layer) not in layers):
         site_usage = f"--site=<one of {config.experiment.sites}>"
         raise ConfigError(f"{stage} needs {'[' + site_usage + ']' if site_optional else site_usage} and "
-                          f"--layer=<one of {config.experiment.layers}>; got site={site!r}, layer={layer!r}")
+                          f"--layer=<one of {layers}>; got site={site!r}, layer={layer!r}")
 
 
 if __name__ == "__main__":

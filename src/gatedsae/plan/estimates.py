@@ -103,10 +103,10 @@ def cache_estimate(config: Config) -> Estimate:
     """The cache job: both splits, or (stream mode) the held-out split only."""
     streamed = config.cache.mode == "stream"
     tokens = (0 if streamed else config.cache.train_tokens) + config.cache.heldout_tokens
-    deepest = max(config.experiment.layers) + 1
+    deepest = max(config.experiment.all_layers) + 1
     weights = model_parameters(config) * BYTES[config.model.dtype]
     activations = _forward_activation_bytes(config, config.cache.batch_sequences)
-    stores = len(config.experiment.layers) * sum(config.model.site_width(s) for s in config.experiment.sites)
+    stores = sum(config.model.site_width(site) for site, _ in config.experiment.site_layer_pairs())
     return Estimate("cache", weights + activations, 2 * model_parameters(config, deepest) * tokens,
                     disk_bytes=tokens * stores * BYTES[config.cache.dtype],
                     breakdown={"model": weights, "activations": activations})
@@ -177,7 +177,7 @@ def evaluate_estimate(config: Config, site: str) -> Estimate:
     prefixes = tokens * (m.d_model + (0 if site == "resid_post" else d)) * BYTES[m.dtype]
     memory = (model_parameters(config) * BYTES[m.dtype] + _forward_activation_bytes(config, evaluate.batch_windows)
               + logits + 3 * d * widest * 4 + prefixes)
-    remainder = model_parameters(config) - model_parameters(config, min(config.experiment.layers))
+    remainder = model_parameters(config) - model_parameters(config, min(config.experiment.layers_at(site)))
     # the remainder runs once per SAE and twice for the zero-ablation (with and without massive positions)
     flops = tokens * (2 * model_parameters(config) + (n_saes + 2) * (2 * remainder + 4 * d * widest))
     return Estimate(f"evaluate[{site}]", memory, flops, breakdown={"prefixes": prefixes})
@@ -200,7 +200,7 @@ def aggregate_estimate(config: Config) -> Estimate:
     resamples = config.intervals.resamples
     ce_windows = config.evaluate.ce_windows
     store_windows = math.ceil(config.cache.heldout_tokens / (config.experiment.context_length - 1))
-    grids = [_saes_per_grid(config, site) for site in config.experiment.sites] * len(config.experiment.layers)
+    grids = [_saes_per_grid(config, site) for site, _ in config.experiment.site_layer_pairs()]
     per_grid = 8 * resamples * (ce_windows + store_windows + 3 * max(grids))  # counts, and ce() intermediates
     kept = 8 * resamples * 4 * sum(grids)  # replicates of every grid, four metrics
     flops = resamples * sum(2 * k * (ce_windows + store_windows) * 8 for k in grids)
@@ -229,6 +229,7 @@ def dag_jobs(config: Config) -> list[tuple[str, str | None, int]]:
     rows = [("prepare_model", None, 1), ("fetch_corpus", None, 1), ("tokenize", None, 1), ("cache", None, 1)]
     rows += [("train", None, layers)] if streamed else []
     for site in config.experiment.sites:
+        layers = len(config.experiment.layers_at(site))  # (stream mode has no layers per site)
         rows += [] if streamed else [("train", site, layers)]
         rows += [("rescale_shift", site, layers)] if config.sweep.rescale_shift_at(site) else []
         rows += [("train_all_tokens", site, layers)] if config.sweep.all_tokens_at(site) else []
@@ -299,7 +300,7 @@ def stream_forward_flops(config: Config, passes: int) -> float:
     shards read once for the activation statistics."""
     statistics = config.train.statistics_tokens or config.cache.train_tokens
     tokens = passes * config.train.tokens + statistics
-    return 2 * model_parameters(config, max(config.experiment.layers) + 1) * tokens
+    return 2 * model_parameters(config, max(config.experiment.all_layers) + 1) * tokens
 
 
 def train_layer_estimate(config: Config) -> Estimate:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "cache": {"mode": "store", "stream_keep_shards": 2},
     "sweep": {"all_tokens": False, "all_tokens_sites": []},
+    "experiment": {"site_layers": {}},
     "train": {"statistics_tokens": None, "sparse": "auto",
               "sparse_max_density": SPARSE_MAX_DENSITY, "dead_after_tokens": DEAD_AFTER_TOKENS},
 }

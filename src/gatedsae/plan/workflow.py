@@ -88,8 +88,7 @@ class ExperimentPlan:
         pattern = self.store_manifest()
         return [
             pattern.replace("{site}", site).replace("{layer}", str(layer))
-            for site in self.config.experiment.sites
-            for layer in self.config.experiment.layers
+            for site, layer in self.config.experiment.site_layer_pairs()
         ]
 
     @property
@@ -185,7 +184,7 @@ class ExperimentPlan:
         return [
             pattern.format(model=self.model, corpus=self.corpus, site=site, layer=layer, sweep=self.config.sweep.name)
             for site in (self.config.experiment.sites if sites is None else sites)
-            for layer in self.config.experiment.layers
+            for layer in self.config.experiment.layers_at(site)
         ]
 
     def stage_targets(self, stage: str) -> list[str]:

@@ -23,19 +23,18 @@ def gather_curves(config: "Config") -> Path:
     from gatedsae.reporting.tables import write_csv_atomic
 
     rows, missing = [], []
-    for site in config.experiment.sites:
-        for layer in config.experiment.layers:
-            for variant, index in grid_indexes(config, site, layer).items():
-                if not index.exists():
-                    continue
-                logged = {}
-                for row in read_rows(index.parent / CURVES_FILE):
-                    logged.setdefault(row["sae"], []).append(row)
-                for entry in json.loads(index.read_text())["saes"]:
-                    if entry["sae"] not in logged:
-                        missing.append(f"{site}/layer{layer}/{entry['sae']}")
-                    rows += [{"model": config.model.name, "site": site, "layer": layer, "variant": variant, **row}
-                             for row in logged.get(entry["sae"], [])]
+    for site, layer in config.experiment.site_layer_pairs():
+        for variant, index in grid_indexes(config, site, layer).items():
+            if not index.exists():
+                continue
+            logged = {}
+            for row in read_rows(index.parent / CURVES_FILE):
+                logged.setdefault(row["sae"], []).append(row)
+            for entry in json.loads(index.read_text())["saes"]:
+                if entry["sae"] not in logged:
+                    missing.append(f"{site}/layer{layer}/{entry['sae']}")
+                rows += [{"model": config.model.name, "site": site, "layer": layer, "variant": variant, **row}
+                         for row in logged.get(entry["sae"], [])]
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     frame = frame.sort_values(["site", "layer", "variant", "sae", "step"], kind="stable")
     path = config.experiment.results / CURVES_FILE

@@ -36,14 +36,13 @@ SPARSITY_FILE = "sparsity.safetensors"  # sae-lens reads the tensor "sparsity": 
 def exported_checkpoints(config: Config) -> tuple[list[dict], list[str]]:
     """(grid entries of the SAEs sae-lens loads, names of those it does not), over the experiment's grids."""
     kept, left_out = [], []
-    for site in config.experiment.sites:
-        for layer in config.experiment.layers:
-            for index in grid_indexes(config, site, layer).values():
-                for entry in read_grid_index(index) if index.exists() else []:
-                    if entry["arch"] in ARCHITECTURES and ARCHITECTURES[entry["arch"]].saelens_loadable:
-                        kept.append({**entry, "site": site, "layer": layer})
-                    else:
-                        left_out.append(entry["sae"])
+    for site, layer in config.experiment.site_layer_pairs():
+        for index in grid_indexes(config, site, layer).values():
+            for entry in read_grid_index(index) if index.exists() else []:
+                if entry["arch"] in ARCHITECTURES and ARCHITECTURES[entry["arch"]].saelens_loadable:
+                    kept.append({**entry, "site": site, "layer": layer})
+                else:
+                    left_out.append(entry["sae"])
     return kept, left_out
 
 

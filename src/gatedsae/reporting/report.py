@@ -103,7 +103,7 @@ def build_report(config: Config, results: Path, figures: list[Path], captions: d
              f"{html.escape(config.experiment.name)}</title><style>{STYLE}</style></head><body>",
              f"<h1>Gated SAE replication — experiment <code>{html.escape(config.experiment.name)}</code></h1>",
              f"<p>Model <b>{html.escape(config.model.name)}</b>, corpus <b>{html.escape(config.corpus.name)}</b>, "
-             f"layers {config.experiment.layers}, sites {', '.join(config.experiment.sites)}; "
+             f"sites (layers) {', '.join(f'{s} {config.experiment.layers_at(s)}' for s in config.experiment.sites)}; "
              f"{len(metrics)} SAEs evaluated; code {html.escape(code_version)}.</p>",
              "<h2>Verdict</h2>", verdict_html(results),
              "<h2>Headline: L0 of Gated / baseline at matched loss recovered</h2>",

@@ -42,12 +42,13 @@ def study_pairs(config: Config) -> list[tuple[pd.Series, pd.Series]]:
     if not metrics.exists():
         raise FileNotFoundError(f"{metrics} does not exist; run the experiment through `aggregate` first")
     frame = pd.read_csv(metrics)
-    layer = config.study_layer
-    pairs = {pair[0]["site"]: pair for pair in matched_pairs(frame) if int(pair[0]["layer"]) == layer}
+    pairs = {pair[0]["site"]: pair for pair in matched_pairs(frame)
+             if int(pair[0]["layer"]) == config.study_layer_at(pair[0]["site"])}
     missing = [site for site in config.study_sites if site not in pairs]
     if missing:
-        raise ConfigError(f"config key 'study.sites': no Gated and baseline SAEs evaluated at {missing} layer {layer} "
-                          f"in {metrics}; choose among {sorted(pairs)}")
+        raise ConfigError(f"config key 'study.sites': no Gated and baseline SAEs evaluated at {missing} (layers "
+                          f"{[config.study_layer_at(site) for site in missing]}) in {metrics}; choose among "
+                          f"{sorted(pairs)}")
     return [pairs[site] for site in config.study_sites]
 
 

@@ -40,6 +40,9 @@ class ExperimentConfig:
     figures_dir: str = ""    # figures ("": paper_figures/<name>)
     chapters: list[ChapterConfig] = field(default_factory=list)  # [] : the experiment is one chapter
     chapter: str = ""        # run only up to this chapter ("": the whole experiment)
+    # site → its layers, in place of `layers` for that site: e.g. the attention output at the layer
+    # conf/verdict's layer_rule chose (results/calibration/site_layers.json), {attn_z: [1]}
+    site_layers: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def results(self) -> Path:
@@ -59,10 +62,27 @@ class ExperimentConfig:
         distinct(self.layers, "experiment.layers")
         require(self.context_length >= 2, "experiment.context_length", "must be at least 2 (BOS + one token)")
         choice(self.through, "experiment.through", STAGES)
+        for site, layers in self.site_layers.items():
+            choice(site, "experiment.site_layers", SITES)  # a site the experiment does not read is ignored
+            require(bool(layers), f"experiment.site_layers.{site}", "list at least one layer, or remove the site")
+            distinct(layers, f"experiment.site_layers.{site}")
         names = [chapter.name for chapter in self.chapters]
         require(all(names) and len(set(names)) == len(names), "experiment.chapters", "names must be set and distinct")
         if self.chapter:
             choice(self.chapter, "experiment.chapter", names)
+
+    def layers_at(self, site: str) -> list[int]:
+        """The layers `site` is read at: its own (site_layers) or the experiment's."""
+        return [int(layer) for layer in self.site_layers.get(site, self.layers)]
+
+    def site_layer_pairs(self) -> list[tuple[str, int]]:
+        """Every (site, layer) of the experiment, in site order."""
+        return [(site, layer) for site in self.sites for layer in self.layers_at(site)]
+
+    @property
+    def all_layers(self) -> list[int]:
+        """Every layer any site is read at, in order."""
+        return sorted({layer for _, layer in self.site_layer_pairs()})
 
     def chapters_through(self, name: str) -> list[ChapterConfig]:
         """The chapters up to and including `name`."""

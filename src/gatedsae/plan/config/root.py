@@ -60,13 +60,16 @@ class Config:
             missing = sorted({group.arch for group in self.sweep.groups} - covered)
             require(not missing, "experiment.chapters", f"no chapter runs the sweep's {', '.join(missing)} groups")
         for key, layer in (("browser.layer", self.browser.layer), ("study.layer", self.study.layer)):
-            require(layer is None or layer in self.experiment.layers, key,
-                     f"{layer} is not one of experiment.layers {self.experiment.layers}; use one of them, or null")
+            require(layer is None or layer in self.experiment.all_layers, key,
+                     f"{layer} is not one of the experiment's layers {self.experiment.all_layers}; use one of them, "
+                     "or null")
         require(not self.browser.enabled or self.browser.site in self.experiment.sites, "browser.site",
                  f"{self.browser.site!r} is not one of experiment.sites {self.experiment.sites}")
         require(all(site in self.experiment.sites for site in self.study.sites), "study.sites",
                  f"list sites of experiment.sites {self.experiment.sites} (or none for all of them)")
-        for layer in self.experiment.layers:
+        require(not self.experiment.site_layers or self.cache.mode == "store", "experiment.site_layers",
+                "stream mode trains every site of a layer together; use cache.mode=store with layers per site")
+        for layer in self.experiment.all_layers:
             require(0 <= layer < self.model.n_layers, "experiment.layers",
                      f"layer {layer} does not exist in {self.model.name} (layers 0..{self.model.n_layers - 1})")
         missing = [site for site in self.experiment.sites if not self.verdict.levels_at(site)]
@@ -84,11 +87,10 @@ class Config:
 
     @property
     def browser_layer(self) -> int:
-        return self.experiment.layers[0] if self.browser.layer is None else self.browser.layer
+        return self.experiment.layers_at(self.browser.site)[0] if self.browser.layer is None else self.browser.layer
 
-    @property
-    def study_layer(self) -> int:
-        return self.experiment.layers[0] if self.study.layer is None else self.study.layer
+    def study_layer_at(self, site: str) -> int:
+        return self.experiment.layers_at(site)[0] if self.study.layer is None else self.study.layer
 
     @property
     def study_sites(self) -> list[str]:
@@ -103,8 +105,7 @@ class Config:
     def activation_dirs(self) -> dict[tuple[str, int], Path]:
         return {
             (site, layer): self.paths.activations_dir(self.model.name, self.corpus.name, site, layer)
-            for site in self.experiment.sites
-            for layer in self.experiment.layers
+            for site, layer in self.experiment.site_layer_pairs()
         }
 
 
