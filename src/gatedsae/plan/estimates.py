@@ -394,8 +394,12 @@ def training_seeds(config: Config) -> int:
 def compute_seconds_by_stage(config: Config, seeds: Optional[int] = None) -> dict[str, float]:
     """Estimated compute seconds of each stage kind of the whole experiment on a CPU (every job of the DAG,
     every training seed: `seeds`, else the configuration's)."""
+    from dataclasses import replace
+
     totals = dict.fromkeys(("cache", "train", "rescale_shift", "evaluate"), 0.0)
     seeds = seeds or training_seeds(config)
+    if hasattr(config.train, "seeds"):  # the jobs' estimates of one seed, multiplied below
+        config = replace(config, train=replace(config.train, seeds=1))
     for rule, site, count in dag_jobs(config):
         estimate = rule_estimate(config, rule, site)
         if estimate is None or rule not in COMPUTE_RULES:
