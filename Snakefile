@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from gatedsae.plan.workflow import ExperimentPlan
+from gatedsae.cli.runlock import clear_corrupt_metadata
+from gatedsae.plan.workflow import ExperimentPlan, runs_jobs
 
 plan = ExperimentPlan.from_snakemake(config)  # a bad key or size: one line and its exit code, nothing run
 # Threads of the jobs that cache, train or evaluate: every core Snakemake may use here (--cores); on a
@@ -25,6 +26,14 @@ COMPUTE_THREADS = workflow.resource_settings.cores or plan.config.resources.job_
 LOGS = "logs/" + plan.experiment + ("/" + plan.config.experiment.chapter if plan.config.experiment.chapter else "")
 BENCH = "benchmarks/" + plan.experiment
 STARTED = time.time()
+# Before the DAG, in the run's own Snakemake (never a cluster job's, which must not touch others' outputs):
+# a damaged file is named and its owning output removed, so this run rebuilds it (plan/health.py); a
+# dry run only names them. Metadata records Snakemake cannot read would stop it with a traceback.
+if workflow.is_main_process:
+    plan.repair(dry_run=not runs_jobs(sys.argv))
+    if runs_jobs(sys.argv):
+        for line in clear_corrupt_metadata(Path.cwd()):
+            print(line, file=sys.stderr, flush=True)
 
 onsuccess:
     # dvc.yaml versions both artifact folders; an experiment that stops before training has no

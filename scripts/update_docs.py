@@ -19,7 +19,7 @@ from pathlib import Path
 from gatedsae.plan.config import REPO_ROOT, load_config
 from gatedsae.plan.scheduling import markdown_table, resources_table
 
-DOCS = ("docs/paper-scale.md",)
+DOCS = ("docs/paper-scale.md", "docs/reliability.md")
 BLOCK = re.compile(r"(<!-- generated: (?P<key>[^>]+?) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.DOTALL)
 # The paper runs as the runbook submits them: 80 GiB GPUs, SLURM's GPU type h100.
 PAPER_OVERRIDES = ["resources.device_memory_gib=80", "resources.gpu_model=h100"]
@@ -29,7 +29,26 @@ def _paper(experiment: str):
     return load_config([f"experiment={experiment}", *PAPER_OVERRIDES])
 
 
+def faults_summary() -> str:
+    """The fault suite's last recorded run (results/benchmarks/faults.json, written by scripts/fault_suite.py)."""
+    import json
+
+    record = json.loads((REPO_ROOT / "results" / "benchmarks" / "faults.json").read_text())
+    failed = [case["case"] for case in record["cases"] if case["held"] is False]
+    machine = record["machine"]
+    lines = [f"Last run ({record['when']}, commit `{record.get('commit', 'unknown')[:12]}`, {machine['cpus']} CPUs"
+             f"{', as root' if machine.get('root') else ''}): **{record['cases_held']} of {record['cases_tried']} cases "
+             f"held**; through Snakemake {record.get('cases_through_snakemake_held', 0)} of "
+             f"{record.get('cases_through_snakemake', 0)} cases, breaking {record.get('faults_through_snakemake_held', 0)} "
+             f"of {record.get('faults_through_snakemake', 0)} faults before a plain rerun; {record['cases_skipped']} "
+             f"skipped; {record['seconds']:.0f} s."]
+    if failed:
+        lines.append(f"Not held: {', '.join(f'`{name}`' for name in failed)}.")
+    return "\n".join(lines)
+
+
 GENERATORS = {
+    "faults summary": faults_summary,
     "estimates paper_pythia_2.8b": lambda: markdown_table(_paper("paper_pythia_2.8b")),
     "estimates paper_gemma_7b": lambda: markdown_table(_paper("paper_gemma_7b")),
     "requests paper_pythia_2.8b": lambda: resources_table(_paper("paper_pythia_2.8b")),

@@ -226,11 +226,12 @@ def test_per_window_ce_reproduces_the_means_over_every_prediction(trained_smoke,
 
 def with_threshold(sae: CheckpointSAE, directory: Path, threshold) -> CheckpointSAE:
     """A copy of `sae` whose training record carries a massive-activation threshold."""
+    from gatedsae.core.sealed import write_sealed_json
     from gatedsae.saes.checkpoints import RECORD_FILE
 
     shutil.copytree(sae.directory, directory)
     record = json.loads((directory / RECORD_FILE).read_text())
-    (directory / RECORD_FILE).write_text(json.dumps({**record, "massive_norm_threshold": threshold}))
+    write_sealed_json(directory / RECORD_FILE, {**record, "massive_norm_threshold": threshold})  # sealed anew
     return CheckpointSAE.load(directory)
 
 

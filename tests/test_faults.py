@@ -60,36 +60,14 @@ def cli(stage: str, root: Path, *extra: str, env: dict | None = None, timeout: i
                           capture_output=True, text=True, timeout=timeout)
 
 
-# A stage run with one function patched: SIGKILL before or after its n-th call (a kill at an exact point
-# of the real code), or a no-op (a check switched off).
-_PATCHED = r"""
-import importlib, os, signal, sys
-module, attribute, mode, count = sys.argv[1:5]
-owner = importlib.import_module(module)
-*path, name = attribute.split(".")
-for part in path:
-    owner = getattr(owner, part)
-original, calls = getattr(owner, name), [0]
-def patched(*args, **kwargs):
-    calls[0] += 1
-    if mode == "noop":
-        return None
-    if mode == "kill-before" and calls[0] == int(count):
-        os.kill(os.getpid(), signal.SIGKILL)
-    result = original(*args, **kwargs)
-    if mode == "kill-after" and calls[0] == int(count):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return result
-setattr(owner, name, patched)
-from gatedsae.__main__ import main
-sys.exit(main(sys.argv[5:]))
-"""
-
-
 def patched_cli(target: str, mode: str, count: int, stage: str, root: Path, *extra: str) -> subprocess.CompletedProcess:
+    """A stage run with one function patched (tests/fault_injection): SIGKILL before or after its n-th call
+    (a kill at an exact point of the real code), or a no-op (a check switched off)."""
     module, attribute = target.split(":")
-    return subprocess.run([sys.executable, "-c", _PATCHED, module, attribute, mode, str(count),
-                           *stage_args(stage, root, *extra)], env=_env(), capture_output=True, text=True, timeout=300)
+    env = _env(GATEDSAE_TEST_FAULT=f"{stage}:{module}:{attribute}:{mode}:{count}")
+    env["PYTHONPATH"] = f"{Path(__file__).parent / 'fault_injection'}{os.pathsep}{env['PYTHONPATH']}"
+    return subprocess.run([sys.executable, "-m", "gatedsae", *stage_args(stage, root, *extra)], env=env,
+                          capture_output=True, text=True, timeout=300)
 
 
 def assert_clean_error(result: subprocess.CompletedProcess, *names: str, code: int | None = None) -> None:
@@ -282,6 +260,7 @@ def _legacy(directory: Path) -> None:
     must then catch what the hashes would."""
     record = json.loads((directory / "training.json").read_text())
     record.pop("sha256")
+    record.pop("content_sha256")  # nor was the record itself sealed
     (directory / "training.json").write_text(json.dumps(record))
 
 
@@ -495,11 +474,16 @@ def test_unwritable_data_folder_is_named(reference, tiny_model, small_disk, tmp_
 # --- Snakemake's lock after a kill, and two live runs ----------------------------------------------------
 
 
-def test_killed_snakemake_run_leaves_no_blocking_lock_and_two_live_runs_never_overlap(reference, tmp_path):
+@pytest.mark.snakemake
+def test_killed_snakemake_run_leaves_no_blocking_lock_and_two_live_runs_never_overlap(reference, tmp_path,
+                                                                                       record_property):
     """Through the run lock: a second run is refused while the first lives, and while a Snakemake process
     started without the wrapper works in the directory; the first killed with SIGKILL leaves Snakemake's
     lock, which the next run finds stale and clears, then completes to the same outputs."""
     from gatedsae.cli.runlock import holder, live_processes
+
+    record_property("faults", ["Snakemake killed with SIGKILL, its lock left behind",
+                               "a second run started while the first lives"])
 
     work = tmp_path / "work"
     work.mkdir()
@@ -602,3 +586,101 @@ def test_offline_hub_corpus_fails_at_once(tmp_path):
     seconds = time.time() - started
     assert_clean_error(result, "pile_uncopyrighted", "offline", "huggingface-cli download")
     assert seconds < 15, f"took {seconds:.1f} s"
+
+
+# --- sealed records, Snakemake's metadata, stale temporaries, the reference swap ----------------------------
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.write_text('{"rows": [1, 2'), "is not valid JSON"),
+    (lambda p: p.write_bytes(b"\xff\xfe\x00\x01"), "is not valid JSON"),
+    (lambda p: p.write_text("[1, 2]"), "holds a JSON list, not a dict"),
+    (lambda p: p.write_text(p.read_text().replace('"value": 1', '"value": 2')), "does not match the sha256 it was"),
+], ids=["truncated", "binary", "not-an-object", "edited"])
+def test_damaged_json_record_is_refused_naming_the_file_and_the_repair(damage, message, tmp_path):
+    """Every JSON file a number depends on is read by one reader: a broken one is an IntegrityError naming
+    the file, what is wrong, and the command that rebuilds it; never a bare JSONDecodeError."""
+    from gatedsae.core.errors import IntegrityError
+    from gatedsae.core.sealed import read_json, write_sealed_json
+
+    path = tmp_path / "record.json"
+    write_sealed_json(path, {"value": 1, "nested": {"b": [1.5, None]}})
+    assert read_json(path, "") == {"value": 1, "nested": {"b": [1.5, None]}, "content_sha256": read_json(path, "")["content_sha256"]}
+    damage(path)
+    with pytest.raises(IntegrityError, match=f"{path}.*{message}.*Run make run") as raised:
+        read_json(path, "Run make run.")
+    assert raised.value.__cause__ is None or "Traceback" not in str(raised.value)
+
+
+def test_corrupt_snakemake_metadata_record_is_removed_naming_its_output(tmp_path):
+    """A metadata record Snakemake's reader would crash on (not UTF-8, not JSON, not a record) is removed
+    by the run lock with one line naming the output it described; good records stay."""
+    import base64
+
+    from gatedsae.cli.runlock import clear_corrupt_metadata
+
+    metadata = tmp_path / ".snakemake" / "metadata"
+    metadata.mkdir(parents=True)
+
+    def record(output: str) -> Path:
+        return metadata / base64.urlsafe_b64encode(output.encode()).decode()
+
+    record("results/smoke/metrics.csv").write_bytes(b"\xff\xfe\x00garbage")
+    record("results/smoke/headline.csv").write_text("[1, 2]")
+    good = record("results/smoke/levels.csv")
+    good.write_text(json.dumps({"record_format_version": 4, "code": None, "rule": "aggregate", "input": [],
+                                "log": [], "params": [], "shellcmd": None, "incomplete": False,
+                                "starttime": 1.0, "endtime": 2.0, "job_hash": 1, "conda_env": None,
+                                "container_img_url": None, "input_checksums": {}}))
+    lines = clear_corrupt_metadata(tmp_path)
+    assert len(lines) == 2 and good.exists(), lines
+    assert any("results/smoke/metrics.csv" in line for line in lines)
+    assert any("results/smoke/headline.csv" in line for line in lines)
+    assert clear_corrupt_metadata(tmp_path) == []
+
+
+def test_a_killed_writer_leaves_no_temporary_file_behind_the_next_write(tmp_path):
+    """A writer killed inside `atomic_path` leaves `.<name>.*.tmp`; the next write of that file removes it."""
+    from gatedsae.core.atomic import write_text_atomic
+
+    target = tmp_path / "fig[1].png"
+    (tmp_path / ".fig[1].png.abc123.tmp").write_text("half")
+    (tmp_path / ".other.png.abc123.tmp").write_text("another file's")
+    write_text_atomic(target, "whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.png.abc123.tmp", "fig[1].png"]
+
+
+def test_reference_swap_never_leaves_the_reader_without_a_reference(tmp_path, monkeypatch):
+    """publish-reference swaps the new copy in with one atomic exchange: no rename ever leaves the folder
+    missing (a kill at any point leaves the old reference or the new one); where the exchange is not
+    available, a kill between the two renames is undone by the next call."""
+    from gatedsae.core import atomic
+
+    target = tmp_path / "reference" / "smoke"
+    target.mkdir(parents=True)
+    (target / "verdict.md").write_text("old")
+
+    def killed(*args, **kwargs):
+        raise SystemExit("killed between two renames")
+
+    monkeypatch.setattr(Path, "rename", killed)  # the fallback's renames would die: the exchange needs none
+    with atomic.atomic_directory(target) as staging:
+        (staging / "verdict.md").write_text("new")
+    assert (target / "verdict.md").read_text() == "new"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["smoke"]
+    monkeypatch.undo()
+    # The fallback, killed between its renames: the old folder is put back before anything else.
+    target.rename(target.with_name(".smoke.old"))
+    atomic.restore_directory(target)
+    assert (target / "verdict.md").read_text() == "new"
+
+
+def test_truncated_evaluation_stops_aggregate_naming_the_file(tmp_path):
+    """aggregate on a truncated evaluation: one line naming the file and the repair, exit code 4."""
+    from gatedsae.reporting.tables import collect
+    from gatedsae.core.errors import IntegrityError
+
+    path = tmp_path / "metrics.json"
+    path.write_text('{"rows": [{"site": "resid_')
+    with pytest.raises(IntegrityError, match=f"{path} is not valid JSON.*re-evaluates it"):
+        collect([path])

@@ -5,7 +5,6 @@ lacks. The store's format, its writer and its reader are in `store.py`."""
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -15,21 +14,25 @@ import torch
 from gatedsae.activations.store import FORMAT_VERSION, SplitRecord, StoreManifest, StoreWriter
 from gatedsae.core.precision import Precision, choose, gated
 from gatedsae.core.progress import progress_bar
+from gatedsae.core.sealed import read_json
 from gatedsae.data.lm_precision import matmul_weights
 from gatedsae.data.corpus import MANIFEST as TOKENS_MANIFEST
 from gatedsae.data.corpus import load_windows
 from gatedsae.plan.cache import plan_windows, windows_to_store
 from gatedsae.plan.config import Config, ConfigError
+from gatedsae.plan.health import RETOKENIZE
 from gatedsae.plan.identity import store_identity
 from gatedsae.plan.layout import SPLITS
 from gatedsae.plan.sites import flatten, hook_name
+
+RERUN_MODEL = "Run the pipeline again (make run): prepare_model rewrites it (or `python -m gatedsae prepare-model …`)."
 
 
 def token_windows(config: Config) -> tuple[dict, dict[str, np.ndarray], dict[str, int]]:
     """The tokenized windows of both splits, their manifest, and the windows to use per split; checks
     the context length and the token budgets before any compute."""
     tokens_dir = config.paths.tokens_dir(config.model.name, config.corpus.name)
-    manifest = json.loads((tokens_dir / TOKENS_MANIFEST).read_text())
+    manifest = read_json(tokens_dir / TOKENS_MANIFEST, RETOKENIZE)
     context = config.experiment.context_length
     if manifest["context_length"] != context:
         raise ConfigError(f"config key 'experiment.context_length': {context}, but the token windows in {tokens_dir} "
@@ -54,7 +57,7 @@ def cache_activations(config: Config, loaded=None) -> list[Path]:
                  available_memory(config.cache.device, config))
 
     prepared = config.paths.model_dir(config.model.name) / PREPARED_MARKER
-    provenance = json.loads(prepared.read_text()).get("provenance", {}) if prepared.exists() else {}
+    provenance = read_json(prepared, RERUN_MODEL).get("provenance", {}) if prepared.exists() else {}
     identity = store_identity(config)
     writers: dict[tuple[str, int], StoreWriter] = {}
     for (site, layer), directory in config.activation_dirs().items():

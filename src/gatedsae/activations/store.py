@@ -32,6 +32,7 @@ import torch
 from gatedsae.activations.shuffle import ShuffledBatches
 from gatedsae.core.atomic import atomic_path, sha256_file, write_json_atomic
 from gatedsae.core.errors import IntegrityError, PipelineError
+from gatedsae.core.sealed import read_json
 from gatedsae.plan.layout import MANIFEST
 from gatedsae.plan.layout import STORE_PROGRESS as PROGRESS
 
@@ -124,7 +125,7 @@ class StoreManifest:
 
     @classmethod
     def read(cls, path: Path) -> "StoreManifest":
-        return cls.from_json(json.loads(Path(path).read_text()))
+        return cls.from_json(read_json(path, REPAIR))
 
     def finalize(self) -> None:
         self.complete = True

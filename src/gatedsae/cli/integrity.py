@@ -1,7 +1,8 @@
-"""`python -m gatedsae verify`: every activation shard and SAE checkpoint of an experiment checked
-against what recorded it (sizes and sha256 from the store's manifest, sha256 of the weights and cfg.json
-from each training record, cfg.json against the tensors), each problem listed with the command that
-repairs it. Readers make the same checks as they go; this finds everything at once, e.g. after a copy.
+"""`python -m gatedsae verify`: every file of an experiment that feeds a number checked against what
+recorded it (the tokens' sha256 in their manifest; the seals of grid indexes, training records and
+evaluations; each reported output's sha256, plan/health.py; every activation shard's size and sha256
+from the store's manifest; sha256 of the weights and cfg.json from each training record, cfg.json against
+the tensors), each problem listed with the command that repairs it. Readers make the same checks as they go; this finds everything at once, e.g. after a copy.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ def verify_experiment(config: Config, overrides: str = "") -> str:
         target = f" --site={site} --layer={layer}" if site else ""
         return f"python -m gatedsae {stage}{target} {overrides}".rstrip()
 
-    problems: list[str] = []
+    from gatedsae.plan.health import damage
+
+    damaged = damage(config)  # tokens, indexes, training records, evaluations, reported outputs
+    problems = [f"{found.file} {found.problem}: `make run` (or Snakemake) rebuilds it (rule {found.rule})"
+                for found in damaged]
+    skip = {found.rebuild for found in damaged}
     shards = checkpoints = 0
     for (site, layer), directory in config.activation_dirs().items():
         if not (directory / MANIFEST).exists():
@@ -45,7 +51,7 @@ def verify_experiment(config: Config, overrides: str = "") -> str:
                 if problem is not None:
                     problems.append(f"{problem}: `{command('cache')}` recomputes it")
         for variant, index in grid_indexes(config, site, layer).items():
-            if not index.exists():
+            if not index.exists() or index in skip:
                 continue
             stage = VARIANT_STAGES[variant]
             for entry in read_grid_index(index):
@@ -57,5 +63,6 @@ def verify_experiment(config: Config, overrides: str = "") -> str:
     if problems:
         raise IntegrityError(f"{len(problems)} problem(s) found:\n  " + "\n  ".join(problems)
                              + "\nThen run the pipeline again (make run / snakemake): it redoes what depends on them.")
-    return f"verified {shards} activation shards and {checkpoints} SAE checkpoints of experiment " \
+    return f"verified the tokens, indexes, records, evaluations and reported outputs, {shards} activation shards " \
+           f"and {checkpoints} SAE checkpoints of experiment " \
            f"'{config.experiment.name}' under {config.paths.root}: all intact"

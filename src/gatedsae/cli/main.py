@@ -21,6 +21,7 @@ from typing import Callable
 from gatedsae.cli.confighelp import ALL_SECTIONS
 from gatedsae.core.errors import debug_requested, guarded
 from gatedsae.plan.config import Config, ConfigError, load_config
+from gatedsae.plan.health import RECORDED_STAGES, record_outputs
 
 
 def _prepare_model(config: Config) -> None:
@@ -417,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         preflight.before_stage(config, stage.devices + (("cache.device",) if streamed else ()), stage.writes_data,
                                stage.planned)
         stage.run(config, **options)
+        if name in RECORDED_STAGES:  # each output's sha256, which every later run checks (plan/health.py)
+            record_outputs(config, name)
 
     return guarded(run, debug)
 

@@ -15,6 +15,11 @@ the kernel when both are gone, however they died. Before starting Snakemake it c
    job of a killed run still working; found in /proc): refuse, naming it;
 3. Snakemake's lock is there although no run is alive: it is stale; remove it (what
    `snakemake --unlock` does), say so, and run.
+
+It also clears Snakemake's metadata records that Snakemake itself cannot read (a crash or a disk error
+mid-write, bytes that are not JSON): Snakemake would stop every run with a traceback naming no file.
+Each is removed with one line naming it and the output it described (the Snakefile does the same for
+runs started without the wrapper).
 """
 
 from __future__ import annotations
@@ -141,7 +146,53 @@ def prepare(directory: Path, command: list[str]) -> int:
             lock.unlink(missing_ok=True)
         print(f"removed Snakemake's stale lock ({len(stale)} files in {directory / '.snakemake' / 'locks'}): the run "
               "that held it is gone and no other run is alive here", file=sys.stderr, flush=True)
+    for line in clear_corrupt_metadata(directory):
+        print(line, file=sys.stderr, flush=True)
     return fd
+
+
+def clear_corrupt_metadata(directory: Path) -> list[str]:
+    """Remove every record of `directory`/.snakemake/metadata that Snakemake could not read; one line each,
+    naming the record and the output it was about. A removed record only loses what Snakemake kept on
+    that output (its params, inputs and code when it was made): it is judged by its file times alone,
+    and the health check (plan/health.py) still checks its contents."""
+    import json
+
+    lines = []
+    for record in sorted(p for p in (directory / ".snakemake" / "metadata").rglob("*") if p.is_file()):
+        try:
+            data = json.loads(record.read_bytes().decode("utf-8"))
+            _validate_record(data)
+            continue
+        except Exception as error:  # any way Snakemake's own reader would fail
+            problem = f"{type(error).__name__}: {str(error)[:120]}"
+        record.unlink(missing_ok=True)
+        lines.append(f"removed Snakemake's corrupt metadata record {record} (for {_record_subject(record)}; {problem}): "
+                     "Snakemake could not read it")
+    return lines
+
+
+def _validate_record(data) -> None:
+    if not isinstance(data, dict):
+        raise ValueError(f"a JSON {type(data).__name__}, not an object")
+    try:
+        from snakemake.persistence import MetadataRecord
+    except ImportError:  # another Snakemake release: parsing as JSON is the check
+        return
+    MetadataRecord.model_validate(data)
+
+
+def _record_subject(record: Path) -> str:
+    """The output file a metadata record describes (its name is the path in URL-safe base64, split in parts
+    of at most NAME_MAX characters, all but the last led by '@')."""
+    import base64
+
+    root = next(parent for parent in record.parents if parent.name == "metadata")
+    encoded = "".join(part.lstrip("@") for part in record.relative_to(root).parts)
+    try:
+        return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        return "an unknown output"
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     with storage_errors(target):
         target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(target)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -46,11 +48,23 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def remove_stale_temporaries(target: Path) -> None:
+    """Temporary files of `target` that an earlier writer left when it was killed (SIGKILL skips the
+    clean-up below); only one writer writes a given target at a time (the run lock)."""
+    pattern = os.path.join(glob.escape(str(target.parent)), f".{glob.escape(target.name)}.*.tmp")
+    for stale in glob.glob(pattern):
+        Path(stale).unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike, staging_name: Optional[str] = None) -> Iterator[Path]:
     """Yield an empty staging folder beside `target`; swap it in whole for `target` only if the block
-    succeeds (a reader never sees a half-written folder), else remove it and leave `target` as it was."""
+    succeeds (a reader never sees a half-written folder), else remove it and leave `target` as it was.
+    On Linux the swap is one atomic exchange (renameat2): at every instant `target` is the old folder or
+    the new one, whenever the process is killed. Elsewhere it is two renames; a kill between them leaves
+    the old folder as `.<name>.old`, which the next call (or `restore_directory`) puts back first."""
     target = Path(target)
+    restore_directory(target)
     staging = target.with_name(staging_name or f".{target.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -60,12 +74,41 @@ def atomic_directory(target: str | os.PathLike, staging_name: Optional[str] = No
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if target.exists() and _exchange(staging, target):
+        shutil.rmtree(staging, ignore_errors=True)  # now the old folder
+        return
     old = target.with_name(f".{target.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         target.rename(old)
     staging.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def restore_directory(target: Path) -> None:
+    """Put back the old folder that a swap killed between its two renames left as `.<name>.old`."""
+    old = Path(target).with_name(f".{Path(target).name}.old")
+    if old.is_dir() and not Path(target).exists():
+        old.rename(target)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # a libc without it (glibc < 2.28, musl)
+        return False
+    at_fdcwd = -100
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0
 
 
 @contextlib.contextmanager

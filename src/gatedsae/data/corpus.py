@@ -20,12 +20,14 @@ from typing import Iterator
 
 import numpy as np
 
-from gatedsae.core.atomic import atomic_path, write_json_atomic
-from gatedsae.core.errors import PipelineError
+from gatedsae.core.atomic import atomic_path, sha256_file, write_json_atomic
+from gatedsae.core.errors import IntegrityError, PipelineError
+from gatedsae.core.sealed import write_sealed_json
 from gatedsae.data.corpus_sources import Document, extract_documents
 from gatedsae.data.packages import fetch_package
 from gatedsae.plan.config import REPO_ROOT, Config, CorpusConfig, PathsConfig, SourceConfig, to_dict
-from gatedsae.plan.layout import DOCUMENTS, MANIFEST, SPLITS
+from gatedsae.plan.health import RETOKENIZE, tokens_problem
+from gatedsae.plan.layout import DOCUMENTS, MANIFEST, SPLITS, TOKEN_HASHES
 
 
 class CorpusUnavailableError(PipelineError):
@@ -192,7 +194,7 @@ def tokenize_corpus(config: Config, batch_documents: int = 256) -> Path:
         with atomic_path(out_dir / f"{split}.npy") as tmp:
             with open(tmp, "wb") as handle:
                 np.save(handle, windows[split])
-    write_json_atomic(out_dir / MANIFEST, {
+    write_sealed_json(out_dir / MANIFEST, {  # sealed, with each split's sha256: checked whenever tokens are read
         "model": config.model.name,
         "corpus": corpus.name,
         "context_length": context_length,
@@ -206,12 +208,17 @@ def tokenize_corpus(config: Config, batch_documents: int = 256) -> Path:
                     "tokens": int(sum(token_counts[split].values()))}
             for split in SPLITS
         },
+        TOKEN_HASHES: {split: sha256_file(out_dir / f"{split}.npy") for split in SPLITS},
         "seconds": round(time.time() - started, 1),
     })
     return out_dir / MANIFEST
 
 
 def load_windows(tokens_dir: Path, split: str) -> np.ndarray:
+    """One split's token windows, checked against the sha256 the tokens manifest recorded for them."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    problem = tokens_problem(tokens_dir, [split])
+    if problem is not None:
+        raise IntegrityError(f"{problem}. {RETOKENIZE}")
     return np.load(tokens_dir / f"{split}.npy", mmap_mode="r")

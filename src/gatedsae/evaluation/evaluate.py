@@ -20,7 +20,6 @@ fix to the metrics) evaluates only what is new.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -31,7 +30,8 @@ import numpy as np
 import torch
 
 from gatedsae.activations.store import ActivationStore
-from gatedsae.core.atomic import write_json_atomic
+from gatedsae.core.errors import IntegrityError
+from gatedsae.core.sealed import REEVALUATE, read_json, write_sealed_json
 from gatedsae.core.codehash import METRICS_CODE, code_fingerprint
 from gatedsae.data.lm_precision import matmul_weights
 from gatedsae.evaluation.precision_gate import evaluation_precision
@@ -201,24 +201,28 @@ def evaluate_grid(config: Config, site: str, layer: int, progress: bool = True, 
         print(f"evaluating {len(todo)} of {len(entries)} SAEs at {site} layer {layer}", flush=True)
         evaluated = evaluate_each(config, site, layer, [sae for _, sae, _, _ in todo], loaded, progress)
         for (variant, _, path, identity), result in zip(todo, evaluated):
-            write_json_atomic(path, {"identity": identity, "seconds": result.seconds, "precision": result.precision,
+            write_sealed_json(path, {"identity": identity, "seconds": result.seconds, "precision": result.precision,
                                      "row": result.row, "samples": result.samples})
             print(f"  {variant}/{result.sae.record['sae']}: {result.seconds:.1f} s", flush=True)
     grid_columns = {"model": config.model.name, "corpus": config.corpus.name, "site": site, "layer": layer,
                     "sweep": config.sweep.name}
     rows = []
     for variant, sae, path, _ in entries:
-        saved = json.loads(path.read_text())
+        saved = read_json(path, REEVALUATE)
         rows.append({**grid_columns, "variant": variant, **saved["row"], "samples": saved["samples"],
                      "checkpoint": str(sae.directory)})  # where it is now (a saved row may predate a move)
-    write_json_atomic(out_dir / METRICS_FILE, {"rows": rows})
+    write_sealed_json(out_dir / METRICS_FILE, {"rows": rows})
     return out_dir / METRICS_FILE
 
 
 def _saved_matches(path: Path, identity: str) -> bool:
+    """Whether an SAE's saved result is this evaluation's, intact (its seal holds): else it is recomputed."""
+    if not path.exists():
+        return False
     try:
-        return json.loads(path.read_text()).get("identity") == identity
-    except (OSError, ValueError):
+        return read_json(path, REEVALUATE).get("identity") == identity
+    except IntegrityError as error:
+        print(f"re-evaluating: {error}", flush=True)
         return False
 
 

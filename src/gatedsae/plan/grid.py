@@ -9,7 +9,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from gatedsae.core.atomic import write_json_atomic
+from gatedsae.core.errors import IntegrityError
+from gatedsae.core.sealed import read_json, write_sealed_json
 from gatedsae.plan.architectures import BASELINE, PROPOSED
 from gatedsae.plan.config import Config
 from gatedsae.plan.identity import config_hash
@@ -114,7 +115,7 @@ def write_grid_index(out_dir: Path, site: str, layer: int, sweep: str, specs: li
     folder = Path(os.path.relpath(out_dir, root))
     entries = [{"sae": spec.name, "path": str(folder / spec.name), "arch": spec.arch, **spec.knob_fields,
                 "width": spec.width} for spec in specs]
-    write_json_atomic(out_dir / GRID_INDEX, {"site": site, "layer": layer, "sweep": sweep,
+    write_sealed_json(out_dir / GRID_INDEX, {"site": site, "layer": layer, "sweep": sweep,
                                              "paths_relative_to": "paths.data", "saes": entries})
     return out_dir / GRID_INDEX
 
@@ -129,4 +130,9 @@ def read_trained_grid(index: Path, variant: str) -> list[dict]:
 def read_grid_index(index: Path) -> list[dict]:
     """The entries of a `grid.json`, each "path" resolved to its checkpoint directory on this machine:
     beside the index, wherever the data root now is (older indexes held working-directory paths)."""
-    return [{**entry, "path": Path(index).parent / entry["sae"]} for entry in json.loads(Path(index).read_text())["saes"]]
+    data = read_json(index, "Run the pipeline again (make run, or Snakemake): it rebuilds a damaged index (or `python -m "
+                            "gatedsae train --site=S --layer=L …`, `rescale-shift` for Fig. 9's), retraining no finished SAE.")
+    if not isinstance(data.get("saes"), list):
+        raise IntegrityError(f"{index} lacks its list of SAEs: it is corrupt. Run the pipeline again (make run) to "
+                             "rebuild it.")
+    return [{**entry, "path": Path(index).parent / entry["sae"]} for entry in data["saes"]]

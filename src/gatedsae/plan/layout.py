@@ -20,6 +20,10 @@ AGGREGATE_OUTPUTS = {"metrics": "metrics.csv", "pareto": "pareto.csv", "headline
                      "levels": "levels.csv", "comparisons": "comparisons.csv", "ratio_curve": "ratio_curve.csv",
                      "summary": "summary.json", "densities": "densities.json",
                      "markdown": "tables/metrics.md", "latex": "tables/metrics.tex"}
+CURVES_FILE, REPORT_FILE = "curves.csv", "report.html"  # the curves and report stages' outputs there
+FIGURES_INDEX = "figures.json"  # under the experiment's figures folder: every figure and caption, written last
+TOKEN_HASHES = "sha256"  # key of the tokens manifest: {split: sha256 of <split>.npy}
+TRAINING_RECORD = "training.json"  # in each SAE's checkpoint folder: what trained it, the files' sha256, sealed
 VERDICT_OUTPUTS = {"verdict_json": "verdict.json", "verdict_markdown": "verdict.md"}  # what the verdict stage writes there
 
 BROWSER_DIR = "browser"  # the feature browser, under the experiment's results folder

@@ -17,14 +17,30 @@ from gatedsae.plan.grid import ALL_TOKENS_DIR, GRID_INDEX, MAIN_VARIANT, RESCALE
 from gatedsae.plan.layout import (
     AGGREGATE_OUTPUTS,
     ANALYSIS_FILE,
+    CURVES_FILE,
+    FIGURES_INDEX,
     MANIFEST,
     METRICS_FILE,
     MODEL_MARKER,
     PAGE_FILE,
+    REPORT_FILE,
     VERDICT_OUTPUTS,
     browser_dir,
     study_dir,
 )
+
+# Snakemake options under which it runs no job: the health check then only names what it finds.
+_NO_JOBS = {"--dry-run", "--dryrun", "--touch", "--summary", "--detailed-summary", "--list", "--list-rules", "--lint",
+            "--dag", "--rulegraph", "--filegraph", "--unlock", "--cleanup-metadata", "--list-changes"}
+
+
+def runs_jobs(argv: list[str]) -> bool:
+    """Whether the Snakemake command line `argv` runs jobs (not a dry run, --touch, a listing...)."""
+    import re
+
+    short = [a for a in argv if re.fullmatch(r"-[A-Za-z]+", a)]
+    return not (_NO_JOBS & {a.split("=")[0] for a in argv} or any(set(a[1:]) & set("ntSDl") for a in short))
+
 
 @dataclass
 class ExperimentPlan:
@@ -151,12 +167,16 @@ class ExperimentPlan:
 
         return outputs(self.config)
 
+    def groundtruth_targets(self) -> list[str]:
+        """Every file of the groundtruth stage, when the experiment runs it."""
+        return list(self.groundtruth_outputs().values()) if self.groundtruth else []
+
     def groundtruth_inputs(self) -> list[str]:
         """What the verdict reads of the benchmark: its summary, when the experiment runs it."""
         return [self.groundtruth_outputs()["summary"]] if self.groundtruth else []
 
     def curves(self) -> str:
-        return str(self.config.experiment.results / "curves.csv")
+        return str(self.config.experiment.results / CURVES_FILE)
 
     def browser_index(self) -> str:
         return str(browser_dir(self.config) / "index.html")
@@ -175,10 +195,10 @@ class ExperimentPlan:
         return [p.format(**values) for p in [*grids, self.store_manifest(), self.tokens_manifest(), self.model_marker()]]
 
     def figures_index(self) -> str:
-        return str(self.config.experiment.figures / "figures.json")
+        return str(self.config.experiment.figures / FIGURES_INDEX)
 
     def report(self) -> str:
-        return str(self.config.experiment.results / "report.html")
+        return str(self.config.experiment.results / REPORT_FILE)
 
     def _concrete(self, pattern: str, sites: list[str] | None = None) -> list[str]:
         return [
@@ -188,9 +208,13 @@ class ExperimentPlan:
         ]
 
     def stage_targets(self, stage: str) -> list[str]:
+        """Every output of the jobs a stage adds to the DAG (the report: aggregate, curves, figures, verdict
+        and the report itself), concrete."""
         if stage == "report":
-            return [self.report(), *self.verdict_outputs().values(), *self.groundtruth_inputs()]
-        patterns = {"cache": [self.store_manifest()], "train": [self.grid_index()], "evaluate": [self.evaluation()]}
+            return [*self.aggregate_outputs().values(), self.curves(), self.figures_index(),
+                    *self.verdict_outputs().values(), self.report(), *self.groundtruth_targets()]
+        patterns = {"cache": [self.model_marker(), self.corpus_manifest(), self.tokens_manifest(), self.store_manifest()],
+                    "train": [self.grid_index()], "evaluate": [self.evaluation()]}
         targets = {path for pattern in patterns[stage] for path in self._concrete(pattern)}
         if stage == "train":
             for site in self.config.experiment.sites:
@@ -207,8 +231,9 @@ class ExperimentPlan:
     def targets(self) -> list[str]:
         """What `snakemake all` builds: every output of the experiment's stages through its last one, and
         with the report the optional tools that are switched on (feature browser, rating page, the study's
-        analysis). The earlier stages' outputs are listed too, so one deleted on disk (a store's manifest, a
-        grid index) is rebuilt by the next run rather than silently left missing behind up-to-date results."""
+        analysis). Every job's outputs are listed, the earlier stages' too: Snakemake never reruns the job of a
+        missing file that is only an input of up-to-date results, so one deleted on disk (or removed by
+        `repair` as damaged, or by Snakemake after its job failed) would silently stay missing."""
         through = STAGES.index(self.config.experiment.through)
         targets = sorted({target for stage in STAGES[: through + 1] for target in self.stage_targets(stage)})
         if self.config.experiment.through == "report":
@@ -229,6 +254,14 @@ class ExperimentPlan:
             return rule_resources(self.config, rule)
         keys = rule_resources(self.config, rule, self.config.experiment.sites[0])
         return {key: (lambda wildcards, key=key: rule_resources(self.config, rule, wildcards.site)[key]) for key in keys}
+
+    def repair(self, dry_run: bool = False) -> None:
+        """Before the DAG is built: every damaged file named in one line, and the output that owns it removed,
+        so this run rebuilds it (plan/health.py). A dry run only names them."""
+        from gatedsae.plan.health import repair
+
+        for line in repair(self.config, dry_run):
+            print(line, file=sys.stderr, flush=True)
 
     def explain_failures(self, logs: str | list[str] | None) -> list[str]:
         """For a failed run's Snakemake log(s): which jobs SLURM killed for their memory, and what to raise."""

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from gatedsae.plan.config import Config
+from gatedsae.plan.grid import read_grid_index
 from gatedsae.training.curve_log import CURVES_FILE, FIELDS, read_rows
 
 # ---------------------------------------------------------------------------------------------------
@@ -30,7 +30,7 @@ def gather_curves(config: "Config") -> Path:
             logged = {}
             for row in read_rows(index.parent / CURVES_FILE):
                 logged.setdefault(row["sae"], []).append(row)
-            for entry in json.loads(index.read_text())["saes"]:
+            for entry in read_grid_index(index):
                 if entry["sae"] not in logged:
                     missing.append(f"{site}/layer{layer}/{entry['sae']}")
                 rows += [{"model": config.model.name, "site": site, "layer": layer, "variant": variant, **row}

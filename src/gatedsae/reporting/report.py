@@ -13,8 +13,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from gatedsae.core.sealed import REBUILD, read_json
 from gatedsae.plan.config import Config
-from gatedsae.plan.layout import MANIFEST, MODEL_MARKER
+from gatedsae.plan.layout import FIGURES_INDEX, MANIFEST, MODEL_MARKER
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -43,7 +44,7 @@ def verdict_html(results: Path) -> str:
     from gatedsae.reporting.claims import load_claims
     from gatedsae.reporting.convergence import describe
 
-    verdict = json.loads(path.read_text())
+    verdict = read_json(path, REBUILD)
     claims = load_claims(verdict["claims"])
     summary = ", ".join(f"{n} {status}" for status, n in verdict["summary"].items() if n)
     table = pd.DataFrame([{"claim": c.claim, "site": "—" if c.layer is None else f"{c.site}, L{c.layer}",
@@ -78,16 +79,16 @@ def versions(config: Config, code_version: str) -> dict:
     found |= {package: version(package) for package in ("torch", "transformer-lens", "transformers", "snakemake")}
     marker = paths.model_dir(model) / MODEL_MARKER
     if marker.exists():
-        prepared = json.loads(marker.read_text())
+        prepared = read_json(marker, REBUILD)
         found["model"] = {k: prepared.get(k) for k in ("gguf_sha256", "files", "seconds") if k in prepared} | {
             "packages": prepared.get("model", {}).get("packages")}
     corpus_manifest = paths.text_dir(corpus) / MANIFEST
     if corpus_manifest.exists():
-        found["corpus_sources"] = json.loads(corpus_manifest.read_text()).get("sources")
+        found["corpus_sources"] = read_json(corpus_manifest, REBUILD).get("sources")
     stores = {}
     for (site, layer), directory in config.activation_dirs().items():
         if (directory / MANIFEST).exists():
-            store = json.loads((directory / MANIFEST).read_text())
+            store = read_json(directory / MANIFEST, REBUILD)
             stores[f"{site}/layer{layer}"] = {"config_hash": store.get("config_hash"),
                                               "tokens": {k: v.get("tokens") for k, v in store["splits"].items()}}
     found["activation_stores"] = stores
@@ -158,7 +159,7 @@ def write_report(config: Config) -> Path:
     from gatedsae.saes.checkpoints import code_version
 
     results, figures = config.experiment.results, config.experiment.figures
-    index = json.loads((figures / "figures.json").read_text())
+    index = read_json(figures / FIGURES_INDEX, REBUILD)
     pngs = [Path(f) for f in index["files"] if f.endswith(".png")]
     path = results / "report.html"
     with atomic_path(path) as tmp:

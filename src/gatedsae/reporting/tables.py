@@ -6,7 +6,6 @@ comparisons of Figs. 8 and 9 (loss recovered at matched L0), each with its inter
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from gatedsae.core.atomic import atomic_path, write_json_atomic, write_text_atomic
+from gatedsae.core.sealed import REEVALUATE, read_json
 from gatedsae.evaluation.frontiers import pareto_optimal
 from gatedsae.evaluation.intervals import Bootstrap
 from gatedsae.plan import architectures
@@ -39,7 +39,7 @@ COLUMNS = [
 
 def collect(metrics_files: Iterable[Path]) -> pd.DataFrame:
     """Every evaluated SAE as one row, in a stable order (site, layer, architecture, λ)."""
-    rows = [row for path in metrics_files for row in json.loads(Path(path).read_text())["rows"]]
+    rows = [row for path in metrics_files for row in read_json(path, REEVALUATE)["rows"]]
     if not rows:
         raise ValueError("no metrics rows to aggregate: evaluate at least one grid first")
     frame = pd.DataFrame(rows)

@@ -22,16 +22,18 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from gatedsae.core.atomic import atomic_directory, sha256_file, storage_errors, write_json_atomic, write_text_atomic
+from gatedsae.core.atomic import atomic_directory, sha256_file, storage_errors, write_text_atomic
 from gatedsae.core.errors import IntegrityError
+from gatedsae.core.sealed import seal_problem, write_sealed_json
 from gatedsae.plan.architectures import SAELENS_TENSORS, architecture, by_saelens, sae_class
 from gatedsae.plan.config import REPO_ROOT
+from gatedsae.plan.layout import TRAINING_RECORD
 from gatedsae.saes.base import BatchedSAE, load_slice_state
 from gatedsae.saes.baseline import BaselineSAE
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
-RECORD_FILE = "training.json"
+RECORD_FILE = TRAINING_RECORD
 HASHES = "sha256"  # key of the training record holding {file name: sha256} of the weights and cfg.json
 
 REPAIR = ("Retrain it by running its grid's training stage again with the same experiment and overrides "
@@ -129,7 +131,7 @@ def upgrade_saelens_cfg(directory: Path, config) -> bool:
     write_text_atomic(directory / CFG_FILE, json.dumps(upgraded, indent=2) + "\n")
     if CFG_FILE in (record.get(HASHES) or {}):  # keep the recorded hash true to the rewritten file
         record[HASHES][CFG_FILE] = sha256_file(directory / CFG_FILE)
-        write_json_atomic(directory / RECORD_FILE, record)
+        write_sealed_json(directory / RECORD_FILE, record)
     return True
 
 
@@ -143,7 +145,7 @@ def write_checkpoint(directory: Path, sae: BatchedSAE, index: int, scale: float,
             cfg = saelens_cfg(sae.arch, sae.d, sae.width, meta, sae.saelens_cfg_extra(index))
             (staging / CFG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
         hashes = {name: sha256_file(staging / name) for name in (WEIGHTS_FILE, CFG_FILE)}
-        write_json_atomic(staging / RECORD_FILE, {**record, HASHES: hashes})
+        write_sealed_json(staging / RECORD_FILE, {**record, HASHES: hashes})
     return directory
 
 
@@ -195,6 +197,9 @@ def _read_json(path: Path) -> dict:
         raise CheckpointError(f"{path} is not valid JSON ({error}): it is corrupt.") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} holds a {type(data).__name__}, not a JSON object: it is corrupt.")
+    problem = seal_problem(data)  # a training record's own sha256: an edited λ or a flipped bit is caught
+    if problem is not None:
+        raise CheckpointError(f"{path} {problem}.")
     return data
 
 

@@ -27,15 +27,17 @@ def render_all(results, out_dir):
     import pandas as pd
 
     from gatedsae.core.atomic import write_json_atomic
+    from gatedsae.core.sealed import REBUILD, read_json
 
     from gatedsae.reporting.tables import seed_means
 
     results, out_dir = Path(results), Path(out_dir)
     frame = seed_means(pd.read_csv(results / "metrics.csv"))  # a configuration's point: the mean of its seeds
-    densities = json.loads((results / "densities.json").read_text())
+    densities = read_json(results / "densities.json", REBUILD)
     curves_file = results / "curves.csv"
     curves = pd.read_csv(curves_file) if curves_file.exists() else None
-    readings = {name: pd.read_csv(results / f"{name}.csv") if (results / f"{name}.csv").exists() else None
+    # A reading the aggregate had nothing for (no ratio curve at a single site) is an empty file: none.
+    readings = {name: pd.read_csv(results / f"{name}.csv") if _has_rows(results / f"{name}.csv") else None
                 for name in ("ratio_curve", "headline")}
     files, captions = [], {}
     for module in FAMILIES.values():
@@ -50,6 +52,10 @@ def render_all(results, out_dir):
     for path in stale:  # drawn by an earlier run from SAEs this one no longer has: gone with them
         path.unlink(missing_ok=True)
     return index
+
+
+def _has_rows(path) -> bool:
+    return path.exists() and bool(path.read_text().strip())
 
 
 def _listed(index) -> list[str]:

@@ -206,7 +206,8 @@ def save(fig, directory: Path, stem: str) -> list[Path]:
     for suffix in ("png", "pdf"):
         path = directory / f"{stem}.{suffix}"
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=suffix)
+            # No creation date in the PDF: the same results give the same bytes (a rerun is checked that way).
+            fig.savefig(tmp, format=suffix, metadata={"CreationDate": None} if suffix == "pdf" else None)
         paths.append(path)
     plt.close(fig)
     return paths
