@@ -176,7 +176,7 @@ class StoreWriter:
         if journal.exists():
             try:
                 previous = StoreManifest.read(journal)
-            except (OSError, ValueError, TypeError, KeyError) as error:
+            except (OSError, ValueError, TypeError, KeyError, IntegrityError) as error:
                 print(f"{journal} is unreadable ({type(error).__name__}); caching this store from the start", flush=True)
             else:
                 if previous.config_hash == fresh.config_hash and previous.format_version == FORMAT_VERSION:
@@ -351,6 +351,8 @@ class ActivationStore(ShardedActivations):
                                     "finish (re-run the cache step; it resumes)")
         try:
             self.manifest = StoreManifest.read(manifest_path)
+        except IntegrityError:  # already names the file and the repair
+            raise
         except (OSError, ValueError, TypeError, KeyError) as error:
             raise IntegrityError(f"{manifest_path} is unreadable ({type(error).__name__}: {error}). {REPAIR}") from None
         if split not in self.manifest.splits:

@@ -37,9 +37,11 @@ def verify_experiment(config: Config, overrides: str = "") -> str:
                 problems.append(f"{directory / MANIFEST} is missing (its journal is there): `{command('cache')}` "
                                 "rebuilds it, recomputing only missing or corrupt shards")
             continue
+        if directory / MANIFEST in skip:  # unreadable: listed above
+            continue
         try:
             manifest = StoreManifest.read(directory / MANIFEST)
-        except (OSError, ValueError, TypeError, KeyError) as error:
+        except (OSError, ValueError, TypeError, KeyError, IntegrityError) as error:
             problems.append(f"{directory / MANIFEST} is unreadable ({type(error).__name__}): `{command('cache')}`")
             continue
         for split in manifest.splits:
