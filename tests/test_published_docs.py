@@ -53,3 +53,26 @@ def test_the_summary_says_where_and_on_what_the_claims_were_read():
     assert "(Residual stream 97.825%, 98.75%)" in line
     (older,) = summary({"summary": {"REPRODUCED": 12, "INCONCLUSIVE": 3}})
     assert "predates the pre-registered protocol" in older
+
+
+def test_the_quick_start_and_run_time_come_from_their_benchmarks():
+    from gatedsae.reporting.published import quick_start, run_time
+
+    record = {"code_version": "abc1234", "setup_exit_code": 0, "run_exit_code": 0, "setup_seconds": 285.2,
+              "run_seconds": 456.0, "load_average_after": [12.6, 10.9, 6.1],
+              "machine": {"cores": 2, "cpu": "Some CPU", "load_average": [0.4, 0.3, 0.2]},
+              "progress_lines": ["19 jobs to run", "started cache (about 1:00): tail -f x.log", "[ 1/19   5%] a",
+                                 "[ 2/19  10%] b", "[ 3/19  15%] c"]}
+    text = "\n".join(quick_start(record))
+    assert "**7.6 min** for `make run EXPERIMENT=smoke`, after 4.8 min" in text
+    assert "0.4 at the start, 12.6 at the end" in text
+    assert text.endswith("```\n19 jobs to run\n[ 1/19   5%] a\n[ 2/19  10%] b\n```")
+    (failed,) = quick_start({**record, "run_exit_code": 2})
+    assert "FAILED" in failed and "min" not in failed  # a failed run quotes no time
+    replicate = {"machine": {"cpu": "2 cores"}, "wall_seconds": 4397.0, "setup_seconds": 104.0, "verdict": "15 claims",
+                 "targets": {"headline_chapter_with_install_seconds": 2758.2},
+                 "chapters": [{"name": "headline", "description": "", "wall_seconds": 2654.2},
+                              {"name": "ablations", "description": "Fig. 8", "wall_seconds": 934.6}]}
+    (line,) = run_time(replicate)
+    assert "**73 min** for `make replicate`" in line and "**46 min** for the headline chapter" in line
+    assert "16 min for ablations (Fig. 8)" in line
