@@ -93,7 +93,7 @@ HOW: list[tuple[str, str]] = [
     (r"^python -m gatedsae\.cli\.runlock$",
      "tests/test_faults.py::test_killed_snakemake_run_leaves_no_blocking_lock_and_two_live_runs_never_overlap"),
     (r"^python -m gatedsae (--help|prepare-model|config|estimate|browse|study|upgrade-checkpoints|export-hub|"
-     r"export-neuronpedia|curves|verdict|figures)\b", "run"),
+     r"export-neuronpedia|curves|verdict|figures|verify)\b", "run"),
     (r"^snakemake --profile \S+ (--config|--forcerun)", "dry-run"),
     (r"^make (run|dry-run|sync|verify|unlock|bench|push|test|test-fast|test-cluster|setup|lock|replicate)\b(?!.*&&)",
      "dry-run"),
@@ -232,7 +232,7 @@ def _on_smoke(command: str) -> list[str]:
 
 
 STAGE_ORDER = ["--help", "config", "prepare-model", "estimate", "upgrade-checkpoints", "curves", "verdict", "figures",
-               "browse", "study", "export-neuronpedia", "export-hub"]
+               "browse", "study", "export-neuronpedia", "export-hub", "verify"]
 
 
 @pytest.mark.parametrize("command", sorted(RUN, key=lambda c: STAGE_ORDER.index(c.split()[3])))
