@@ -58,7 +58,7 @@ def seed_config(config: Config, seed: int) -> Config:
                         d_vocab=1, n_ctx=2, seed=seed)
     train = replace(config.train, **asdict(truth.train), seed=seed, max_norm_ratio=None, statistics_tokens=None,
                     site_devices=[])
-    experiment = replace(config.experiment, layers=[0], sites=["resid_post"], chapters=[], chapter="",
+    experiment = replace(config.experiment, layers=[0], site_layers={}, sites=["resid_post"], chapters=[], chapter="",
                          context_length=2)
     return replace(config, model=model, corpus=CorpusConfig(name=SYNTHETIC, kind="hub", hub_dataset=SYNTHETIC),
                    sweep=truth.sweep, train=train, experiment=experiment, seed=seed,
