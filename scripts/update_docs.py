@@ -36,12 +36,15 @@ def faults_summary() -> str:
     record = json.loads((REPO_ROOT / "results" / "benchmarks" / "faults.json").read_text())
     failed = [case["case"] for case in record["cases"] if case["held"] is False]
     machine = record["machine"]
-    lines = [f"Last run ({record['when']}, commit `{record.get('commit', 'unknown')[:12]}`, {machine['cpus']} CPUs"
+    commit = record.get("commit", "unknown")
+    commit = f"`{commit[:12]}`" + (" with uncommitted changes" if commit.endswith("+changes") else "")
+    snakemake_seconds = sum(case["seconds"] for case in record["cases"] if case.get("through_snakemake"))
+    lines = [f"Last run ({record['when']}, commit {commit}, {machine['cpus']} CPUs"
              f"{', as root' if machine.get('root') else ''}): **{record['cases_held']} of {record['cases_tried']} cases "
              f"held**; through Snakemake {record.get('cases_through_snakemake_held', 0)} of "
              f"{record.get('cases_through_snakemake', 0)} cases, breaking {record.get('faults_through_snakemake_held', 0)} "
              f"of {record.get('faults_through_snakemake', 0)} faults before a plain rerun; {record['cases_skipped']} "
-             f"skipped; {record['seconds']:.0f} s."]
+             f"skipped; {record['seconds']:.0f} s, of which {snakemake_seconds:.0f} s in the cases through Snakemake."]
     if failed:
         lines.append(f"Not held: {', '.join(f'`{name}`' for name in failed)}.")
     return "\n".join(lines)
