@@ -122,7 +122,7 @@ def test_the_experiments_curves_are_gathered_for_every_trained_sae(gathered):
 
 def test_saes_without_curves_are_named(gathered, capsys):
     gather_curves(gathered[0])
-    assert "2 SAEs have no training curves" in capsys.readouterr().out
+    assert f"{2 * gathered[0].train.seeds} SAEs have no training curves" in capsys.readouterr().out  # 2 λ × seeds
 
 
 def test_dvc_plots_show_draws_the_training_curves_where_the_pipeline_writes_them(gathered, tmp_path):

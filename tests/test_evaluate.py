@@ -162,8 +162,10 @@ def test_grid_evaluation_reuses_saved_results_and_recomputes_only_what_changed(t
     rows = json.loads(path.read_text())["rows"]
     grid = json.loads(trained_smoke.paths.checkpoints_dir("tiny", "tiny", "resid_post", 1, "smoke")
                       .joinpath("grid.json").read_text())
-    assert len(rows) == len(grid["saes"]) + 2  # and the two rescale-and-shift SAEs
+    seeds = trained_smoke.train.seeds
+    assert len(rows) == len(grid["saes"]) + 2 * seeds  # and the two rescale-and-shift SAEs, every seed
     assert {row["variant"] for row in rows} == {"sweep", "rescale_shift"}
+    assert sorted({row["seed"] for row in rows}) == trained_smoke.train.seed_values  # each row says its seed
     capsys.readouterr()
 
     evaluate_grid(trained_smoke, "resid_post", 1, progress=False, loaded=tiny_model)

@@ -18,7 +18,7 @@ from conftest import TRAINED, copy_data, smoke_config
 from gatedsae.activations.store import ActivationStore
 from gatedsae.plan.architectures import SAELENS_TENSORS, architecture
 from gatedsae.plan.config import ConfigError, SAEGroupConfig, SweepConfig, load_config
-from gatedsae.plan.grid import GRID_INDEX, read_grid_index
+from gatedsae.plan.grid import GRID_INDEX, grid_specs, read_grid_index
 from gatedsae.saes.checkpoints import decode_raw, encode_raw, read_checkpoint
 from gatedsae.training.stages import train_grid
 from gatedsae.training.trainer import STATE_FILE, GridTrainer, NonFiniteLossError, lr_factor
@@ -26,10 +26,14 @@ from gatedsae.training.trainer import STATE_FILE, GridTrainer, NonFiniteLossErro
 SITE, LAYER = "resid_post", 1
 
 
-def _trainer(config, out_dir, sweep=None, **train):
+def _trainer(config, out_dir, sweep=None, seed=None, **train):
+    """A trainer of the sweep (every seed), or with `seed` given only that seed's SAEs (None: train.seed's)."""
     config = replace(config, sweep=sweep or config.sweep, train=replace(config.train, **train))
     store = ActivationStore(config.paths.activations_dir("tiny", "tiny", SITE, LAYER), "train")
-    return GridTrainer(config, store, out_dir)
+    specs = None
+    if sweep is not None:
+        specs = [s for s in grid_specs(config, store.d, SITE) if s.seed == seed]
+    return GridTrainer(config, store, out_dir, specs=specs)
 
 
 def _params(trainer, spec):
@@ -54,7 +58,7 @@ def test_an_sae_trained_in_a_grid_equals_it_trained_alone(smoke_cache, tmp_path,
     for spec in grid.specs:
         alone_sweep = SweepConfig("alone", [SAEGroupConfig(spec.arch, smoke_cache.sweep.groups[spec.group].width_ratio,
                                                            spec.lr, [spec.value])])
-        alone = _trainer(smoke_cache, tmp_path / f"alone-{spec.name}", sweep=alone_sweep, sparse=sparse)
+        alone = _trainer(smoke_cache, tmp_path / f"alone-{spec.name}", sweep=alone_sweep, seed=spec.seed, sparse=sparse)
         _kill_features(alone)
         alone.run(progress=False)
         expected = _params(alone, alone.specs[0])
@@ -194,7 +198,7 @@ def test_nan_loss_stops_naming_the_sae_and_keeps_the_last_good_state(smoke_cache
     trainer.run(progress=False, stop_after=8)
     saved = (tmp_path / STATE_FILE).read_bytes()
     trainer.base_lrs[1] = 1e30  # the baseline group diverges on the next step
-    with pytest.raises(NonFiniteLossError, match=trainer.specs[2].name) as error:
+    with pytest.raises(NonFiniteLossError, match=next(s for s in trainer.specs if s.group == 1).name) as error:
         trainer.run(progress=False)
     assert "at step 9" in str(error.value) and "(step 8)" in str(error.value)
     assert (tmp_path / STATE_FILE).read_bytes() == saved
@@ -267,12 +271,14 @@ def test_rescale_shift_trains_only_rmag_and_bmag_on_the_frozen_baselines(smoke_g
 
     config, index = smoke_grid
     shifted = read_grid_index(train_rescale_shift(config, SITE, LAYER, progress=False))
-    baselines = {e["l1"]: e for e in index["saes"] if e["arch"] == "baseline"}
-    assert sorted(e["l1"] for e in shifted) == sorted(baselines)
+    baselines = {(e["l1"], e.get("seed")): e for e in index["saes"] if e["arch"] == "baseline"}
+    assert len({seed for _, seed in baselines}) == config.train.seeds > 1  # one per baseline and seed
+    assert sorted((e["l1"], e.get("seed") or 0) for e in shifted) == sorted((l1, seed or 0) for l1, seed in baselines)
     raw = ActivationStore(config.paths.activations_dir("tiny", "tiny", SITE, LAYER), "heldout").shard(0).float()
     for entry in shifted:
         cfg, tensors, record = read_checkpoint(entry["path"])
-        base_cfg, base, _ = read_checkpoint(baselines[entry["l1"]]["path"])
+        base_cfg, base, base_record = read_checkpoint(baselines[(entry["l1"], entry.get("seed"))]["path"])
+        assert record["seed"] == base_record["seed"]
         assert cfg["architecture"] == "gated" and record["arch"] == "baseline_rescale_shift"
         for ours, theirs in (("W_enc", "W_enc"), ("b_gate", "b_enc"), ("W_dec", "W_dec"), ("b_dec", "b_dec")):
             # read back from the baseline's checkpoint: equal up to the rounding of unscaling and rescaling
@@ -307,9 +313,11 @@ def test_adding_one_l1_trains_only_the_new_sae(smoke_cache, smoke_trained, tmp_p
     after = weights(train_grid(grown, SITE, LAYER, progress=False))
     shifted_after = weights(train_rescale_shift(grown, SITE, LAYER, progress=False))
     out = capsys.readouterr().out
-    assert f"{len(before)} of {len(before) + 1} SAEs already trained; training 1" in out
-    assert f"{len(shifted_before)} of {len(shifted_before) + 1} rescale-and-shift SAEs already trained" in out
-    (new,) = set(after) - set(before)
+    seeds = grown.train.seeds  # the new λ is trained once per seed
+    assert f"{len(before)} of {len(before) + seeds} SAEs already trained; training {seeds}" in out
+    assert f"{len(shifted_before)} of {len(shifted_before) + seeds} rescale-and-shift SAEs already trained" in out
+    new, *others = sorted(set(after) - set(before))
+    assert len(others) == seeds - 1 and all(name == f"{new}_seed{s}" for name, s in zip(others, range(1, seeds)))
     assert all(after[name] == before[name] for name in before), "finished SAEs are not retrained"
     assert all(shifted_after[name] == shifted_before[name] for name in shifted_before)
 
@@ -342,3 +350,26 @@ def test_paper_l1_units_give_the_papers_loss_up_to_a_constant(units):
         paper = error / d / (energy if units == "paper_per_dim_energy" else 1.0) + l1 * l1_norm
         ratios.append(float(ours / paper))
     assert ratios == pytest.approx([ratios[0]] * 3, rel=1e-5)
+
+
+def test_every_sae_is_trained_with_each_seed_and_the_first_keeps_its_key(smoke_trained):
+    """train.seeds: each knob value is trained once per seed, as extra members of the batched grid; the
+    records carry the seed; the run's own seed keeps the training key (and name) a one-seed run gives it,
+    so adding seeds retrains nothing already trained; the seeds start from different weights and end apart."""
+    from dataclasses import replace
+
+    from gatedsae.plan.identity import training_key
+
+    config = smoke_trained
+    assert config.train.seeds == 2
+    index = config.paths.checkpoints_dir("tiny", "tiny", SITE, LAYER, "smoke") / GRID_INDEX
+    entries = read_grid_index(index)
+    one_seed = replace(config, train=replace(config.train, seeds=1))
+    for spec in grid_specs(one_seed, config.model.site_width(SITE), SITE):
+        runs = [e for e in entries if e["arch"] == spec.arch and e["l1"] == spec.value]
+        records = [read_checkpoint(e["path"])[2] for e in runs]
+        assert sorted(r["seed"] for r in records) == config.train.seed_values
+        first = next(r for r in records if r["seed"] == config.train.seed)
+        assert first["sae"] == spec.name and first["training_key"] == training_key(one_seed, SITE, spec)
+        weights = [read_checkpoint(e["path"])[1]["W_dec"] for e in runs]
+        assert not torch.equal(weights[0], weights[1])

@@ -162,19 +162,21 @@ def test_smoke_workflow_end_to_end_then_nothing_to_do_then_only_what_a_new_l1_ne
                       f"overrides={' '.join(placed)}", cwd=scratch_repo)
     assert "Nothing to be done" in moved.stdout + moved.stderr, moved.stdout[-2000:]
 
-    # One more baseline λ: no re-caching, one new SAE trained and evaluated per site.
+    # One more baseline λ: no re-caching, one new SAE per seed trained and evaluated per site.
+    seeds = metrics["seed"].nunique()
+    assert seeds == 2 and (metrics.groupby(["site", "variant", "arch", "l1"])["seed"].nunique() == seeds).all()
     grown = ["--config", "experiment=smoke", "overrides=sweep.groups.1.l1=[0.01,0.03,0.1]"]
     planned = snakemake("-n", "--profile", "profiles/local", *grown, cwd=scratch_repo).stdout
     assert "rule cache:" not in planned and "rule tokenize:" not in planned
     snakemake("--profile", "profiles/local", "--cores", "2", *grown, cwd=scratch_repo)
     for site in ("resid_post", "mlp_out", "attn_z"):
         log = (scratch_repo / f"logs/smoke/train/tiny/tiny/{site}/layer1/smoke.log").read_text()
-        assert "training 1\n" in log, log[-500:]
+        assert f"training {seeds}\n" in log, log[-500:]
         evaluated = (scratch_repo / f"logs/smoke/evaluate/tiny/tiny/{site}/layer1/smoke.log").read_text()
-        assert "evaluating 2 of" in evaluated, evaluated[-500:]  # the new baseline and its rescale-and-shift
-    assert len(pd.read_csv(results / "metrics.csv")) == len(metrics) + 6
+        assert f"evaluating {2 * seeds} of" in evaluated, evaluated[-500:]  # the new baseline and its rescale-and-shift
+    assert len(pd.read_csv(results / "metrics.csv")) == len(metrics) + 6 * seeds
     grown_curves = pd.read_csv(results / "curves.csv")
-    assert grown_curves["sae"].nunique() == curves["sae"].nunique() + 2  # the new λ's baseline and its rescale-shift
+    assert grown_curves["sae"].nunique() == curves["sae"].nunique() + 2 * seeds  # the new baselines and their rescale-shift
     assert not grown_curves.duplicated(["site", "variant", "sae", "step"]).any()
 
 

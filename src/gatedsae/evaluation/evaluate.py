@@ -105,7 +105,7 @@ def describe(sae: CheckpointSAE) -> dict:
     """The identifying columns of a metrics row, from the checkpoint's training record."""
     record = sae.record
     return {"arch": record["arch"], **dict.fromkeys(KNOBS), **knob_fields(record["arch"], record), "lr": record["lr"],
-            "width": record["width"],
+            "width": record["width"], "seed": record.get("seed", 0),
             "d": record["d"], "train_tokens": record["tokens"], "sae": record["sae"],
             "checkpoint_id": sae.checkpoint_id, "checkpoint": str(sae.directory)}
 

@@ -115,22 +115,23 @@ def cache_estimate(config: Config) -> Estimate:
 # --- SAE grids -----------------------------------------------------------------------------------------
 
 
-def _group_parameters(group: SAEGroupConfig, d: int) -> float:
-    w = group.width(d)
-    encoders = architecture(group.arch).encoders
-    return len(group.values) * ((encoders + 1) * d * w + 4 * w + d)
+def _sae_parameters(arch: str, width: int, d: int) -> float:
+    return (architecture(arch).encoders + 1) * d * width + 4 * width + d
 
 
-def train_estimate(config: Config, site: str) -> Estimate:
+def train_estimate(config: Config, site: str, specs: list | None = None) -> Estimate:
+    """A train job's SAEs `specs` (by default the whole grid at `site`: every knob value, every seed)."""
+    from gatedsae.plan.grid import grid_specs
+
     d, train = config.model.site_width(site), config.train
-    groups = config.sweep.groups_at(site)
-    parameters = sum(_group_parameters(g, d) for g in groups)
+    specs = grid_specs(config, d, site) if specs is None else specs
+    parameters = sum(_sae_parameters(s.arch, s.width, d) for s in specs)
     # parameters, gradients and Adam's two moments in fp32
     optimiser_state = 4 * parameters * 4
     # per SAE and step: pre-activations, features, masks and their gradients (~8 [B, width] fp32 tensors)
-    step = sum(len(g.values) * 8 * train.batch_size * g.width(d) * 4 for g in groups)
+    step = sum(8 * train.batch_size * s.width * 4 for s in specs)
     buffer = 2 * train.buffer_rows * d * 4  # the mixing buffer and its permuted copy
-    flops = sum(architecture(g.arch).train_flops_per_dw * d * g.width(d) * len(g.values) for g in groups) * train.tokens
+    flops = sum(architecture(s.arch).train_flops_per_dw * d * s.width for s in specs) * train.tokens
     checkpoints = parameters * 4 * 4  # exported weights + the training state (params and Adam moments)
     return Estimate(f"train[{site}]", optimiser_state + step + buffer, flops, disk_bytes=checkpoints,
                     breakdown={"sae_grid_and_optimiser": optimiser_state, "step_activations": step,
@@ -140,7 +141,7 @@ def train_estimate(config: Config, site: str) -> Estimate:
 def rescale_shift_estimate(config: Config, site: str) -> Estimate:
     d, train = config.model.site_width(site), config.train
     widths = [g.width(d) for g in config.sweep.variant_groups_at(site) if g.arch == rescale_shift_base()
-              for _ in g.values]
+              for _ in g.values for _ in range(train.seeds)]
     memory = lambda chunk: rescale_shift_memory(config, d, chunk)  # noqa: E731
     streamed = config.cache.mode == "stream"  # then it streams its own site's activations
     lm = stream_model_memory(config) if streamed and config.train_device(site) == config.cache.device else 0.0
@@ -184,13 +185,14 @@ def evaluate_estimate(config: Config, site: str) -> Estimate:
 
 
 def _saes_per_grid(config: Config, site: str) -> int:
-    """SAEs evaluated at `site`: the sweep's, its rescale-and-shift ones and its every-token run's."""
+    """SAEs evaluated at `site`: the sweep's, its rescale-and-shift ones and its every-token run's, every seed."""
     from gatedsae.plan.grid import all_tokens_config
 
     baselines = sum(len(g.values) for g in config.sweep.variant_groups_at(site) if g.arch == rescale_shift_base())
     every_token = sum(len(g.values) for g in all_tokens_config(config).sweep.groups_at(site))
-    return (sum(len(g.values) for g in config.sweep.groups_at(site)) + baselines * config.sweep.rescale_shift_at(site)
-            + every_token * config.sweep.all_tokens_at(site))
+    per_seed = (sum(len(g.values) for g in config.sweep.groups_at(site)) + baselines * config.sweep.rescale_shift_at(site)
+                + every_token * config.sweep.all_tokens_at(site))
+    return per_seed * config.train.seeds
 
 
 def aggregate_estimate(config: Config) -> Estimate:
@@ -254,9 +256,7 @@ def plan_passes(items: list, memory, available: float) -> list[list]:
 
 def train_pass_memory(config: Config, site: str):
     """memory(chunk of SAESpecs) for `plan_passes` of a train job (store mode)."""
-    from gatedsae.plan.grid import sweep_of
-
-    return lambda chunk: train_estimate(sweep_of(config, site, chunk), site).memory_bytes
+    return lambda chunk: train_estimate(config, site, chunk).memory_bytes
 
 
 def rescale_shift_memory(config: Config, d: int, widths: list[int]) -> float:

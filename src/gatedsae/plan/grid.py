@@ -8,6 +8,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from gatedsae.core.errors import IntegrityError
 from gatedsae.core.sealed import read_json, write_sealed_json
@@ -28,10 +29,15 @@ class SAESpec:
     lr: float
     l1_units: str = "normalized"
     knob: str = "l1"
+    seed: Optional[int] = None  # an extra training seed (train.seeds); None: the run's own, train.seed
 
     @property
     def name(self) -> str:
-        return f"{self.arch}_w{self.width}_{self.knob}_{self.value:g}"
+        return f"{self.arch}_w{self.width}_{self.knob}_{self.value:g}" + ("" if self.seed is None else f"_seed{self.seed}")
+
+    def training_seed(self, run_seed: int) -> int:
+        """The seed it is initialised (and resampled) from: its own, or the run's (train.seed)."""
+        return run_seed if self.seed is None else self.seed
 
     @property
     def knob_fields(self) -> dict:
@@ -40,9 +46,27 @@ class SAESpec:
 
 
 def grid_specs(config: Config, d: int, site: str) -> list[SAESpec]:
-    """Every SAE of the sweep at `site`, in order (no parameters allocated)."""
-    return [SAESpec(g, i, group.arch, group.width(d), value, group.lr, group.l1_units, group.knob)
-            for g, group in enumerate(config.sweep.groups_at(site)) for i, value in enumerate(group.values)]
+    """Every SAE of the sweep at `site`, in order (no parameters allocated): each knob value once per
+    training seed (train.seeds), the seeds of one value next to each other in its group's module."""
+    seeds = [None, *config.train.seed_values[1:]]
+    return [SAESpec(g, i * len(seeds) + j, group.arch, group.width(d), value, group.lr, group.l1_units, group.knob, seed)
+            for g, group in enumerate(config.sweep.groups_at(site)) for i, value in enumerate(group.values)
+            for j, seed in enumerate(seeds)]
+
+
+def regrouped(specs: list[SAESpec]) -> list[SAESpec]:
+    """`specs` (a subset of a grid, in grid order) placed in modules of their own: groups numbered in
+    order of appearance, members in order within each (the layout a trainer of just these SAEs uses)."""
+    from dataclasses import replace
+
+    groups: dict[int, int] = {}
+    members: dict[int, int] = {}
+    placed = []
+    for spec in specs:
+        group = groups.setdefault(spec.group, len(groups))
+        placed.append(replace(spec, group=group, index=members.get(group, 0)))
+        members[group] = members.get(group, 0) + 1
+    return placed
 
 
 def sae_seed(seed: int, arch: str, width: int, value: float) -> int:
@@ -53,7 +77,7 @@ def sae_seed(seed: int, arch: str, width: int, value: float) -> int:
 
 # ---------------------------------------------------------------------------------------------------
 # The grid index beside the checkpoints lists them; a finished checkpoint with the same training key is
-# kept (plan/identity.py), so adding one λ to a sweep trains one SAE.
+# kept (plan/identity.py), so adding one λ (or one seed) to a sweep trains only the new SAEs.
 
 GRID_INDEX = "grid.json"
 # The variants of a site's training (metrics.csv's `variant`): the sweep's grid, and the grids trained
@@ -68,16 +92,6 @@ ALL_TOKENS_DIR = ALL_TOKENS_VARIANT
 VARIANT_DIRS = {RESCALE_SHIFT_VARIANT: RESCALE_SHIFT_DIR, ALL_TOKENS_VARIANT: ALL_TOKENS_DIR}
 VARIANT_STAGES = {MAIN_VARIANT: "train", RESCALE_SHIFT_VARIANT: "rescale-shift",
                   ALL_TOKENS_VARIANT: "train-all-tokens"}
-
-
-def sweep_of(config: Config, site: str, specs: list[SAESpec]) -> Config:
-    """`config` with the sweep at `site` cut down to `specs` (groups keep their order and settings)."""
-    from dataclasses import replace
-
-    wanted = {(s.group, s.value) for s in specs}
-    groups = [replace(group, **{group.knob: [v for v in group.values if (g, v) in wanted]})
-              for g, group in enumerate(config.sweep.groups_at(site))]
-    return replace(config, sweep=replace(config.sweep, groups=[g for g in groups if g.values]))
 
 
 def grid_dir(config: Config, site: str, layer: int, variant: str = MAIN_VARIANT) -> Path:
@@ -114,7 +128,7 @@ def write_grid_index(out_dir: Path, site: str, layer: int, sweep: str, specs: li
     root (paths.data), so the data folder can move (read it with `read_grid_index`)."""
     folder = Path(os.path.relpath(out_dir, root))
     entries = [{"sae": spec.name, "path": str(folder / spec.name), "arch": spec.arch, **spec.knob_fields,
-                "width": spec.width} for spec in specs]
+                "width": spec.width, **({} if spec.seed is None else {"seed": spec.seed})} for spec in specs]
     write_sealed_json(out_dir / GRID_INDEX, {"site": site, "layer": layer, "sweep": sweep,
                                              "paths_relative_to": "paths.data", "saes": entries})
     return out_dir / GRID_INDEX

@@ -38,8 +38,13 @@ NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "sweep": {"all_tokens": False, "all_tokens_sites": []},
     "experiment": {"site_layers": {}},
     "train": {"statistics_tokens": None, "sparse": "auto",
-              "sparse_max_density": SPARSE_MAX_DENSITY, "dead_after_tokens": DEAD_AFTER_TOKENS},
+              "sparse_max_density": SPARSE_MAX_DENSITY, "dead_after_tokens": DEAD_AFTER_TOKENS, "seeds": 1},
 }
+
+# Settings that choose which SAEs a grid holds, not how any one of them is trained: in the train job's
+# params (a new seed trains the new SAEs), never in one SAE's training key. A trainer's saved state names
+# its SAEs (seeds included) by itself.
+GRID_ONLY: dict[str, set[str]] = {"train": {"seeds"}}
 
 
 # Settings that change where a run computes, how fast, or what it records, never what it computes (beyond
@@ -95,14 +100,22 @@ def store_identity(config: Config) -> str:
     return config_hash(store_settings(config))
 
 
+def _per_sae(section: str, values: dict) -> dict:
+    """`comparable` values of a section without the settings that only choose a grid's SAEs (GRID_ONLY)."""
+    return {key: value for key, value in comparable(section, values).items() if key not in GRID_ONLY.get(section, ())}
+
+
 def training_key(config: Config, site: str, spec: SAESpec, extra: str = "") -> str:
     """Everything an SAE's trained parameters depend on (besides the code). The activations enter by
     their store's identity, so stored and streamed training share their keys. `extra`: what else the
-    SAE is trained from (a rescale-and-shift SAE: its baseline's checkpoint)."""
+    SAE is trained from (a rescale-and-shift SAE: its baseline's checkpoint). An extra training seed enters
+    as the spec's own seed (the run's seed, train.seed, already enters with `train`), so the SAEs trained
+    before seeds existed keep their keys."""
+    seed = {} if spec.seed is None else {"seed": spec.seed}
     return config_hash({"spec": [spec.arch, spec.width, spec.value, spec.lr, spec.l1_units],
-                        "train": comparable("train", asdict(config.train)),
+                        "train": _per_sae("train", asdict(config.train)),
                         "store": store_identity(config), "d": config.model.site_width(site),
-                        "extra": extra})
+                        "extra": extra, **seed})
 
 
 def rescale_shift_extra(baseline_keys: Sequence[str]) -> str:
@@ -114,7 +127,7 @@ def training_state_identity(groups: Sequence[SAEGroupConfig], train: TrainConfig
                             extra: str = "") -> str:
     """What a saved grid-training state must share to be resumed: the site's sweep groups, the training
     settings, the store's identity, the width d and `extra` (as in `training_key`)."""
-    return config_hash({"sweep": [asdict(group) for group in groups], "train": comparable("train", asdict(train)),
+    return config_hash({"sweep": [asdict(group) for group in groups], "train": _per_sae("train", asdict(train)),
                         "store": store, "d": d, "extra": extra})
 
 

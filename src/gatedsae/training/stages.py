@@ -26,7 +26,6 @@ from gatedsae.plan.grid import (
     grid_specs,
     read_grid_index,
     sae_seed,
-    sweep_of,
     write_grid_index,
 )
 from gatedsae.saes.rescale_shift import RescaleShiftSAE
@@ -97,7 +96,7 @@ def train_layer(config: Config, layer: int, sites: Optional[list[str]] = None, p
                                                                  keys[site][spec.name])]
         passes[site] = plan_passes(missing, train_pass_memory(config, site), share)
         for chunk in passes[site]:  # before any compute: every pass must fit (a single SAE may not)
-            check_memory(train_estimate(sweep_of(config, site, chunk), site), config.train_device(site),
+            check_memory(train_estimate(config, site, chunk), config.train_device(site),
                          "lower train.batch_size or train.buffer_rows, or use narrower SAEs", share)
         in_passes = f" in {len(passes[site])} passes over the data (device memory)" if len(passes[site]) > 1 else ""
         print(f"{site}: {len(specs[site]) - len(missing)} of {len(specs[site])} SAEs already trained; "
@@ -106,8 +105,8 @@ def train_layer(config: Config, layer: int, sites: Optional[list[str]] = None, p
     if training:
         splits = training_activations(config, [(site, layer) for site in training])
         for round_ in range(max(len(passes[site]) for site in training)):
-            trainers = {site: GridTrainer(sweep_of(_on_device(config, site), site, passes[site][round_]),
-                                          splits[(site, layer)], grid_dir(config, site, layer, variant))
+            trainers = {site: GridTrainer(_on_device(config, site), splits[(site, layer)],
+                                          grid_dir(config, site, layer, variant), specs=passes[site][round_])
                         for site in training if round_ < len(passes[site])}
             train_lockstep(list(trainers.values()), progress)
             for site, trainer in trainers.items():
@@ -143,7 +142,8 @@ def train_rescale_shift(config: Config, site: str, layer: int, progress: bool = 
     if not baselines:
         raise ConfigError(f"sweep '{config.sweep.name}' has no baseline group to rescale and shift")
     out_dir = grid / RESCALE_SHIFT_DIR
-    wrapped = [SAESpec(0, 0, RescaleShiftSAE.arch, e["width"], e["l1"], lrs[(e["width"], e["l1"])]) for e in baselines]
+    wrapped = [SAESpec(0, 0, RescaleShiftSAE.arch, e["width"], e["l1"], lrs[(e["width"], e["l1"])], seed=e.get("seed"))
+               for e in baselines]
     keys = {spec.name: training_key(config, site, spec, extra=checkpoint_id(entry["path"]))
             for spec, entry in zip(wrapped, baselines)}
     todo = [(spec, entry) for spec, entry in zip(wrapped, baselines) if not _finished(out_dir / spec.name, keys[spec.name])]
@@ -170,9 +170,10 @@ def _train_rescale_shift_pass(config: Config, store: ShardedActivations, site: s
     for width, lr in sorted({(spec.width, spec.lr) for spec, _ in todo}):
         members = [(spec, entry) for spec, entry in todo if (spec.width, spec.lr) == (width, lr)]
         baseline = baseline_from_checkpoints([entry["path"] for _, entry in members],
-                                             seeds=[sae_seed(config.train.seed, WRAPPED, width, spec.value)
-                                                    for spec, _ in members])
-        specs += [SAESpec(len(modules), i, spec.arch, width, spec.value, lr) for i, (spec, _) in enumerate(members)]
+                                             seeds=[sae_seed(spec.training_seed(config.train.seed), WRAPPED, width,
+                                                             spec.value) for spec, _ in members])
+        specs += [SAESpec(len(modules), i, spec.arch, width, spec.value, lr, seed=spec.seed)
+                  for i, (spec, _) in enumerate(members)]
         modules.append(RescaleShiftSAE.from_baseline(baseline))
         group_lrs.append(lr)
     extra = rescale_shift_extra([keys[spec.name] for spec, _ in todo])
@@ -199,7 +200,7 @@ def export_checkpoints(trainer: GridTrainer, site: str, layer: int, out_dir: Pat
                if KNOBS[spec.knob].penalty else {}),
             "training_key": keys[spec.name],
             "site": site, "layer": layer, "d": store.d, "steps": trainer.step,
-            "tokens": trainer.step * config.train.batch_size, "seed": config.train.seed,
+            "tokens": trainer.step * config.train.batch_size, "seed": spec.training_seed(config.train.seed),
             "activation_scale": trainer.scale, "final_losses": trainer.last_losses[spec.name],
             "max_norm_ratio": config.train.max_norm_ratio,
             "massive_norm_threshold": trainer.massive_norm_threshold,

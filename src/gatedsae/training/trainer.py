@@ -27,7 +27,7 @@ from gatedsae.core.progress import progress_bar
 from gatedsae.plan.architectures import architecture
 from gatedsae.plan.config import Config, TrainConfig
 from gatedsae.plan.identity import training_state_identity
-from gatedsae.plan.grid import SAESpec, grid_specs, sae_seed
+from gatedsae.plan.grid import SAESpec, grid_specs, regrouped, sae_seed
 from gatedsae.saes.base import BatchedSAE, make_sae
 from gatedsae.training.curve_log import CurveLog
 from gatedsae.training.sparse_step import dense_step_, sparse_step_
@@ -39,20 +39,26 @@ class NonFiniteLossError(PipelineError):
     """A loss became NaN or inf; the message names the SAE and the step, the last good state is kept."""
 
 
-def build_grid(config: Config, d: int, site: str, scale: float = 1.0,
-               mean_sq_norm: float = 1.0) -> tuple[list[BatchedSAE], list[SAESpec]]:
-    """Batched modules for the sweep's groups at `site`; an SAE's init depends only on (seed, its spec).
-    λ is converted from the group's `l1_units` with the activation scale and E||x||² of the data."""
-    modules = []
-    for group in config.sweep.groups_at(site):
+def build_grid(config: Config, d: int, site: str, scale: float = 1.0, mean_sq_norm: float = 1.0,
+               specs: Optional[list[SAESpec]] = None) -> tuple[list[BatchedSAE], list[SAESpec], list[float]]:
+    """Batched modules for `specs` (by default every SAE of the sweep at `site`, every seed), one per sweep
+    group they come from, with each module's lr; the specs placed in those modules. An SAE's init depends
+    only on (its training seed, its spec). λ is converted from the group's `l1_units` with the activation
+    scale and E||x||² of the data."""
+    groups = config.sweep.groups_at(site)
+    specs = grid_specs(config, d, site) if specs is None else specs
+    modules, lrs = [], []
+    for g in dict.fromkeys(spec.group for spec in specs):
+        group, members = groups[g], [spec for spec in specs if spec.group == g]
         width = group.width(d)
-        seeds = [sae_seed(config.train.seed, group.arch, width, value) for value in group.values]
-        knob = (torch.tensor([group.internal_l1(v, d, scale, mean_sq_norm) for v in group.l1]) if group.knob == "l1"
-                else torch.tensor(group.values, dtype=torch.float32))
-        module = make_sae(group.arch, len(group.values), d, width, knob, config.train.seed, seeds=seeds)
+        seeds = [sae_seed(spec.training_seed(config.train.seed), group.arch, width, spec.value) for spec in members]
+        knob = (torch.tensor([group.internal_l1(spec.value, d, scale, mean_sq_norm) for spec in members])
+                if group.knob == "l1" else torch.tensor([spec.value for spec in members], dtype=torch.float32))
+        module = make_sae(group.arch, len(members), d, width, knob, config.train.seed, seeds=seeds)
         module.use_training_settings(config.train)
         modules.append(module)
-    return modules, grid_specs(config, d, site)
+        lrs.append(group.lr)
+    return modules, regrouped(specs), lrs
 
 
 class TrainingBatches:
@@ -107,10 +113,12 @@ def lr_factor(step: int, train: TrainConfig, resample_steps: list[int]) -> float
 
 
 class GridTrainer:
-    """Trains the sweep of `config` (or the given `grid`: modules, specs and one lr per module)."""
+    """Trains the sweep of `config` (or only its SAEs `specs`, or the given `grid`: modules, specs and one
+    lr per module)."""
 
     def __init__(self, config: Config, store: ShardedActivations, out_dir: Path,
-                 grid: Optional[tuple[list[BatchedSAE], list[SAESpec], list[float]]] = None, identity_extra: str = ""):
+                 grid: Optional[tuple[list[BatchedSAE], list[SAESpec], list[float]]] = None, identity_extra: str = "",
+                 specs: Optional[list[SAESpec]] = None):
         self.config, self.train, self.store, self.out_dir = config, config.train, store, Path(out_dir)
         self.device = torch.device(self.train.device)
         self.data_statistics = store.statistics(self.train.max_norm_ratio, self.train.statistics_tokens)
@@ -118,9 +126,8 @@ class GridTrainer:
         self.massive_norm_threshold = self.data_statistics["massive_norm_threshold"]
         self.scale = self._activation_scale()
         if grid is None:
-            modules, self.specs = build_grid(config, store.d, store.site, self.scale,
-                                             self.data_statistics["mean_sq_norm"])
-            self.base_lrs = [group.lr for group in config.sweep.groups_at(store.site)]
+            modules, self.specs, self.base_lrs = build_grid(config, store.d, store.site, self.scale,
+                                                            self.data_statistics["mean_sq_norm"], specs)
         else:
             modules, self.specs, self.base_lrs = grid
         self.identity_extra = identity_extra
@@ -180,8 +187,9 @@ class GridTrainer:
     def identity(self) -> str:
         """Settings a saved state must share to be resumed (settings at their neutral default left out, so
         adding one does not discard states)."""
+        members = ";".join(spec.name for spec in self.specs)  # which SAEs (and seeds) this trainer holds
         return training_state_identity(self.config.sweep.groups_at(self.store.site), self.train,
-                                       self.store.identity, self.store.d, self.identity_extra)
+                                       self.store.identity, self.store.d, f"{self.identity_extra}|{members}")
 
     def save_state(self) -> None:
         with atomic_path(self.out_dir / STATE_FILE) as tmp:

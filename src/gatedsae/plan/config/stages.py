@@ -89,9 +89,13 @@ class TrainConfig:
     site_devices: list[str] = field(default_factory=list)
     threads: int = 0
     seed: int = 0
+    # Training seeds of every SAE of the grid: seed, seed + 1, ... Each seed is an extra member of the
+    # batched grid, initialised (and resampled) from its own seed; all of them read the same batches in
+    # the same order (`seed` orders the data). The first keeps the SAE's name; the others add `_seed<s>`.
+    seeds: int = 1
 
     def validate(self) -> None:
-        for key in ("tokens", "batch_size", "checkpoint_every_steps", "buffer_rows"):
+        for key in ("tokens", "batch_size", "checkpoint_every_steps", "buffer_rows", "seeds"):
             require(getattr(self, key) > 0, f"train.{key}", "must be a positive integer")
         require(self.log_every_steps >= 0, "train.log_every_steps", "must be 0 (no training curves) or positive")
         require(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "train.adam_beta1",
@@ -129,6 +133,11 @@ class TrainConfig:
     @property
     def steps(self) -> int:
         return max(1, self.tokens // self.batch_size)
+
+    @property
+    def seed_values(self) -> list[int]:
+        """The training seeds of every SAE: `seed` first, then the extra ones."""
+        return [self.seed + i for i in range(self.seeds)]
 
 
 @dataclass
