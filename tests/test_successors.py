@@ -69,12 +69,14 @@ def test_checkpoints_load_in_sae_lens_and_compute_our_features(successors):
 def test_they_are_evaluated_and_reported_beside_gated(successors, tmp_path):
     _, _, outputs = successors
     metrics = pd.read_csv(outputs["metrics"])
-    topk = metrics[metrics["arch"] == "topk"].sort_values("k")
-    assert list(topk["k"]) == [2, 8] and topk["l1"].isna().all() and topk["l0_coefficient"].isna().all()
-    assert (topk["l0"] <= topk["k"] + 1e-6).all() and topk["l0"].iloc[0] < topk["l0"].iloc[1]
+    seeds = metrics["seed"].nunique()
+    assert seeds == 2  # every SAE trained with each of smoke's seeds
+    topk = metrics[metrics["arch"] == "topk"].sort_values(["k", "seed"])
+    assert list(topk["k"]) == [2] * seeds + [8] * seeds and topk["l1"].isna().all() and topk["l0_coefficient"].isna().all()
+    assert (topk["l0"] <= topk["k"] + 1e-6).all() and topk["l0"].iloc[0] < topk["l0"].iloc[-1]
     jumprelu = metrics[metrics["arch"] == "jumprelu"]
-    assert len(jumprelu) == 2 and jumprelu["loss_recovered"].notna().all() and jumprelu["l1"].isna().all()
-    assert sorted(jumprelu["l0_coefficient"]) == [0.001, 0.01]
+    assert len(jumprelu) == 2 * seeds and jumprelu["loss_recovered"].notna().all() and jumprelu["l1"].isna().all()
+    assert sorted(set(jumprelu["l0_coefficient"])) == [0.001, 0.01]
     comparisons = pd.read_csv(outputs["comparisons"])
     assert {("jumprelu", "gated"), ("topk", "gated")} <= set(zip(comparisons["arch"], comparisons["versus"]))
     table = outputs["markdown"].read_text()
