@@ -51,13 +51,13 @@ def data_dir(config: Config, seed: int) -> Path:
 def seed_config(config: Config, seed: int) -> Config:
     """The configuration a seed's run trains with: the synthetic data as the model (d = generator.d, one
     site, one layer), conf/groundtruth's sweep, train.* with groundtruth.train's values and the seed, and
-    every row kept (no massive activations to leave out)."""
+    every row kept (no massive activations to leave out); one training seed per run (its seeds are runs)."""
     truth = config.groundtruth
     d = truth.generator.d
     model = ModelConfig(name=SYNTHETIC, source="random", n_layers=1, d_model=d, n_heads=1, d_head=d, d_mlp=d,
                         d_vocab=1, n_ctx=2, seed=seed)
-    train = replace(config.train, **asdict(truth.train), seed=seed, max_norm_ratio=None, statistics_tokens=None,
-                    site_devices=[])
+    train = replace(config.train, **asdict(truth.train), seed=seed, seeds=1, max_norm_ratio=None,
+                    statistics_tokens=None, site_devices=[])
     experiment = replace(config.experiment, layers=[0], site_layers={}, sites=["resid_post"], chapters=[], chapter="",
                          context_length=2)
     return replace(config, model=model, corpus=CorpusConfig(name=SYNTHETIC, kind="hub", hub_dataset=SYNTHETIC),
