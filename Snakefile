@@ -243,11 +243,13 @@ rule evaluate:
 rule aggregate:
     """metrics.csv (one row per SAE), the paper-layout tables, the readings at the pre-registered levels
     (headline, levels, Figs. 8–9 comparisons, the ratio curve) and the DVC metrics summary, with 95%
-    intervals from a two-level bootstrap (training seeds, then held-out windows)."""
+    intervals from a two-level bootstrap (training seeds, then held-out windows), on the validation split;
+    the test split's readings apart (results/<experiment>/test/), for the verdict alone."""
     input:
         plan.evaluations(),
     output:
         **plan.aggregate_outputs(),
+        **plan.test_outputs(),
     params:
         config=plan.params("aggregate"),
     log:
@@ -293,12 +295,10 @@ rule figures:
 rule verdict:
     """verdict.json and verdict.md: each claim of the paper, read by the aggregate at its pre-registered
     level on the verdict's held-out split with its two-level interval, judged against the paper and the
-    reference run (reference/<experiment>/); the convergence of the SAEs behind each, from the curves."""
+    reference run (reference/<experiment>/); the convergence of the SAEs behind each, from the curves. The
+    only rule that reads the test split's readings."""
     input:
-        headline=plan.aggregate_outputs()["headline"],
-        levels=plan.aggregate_outputs()["levels"],
-        comparisons=plan.aggregate_outputs()["comparisons"],
-        metrics=plan.aggregate_outputs()["metrics"],
+        **plan.verdict_inputs(),
         curves=plan.curves(),
         reference=plan.reference_verdict(),
         groundtruth=plan.groundtruth_inputs(),

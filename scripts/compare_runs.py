@@ -20,8 +20,9 @@ import pandas as pd
 
 ARTIFACTS = {"activation shards": "activations/**/*.npy", "SAE weights": "checkpoints/**/sae_weights.safetensors",
              "sae-lens configs": "checkpoints/**/cfg.json"}
-TABLES = ("metrics.csv", "headline.csv", "comparisons.csv", "pareto.csv")
-ROW_KEY = ["model", "site", "layer", "arch", "variant", "sae"]
+TABLES = ("metrics.csv", "headline.csv", "comparisons.csv", "pareto.csv",  # the validation split (or all held-out)
+          "test/metrics.csv", "test/headline.csv", "test/comparisons.csv")  # the test split, where split
+ROW_KEY = ["model", "site", "layer", "split", "arch", "variant", "sae"]  # the sae name includes its seed
 NOT_RESULTS = {"checkpoint"}  # where a run happened to live
 
 

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import smoke_config
+from conftest import copy_data, smoke_config
 
 from gatedsae.data.corpus import CorpusUnavailableError, fetch_corpus, is_heldout, load_windows, read_documents
 from gatedsae.plan.config import load_config
@@ -37,6 +37,44 @@ def test_heldout_split_is_by_document_and_reproducible(smoke_tokens):
     # The same id always lands in the same split; another seed gives another split.
     assert [is_heldout(d["id"], 0.2, 0) for d in documents] == [is_heldout(d["id"], 0.2, 0) for d in documents]
     assert [is_heldout(d["id"], 0.2, 0) for d in documents] != [is_heldout(d["id"], 0.2, 1) for d in documents]
+
+
+def test_validation_and_test_are_disjoint_by_document_reproducible_and_spread(smoke_tokens, tmp_path):
+    """corpus.test_fraction cuts the held-out documents into validation and test by a seeded hash of their
+    id, before windowing: every held-out window's text comes from documents of its own part only; the
+    parts are spread along the held-out windows; a rerun writes the same bytes; the training windows are
+    those of a run that does not split (the split changes nothing outside the held-out set)."""
+    from gatedsae.data.corpus import heldout_parts, is_test, tokenize_corpus
+
+    corpus, tokens_dir = smoke_tokens.corpus, smoke_tokens.paths.tokens_dir("tiny", "tiny")
+    assert corpus.test_fraction == 0.5
+    parts, windows = heldout_parts(tokens_dir), np.asarray(load_windows(tokens_dir, "heldout"))
+    heldout = [d for d in read_documents(smoke_tokens.paths.text_dir("tiny"))
+               if is_heldout(d["id"], corpus.heldout_fraction, corpus.split_seed)]
+    test = {is_test(d["id"], corpus.test_fraction, corpus.split_seed) for d in heldout}
+    assert test == {True, False}, "both parts hold documents"
+    texts = {part: "\n".join(d["text"] for d in heldout if is_test(d["id"], corpus.test_fraction, corpus.split_seed)
+                             == bool(part)).encode() for part in (0, 1)}
+    manifest = json.loads((tokens_dir / "manifest.json").read_text())["heldout_split"]
+    assert [manifest[name]["windows"] for name in manifest["codes"]] == [int((parts == i).sum()) for i in (0, 1)]
+    checked = 0
+    for window, part in zip(windows, parts):
+        for segment in bytes(int(t) if t < 256 else 0 for t in window[1:]).split(b"\0"):  # EOS ends a document
+            if len(segment) >= 24:
+                assert segment in texts[part] and segment not in texts[1 - part]
+                checked += 1
+    assert checked >= len(windows) // 2  # most windows hold a long stretch of one document
+    first = parts[: len(parts) // 4]
+    assert 0 < first.mean() < 1, "any prefix of the held-out windows samples both parts"
+
+    again = copy_data(smoke_tokens, tmp_path / "again", ("text",))
+    tokenize_corpus(again)
+    for name in ("heldout.npy", "heldout_split.npy", "train.npy"):
+        assert (again.paths.tokens_dir("tiny", "tiny") / name).read_bytes() == (tokens_dir / name).read_bytes()
+    unsplit = copy_data(smoke_tokens, tmp_path / "unsplit", ("text",), "corpus.test_fraction=null")
+    tokenize_corpus(unsplit)
+    assert heldout_parts(unsplit.paths.tokens_dir("tiny", "tiny")) is None
+    assert (unsplit.paths.tokens_dir("tiny", "tiny") / "train.npy").read_bytes() == (tokens_dir / "train.npy").read_bytes()
 
 
 def test_corpus_manifest_records_sources(smoke_tokens):

@@ -163,15 +163,21 @@ def test_grid_evaluation_reuses_saved_results_and_recomputes_only_what_changed(t
     grid = json.loads(trained_smoke.paths.checkpoints_dir("tiny", "tiny", "resid_post", 1, "smoke")
                       .joinpath("grid.json").read_text())
     seeds = trained_smoke.train.seeds
-    assert len(rows) == len(grid["saes"]) + 2 * seeds  # and the two rescale-and-shift SAEs, every seed
+    # every SAE (the two rescale-and-shift ones too, every seed) once per held-out split
+    assert len(rows) == 2 * (len(grid["saes"]) + 2 * seeds)
     assert {row["variant"] for row in rows} == {"sweep", "rescale_shift"}
     assert sorted({row["seed"] for row in rows}) == trained_smoke.train.seed_values  # each row says its seed
+    by_split = {split: [row for row in rows if row["split"] == split] for split in ("validation", "test")}
+    assert len(by_split["validation"]) == len(by_split["test"]) == len(rows) // 2
+    # disjoint windows: the clean CE and the window counts are the split's own
+    assert by_split["validation"][0]["ce_clean"] != by_split["test"][0]["ce_clean"]
+    assert {r["ce_windows"] for r in by_split["validation"]} != {r["ce_windows"] for r in by_split["test"]}
     capsys.readouterr()
 
     evaluate_grid(trained_smoke, "resid_post", 1, progress=False, loaded=tiny_model)
     assert "evaluating" not in capsys.readouterr().out, "nothing changed: nothing is recomputed"
 
-    saved = path.parent / "sweep" / f"{grid['saes'][0]['sae']}.json"
+    saved = path.parent / "validation" / "sweep" / f"{grid['saes'][0]['sae']}.json"
     saved.unlink()
     evaluate_grid(trained_smoke, "resid_post", 1, progress=False, loaded=tiny_model)
     assert f"evaluating 1 of {len(rows)} SAEs" in capsys.readouterr().out
@@ -181,7 +187,8 @@ def test_grid_evaluation_reuses_saved_results_and_recomputes_only_what_changed(t
 def test_a_checkpoint_row_is_recomputed_by_the_documented_command(trained_smoke, tiny_model):
     rows = json.loads(evaluate_grid(trained_smoke, "attn_z", 1, progress=False, loaded=tiny_model).read_text())["rows"]
     row = rows[-1]
-    again = evaluate_checkpoint(trained_smoke, row["checkpoint"], progress=False)
+    assert row["split"] == "test"
+    again = evaluate_checkpoint(trained_smoke, row["checkpoint"], progress=False, split=row["split"])
     for key in ("l0", "fvu", "gamma", "alive_fraction", "ce_sae", "loss_recovered", "delta_lm_loss", "checkpoint_id"):
         assert again[key] == pytest.approx(row[key], rel=1e-6) if isinstance(row[key], float) else again[key] == row[key]
 
@@ -299,7 +306,7 @@ def test_a_killed_evaluation_keeps_every_sae_it_finished(trained_smoke, tiny_mod
     monkeypatch.setattr(CheckpointSAE, "reconstruct", killed_at_the_second_sae)
     with pytest.raises(KeyboardInterrupt):
         evaluate_grid(trained_smoke, site, 1, progress=False, loaded=tiny_model)
-    saved = list(out_dir.glob("*/*.json"))
+    saved = list(out_dir.glob("**/*.json"))  # <split>/<variant>/<sae>.json
     assert len(saved) == 1 and "samples" in json.loads(saved[0].read_text())
     monkeypatch.undo()
     capsys.readouterr()
@@ -340,3 +347,29 @@ def test_the_code_fingerprint_follows_the_code_not_its_comments(tmp_path):
     folder = code_fingerprint({"archs/": None}, tmp_path)
     (tmp_path / "archs" / "b.py").write_text("y = 2\n")
     assert code_fingerprint({"archs/": None}, tmp_path) != folder
+
+
+def test_development_tables_hold_validation_only_and_the_verdict_reads_test(trained_smoke, tiny_model, tmp_path):
+    """The aggregate stage writes development's tables (every later stage reads them) from the validation
+    rows alone, the test split's readings in results/<experiment>/test/; the verdict judges those."""
+    import pandas as pd
+
+    from gatedsae.cli.main import STAGES
+    from gatedsae.plan.layout import AGGREGATE_OUTPUTS, SPLIT_OUTPUTS, split_results
+
+    config = replace(trained_smoke, experiment=replace(trained_smoke.experiment, results_dir=str(tmp_path / "results")))
+    for site in SITES:
+        evaluate_grid(config, site, 1, progress=False, loaded=tiny_model)
+    STAGES["aggregate"].run(config)
+    results, test = config.experiment.results, split_results(config, "test")
+    assert test == results / "test" and split_results(config, "validation") == results
+    for name in ("metrics", "headline", "levels", "comparisons", "pareto", "ratio_curve"):
+        frame = pd.read_csv(results / AGGREGATE_OUTPUTS[name])
+        assert "split" not in frame or set(frame["split"].dropna()) <= {"validation"}, name
+    assert set(pd.read_csv(results / "metrics.csv")["split"]) == {"validation"}
+    assert sorted(p.name for p in test.iterdir()) == sorted(AGGREGATE_OUTPUTS[key] for key in SPLIT_OUTPUTS)
+    for key in SPLIT_OUTPUTS:
+        assert set(pd.read_csv(test / AGGREGATE_OUTPUTS[key])["split"]) == {"test"}, key
+    STAGES["verdict"].run(config)
+    verdict = json.loads((results / "verdict.json").read_text())
+    assert verdict["split"] == "test" and {claim["split"] for claim in verdict["claims"]} == {"test"}

@@ -143,7 +143,7 @@ def test_the_contract_covers_every_job_and_every_placement_setting():
 
 
 def test_settings_at_their_neutral_default_stay_out_of_params():
-    base = load_config(["experiment=smoke", "train.seeds=1"])  # smoke trains two seeds; the default is one
+    base = load_config(["experiment=smoke", "train.seeds=1", "corpus.test_fraction=null"])  # smoke: two seeds, a split
     params = json.loads(section_params(base, *NEUTRAL_DEFAULTS))
     for section, neutral in NEUTRAL_DEFAULTS.items():
         assert getattr(base, section).__dict__.items() >= neutral.items(), "the defaults are the neutral values"

@@ -66,6 +66,29 @@ def test_dry_run_lists_the_dag_without_network(experiment, tmp_path):
     assert not (tmp_path / "data").exists(), "a dry run must not create anything"
 
 
+def test_only_the_verdict_reads_the_test_split(tmp_path):
+    """The planned DAG: the test split's readings (results/<experiment>/test/) are an input of the verdict
+    and of no other job; the verdict reads no development table (figures, report, study and browser read
+    only the validation split's tables)."""
+    import re
+
+    from gatedsae.plan.workflow import ExperimentPlan
+
+    tools = f"paths.data={tmp_path / 'data'} browser.enabled=true study.enabled=true"
+    planned = snakemake("-n", "--config", "experiment=smoke", f"overrides={tools}", cwd=REPO_ROOT).stdout
+    inputs = {}
+    for rule, line in re.findall(r"rule (\w+):\n    input: ([^\n]*)", planned):
+        inputs.setdefault(rule, set()).update(line.split(", "))
+    plan = ExperimentPlan("smoke")
+    test_tables = set(plan.test_outputs().values())
+    assert test_tables and all("/test/" in path for path in test_tables)
+    assert {"figures", "report", "study", "browse", "aggregate", "verdict"} <= set(inputs)
+    readers = {rule for rule, paths in inputs.items() if any("results/smoke/test/" in path for path in paths)}
+    assert readers == {"verdict"}
+    assert test_tables <= inputs["verdict"]
+    assert not set(plan.aggregate_outputs().values()) & inputs["verdict"], "the verdict reads no development table"
+
+
 def test_dry_run_with_the_browser_and_the_study_switched_on(tmp_path):
     ratings = tmp_path / "ratings-a.json"
     ratings.write_text("{}")

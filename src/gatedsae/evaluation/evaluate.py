@@ -41,7 +41,7 @@ from gatedsae.plan.architectures import KNOBS, knob_fields
 from gatedsae.plan.config import Config
 from gatedsae.plan.identity import evaluation_identity
 from gatedsae.plan.grid import grid_indexes, read_trained_grid
-from gatedsae.plan.layout import METRICS_FILE
+from gatedsae.plan.layout import HELDOUT_SPLITS, METRICS_FILE, development_split
 from gatedsae.saes.checkpoints import checkpoint_id, decode_raw, encode_raw, read_checkpoint
 
 
@@ -126,25 +126,54 @@ class Evaluated:
     precision: dict  # the LM forwards' precision and its fidelity gate (provenance, not identity)
 
 
+DEVELOPMENT = "development"  # evaluate_saes' default split: development_split(config)
+
+
+def heldout_splits(config: Config) -> list[Optional[str]]:
+    """The held-out splits an SAE is evaluated on: validation and test where the held-out documents were
+    split (corpus.test_fraction), else the whole held-out set (None)."""
+    from gatedsae.data.corpus import heldout_parts
+
+    tokens_dir = config.paths.tokens_dir(config.model.name, config.corpus.name)
+    return list(HELDOUT_SPLITS) if heldout_parts(tokens_dir) is not None else [None]
+
+
+def split_windows(config: Config, split: Optional[str]) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """The CE windows of a held-out split (its first evaluate.ce_windows), and which held-out windows of
+    the store belong to it (None: every window, the held-out set not being split)."""
+    from gatedsae.data.corpus import heldout_parts, load_windows
+
+    tokens_dir = config.paths.tokens_dir(config.model.name, config.corpus.name)
+    windows = load_windows(tokens_dir, "heldout")
+    if split is None:
+        return np.asarray(windows[: config.evaluate.ce_windows]), None
+    parts = heldout_parts(tokens_dir)
+    if parts is None:
+        raise FileNotFoundError(f"the held-out windows in {tokens_dir} are not split into {HELDOUT_SPLITS}: run the "
+                                "tokenize stage with corpus.test_fraction set")
+    mine = parts == HELDOUT_SPLITS.index(split)
+    return np.asarray(windows[np.flatnonzero(mine)[: config.evaluate.ce_windows]]), mine
+
+
 def evaluate_each(config: Config, site: str, layer: int, saes: list[CheckpointSAE], loaded=None,
-                  progress: bool = False) -> Iterator[Evaluated]:
-    """Evaluate `saes` at (site, layer), yielding each SAE as soon as it is done: one pass over the
-    store for all of them, the clean prefixes once, then the remainder of the LM SAE by SAE."""
+                  progress: bool = False, split: Optional[str] = None) -> Iterator[Evaluated]:
+    """Evaluate `saes` at (site, layer) on a held-out split (None: the whole held-out set), yielding each
+    SAE as soon as it is done: one pass over the store for all of them, the clean prefixes once, then the
+    remainder of the LM SAE by SAE."""
     if not saes:
         return
     evaluate = config.evaluate
     if evaluate.threads > 0:
         torch.set_num_threads(evaluate.threads)
     started = time.time()
+    windows, store_windows = split_windows(config, split)
     store = ActivationStore(config.paths.activations_dir(config.model.name, config.corpus.name, site, layer), "heldout")
-    stored = reconstruction_metrics(saes, store, evaluate.heldout_tokens, evaluate.batch_rows, evaluate.device)
+    stored = reconstruction_metrics(saes, store, evaluate.heldout_tokens, evaluate.batch_rows, evaluate.device,
+                                    store_windows)
     if loaded is None:
         from gatedsae.data.models import load_model
 
         loaded = load_model(config.model, config.paths, evaluate.device)
-    from gatedsae.data.corpus import load_windows
-
-    windows = load_windows(config.paths.tokens_dir(config.model.name, config.corpus.name), "heldout")[: evaluate.ce_windows]
     precision = evaluation_precision(config, loaded.model, site, layer, windows, saes[0])
     print(f"evaluate at {site} layer {layer} in {precision.dtype}: {precision.reason}", flush=True)
     # The LM's matrices stay bf16 (under bf16) until the last SAE is done, or the generator is closed.
@@ -157,6 +186,7 @@ def evaluate_each(config: Config, site: str, layer: int, saes: list[CheckpointSA
             threshold = sae.massive_norm_threshold
             losses = held_out.losses(sae.reconstruct, threshold)
             row, samples = _assemble(sae, store_result, held_out, held_out.zero(threshold), losses)
+            row |= {} if split is None else {"split": split}
             yield Evaluated(sae, row, samples, shared + time.time() - started, precision.provenance())
 
 
@@ -173,9 +203,11 @@ def _assemble(sae: CheckpointSAE, stored: StoreResult, held_out: HeldOutWindows,
 
 
 def evaluate_saes(config: Config, site: str, layer: int, saes: list[CheckpointSAE], loaded=None,
-                  progress: bool = False) -> list[dict]:
-    """Metrics rows (without the grid columns) for `saes` at (site, layer)."""
-    return [evaluated.row for evaluated in evaluate_each(config, site, layer, saes, loaded, progress)]
+                  progress: bool = False, split: Optional[str] = DEVELOPMENT) -> list[dict]:
+    """Metrics rows (without the grid columns) for `saes` at (site, layer), on a held-out split (by
+    default development's: validation, or every held-out window when they are not split)."""
+    split = development_split(config) if split == DEVELOPMENT else split
+    return [evaluated.row for evaluated in evaluate_each(config, site, layer, saes, loaded, progress, split)]
 
 
 def evaluate_grid(config: Config, site: str, layer: int, progress: bool = True, loaded=None) -> Path:
@@ -188,26 +220,31 @@ def evaluate_grid(config: Config, site: str, layer: int, progress: bool = True, 
                  available_memory(config.evaluate.device, config))
     out_dir = config.paths.evaluation_dir(config.model.name, config.corpus.name, site, layer, config.sweep.name)
     store = ActivationStore(config.paths.activations_dir(config.model.name, config.corpus.name, site, layer), "heldout")
-    entries = []  # (variant, sae, path of its saved metrics, identity)
+    entries = []  # (split, variant, sae, path of its saved metrics, identity)
+    splits = heldout_splits(config)  # each SAE on each held-out split: one saved result (and row) per split
     for variant, index in grid_indexes(config, site, layer).items():
         for entry in read_trained_grid(index, variant):
             sae = CheckpointSAE.load(entry["path"], config.evaluate.device)
-            entries.append((variant, sae, out_dir / variant / f"{entry['sae']}.json",
-                            evaluation_identity(config, sae.checkpoint_id, sae.massive_norm_threshold,
-                                                store.manifest.config_hash, metrics_code_version())))
-    todo = [(variant, sae, path, identity) for variant, sae, path, identity in entries
-            if not _saved_matches(path, identity)]
+            identity = evaluation_identity(config, sae.checkpoint_id, sae.massive_norm_threshold,
+                                           store.manifest.config_hash, metrics_code_version())
+            entries += [(split, variant, sae, out_dir / (split or "") / variant / f"{entry['sae']}.json", identity)
+                        for split in splits]
+    todo = [entry for entry in entries if not _saved_matches(entry[3], entry[4])]
     if todo:
-        print(f"evaluating {len(todo)} of {len(entries)} SAEs at {site} layer {layer}", flush=True)
-        evaluated = evaluate_each(config, site, layer, [sae for _, sae, _, _ in todo], loaded, progress)
-        for (variant, _, path, identity), result in zip(todo, evaluated):
+        print(f"evaluating {len(todo)} of {len(entries)} SAEs at {site} layer {layer}"
+              + (f" ({len(splits)} held-out splits each)" if splits != [None] else ""), flush=True)
+    for split in splits:
+        mine = [entry for entry in todo if entry[0] == split]
+        evaluated = evaluate_each(config, site, layer, [sae for _, _, sae, _, _ in mine], loaded, progress, split)
+        for (_, variant, _, path, identity), result in zip(mine, evaluated):
             write_sealed_json(path, {"identity": identity, "seconds": result.seconds, "precision": result.precision,
                                      "row": result.row, "samples": result.samples})
-            print(f"  {variant}/{result.sae.record['sae']}: {result.seconds:.1f} s", flush=True)
+            print(f"  {split + '/' if split else ''}{variant}/{result.sae.record['sae']}: {result.seconds:.1f} s",
+                  flush=True)
     grid_columns = {"model": config.model.name, "corpus": config.corpus.name, "site": site, "layer": layer,
                     "sweep": config.sweep.name}
     rows = []
-    for variant, sae, path, _ in entries:
+    for _, variant, sae, path, _ in entries:
         saved = read_json(path, REEVALUATE)
         rows.append({**grid_columns, "variant": variant, **saved["row"], "samples": saved["samples"],
                      "checkpoint": str(sae.directory)})  # where it is now (a saved row may predate a move)
@@ -226,13 +263,14 @@ def _saved_matches(path: Path, identity: str) -> bool:
         return False
 
 
-def evaluate_checkpoint(config: Config, directory: str | Path, progress: bool = True) -> dict:
+def evaluate_checkpoint(config: Config, directory: str | Path, progress: bool = True,
+                        split: Optional[str] = DEVELOPMENT) -> dict:
     """One checkpoint's metrics, recomputed from scratch from the checkpoint and the data (the site and
-    layer are read from its training record)."""
+    layer are read from its training record), on a held-out split (by default development's)."""
     require_checkpoint_directory(Path(directory))
     sae = CheckpointSAE.load(directory, config.evaluate.device)
     site, layer = sae.record["site"], int(sae.record["layer"])
-    return evaluate_saes(config, site, layer, [sae], progress=progress)[0]
+    return evaluate_saes(config, site, layer, [sae], progress=progress, split=split)[0]
 
 
 def require_checkpoint_directory(directory: Path) -> None:

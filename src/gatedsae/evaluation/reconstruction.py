@@ -85,20 +85,34 @@ class StoreResult:
 
 @torch.no_grad()
 def reconstruction_metrics(saes: list, store, heldout_tokens: Optional[int], batch_rows: int,
-                           device: str) -> list[StoreResult]:
+                           device: str, windows_kept: Optional[np.ndarray] = None) -> list[StoreResult]:
     """Reconstruction metrics of each SAE over the same held-out rows, read once. Rows above an SAE's
-    `massive_norm_threshold` are left out of its metrics."""
+    `massive_norm_threshold` are left out of its metrics. `windows_kept` (one flag per held-out window):
+    only those windows' rows count (a held-out split's), their per-window sums numbered among themselves."""
     rows_per_window = store.manifest.positions_per_window
     total = len(store) if heldout_tokens is None else min(heldout_tokens, len(store))
     windows = math.ceil(total / rows_per_window)
+    renumber = None
+    if windows_kept is not None:  # window i of the store → its index among the kept windows, or -1
+        kept_flags = np.asarray(windows_kept[:windows], dtype=bool)
+        renumber = torch.from_numpy(np.where(kept_flags, np.cumsum(kept_flags) - 1, -1))
+        windows = int(kept_flags.sum())
     thresholds = [sae.massive_norm_threshold for sae in saes]
     kept = [ReconstructionStats(sae.width, store.d, windows) for sae in saes]
-    offset = 0
+    offset = skipped = 0
     for chunk in store.tokens(total):
         for rows in chunk.split(batch_rows):
             x = rows.to(device, torch.float32)
-            window_ids = torch.arange(offset, offset + len(x), device=device) // rows_per_window
+            window_ids = torch.arange(offset, offset + len(x)) // rows_per_window
             offset += len(x)
+            if renumber is not None:
+                window_ids = renumber[window_ids]
+                inside = window_ids >= 0
+                skipped += int((~inside).sum())
+                x, window_ids = x[inside.to(x.device)], window_ids[inside]
+                if not len(x):
+                    continue
+            window_ids = window_ids.to(device)
             norms = x.norm(dim=-1)
             for sae, threshold, stat in zip(saes, thresholds, kept):
                 features = sae.encode(x)
@@ -108,4 +122,4 @@ def reconstruction_metrics(saes: list, store, heldout_tokens: Optional[int], bat
                 else:
                     keep = norms <= threshold
                     stat.update(x[keep], features[keep], x_hat[keep], window_ids[keep])
-    return [StoreResult(stat.result(), stat.window_sums(), massive_rows=offset - stat.rows) for stat in kept]
+    return [StoreResult(stat.result(), stat.window_sums(), massive_rows=offset - skipped - stat.rows) for stat in kept]

@@ -181,7 +181,13 @@ def evaluate_estimate(config: Config, site: str) -> Estimate:
     remainder = model_parameters(config) - model_parameters(config, min(config.experiment.layers_at(site)))
     # the remainder runs once per SAE and twice for the zero-ablation (with and without massive positions)
     flops = tokens * (2 * model_parameters(config) + (n_saes + 2) * (2 * remainder + 4 * d * widest))
-    return Estimate(f"evaluate[{site}]", memory, flops, breakdown={"prefixes": prefixes})
+    # every held-out split (validation, test) has its own evaluate.ce_windows, evaluated one after the other
+    return Estimate(f"evaluate[{site}]", memory, flops * heldout_split_count(config), breakdown={"prefixes": prefixes})
+
+
+def heldout_split_count(config: Config) -> int:
+    """The held-out splits every SAE is evaluated on: validation and test (corpus.test_fraction), or one."""
+    return 1 if config.corpus.test_fraction is None else 2
 
 
 def _saes_per_grid(config: Config, site: str) -> int:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 # Settings added after artifacts existed, each at the value that reproduces the earlier behaviour: left
 # out of job params and training keys while at that value, so adding a setting reruns nothing.
 NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "corpus": {"test_fraction": None},
     "cache": {"mode": "store", "stream_keep_shards": 2},
     "sweep": {"all_tokens": False, "all_tokens_sites": []},
     "experiment": {"site_layers": {}},
@@ -90,7 +91,7 @@ def config_hash(config: Any) -> str:
 
 def store_settings(config: Config) -> dict:
     """The settings whose change invalidates an activation store (token budgets only extend it)."""
-    return {"model": asdict(config.model), "corpus": asdict(config.corpus), "seed": config.seed,
+    return {"model": asdict(config.model), "corpus": comparable("corpus", asdict(config.corpus)), "seed": config.seed,
             "context_length": config.experiment.context_length, "dtype": config.cache.dtype,
             "shard_sequences": config.cache.shard_sequences}
 

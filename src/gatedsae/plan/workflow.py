@@ -24,8 +24,12 @@ from gatedsae.plan.layout import (
     MODEL_MARKER,
     PAGE_FILE,
     REPORT_FILE,
+    SPLIT_OUTPUTS,
+    TEST,
     VERDICT_OUTPUTS,
     browser_dir,
+    split_results,
+    splits_heldout,
     study_dir,
 )
 
@@ -145,6 +149,19 @@ class ExperimentPlan:
 
     def aggregate_outputs(self) -> dict[str, str]:
         return {key: str(self.config.experiment.results / name) for key, name in AGGREGATE_OUTPUTS.items()}
+
+    def test_outputs(self) -> dict[str, str]:
+        """The aggregate's readings of the test split (`test_<table>`; none when the held-out documents are
+        not split): written beside development's, read by the verdict alone."""
+        if not splits_heldout(self.config):
+            return {}
+        folder = split_results(self.config, TEST)
+        return {f"test_{key}": str(folder / AGGREGATE_OUTPUTS[key]) for key in SPLIT_OUTPUTS}
+
+    def verdict_inputs(self) -> dict[str, str]:
+        """The tables the verdict judges: the aggregate's readings of verdict.split (the test split's folder)."""
+        folder = split_results(self.config, self.config.verdict.split)
+        return {key: str(folder / AGGREGATE_OUTPUTS[key]) for key in SPLIT_OUTPUTS}
 
     def verdict_outputs(self) -> dict[str, str]:
         return {key: str(self.config.experiment.results / name) for key, name in VERDICT_OUTPUTS.items()}

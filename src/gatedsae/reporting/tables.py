@@ -207,27 +207,42 @@ def write_csv_atomic(frame: pd.DataFrame, path: Path, columns: Sequence[str] | N
         frame.to_csv(tmp, index=False, columns=columns, float_format="%.6g")
 
 
+def on_split(frame: pd.DataFrame, split: Optional[str]) -> pd.DataFrame:
+    """The rows evaluated on a held-out split (None, or rows that name no split: every row)."""
+    if split is None or "split" not in frame or frame["split"].isna().all():
+        return frame
+    found = frame[frame["split"] == split].reset_index(drop=True)
+    if found.empty:
+        raise ValueError(f"no SAE was evaluated on the held-out split {split!r} (the rows hold "
+                         f"{sorted(set(frame['split'].dropna()))}): re-run the evaluate stage")
+    return found
+
+
 def aggregate(metrics_files: Iterable[Path], results: Path, intervals: Optional[IntervalsConfig] = None,
-              protocol: Optional[VerdictConfig] = None) -> dict[str, Path]:
+              protocol: Optional[VerdictConfig] = None, split: Optional[str] = None,
+              only: Optional[Sequence[str]] = None) -> dict[str, Path]:
     """Write metrics.csv, tables/, the readings at the pre-registered levels (headline.csv, levels.csv,
-    comparisons.csv, ratio_curve.csv) and summary.json under `results`."""
+    comparisons.csv, ratio_curve.csv) and summary.json under `results`, from the rows of the held-out
+    `split` (None: every row); `only`: just these of AGGREGATE_OUTPUTS (the test split's: SPLIT_OUTPUTS)."""
     from gatedsae.reporting.statistics import Readings
 
-    frame = collect(metrics_files)
+    frame = on_split(collect(metrics_files), split)
     bootstrap = Bootstrap(frame, intervals or IntervalsConfig())
     frame = bootstrap.sae_intervals(frame, SAE_INTERVALS)
     readings = Readings(frame, bootstrap, protocol or VerdictConfig())
     head, per_level = readings.headline()
-    outputs = {key: results / name for key, name in AGGREGATE_OUTPUTS.items()}
+    outputs = {key: results / name for key, name in AGGREGATE_OUTPUTS.items() if only is None or key in only}
     write_csv_atomic(frame.reindex(columns=metrics_columns(frame)), outputs["metrics"])
+    write_csv_atomic(head, outputs["headline"])
+    write_csv_atomic(per_level, outputs["levels"])
+    write_csv_atomic(readings.comparisons(), outputs["comparisons"])
+    if only is not None:
+        return outputs
     pareto_columns = ["model", "site", "layer", "arch", "seed", *architectures.KNOBS, "l0", "loss_recovered",
                       "loss_recovered_ci_low",
                       "loss_recovered_ci_high", "delta_lm_loss", "delta_lm_loss_ci_low", "delta_lm_loss_ci_high",
                       "fvu", "gamma"]
     write_csv_atomic(frame[frame["pareto"]].reindex(columns=pareto_columns), outputs["pareto"])
-    write_csv_atomic(head, outputs["headline"])
-    write_csv_atomic(per_level, outputs["levels"])
-    write_csv_atomic(readings.comparisons(), outputs["comparisons"])
     write_csv_atomic(readings.ratio_curve(), outputs["ratio_curve"])
     write_text_atomic(outputs["markdown"], markdown_tables(frame))
     write_text_atomic(outputs["latex"], latex_tables(frame))

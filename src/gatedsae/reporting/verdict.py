@@ -22,7 +22,7 @@ from gatedsae.plan.config import Config
 from gatedsae.plan.grid import MAIN_VARIANT, RESCALE_SHIFT_VARIANT
 from gatedsae.plan.groundtruth import outputs as groundtruth_outputs
 from gatedsae.plan.groundtruth import runs as groundtruth_runs
-from gatedsae.plan.layout import VERDICT_OUTPUTS
+from gatedsae.plan.layout import SPLIT_OUTPUTS, VERDICT_OUTPUTS
 from gatedsae.plan.sites import prose as site_prose
 from gatedsae.reporting import convergence
 from gatedsae.reporting.claims import (
@@ -37,7 +37,7 @@ from gatedsae.reporting.claims import (
 from gatedsae.reporting.groundtruth_claims import verdict_section as groundtruth_verdict_section
 
 UNSPLIT = "held-out (not split)"  # rows of a run whose held-out windows were not split
-MEASURED = ("headline", "levels", "comparisons", "metrics")  # the aggregate's tables the verdict judges
+MEASURED = SPLIT_OUTPUTS  # the aggregate's tables the verdict judges (headline, levels, comparisons, metrics)
 
 
 def on_split(tables: dict[str, pd.DataFrame], split: str) -> tuple[dict[str, pd.DataFrame], str]:
