@@ -39,7 +39,8 @@ def evaluated(smoke_trained, tiny_model, tmp_path_factory):
                        f"study.sites=[{SITE}]", "study.bootstrap=2000", "sweep.rescale_shift=false")
     config = replace(config, experiment=replace(config.experiment, results_dir=str(data / "results")))
     train_grid(config, SITE, LAYER, progress=False)
-    aggregate([evaluate_grid(config, SITE, LAYER, progress=False, loaded=tiny_model)], config.experiment.results)
+    aggregate([evaluate_grid(config, SITE, LAYER, progress=False, loaded=tiny_model)], config.experiment.results,
+              split="validation")  # development's tables, as the aggregate stage writes them
     return config
 
 

@@ -40,7 +40,7 @@ def successors(smoke_cache, tiny_model, tmp_path_factory):
     config.validate()
     index = read_grid_index(train_grid(config, SITE, LAYER, progress=False))
     outputs = aggregate([evaluate_grid(config, SITE, LAYER, progress=False, loaded=tiny_model)],
-                        config.experiment.results)
+                        config.experiment.results, split="validation")  # development's tables, as the stage writes them
     return config, index, outputs
 
 
