@@ -27,7 +27,8 @@ from gatedsae.data.corpus_sources import Document, extract_documents
 from gatedsae.data.packages import fetch_package
 from gatedsae.plan.config import REPO_ROOT, Config, CorpusConfig, PathsConfig, SourceConfig, to_dict
 from gatedsae.plan.health import RETOKENIZE, tokens_problem
-from gatedsae.plan.layout import DOCUMENTS, HELDOUT_SPLIT_FILE, HELDOUT_SPLITS, MANIFEST, SPLITS, TEST, TOKEN_HASHES, VALIDATION
+from gatedsae.plan.layout import (DOCUMENTS, HELDOUT_SPLIT_FILE, HELDOUT_SPLITS, MANIFEST, SPLITS, TEST, TOKEN_HASHES,
+                                  VALIDATION)
 
 
 class CorpusUnavailableError(PipelineError):

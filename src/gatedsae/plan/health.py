@@ -36,10 +36,14 @@ from gatedsae.plan.layout import (
     MANIFEST,
     METRICS_FILE,
     REPORT_FILE,
+    SPLIT_OUTPUTS,
     SPLITS,
+    TEST,
     TOKEN_HASHES,
     TRAINING_RECORD,
     VERDICT_OUTPUTS,
+    split_results,
+    splits_heldout,
 )
 
 if TYPE_CHECKING:
@@ -71,6 +75,8 @@ def stage_outputs(config: Config, stage: str) -> Optional[tuple[Path, list[Path]
     results, figures = config.experiment.results, config.experiment.figures
     if stage == "aggregate":
         files = [results / name for name in AGGREGATE_OUTPUTS.values()]
+        if splits_heldout(config):  # and the test split's readings, in their own folder
+            files += [split_results(config, TEST) / AGGREGATE_OUTPUTS[key] for key in SPLIT_OUTPUTS]
     elif stage == "verdict":
         files = [results / name for name in VERDICT_OUTPUTS.values()]
     elif stage == "curves":

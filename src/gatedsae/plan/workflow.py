@@ -228,7 +228,8 @@ class ExperimentPlan:
         """Every output of the jobs a stage adds to the DAG (the report: aggregate, curves, figures, verdict
         and the report itself), concrete."""
         if stage == "report":
-            return [*self.aggregate_outputs().values(), self.curves(), self.figures_index(),
+            return [*self.aggregate_outputs().values(), *self.test_outputs().values(), self.curves(),
+                    self.figures_index(),
                     *self.verdict_outputs().values(), self.report(), *self.groundtruth_targets()]
         patterns = {"cache": [self.model_marker(), self.corpus_manifest(), self.tokens_manifest(), self.store_manifest()],
                     "train": [self.grid_index()], "evaluate": [self.evaluation()]}
