@@ -444,7 +444,7 @@ def test_disk_full_while_saving_the_training_state_keeps_the_last_one_and_resume
 
     from gatedsae.training.stages import train_grid
 
-    root = small_disk(640)  # one training state (~430 KiB) fits, not a second beside it
+    root = small_disk(1280)  # one training state (~860 KiB: every SAE twice, smoke trains two seeds) fits, not a second
     outside = copy_data(reference.paths.root, tmp_path / "outside", "tokens", "activations")
     for part in ("tokens", "activations"):
         (root / part).symlink_to(outside / part)
