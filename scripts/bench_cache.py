@@ -1,10 +1,14 @@
-"""Benchmark: activation caching vs a bare forward to the same layer; fp32 vs bf16 model weights.
+"""Benchmark: activation caching vs a bare forward to the same layer, in float32 and in the precision
+`precision.cache=auto` chooses on this machine (bf16 where it is native and passes the cache's gate).
 
-    python scripts/bench_cache.py [--windows 256] [hydra overrides...]
+    python scripts/bench_cache.py [--windows 256] [--repeats 2] [hydra overrides...]
 
 Writes results/benchmarks/cache.json. `caching_overhead` = (time of a cache run) / (time of bare
-forwards over the same windows) − 1 for the default configuration (the experiment's sites and layers,
-its storage dtype and batch), with the model in float32.
+forwards over the same windows, in the same precision) − 1 for the default configuration (the
+experiment's sites and layers, its storage dtype and batch). `auto_speedup` = wall time of the float32
+cache run / that of the automatic one, the two run one after the other in each repetition (median over
+repetitions); the automatic run's gate (relative error of the cached activations) is recorded as its
+stores' manifests record it.
 
 The two are measured *paired*: inside each cache run, every batch's forward (hooks, BOS dropped, copies)
 is preceded by a bare forward of the same tokens, so both see the same machine state; the rest of the
@@ -17,6 +21,7 @@ model's forward, and that paired per-batch CPU times put at 1%.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -37,7 +42,7 @@ from gatedsae.data.models import load_model
 from gatedsae.plan.config import REPO_ROOT, load_config
 
 
-def bare_forward(model, windows: np.ndarray, batch: int, stop_at: int) -> float:
+def bare_forward(model, windows: np.ndarray, batch: int, stop_at: int) -> float:  # float32
     started = time.perf_counter()
     with torch.inference_mode():
         for start in range(0, len(windows), batch):
@@ -52,24 +57,34 @@ def paired_cache_run(config, loaded, scratch: Path) -> dict:
 
     cache_forward, pairs = activations._forward, []
 
-    def paired(model, tokens, keys, stop_at):
+    def paired(model, tokens, keys, stop_at, precision=None):
         wall, cpu = time.perf_counter(), time.process_time()
-        with torch.inference_mode():
-            model(tokens, stop_at_layer=stop_at)
+        with torch.inference_mode(), contextlib.nullcontext() if precision is None else precision.autocast():
+            model(tokens, stop_at_layer=stop_at)  # the cache holds the matrices in bf16 under bf16
         middle = time.perf_counter(), time.process_time()
-        outputs = list(cache_forward(model, tokens, keys, stop_at))
+        outputs = list(cache_forward(model, tokens, keys, stop_at, precision))
         pairs.append({"bare": (middle[0] - wall, middle[1] - cpu),
                       "cached": (time.perf_counter() - middle[0], time.process_time() - middle[1])})
         return iter(outputs)
 
-    activations._forward = paired
+    gate = activations.cache_precision
+
+    def unpaired_gate(*args, **kwargs):  # the precision's fidelity gate counts in the run's rest, unpaired
+        activations._forward = cache_forward
+        try:
+            return gate(*args, **kwargs)
+        finally:
+            activations._forward = paired
+
+    activations._forward, activations.cache_precision = paired, unpaired_gate
     try:
         wall, cpu = time.perf_counter(), time.process_time()
         cached_forward(config, loaded, scratch)
         total = (time.perf_counter() - wall, time.process_time() - cpu)
     finally:
-        activations._forward = cache_forward
-    result = {}
+        activations._forward, activations.cache_precision = cache_forward, gate
+    manifest = next((scratch / "activations").rglob("manifest.json"))
+    result = {"wall_seconds": total[0], "precision": json.loads(manifest.read_text())["precision"]}
     for clock, k in (("wall", 0), ("cpu", 1)):
         bare = sum(p["bare"][k] for p in pairs)
         cached = sum(p["cached"][k] for p in pairs)
@@ -97,7 +112,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--windows", type=int, default=256, help="context windows per timed run")
     parser.add_argument("--repeats", type=int, default=2, help="paired cache runs (the median counts)")
-    parser.add_argument("--bf16-windows", type=int, default=16, help="windows for the bf16-weights comparison")
     parser.add_argument("--out", default=str(REPO_ROOT / "results" / "benchmarks" / "cache.json"))
     args, overrides = parser.parse_known_args()
 
@@ -112,36 +126,34 @@ def main() -> None:
     stop_at = max(base.experiment.layers) + 1
     heldout_windows = per_shard
 
-    # Caching vs bare forward, float32 weights (the default): the same batches, paired (see the docstring).
+    # Caching vs bare forward in the same precision, paired (see the docstring); float32 and automatic
+    # runs one after the other in each repetition.
     loaded = load_model(base.model, base.paths)
     batch = base.cache.batch_sequences
     bare_forward(loaded.model, windows[:batch], batch, stop_at)  # warm-up
+    settings = ("float32", "auto")
+    runs: dict[str, list[dict]] = {setting: [] for setting in settings}
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [paired_cache_run(base, loaded, Path(tmp) / "store") for _ in range(args.repeats)]
+        for _ in range(args.repeats):
+            for setting in settings:
+                config = replace(base, precision=replace(base.precision, cache=setting))
+                runs[setting].append(paired_cache_run(config, loaded, Path(tmp) / "store"))
+                print(setting, json.dumps(runs[setting][-1]["wall"]), file=sys.stderr, flush=True)
     tokens = (windows_total + heldout_windows) * positions
-    median = lambda clock, key: float(np.median([r[clock][key] for r in runs]))  # noqa: E731
-    bare_seconds, overhead = median("wall", "bare_seconds"), median("wall", "caching_overhead")
-    float32 = {"tokens": tokens, "batches": runs[0]["batches"],
-               "bare_tokens_per_s": tokens / bare_seconds,
-               "cached_tokens_per_s": tokens / (bare_seconds * (1 + overhead)),
-               "caching_overhead": median("wall", "caching_overhead"),
-               "caching_overhead_cpu_time": median("cpu", "caching_overhead"),
-               "caching_overhead_runs": [r["wall"]["caching_overhead"] for r in runs],
-               "runs": runs}
-    print("float32", json.dumps(float32), file=sys.stderr)
 
-    # bf16 weights: speed of a bare forward on a few windows, and the quality cost in log-probs.
-    probe = windows[: args.bf16_windows]
-    probe_tokens = torch.from_numpy(np.asarray(probe, dtype=np.int64))
-    speed, logprobs = {}, {}
-    for dtype in ("float32", "bfloat16"):
-        model = loaded.model if dtype == "float32" else load_model(replace(base.model, dtype=dtype), base.paths).model
-        bare_forward(model, probe[:1], batch, stop_at)
-        speed[dtype] = len(probe) * positions / bare_forward(model, probe, batch, stop_at)
-        with torch.inference_mode():
-            logprobs[dtype] = model(probe_tokens).float().log_softmax(-1)
-    diff = (logprobs["bfloat16"] - logprobs["float32"]).abs()
-    ce = {d: -lp[:, :-1].gather(-1, probe_tokens[:, 1:, None]).mean().item() for d, lp in logprobs.items()}
+    def figures(setting: str) -> dict:
+        median = lambda clock, key: float(np.median([r[clock][key] for r in runs[setting]]))  # noqa: E731
+        bare_seconds, overhead = median("wall", "bare_seconds"), median("wall", "caching_overhead")
+        return {"tokens": tokens, "batches": runs[setting][0]["batches"],
+                "precision": runs[setting][-1]["precision"],
+                "bare_tokens_per_s": tokens / bare_seconds,
+                "cached_tokens_per_s": tokens / (bare_seconds * (1 + overhead)),
+                "caching_overhead": overhead,
+                "caching_overhead_cpu_time": median("cpu", "caching_overhead"),
+                "caching_overhead_runs": [r["wall"]["caching_overhead"] for r in runs[setting]],
+                "runs": runs[setting]}
+
+    speedups = [f["wall_seconds"] / a["wall_seconds"] for f, a in zip(runs["float32"], runs["auto"])]
     report = {
         "benchmark": "activation caching",
         "command": "python scripts/bench_cache.py " + " ".join(sys.argv[1:]),
@@ -152,20 +164,15 @@ def main() -> None:
         "storage_dtype": base.cache.dtype,
         "batch_sequences": batch,
         "context_length": base.experiment.context_length,
-        "caching_overhead": float32["caching_overhead"],
+        "repeats": args.repeats,
+        "caching_overhead": figures("auto")["caching_overhead"],
+        "auto_precision": runs["auto"][-1]["precision"]["dtype"],
+        "auto_speedup": {"median": float(np.median(speedups)), "min": min(speedups), "max": max(speedups),
+                         "each": speedups},
         "load_average": os.getloadavg(),
         "target_caching_overhead": 0.10,
-        "float32": float32,
-        "bf16_weights": {
-            "bare_tokens_per_s_float32": speed["float32"],
-            "bare_tokens_per_s_bfloat16": speed["bfloat16"],
-            "bf16_speedup": speed["bfloat16"] / speed["float32"],
-            "max_abs_logprob_diff": diff.max().item(),
-            "mean_abs_logprob_diff": diff.mean().item(),
-            "cross_entropy_float32": ce["float32"],
-            "cross_entropy_bfloat16": ce["bfloat16"],
-            "probe_tokens": int(probe_tokens.numel()),
-        },
+        "float32": figures("float32"),
+        "auto": figures("auto"),
     }
     write_json_atomic(args.out, report)
     print(json.dumps(report, indent=2))

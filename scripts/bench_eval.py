@@ -1,19 +1,32 @@
-"""Benchmark: the spliced evaluation's cost per SAE against a full forward of the LM.
+"""Benchmark: the spliced evaluation's time per SAE per CE window, against a plain full forward in the same
+precision, float32 and bf16, and against the previous evaluation path; plus bf16's fidelity on this data.
 
-    python scripts/bench_eval.py [--windows 32] [hydra overrides...]
+    python scripts/bench_eval.py [--windows 8] [--repeats 3] [--sites resid_post] [hydra overrides...]
 
-For each site of the experiment's first layer, on the same batches of held-out windows, times
-(1) full forwards, (2) the clean prefix (once per batch) and (3) per SAE: encode + decode of the
-site's activations and the remainder of the model. `cost_per_sae_vs_full_forward` is (3) / (1) for the
-residual stream of the default configuration: below 1 because the prefix is not repeated. Uses the
-first SAE of each trained grid when one exists, otherwise a random SAE of the sweep's Gated width
-(the cost does not depend on the weights). Writes results/benchmarks/eval.json.
+On the same held-out windows, each repetition times, interleaved so that every figure sees the same
+machine state (the machine is shared: only ratios inside one repetition mean anything):
+
+- `full`: a plain full forward of the LM and the CE of its logits, in float32 and in bf16;
+- `previous`: the evaluation's per-SAE path before this benchmark's changes (TransformerLens' remainder
+  through its own unembedding, then the CE of a whole batch's logits), float32;
+- `ours`: the per-SAE path now (encode + decode, the remainder to the last block, the chunked
+  unembedding and CE), in float32 and in bf16; and the clean prefix, which runs once per batch for all SAEs.
+
+Times are per SAE per CE window. Ratios: `ours / full` in the same precision, and `speedup` =
+previous float32 / ours in the precision `precision.evaluate=auto` chooses here (after the gate); each
+is the median over repetitions with its min and max. The SAE timed is a random Gated SAE of the sweep's
+width (the cost does not depend on the weights). Fidelity (bf16 against float32 on the same windows)
+needs a reconstruction that resembles an SAE's: a rank-d/8 PCA of the site's activations (its FVU is
+recorded), with massive positions (norm above train.max_norm_ratio × the median) kept clean as the
+pipeline keeps them; the evaluation's own gate (`evaluation/precision_gate.py`) runs with it too.
+Writes results/benchmarks/eval.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,18 +35,18 @@ import numpy as np
 import torch
 
 from gatedsae.core.atomic import write_json_atomic
-from gatedsae.core.precision import machine
+from gatedsae.core.precision import choose, machine
 from gatedsae.data.corpus import load_windows
+from gatedsae.data.lm_precision import lm_forward_precision, matmul_weights
 from gatedsae.data.models import load_model
-from gatedsae.evaluation.evaluate import CheckpointSAE
-from gatedsae.evaluation.spliced import SplicedLM, next_token_losses
+from gatedsae.evaluation.precision_gate import ce_means, evaluation_precision
+from gatedsae.evaluation.spliced import SplicedLM, kept_positions, next_token_losses
 from gatedsae.plan.architectures import PROPOSED
 from gatedsae.plan.config import REPO_ROOT, load_config
-from gatedsae.plan.grid import read_grid_index
 
 
 class RandomGated:
-    """Stands in for a checkpoint when no grid is trained: the same matmuls as a tied Gated SAE."""
+    """A tied Gated SAE's matmuls with random weights: what the time per SAE depends on."""
 
     def __init__(self, d: int, width: int):
         generator = torch.Generator().manual_seed(0)
@@ -41,22 +54,44 @@ class RandomGated:
         self.W_dec = torch.randn(width, d, generator=generator) / width**0.5
         self.b_gate, self.r_mag, self.b_mag = torch.zeros(width), torch.zeros(width), torch.zeros(width)
 
-    def encode(self, x):
-        z = x @ self.W_enc
-        return (z + self.b_gate > 0).float() * torch.relu(torch.exp(self.r_mag) * z + self.b_mag)
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1]).float()
+        z = flat @ self.W_enc
+        f = (z + self.b_gate > 0).float() * torch.relu(torch.exp(self.r_mag) * z + self.b_mag)
+        return (f @ self.W_dec).reshape(x.shape)
 
-    def decode(self, f):
-        return f @ self.W_dec
+
+class PCAStandIn:
+    """A rank-k PCA reconstruction of the site's activations: an SAE-like error for the fidelity check."""
+
+    def __init__(self, activations: torch.Tensor, rank: int, max_norm_ratio: float | None):
+        rows = activations[:, 1:].reshape(-1, activations.shape[-1]).float()
+        norms = rows.norm(dim=-1)
+        self.massive_norm_threshold = None if max_norm_ratio is None else float(max_norm_ratio * norms.median())
+        kept = rows if self.massive_norm_threshold is None else rows[norms <= self.massive_norm_threshold]
+        self.mean = kept.mean(0)
+        self.basis = torch.linalg.svd(kept - self.mean, full_matrices=False).Vh[:rank].T
+        centred = kept - self.mean
+        self.fvu = float(((centred - centred @ self.basis @ self.basis.T) ** 2).sum() / (centred**2).sum())
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x.float() - self.mean
+        return self.mean + centred @ self.basis @ self.basis.T
 
 
-def first_sae(config, site: str, layer: int):
-    index = config.paths.checkpoints_dir(config.model.name, config.corpus.name, site, layer,
-                                         config.sweep.name) / "grid.json"
-    if index.exists():
-        return CheckpointSAE.load(read_grid_index(index)[0]["path"]), "trained checkpoint"
-    d = config.model.site_width(site)
-    gated = next(g for g in config.sweep.groups if g.arch == PROPOSED)
-    return RandomGated(d, gated.width(d)), "random Gated SAE of the sweep's width"
+def previous_remainder_losses(spliced: SplicedLM, prefix, replacement: torch.Tensor) -> torch.Tensor:
+    """The per-SAE path before: TransformerLens from the splice to its logits, then the batch's CE."""
+    kept = kept_positions(prefix.activation, None)
+    replaced = torch.where(kept[..., None], prefix.activation, replacement.to(prefix.activation.dtype))
+    if spliced.site == "resid_post":
+        logits = spliced.model.run_with_hooks(replaced, start_at_layer=spliced._start, fwd_hooks=[])
+    else:
+        from gatedsae.plan.sites import unflatten
+
+        logits = spliced.model.run_with_hooks(
+            prefix.residual, start_at_layer=spliced._start,
+            fwd_hooks=[(spliced.hook, lambda activation, hook: unflatten(spliced.site, replaced, activation))])
+    return next_token_losses(logits, prefix.tokens)
 
 
 def timed(function) -> float:
@@ -65,55 +100,98 @@ def timed(function) -> float:
     return time.perf_counter() - started
 
 
+def summary(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "each": values}
+
+
 @torch.inference_mode()
-def measure(loaded, config, site: str, layer: int, windows: np.ndarray, batch: int, repeats: int) -> dict:
-    spliced = SplicedLM(loaded.model, site, layer)
-    sae, kind = first_sae(config, site, layer)
-    batches = [torch.from_numpy(np.asarray(windows[s : s + batch], dtype=np.int64)) for s in range(0, len(windows), batch)]
-    full = prefix = per_sae = 0.0
-    for _ in range(repeats):
-        for tokens in batches:
-            full += timed(lambda: next_token_losses(loaded.model(tokens), tokens))
-            started = time.perf_counter()
-            state = spliced.prefix(tokens)
-            prefix += time.perf_counter() - started
+def repetition(model, site: str, layer: int, batches: list[torch.Tensor], sae: RandomGated) -> dict[str, float]:
+    """Seconds per SAE per window of every path, one after the other on the same batches."""
+    seconds = dict.fromkeys(("full_float32", "previous_float32", "ours_float32", "prefix_float32",
+                             "full_bfloat16", "ours_bfloat16", "prefix_bfloat16"), 0.0)
+    for dtype in ("float32", "bfloat16"):
+        precision = choose("evaluate", dtype)
+        spliced = SplicedLM(model, site, layer, precision)
+        with matmul_weights(model, precision):
+            for tokens in batches:
+                with precision.autocast():
+                    seconds[f"full_{dtype}"] += timed(lambda: next_token_losses(model(tokens), tokens))
+                started = time.perf_counter()
+                prefix = spliced.prefix(tokens)
+                seconds[f"prefix_{dtype}"] += time.perf_counter() - started
+                seconds[f"ours_{dtype}"] += timed(lambda: spliced.token_losses(prefix, sae.reconstruct(prefix.activation)))
+                if dtype == "float32":
+                    seconds["previous_float32"] += timed(
+                        lambda: previous_remainder_losses(spliced, prefix, sae.reconstruct(prefix.activation)))
+    windows = sum(len(tokens) for tokens in batches)
+    return {name: value / windows for name, value in seconds.items()}
 
-            def one_sae():
-                flat = state.activation.reshape(-1, state.activation.shape[-1]).float()
-                x_hat = sae.decode(sae.encode(flat)).reshape(state.activation.shape)
-                spliced.token_losses(state, x_hat)
 
-            per_sae += timed(one_sae)
-    return {"site": site, "layer": layer, "sae": kind, "full_forward_s": full, "prefix_s": prefix,
-            "per_sae_s": per_sae, "cost_per_sae_vs_full_forward": per_sae / full,
-            "prefix_vs_full_forward": prefix / full,
-            "evaluating_12_saes_vs_12_full_forwards": (prefix + 12 * per_sae) / (12 * full)}
+def fidelity(config, model, site: str, layer: int, windows: np.ndarray) -> dict:
+    """CE clean, zero-ablated and spliced (PCA stand-in) in float32 and bf16; the evaluation's gate."""
+    tokens = torch.from_numpy(np.asarray(windows, dtype=np.int64))
+    spliced = SplicedLM(model, site, layer)
+    with torch.inference_mode():
+        activations = torch.cat([spliced.prefix(tokens[s : s + 8]).activation.float() for s in range(0, len(tokens), 8)])
+    stand_in = PCAStandIn(activations, model.cfg.d_model // 8, config.train.max_norm_ratio)
+    batch = config.evaluate.batch_windows
+    means = {dtype: ce_means(model, site, layer, windows, stand_in, batch, "cpu", choose("evaluate", dtype))
+             for dtype in ("float32", "bfloat16")}
+    gate = evaluation_precision(config, model, site, layer, windows, stand_in)
+    return {"stand_in": f"rank-{model.cfg.d_model // 8} PCA of the site's activations", "stand_in_fvu": stand_in.fvu,
+            "windows": len(windows), "ce_float32": means["float32"], "ce_bfloat16": means["bfloat16"],
+            "abs_difference_nats": {k: abs(means["bfloat16"][k] - means["float32"][k]) for k in means["float32"]},
+            "tolerance_nats": config.precision.gate.ce_nats, "gate": gate.provenance()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--windows", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--windows", type=int, default=8, help="CE windows timed per repetition")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--fidelity-windows", type=int, default=16)
+    parser.add_argument("--sites", default="", help="comma-separated (default: the experiment's)")
     parser.add_argument("--out", default=str(REPO_ROOT / "results" / "benchmarks" / "eval.json"))
     args, overrides = parser.parse_known_args()
     config = load_config(overrides)
-    loaded = load_model(config.model, config.paths, config.evaluate.device)
-    windows = load_windows(config.paths.tokens_dir(config.model.name, config.corpus.name), "heldout")[: args.windows]
+    model = load_model(config.model, config.paths, "cpu").model
+    heldout = load_windows(config.paths.tokens_dir(config.model.name, config.corpus.name), "heldout")
     layer = config.experiment.layers[0]
-    loaded.model(torch.from_numpy(np.asarray(windows[:2], dtype=np.int64)))  # warm-up
-    sites = [measure(loaded, config, site, layer, windows, config.evaluate.batch_windows, args.repeats)
-             for site in config.experiment.sites]
-    default = next(s for s in sites if s["site"] == "resid_post") if any(
-        s["site"] == "resid_post" for s in sites) else sites[0]
-    result = {
+    sites = args.sites.split(",") if args.sites else list(config.experiment.sites)
+    batch = config.evaluate.batch_windows
+    timed_windows = heldout[: args.windows]
+    batches = [torch.from_numpy(np.asarray(timed_windows[s : s + batch], dtype=np.int64)) for s in range(0, len(timed_windows), batch)]
+    with lm_forward_precision(model, choose("evaluate", "bfloat16")), torch.inference_mode():
+        model(batches[0][:1])  # warm-up of the bf16 kernels
+    results = []
+    for site in sites:
+        d = config.model.site_width(site)
+        gated = next(g for g in config.sweep.groups if g.arch == PROPOSED)
+        sae = RandomGated(d, gated.width(d))
+        check = fidelity(config, model, site, layer, heldout[: args.fidelity_windows])
+        auto = check["gate"]["dtype"]
+        runs = []
+        for index in range(args.repeats):
+            runs.append(repetition(model, site, layer, batches, sae))
+            print(site, index, json.dumps({k: round(v, 3) for k, v in runs[-1].items()}), file=sys.stderr, flush=True)
+        results.append({
+            "site": site, "layer": layer, "sae_width": gated.width(d), "auto_precision": auto,
+            "seconds_per_sae_per_window": {name: summary([run[name] for run in runs]) for name in runs[0]},
+            "ours_vs_full_forward": {dtype: summary([run[f"ours_{dtype}"] / run[f"full_{dtype}"] for run in runs])
+                                     for dtype in ("float32", "bfloat16")},
+            "speedup_vs_previous": summary([run["previous_float32"] / run[f"ours_{auto}"] for run in runs]),
+            "speedup_vs_previous_same_precision_float32": summary([run["previous_float32"] / run["ours_float32"] for run in runs]),
+            "bf16_vs_float32_ours": summary([run["ours_float32"] / run["ours_bfloat16"] for run in runs]),
+            "fidelity": check,
+        })
+    write_json_atomic(Path(args.out), {
         "command": " ".join([sys.executable, *sys.argv]), "machine": machine(), "model": config.model.name,
-        "windows": args.windows, "context_length": config.experiment.context_length,
-        "batch_windows": config.evaluate.batch_windows, "repeats": args.repeats,
-        "cost_per_sae_vs_full_forward": default["cost_per_sae_vs_full_forward"], "sites": sites,
-        "note": "per SAE: encode + decode + the model from the site on; the prefix runs once per batch for all SAEs",
-    }
-    write_json_atomic(Path(args.out), result)
-    print(json.dumps({s["site"]: round(s["cost_per_sae_vs_full_forward"], 3) for s in sites}))
+        "windows": args.windows, "batch_windows": batch, "context_length": config.experiment.context_length,
+        "repeats": args.repeats, "sites": results,
+        "note": "seconds per SAE per CE window; ratios within each repetition (median, min, max over repetitions); "
+                "speedup_vs_previous = previous float32 path / ours in the precision auto chooses here",
+    })
+    print(json.dumps({r["site"]: {"speedup": round(r["speedup_vs_previous"]["median"], 2), "auto": r["auto_precision"]}
+                      for r in results}))
     print(f"wrote {args.out}")
 
 
