@@ -1,0 +1,105 @@
+"""The tables of docs/benchmarks.md, rendered from the benchmark JSON files (results/benchmarks/), so that
+every number and every statement about a machine there is what the cited file records."""
+
+from __future__ import annotations
+
+import json
+
+from gatedsae.plan.config import REPO_ROOT
+
+BENCHMARKS = REPO_ROOT / "results" / "benchmarks"
+TARGET_SPEEDUP = 2.0  # the evaluation's target per SAE against the previous path
+
+
+def _read(name: str) -> dict:
+    return json.loads((BENCHMARKS / name).read_text())
+
+
+def _spread(summary: dict, digits: int = 2) -> str:
+    return f"{summary['median']:.{digits}f} ({summary['min']:.{digits}f}–{summary['max']:.{digits}f})"
+
+
+def machine_line(name: str) -> str:
+    """One line: the machine the file records."""
+    data = _read(name)
+    m = data["machine"]
+    load = ", ".join(f"{value:.1f}" for value in m.get("load_average", []))
+    return (f"`results/benchmarks/{name}`, measured on: {m.get('cpu')} ({m.get('cores')} cores, torch "
+            f"{m.get('torch')} running its {m.get('torch_cpu_capability')} kernels, CPU flags "
+            f"{', '.join(m.get('cpu_features', [])) or 'none recorded'}; native bf16: {m.get('native_bf16')}), "
+            f"{m.get('threads')} threads, load average {load or 'not recorded'} at the start; command "
+            f"`{data['command'].split('/')[-1] if 'command' in data else '?'}`.")
+
+
+def eval_speed_table() -> str:
+    data = _read("eval.json")
+    lines = [machine_line("eval.json"), "",
+             f"Seconds per SAE per CE window ({data['windows']} windows of {data['context_length']} tokens in batches "
+             f"of {data['batch_windows']}, {data['repeats']} repetitions: median (min–max) of the ratios taken "
+             "inside each repetition).", "",
+             "| site | auto chooses | full forward fp32 | full forward bf16 | previous per-SAE path (fp32) | ours fp32 "
+             "| ours bf16 | ours / full, fp32 | ours / full, bf16 | **speedup vs previous** (ours in auto's precision) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for site in data["sites"]:
+        seconds = {name: s["median"] for name, s in site["seconds_per_sae_per_window"].items()}
+        lines.append(
+            f"| {site['site']} | {site['auto_precision']} | {seconds['full_float32']:.2f} | {seconds['full_bfloat16']:.2f} "
+            f"| {seconds['previous_float32']:.2f} | {seconds['ours_float32']:.2f} | {seconds['ours_bfloat16']:.2f} "
+            f"| {_spread(site['ours_vs_full_forward']['float32'])} | {_spread(site['ours_vs_full_forward']['bfloat16'])} "
+            f"| **{_spread(site['speedup_vs_previous'])}×** |")
+    met = [site["site"] for site in data["sites"] if site["speedup_vs_previous"]["median"] >= TARGET_SPEEDUP]
+    missed = [site["site"] for site in data["sites"] if site["site"] not in met]
+    lines += ["", f"Target: evaluation ≥ {TARGET_SPEEDUP:g}× faster per SAE than the previous path (median): "
+              + (f"**met** at {', '.join(met)}" if met else "")
+              + ("; " if met and missed else "") + (f"**not met** at {', '.join(missed)}" if missed else "") + "."]
+    lines += ["", "| site | ours, previous / ours in fp32 (the path's own gain) | ours, fp32 / bf16 (bf16's gain) |",
+              "|---|---|---|"]
+    for site in data["sites"]:
+        lines.append(f"| {site['site']} | {_spread(site['speedup_vs_previous_same_precision_float32'])}× "
+                     f"| {_spread(site['bf16_vs_float32_ours'])}× |")
+    return "\n".join(lines)
+
+
+def eval_fidelity_table() -> str:
+    data = _read("eval.json")
+    lines = ["| site | windows | stand-in FVU | \\|ΔCE\\| clean | \\|ΔCE\\| zero-ablated | \\|ΔCE\\| spliced | tolerance "
+             "| the evaluation's gate (8 windows) |", "|---|---|---|---|---|---|---|---|"]
+    for site in data["sites"]:
+        f = site["fidelity"]
+        d = f["abs_difference_nats"]
+        gate = f["gate"]
+        verdict = f"passed: {gate['dtype']}" if gate.get("gate", {}).get("passed") else f"failed: {gate['reason']}"
+        lines.append(f"| {site['site']} | {f['windows']} | {f['stand_in_fvu']:.3f} | {d['clean']:.4f} | {d['zero']:.4f} "
+                     f"| {d['spliced']:.4f} | {f['tolerance_nats']} | {verdict} |")
+    return "\n".join(lines)
+
+
+def cache_table() -> str:
+    data = _read("cache.json")
+    lines = [machine_line("cache.json"), "",
+             f"SmolLM2 to layer {max(data['layers']) + 1}, sites {', '.join(data['sites'])}, batch "
+             f"{data['batch_sequences']} × {data['context_length']}, {data['float32']['tokens']:,} tokens per run, "
+             f"{data['repeats']} repetitions (float32 and automatic runs one after the other in each).", "",
+             "| precision | bare forward (tokens/s) | caching (tokens/s) | caching overhead (target ≤ 10%) |",
+             "|---|---|---|---|"]
+    for setting in ("float32", "auto"):
+        figures = data[setting]
+        lines.append(f"| {setting} → {figures['precision']['dtype']} | {figures['bare_tokens_per_s']:.0f} "
+                     f"| {figures['cached_tokens_per_s']:.0f} | {100 * figures['caching_overhead']:.1f}% |")
+    gate = data["auto"]["precision"].get("gate") or {}
+    errors = ", ".join(f"{name.replace('_rel_error', '')} {entry['value']:.4f}" for name, entry in gate.items()
+                       if isinstance(entry, dict))
+    lines += ["", f"**auto vs float32, whole cache run: {_spread(data['auto_speedup'])}×.** The gate "
+              f"({'passed' if gate.get('passed') else 'failed'}; tolerance "
+              f"{next((e['tolerance'] for e in gate.values() if isinstance(e, dict)), '?')}): relative error of the "
+              f"cached activations SAEs train on, {errors or 'not run'}; over every row, massive ones included: "
+              + (", ".join(f"{k.replace('_rel_error_all_rows', '')} {v:.3f}" for k, v in gate.items()
+                           if k.endswith("_all_rows")) or "not run") + "."]
+    return "\n".join(lines)
+
+
+GENERATORS = {
+    "benchmarks eval speed": eval_speed_table,
+    "benchmarks eval fidelity": eval_fidelity_table,
+    "benchmarks cache": cache_table,
+}
