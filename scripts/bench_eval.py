@@ -183,13 +183,14 @@ def main() -> None:
             "bf16_vs_float32_ours": summary([run["ours_float32"] / run["ours_bfloat16"] for run in runs]),
             "fidelity": check,
         })
-    write_json_atomic(Path(args.out), {
-        "command": " ".join([sys.executable, *sys.argv]), "machine": machine(), "model": config.model.name,
-        "windows": args.windows, "batch_windows": batch, "context_length": config.experiment.context_length,
-        "repeats": args.repeats, "sites": results,
-        "note": "seconds per SAE per CE window; ratios within each repetition (median, min, max over repetitions); "
-                "speedup_vs_previous = previous float32 path / ours in the precision auto chooses here",
-    })
+        # Written after every site, so a run stopped part-way keeps the sites it finished.
+        write_json_atomic(Path(args.out), {
+            "command": " ".join([sys.executable, *sys.argv]), "machine": machine(), "model": config.model.name,
+            "windows": args.windows, "batch_windows": batch, "context_length": config.experiment.context_length,
+            "repeats": args.repeats, "sites": results,
+            "note": "seconds per SAE per CE window; ratios within each repetition (median, min, max over repetitions); "
+                    "speedup_vs_previous = previous float32 path / ours in the precision auto chooses here",
+        })
     print(json.dumps({r["site"]: {"speedup": round(r["speedup_vs_previous"]["median"], 2), "auto": r["auto_precision"]}
                       for r in results}))
     print(f"wrote {args.out}")

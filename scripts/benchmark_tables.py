@@ -23,16 +23,27 @@ def machine_line(name: str) -> str:
     """One line: the machine the file records."""
     data = _read(name)
     m = data["machine"]
-    load = ", ".join(f"{value:.1f}" for value in m.get("load_average", []))
+    load = ", ".join(f"{value:.1f}" for value in m.get("load_average", data.get("load_average", [])))
+    native = {True: "yes", False: "no"}.get(m.get("native_bf16"), "not recorded")
     return (f"`results/benchmarks/{name}`, measured on: {m.get('cpu')} ({m.get('cores')} cores, torch "
             f"{m.get('torch')} running its {m.get('torch_cpu_capability')} kernels, CPU flags "
-            f"{', '.join(m.get('cpu_features', [])) or 'none recorded'}; native bf16: {m.get('native_bf16')}), "
-            f"{m.get('threads')} threads, load average {load or 'not recorded'} at the start; command "
+            f"{', '.join(m.get('cpu_features', [])) or 'none recorded'}; native bf16: {native}), "
+            f"{m.get('threads')} threads, load average {load or 'not recorded'}; command "
             f"`{data['command'].split('/')[-1] if 'command' in data else '?'}`.")
+
+
+def _eval_predates(data: dict) -> bool:
+    return not data["sites"] or "seconds_per_sae_per_window" not in data["sites"][0]
+
+
+PREDATES_EVAL = ("This file predates the float32 / bf16 / previous-path runs of `scripts/bench_eval.py` and has not "
+                 "been measured again.")
 
 
 def eval_speed_table() -> str:
     data = _read("eval.json")
+    if _eval_predates(data):
+        return machine_line("eval.json") + "\n\n" + PREDATES_EVAL
     lines = [machine_line("eval.json"), "",
              f"Seconds per SAE per CE window ({data['windows']} windows of {data['context_length']} tokens in batches "
              f"of {data['batch_windows']}, {data['repeats']} repetitions: median (min–max) of the ratios taken "
@@ -62,6 +73,8 @@ def eval_speed_table() -> str:
 
 def eval_fidelity_table() -> str:
     data = _read("eval.json")
+    if _eval_predates(data):
+        return PREDATES_EVAL
     lines = ["| site | windows | stand-in FVU | \\|ΔCE\\| clean | \\|ΔCE\\| zero-ablated | \\|ΔCE\\| spliced | tolerance "
              "| the evaluation's gate (8 windows) |", "|---|---|---|---|---|---|---|---|"]
     for site in data["sites"]:
@@ -76,6 +89,10 @@ def eval_fidelity_table() -> str:
 
 def cache_table() -> str:
     data = _read("cache.json")
+    if "auto" not in data:  # written before the precision runs existed
+        return (machine_line("cache.json") + "\n\nThis file predates the float32 / automatic-precision runs of "
+                "`scripts/bench_cache.py` and has not been measured again: it holds no bf16 caching figure, and "
+                "its float32 figures are those of the machine above.")
     lines = [machine_line("cache.json"), "",
              f"SmolLM2 to layer {max(data['layers']) + 1}, sites {', '.join(data['sites'])}, batch "
              f"{data['batch_sequences']} × {data['context_length']}, {data['float32']['tokens']:,} tokens per run, "
