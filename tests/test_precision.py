@@ -154,7 +154,7 @@ def test_the_evaluation_keeps_bf16_only_if_its_ce_passes_the_gate(bf16_cpu, smok
 
     config = copy_data(smoke_trained, tmp_path, TRAINED, "precision.evaluate=auto", f"precision.gate.ce_nats={tolerance}")
     metrics = json.loads(evaluate_grid(config, "mlp_out", 1, progress=False, loaded=tiny_model).read_text())
-    saved = sorted(config.paths.evaluation_dir("tiny", "tiny", "mlp_out", 1, "smoke").glob("sweep/*.json"))
+    saved = sorted(config.paths.evaluation_dir("tiny", "tiny", "mlp_out", 1, "smoke").glob("**/sweep/*.json"))
     assert saved and metrics["rows"]
     for path in saved:
         record = json.loads(path.read_text())["precision"]
