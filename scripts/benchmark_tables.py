@@ -106,7 +106,11 @@ def cache_table() -> str:
     gate = data["auto"]["precision"].get("gate") or {}
     errors = ", ".join(f"{name.replace('_rel_error', '')} {entry['value']:.4f}" for name, entry in gate.items()
                        if isinstance(entry, dict))
-    lines += ["", f"**auto vs float32, whole cache run: {_spread(data['auto_speedup'])}×.** The gate "
+    both_float32 = data["auto"]["precision"]["dtype"] == "float32"
+    ratio = (f"auto kept float32, so the two runs computed the same thing: their wall-time ratio, "
+             f"{_spread(data['auto_speedup'])}, measures only the shared machine's noise" if both_float32 else
+             f"**auto vs float32, whole cache run: {_spread(data['auto_speedup'])}×**")
+    lines += ["", f"{ratio}. The gate "
               f"({'passed' if gate.get('passed') else 'failed'}; tolerance "
               f"{next((e['tolerance'] for e in gate.values() if isinstance(e, dict)), '?')}): relative error of the "
               f"cached activations SAEs train on, {errors or 'not run'}; over every row, massive ones included: "
