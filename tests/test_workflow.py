@@ -196,7 +196,8 @@ def test_smoke_workflow_end_to_end_then_nothing_to_do_then_only_what_a_new_l1_ne
         log = (scratch_repo / f"logs/smoke/train/tiny/tiny/{site}/layer1/smoke.log").read_text()
         assert f"training {seeds}\n" in log, log[-500:]
         evaluated = (scratch_repo / f"logs/smoke/evaluate/tiny/tiny/{site}/layer1/smoke.log").read_text()
-        assert f"evaluating {2 * seeds} of" in evaluated, evaluated[-500:]  # the new baseline and its rescale-and-shift
+        # the new baseline and its rescale-and-shift, each seed, each held-out split (validation and test)
+        assert f"evaluating {2 * seeds * 2} of" in evaluated, evaluated[-500:]
     assert len(pd.read_csv(results / "metrics.csv")) == len(metrics) + 6 * seeds
     grown_curves = pd.read_csv(results / "curves.csv")
     assert grown_curves["sae"].nunique() == curves["sae"].nunique() + 2 * seeds  # the new baselines and their rescale-shift
