@@ -12,7 +12,7 @@ from scratch import clone_repository, snakemake
 from scratch import git as _git
 from scratch import run as _run
 
-from gatedsae.plan.config import REPO_ROOT
+from gatedsae.plan.config import REPO_ROOT, load_config
 
 
 def test_every_rule_runs_the_stage_it_is_named_after_and_is_documented():
@@ -185,6 +185,20 @@ def test_smoke_workflow_end_to_end_then_nothing_to_do_then_only_what_a_new_l1_ne
                       f"overrides={' '.join(placed)}", cwd=scratch_repo)
     assert "Nothing to be done" in moved.stdout + moved.stderr, moved.stdout[-2000:]
 
+    # One chapter again after the full run (docs/pipeline.md): it runs through the chapters the results hold,
+    # so every row, claim and figure stays, and replicate.json records what was asked and what ran.
+    pngs = sorted(path.name for path in (scratch_repo / "paper_figures" / "smoke").glob("*.png"))
+    chapter = _run([sys.executable, "-m", "gatedsae", "replicate", "experiment=smoke", "--chapter=headline"],
+                   scratch_repo)
+    last = [c.name for c in load_config(["experiment=smoke"]).experiment.chapters][-1]
+    assert f"already holds the chapters through '{last}'" in chapter.stdout, chapter.stdout[-2000:]
+    assert pd.read_csv(results / "metrics.csv").equals(metrics)
+    assert {claim["id"] for claim in json.loads((results / "verdict.json").read_text())["claims"]} == claim_ids
+    assert sorted(path.name for path in (scratch_repo / "paper_figures" / "smoke").glob("*.png")) == pngs
+    timings = json.loads((results / "replicate.json").read_text())
+    assert timings["chapter"] == "headline" and timings["chapters_run"] == [last]
+    assert json.loads((results / "groundtruth" / "summary.json").read_text()) == truth
+
     # One more baseline λ: no re-caching, one new SAE per seed trained and evaluated per site.
     seeds = metrics["seed"].nunique()
     assert seeds == 2 and (metrics.groupby(["site", "variant", "arch", "l1"])["seed"].nunique() == seeds).all()
@@ -217,6 +231,8 @@ def test_dvc_push_then_pull_in_another_clone_leaves_nothing_to_recompute(scratch
     assert [line for line in changed if line.strip()] == [" M dvc.lock"], changed  # the run's hashes, to commit
     second = _run([*dvc, "repro"], scratch_repo)
     assert "Running stage" not in second.stdout + second.stderr
+    metrics = json.loads(_run([*dvc, "metrics", "show", "--json"], scratch_repo).stdout)  # the docs' `dvc metrics show`
+    assert "tiny/resid_post/layer1" in json.dumps(metrics), json.dumps(metrics)[:2000]
     _git("commit", "--quiet", "-am", "record the smoke run", cwd=scratch_repo)
     _run([*dvc, "remote", "add", "--local", "--force", "--default", "store", str(remote)], scratch_repo)
     _run([*dvc, "push"], scratch_repo, timeout=300)
