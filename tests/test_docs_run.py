@@ -98,6 +98,8 @@ HOW: list[tuple[str, str]] = [
     (r"^make (run|dry-run|sync|verify|unlock|bench|push|test|test-fast|test-cluster|setup|lock|replicate)\b(?!.*&&)",
      "dry-run"),
     (r"^python scripts/update_docs\.py$", "tests/test_docs.py::test_generated_blocks_are_current"),
+    (r"^python scripts/plan_replicate\.py$",
+     "tests/test_replicate_plan.py::test_the_committed_plan_is_the_one_the_current_configuration_gives"),
     (r"^python scripts/bench_\w+\.py|^python scripts/(interval_coverage|fault_suite)\.py",
      "a benchmark: minutes on the default model, and its numbers are the committed JSON it writes"),
     (r"^python scripts/local_cluster\.py", "tests/test_cluster.py::test_every_rule_is_an_sbatch_job_sized_by_the_estimates"),

@@ -76,3 +76,17 @@ def test_the_quick_start_and_run_time_come_from_their_benchmarks():
     (line,) = run_time(replicate)
     assert "**73 min** for `make replicate`" in line and "**46 min** for the headline chapter" in line
     assert "16 min for ablations (Fig. 8)" in line
+    assert "at an earlier commit" in line and "at abc1234," in run_time({**replicate, "code_version": "abc1234 (x)"})[0]
+
+
+def test_the_forecast_reads_the_default_as_configured_with_its_most_seeds():
+    from gatedsae.reporting.published import forecast
+
+    candidate = {"overrides": [], "seeds": 1, "seconds": {"total": 5000.0}}
+    plan = {"budget_seconds": 7200, "candidates": [
+        candidate, {**candidate, "seeds": 3, "seconds": {"total": 11838.0}},
+        {**candidate, "overrides": ["experiment.sites=[resid_post]"], "seeds": 5, "seconds": {"total": 100.0}}]}
+    (line,) = forecast(plan)
+    assert "(3 training seeds per SAE) is predicted at **197 min**" in line and "over the 120 min budget" in line
+    (fits,) = forecast({**plan, "candidates": plan["candidates"][:1]})
+    assert "**83 min**" in fits and "within the 120 min budget" in fits

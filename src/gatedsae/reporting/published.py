@@ -135,6 +135,15 @@ def replicate_plan(plan: dict) -> list[str]:
     return lines
 
 
+def forecast(plan: dict) -> list[str]:
+    """The default as configured now: its predicted cold `make replicate` time (scripts/plan_replicate.py)."""
+    current = max((c for c in plan["candidates"] if not c["overrides"]), key=lambda c: c["seeds"])
+    total, budget = current["seconds"]["total"], plan["budget_seconds"]
+    return [f"The default as configured now ({current['seeds']} training seeds per SAE) is predicted at "
+            f"**{_minutes(total)}** by `python scripts/plan_replicate.py`, "
+            f"{'within' if total <= budget else 'over'} the {_minutes(budget)} budget; it has not been timed yet."]
+
+
 def cluster(measured: dict) -> list[str]:
     """The smoke experiment locally and through the local SLURM cluster (tests/test_cluster.py)."""
     wall, wait = measured["wall_s"], measured["queue_wait_s"]
@@ -177,7 +186,9 @@ def run_time(record: dict) -> list[str]:
     later = " and ".join(f"{_minutes(chapter['wall_seconds'])} for {chapter['name']} ({chapter['description']})"
                       for chapter in rest)
     headline = record["targets"]["headline_chapter_with_install_seconds"]
-    return [f"Run time, measured as one cold run from a fresh clone ({record['machine']['cpu']}): "
+    code = record.get("code_version", "").split(" ")[0]
+    return [f"Run time of the default as configured at {code or 'an earlier commit'}, measured as one cold run "
+            f"from a fresh clone ({record['machine']['cpu']}): "
             f"**{_minutes(record['wall_seconds'])}** for `make replicate` as a whole, of which "
             f"**{_minutes(headline)}** for the {first['name']} chapter with the install "
             f"({_minutes(record['setup_seconds'])}, pip's wheel cache warm), then {later}. Its verdict: "
@@ -188,7 +199,7 @@ RENDERERS: dict[str, tuple[str, Callable]] = {  # kind: (the file it reads, how)
     "summary": ("verdict.json", summary), "claims": ("verdict.json", claims), "beyond": ("verdict.json", beyond),
     "comparisons": ("comparisons.csv", comparisons), "headline": ("headline.csv", headline),
     "coverage": ("interval_coverage.json", coverage), "cluster": ("cluster.json", cluster),
-    "replicate_plan": ("replicate_plan.json", replicate_plan),
+    "replicate_plan": ("replicate_plan.json", replicate_plan), "forecast": ("replicate_plan.json", forecast),
     "quickstart": ("quickstart.json", quick_start), "runtime": ("replicate.json", run_time),
 }
 
