@@ -33,7 +33,8 @@ def test_the_every_token_run_trains_gated_and_baseline_on_every_row_as_its_own_v
     records = {variant: [json.loads((entry["path"] / "training.json").read_text()) for entry in read_grid_index(path)]
                for variant, path in grid_indexes(config, SITE, 1).items()}
     assert {r["arch"] for r in records[ALL_TOKENS_DIR]} == {PROPOSED, BASELINE}
-    assert len(records[ALL_TOKENS_DIR]) == sum(r["arch"] in (PROPOSED, BASELINE) for r in records["sweep"]) == 4
+    seeds = config.train.seeds  # every SAE trained with each seed, the every-token run's too
+    assert len(records[ALL_TOKENS_DIR]) == sum(r["arch"] in (PROPOSED, BASELINE) for r in records["sweep"]) == 4 * seeds
     for record in records[ALL_TOKENS_DIR]:
         assert record["max_norm_ratio"] is None and record["massive_norm_threshold"] is None
         assert record["rows_excluded_as_outliers"] == 0
@@ -42,7 +43,9 @@ def test_the_every_token_run_trains_gated_and_baseline_on_every_row_as_its_own_v
         train_all_tokens(config, "mlp_out", 1, progress=False)
 
     rows = json.loads(evaluate_grid(config, SITE, 1, progress=False, loaded=tiny_model).read_text())["rows"]
-    assert Counter(row["variant"] for row in rows) == {"sweep": 6, ALL_TOKENS_DIR: 4}
+    splits = {row["split"] for row in rows}
+    assert splits == {"validation", "test"}  # each SAE evaluated on each held-out split
+    assert Counter(row["variant"] for row in rows) == {"sweep": 6 * seeds * 2, ALL_TOKENS_DIR: 4 * seeds * 2}
     every_token = [row for row in rows if row["variant"] == ALL_TOKENS_DIR]
     assert all(row["massive_norm_threshold"] is None and row["massive_rows"] == 0 for row in every_token)
     assert all(row["massive_rows"] > 0 for row in rows if row["variant"] == "sweep")
@@ -58,7 +61,7 @@ def test_the_every_token_run_is_planned_where_configured(tmp_path):
     assert [config.sweep.all_tokens_at(site) for site in ("resid_post", "mlp_out", "attn_z")] == [True, False, False]
     assert ("train_all_tokens", SITE, 1) in dag_jobs(config) and not any(
         rule == "train_all_tokens" for rule, _, _ in dag_jobs(plain))
-    assert _saes_per_grid(config, SITE) == _saes_per_grid(plain, SITE) + 4
+    assert _saes_per_grid(config, SITE) == _saes_per_grid(plain, SITE) + 4 * config.train.seeds
     assert rule_estimate(config, "train_all_tokens", SITE).job == f"train_all_tokens[{SITE}]"
     plan = ExperimentPlan("smoke", [f"paths.data={tmp_path}", *EVERY_TOKEN])
     every_token = [t for t in plan.stage_targets("train") if f"/{ALL_TOKENS_DIR}/" in t]

@@ -49,7 +49,10 @@ NOT_COMPARED = ("training_state.pt", "progress.json")
 
 
 def compared(relative: Path) -> bool:
-    return relative.name not in NOT_COMPARED and relative.parent.parent != EVALUATION
+    """Not compared: resumable states, and each SAE's saved evaluation (<split>/<variant>/<sae>.json, or
+    <variant>/<sae>.json in a run without a held-out split) wherever it sits below the grid's metrics.json."""
+    saved_evaluation = EVALUATION in relative.parents and relative.parent != EVALUATION
+    return relative.name not in NOT_COMPARED and not saved_evaluation
 
 
 def snakemake(work: Path, *extra: str, overrides: tuple[str, ...] = (), fault: str = "") -> subprocess.CompletedProcess:
@@ -180,7 +183,7 @@ def _edit_training_record(work: Path) -> Path:
 
 
 def _edit_saved_evaluation(work: Path) -> Path:
-    saved = sorted((work / EVALUATION / "sweep").glob("*.json"))[0]
+    saved = sorted((work / EVALUATION).rglob("sweep/*.json"))[0]  # under its held-out split's folder
     data = json.loads(saved.read_text())
     data["row"]["l0"] = data["row"]["l0"] + 1.0
     saved.write_text(json.dumps(data))
