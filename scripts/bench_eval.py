@@ -135,8 +135,8 @@ def fidelity(config, model, site: str, layer: int, windows: np.ndarray) -> dict:
         activations = torch.cat([spliced.prefix(tokens[s : s + 8]).activation.float() for s in range(0, len(tokens), 8)])
     stand_in = PCAStandIn(activations, model.cfg.d_model // 8, config.train.max_norm_ratio)
     batch = config.evaluate.batch_windows
-    means = {dtype: ce_means(model, site, layer, windows, stand_in, batch, "cpu", choose("evaluate", dtype))
-             for dtype in ("float32", "bfloat16")}
+    means = ce_means(model, site, layer, windows, stand_in, batch, "cpu",
+                     {dtype: choose("evaluate", dtype) for dtype in ("float32", "bfloat16")}, passes=("clean", "zero", "spliced"))
     gate = evaluation_precision(config, model, site, layer, windows, stand_in)
     return {"stand_in": f"rank-{model.cfg.d_model // 8} PCA of the site's activations", "stand_in_fvu": stand_in.fvu,
             "windows": len(windows), "ce_float32": means["float32"], "ce_bfloat16": means["bfloat16"],

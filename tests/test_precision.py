@@ -159,6 +159,33 @@ def test_the_evaluation_keeps_bf16_only_if_its_ce_passes_the_gate(bf16_cpu, smok
     for path in saved:
         record = json.loads(path.read_text())["precision"]
         assert record["dtype"] == dtype and record["stage"] == "evaluate"
-        assert set(record["gate"]) == {"passed", "ce_clean_nats", "ce_zero_nats", "ce_spliced_nats"}
+        assert set(record["gate"]) == {"passed", "ce_clean_nats", "ce_spliced_nats"}  # the zero-ablation: float32 always
+        assert record["passes"] == {"prefix": "float32", "zero_ablation": "float32", "clean": dtype, "spliced": dtype}
         assert record["gate"]["passed"] == (dtype == "bfloat16")
     assert all(p.dtype == torch.float32 for p in tiny_model.model.parameters())  # the weights are back
+
+
+def test_the_zero_ablation_is_float32_whatever_the_evaluation_precision(smoke_trained, tiny_model, tmp_path):
+    """Forced bf16: the zero-ablated CE (shared by every SAE of a grid) is exactly float32's, while the
+    clean and spliced CE, run in bf16, are close to float32's but not equal."""
+    import numpy as np
+    import pytest
+    from conftest import TRAINED, copy_data
+
+    from gatedsae.evaluation.evaluate import CheckpointSAE, evaluate_each
+    from gatedsae.plan.grid import read_grid_index
+
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        config = copy_data(smoke_trained, tmp_path / dtype, TRAINED, f"precision.evaluate={dtype}")
+        grid = read_grid_index(config.paths.checkpoints_dir("tiny", "tiny", "resid_post", 1, "smoke") / "grid.json")
+        saes = [CheckpointSAE.load(entry["path"]) for entry in grid][:2]
+        results[dtype] = list(evaluate_each(config, "resid_post", 1, saes, loaded=tiny_model))
+    for fp32, bf16 in zip(results["float32"], results["bfloat16"]):
+        assert bf16.precision["dtype"] == "bfloat16" and bf16.precision["passes"]["zero_ablation"] == "float32"
+        assert bf16.samples["ce_zero"] == fp32.samples["ce_zero"]
+        for name in ("ce_clean", "ce_sae"):
+            assert bf16.samples[name] != fp32.samples[name]
+            np.testing.assert_allclose(bf16.samples[name], fp32.samples[name], rtol=0.05)
+        assert bf16.row["ce_zero"] == fp32.row["ce_zero"]
+        assert bf16.row["loss_recovered"] == pytest.approx(fp32.row["loss_recovered"], abs=0.1)

@@ -123,7 +123,7 @@ class Evaluated:
     row: dict
     samples: dict
     seconds: float
-    precision: dict  # the LM forwards' precision and its fidelity gate (provenance, not identity)
+    precision: dict  # the LM forwards' precision, its fidelity gate and each pass's (provenance, not identity)
 
 
 DEVELOPMENT = "development"  # evaluate_saes' default split: development_split(config)
@@ -176,10 +176,12 @@ def evaluate_each(config: Config, site: str, layer: int, saes: list[CheckpointSA
         loaded = load_model(config.model, config.paths, evaluate.device)
     precision = evaluation_precision(config, loaded.model, site, layer, windows, saes[0])
     print(f"evaluate at {site} layer {layer} in {precision.dtype}: {precision.reason}", flush=True)
-    # The LM's matrices stay bf16 (under bf16) until the last SAE is done, or the generator is closed.
+    # The prefixes and every zero-ablation in float32 first (what the SAEs share); then the LM's matrices
+    # stay bf16 (under bf16) until the last SAE is done, or the generator is closed.
+    held_out = HeldOutWindows(SplicedLM(loaded.model, site, layer, precision), windows, evaluate.batch_windows,
+                              evaluate.device, progress, thresholds=[sae.massive_norm_threshold for sae in saes])
+    provenance = precision.provenance() | {"passes": held_out.passes()}
     with matmul_weights(loaded.model, precision):
-        held_out = HeldOutWindows(SplicedLM(loaded.model, site, layer, precision), windows,
-                                  evaluate.batch_windows, evaluate.device, progress)
         shared = (time.time() - started) / len(saes)
         for sae, store_result in zip(saes, stored):
             started = time.time()
@@ -187,7 +189,7 @@ def evaluate_each(config: Config, site: str, layer: int, saes: list[CheckpointSA
             losses = held_out.losses(sae.reconstruct, threshold)
             row, samples = _assemble(sae, store_result, held_out, held_out.zero(threshold), losses)
             row |= {} if split is None else {"split": split}
-            yield Evaluated(sae, row, samples, shared + time.time() - started, precision.provenance())
+            yield Evaluated(sae, row, samples, shared + time.time() - started, provenance)
 
 
 def _assemble(sae: CheckpointSAE, stored: StoreResult, held_out: HeldOutWindows, zero: WindowLosses,

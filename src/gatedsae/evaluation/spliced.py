@@ -19,13 +19,20 @@ whole batch never exist at once, and the unembedding's transposed matrix is buil
 `HeldOutWindows` runs the clean prefix of every held-out window once and keeps it in memory (the
 residual stream at the splice point: windows × T × d values), so each SAE then costs only the
 remainder of the model and can be finished, and saved, on its own.
+
+Precision (`core.precision`): what every SAE of a grid shares is computed once and in float32 always:
+the prefix (so an SAE reads exactly the float32 activation) and the zero-ablation, whose CE moves far
+more in bf16 than the clean or spliced CE (an LM with a site zeroed is off its training distribution:
+0.028 nat on SmolLM2's residual stream against 0.0004 for the clean CE). The clean remainder and each
+SAE's spliced remainder run in the evaluation's precision, the same for both, so that delta LM loss
+compares two forwards of the same arithmetic; the evaluation's gate checks those two.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -42,10 +49,12 @@ class Prefix:
     tokens: torch.Tensor      # [B, T]
     residual: torch.Tensor    # the residual stream the remainder starts from
     activation: torch.Tensor  # the site's clean activation, flattened [B, T, d]
+    resid_mid: Optional[torch.Tensor] = None  # mlp_out: block L's stream after attention (what mlp_out adds to)
 
     def select(self, windows: torch.Tensor) -> "Prefix":
         """The prefix of some of the batch's windows (a boolean mask over the batch)."""
-        return Prefix(self.tokens[windows], self.residual[windows], self.activation[windows])
+        return Prefix(self.tokens[windows], self.residual[windows], self.activation[windows],
+                      None if self.resid_mid is None else self.resid_mid[windows])
 
 
 class SplicedLM:
@@ -59,6 +68,19 @@ class SplicedLM:
         self._start = layer + 1 if site == "resid_post" else layer
         self.precision = precision
         self.unembedding = Unembedding(model)
+
+    @property
+    def exact(self) -> "SplicedLM":
+        """This LM's float32 twin (the same unembedding cache): for what every SAE shares."""
+        if self.precision is None or not self.precision.bf16:
+            return self
+        twin = SplicedLM.__new__(SplicedLM)
+        twin.__dict__.update(self.__dict__, precision=None)
+        return twin
+
+    @property
+    def dtype(self) -> str:
+        return "float32" if self.precision is None else self.precision.dtype
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext() if self.precision is None else self.precision.autocast()
@@ -77,10 +99,13 @@ class SplicedLM:
         def keep(activation, hook):
             captured["activation"] = activation
 
+        def keep_mid(resid_mid, hook):
+            captured["resid_mid"] = resid_mid
+
         # Block L alone, from the stored residual, to read the site's clean activation.
-        self.model.run_with_hooks(residual, start_at_layer=self.layer, stop_at_layer=self.layer + 1,
-                                  fwd_hooks=[(self.hook, keep)])
-        return Prefix(tokens, residual, flatten(self.site, captured["activation"]))
+        hooks = [(self.hook, keep)] + ([(f"blocks.{self.layer}.hook_resid_mid", keep_mid)] if self.site == "mlp_out" else [])
+        self.model.run_with_hooks(residual, start_at_layer=self.layer, stop_at_layer=self.layer + 1, fwd_hooks=hooks)
+        return Prefix(tokens, residual, flatten(self.site, captured["activation"]), captured.get("resid_mid"))
 
     @torch.no_grad()
     def token_losses(self, prefix: Prefix, replacement: torch.Tensor | None,
@@ -182,40 +207,55 @@ class WindowLosses:
 
 
 class HeldOutWindows:
-    """Held-out windows through the clean prefix once; then per-window CE of any replacement."""
+    """Held-out windows through the clean prefix once; then per-window CE of any replacement.
+
+    The prefixes and the zero-ablations (one per massive-activation threshold in `thresholds`) run here in
+    float32, the clean remainder in `spliced`'s precision; `losses` then runs each SAE's remainder in that
+    precision, fastest inside `data.lm_precision.matmul_weights(model, precision)` (the matrices cast
+    once). A zero-ablation asked later for a new threshold is computed then, in float32, which needs the
+    model's float32 matrices in place (outside that block)."""
 
     def __init__(self, spliced: SplicedLM, windows: np.ndarray, batch_windows: int, device: str,
-                 progress: bool = False):
+                 progress: bool = False, thresholds: Iterable[Optional[float]] = ()):
+        from gatedsae.data.lm_precision import matmul_weights
+
         self.spliced = spliced
         self.prefixes: list[Prefix] = []
-        clean = []
         for start in progress_bar("clean prefixes", "batch", items=range(0, len(windows), batch_windows),
                                   enabled=progress):
             tokens = torch.from_numpy(np.asarray(windows[start : start + batch_windows], dtype=np.int64))
-            prefix = spliced.prefix(tokens.to(device))
-            self.prefixes.append(prefix)
-            clean.append(window_means(spliced.token_losses(prefix, None)))
-        self.clean = np.concatenate(clean)
+            self.prefixes.append(spliced.exact.prefix(tokens.to(device)))
         self.predictions_per_window = windows.shape[1] - 2
         self._zero: dict[Optional[float], WindowLosses] = {}
+        for threshold in dict.fromkeys(thresholds):
+            self.zero(threshold)
+        with matmul_weights(spliced.model, spliced.precision) if spliced.precision else contextlib.nullcontext():
+            self.clean = np.concatenate([window_means(spliced.token_losses(prefix, None)) for prefix in self.prefixes])
 
     def __len__(self) -> int:
         return len(self.clean)
+
+    def passes(self) -> dict[str, str]:
+        """The precision of each pass (for the provenance of what is saved)."""
+        return {"prefix": "float32", "zero_ablation": "float32", "clean": self.spliced.dtype,
+                "spliced": self.spliced.dtype}
 
     @torch.no_grad()
     def losses(self, reconstruct: Callable[[torch.Tensor], torch.Tensor], threshold: Optional[float]) -> WindowLosses:
         """Per-window CE with the site replaced by `reconstruct(clean activation)`. Massive positions
         (above `threshold`) keep their clean activation, as BOS does."""
+        return self._losses(self.spliced, reconstruct, threshold)
+
+    def _losses(self, spliced: SplicedLM, reconstruct, threshold: Optional[float]) -> WindowLosses:
         kept_means, massive = [], 0
         for prefix in self.prefixes:
             kept = kept_positions(prefix.activation, threshold)
-            kept_means.append(window_means(self.spliced.token_losses(prefix, reconstruct(prefix.activation), kept)))
+            kept_means.append(window_means(spliced.token_losses(prefix, reconstruct(prefix.activation), kept)))
             massive += int(kept[:, 1:].any(1).sum())
         return WindowLosses(np.concatenate(kept_means), massive)
 
     def zero(self, threshold: Optional[float]) -> WindowLosses:
-        """The zero-ablation (computed once per threshold)."""
+        """The zero-ablation, in float32 whatever the evaluation's precision (computed once per threshold)."""
         if threshold not in self._zero:
-            self._zero[threshold] = self.losses(torch.zeros_like, threshold)
+            self._zero[threshold] = self._losses(self.spliced.exact, torch.zeros_like, threshold)
         return self._zero[threshold]
-

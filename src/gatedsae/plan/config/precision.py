@@ -15,7 +15,7 @@ class FidelityGateConfig:
     on a little of its own data when it starts, and keeps float32 if a difference exceeds its tolerance."""
 
     windows: int = 8                     # held-out windows the LM stages check on (cache, evaluate)
-    ce_nats: float = 0.002               # evaluate: |ΔCE| per token, clean, zero-ablated and spliced
+    ce_nats: float = 0.002               # evaluate: |ΔCE| per token, clean and spliced
     activation_rel_error: float = 0.01   # cache: ||a_bf16 − a_fp32|| / ||a_fp32|| at every site
     encoder_rel_error: float = 0.01      # train: the same for the encoder's pre-activations
 
@@ -34,7 +34,7 @@ class PrecisionConfig:
 
     cache: str = "auto"     # the LM forward that caches activations
     train: str = "auto"     # the SAE encoder matmul (master weights and Adam state stay float32)
-    evaluate: str = "auto"  # the LM forwards of the spliced evaluation
+    evaluate: str = "auto"  # the spliced evaluation's clean and per-SAE remainders (prefix, zero-ablation: float32)
     gate: FidelityGateConfig = field(default_factory=FidelityGateConfig)
 
     def validate(self) -> None:
