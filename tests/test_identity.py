@@ -26,6 +26,7 @@ from gatedsae.plan.identity import (
     section_params,
     store_identity,
     training_key,
+    training_precision,
     training_state_identity,
 )
 
@@ -35,8 +36,8 @@ SPEC = tuple(f"sweep.groups.0.{key}" for key in ("arch", "width_ratio", "lr", "l
 # What each identity reads: a section, or one key of it ("a.b" also covers "a.b.c").
 READS: dict[str, tuple[str, ...]] = {
     "store": STORE,
-    "training_key": (*STORE, "train", *SPEC),
-    "training_state": (*STORE, "train", "sweep.groups"),
+    "training_key": (*STORE, "train", *SPEC, "precision.train"),
+    "training_state": (*STORE, "train", "sweep.groups", "precision.train"),
     "evaluation": (*STORE, "evaluate"),
     **{f"job {job}": sections for job, (sections, _) in JOBS.items() if job not in ("train_streamed", "study")},
     "job study": ("study", "browser", "evaluate"),
@@ -48,9 +49,15 @@ def identities(config: Config) -> dict[str, str]:
     d = config.model.site_width(SITE)
     store = store_identity(config)
     found = {"store": store, "training_key": training_key(config, SITE, grid_specs(config, d, SITE)[0]),
-             "training_state": training_state_identity(config.sweep.groups_at(SITE), config.train, store, d),
+             "training_state": training_state_identity(config.sweep.groups_at(SITE), config.train, store, d,
+                                                       precision=training_precision(config).dtype),
              "evaluation": evaluation_identity(config, "weights", 1.0, store, metrics_code="code")}
     return found | {f"job {job}": job_params(config, job) for job in JOBS if job != "train_streamed"}
+
+
+# Settings whose value is resolved before it enters an identity: a valid value that resolves differently
+# (smoke trains in float32; forced bf16 resolves to bf16 on any machine).
+RESOLVED = {"precision.train": "bfloat16"}
 
 
 def _changed(value, hint):
@@ -121,7 +128,7 @@ def base_identities(fixed_code):
 def test_a_setting_changes_exactly_the_identities_that_read_it(key, base_identities):
     config = copy.deepcopy(BASE)
     owner, name, hint = next((o, n, h) for k, o, n, h in settings(config) if k == key)
-    setattr(owner, name, _changed(getattr(owner, name), hint))
+    setattr(owner, name, RESOLVED[key] if key in RESOLVED else _changed(getattr(owner, name), hint))
     after = identities(config)
     changed = {identity for identity in after if after[identity] != base_identities[identity]}
     assert changed == expected(key), f"{key}: changed {sorted(changed)}, expected {sorted(expected(key))}"

@@ -52,12 +52,18 @@ def _grads(sae, step, x):
     return outcome, {name: p.grad.clone() for name, p in sae.named_parameters()}
 
 
+@pytest.mark.parametrize("bf16", [False, True], ids=["float64", "bf16_encoder_product"])
 @pytest.mark.parametrize("arch", SPARSE)
-def test_sparse_step_gives_the_losses_gradients_and_activity_of_autograd(arch):
+def test_sparse_step_gives_the_losses_gradients_and_activity_of_autograd(arch, bf16):
+    """In float64; and with the encoder's product in bf16 (precision.train=bfloat16, saes/encoder_product.py)
+    and the rest float64, where both steps must agree as tightly, on the same bf16-rounded gates."""
     sae = _sae(arch)
     x = _x(0)
     with torch.no_grad():
+        exact = sae(x)
+        sae.encoder_bf16 = bf16
         terms = sae(x)
+    assert not bf16 or (terms.total - exact.total).abs().max() > 1e-6, "bf16 must round, or this tests nothing"
     open_gates = (terms.features > 0).double().mean()
     assert 0.1 < open_gates < 0.9, "the test needs open and closed gates"
     dense, expected = _grads(sae, dense_step_, x)

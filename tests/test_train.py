@@ -373,3 +373,44 @@ def test_every_sae_is_trained_with_each_seed_and_the_first_keeps_its_key(smoke_t
         assert first["sae"] == spec.name and first["training_key"] == training_key(one_seed, SITE, spec)
         weights = [read_checkpoint(e["path"])[1]["W_dec"] for e in runs]
         assert not torch.equal(weights[0], weights[1])
+
+
+def test_bf16_training_reruns_bit_identically_and_is_never_resumed_in_float32(smoke_cache, tmp_path):
+    """precision.train=bfloat16 puts every group's encoder product in bf16 (saes/encoder_product.py); a rerun
+    on the same machine gives the same weights bit for bit; the state it saved names its precision, so a
+    float32 trainer of the same grid starts over rather than mixing precisions, and ends elsewhere."""
+    bf16 = replace(smoke_cache, precision=replace(smoke_cache.precision, train="bfloat16"))
+    first = _trainer(bf16, tmp_path / "bf16")
+    assert first.precision.bf16 and all(module.encoder_bf16 for module in first.modules)
+    first.run(progress=False)
+    again = _trainer(bf16, tmp_path / "again")
+    again.run(progress=False)
+    fp32 = _trainer(smoke_cache, tmp_path / "bf16")  # the bf16 run's folder, its saved state in it
+    assert not fp32.precision.bf16 and not any(module.encoder_bf16 for module in fp32.modules)
+    assert not fp32.try_resume() and fp32.step == 0
+    fp32.run(progress=False)
+    for spec in first.specs:
+        for name, value in _params(first, spec).items():
+            assert torch.equal(value, _params(again, spec)[name]), f"{spec.name}.{name}: a rerun must be identical"
+        assert any(not torch.equal(value, _params(fp32, spec)[name]) for name, value in _params(first, spec).items())
+
+
+def test_a_grid_trained_in_bf16_records_it_and_is_retrained_in_float32(smoke_cache, tmp_path, capsys):
+    """The resolved training precision is part of each checkpoint's training key (bfloat16 only: float32
+    keys are unchanged) and of its record's provenance: a machine that resolves precision.train=auto to
+    float32 retrains the grid rather than reusing bf16 checkpoints next to float32 ones."""
+    from gatedsae.plan.identity import training_key
+
+    config = copy_data(smoke_cache, tmp_path, ("text", "tokens", "activations"), "precision.train=bfloat16")
+    index = train_grid(config, SITE, LAYER, progress=False)
+    fp32 = replace(config, precision=replace(config.precision, train="float32"))
+    d = config.model.site_width(SITE)
+    for entry, spec in zip(read_grid_index(index), grid_specs(config, d, SITE)):
+        record = read_checkpoint(entry["path"])[2]
+        assert record["precision"]["dtype"] == "bfloat16" and record["precision"]["setting"] == "bfloat16"
+        assert record["training_key"] == training_key(config, SITE, spec) != training_key(fp32, SITE, spec)
+    capsys.readouterr()
+    train_grid(fp32, SITE, LAYER, progress=False)
+    specs = grid_specs(config, d, SITE)
+    assert f"0 of {len(specs)} SAEs already trained" in capsys.readouterr().out
+    assert {read_checkpoint(e["path"])[2]["precision"]["dtype"] for e in read_grid_index(index)} == {"float32"}

@@ -12,8 +12,10 @@ bfloat16 means bf16 operands with float32 accumulation (autocast, or matmuls tha
 bf16 state: activations between layers, weights that train and optimiser moments stay float32. A stage
 then checks bf16 against float32 on a little of its own data (its fidelity gate, tolerances in
 `conf/precision/`) and keeps float32 if the check fails; `Precision` records the choice, the reason and
-the check, for the provenance of what the stage writes. None of it enters an artifact's identity: the
-gate bounds the difference below the tolerances that the statistics are insensitive to.
+the check, for the provenance of what the stage writes. The cache's and the evaluation's precision enter
+no artifact's identity: the gate bounds the difference below the tolerances that the statistics are
+insensitive to. Training's does (its resolved dtype, in the training keys: plan/identity.py), since bf16
+steps reach other weights.
 
 torch is imported inside the functions, so this module costs nothing to import.
 """

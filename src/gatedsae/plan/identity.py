@@ -61,8 +61,18 @@ PLACEMENT_ONLY: dict[str, set[str]] = {
 OUTSIDE_IDENTITY: dict[str, str] = {
     "paths": "where the data lives (grid indexes hold paths relative to it, so a data folder can move)",
     "resources": "how jobs are sized and scheduled, never what they compute",
-    "precision": "recorded in each artifact's provenance; set every stage to float32 to reproduce a float32 run",
 }
+# precision (conf/precision/): the cache's and the evaluation's precisions are provenance only (each passes a
+# fidelity gate that bounds its effect below the statistics' tolerances). Training's is different: a bf16
+# encoder product changes every step's rounding, and over hundreds of steps the weights drift apart far
+# beyond rounding (to the same FVU and L0 within precision.train_fidelity's tolerances, not to the same
+# weights). So the *resolved* training precision, bfloat16, enters training keys and saved training states
+# (`training_precision`): a grid retrained on a machine that resolves `auto` otherwise retrains every SAE
+# rather than mixing precisions in one grid, and a state saved in one precision is never resumed in the
+# other. float32 stays out (NEUTRAL_DEFAULTS' rule), so float32 checkpoints keep their keys. The setting
+# itself (auto) is not in them, nor in the Snakemake params (resolving it needs torch; the planning layer
+# loads without it): finished checkpoints are kept whatever machine reads them, their record names the
+# precision they were trained in.
 
 # experiment.* keys that choose what to build and where its summaries go, not how anything is computed
 # (the chapter changes the sweep, which enters by itself).
@@ -116,7 +126,19 @@ def training_key(config: Config, site: str, spec: SAESpec, extra: str = "") -> s
     return config_hash({"spec": [spec.arch, spec.width, spec.value, spec.lr, spec.l1_units],
                         "train": _per_sae("train", asdict(config.train)),
                         "store": store_identity(config), "d": config.model.site_width(site),
-                        "extra": extra, **seed})
+                        "extra": extra, **seed, **_precision_entry(training_precision(config, site).dtype)})
+
+
+def training_precision(config: Config, site: Optional[str] = None):
+    """The precision training computes its encoder product in on `site`'s device (or train.device), as
+    `precision.train` resolves there (core/precision.py: native bf16 or not); before any compute."""
+    from gatedsae.core.precision import choose
+
+    return choose("train", config.precision.train, config.train_device(site) if site else config.train.device)
+
+
+def _precision_entry(dtype: str) -> dict:
+    return {} if dtype == "float32" else {"precision": dtype}
 
 
 def rescale_shift_extra(baseline_keys: Sequence[str]) -> str:
@@ -125,11 +147,12 @@ def rescale_shift_extra(baseline_keys: Sequence[str]) -> str:
 
 
 def training_state_identity(groups: Sequence[SAEGroupConfig], train: TrainConfig, store: str, d: int,
-                            extra: str = "") -> str:
+                            extra: str = "", precision: str = "float32") -> str:
     """What a saved grid-training state must share to be resumed: the site's sweep groups, the training
-    settings, the store's identity, the width d and `extra` (as in `training_key`)."""
+    settings, the store's identity, the width d, `extra` (as in `training_key`) and the resolved training
+    precision (bfloat16 | float32)."""
     return config_hash({"sweep": [asdict(group) for group in groups], "train": _per_sae("train", asdict(train)),
-                        "store": store, "d": d, "extra": extra})
+                        "store": store, "d": d, "extra": extra, **_precision_entry(precision)})
 
 
 def evaluation_identity(config: Config, checkpoint_id: str, massive_norm_threshold: Optional[float],

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from gatedsae.plan.architectures import ENCODER_AXIS, architecture, sae_class
+from gatedsae.saes.encoder_product import encoder_product
 from gatedsae.saes.support_step import SupportPass
 
 
@@ -75,6 +76,9 @@ class BatchedSAE(nn.Module, ABC):
     # Buffers renamed since states were saved: old name → new. "l1" held the sparsity coefficient (and, for
     # TopK, zeros: dropped, as TopK has no coefficient).
     LEGACY_BUFFERS: ClassVar[dict[str, str]] = {"l1": "sparsity_coefficient"}
+    # Whether the encoder's product runs in bf16 (saes/encoder_product.py): set by the trainer from
+    # `precision.train`, never saved with the weights (a loaded SAE evaluates in float32).
+    encoder_bf16: bool = False
 
     def __init__(self, n: int, d: int, width: int, knob: Tensor | float | Sequence[float], seeds: Sequence[int]):
         """`knob`: each SAE's value of its architecture's sparsity knob (or one value for all): the
@@ -123,9 +127,10 @@ class BatchedSAE(nn.Module, ABC):
         return self.W_dec.detach().transpose(1, 2).clone()
 
     def _project(self, x: Tensor, W: Tensor) -> Tensor:
-        """(x − b_dec) @ W per SAE: x [B, d] or [n, B, d], W [n, d, width] -> [n, B, width]."""
+        """(x − b_dec) @ W per SAE: x [B, d] or [n, B, d], W [n, d, width] -> [n, B, width]; in bf16 under
+        `encoder_bf16` (the gate's or encoder's product, the one a step on the support computes densely)."""
         centred = x - self.b_dec[:, None, :]  # [B, d] broadcasts to [n, B, d]
-        return torch.bmm(centred, W)
+        return encoder_product(centred, W, self.encoder_bf16)
 
     @abstractmethod
     def _encode_terms(self, x: Tensor) -> tuple[Tensor, Tensor]:

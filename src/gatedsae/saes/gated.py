@@ -138,7 +138,8 @@ class GatedUntiedSAE(GatedSAE):
         return self.W_mag
 
     def _magnitude_preactivation(self, x: Tensor, z_gate: Tensor) -> Tensor:
-        return self._project(x, self.W_mag) + self.b_mag[:, None, :]
+        # float32 whatever `encoder_bf16`: a step on the support takes these products on S only (dots)
+        return torch.bmm(x - self.b_dec[:, None, :], self.W_mag) + self.b_mag[:, None, :]
 
     def support_magnitude(self, step: SupportPass) -> Tensor:
         return step.on.dots(step.centred, rows_to_features(self.W_mag)) + step.on.at_features(self.b_mag)

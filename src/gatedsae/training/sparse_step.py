@@ -44,6 +44,7 @@ from torch import Tensor
 
 from gatedsae.plan.architectures import ARCHITECTURES
 from gatedsae.saes.base import BatchedSAE
+from gatedsae.saes.encoder_product import bf16_product
 from gatedsae.saes.support_step import SupportPass
 
 __all__ = ["StepOutcome", "dense_step_", "sparse_step_"]
@@ -154,7 +155,8 @@ def sparse_step_(module: BatchedSAE, x: Tensor) -> StepOutcome:
     """The step's loss terms, with the gradient of `total.sum()` written into every trainable
     parameter's `.grad` (dense tensors), computed on the support only (see the module docstring): the
     shared part here, each architecture's own part through its class's `support_*` methods
-    (saes/support_step.py). x is [B, d] (shared by the SAEs) or [n, B, d]; float32 or float64, no autocast."""
+    (saes/support_step.py). x is [B, d] (shared by the SAEs) or [n, B, d]; float32 or float64, no autocast;
+    the encoder's product in bf16 when the module's `encoder_bf16` says so, as in its dense step."""
     record = ARCHITECTURES.get(getattr(module, "arch", None))
     if record is None or not record.sparse_steps:
         raise TypeError(f"no sparse step for {type(module).__name__}")
@@ -164,9 +166,11 @@ def sparse_step_(module: BatchedSAE, x: Tensor) -> StepOutcome:
     centred = x - module.b_dec[:, None, :]                                   # [n, B, d]
     batch = centred.shape[1]
     centred = centred.expand(n, batch, d)
-    z = torch.bmm(centred, gate_weight)                                       # [n, B, m]: the dense matmul
+    # The dense matmul, [n, B, m]: under bf16 it stays bf16 (as the dense step's, saes/encoder_product.py)
+    # and only its entries on S are cast, which saves writing and reading B × m float32 values.
+    z = bf16_product(centred, gate_weight) if module.encoder_bf16 else torch.bmm(centred, gate_weight)
     support = _Support.of(z > -gate_bias[:, None, :])                        # π = z + b_gate > 0
-    z = z.reshape(-1).index_select(0, support.flat)                          # z on S
+    z = z.reshape(-1).index_select(0, support.flat).to(x.dtype)              # z on S
     pi = z + support.at_features(gate_bias)                                  # π on S (> 0): also ReLU(π)
     decoder = module.W_dec.reshape(-1, d)                                    # [n · m, d]
     step = SupportPass(support, x, centred.reshape(-1, d), z, pi, decoder)

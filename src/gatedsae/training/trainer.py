@@ -26,7 +26,7 @@ from gatedsae.core.errors import PipelineError
 from gatedsae.core.progress import progress_bar
 from gatedsae.plan.architectures import architecture
 from gatedsae.plan.config import Config, TrainConfig
-from gatedsae.plan.identity import training_state_identity
+from gatedsae.plan.identity import training_precision, training_state_identity
 from gatedsae.plan.grid import SAESpec, grid_specs, regrouped, sae_seed
 from gatedsae.saes.base import BatchedSAE, make_sae
 from gatedsae.training.curve_log import CurveLog
@@ -132,6 +132,11 @@ class GridTrainer:
             modules, self.specs, self.base_lrs = grid
         self.identity_extra = identity_extra
         self.modules = [m.to(self.device) for m in modules]
+        # The encoder's product in bf16 where precision.train resolves to it on this device (master weights,
+        # Adam's moments and everything else float32): part of the state's identity and the checkpoints' keys.
+        self.precision = training_precision(config)
+        for module in self.modules:
+            module.encoder_bf16 = self.precision.bf16
         # Adam's fused kernel: the same update (every parameter's moments decay every step) in one pass
         # over the parameters instead of one per operation: for a 2304-wide SAE on this project's 2-core
         # CPU, 1 ms per step against 8 (foreach) and 10 (for-loop, the CPU default).
@@ -189,7 +194,8 @@ class GridTrainer:
         adding one does not discard states)."""
         members = ";".join(spec.name for spec in self.specs)  # which SAEs (and seeds) this trainer holds
         return training_state_identity(self.config.sweep.groups_at(self.store.site), self.train,
-                                       self.store.identity, self.store.d, f"{self.identity_extra}|{members}")
+                                       self.store.identity, self.store.d, f"{self.identity_extra}|{members}",
+                                       self.precision.dtype)
 
     def save_state(self) -> None:
         with atomic_path(self.out_dir / STATE_FILE) as tmp:
@@ -225,6 +231,8 @@ class GridTrainer:
         """Resume from the saved state if there is one (else initialise), and position the data."""
         if self.train.threads > 0:
             torch.set_num_threads(self.train.threads)
+        print(f"train {self.store.site} with the encoder product in {self.precision.dtype}: {self.precision.reason}",
+              flush=True)
         if not self.try_resume():
             self._init_decoder_bias()
         self.curves = CurveLog(self.out_dir, self.train.log_every_steps, [s.name for s in self.specs], self.step,
@@ -301,8 +309,8 @@ class GridTrainer:
     def _sparse_now(self, g: int, module: BatchedSAE) -> bool:
         """Whether group g steps on the support (sparse_step.py) rather than densely: `train.sparse`, and
         under `auto` the group's mean L0 at the previous step against `train.sparse_max_density` × its
-        width. Only on a CPU in float32, where that threshold was measured; the first step is dense. The
-        L0s are part of the saved state, so a resumed run makes the same choices. Architectures without
+        width. Only on a CPU without train.autocast_bf16 (where the threshold was measured); the first step
+        is dense. The L0s are part of the saved state, so a resumed run makes the same choices. Architectures without
         steps on the support (the registry's `sparse_steps`) always step densely."""
         if not architecture(module.arch).sparse_steps:
             return False

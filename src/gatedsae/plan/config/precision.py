@@ -29,8 +29,9 @@ class FidelityGateConfig:
 @dataclass
 class PrecisionConfig:
     """The precision each stage computes its matmuls in: auto (bfloat16 where the device has native bf16
-    matmuls and the stage's fidelity gate passes, float32 elsewhere) | float32 | bfloat16. Never part of
-    an artifact's identity: each artifact records it in its provenance."""
+    matmuls and the stage's fidelity gate passes, float32 elsewhere) | float32 | bfloat16. Each artifact
+    records it in its provenance; training's resolved precision also enters its checkpoints' training keys
+    (plan/identity.py says why)."""
 
     cache: str = "auto"     # the LM forward that caches activations
     train: str = "auto"     # the SAE encoder matmul (master weights and Adam state stay float32)
