@@ -18,8 +18,9 @@ from conftest import TRAINED, copy_data
 
 from gatedsae.activations.store import ActivationStore
 from gatedsae.core.errors import InputError
+from gatedsae.data.corpus import heldout_parts
 from gatedsae.evaluation.evaluate import CheckpointSAE, evaluate_grid
-from gatedsae.plan.layout import ANALYSIS_MARKDOWN, KEY_FILE, study_dir
+from gatedsae.plan.layout import ANALYSIS_MARKDOWN, HELDOUT_SPLITS, KEY_FILE, VALIDATION, study_dir
 from gatedsae.reporting.browse import INDEX_SUFFIX, browse
 from gatedsae.reporting.browser import logit_effects
 from gatedsae.reporting.feature_index import feature_view
@@ -49,27 +50,42 @@ def browsed(evaluated, tiny_model) -> Path:
     return browse(evaluated, loaded=tiny_model)
 
 
+def development_rows(config, store: ActivationStore) -> torch.Tensor:
+    """Per row of the held-out store, whether its window is in the validation split (the only one the
+    browser and the study may read)."""
+    parts = heldout_parts(config.paths.tokens_dir("tiny", "tiny"))
+    assert parts is not None and set(parts.tolist()) == {0, 1}, "smoke splits its held-out windows"
+    rows = np.arange(len(store)) // store.manifest.positions_per_window
+    return torch.as_tensor(parts[rows] == HELDOUT_SPLITS.index(VALIDATION))
+
+
 def test_browser_data_is_what_the_sae_computes(evaluated, browsed, tiny_model):
+    """L0, density, maxima and every example shown, from the validation split's rows only: no example
+    comes from a test window and no statistic counts one."""
     store = ActivationStore(evaluated.paths.activations_dir("tiny", "tiny", SITE, LAYER), "heldout")
+    kept = development_rows(evaluated, store)
     rows = torch.cat([store.rows(i, None) for i in range(store.n_shards)])
     positions = store.manifest.positions_per_window
+    test_windows = set((np.flatnonzero(~kept.numpy()) // positions).tolist())
     pages = sorted(p for p in browsed.parent.glob("*.json") if not p.name.endswith(INDEX_SUFFIX))
     assert {p.stem.split("_")[0] for p in pages} == {"gated", "baseline"}
     for page in pages:
         data = json.loads(page.read_text())
         sae = CheckpointSAE.load(data["checkpoint"])
         norms = sae.tensors["W_dec"].norm(dim=-1)
-        features = sae.encode(rows) * norms  # in the model's units: the decoder rows' scale folded back
+        features = sae.encode(rows) * norms * kept[:, None]  # model's units: the decoder rows' scale folded back
         assert data["units"]["decoder_norm_max"] == pytest.approx(float(norms.max()), abs=1e-3)
-        assert data["l0"] == pytest.approx(float((features > 0).sum(-1).float().mean()), abs=1e-3)
+        assert data["heldout_rows"] == int(kept.sum()) < len(rows)
+        assert data["l0"] == pytest.approx(float((features[kept] > 0).sum(-1).float().mean()), abs=1e-3)
         assert len(data["features"]) == 5
         for feature in data["features"]:
             column = features[:, feature["index"]].numpy()
-            assert feature["density"] == pytest.approx((column > 0).mean())
+            assert feature["density"] == pytest.approx((column > 0).sum() / int(kept.sum()))
             assert feature["max_activation"] == pytest.approx(column.max(), abs=1e-4)
             top = [example["value"] for example in feature["top"]]
             assert top == sorted(top, reverse=True) and top[0] == pytest.approx(column.max(), abs=1e-4)
             for example in feature["top"] + [e for q in feature["quantiles"] for e in q["examples"]]:
+                assert example["window"] not in test_windows, "the browser showed text of the test split"
                 row = example["window"] * positions + example["position"] - 1
                 assert example["value"] == pytest.approx(column[row], abs=1e-4)
                 assert example["activations"][example["focus"]] == pytest.approx(column[row], abs=1e-4)
@@ -87,19 +103,23 @@ def test_every_feature_is_indexed_as_the_sae_computes_it(evaluated, browsed, tin
     feature in the model's units, its top examples one per window in order, and logit effects along the
     unit decoder direction."""
     store = ActivationStore(evaluated.paths.activations_dir("tiny", "tiny", SITE, LAYER), "heldout")
+    kept = development_rows(evaluated, store)
     rows = torch.cat([store.rows(i, None) for i in range(store.n_shards)])
     positions = store.manifest.positions_per_window
+    test_windows = set((np.flatnonzero(~kept.numpy()) // positions).tolist())
     for path in sorted(browsed.parent.glob(f"*{INDEX_SUFFIX}")):
         index = json.loads(path.read_text())
         page = json.loads(path.with_name(path.name.replace(INDEX_SUFFIX, ".json")).read_text())
         sae = CheckpointSAE.load(page["checkpoint"])
         norms = sae.tensors["W_dec"].norm(dim=-1)
-        activations = (sae.encode(rows) * norms).numpy()
-        assert len(index["features"]) == sae.width and index["rows"] == len(rows)
+        activations = (sae.encode(rows) * norms * kept[:, None]).numpy()
+        assert len(index["features"]) == sae.width and index["rows"] == int(kept.sum())
+        assert index["windows"] == len(set(range(len(rows) // positions)) - test_windows)
         for number in range(sae.width):
             feature, column = feature_view(index, number), activations[:, number]
             assert feature["index"] == number and feature["fired"] == int((column > 0).sum())
-            assert feature["density"] == pytest.approx((column > 0).mean(), abs=1e-6)
+            assert feature["density"] == pytest.approx((column > 0).sum() / int(kept.sum()), abs=1e-6)
+            assert not {e["window"] for e in feature["examples"]} & test_windows, "the index showed the test split"
             assert feature["max_activation"] == pytest.approx(column.max(), abs=1e-3)
             assert sum(feature["histogram"]) == feature["fired"]
             values = [e["activations"][e["focus"]] for e in feature["examples"]]
@@ -224,6 +244,32 @@ def test_the_rating_page_is_blinded(evaluated, study):
     assert not re.search(r"Feature \d|id=\"f\d", page), "a feature's index would betray the wider baseline"
     order = [entry["arch"] for entry in key["features"].values()]
     assert order != sorted(order) and order != sorted(order, reverse=True), "shuffled"
+
+
+def test_the_study_reads_no_row_of_the_test_split(evaluated, tiny_model, tmp_path, monkeypatch):
+    """Every held-out row the study's features are computed on lies in a validation window: rows of the
+    test split are read from the store (windows interleave) but always left out."""
+    import gatedsae.reporting.browser as browser_module
+
+    store = ActivationStore(evaluated.paths.activations_dir("tiny", "tiny", SITE, LAYER), "heldout")
+    allowed = development_rows(evaluated, store)
+    used, passes = torch.zeros(len(store), dtype=torch.bool), []
+    original = browser_module.heldout_shards
+
+    def watched(*args, **kwargs):
+        start = 0
+        for rows, kept in original(*args, **kwargs):
+            used[start : start + len(rows)] |= kept
+            start += len(rows)
+            yield rows, kept
+        passes.append(start)
+
+    monkeypatch.setattr(browser_module, "heldout_shards", watched)
+    config = replace(evaluated, experiment=replace(evaluated.experiment, results_dir=str(tmp_path / "results")))
+    shutil.copytree(evaluated.experiment.results, config.experiment.results)
+    build_study(config, loaded=tiny_model)
+    assert passes and used.any(), "the study computed its features from the held-out store"
+    assert not (used & ~allowed).any(), "the study read rows of the test split"
 
 
 def test_ratings_are_saved_to_a_downloaded_file_and_kept_across_a_reload(evaluated, study, tmp_path):

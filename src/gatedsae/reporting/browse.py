@@ -38,8 +38,8 @@ def all_features(sae: CheckpointSAE, store: ActivationStore, text: HeldoutText, 
     browser = config.browser
     shape = IndexShape(browser.index_examples, browser.context_before, browser.context_after, browser.logit_tokens)
     threshold = sae.record.get("massive_norm_threshold")
-    return index_features(sae, lambda: heldout_shards(store, browser.heldout_tokens, threshold), text, model, shape,
-                          config.evaluate.batch_rows)
+    shards = lambda: heldout_shards(store, browser.heldout_tokens, threshold, text.development)  # noqa: E731
+    return index_features(sae, shards, text, model, shape, config.evaluate.batch_rows)
 
 
 def browse(config: Config, loaded=None) -> Path:

@@ -1,6 +1,8 @@
 """The feature browser: for sampled features of an SAE, what a researcher looks at to judge a feature.
 
-For each feature, on the held-out split (text the SAE never trained on):
+For each feature, on the held-out split's development part (text the SAE never trained on; where the
+held-out documents are split, corpus.test_fraction, only the validation windows: the test split is left
+to the verdict):
 - its top-activating contexts (at most one per window), the activating token marked, every token
   shaded by the feature's activation on it;
 - random contexts from each quantile of its non-zero activations (how it behaves below the top);
@@ -11,7 +13,8 @@ For each feature, on the held-out split (text the SAE never trained on):
 
 Rows of the held-out store map back to text exactly: row r is window r // (T−1), position 1 + r % (T−1)
 (BOS excluded), the order the cache wrote them in. Rows the evaluation leaves out as massive activations
-(norm above the checkpoint's `massive_norm_threshold`) are left out here too.
+(norm above the checkpoint's `massive_norm_threshold`) are left out here too, and so are the rows of test
+windows (`development_windows`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from gatedsae.activations.store import ActivationStore
 from gatedsae.evaluation.evaluate import CheckpointSAE
 from gatedsae.plan.architectures import knob_fields
 from gatedsae.plan.config import BrowserConfig, Config
-
+from gatedsae.plan.layout import HELDOUT_SPLITS, development_split
 
 
 @dataclass
@@ -35,6 +38,7 @@ class HeldoutText:
 
     windows: np.ndarray  # [n, T] token ids, BOS first
     token_text: Callable[[int], str]
+    development: Optional[np.ndarray] = None  # [n] bool: the windows development may read (None: all of them)
 
     @property
     def positions(self) -> int:
@@ -44,17 +48,39 @@ class HeldoutText:
         return row // self.positions, 1 + row % self.positions
 
 
-def heldout_shards(store: ActivationStore, limit: Optional[int], max_norm: Optional[float]
-                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def development_windows(config: Config) -> Optional[np.ndarray]:
+    """Per held-out window, whether development stages (browser, study, exports) may read it: the
+    validation split's windows where the held-out documents are split (the test split is the verdict's
+    alone), None (every window) where they are not."""
+    from gatedsae.data.corpus import heldout_parts
+
+    split = development_split(config)
+    if split is None:
+        return None
+    tokens_dir = config.paths.tokens_dir(config.model.name, config.corpus.name)
+    parts = heldout_parts(tokens_dir)
+    if parts is None:
+        raise FileNotFoundError(f"corpus.test_fraction is set but the held-out windows in {tokens_dir} are not split "
+                                f"into {HELDOUT_SPLITS}: re-run the tokenize stage")
+    return parts == HELDOUT_SPLITS.index(split)
+
+
+def heldout_shards(store: ActivationStore, limit: Optional[int], max_norm: Optional[float],
+                   development: Optional[np.ndarray] = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(rows [n, d] float32, kept [n] bool) per shard in stored order, at most `limit` rows in all; `kept`
-    is False for the rows the evaluation leaves out (massive: norm above `max_norm`)."""
+    is False for the rows the evaluation leaves out (massive: norm above `max_norm`) and for the rows of
+    windows `development` (bool per held-out window) marks False: those of the test split."""
     remaining = len(store) if limit is None else limit
+    positions, first = store.manifest.positions_per_window, 0
     for index in range(store.n_shards):
         if remaining <= 0:
             return
         rows = store.rows(index, None, torch.float32)
         norms = rows.norm(dim=-1)
         kept = torch.ones(len(rows), dtype=torch.bool) if max_norm is None else norms <= max_norm
+        if development is not None:
+            kept &= torch.as_tensor(development[np.arange(first, first + len(rows)) // positions])
+        first += len(rows)
         rows, kept = rows[:remaining], kept[:remaining]
         remaining -= len(rows)
         yield rows, kept
@@ -192,7 +218,7 @@ def sae_features(sae: CheckpointSAE, store: ActivationStore, text: HeldoutText, 
     """One SAE's browser data: its summary and the records of `features` (or `count` sampled ones)."""
     batch = config.evaluate.batch_rows
     threshold = sae.record.get("massive_norm_threshold")
-    shards = lambda: heldout_shards(store, browser.heldout_tokens, threshold)  # noqa: E731
+    shards = lambda: heldout_shards(store, browser.heldout_tokens, threshold, text.development)  # noqa: E731
     scanned = scan(sae, shards(), batch)
     rng = np.random.default_rng([browser.seed, int(sae.checkpoint_id, 16) % (2**32)])
     if features is None:
@@ -215,7 +241,7 @@ def sae_features(sae: CheckpointSAE, store: ActivationStore, text: HeldoutText, 
 
 
 def load_context(config: Config, site: str, layer: int, loaded=None):
-    """(held-out store, its text, the LM) for a site and layer."""
+    """(held-out store, its text with the windows development may read, the LM) for a site and layer."""
     from gatedsae.data.corpus import load_windows
     from gatedsae.data.models import load_model
 
@@ -225,4 +251,8 @@ def load_context(config: Config, site: str, layer: int, loaded=None):
     if windows.shape[1] - 1 != store.manifest.positions_per_window:
         raise ValueError(f"the held-out windows ({windows.shape[1]} tokens) do not match the store "
                          f"({store.manifest.positions_per_window} positions per window); re-run tokenize and cache")
-    return store, HeldoutText(windows, loaded.tokenizer.token_text), loaded
+    development = development_windows(config)
+    if development is not None and len(development) != len(windows):
+        raise ValueError(f"the held-out split file marks {len(development)} windows, the held-out tokens hold "
+                         f"{len(windows)}; re-run tokenize")
+    return store, HeldoutText(windows, loaded.tokenizer.token_text, development), loaded

@@ -57,11 +57,12 @@ def index_features(sae, shards_fn, text: HeldoutText, model, shape: IndexShape, 
     """The compact record of every feature of `sae` (see the module's docstring)."""
     positions, width, scale = text.positions, sae.width, decoder_norms(sae)
     fired = torch.zeros(width, dtype=torch.long)
-    maxima, places, kept_rows = [], [], 0
+    maxima, places, kept_rows, kept_windows = [], [], 0, 0
     for rows, keep in _window_chunks(shards_fn(), positions, batch_rows):
         values = _activations(sae, rows, keep, scale, positions)
         fired += (values > 0).sum((0, 1))
         kept_rows += int(keep.sum())
+        kept_windows += int(keep.view(-1, positions).any(1).sum())  # a test window's rows are all left out
         best = values.max(1)
         maxima.append(best.values)
         places.append(best.indices.to(torch.int32))
@@ -88,7 +89,7 @@ def index_features(sae, shards_fn, text: HeldoutText, model, shape: IndexShape, 
         picked = values[local, offsets[here].clamp(0, positions - 1), feature_of[here][:, None].expand_as(local)]
         context[here] = picked * inside[here]
         first += len(values)
-    return _records(sae, text, model, shape, fired, kept_rows, len(maxima), peak, counts.view(width, BINS),
+    return _records(sae, text, model, shape, fired, kept_rows, kept_windows, peak, counts.view(width, BINS),
                     feature_of, window_of, focus_of, offsets, inside, context)
 
 

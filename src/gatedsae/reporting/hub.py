@@ -27,7 +27,7 @@ from gatedsae.plan.architectures import ARCHITECTURES, knob_text
 from gatedsae.plan.config import Config
 from gatedsae.plan.grid import read_grid_index
 from gatedsae.plan.sites import hook_name
-from gatedsae.reporting.browser import heldout_shards, scan
+from gatedsae.reporting.browser import development_windows, heldout_shards, scan
 from gatedsae.saes.checkpoints import CFG_FILE, WEIGHTS_FILE
 
 SPARSITY_FILE = "sparsity.safetensors"  # sae-lens reads the tensor "sparsity": log10 of each feature's density
@@ -47,12 +47,14 @@ def exported_checkpoints(config: Config) -> tuple[list[dict], list[str]]:
 
 
 def log_sparsity(config: Config, sae: CheckpointSAE, site: str, layer: int) -> torch.Tensor | None:
-    """log10 of each feature's firing frequency on the held-out rows (None without the activation store)."""
+    """log10 of each feature's firing frequency on the held-out rows development may read (the validation
+    split's; None without the activation store)."""
     directory = config.paths.activations_dir(config.model.name, config.corpus.name, site, layer)
     if not (directory / "manifest.json").exists():
         return None
     store = ActivationStore(directory, "heldout")
-    scanned = scan(sae, heldout_shards(store, None, sae.massive_norm_threshold), config.evaluate.batch_rows)
+    shards = heldout_shards(store, None, sae.massive_norm_threshold, development_windows(config))
+    scanned = scan(sae, shards, config.evaluate.batch_rows)
     return torch.log10(scanned.fired.double() / max(scanned.rows, 1)).float()
 
 
