@@ -152,12 +152,24 @@ def cluster(measured: dict) -> list[str]:
             f"| jobs | {measured['jobs_local']} | {measured['jobs_submitted']} submitted (one training job cancelled "
             f"and resubmitted) |",
             f"| wall time | {wall['local']:.0f} s | {wall['slurm']:.0f} s ({measured['slurm_over_local']:.2f}×) |",
-            "", f"Overhead per submitted job: {measured['overhead_per_job_s']:.1f} s of wall time (the difference "
-            f"over the jobs submitted, the cancelled job's lost work included). SLURM's wait from submission to start, "
+            "", _overhead(measured) + " SLURM's wait from submission to start, "
             f"which includes waiting for the node's CPUs while another job holds them: median {wait['median']:.0f} s, "
             f"at most {wait['max']:.0f} s. Results identical to the local run: "
             f"{'yes' if measured['identical'] else 'NO'}. One node of {node['cpus']} CPUs and "
             f"{node['memory_mb'] / 1024:.0f} GiB, shared with other work."]
+
+
+def _overhead(measured: dict) -> str:
+    """SLURM's cost per job, or, when the SLURM run finished first, that the machine's load from other work
+    outweighed it (the two runs are one after the other, not interleaved)."""
+    per_job, load = measured["overhead_per_job_s"], measured["machine"].get("load_average", [None])[0]
+    if per_job >= 0:
+        return (f"Overhead per submitted job: {per_job:.1f} s of wall time (the difference over the jobs submitted, "
+                f"the cancelled job's lost work included).")
+    under = f" (load average {load:.1f} when the record was written)" if load is not None else ""
+    return (f"Overhead per submitted job: not resolved by this record: the SLURM run finished "
+            f"{-per_job * measured['jobs_submitted']:.0f} s sooner than the local one, so the load from other work on "
+            f"the machine{under} varied by more than SLURM's own cost.")
 
 
 def _minutes(seconds: float) -> str:
