@@ -90,3 +90,16 @@ def test_the_forecast_reads_the_default_as_configured_with_its_most_seeds():
     assert "(3 training seeds per SAE) is predicted at **197 min**" in line and "over the 120 min budget" in line
     (fits,) = forecast({**plan, "candidates": plan["candidates"][:1]})
     assert "**83 min**" in fits and "within the 120 min budget" in fits
+
+
+@pytest.mark.parametrize("local, slurm, says", [(400.0, 800.0, "Overhead per submitted job: 20.0 s"),
+                                                 (495.0, 439.0, "not resolved by this record")])
+def test_the_cluster_block_quotes_slurms_overhead_only_when_the_record_resolves_it(local, slurm, says):
+    from gatedsae.reporting.published import cluster
+
+    record = {"wall_s": {"local": local, "slurm": slurm}, "slurm_over_local": slurm / local,
+              "overhead_per_job_s": (slurm - local) / 20, "jobs_local": 19, "jobs_submitted": 20,
+              "queue_wait_s": {"median": 8.0, "max": 150.0}, "identical": True,
+              "node": {"cpus": 2, "memory_mb": 24576}, "machine": {"load_average": [8.9, 8.4, 5.5]}}
+    text = "\n".join(cluster(record))
+    assert says in text and ("-2.8 s" not in text)
