@@ -20,23 +20,8 @@ import torch
 from gatedsae.activations.store import ActivationStore
 from gatedsae.core.atomic import write_json_atomic
 from gatedsae.plan.config import SAEGroupConfig, load_config
+from gatedsae.training.precision_check import heldout_summary
 from gatedsae.training.trainer import GridTrainer
-
-
-@torch.no_grad()
-def heldout_summary(trainer: GridTrainer, store: ActivationStore, tokens: int) -> dict[str, dict[str, float]]:
-    """Held-out L0 and FVU of every SAE of a trained grid (on the scaled activations it was trained on)."""
-    x = torch.cat(list(store.tokens(tokens, trainer.massive_norm_threshold))).float() * trainer.scale
-    centred_energy = ((x - x.mean(0)) ** 2).sum()
-    summary = {}
-    for spec in trainer.specs:
-        terms = trainer.modules[spec.group](x)
-        summary[spec.name] = {
-            "arch": spec.arch, "l1": spec.value,
-            "l0": float((terms.features[spec.index] > 0).float().sum(-1).mean()),
-            "fvu": float(((terms.x_hat[spec.index] - x) ** 2).sum() / centred_energy),
-        }
-    return summary
 
 
 def main() -> None:

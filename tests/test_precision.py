@@ -189,3 +189,37 @@ def test_the_zero_ablation_is_float32_whatever_the_evaluation_precision(smoke_tr
             np.testing.assert_allclose(bf16.samples[name], fp32.samples[name], rtol=0.05)
         assert bf16.row["ce_zero"] == fp32.row["ce_zero"]
         assert bf16.row["loss_recovered"] == pytest.approx(fp32.row["loss_recovered"], abs=0.1)
+
+
+@pytest.mark.parametrize("flags, capability", [({"avx2", "avx512f", "avx512_bf16"}, "AVX512"), ({"avx2"}, "AVX2")])
+def test_training_resolves_auto_from_what_the_cpu_reports(cpu_reporting, smoke_cache, tmp_path, flags, capability):
+    from dataclasses import replace
+
+    from gatedsae.activations.store import ActivationStore
+    from gatedsae.training.trainer import GridTrainer
+
+    cpu_reporting(flags, capability)
+    native = "avx512_bf16" in flags
+    for setting, bf16 in (("auto", native), ("float32", False), ("bfloat16", True)):
+        config = replace(smoke_cache, precision=replace(smoke_cache.precision, train=setting))
+        store = ActivationStore(config.paths.activations_dir("tiny", "tiny", "resid_post", 1), "train")
+        trainer = GridTrainer(config, store, tmp_path / setting)
+        assert trainer.precision.bf16 == bf16 and trainer.precision.setting == setting, setting
+        assert all(module.encoder_bf16 == bf16 for module in trainer.modules)
+
+
+def test_training_in_bf16_reaches_the_fvu_and_l0_of_float32_training(smoke_cache):
+    """The smoke grid (Gated, baseline, untied; two seeds) trained in float32 and with the encoder's product
+    in bf16, same seeds and batches: every SAE's held-out FVU and L0 within precision.train_check's
+    tolerances (conf/precision/), and bf16 really trained differently."""
+    from gatedsae.activations.store import ActivationStore
+    from gatedsae.training.precision_check import compare_training_precisions
+
+    directory = smoke_cache.paths.activations_dir("tiny", "tiny", "resid_post", 1)
+    report = compare_training_precisions(smoke_cache, ActivationStore(directory, "train"),
+                                         ActivationStore(directory, "heldout"), heldout_tokens=200)
+    tolerances = smoke_cache.precision.train_check
+    assert report["worst"]["fvu_rel"]["tolerance"] == tolerances.fvu_rel == 0.02
+    assert report["passed"], report["worst"]
+    assert all(sae["fvu_rel"] <= tolerances.fvu_rel and sae["l0_rel"] <= tolerances.l0_rel for sae in report["saes"].values())
+    assert any(sae["fvu_float32"] != sae["fvu_bfloat16"] for sae in report["saes"].values()), "bf16 must change the run"

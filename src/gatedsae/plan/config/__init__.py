@@ -28,7 +28,7 @@ from gatedsae.plan.config.groundtruth import (
     GroundTruthVerdictConfig,
 )
 from gatedsae.plan.config.model import ModelConfig, PackageConfig
-from gatedsae.plan.config.precision import FidelityGateConfig, PrecisionConfig
+from gatedsae.plan.config.precision import FidelityGateConfig, PrecisionConfig, TrainPrecisionCheckConfig
 from gatedsae.plan.config.root import CONF_DIR, REPO_ROOT, Config, compose, dataclass_from, load_config, to_dict
 from gatedsae.plan.config.stages import SPARSE_MAX_DENSITY, CacheConfig, EvaluateConfig, TrainConfig
 from gatedsae.plan.config.sweep import L1_UNITS, SAEGroupConfig, SweepConfig
@@ -44,5 +44,6 @@ __all__ = [
     "GroundTruthVerdictConfig", "IntervalsConfig", "LayerRuleConfig", "ModelConfig", "PackageConfig",
     "PaperMatchedL0", "PathsConfig", "PrecisionConfig",
     "ResourcesConfig", "SAEGroupConfig", "SourceConfig", "StudyConfig", "SweepConfig", "TrainConfig",
+    "TrainPrecisionCheckConfig",
     "VerdictConfig", "compose", "dataclass_from", "load_config", "require_safe_name", "to_dict",
 ]
