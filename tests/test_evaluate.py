@@ -21,6 +21,7 @@ from gatedsae.evaluation.evaluate import (
     evaluate_each,
     evaluate_grid,
     evaluate_saes,
+    split_windows,
 )
 from gatedsae.evaluation.reconstruction import ReconstructionStats
 from gatedsae.evaluation.spliced import SplicedLM, next_token_losses
@@ -373,3 +374,18 @@ def test_development_tables_hold_validation_only_and_the_verdict_reads_test(trai
     STAGES["verdict"].run(config)
     verdict = json.loads((results / "verdict.json").read_text())
     assert verdict["split"] == "test" and {claim["split"] for claim in verdict["claims"]} == {"test"}
+
+
+def test_the_validation_split_may_be_read_on_fewer_ce_windows(smoke_cache):
+    """evaluate.validation_ce_windows: development's split on its own first windows, the test split (the
+    verdict's) on ce_windows; unset, both on ce_windows. The estimates count each split's windows."""
+    from gatedsae.plan.estimates import evaluate_estimate
+
+    coarse = replace(smoke_cache, evaluate=replace(smoke_cache.evaluate, ce_windows=4, validation_ce_windows=2))
+    same = replace(coarse, evaluate=replace(coarse.evaluate, validation_ce_windows=None))
+    validation, test = split_windows(coarse, "validation")[0], split_windows(coarse, "test")[0]
+    assert len(validation) == 2 and len(test) == 4
+    np.testing.assert_array_equal(split_windows(same, "validation")[0][:2], validation)
+    np.testing.assert_array_equal(split_windows(same, "test")[0], test)
+    site = "resid_post"
+    assert evaluate_estimate(coarse, site).flops == pytest.approx(evaluate_estimate(same, site).flops * (2 + 4) / (4 + 4))

@@ -139,8 +139,8 @@ def heldout_splits(config: Config) -> list[Optional[str]]:
 
 
 def split_windows(config: Config, split: Optional[str]) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """The CE windows of a held-out split (its first evaluate.ce_windows), and which held-out windows of
-    the store belong to it (None: every window, the held-out set not being split)."""
+    """The CE windows of a held-out split (its first evaluate.ce_windows, or validation_ce_windows), and
+    which held-out windows of the store belong to it (None: every window, the held-out set not being split)."""
     from gatedsae.data.corpus import heldout_parts, load_windows
 
     tokens_dir = config.paths.tokens_dir(config.model.name, config.corpus.name)
@@ -152,7 +152,7 @@ def split_windows(config: Config, split: Optional[str]) -> tuple[np.ndarray, Opt
         raise FileNotFoundError(f"the held-out windows in {tokens_dir} are not split into {HELDOUT_SPLITS}: run the "
                                 "tokenize stage with corpus.test_fraction set")
     mine = parts == HELDOUT_SPLITS.index(split)
-    return np.asarray(windows[np.flatnonzero(mine)[: config.evaluate.ce_windows]]), mine
+    return np.asarray(windows[np.flatnonzero(mine)[: config.evaluate.windows_of(split)]]), mine
 
 
 def evaluate_each(config: Config, site: str, layer: int, saes: list[CheckpointSAE], loaded=None,

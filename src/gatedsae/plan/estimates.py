@@ -18,6 +18,7 @@ from typing import Optional
 
 from gatedsae.plan.architectures import architecture, only, rescale_shift_base
 from gatedsae.plan.config import Config, SAEGroupConfig
+from gatedsae.plan.layout import HELDOUT_SPLITS
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 GIB = 1024**3
@@ -171,7 +172,7 @@ def evaluate_estimate(config: Config, site: str) -> Estimate:
     d = m.site_width(site)
     n_saes = _saes_per_grid(config, site)
     widest = max(g.width(d) for g in config.sweep.groups_at(site))
-    tokens = evaluate.ce_windows * config.experiment.context_length
+    tokens = evaluate.ce_windows * config.experiment.context_length  # the largest split's (memory)
     logits = evaluate.batch_windows * config.experiment.context_length * m.d_vocab * 4 * 2
     # Every window's clean prefix is kept while the SAEs are evaluated one by one: the residual stream
     # at the splice point, and the site's activation where it is not the residual stream itself.
@@ -180,14 +181,16 @@ def evaluate_estimate(config: Config, site: str) -> Estimate:
               + logits + 3 * d * widest * 4 + prefixes)
     remainder = model_parameters(config) - model_parameters(config, min(config.experiment.layers_at(site)))
     # the remainder runs once per SAE and twice for the zero-ablation (with and without massive positions)
-    flops = tokens * (2 * model_parameters(config) + (n_saes + 2) * (2 * remainder + 4 * d * widest))
-    # every held-out split (validation, test) has its own evaluate.ce_windows, evaluated one after the other
-    return Estimate(f"evaluate[{site}]", memory, flops * heldout_split_count(config), breakdown={"prefixes": prefixes})
+    per_token = 2 * model_parameters(config) + (n_saes + 2) * (2 * remainder + 4 * d * widest)
+    # every held-out split (validation, test) has its own CE windows, evaluated one after the other
+    windows = sum(evaluate.windows_of(split) for split in heldout_split_names(config))
+    flops = windows * config.experiment.context_length * per_token
+    return Estimate(f"evaluate[{site}]", memory, flops, breakdown={"prefixes": prefixes})
 
 
-def heldout_split_count(config: Config) -> int:
+def heldout_split_names(config: Config) -> list[Optional[str]]:
     """The held-out splits every SAE is evaluated on: validation and test (corpus.test_fraction), or one."""
-    return 1 if config.corpus.test_fraction is None else 2
+    return [None] if config.corpus.test_fraction is None else list(HELDOUT_SPLITS)
 
 
 def _saes_per_grid(config: Config, site: str) -> int:

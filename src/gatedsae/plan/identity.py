@@ -38,6 +38,7 @@ NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "cache": {"mode": "store", "stream_keep_shards": 2},
     "sweep": {"all_tokens": False, "all_tokens_sites": []},
     "experiment": {"site_layers": {}},
+    "evaluate": {"validation_ce_windows": None},
     "train": {"statistics_tokens": None, "sparse": "auto",
               "sparse_max_density": SPARSE_MAX_DENSITY, "dead_after_tokens": DEAD_AFTER_TOKENS, "seeds": 1},
 }

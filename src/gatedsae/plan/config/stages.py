@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from gatedsae.plan.config.checks import DTYPES, choice, device, finite, require
+from gatedsae.plan.layout import VALIDATION
 
 
 @dataclass
@@ -149,13 +150,22 @@ class EvaluateConfig:
     heldout_tokens: Optional[int] = None  # held-out rows for L0 / FVU / γ / density (None: the whole split)
     batch_rows: int = 8192                # rows per SAE forward
     ce_windows: int = 64                  # held-out context windows for the spliced-LM losses
+    # the validation split's own number of CE windows (None: ce_windows): the verdict reads the test split
+    # only, so validation, read by development (figures, tables, browser), may be measured more coarsely
+    validation_ce_windows: Optional[int] = None
     batch_windows: int = 8                # windows per LM batch (prefix computed once per batch)
     device: str = "cpu"
     threads: int = 0
 
+    def windows_of(self, split: Optional[str]) -> int:
+        """The CE windows a held-out split is evaluated on (None: an unsplit held-out set)."""
+        return self.validation_ce_windows if split == VALIDATION and self.validation_ce_windows else self.ce_windows
+
     def validate(self) -> None:
         for key in ("batch_rows", "ce_windows", "batch_windows"):
             require(getattr(self, key) > 0, f"evaluate.{key}", "must be a positive integer")
+        require(self.validation_ce_windows is None or self.validation_ce_windows > 0, "evaluate.validation_ce_windows",
+                "must be a positive integer, or null for evaluate.ce_windows")
         require(self.threads >= 0, "evaluate.threads", "must be 0 (torch's default) or a positive integer")
         device(self.device, "evaluate.device")
         require(self.heldout_tokens is None or self.heldout_tokens > 0, "evaluate.heldout_tokens",
