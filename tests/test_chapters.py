@@ -58,3 +58,27 @@ def test_a_snakemake_run_short_of_the_published_chapters_is_refused_before_compu
     require_no_shrink(_config(tmp_path, ABLATIONS, "experiment.chapter=ablations"))
     require_no_shrink(_config(tmp_path, ABLATIONS))  # the whole experiment
     require_no_shrink(_config(tmp_path, HEADLINE, "experiment.chapter=rescale_shift"))  # a cold run's next chapter
+
+
+
+@pytest.mark.parametrize("overrides, chapter, stops", [
+    ([], None, ["evaluate", "evaluate", "evaluate", None]),  # tables, figures, verdict, report once, at the end
+    ([], "rescale_shift", ["evaluate", None]),
+    (["experiment.through=report"], None, ["evaluate", "evaluate", "evaluate", None]),
+    (["experiment.through=train"], None, [None] * 4),  # a run asked to stop earlier stops there throughout
+])
+def test_only_the_last_chapter_of_a_replicate_run_reports(tmp_path, monkeypatch, overrides, chapter, stops):
+    from types import SimpleNamespace
+
+    from gatedsae.cli import replicate
+
+    commands = []  # each chapter's Snakemake command, not run
+    monkeypatch.setattr(replicate, "subprocess", SimpleNamespace(run=lambda command: commands.append(command)
+                                                                 or SimpleNamespace(returncode=0)))
+    monkeypatch.chdir(tmp_path)
+    config = _config(tmp_path, None, *overrides)
+    replicate.replicate(config, overrides, chapter)
+    chapters = chapters_to_run(config, chapter)
+    assert [command[-1].removeprefix("overrides=").split() for command in commands] == [
+        [o for o in overrides if stop is None] + [f"experiment.chapter={name}"]
+        + ([f"experiment.through={stop}"] if stop else []) for name, stop in zip(chapters, stops)]

@@ -32,7 +32,7 @@ def reference_dir(experiment: str) -> Path:
 def publish(config: Config, root: Path = REFERENCE_ROOT) -> Path:
     """Copy the experiment's finished results and figures into `root/<experiment>/` (replacing an older
     copy) and record where they came from."""
-    from gatedsae.saes.checkpoints import code_version
+    from gatedsae.core.codehash import code_version
 
     results, figures = config.experiment.results, config.experiment.figures
     missing = [name for name in ("metrics.csv", "headline.csv") if not (results / name).exists()]

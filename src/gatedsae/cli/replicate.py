@@ -3,7 +3,9 @@ stage, and print the verdict at the end.
 
 Each chapter is one Snakemake run of the experiment cut down to the chapters so far
 (`experiment.chapter=<name>`); grids are incremental, so a later chapter trains and evaluates only the
-SAEs it adds, and the last chapter's outputs are those of the whole experiment. The timings go to
+SAEs it adds, and the last chapter's outputs are those of the whole experiment. Every chapter but the
+last stops after evaluation (`experiment.through=evaluate`): the tables, figures, verdict and report are
+made once, by the last chapter, from every SAE. The timings go to
 `results/<experiment>/replicate.json` (a pipeline output, versioned by DVC with the results); `make
 replicate` prints the verdict after it.
 
@@ -43,6 +45,16 @@ def snakemake_command(experiment: str, overrides: list[str], extra: tuple[str, .
     if overrides:
         command.append("overrides=" + " ".join(overrides))
     return command
+
+
+def overrides_of_chapter(overrides: list[str], name: str, last: bool, through: str) -> list[str]:
+    """A chapter's overrides: the run's, its name, and for every chapter but the run's last one a stop after
+    evaluation. The last chapter's aggregate, curves, figures, verdict and report cover every SAE of the
+    chapters before it, so reporting after each of those would only be redone (the per-chapter overhead of
+    results/benchmarks/overhead.json); the chapters' training and evaluation are the same either way."""
+    stop_early = not last and through == "report"
+    kept = [o for o in overrides if not (stop_early and o.startswith("experiment.through="))]
+    return kept + ([f"experiment.chapter={name}"] if name else []) + (["experiment.through=evaluate"] if stop_early else [])
 
 
 def stage_seconds(benchmarks: Path, since: float) -> dict[str, float]:
@@ -85,7 +97,8 @@ def replicate(config: Config, overrides: list[str], chapter: Optional[str] = Non
         described = next((c.description for c in experiment.chapters if c.name == name), "")
         title = f"chapter {number} of {len(run)}: {name}" if name else f"experiment {experiment.name}"
         print(f"\n=== {title}" + (f" ({described})" if described else ""), flush=True)
-        chapter_overrides = overrides + ([f"experiment.chapter={name}"] if name else [])
+        chapter_overrides = overrides_of_chapter(overrides, name, last=number == len(run),
+                                                 through=experiment.through)
         chapter_started = time.time()
         logs = Path("logs") / experiment.name / name
         result = subprocess.run(snakemake_command(experiment.name, chapter_overrides,

@@ -2,17 +2,21 @@
 
 A fingerprint hashes the syntax tree of the named modules (or of named functions in them), without
 docstrings: a change to what the code does changes it; a comment, a docstring or reformatting does not.
-The files are parsed, never imported, so the Snakefile can use this without loading torch.
+The files are parsed, never imported, so the Snakefile can use this without loading torch. A parsed
+file is remembered by its text for the life of the process: evaluate fingerprints once per SAE, and the
+same text always gives the same tree.
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import subprocess
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 PACKAGE = Path(__file__).resolve().parents[1]  # src/gatedsae
+CHECKOUT = PACKAGE.parents[1]  # the repository: src/gatedsae → .
 
 # What computes each stage's numbers: a module (None: all of it) or some of its functions.
 METRICS_CODE: dict[str, Optional[Sequence[str]]] = {   # per-SAE evaluation results
@@ -43,8 +47,19 @@ def _without_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
+_PARSED: dict[tuple[str, str, Optional[tuple[str, ...]]], str] = {}  # (path, text, functions) → normalized
+
+
 def _normalized(path: Path, functions: Optional[Sequence[str]]) -> str:
-    tree = _without_docstrings(ast.parse(path.read_text(), filename=str(path)))
+    text = path.read_text()
+    key = (str(path), text, None if functions is None else tuple(functions))
+    if key not in _PARSED:
+        _PARSED[key] = _parse(path, text, functions)
+    return _PARSED[key]
+
+
+def _parse(path: Path, text: str, functions: Optional[Sequence[str]]) -> str:
+    tree = _without_docstrings(ast.parse(text, filename=str(path)))
     if functions is None:
         return ast.dump(tree)
     found = {node.name: node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
@@ -66,3 +81,13 @@ def code_fingerprint(modules: Mapping[str, Optional[Sequence[str]]], package: Pa
             relative = path.relative_to(package).as_posix()
             digest.update(relative.encode() + b"\0" + _normalized(path, modules[name]).encode() + b"\0")
     return digest.hexdigest()[:16]
+
+
+def code_version(checkout: Path = CHECKOUT) -> str:
+    """`git describe` of the checkout (the commit, `-dirty` with uncommitted changes), for provenance."""
+    try:
+        result = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=checkout,
+                                capture_output=True, text=True, timeout=10)
+        return result.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

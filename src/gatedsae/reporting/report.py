@@ -156,7 +156,7 @@ def _markdown_tables_html(markdown: str) -> str:
 def write_report(config: Config) -> Path:
     """results/<experiment>/report.html from the aggregated results and figures."""
     from gatedsae.core.atomic import atomic_path
-    from gatedsae.saes.checkpoints import code_version
+    from gatedsae.core.codehash import code_version
 
     results, figures = config.experiment.results, config.experiment.figures
     index = read_json(figures / FIGURES_INDEX, REBUILD)

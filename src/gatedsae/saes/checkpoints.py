@@ -14,7 +14,6 @@ equivalent and is saved under our own architecture name.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Optional
 
@@ -26,7 +25,6 @@ from gatedsae.core.atomic import atomic_directory, sha256_file, storage_errors, 
 from gatedsae.core.errors import IntegrityError
 from gatedsae.core.sealed import seal_problem, write_sealed_json
 from gatedsae.plan.architectures import SAELENS_TENSORS, architecture, by_saelens, sae_class
-from gatedsae.plan.config import REPO_ROOT
 from gatedsae.plan.layout import TRAINING_RECORD
 from gatedsae.saes.base import BatchedSAE, load_slice_state
 from gatedsae.saes.baseline import BaselineSAE
@@ -48,15 +46,6 @@ class CheckpointError(IntegrityError):
     def __init__(self, problem: str):
         super().__init__(f"{problem} {REPAIR}")
         self.problem = problem
-
-def code_version() -> str:
-    try:
-        result = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT,
-                                capture_output=True, text=True, timeout=10)
-        return result.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
 
 # The sae-lens release whose config format `saelens_cfg` writes (and the tests load with). A version
 # >= 6 in `metadata` makes sae-lens read the file as a 6.x config, metadata included.

@@ -188,7 +188,8 @@ def _train_rescale_shift_pass(config: Config, store: ShardedActivations, site: s
 
 def export_checkpoints(trainer: GridTrainer, site: str, layer: int, out_dir: Path, keys: dict[str, str]) -> None:
     """One checkpoint per SAE of a trained grid, each with its training record."""
-    from gatedsae.saes.checkpoints import code_version, saelens_meta, write_checkpoint
+    from gatedsae.core.codehash import code_version
+    from gatedsae.saes.checkpoints import saelens_meta, write_checkpoint
 
     config, store = trainer.config, trainer.store
     meta = saelens_meta(config, site, layer)
