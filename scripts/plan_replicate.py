@@ -86,7 +86,11 @@ def main() -> None:
         "assumptions": "stage time proportional to its estimated FLOPs (training at the measured mix of dense and "
                        "sparse steps; evaluation in float32 as measured); each chapter adds the measured mean "
                        "overhead (a chapter whose work the estimates do not size, the ground-truth benchmark, "
-                       "counts as that overhead only); seeds multiply training and the per-SAE part of evaluation",
+                       "counts as that overhead only); seeds multiply training and the per-SAE part of evaluation. "
+                       "The chapters' overhead is an upper bound: it was measured when every chapter made the tables, "
+                       "figures, verdict and report and fingerprinted the evaluation code once per SAE; now only the "
+                       "last chapter reports and the fingerprint is parsed once per job (results/benchmarks/overhead.json "
+                       "measures the cut on the smoke experiment), and no cold default run has timed it yet",
     })
     print(f"wrote {args.out} (the measured configuration: {check['total'] / 60:.1f} min predicted, "
           f"{measured['wall_seconds'] / 60:.1f} min measured)")
