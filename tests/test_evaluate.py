@@ -350,6 +350,21 @@ def test_the_code_fingerprint_follows_the_code_not_its_comments(tmp_path):
     assert code_fingerprint({"archs/": None}, tmp_path) != folder
 
 
+def test_the_code_fingerprint_parses_a_text_once_and_sees_every_rewrite(tmp_path, monkeypatch):
+    """evaluate fingerprints once per SAE: each file's text is parsed once per process, yet a file rewritten
+    in place (same size, same instant) is parsed again."""
+    import gatedsae.core.codehash as codehash
+
+    parsed, parse = [], codehash._parse
+    monkeypatch.setattr(codehash, "_parse", lambda path, text, functions: parsed.append(text) or parse(path, text, functions))
+    module = tmp_path / "m.py"
+    module.write_text("x = 1\n")
+    first = codehash.code_fingerprint({"m.py": None}, tmp_path)
+    assert codehash.code_fingerprint({"m.py": None}, tmp_path) == first and parsed == ["x = 1\n"]
+    module.write_text("x = 2\n")
+    assert codehash.code_fingerprint({"m.py": None}, tmp_path) != first and parsed == ["x = 1\n", "x = 2\n"]
+
+
 def test_development_tables_hold_validation_only_and_the_verdict_reads_test(trained_smoke, tiny_model, tmp_path):
     """The aggregate stage writes development's tables (every later stage reads them) from the validation
     rows alone, the test split's readings in results/<experiment>/test/; the verdict judges those."""
