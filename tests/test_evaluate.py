@@ -108,6 +108,55 @@ def test_splicing_the_clean_activation_back_changes_nothing(smoke_tokens, tiny_m
     assert not torch.allclose(zeroed, clean, atol=1e-3), "zero-ablation must change the loss"
 
 
+def llama_like_model():
+    """A random model of SmolLM2's kind (RMSNorm, rotary, grouped-query attention, gated SiLU MLP), every
+    parameter perturbed so that no bias or norm weight is trivial."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(n_layers=3, d_model=32, n_heads=4, d_head=8, n_key_value_heads=2, d_mlp=64,
+                                  d_vocab=258, n_ctx=64, act_fn="silu", normalization_type="RMS",
+                                  positional_embedding_type="rotary", rotary_dim=8, gated_mlp=True, final_rms=True,
+                                  seed=0)
+    model = HookedTransformer(cfg).eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+@pytest.mark.parametrize("kind", ["tiny", "llama_like"])
+@pytest.mark.parametrize("site", SITES)
+def test_lean_blocks_give_transformer_lens_ce(tiny_model, kind, site):
+    """The per-SAE remainder by LeanBlocks equals TransformerLens' own blocks to float32 rounding: clean,
+    spliced (some positions kept clean) and zero-ablated."""
+    from gatedsae.evaluation.spliced import kept_positions
+
+    model = tiny_model.model if kind == "tiny" else llama_like_model()
+    generator = torch.Generator().manual_seed(2)
+    tokens = torch.randint(0, 258, (3, 24), generator=generator)
+    lean, plain = SplicedLM(model, site, 1), SplicedLM(model, site, 1, lean=False)
+    assert lean.lean is not None and plain.lean is None
+    prefix, lean_prefix = plain.prefix(tokens), lean.prefix(tokens)
+    assert torch.equal(lean_prefix.activation, prefix.activation)
+    noisy = prefix.activation + 0.5 * prefix.activation.std() * torch.randn(prefix.activation.shape, generator=generator)
+    kept = kept_positions(prefix.activation, None)
+    kept[:, 7] = True
+    clean = plain.token_losses(prefix, None)
+    for replacement in (None, noisy, torch.zeros_like(noisy)):
+        expected = plain.token_losses(prefix, replacement, kept)
+        assert replacement is None or (expected - clean).abs().max() > 1e-3  # the splice matters
+        torch.testing.assert_close(lean.token_losses(lean_prefix, replacement, kept), expected, atol=1e-5, rtol=0)
+
+
+def test_lean_blocks_leave_unknown_models_to_transformer_lens(tiny_model):
+    from transformer_lens import HookedTransformer
+
+    cfg = tiny_model.model.cfg.to_dict() | {"parallel_attn_mlp": True}
+    cfg.pop("n_params", None)
+    assert SplicedLM(HookedTransformer(cfg), "resid_post", 1).lean is None
+
+
 def test_prefix_activations_are_the_cached_heldout_rows_without_bos(smoke_cache, tiny_model):
     """The evaluation sees exactly what the store holds: the same tokens, BOS left out in both."""
     for site in SITES:

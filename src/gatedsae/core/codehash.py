@@ -21,6 +21,7 @@ CHECKOUT = PACKAGE.parents[1]  # the repository: src/gatedsae → .
 # What computes each stage's numbers: a module (None: all of it) or some of its functions.
 METRICS_CODE: dict[str, Optional[Sequence[str]]] = {   # per-SAE evaluation results
     "evaluation/evaluate.py": None, "evaluation/reconstruction.py": None, "evaluation/spliced.py": None,
+    "evaluation/lean_blocks.py": None,
     "plan/sites.py": None, "saes/checkpoints.py": ("encode_raw", "decode_raw"),
     "saes/": None,  # every architecture's module: the sae-lens encoders live on the SAE classes
 }

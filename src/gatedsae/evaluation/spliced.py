@@ -12,6 +12,9 @@ activation above it: the treatment recorded with each checkpoint). Cross-entropy
 predictions made from positions 1..T-2 (those the replacement can change; the BOS position's
 prediction of token 1 is not), kept per window so that intervals can resample windows.
 
+The blocks after the splice run in `lean_blocks` (TransformerLens' arithmetic without its per-call
+overhead; at mlp_out block L is not rerun: the replacement is added to its clean resid_mid, kept as the
+prefix's residual; at attn_z block L runs from its z on) for the models it supports, else in TransformerLens.
 The remainder stops after the last block; the final norm, the unembedding and the CE then run a few
 windows at a time on the predicting positions only (`Unembedding`): the vocabulary-wide logits of a
 whole batch never exist at once, and the unembedding's transposed matrix is built once, not per call.
@@ -39,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from gatedsae.core.progress import progress_bar
+from gatedsae.evaluation.lean_blocks import LeanBlocks, nonzero, supports
 from gatedsae.plan.sites import flatten, hook_name, unflatten
 
 
@@ -47,14 +51,13 @@ class Prefix:
     """What one batch of windows leaves behind the clean prefix."""
 
     tokens: torch.Tensor      # [B, T]
-    residual: torch.Tensor    # the residual stream the remainder starts from
+    residual: torch.Tensor    # the residual stream the remainder starts from (under LeanBlocks at mlp_out:
+                              # block L's resid_mid, which the site's output is added to)
     activation: torch.Tensor  # the site's clean activation, flattened [B, T, d]
-    resid_mid: Optional[torch.Tensor] = None  # mlp_out: block L's stream after attention (what mlp_out adds to)
 
     def select(self, windows: torch.Tensor) -> "Prefix":
         """The prefix of some of the batch's windows (a boolean mask over the batch)."""
-        return Prefix(self.tokens[windows], self.residual[windows], self.activation[windows],
-                      None if self.resid_mid is None else self.resid_mid[windows])
+        return Prefix(self.tokens[windows], self.residual[windows], self.activation[windows])
 
 
 class SplicedLM:
@@ -62,12 +65,15 @@ class SplicedLM:
     precision's autocast (the caller casts the weights once: `data.lm_precision.matmul_weights`), while a
     replacement is computed by the caller outside it, in float32."""
 
-    def __init__(self, model, site: str, layer: int, precision=None):
+    def __init__(self, model, site: str, layer: int, precision=None, lean: bool = True):
         self.model, self.site, self.layer = model, site, layer
         self.hook = hook_name(site, layer)
         self._start = layer + 1 if site == "resid_post" else layer
         self.precision = precision
-        self.unembedding = Unembedding(model)
+        self.unembedding = Unembedding(model, drop_zero_bias=lean)
+        # The blocks after the splice without TransformerLens' overhead, where the model is one it knows
+        # (`lean_blocks`); block L of mlp_out and attn_z then runs only from the site on.
+        self.lean = LeanBlocks(model) if lean and supports(model) else None
 
     @property
     def exact(self) -> "SplicedLM":
@@ -103,9 +109,10 @@ class SplicedLM:
             captured["resid_mid"] = resid_mid
 
         # Block L alone, from the stored residual, to read the site's clean activation.
-        hooks = [(self.hook, keep)] + ([(f"blocks.{self.layer}.hook_resid_mid", keep_mid)] if self.site == "mlp_out" else [])
+        lean_mlp = self.lean is not None and self.site == "mlp_out"
+        hooks = [(self.hook, keep)] + ([(f"blocks.{self.layer}.hook_resid_mid", keep_mid)] if lean_mlp else [])
         self.model.run_with_hooks(residual, start_at_layer=self.layer, stop_at_layer=self.layer + 1, fwd_hooks=hooks)
-        return Prefix(tokens, residual, flatten(self.site, captured["activation"]), captured.get("resid_mid"))
+        return Prefix(tokens, captured["resid_mid"] if lean_mlp else residual, flatten(self.site, captured["activation"]))
 
     @torch.no_grad()
     def token_losses(self, prefix: Prefix, replacement: torch.Tensor | None,
@@ -117,6 +124,8 @@ class SplicedLM:
 
     def _token_losses(self, prefix: Prefix, replacement: torch.Tensor | None,
                       kept: torch.Tensor | None) -> torch.Tensor:
+        if self.lean is not None:
+            return self.unembedding.token_losses(self._lean_remainder(prefix, replacement, kept), prefix.tokens)
         if replacement is None:
             final = self._remainder(prefix, prefix.residual, hooks=[])
         else:
@@ -130,6 +139,24 @@ class SplicedLM:
 
                 final = self._remainder(prefix, prefix.residual, hooks=[(self.hook, swap)])
         return self.unembedding.token_losses(final, prefix.tokens)
+
+    def _lean_remainder(self, prefix: Prefix, replacement: torch.Tensor | None,
+                        kept: torch.Tensor | None) -> torch.Tensor:
+        """The residual stream after the last block by `LeanBlocks`, the site replaced (None: clean):
+        resid_post starts at block L+1 from the replacement; mlp_out adds it to block L's clean resid_mid;
+        attn_z finishes block L from its z."""
+        if replacement is None:
+            site = prefix.activation
+        else:
+            kept = kept_positions(prefix.activation, None) if kept is None else kept
+            site = torch.where(kept[..., None], prefix.activation, replacement.to(prefix.activation.dtype))
+        if self.site == "resid_post":
+            residual = site
+        elif self.site == "mlp_out":
+            residual = prefix.residual + site
+        else:
+            residual = self.lean.after_z(self.lean.layers()[self.layer], prefix.residual, site)
+        return self.lean.run(residual, self.layer + 1)
 
     def _remainder(self, prefix: Prefix, residual: torch.Tensor, hooks: list) -> torch.Tensor:
         """The residual stream after the last block (the unembedding is `Unembedding`'s)."""
@@ -147,9 +174,11 @@ class Unembedding:
 
     WINDOWS_PER_CHUNK = 2  # [2 × (T−2), vocabulary] logits at once: a few tens of MB for SmolLM2
 
-    def __init__(self, model):
+    def __init__(self, model, drop_zero_bias: bool = False):
         self.model = model
         self._key, self._weight = None, None
+        # An all-zero bias (SmolLM2's) changes no logit but makes every call copy it into the output first.
+        self.bias = nonzero(model.unembed.b_U.detach()) if drop_zero_bias else model.unembed.b_U
 
     def weight(self) -> torch.Tensor:
         W_U = self.model.unembed.W_U
@@ -162,7 +191,7 @@ class Unembedding:
         model = self.model
         if model.cfg.normalization_type is not None:
             residual = model.ln_final(residual)
-        logits = F.linear(residual, self.weight(), model.unembed.b_U)
+        logits = F.linear(residual, self.weight(), self.bias)
         cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
         return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
