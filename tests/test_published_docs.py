@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from gatedsae.plan.config import REPO_ROOT
+from gatedsae.plan.config import REPO_ROOT, load_config
 from gatedsae.reporting.published import BLOCK, documents, render_block, render_text
 
 
@@ -103,3 +103,25 @@ def test_the_cluster_block_quotes_slurms_overhead_only_when_the_record_resolves_
               "node": {"cpus": 2, "memory_mb": 24576}, "machine": {"load_average": [8.9, 8.4, 5.5]}}
     text = "\n".join(cluster(record))
     assert says in text and ("-2.8 s" not in text)
+
+
+def test_the_convergence_block_gives_each_probed_sae_and_the_smallest_budget_meeting_the_rule(tmp_path):
+    from gatedsae.reporting.published import convergence
+
+    def sae(l0, reconstruction):
+        return {"l0_change": l0, "reconstruction_change": reconstruction, "converged": max(l0, reconstruction) < 0.05,
+                "curve": {"lr_last_part": [0.001, 0.001]}}
+
+    measured = {"rule": {"metrics": ["l0", "reconstruction"], "max_relative_change": 0.05, "last_fraction": 0.25},
+                "train": {"batch_size": 1024}, "sites": {
+                    "resid_post/layer15": {"smallest_budget_meeting_rule": 800, "budgets": [
+                        {"steps": 400, "saes": {"gated": sae(0.02, 0.12)}},
+                        {"steps": 800, "saes": {"gated": {**sae(0.01, 0.03), "validation": {
+                            "l0": 41.26, "loss_recovered": 0.98123}}}}]},
+                    "attn_z/layer1": {"smallest_budget_meeting_rule": None, "budgets": [
+                        {"steps": 400, "saes": {"baseline": sae(0.2, 0.1)}}]}}}
+    lines = convergence(measured)
+    assert "| resid_post/layer15 | 400 | gated | 2.0% | 12.0% | no | 0.001 | — | — |" in lines
+    assert "| resid_post/layer15 | 800 | gated | 1.0% | 3.0% | yes | 0.001 | 41.3 | 98.12% |" in lines
+    assert "resid_post/layer15: 800 steps; attn_z/layer1: none of 400 steps" in lines[-1]
+    assert f"The default trains {load_config(['experiment=default']).train.tokens // 1024} steps" in lines[-1]

@@ -144,6 +144,39 @@ def forecast(plan: dict) -> list[str]:
             f"{'within' if total <= budget else 'over'} the {_minutes(budget)} budget; it has not been timed yet."]
 
 
+def convergence(measured: dict) -> list[str]:
+    """Each probed SAE's curves against verdict.convergence at each training budget
+    (scripts/probe_convergence.py), and the smallest budget at which every one of a site's meets it,
+    beside the default's budget as conf/ sets it now."""
+    from gatedsae.plan.config import load_config
+
+    train = load_config(["experiment=default"]).train
+    rule, default_steps = measured["rule"], train.tokens // train.batch_size
+    metrics = rule["metrics"]
+    lines = ["| site | steps | SAE | " + " | ".join(f"{m} change" for m in metrics)
+             + " | converged | lr, last part | validation L0 | validation loss recovered |",
+             "|---|---|---|" + "---|" * (len(metrics) + 4)]
+    smallest = []
+    for key, site in measured["sites"].items():
+        for budget in site["budgets"]:
+            for name, sae in budget["saes"].items():
+                held = sae.get("validation")
+                cells = [f"{100 * sae[f'{m}_change']:.1f}%" for m in metrics]
+                low, high = sae["curve"]["lr_last_part"]
+                lr = f"{low:g}" if low == high else f"{low:g}–{high:g}"
+                lines.append(f"| {key} | {budget['steps']} | {name} | " + " | ".join(cells)
+                             + f" | {'yes' if sae['converged'] else 'no'} | {lr} | "
+                             + (f"{held['l0']:.1f} | {100 * held['loss_recovered']:.2f}% |" if held else "— | — |"))
+        met = site["smallest_budget_meeting_rule"]
+        probed = ", ".join(str(b["steps"]) for b in site["budgets"])
+        smallest.append(f"{key}: {met} steps" if met else f"{key}: none of {probed} steps")
+    lines += ["", f"Rule: each of {', '.join(metrics)} changes by less than {100 * rule['max_relative_change']:.0f}% "
+                  f"over the last {100 * rule['last_fraction']:.0f}% of training (one seed per SAE, batches of "
+                  f"{measured['train']['batch_size']}). Smallest budget at which every probed SAE meets it: "
+                  f"{'; '.join(smallest)}. The default trains {default_steps} steps."]
+    return lines
+
+
 def cluster(measured: dict) -> list[str]:
     """The smoke experiment locally and through the local SLURM cluster (tests/test_cluster.py)."""
     wall, wait = measured["wall_s"], measured["queue_wait_s"]
@@ -212,6 +245,7 @@ RENDERERS: dict[str, tuple[str, Callable]] = {  # kind: (the file it reads, how)
     "comparisons": ("comparisons.csv", comparisons), "headline": ("headline.csv", headline),
     "coverage": ("interval_coverage.json", coverage), "cluster": ("cluster.json", cluster),
     "replicate_plan": ("replicate_plan.json", replicate_plan), "forecast": ("replicate_plan.json", forecast),
+    "convergence": ("convergence.json", convergence),
     "quickstart": ("quickstart.json", quick_start), "runtime": ("replicate.json", run_time),
 }
 

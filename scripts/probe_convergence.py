@@ -1,0 +1,178 @@
+"""Measure the training budget at which the SAEs that carry the verdict meet conf/verdict's convergence
+rule (`verdict.convergence`), on the real model: train a few SAEs of the default grid (one λ per group,
+or a whole site's grid) at each budget, one seed, and read each SAE's training curve with the rule the
+verdict applies (gatedsae.reporting.convergence.assess). Optionally evaluates them on the VALIDATION
+split (held-out L0, FVU, loss recovered; the test split is never read here).
+
+What the rule measures: each watched curve (L0, reconstruction loss) changes by less than
+`max_relative_change` between the start and the end of the last `last_fraction` of training. The
+default's learning rate is constant after its warm-up (conf/train: no decay; only short dips after the
+dead-feature resamples at 25% and 50% of training, over by the last quarter), so a curve that is flat
+there is flat because the SAE stopped improving at that lr, not because the lr went to zero. The file
+records each budget's lr over the last quarter to show it.
+
+    python scripts/probe_convergence.py --site resid_post --layer 15 --budgets 400,800,1600 \\
+        --saes gated:4:0.03,baseline:6:0.008,baseline:4:0.008 experiment=default
+    python scripts/probe_convergence.py --site attn_z --layer 1 --budgets 400 --ce-windows 32 \\
+        --out results/calibration/attn_z_layer1_grid.json experiment=default   # the sweep's grid there
+
+Each budget trains into its own sweep folder (probe_<site>_l<layer>_<steps>) under the data root, so a
+killed run resumes; the JSON is rewritten after every budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from gatedsae.core.atomic import write_json_atomic
+from gatedsae.plan.config import SAEGroupConfig, load_config
+from gatedsae.plan.layout import VALIDATION
+from gatedsae.reporting.convergence import assess
+from gatedsae.training.curve_log import CURVES_FILE, read_rows
+
+CURVE_POINTS = 17  # the curve kept in the JSON per SAE: L0 and reconstruction at this many logged steps
+
+
+def chosen_groups(config, site: str, spec: str | None) -> list[SAEGroupConfig]:
+    """`arch:width_ratio:l1,...` as one group per SAE, or the sweep's own groups at `site` (its grid)."""
+    if not spec:
+        return [replace(g, sites=[site]) for g in config.sweep.groups_at(site)]
+    lr = {g.arch: g.lr for g in config.sweep.groups}
+    groups = []
+    for item in spec.split(","):
+        arch, ratio, l1 = item.split(":")
+        groups.append(SAEGroupConfig(arch, float(ratio), lr.get(arch, 1e-3), [float(l1)], sites=[site]))
+    return groups
+
+
+def curve_summary(curve: pd.DataFrame, last_fraction: float) -> dict:
+    """The logged curve, thinned, and the lr over the rule's last part of training."""
+    curve = curve.sort_values("step")
+    pick = curve.iloc[[round(i * (len(curve) - 1) / (CURVE_POINTS - 1)) for i in range(CURVE_POINTS)]]
+    last = curve[curve["step"] >= (1 - last_fraction) * curve["step"].max()]
+    lr = pd.to_numeric(last["lr"])
+    return {"steps": pick["step"].astype(int).tolist(),
+            "l0": [round(float(v), 3) for v in pd.to_numeric(pick["l0"])],
+            "reconstruction": [round(float(v), 5) for v in pd.to_numeric(pick["reconstruction"])],
+            "lr_last_part": [float(lr.min()), float(lr.max())]}
+
+
+def probe_budget(base, site: str, layer: int, groups, steps: int, ce_windows: int) -> dict:
+    from gatedsae.evaluation.evaluate import CheckpointSAE, evaluate_saes
+    from gatedsae.plan.grid import read_grid_index
+    from gatedsae.training.stages import train_grid
+
+    sweep = replace(base.sweep, name=f"probe_{site}_l{layer}_{steps}", groups=groups, rescale_shift=False,
+                    all_tokens=False)
+    config = replace(base, sweep=sweep, train=replace(base.train, tokens=steps * base.train.batch_size, seeds=1))
+    started = time.time()
+    index = train_grid(config, site, layer, progress=False)
+    trained = time.time() - started
+    entries = read_grid_index(index)
+    curves = pd.DataFrame(read_rows(index.parent / CURVES_FILE)).assign(site=site, layer=layer, variant="main")
+    saes = assessed(curves[curves["sae"].isin([e["sae"] for e in entries])], base.verdict.convergence)
+    evaluated = None
+    if ce_windows:
+        started_eval = time.time()
+        check = replace(config, evaluate=replace(config.evaluate, ce_windows=ce_windows))
+        rows = evaluate_saes(check, site, layer, [CheckpointSAE.load(e["path"]) for e in entries], split=VALIDATION)
+        for row in rows:
+            saes[row["sae"]]["validation"] = {k: round(float(row[k]), 5) for k in
+                                              ("l0", "fvu", "loss_recovered", "ce_clean", "ce_zero", "ce_sae")}
+        evaluated = round(time.time() - started_eval, 1)
+    return {"steps": steps, "tokens": steps * base.train.batch_size, "train_seconds": round(trained, 1),
+            "evaluate_seconds": evaluated, "all_converged": all(s["converged"] for s in saes.values()),
+            "saes": saes}
+
+
+def assessed(curves: pd.DataFrame, rule) -> dict:
+    """Per SAE of `curves` (one site and layer): the rule's verdict, each metric's change, the curve."""
+    curves = curves.copy()
+    for column in ("l0", "reconstruction", "lr"):
+        curves[column] = pd.to_numeric(curves[column])
+    verdicts = assess(curves, rule).set_index("sae")
+    saes = {}
+    for name, curve in curves.groupby("sae", sort=True):
+        row = verdicts.loc[name]
+        saes[name] = {"arch": curve["arch"].iloc[0], "l1": float(curve["l1"].iloc[0]),
+                      "converged": None if pd.isna(row["converged"]) else bool(row["converged"]),
+                      **{f"{m}_change": round(float(row[f"{m}_change"]), 4) for m in rule.metrics},
+                      "note": row["note"], "curve": curve_summary(curve, rule.last_fraction)}
+    return saes
+
+
+def recorded_run(path: Path, site: str, layer: int, rule) -> dict:
+    """An earlier run's curves (its curves.csv) at one site and layer, as one budget (its last step)."""
+    curves = pd.read_csv(path)
+    curves = curves[(curves["site"] == site) & (curves["layer"] == layer)
+                    & curves["variant"].isin(["sweep", "main"])]  # the sweep's SAEs, not Fig. 9's variant
+    if curves.empty:
+        raise SystemExit(f"{path} holds no curve of the sweep at {site} layer {layer}")
+    saes = assessed(curves.assign(variant="main"), rule)
+    steps = int(curves["step"].max())
+    return {"steps": steps, "tokens": int(curves["tokens"].max()), "train_seconds": None, "evaluate_seconds": None,
+            "all_converged": all(s["converged"] for s in saes.values()), "saes": saes}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--site", required=True)
+    parser.add_argument("--layer", type=int, required=True)
+    parser.add_argument("--budgets", required=True, help="comma-separated training steps, e.g. 400,800,1600")
+    parser.add_argument("--saes", default=None, help="arch:width_ratio:l1,... (default: the sweep's grid at --site)")
+    parser.add_argument("--ce-windows", type=int, default=0, help="validation windows for loss recovered (0: none)")
+    parser.add_argument("--from-curves", default=None, help="read an earlier run's curves.csv (e.g. "
+                        "reference/default/curves.csv) instead of training; --budgets is ignored")
+    parser.add_argument("--out", default="results/calibration/convergence.json")
+    args, overrides = parser.parse_known_args()
+
+    base = load_config(overrides)
+    groups = chosen_groups(base, args.site, args.saes)
+    out = Path(args.out)
+    result = json.loads(out.read_text()) if out.exists() else {}
+    key = f"{args.site}/layer{args.layer}" + (f" ({args.from_curves})" if args.from_curves else "")
+    result.update({
+        "what": "training budget against conf/verdict's convergence rule (scripts/probe_convergence.py)",
+        "model": base.model.name, "corpus": base.corpus.name,
+        "rule": base.verdict.convergence.__dict__,
+        "train": {"batch_size": base.train.batch_size, "lr_warmup_steps": base.train.lr_warmup_steps,
+                  "lr_schedule": "constant after warm-up; dips after the resamples",
+                  "resample_at": base.train.resample_at, "resample_recovery_steps": base.train.resample_recovery_steps,
+                  "cache_train_tokens": base.cache.train_tokens, "seed": base.train.seed, "seeds": 1},
+        "machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
+    })
+    sites = result.setdefault("sites", {})
+    previous = sites.get(key, {}).get("budgets", [])  # budgets measured before, kept unless measured again
+    entry = sites[key] = {"command": " ".join(["python", *sys.argv]), "overrides": overrides,
+                          "groups": None if args.from_curves else
+                          [{"arch": g.arch, "width_ratio": g.width_ratio, "lr": g.lr, "l1": g.l1} for g in groups],
+                          "validation_ce_windows": args.ce_windows, "budgets": previous}
+    budgets = [None] if args.from_curves else [int(s) for s in args.budgets.split(",")]
+    for steps in budgets:
+        measured = (recorded_run(Path(args.from_curves), args.site, args.layer, base.verdict.convergence)
+                    if args.from_curves else probe_budget(base, args.site, args.layer, groups, steps, args.ce_windows))
+        steps = measured["steps"]
+        entry["budgets"] = sorted([b for b in entry["budgets"] if b["steps"] != steps] + [measured],
+                                  key=lambda b: b["steps"])
+        met = [b["steps"] for b in entry["budgets"] if b["all_converged"]]
+        entry["smallest_budget_meeting_rule"] = min(met) if met else None
+        write_json_atomic(out, result)
+        for name, sae in measured["saes"].items():
+            extra = sae.get("validation", {})
+            print(f"{steps:5d} steps {name:40s} converged={sae['converged']!s:5s} "
+                  + " ".join(f"{m} {100 * sae[f'{m}_change']:.1f}%" for m in base.verdict.convergence.metrics)
+                  + (f"  val L0 {extra['l0']:.1f} LR {extra['loss_recovered']:.4f}" if extra else ""), flush=True)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""scripts/probe_convergence.py: the training budget against verdict.convergence, on the smoke model: each
+budget's SAEs trained and judged by the verdict's own rule from their curves, the smallest budget at
+which all of them meet it, the validation split's metrics, and an earlier run's curves read as they are."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+
+import pandas as pd
+import pytest
+from conftest import copy_data
+
+from gatedsae.plan.config import load_config
+from gatedsae.reporting.convergence import assess
+from gatedsae.training.curve_log import CURVES_FILE
+
+
+def _probe(monkeypatch, *argv: str) -> None:
+    monkeypatch.setattr(sys, "argv", ["probe_convergence.py", *argv])
+    runpy.run_path("scripts/probe_convergence.py", run_name="__main__")
+
+
+def test_each_budget_is_judged_by_the_verdicts_rule(smoke_cache, tmp_path, monkeypatch, one_thread):
+    config = copy_data(smoke_cache, tmp_path / "data", ("text", "tokens", "activations"))
+    out = tmp_path / "convergence.json"
+    overrides = ["experiment=smoke", f"paths.data={config.paths.root}", "verdict.convergence.max_relative_change=0.3"]
+    _probe(monkeypatch, "--site", "resid_post", "--layer", "1", "--budgets", "16,48", "--ce-windows", "2",
+           "--saes", "gated:2:0.01,baseline:3:0.01", "--out", str(out), *overrides)
+    measured = json.loads(out.read_text())
+    site = measured["sites"]["resid_post/layer1"]
+    assert [b["steps"] for b in site["budgets"]] == [16, 48]
+    rule = load_config(overrides).verdict.convergence
+    for budget in site["budgets"]:
+        folder = config.paths.checkpoints_dir("tiny", "tiny", "resid_post", 1, f"probe_resid_post_l1_{budget['steps']}")
+        curves = pd.read_csv(folder / CURVES_FILE).assign(site="resid_post", layer=1, variant="main")
+        assert int(curves["step"].max()) == budget["steps"]
+        expected = assess(curves, rule).set_index("sae")
+        assert set(budget["saes"]) == set(expected.index) and len(expected) == 2
+        for name, sae in budget["saes"].items():
+            assert sae["converged"] == bool(expected.loc[name, "converged"])
+            assert sae["reconstruction_change"] == pytest.approx(expected.loc[name, "reconstruction_change"], abs=1e-4)
+            assert 0 < sae["validation"]["l0"] and sae["validation"]["ce_clean"] > 0
+        assert budget["all_converged"] == all(s["converged"] for s in budget["saes"].values())
+    met = [b["steps"] for b in site["budgets"] if b["all_converged"]]
+    assert site["smallest_budget_meeting_rule"] == (min(met) if met else None)
+
+    # an earlier run's curves, read as they are: here the 48-step probe's, as if it were a published run's
+    earlier = tmp_path / "curves.csv"
+    folder = config.paths.checkpoints_dir("tiny", "tiny", "resid_post", 1, "probe_resid_post_l1_48")
+    pd.read_csv(folder / CURVES_FILE).assign(model="tiny", site="resid_post", layer=1, variant="sweep").to_csv(earlier)
+    _probe(monkeypatch, "--site", "resid_post", "--layer", "1", "--budgets", "0", "--from-curves", str(earlier),
+           "--out", str(out), *overrides)
+    again = json.loads(out.read_text())["sites"]
+    (read,) = again[f"resid_post/layer1 ({earlier})"]["budgets"]
+    trained = site["budgets"][1]
+    assert read["steps"] == 48 and {n: s["converged"] for n, s in read["saes"].items()} == {
+        n: s["converged"] for n, s in trained["saes"].items()}
+    assert again["resid_post/layer1"] == site  # the other entries are kept
