@@ -29,15 +29,28 @@ REMOVED_SINCE = {"precision": ["gate.encoder_rel_error"]}
 BUDGET_SECONDS = 7200  # `make replicate` cold on 2 CPU cores, install included
 # (name, overrides on experiment=default, training seeds): what the default could be
 LONGER = ["train.tokens=1638400", "cache.train_tokens=1700000"]  # 1,600 steps of 1,024, under one pass
+# The verdict reads the test split only: validation (development's figures, tables, browser) can be read
+# on fewer CE windows (evaluate.validation_ce_windows) without touching a claim
+COARSE_VALIDATION = ["evaluate.validation_ce_windows=16"]
+RESID_ONLY = ["experiment.sites=[resid_post]", "sweep.all_tokens=false"]
+# At 400 steps no residual-stream SAE of the reference run meets verdict.convergence
+# (results/calibration/convergence.json): longer training, with or without a larger cache (one pass, or
+# repeated passes over the default's 420k tokens)
 CANDIDATES = [
     ("the default as configured, 1 seed", [], 1),
     ("the default as configured, 3 seeds", [], 3),
     ("3 seeds, 4x the training (1,600 steps)", LONGER, 3),
+    ("3 seeds, 2x the training (800 steps, 2 passes over the cache)", ["train.tokens=819200"], 3),
+    ("3 seeds, 4x the training (1,600 steps, 4 passes over the cache)", ["train.tokens=1638400"], 3),
     ("3 seeds, 32 held-out windows", ["evaluate.ce_windows=32"], 3),
+    ("3 seeds, validation on 16 windows (test on 64)", COARSE_VALIDATION, 3),
     ("3 seeds, without the attention output", ["experiment.sites=[resid_post,mlp_out]"], 3),
     ("3 seeds, the residual stream only", ["experiment.sites=[resid_post]"], 3),
-    ("3 seeds, the residual stream only, no every-token run",
-     ["experiment.sites=[resid_post]", "sweep.all_tokens=false"], 3),
+    ("3 seeds, the residual stream only, no every-token run", RESID_ONLY, 3),
+    ("3 seeds, the residual stream only, no every-token run, validation on 16 windows",
+     [*RESID_ONLY, *COARSE_VALIDATION], 3),
+    ("3 seeds, the residual stream only, no every-token run, validation on 16 windows, 800 steps",
+     [*RESID_ONLY, *COARSE_VALIDATION, "train.tokens=819200"], 3),
 ]
 
 
