@@ -28,7 +28,7 @@ class BrowserConfig:
     context_before: int = 12  # tokens shown before the activating token
     context_after: int = 4    # ... and after it
     logit_tokens: int = 10    # tokens promoted and suppressed through the unembedding
-    heldout_tokens: Optional[int] = None  # held-out rows scanned (None: the whole held-out split)
+    heldout_tokens: Optional[int] = None  # held-out rows scanned in stored order (None: all); validation rows only
     all_features: bool = True  # also every feature in a compact index: open any by number, search, sort
     index_examples: int = 5   # top-activating contexts per feature in that index
     seed: int = 0             # the sampling of features and of quantile examples
