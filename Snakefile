@@ -282,6 +282,8 @@ rule figures:
         ratio_curve=plan.aggregate_outputs()["ratio_curve"],
         headline=plan.aggregate_outputs()["headline"],
         curves=plan.curves(),
+        groundtruth=plan.groundtruth_inputs(),
+        interp=plan.interp_inputs("rows"),
     output:
         plan.figures_index(),
     log:
@@ -302,6 +304,7 @@ rule verdict:
         curves=plan.curves(),
         reference=plan.reference_verdict(),
         groundtruth=plan.groundtruth_inputs(),
+        interp=plan.interp_inputs("verdict"),
     output:
         **plan.verdict_outputs(),
     params:
@@ -331,6 +334,31 @@ rule groundtruth:
         **plan.resources("groundtruth"),
     shell:
         plan.command("groundtruth") + " > {log:q} 2>&1"
+
+
+rule interp:
+    """Automatic interpretability (conf/interp), a proxy for the paper's third claim: sparse probing (source
+    and token-class tasks) and first-letter absorption of the Gated and baseline SAEs, compared at matched L0
+    with intervals over seeds and examples; every SAE on the validation split, the matched pair on the test
+    split. Each SAE's scores are kept: a rerun scores only new SAEs."""
+    input:
+        evaluations=plan.evaluations(),
+        tokens=plan.tokens_manifest().format(model=plan.model, corpus=plan.corpus),
+        corpus=plan.corpus_manifest().format(corpus=plan.corpus),
+        model=plan.model_marker().format(model=plan.model),
+    output:
+        **plan.interp_outputs(),
+    params:
+        config=plan.params("interp"),
+    log:
+        LOGS + "/interp.log",
+    benchmark:
+        BENCH + "/interp/interp.tsv"
+    threads: COMPUTE_THREADS
+    resources:
+        **plan.resources("interp"),
+    shell:
+        plan.command("interp") + " > {log:q} 2>&1"
 
 
 rule report:

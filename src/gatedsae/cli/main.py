@@ -135,9 +135,9 @@ def _curves(config: Config) -> None:
 
 
 def _figures(config: Config) -> None:
-    from gatedsae.reporting.figures import render_all
+    from gatedsae.reporting.figures import render_all, stage_figures
 
-    print(f"wrote {render_all(config.experiment.results, config.experiment.figures)}")
+    print(f"wrote {render_all(config.experiment.results, config.experiment.figures, stage_figures(config))}")
 
 
 def _report(config: Config) -> None:
@@ -202,6 +202,15 @@ def _groundtruth(config: Config) -> None:
     from gatedsae.reporting.groundtruth import run_groundtruth
 
     print(f"wrote {run_groundtruth(config)}")
+
+
+def _interp(config: Config) -> None:
+    """Sparse probing and first-letter absorption of the Gated and baseline SAEs (conf/interp), compared at
+    matched L0: rows.csv and summary.json under results/<experiment>/interp/, the test split's summary under
+    results/<experiment>/test/interp/ (the verdict's)."""
+    from gatedsae.reporting.interp import run_interp
+
+    print(f"wrote {run_interp(config)}")
 
 
 def _browse(config: Config) -> None:
@@ -312,10 +321,13 @@ STAGES: dict[str, Stage] = {
     "groundtruth": Stage(_groundtruth, "the ground-truth benchmark: every architecture on synthetic activations with "
                          "known features; recovery, shrinkage, firing errors, frontier", reads=("groundtruth", "train", "paths"),
                          devices=("train.device",), writes_data=True),
+    "interp": Stage(_interp, "automatic interpretability (a proxy for claim 3): sparse probing and first-letter "
+                    "absorption, Gated vs baseline at matched L0", reads=(*DATA, "sweep", "interp", "evaluate"),
+                    devices=("evaluate.device",), writes_data=True),
     "curves": Stage(_curves, "every trained SAE's training curves in one table (curves.csv, for dvc plots)",
                     reads=(*DATA, "sweep")),
     "figures": Stage(_figures, "every figure, PNG and PDF, with figures.json (files and captions)",
-                     reads=("experiment",)),
+                     reads=("experiment", "groundtruth", "interp")),
     "report": Stage(_report, "one self-contained HTML report: headline vs the paper, figures, tables, versions",
                     reads=("experiment", "verdict")),
     "browse": Stage(_browse, "feature browser: HTML + JSON pages of sampled features per SAE of browser.site",

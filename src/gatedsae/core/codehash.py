@@ -34,6 +34,13 @@ GROUNDTRUTH_CODE: dict[str, Optional[Sequence[str]]] = {  # the ground-truth ben
     "activations/synthetic.py": None, "evaluation/groundtruth.py": None, "reporting/groundtruth.py": None,
     "reporting/groundtruth_claims.py": None, "plan/groundtruth.py": None,
     "saes/checkpoints.py": ("encode_raw", "decode_raw"), "saes/": None}
+# Each SAE's saved interpretability scores (sparse probing, absorption) and the stage's summary of them.
+INTERP_SCORES_CODE: dict[str, Optional[Sequence[str]]] = {
+    "evaluation/interp.py": None, "evaluation/interp_data.py": None, "evaluation/sparse_probing.py": None,
+    "evaluation/absorption.py": None, "plan/sites.py": None, "saes/checkpoints.py": ("encode_raw", "decode_raw"),
+    "saes/": None}
+INTERP_CODE: dict[str, Optional[Sequence[str]]] = {**INTERP_SCORES_CODE, "reporting/interp.py": None,
+                                                   "plan/interp.py": None}
 VERDICT_CODE: dict[str, Optional[Sequence[str]]] = {
     "reporting/verdict.py": None, "reporting/claims.py": None, "reporting/convergence.py": None}
 

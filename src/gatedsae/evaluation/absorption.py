@@ -7,7 +7,7 @@ of at least `min_cosine` with p and whose contribution along p, f_j (d_j · p), 
 the row's own projection x · p: that latent carries the feature in the main latents' place.
 
 Returns the main latents' false-negative rate and the absorption rate, each over the rows that carry the
-feature. Not yet run by the pipeline (the first-letter task's rows, probe and stage are to come).
+feature, and which rows were absorbed (the interp stage resamples them for its intervals).
 """
 
 from __future__ import annotations
@@ -36,4 +36,4 @@ def absorption(x: torch.Tensor, features: torch.Tensor, decoder: torch.Tensor, p
     absorbed = ~main_fires & carried
     rows = max(len(x), 1)
     return {"rows": len(x), "false_negative_rate": float((~main_fires).sum()) / rows,
-            "absorption_rate": float(absorbed.sum()) / rows}
+            "absorption_rate": float(absorbed.sum()) / rows, "absorbed": absorbed}

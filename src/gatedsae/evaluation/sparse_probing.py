@@ -5,12 +5,13 @@ k alone, and report its accuracy on held-out rows; the same probe on every dimen
 activations is the reference. A latent that carries the label alone gives a k = 1 probe the accuracy of
 the full one.
 
-Not yet run by the pipeline: the labels (each document's corpus source, token classes from the text) and
-the stage that reads them are still to come; docs/method.md says so.
+The interp stage (evaluation/interp.py) runs it on the real SAEs; each result keeps which held-out rows
+the probe got right, so intervals can resample them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -25,8 +26,26 @@ def top_k_latents(features: torch.Tensor, labels: torch.Tensor, k: int) -> torch
     return difference.abs().topk(min(k, features.shape[1])).indices
 
 
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3, steps: int = 100):
-    """A logistic regression on standardised columns (L-BFGS, L2 penalty `l2`); returns a predictor."""
+@dataclass
+class LogisticProbe:
+    """A fitted logistic regression on standardised columns: called on rows, whether it says label 1."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        return ((rows.double() - self.mean) / self.std) @ self.weight + self.bias > 0
+
+    @property
+    def direction(self) -> torch.Tensor:
+        """The direction it reads, in the rows' own units (the feature's direction for absorption)."""
+        return self.weight / self.std
+
+
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3, steps: int = 100) -> LogisticProbe:
+    """A logistic regression on standardised columns (L-BFGS, L2 penalty `l2`)."""
     x = x.double()
     mean, std = x.mean(0), x.std(0).clamp_min(1e-8)
     z = (x - mean) / std
@@ -43,22 +62,27 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3, steps: int 
         return value
 
     optimiser.step(loss)
-    weight, bias = weight.detach(), bias.detach()
-    return lambda rows: ((rows.double() - mean) / std @ weight + bias) > 0
+    return LogisticProbe(mean, std, weight.detach(), bias.detach())
+
+
+def correct(predict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per row, whether the probe's answer is the label."""
+    return predict(x) == y.bool()
 
 
 def accuracy(predict, x: torch.Tensor, y: torch.Tensor) -> float:
-    return float((predict(x) == y.bool()).double().mean())
+    return float(correct(predict, x, y).double().mean())
 
 
 def sparse_probing(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor,
                    ks: Sequence[int]) -> dict[int, dict]:
-    """Per k: the latents chosen on the training rows and the held-out accuracy of a probe on them."""
+    """Per k: the latents chosen on the training rows, the held-out accuracy of a probe on them, and which
+    held-out rows it got right."""
     found = {}
     for k in ks:
         latents = top_k_latents(train, train_labels, k)
-        predict = fit_logistic(train[:, latents], train_labels)
-        found[k] = {"latents": latents.tolist(), "accuracy": accuracy(predict, test[:, latents], test_labels)}
+        right = correct(fit_logistic(train[:, latents], train_labels), test[:, latents], test_labels)
+        found[k] = {"latents": latents.tolist(), "accuracy": float(right.double().mean()), "correct": right}
     return found
 
 

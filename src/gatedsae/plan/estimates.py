@@ -100,6 +100,39 @@ def browse_estimate(config: Config, job: str = "browse") -> Estimate:
     return Estimate(job, memory, 2 * model_parameters(config) * config.cache.heldout_tokens)
 
 
+def interp_estimate(config: Config) -> Estimate:
+    """interp: the LM over each held-out split's probing documents (probing.documents_per_source of each
+    source, probing.tokens_per_document each) and over the first-letter prompts, for every site at once;
+    then each Gated and baseline SAE encodes them (every one on the validation split, the matched pair of
+    each seed on the test split). Memory: the model, the documents' activations at every site, one SAE's
+    latents of them."""
+    from gatedsae.plan.architectures import BASELINE, PROPOSED
+
+    interp, m = config.interp, config.model
+    splits = 2 if config.corpus.test_fraction is not None else 1
+    sources = max(len(config.corpus.sources), 1)
+    document_tokens = sources * interp.probing.documents_per_source * (interp.probing.tokens_per_document + 1)
+    template_tokens = len(interp.absorption.template.split()) + 2
+    word_tokens = interp.absorption.max_words * template_tokens
+    pairs = [(site, layer) for site, layer in config.experiment.site_layer_pairs() if site in config.interp_sites]
+    deepest = max([layer for _, layer in pairs], default=0) + 1
+    forward = 2 * model_parameters(config, deepest) * (splits * document_tokens + word_tokens)
+    seeds = int(getattr(config.train, "seeds", 1) or 1)
+    encode, stored, widest = 0.0, 0.0, 0
+    for site, _ in pairs:
+        d = m.site_width(site)
+        groups = [g for g in config.sweep.groups_at(site) if g.arch in (PROPOSED, BASELINE)]
+        per_sae = [(architecture(g.arch).encoders, g.width(d)) for g in groups for _ in g.values]
+        rows = document_tokens + interp.probing.token_rows + interp.absorption.max_words
+        encode += sum(2 * rows * d * width * encoders for encoders, width in per_sae) * seeds
+        encode += 2 * seeds * 2 * rows * d * max((w for _, w in per_sae), default=0) * 2  # the test split's pairs
+        stored += (splits * document_tokens + word_tokens) * d * 4
+        widest = max([widest, *[w for _, w in per_sae]])
+    memory = model_parameters(config) * BYTES[m.dtype] + _forward_activation_bytes(config, interp.batch_sequences) \
+        + stored + document_tokens * widest * 4
+    return Estimate("interp", memory, forward + encode)
+
+
 def cache_estimate(config: Config) -> Estimate:
     """The cache job: both splits, or (stream mode) the held-out split only."""
     streamed = config.cache.mode == "stream"
@@ -245,6 +278,9 @@ def dag_jobs(config: Config) -> list[tuple[str, str | None, int]]:
         rows += [("rescale_shift", site, layers)] if config.sweep.rescale_shift_at(site) else []
         rows += [("train_all_tokens", site, layers)] if config.sweep.all_tokens_at(site) else []
         rows.append(("evaluate", site, layers))
+    from gatedsae.plan.interp import runs
+
+    rows += [("interp", None, 1)] if runs(config) else []
     return rows + [(rule, None, 1) for rule in ("curves", "aggregate", "figures", "verdict", "report")]
 
 
@@ -346,11 +382,12 @@ def size_text(n_bytes: float) -> str:
 # --- every rule ----------------------------------------------------------------------------------------
 
 # Rules that run the LM or train SAEs (the others read and write files).
-COMPUTE_RULES = ("cache", "train", "rescale_shift", "train_all_tokens", "evaluate")
+COMPUTE_RULES = ("cache", "train", "rescale_shift", "train_all_tokens", "evaluate", "interp")
 # Rules sized by the experiment alone; `train` only in stream mode (one job per layer), else per site.
 PER_EXPERIMENT = {"prepare_model": prepare_estimate, "tokenize": tokenize_estimate, "cache": cache_estimate,
                   "browse": browse_estimate, "study": lambda config: browse_estimate(config, "study"),
-                  "aggregate": aggregate_estimate, "study_analysis": study_analysis_estimate}
+                  "aggregate": aggregate_estimate, "study_analysis": study_analysis_estimate,
+                  "interp": interp_estimate}
 PER_SITE = {"train": train_job_estimate, "rescale_shift": rescale_shift_estimate,
             "train_all_tokens": all_tokens_estimate, "evaluate": evaluate_estimate}
 
@@ -411,9 +448,9 @@ def compute_seconds_by_stage(config: Config, seeds: Optional[int] = None) -> dic
         config = replace(config, train=replace(config.train, seeds=1))
     for rule, site, count in dag_jobs(config):
         estimate = rule_estimate(config, rule, site)
-        if estimate is None or rule not in COMPUTE_RULES:
-            continue
         kind = "train" if rule == "train_all_tokens" else rule
+        if estimate is None or rule not in COMPUTE_RULES or kind not in totals:  # (interp: not yet measured)
+            continue
         seconds = estimate.hours("cpu", config.resources.sustained_tflops) * 3600 * count
         if kind == "evaluate":  # the clean prefix once, the remainder once per SAE and seed
             n_saes = _saes_per_grid(config, site)

@@ -23,7 +23,8 @@ import json
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from gatedsae.core.codehash import AGGREGATE_CODE, GROUNDTRUTH_CODE, METRICS_CODE, VERDICT_CODE, code_fingerprint
+from gatedsae.core.codehash import (AGGREGATE_CODE, GROUNDTRUTH_CODE, INTERP_CODE, METRICS_CODE, VERDICT_CODE,
+                                    code_fingerprint)
 from gatedsae.plan.config.stages import DEAD_AFTER_TOKENS, SPARSE_MAX_DENSITY
 
 if TYPE_CHECKING:
@@ -80,7 +81,8 @@ OUTSIDE_IDENTITY: dict[str, str] = {
 EXPERIMENT_NOT_IDENTITY = ("name", "through", "results_dir", "figures_dir", "chapters", "chapter")
 
 # The code whose fingerprint a job's params carry (core/codehash.py), so a fix to it reruns the job.
-CODE = {"metrics": METRICS_CODE, "aggregate": AGGREGATE_CODE, "verdict": VERDICT_CODE, "groundtruth": GROUNDTRUTH_CODE}
+CODE = {"metrics": METRICS_CODE, "aggregate": AGGREGATE_CODE, "verdict": VERDICT_CODE, "groundtruth": GROUNDTRUTH_CODE,
+        "interp": INTERP_CODE}
 
 
 def comparable(section: str, values: dict) -> dict:
@@ -189,6 +191,7 @@ JOBS: dict[str, tuple[tuple[str, ...], Optional[str]]] = {
     "study": (("study", "browser", "evaluate"), None),  # the rating page (below)
     "study_analysis": (("study",), None),
     "groundtruth": (("groundtruth", "train"), "groundtruth"),  # its own data; train.* beyond groundtruth.train apply
+    "interp": (("interp",), "interp"),
 }
 # The study's settings that only its analysis reads (never the rating page).
 STUDY_ANALYSIS_ONLY = ("ratings", "bootstrap", "confidence")

@@ -28,7 +28,8 @@ def rule_device(config: Config, rule: str) -> str:
     """Where a rule's stage computes (the rules not listed compute on the CPU, if at all)."""
     devices = {"cache": config.cache.device, "train": config.train.device, "rescale_shift": config.train.device,
                "train_all_tokens": config.train.device,
-               "evaluate": config.evaluate.device, "browse": config.evaluate.device, "study": config.evaluate.device}
+               "evaluate": config.evaluate.device, "browse": config.evaluate.device, "study": config.evaluate.device,
+               "interp": config.evaluate.device}
     return devices.get(rule, "cpu")
 
 

@@ -22,6 +22,8 @@ from gatedsae.plan.config import Config
 from gatedsae.plan.grid import MAIN_VARIANT, RESCALE_SHIFT_VARIANT
 from gatedsae.plan.groundtruth import outputs as groundtruth_outputs
 from gatedsae.plan.groundtruth import runs as groundtruth_runs
+from gatedsae.plan.interp import runs as interp_runs
+from gatedsae.plan.interp import verdict_summary as interp_verdict_summary
 from gatedsae.plan.layout import SPLIT_OUTPUTS, VERDICT_OUTPUTS
 from gatedsae.plan.sites import prose as site_prose
 from gatedsae.reporting import convergence
@@ -35,6 +37,8 @@ from gatedsae.reporting.claims import (
     headline_claims,
 )
 from gatedsae.reporting.groundtruth_claims import verdict_section as groundtruth_verdict_section
+from gatedsae.reporting.interp import read_summary as read_interp_summary
+from gatedsae.reporting.interp import verdict_section as interp_verdict_section
 
 UNSPLIT = "held-out (not split)"  # rows of a run whose held-out windows were not split
 MEASURED = SPLIT_OUTPUTS  # the aggregate's tables the verdict judges (headline, levels, comparisons, metrics)
@@ -141,9 +145,11 @@ def write_verdict(config: Config, measured: Path) -> tuple[Path, Path]:
         "claims": [asdict(c) for c in found], "beyond_the_paper": [asdict(c) for c in beyond],
         "saes": status.astype(object).where(status.notna(), None).to_dict("records"), "notes": note,
         "reference": None if reference is None else str(reference), "protocol": asdict(config.verdict),
-        **({"ground_truth": ground_truth_summary(config)} if groundtruth_runs(config) else {})}))
+        **({"ground_truth": ground_truth_summary(config)} if groundtruth_runs(config) else {}),
+        **({"interpretability_proxy": interp_summary(config)} if interp_runs(config) else {})}))
     write_text_atomic(paths["verdict_markdown"],
-                      markdown(config.experiment.name, found, beyond, status, note, reference) + ground_truth_markdown(config))
+                      markdown(config.experiment.name, found, beyond, status, note, reference) + ground_truth_markdown(config)
+                      + interp_markdown(config))
     return paths["verdict_json"], paths["verdict_markdown"]
 
 
@@ -162,6 +168,18 @@ def ground_truth_markdown(config: Config) -> str:
         return ("\n## The mechanism on ground truth\n\nNOT MEASURED: the groundtruth stage has not run "
                 "(`python -m gatedsae groundtruth`).\n")
     return "\n".join(groundtruth_verdict_section(summary)) + "\n"
+
+
+def interp_summary(config: Config) -> Optional[dict]:
+    """The interp stage's summary on verdict.split (None when it has not run): a proxy, never a claim."""
+    return read_interp_summary(Path(interp_verdict_summary(config)))
+
+
+def interp_markdown(config: Config) -> str:
+    """The verdict's automatic-interpretability section ("" when the experiment does not run the stage)."""
+    if not interp_runs(config):
+        return ""
+    return "\n".join(interp_verdict_section(interp_summary(config))) + "\n"
 
 
 def _finite(data):

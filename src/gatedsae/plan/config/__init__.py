@@ -12,6 +12,7 @@ One module per concern, each holding its sections' dataclasses and their `valida
     verdict     intervals, verdict (conf/intervals/, conf/verdict/)
     tools       browser, study (conf/browser/, conf/study/)
     groundtruth groundtruth (conf/groundtruth/): the synthetic benchmark with known features
+    interp      interp (conf/interp/): sparse probing and absorption on the real SAEs
     root        Config (all sections, the checks across them) and load_config
 
 Import from here (`from gatedsae.plan.config import Config, load_config`); which settings identify a run
@@ -27,6 +28,7 @@ from gatedsae.plan.config.groundtruth import (
     GroundTruthTrainConfig,
     GroundTruthVerdictConfig,
 )
+from gatedsae.plan.config.interp import AbsorptionConfig, InterpConfig, ProbingConfig
 from gatedsae.plan.config.model import ModelConfig, PackageConfig
 from gatedsae.plan.config.precision import FidelityGateConfig, PrecisionConfig, TrainPrecisionCheckConfig
 from gatedsae.plan.config.root import CONF_DIR, REPO_ROOT, Config, compose, dataclass_from, load_config, to_dict
@@ -41,7 +43,7 @@ __all__ = [
     "BrowserConfig", "CacheConfig", "ChapterConfig", "Config", "ConfigError", "ConvergenceConfig", "CorpusConfig",
     "EvaluateConfig",
     "ExperimentConfig", "FidelityGateConfig", "GeneratorConfig", "GroundTruthConfig", "GroundTruthTrainConfig",
-    "GroundTruthVerdictConfig", "IntervalsConfig", "LayerRuleConfig", "ModelConfig", "PackageConfig",
+    "GroundTruthVerdictConfig", "AbsorptionConfig", "InterpConfig", "ProbingConfig", "IntervalsConfig", "LayerRuleConfig", "ModelConfig", "PackageConfig",
     "PaperMatchedL0", "PathsConfig", "PrecisionConfig",
     "ResourcesConfig", "SAEGroupConfig", "SourceConfig", "StudyConfig", "SweepConfig", "TrainConfig",
     "TrainPrecisionCheckConfig",

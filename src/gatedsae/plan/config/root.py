@@ -18,6 +18,7 @@ from gatedsae.plan.config.checks import ConfigError, require
 from gatedsae.plan.config.corpus import CorpusConfig
 from gatedsae.plan.config.experiment import ExperimentConfig, PathsConfig, ResourcesConfig
 from gatedsae.plan.config.groundtruth import GroundTruthConfig
+from gatedsae.plan.config.interp import InterpConfig
 from gatedsae.plan.config.model import ModelConfig
 from gatedsae.plan.config.precision import PrecisionConfig
 from gatedsae.plan.config.stages import CacheConfig, EvaluateConfig, TrainConfig
@@ -47,13 +48,14 @@ class Config:
     browser: BrowserConfig = field(default_factory=BrowserConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
     groundtruth: GroundTruthConfig = field(default_factory=GroundTruthConfig)
+    interp: InterpConfig = field(default_factory=InterpConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 0
 
     def validate(self) -> None:
         for part in (self.model, self.corpus, self.cache, self.experiment, self.sweep, self.train, self.evaluate,
                      self.intervals, self.precision, self.verdict, self.resources, self.browser, self.study,
-                     self.groundtruth, self.paths):
+                     self.groundtruth, self.interp, self.paths):
             part.validate()
         if self.experiment.chapters:
             covered = {arch for chapter in self.experiment.chapters for arch in chapter.archs}
@@ -65,6 +67,10 @@ class Config:
                      "or null")
         require(not self.browser.enabled or self.browser.site in self.experiment.sites, "browser.site",
                  f"{self.browser.site!r} is not one of experiment.sites {self.experiment.sites}")
+        require(all(site in self.experiment.sites for site in self.interp.sites), "interp.sites",
+                 f"list sites of experiment.sites {self.experiment.sites} (or none for all of them)")
+        require(all(site in self.experiment.sites for site in self.interp.matched_l0 or {}), "interp.matched_l0",
+                 f"name sites of experiment.sites {self.experiment.sites}")
         require(all(site in self.experiment.sites for site in self.study.sites), "study.sites",
                  f"list sites of experiment.sites {self.experiment.sites} (or none for all of them)")
         require(not self.experiment.site_layers or self.cache.mode == "store", "experiment.site_layers",
@@ -91,6 +97,10 @@ class Config:
 
     def study_layer_at(self, site: str) -> int:
         return self.experiment.layers_at(site)[0] if self.study.layer is None else self.study.layer
+
+    @property
+    def interp_sites(self) -> list[str]:
+        return self.interp.sites or list(self.experiment.sites)
 
     @property
     def study_sites(self) -> list[str]:

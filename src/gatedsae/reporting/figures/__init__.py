@@ -17,10 +17,11 @@ def in_paper_order(files: list[str]) -> list[str]:
     return sorted(files, key=lambda f: (rank.get(Path(f).stem, len(rank)), Path(f).stem, Path(f).suffix))
 
 
-def render_all(results, out_dir):
+def render_all(results, out_dir, others=((), {})):
     """Every figure of every family from `results`/metrics.csv (each SAE configuration at the mean of its
-    training seeds), with the readings at the levels, and curves.csv when training curves were gathered;
-    writes figures.json (files and captions) last and returns its path."""
+    training seeds), with the readings at the levels, and curves.csv when training curves were gathered,
+    then `others` (files and captions: the other stages' figures, `stage_figures`); writes figures.json
+    (files and captions) last and returns its path."""
     import json
     from pathlib import Path
 
@@ -44,7 +45,8 @@ def render_all(results, out_dir):
         files += [str(path) for path in module.render(frame, out_dir, densities=densities, curves=curves,
                                                       **readings)]
         captions |= module.CAPTIONS
-    files = in_paper_order(files)
+    files = in_paper_order(files) + [str(path) for path in others[0]]
+    captions |= others[1]
     index = out_dir / "figures.json"
     stale = [Path(f) for f in _listed(index) if f not in files]
     write_json_atomic(index, {"files": files, "captions": {k: v for k, v in captions.items()
@@ -52,6 +54,30 @@ def render_all(results, out_dir):
     for path in stale:  # drawn by an earlier run from SAEs this one no longer has: gone with them
         path.unlink(missing_ok=True)
     return index
+
+
+def stage_figures(config) -> tuple[list[str], dict[str, str]]:
+    """The figures other stages draw, for figures.json and the report: the ground-truth benchmark's (drawn
+    by its stage) and sparse probing against L0 (drawn here from the interp stage's rows), where the
+    experiment runs them."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from gatedsae.plan import groundtruth, interp
+    from gatedsae.reporting.figures import groundtruth as groundtruth_figures
+    from gatedsae.reporting.figures import interp as interp_figures
+
+    files, captions = [], {}
+    if groundtruth.runs(config):
+        files += [str(path) for stem in groundtruth.FIGURES.values() for suffix in ("png", "pdf")
+                  if (path := groundtruth.figures_dir(config) / f"{stem}.{suffix}").exists()]
+        captions |= groundtruth_figures.CAPTIONS
+    rows = Path(interp.outputs(config)["rows"])
+    if interp.runs(config) and rows.exists():
+        files += [str(path) for path in interp_figures.render(pd.read_csv(rows), interp.figures_dir(config))]
+        captions |= interp_figures.CAPTIONS
+    return files, captions
 
 
 def _has_rows(path) -> bool:

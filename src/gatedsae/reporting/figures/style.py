@@ -33,6 +33,7 @@ AXIS_LABELS = {
     "delta_lm_loss": "Δ LM loss (nats)",
     "fvu": "fraction of variance unexplained",
     "gamma": "relative reconstruction bias γ",
+    "probing_accuracy": "sparse probing accuracy",
 }
 PERCENT = {"loss_recovered"}
 REFERENCE = {"loss_recovered": 100.0, "gamma": 1.0, "delta_lm_loss": 0.0}  # the clean model; γ = 1: unbiased
