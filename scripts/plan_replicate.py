@@ -21,7 +21,7 @@ import yaml
 
 from gatedsae.core.atomic import write_json_atomic
 from gatedsae.plan.config import REPO_ROOT, load_config
-from gatedsae.plan.estimates import calibrate, replicate_seconds
+from gatedsae.plan.forecast import calibrate, replicate_seconds
 
 MEASURED_COMMIT = "7ff5b3f0c593f4db1b6032973183bfd9525652bc"  # conf/ as the measured run used it (same sizes)
 # settings removed from conf/ since that commit, per config group (file conf/<group>/default.yaml)

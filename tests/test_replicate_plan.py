@@ -1,5 +1,5 @@
 """Sizing the default experiment against the time budget: a cold `make replicate` predicted from the
-estimates, calibrated on the measured cold run (gatedsae.plan.estimates.replicate_seconds,
+estimates, calibrated on the measured cold run (gatedsae.plan.forecast.replicate_seconds,
 scripts/plan_replicate.py, results/benchmarks/replicate_plan.json)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from gatedsae.plan.config import REPO_ROOT, load_config
-from gatedsae.plan.estimates import MachineCalibration, calibrate, compute_seconds_by_stage, replicate_seconds
+from gatedsae.plan.forecast import MachineCalibration, calibrate, compute_seconds_by_stage, replicate_seconds
 
 PLAN = json.loads((REPO_ROOT / "results" / "benchmarks" / "replicate_plan.json").read_text())
 CALIBRATION = MachineCalibration(**PLAN["calibration"])

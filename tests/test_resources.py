@@ -27,11 +27,11 @@ SITE, LAYER = "resid_post", 1
 def test_estimates_grow_with_the_grid_and_name_every_job():
     config = load_config(["experiment=paper_pythia_2.8b", "cache.mode=store"])
     jobs = [estimate.job for estimate, _ in experiment_estimates(config)]
-    assert jobs[0] == "cache" and len(jobs) == 1 + 3 * 3
+    assert jobs[0] == "cache" and len(jobs) == 1 + 3 * 3 + 1 and jobs[-1] == "interp"  # and the interp measures
     streamed = load_config(["experiment=paper_pythia_2.8b", "resources.device_memory_gib=80"])
     estimates = [estimate for estimate, _ in experiment_estimates(streamed)]
     assert [e.job.split("[")[0] for e in estimates[:2]] == ["cache", "train"]
-    assert len(estimates) == 2 + 3 * 2 and estimates[1].devices == 4  # three grids + the LM
+    assert len(estimates) == 2 + 3 * 2 + 1 and estimates[1].devices == 4  # three grids + the LM
     assert estimates[0].disk_bytes < experiment_estimates(config)[0][0].disk_bytes / 1000  # held-out only
     assert all(e.memory_bytes <= 80 * GIB for e in estimates), "every job fits its 80 GiB devices"
     small = train_estimate(config, "resid_post")  # 2^15-wide Gated vs 2^17 at the MLP

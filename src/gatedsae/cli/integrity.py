@@ -68,3 +68,21 @@ def verify_experiment(config: Config, overrides: str = "") -> str:
     return f"verified the tokens, indexes, records, evaluations and reported outputs, {shards} activation shards " \
            f"and {checkpoints} SAE checkpoints of experiment " \
            f"'{config.experiment.name}' under {config.paths.root}: all intact"
+
+
+def upgrade_checkpoints(config: Config) -> tuple[int, int]:
+    """Rewrite every trained checkpoint's cfg.json of the experiment in the current sae-lens format:
+    (how many were rewritten, how many were already current)."""
+    from gatedsae.plan.grid import grid_indexes, read_grid_index
+    from gatedsae.saes.checkpoints import upgrade_saelens_cfg
+
+    rewritten = kept = 0
+    for site, layer in config.experiment.site_layer_pairs():
+        for index in grid_indexes(config, site, layer).values():
+            if index.exists():
+                for entry in read_grid_index(index):
+                    if upgrade_saelens_cfg(entry["path"], config):
+                        rewritten += 1
+                    else:
+                        kept += 1
+    return rewritten, kept

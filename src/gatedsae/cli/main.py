@@ -94,19 +94,9 @@ def _evaluate_checkpoint(config: Config, checkpoint: str) -> None:
 def _upgrade_checkpoints(config: Config) -> None:
     """Rewrite the cfg.json of every trained checkpoint of the experiment in the current sae-lens format
     (checkpoints written before it carry their metadata where sae-lens does not read it)."""
+    from gatedsae.cli.integrity import upgrade_checkpoints
 
-    from gatedsae.plan.grid import grid_indexes, read_grid_index
-    from gatedsae.saes.checkpoints import upgrade_saelens_cfg
-
-    rewritten = kept = 0
-    for site, layer in config.experiment.site_layer_pairs():
-        for index in grid_indexes(config, site, layer).values():
-            if index.exists():
-                for entry in read_grid_index(index):
-                    if upgrade_saelens_cfg(entry["path"], config):
-                        rewritten += 1
-                    else:
-                        kept += 1
+    rewritten, kept = upgrade_checkpoints(config)
     print(f"rewrote {rewritten} cfg.json files; {kept} already current")
 
 
@@ -196,18 +186,14 @@ def _verdict(config: Config) -> None:
 
 
 def _groundtruth(config: Config) -> None:
-    """The ground-truth benchmark (conf/groundtruth): synthetic activations with known features, every
-    architecture of its sweep trained on each seed, scored against the true features; rows.csv, summary.json
-    and claims.json under results/<experiment>/groundtruth/, figures under paper_figures/<experiment>/groundtruth/."""
+    """The ground-truth benchmark (conf/groundtruth; docs/method.md): results/<experiment>/groundtruth/."""
     from gatedsae.reporting.groundtruth import run_groundtruth
 
     print(f"wrote {run_groundtruth(config)}")
 
 
 def _interp(config: Config) -> None:
-    """Sparse probing and first-letter absorption of the Gated and baseline SAEs (conf/interp), compared at
-    matched L0: rows.csv and summary.json under results/<experiment>/interp/, the test split's summary under
-    results/<experiment>/test/interp/ (the verdict's)."""
+    """Sparse probing and first-letter absorption, Gated vs baseline at matched L0 (docs/method.md)."""
     from gatedsae.reporting.interp import run_interp
 
     print(f"wrote {run_interp(config)}")
@@ -321,9 +307,8 @@ STAGES: dict[str, Stage] = {
     "groundtruth": Stage(_groundtruth, "the ground-truth benchmark: every architecture on synthetic activations with "
                          "known features; recovery, shrinkage, firing errors, frontier", reads=("groundtruth", "train", "paths"),
                          devices=("train.device",), writes_data=True),
-    "interp": Stage(_interp, "automatic interpretability (a proxy for claim 3): sparse probing and first-letter "
-                    "absorption, Gated vs baseline at matched L0", reads=(*DATA, "sweep", "interp", "evaluate"),
-                    devices=("evaluate.device",), writes_data=True),
+    "interp": Stage(_interp, "a proxy for claim 3: sparse probing and absorption at matched L0",
+                    reads=(*DATA, "sweep", "interp", "evaluate"), devices=("evaluate.device",), writes_data=True),
     "curves": Stage(_curves, "every trained SAE's training curves in one table (curves.csv, for dvc plots)",
                     reads=(*DATA, "sweep")),
     "figures": Stage(_figures, "every figure, PNG and PDF, with figures.json (files and captions)",

@@ -140,14 +140,15 @@ def word_rows(x: torch.Tensor, words: list[tuple[int, str]], config: Config) -> 
     directions, positives = {}, {}
     for letter in sorted(set(letters)):
         mine = letters == letter
-        if any((mine & (parts == part)).sum() < absorbing.min_words_per_letter for part in (0, 1, 2)) \
-                or (~mine & (parts == 0)).sum() == 0:
-            continue
+        if (mine & (parts == 0)).sum() < absorbing.min_words_per_letter or (~mine & (parts == 0)).sum() == 0:
+            continue  # too few words to train its probe on
         probe = fit_logistic(x[parts == 0], torch.from_numpy(mine[parts == 0]))
         says = probe(x).numpy()
         directions[letter] = probe.direction.float()
-        for split, wanted in WORD_PART.items():
-            positives[(letter, split)] = np.flatnonzero(mine & says & np.isin(parts, wanted))
+        for split, wanted in WORD_PART.items():  # a part with too few of its words: the letter is left out there
+            scored = mine & np.isin(parts, wanted)
+            positives[(letter, split)] = np.flatnonzero(scored & says) if scored.sum() >= absorbing.min_words_per_letter \
+                else np.zeros(0, dtype=int)
     return WordRows(x, letters, parts, directions, positives)
 
 

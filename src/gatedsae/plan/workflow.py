@@ -325,6 +325,11 @@ class ExperimentPlan:
         # Quoted for the shell; braces doubled so Snakemake's formatting leaves them literal.
         return " ".join(shlex.quote(a) for a in args).replace("{", "{{").replace("}", "}}")
 
-    def params(self, job: str) -> str:
-        """A job's params: the settings that identify its result (plan/identity.py)."""
-        return job_params(self.config, job)
+    def params(self, job: str):
+        """A job's params: the settings that identify its result (plan/identity.py). One holding text that
+        reads as a wildcard (conf/interp's template, "{word} ..."), given as a function so Snakemake takes
+        it as it is."""
+        import re
+
+        value = job_params(self.config, job)
+        return (lambda wildcards: value) if re.search(r"\{\w+\}", value) else value

@@ -187,11 +187,17 @@ def verdict_section(summary: Optional[dict]) -> list[str]:
                              f"{found['reading']} |")
         if site.get("raw_probe"):
             lines.append(f"| {where} | | probe on the raw activations (reference) | {_cell(site['raw_probe'])} | | | |")
+        if not site["tasks"]:
+            lines.append(f"| {where} | {pairs} | sparse probing | — | — | — | NOT MEASURED: no task with enough rows "
+                         "of each class on this split (conf/interp probing) |")
         if site.get("absorption"):
             found = site["absorption"]
             lines.append(f"| {where} | {pairs} | absorption rate (mean of {len(site['letters'])} letters) | "
                          f"{_cell(found[PROPOSED])} | {_cell(found[BASELINE])} | {_cell(found['difference'])} | "
                          f"{found['reading']} |")
+        else:
+            lines.append(f"| {where} | {pairs} | absorption rate | — | — | — | NOT MEASURED: no letter with enough words "
+                         "the raw probe gets right on this split (conf/interp absorption) |")
     labels = f"{arch_label(PROPOSED)} vs {arch_label(BASELINE)}"
     return lines + ["", f"{labels}; the human study (docs/interpretability-study.md) stays the paper's test of claim 3."]
 

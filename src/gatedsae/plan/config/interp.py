@@ -63,7 +63,7 @@ class AbsorptionConfig:
     main_k: int = 1
     min_cosine: float = 0.025
     min_share: float = 0.4
-    min_words_per_letter: int = 10  # per part (probe-training, validation, test); fewer: the letter is left out
+    min_words_per_letter: int = 10  # in probe-training, and in the part scored; fewer: the letter is left out (there)
     train_fraction: float = 0.5  # the rest split in half: validation and test
 
     def validate(self, key: str) -> None:
