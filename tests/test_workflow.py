@@ -161,6 +161,15 @@ def test_smoke_workflow_end_to_end_then_nothing_to_do_then_only_what_a_new_l1_ne
     assert verdict["ground_truth"]["claims"] == truth["claims"]
     assert "## The mechanism on ground truth" in (results / "verdict.md").read_text()
     assert (scratch_repo / "paper_figures/smoke/groundtruth/recovery_vs_l0.png").stat().st_size > 0
+    # the interpretability measures (a proxy for claim 3): every Gated and baseline SAE scored on validation,
+    # the matched pairs on test, which the verdict reads
+    interp = json.loads((results / "test" / "interp" / "summary.json").read_text())
+    assert set(interp["sites"]) == {f"{site}/layer1" for site in ("resid_post", "mlp_out", "attn_z")}
+    assert verdict["interpretability_proxy"]["split"] == "test" and verdict["interpretability_proxy"]["sites"].keys() == interp["sites"].keys()
+    assert "## Automatic interpretability (a proxy for claim 3)" in (results / "verdict.md").read_text()
+    scored = pd.read_csv(results / "interp" / "rows.csv")
+    assert set(scored.loc[scored["split"] == "validation", "sae"]) >= set(
+        metrics.loc[metrics["arch"].isin(["gated", "baseline"]) & (metrics["variant"] == "sweep"), "sae"])
     summary = json.loads((results / "summary.json").read_text())
     assert set(summary) == {f"tiny/{site}/layer1" for site in ("resid_post", "mlp_out", "attn_z")}
     curves = pd.read_csv(results / "curves.csv")
@@ -169,6 +178,8 @@ def test_smoke_workflow_end_to_end_then_nothing_to_do_then_only_what_a_new_l1_ne
     figures = json.loads((scratch_repo / "paper_figures" / "smoke" / "figures.json").read_text())
     assert all((scratch_repo / path).stat().st_size > 0 for path in figures["files"])
     assert any(path.endswith("training_curves.png") for path in figures["files"])
+    assert {"probing_accuracy_vs_l0.png", "recovery_vs_l0.png", "magnitude_ratio_vs_lambda.png"} <= {
+        Path(path).name for path in figures["files"]}  # the other stages' figures are in the report too
     report = (results / "report.html").read_text()
     assert report.count("<img") == len(figures["files"]) // 2 and "Headline" in report and "<h2>Verdict</h2>" in report
     for table in ("metrics.md", "metrics.tex"):
