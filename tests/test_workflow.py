@@ -165,7 +165,8 @@ def test_smoke_workflow_end_to_end_then_nothing_to_do_then_only_what_a_new_l1_ne
     # the matched pairs on test, which the verdict reads
     interp = json.loads((results / "test" / "interp" / "summary.json").read_text())
     assert set(interp["sites"]) == {f"{site}/layer1" for site in ("resid_post", "mlp_out", "attn_z")}
-    assert verdict["interpretability_proxy"]["split"] == "test" and verdict["interpretability_proxy"]["sites"].keys() == interp["sites"].keys()
+    proxy = verdict["interpretability_proxy"]
+    assert proxy["split"] == "test" and proxy["sites"].keys() == interp["sites"].keys()
     assert "## Automatic interpretability (a proxy for claim 3)" in (results / "verdict.md").read_text()
     scored = pd.read_csv(results / "interp" / "rows.csv")
     assert set(scored.loc[scored["split"] == "validation", "sae"]) >= set(
