@@ -192,30 +192,22 @@ class ExperimentPlan:
         """What the verdict reads of the benchmark: its summary, when the experiment runs it."""
         return [self.groundtruth_outputs()["summary"]] if self.groundtruth else []
 
-    @property
-    def interp(self) -> bool:
-        """Whether the experiment (through its chapter) runs the interpretability measures (plan/interp.py)."""
-        from gatedsae.plan.interp import runs
-
-        return runs(self.config)
-
     def interp_outputs(self) -> dict[str, str]:
-        """The interp stage's files (rows, the development split's summary, the test split's)."""
-        from gatedsae.plan.interp import outputs
+        """The interp stage's files (plan/interp.py: rows, the development split's summary, the test split's)."""
+        from gatedsae.plan import interp
 
-        return outputs(self.config)
-
-    def interp_targets(self) -> list[str]:
-        return list(self.interp_outputs().values()) if self.interp else []
+        return interp.outputs(self.config)
 
     def interp_inputs(self, key: str) -> list[str]:
-        """One file of the interp stage (rows: the figures'; verdict: the summary the verdict reads), when
-        the experiment runs it."""
-        from gatedsae.plan.interp import verdict_summary
+        """What a later rule reads of the interp stage, when the experiment runs it (through its chapter):
+        "rows" (the figures), "verdict" (the summary on the verdict's split), "all" (every file: targets)."""
+        from gatedsae.plan import interp
 
-        if not self.interp:
+        if not interp.runs(self.config):
             return []
-        return [verdict_summary(self.config) if key == "verdict" else self.interp_outputs()[key]]
+        files = self.interp_outputs()
+        return list(files.values()) if key == "all" else [interp.verdict_summary(self.config) if key == "verdict"
+                                                          else files[key]]
 
     def curves(self) -> str:
         return str(self.config.experiment.results / CURVES_FILE)
@@ -256,7 +248,7 @@ class ExperimentPlan:
             return [*self.aggregate_outputs().values(), *self.test_outputs().values(), self.curves(),
                     self.figures_index(),
                     *self.verdict_outputs().values(), self.report(), *self.groundtruth_targets(),
-                    *self.interp_targets()]
+                    *self.interp_inputs("all")]
         patterns = {"cache": [self.model_marker(), self.corpus_manifest(), self.tokens_manifest(), self.store_manifest()],
                     "train": [self.grid_index()], "evaluate": [self.evaluation()]}
         targets = {path for pattern in patterns[stage] for path in self._concrete(pattern)}
