@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from gatedsae.core.atomic import write_json_atomic
+from gatedsae.core.atomic import atomic_path, write_json_atomic
 from gatedsae.plan.architectures import BASELINE, PROPOSED
 from gatedsae.plan.architectures import label as arch_label
 from gatedsae.plan.config import Config
@@ -135,14 +135,16 @@ def run_interp(config: Config, progress: bool = True) -> Path:
         for work in works:
             site = found[(work.site, work.layer)]
             rows += score_rows(work, split, site["scores"][split])
+            rows += [{"split": split or "heldout", "site": work.site, "layer": work.layer, "arch": "raw", "sae": "raw",
+                      "seed": None, "l0": None, "measure": "probing", "task": task, "k": None, "value": r["accuracy"]}
+                     for task, r in site["raw"][split].items()]  # the reference: a probe on every dimension
             per_site[f"{work.site}/layer{work.layer}"] = compare_site(config, work.pairs, site["scores"][split],
                                                                     site["raw"][split], rng)
         summaries[split] = {"split": split or "heldout", "ks": config.interp.probing.ks,
                             "confidence": config.interp.confidence, "sites": per_site}
-    rows_path = Path(files["rows"])
-    rows_path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(rows_path.with_suffix(".tmp"), index=False)
-    rows_path.with_suffix(".tmp").replace(rows_path)
+    Path(files["rows"]).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(Path(files["rows"])) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
     for split, summary in summaries.items():
         key = "test_summary" if split == TEST else "summary"
         Path(files[key]).parent.mkdir(parents=True, exist_ok=True)
