@@ -71,6 +71,7 @@ def test_the_matched_pair_is_nearest_the_level_and_flagged_when_too_far_apart():
     middle = matched_pairs(frame, None, max_ratio=2.0)  # overlap 20..90: its geometric middle, √1800 ≈ 42
     assert middle["rule"] == "overlap_midpoint" and middle["target_l0"] == pytest.approx(1800**0.5)
     assert all(p["matched"] for p in middle["pairs"])
+    assert matched_pairs(frame[frame["arch"] == "gated"], None, max_ratio=2.0)["pairs"] == []  # no baseline: no pair
 
 
 def test_bootstrap_intervals_cover_seeds_and_examples():

@@ -214,6 +214,8 @@ def matched_target(frame: pd.DataFrame, level: Optional[float]) -> float:
     if level is not None:
         return float(level)
     ranges = [frame.loc[frame["arch"] == arch, "l0"] for arch in (PROPOSED, BASELINE)]
+    if any(r.empty for r in ranges):
+        return math.nan  # an architecture not trained at the site: no pair
     low, high = max(r.min() for r in ranges), min(r.max() for r in ranges)
     return float(math.sqrt(max(low, 1e-9) * max(high, 1e-9)))
 
