@@ -242,10 +242,12 @@ def matched_pairs(frame: pd.DataFrame, level: Optional[float], max_ratio: float)
 # The stage's compute: every SAE's scores, saved one by one.
 
 
-def identity(config: Config, checkpoint: str, split: Optional[str]) -> str:
+def identity(config: Config, checkpoint: str, split: Optional[str], code: str) -> str:
+    """What a saved score is of: the checkpoint, the split, the settings, and `code` (the scoring code's
+    fingerprint, computed once per run: it parses every module it names)."""
     return config_hash({"checkpoint": checkpoint, "split": split, "interp": asdict(config.interp),
                         "model": asdict(config.model), "corpus": asdict(config.corpus), "seed": config.seed,
-                        "code": code_fingerprint(INTERP_SCORES_CODE)})
+                        "code": code})
 
 
 def _saved(path, key: str) -> Optional[dict]:
@@ -288,6 +290,7 @@ def score_sites(config: Config, works: list[SiteWork], progress: bool = True) ->
 
     found: dict[tuple[str, int], dict] = {}
     todo = []
+    code = code_fingerprint(INTERP_SCORES_CODE)
     for work in works:
         folder = saved_dir(config, work.site, work.layer)
         found[(work.site, work.layer)] = {"scores": {}, "raw": {}}
@@ -296,7 +299,7 @@ def score_sites(config: Config, works: list[SiteWork], progress: bool = True) ->
             checkpoints = ["raw"] if frame is None else list(frame["checkpoint_id"])
             for name, checkpoint in zip(names, checkpoints):
                 path = folder / (split or "heldout") / f"{name}.json"
-                key = identity(config, checkpoint, split)
+                key = identity(config, checkpoint, split, code)
                 saved = _saved(path, key)
                 if saved is None:
                     todo.append((work, split, name, path, key))
