@@ -149,3 +149,20 @@ def test_the_verdict_section_is_labelled_a_proxy():
     text = "\n".join(verdict_section(summary))
     assert "PROXY for the paper's third claim" in text and "not counted among the paper's claims" in text
     assert "NOT MEASURED: too far apart" in text and "(unmatched)" in text
+
+
+def test_an_edited_summary_is_named_and_its_stage_rerun(tmp_path):
+    from gatedsae.plan.health import record_outputs, repair
+
+    config = load_config(["experiment=smoke", f"experiment.results_dir={tmp_path}",
+                          f"experiment.figures_dir={tmp_path / 'figures'}"])
+    files = outputs(config)
+    for path in files.values():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("{}")
+    record_outputs(config, "interp")
+    assert repair(config) == []
+    (tmp_path / files["test_summary"]).write_text('{"edited": true}')
+    lines = repair(config)
+    assert len(lines) == 1 and "test/interp/summary.json does not match" in lines[0] and "rule interp" in lines[0]
+    assert not (tmp_path / files["rows"]).exists()  # removed, so the next run rebuilds it

@@ -56,7 +56,7 @@ def test_dry_run_lists_the_dag_without_network(experiment, tmp_path):
     result = snakemake("-n", "--config", f"experiment={experiment}",
                        f"overrides=paths.data={tmp_path / 'data'}", cwd=REPO_ROOT)
     for rule in ("prepare_model", "fetch_corpus", "tokenize", "cache", "train", "rescale_shift",
-                 "evaluate", "aggregate", "curves", "figures", "verdict", "report"):
+                 "evaluate", "aggregate", "curves", "figures", "verdict", "report", "interp"):
         assert f"rule {rule}:" in result.stdout, rule
     if experiment == "default":  # the paper's treatment of massive activations, its own run
         assert "rule train_all_tokens:" in result.stdout

@@ -83,6 +83,10 @@ def stage_outputs(config: Config, stage: str) -> Optional[tuple[Path, list[Path]
         files = [results / CURVES_FILE]
     elif stage == "report":
         files = [results / REPORT_FILE]
+    elif stage == "interp":  # the verdict reads its summary on the test split
+        from gatedsae.plan.interp import outputs
+
+        files = [Path(path) for path in outputs(config).values()]
     elif stage == "figures":
         index = figures / FIGURES_INDEX
         listed = read_json(index, "Run `python -m gatedsae figures` again.").get("files", [])
@@ -92,7 +96,7 @@ def stage_outputs(config: Config, stage: str) -> Optional[tuple[Path, list[Path]
     return files[0], files
 
 
-RECORDED_STAGES = ("aggregate", "curves", "figures", "verdict", "report")
+RECORDED_STAGES = ("aggregate", "curves", "figures", "verdict", "report", "interp")
 
 
 def outputs_record(config: Config, stage: str) -> Path:
