@@ -1,25 +1,30 @@
-"""Benchmark: the spliced evaluation's time per SAE per CE window, against a plain full forward in the same
-precision, float32 and bf16, and against the previous evaluation path; plus bf16's fidelity on this data.
+"""Benchmark: the spliced evaluation's time per SAE per CE window, against the per-SAE path before
+`evaluation/lean_blocks.py` and against a plain full forward, in float32 and bf16; plus bf16's fidelity.
 
-    python scripts/bench_eval.py [--windows 8] [--repeats 3] [--sites resid_post] [hydra overrides...]
+    python scripts/bench_eval.py [--windows 8] [--repeats 5] [--sites resid_post,mlp_out,attn_z] [hydra overrides...]
 
-On the same held-out windows, each repetition times, interleaved so that every figure sees the same
-machine state (the machine is shared: only ratios inside one repetition mean anything):
+Each site at its own layer (`experiment.layers_at`). On the same held-out windows, each repetition times,
+interleaved batch by batch so that every figure sees the same machine state (the machine is shared: only
+ratios inside one repetition mean anything):
 
-- `full`: a plain full forward of the LM and the CE of its logits, in float32 and in bf16;
-- `previous`: the evaluation's per-SAE path before this benchmark's changes (TransformerLens' remainder
-  through its own unembedding, then the CE of a whole batch's logits), float32;
-- `ours`: the per-SAE path now (encode + decode, the remainder to the last block, the chunked
-  unembedding and CE), in float32 and in bf16; and the clean prefix, which runs once per batch for all SAEs.
+- `full`: a plain full forward of the LM and the CE of its logits;
+- `previous`: the per-SAE path of main before this benchmark's change (commit e7a5009: TransformerLens'
+  blocks after the splice, block L rerun at mlp_out and attn_z, the chunked unembedding), i.e.
+  `SplicedLM(..., lean=False)`;
+- `ours`: the per-SAE path now (encode + decode, `LeanBlocks` from the site on, the chunked unembedding
+  and CE); and the float32 prefix, which runs once per batch for all SAEs and is not per-SAE time;
 
-Times are per SAE per CE window. Ratios: `ours / full` in the same precision, and `speedup` =
-previous float32 / ours in the precision `precision.evaluate=auto` chooses here (after the gate); each
-is the median over repetitions with its min and max. The SAE timed is a random Gated SAE of the sweep's
-width (the cost does not depend on the weights). Fidelity (bf16 against float32 on the same windows)
-needs a reconstruction that resembles an SAE's: a rank-d/8 PCA of the site's activations (its FVU is
-recorded), with massive positions (norm above train.max_norm_ratio × the median) kept clean as the
-pipeline keeps them; the evaluation's own gate (`evaluation/precision_gate.py`) runs with it too.
-Writes results/benchmarks/eval.json.
+each in float32 and in bf16. Ratios: `speedup_same_precision` = previous / ours in one precision;
+`speedup_vs_previous` = previous in the precision e7a5009's gate chose (float32 where bf16 moved the CE
+clean, zero-ablated or spliced by more than the tolerance) / ours in the precision the gate chooses now
+(clean and spliced only: the zero-ablation is float32 always); `ours_vs_full_forward` in one precision.
+Each is the median over repetitions with its min and max. `float32_agreement`: ours against previous in
+float32, per token and in mean CE, on the timed windows (the change must not move the results). The SAE
+timed is a random Gated SAE of the sweep's width (the cost does not depend on the weights). Fidelity
+(bf16 against float32 on the same windows) needs a reconstruction that resembles an SAE's: a rank-d/8
+PCA of the site's activations (its FVU is recorded), with massive positions (norm above
+train.max_norm_ratio × the median) kept clean as the pipeline keeps them; the evaluation's own gate
+(`evaluation/precision_gate.py`) runs with it too. Writes results/benchmarks/eval.json.
 """
 
 from __future__ import annotations
@@ -79,21 +84,6 @@ class PCAStandIn:
         return self.mean + centred @ self.basis @ self.basis.T
 
 
-def previous_remainder_losses(spliced: SplicedLM, prefix, replacement: torch.Tensor) -> torch.Tensor:
-    """The per-SAE path before: TransformerLens from the splice to its logits, then the batch's CE."""
-    kept = kept_positions(prefix.activation, None)
-    replaced = torch.where(kept[..., None], prefix.activation, replacement.to(prefix.activation.dtype))
-    if spliced.site == "resid_post":
-        logits = spliced.model.run_with_hooks(replaced, start_at_layer=spliced._start, fwd_hooks=[])
-    else:
-        from gatedsae.plan.sites import unflatten
-
-        logits = spliced.model.run_with_hooks(
-            prefix.residual, start_at_layer=spliced._start,
-            fwd_hooks=[(spliced.hook, lambda activation, hook: unflatten(spliced.site, replaced, activation))])
-    return next_token_losses(logits, prefix.tokens)
-
-
 def timed(function) -> float:
     started = time.perf_counter()
     function()
@@ -104,27 +94,51 @@ def summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "each": values}
 
 
+PATHS = ("full", "previous", "ours")
+DTYPES = ("float32", "bfloat16")
+
+
 @torch.inference_mode()
 def repetition(model, site: str, layer: int, batches: list[torch.Tensor], sae: RandomGated) -> dict[str, float]:
-    """Seconds per SAE per window of every path, one after the other on the same batches."""
-    seconds = dict.fromkeys(("full_float32", "previous_float32", "ours_float32", "prefix_float32",
-                             "full_bfloat16", "ours_bfloat16", "prefix_bfloat16"), 0.0)
-    for dtype in ("float32", "bfloat16"):
+    """Seconds per SAE per window of every path in both precisions, the paths one after the other on each
+    batch. The matrices are laid out once per precision before timing, as a grid's evaluation does once."""
+    seconds = {f"{path}_{dtype}": 0.0 for dtype in DTYPES for path in PATHS} | {"prefix_float32": 0.0}
+    prefixes = []
+    for tokens in batches:
+        started = time.perf_counter()
+        prefixes.append({lean: SplicedLM(model, site, layer, lean=lean).prefix(tokens) for lean in (False, True)})
+        seconds["prefix_float32"] += (time.perf_counter() - started) / 2
+    for dtype in DTYPES:
         precision = choose("evaluate", dtype)
-        spliced = SplicedLM(model, site, layer, precision)
+        paths = {name: SplicedLM(model, site, layer, precision, lean=name == "ours") for name in ("previous", "ours")}
         with matmul_weights(model, precision):
-            for tokens in batches:
+            for name, spliced in paths.items():  # untimed: lays the matrices out for this precision
+                spliced.token_losses(prefixes[0][name == "ours"].select(torch.arange(len(batches[0])) < 1), None)
+            for tokens, prefix in zip(batches, prefixes):
                 with precision.autocast():
                     seconds[f"full_{dtype}"] += timed(lambda: next_token_losses(model(tokens), tokens))
-                started = time.perf_counter()
-                prefix = spliced.prefix(tokens)
-                seconds[f"prefix_{dtype}"] += time.perf_counter() - started
-                seconds[f"ours_{dtype}"] += timed(lambda: spliced.token_losses(prefix, sae.reconstruct(prefix.activation)))
-                if dtype == "float32":
-                    seconds["previous_float32"] += timed(
-                        lambda: previous_remainder_losses(spliced, prefix, sae.reconstruct(prefix.activation)))
+                for name, spliced in paths.items():
+                    mine = prefix[name == "ours"]
+                    seconds[f"{name}_{dtype}"] += timed(lambda: spliced.token_losses(mine, sae.reconstruct(mine.activation)))
     windows = sum(len(tokens) for tokens in batches)
     return {name: value / windows for name, value in seconds.items()}
+
+
+@torch.inference_mode()
+def float32_agreement(model, site: str, layer: int, batches: list[torch.Tensor], sae: RandomGated) -> dict:
+    """Ours against the previous path in float32: the largest per-token CE difference and the mean CE's."""
+    differences, means = [], []
+    for tokens in batches:
+        losses = []
+        for lean in (False, True):
+            spliced = SplicedLM(model, site, layer, lean=lean)
+            prefix = spliced.prefix(tokens)
+            losses.append(spliced.token_losses(prefix, sae.reconstruct(prefix.activation)).double())
+        differences.append(float((losses[1] - losses[0]).abs().max()))
+        means.append((float(losses[0].mean()), float(losses[1].mean())))
+    previous, ours = (float(np.mean([m[i] for m in means])) for i in (0, 1))
+    return {"max_abs_per_token_nats": max(differences), "mean_ce_previous": previous, "mean_ce_ours": ours,
+            "abs_mean_difference_nats": abs(ours - previous)}
 
 
 def fidelity(config, model, site: str, layer: int, windows: np.ndarray) -> dict:
@@ -144,10 +158,18 @@ def fidelity(config, model, site: str, layer: int, windows: np.ndarray) -> dict:
             "tolerance_nats": config.precision.gate.ce_nats, "gate": gate.provenance()}
 
 
+def previous_gate(check: dict, tolerance: float) -> str:
+    """The precision e7a5009's evaluation gate chose: bf16 only if the CE clean, zero-ablated and spliced all
+    moved by at most the tolerance (its prefix ran in bf16 too, which this check does not repeat)."""
+    native = check["gate"]["setting"] == "auto" and "bfloat16" in (check["gate"]["dtype"], check["gate"]["reason"])
+    within = all(value <= tolerance for value in check["abs_difference_nats"].values())
+    return "bfloat16" if native and within else "float32"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--windows", type=int, default=8, help="CE windows timed per repetition")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--fidelity-windows", type=int, default=16)
     parser.add_argument("--sites", default="", help="comma-separated (default: the experiment's)")
     parser.add_argument("--out", default=str(REPO_ROOT / "results" / "benchmarks" / "eval.json"))
@@ -155,7 +177,6 @@ def main() -> None:
     config = load_config(overrides)
     model = load_model(config.model, config.paths, "cpu").model
     heldout = load_windows(config.paths.tokens_dir(config.model.name, config.corpus.name), "heldout")
-    layer = config.experiment.layers[0]
     sites = args.sites.split(",") if args.sites else list(config.experiment.sites)
     batch = config.evaluate.batch_windows
     timed_windows = heldout[: args.windows]
@@ -164,32 +185,38 @@ def main() -> None:
         model(batches[0][:1])  # warm-up of the bf16 kernels
     results = []
     for site in sites:
+        layer = config.experiment.layers_at(site)[0]
         d = config.model.site_width(site)
         gated = next(g for g in config.sweep.groups if g.arch == PROPOSED)
         sae = RandomGated(d, gated.width(d))
         check = fidelity(config, model, site, layer, heldout[: args.fidelity_windows])
-        auto = check["gate"]["dtype"]
+        auto, before = check["gate"]["dtype"], previous_gate(check, config.precision.gate.ce_nats)
+        agreement = float32_agreement(model, site, layer, batches, sae)
         runs = []
         for index in range(args.repeats):
             runs.append(repetition(model, site, layer, batches, sae))
             print(site, index, json.dumps({k: round(v, 3) for k, v in runs[-1].items()}), file=sys.stderr, flush=True)
         results.append({
             "site": site, "layer": layer, "sae_width": gated.width(d), "auto_precision": auto,
+            "previous_auto_precision": before,
             "seconds_per_sae_per_window": {name: summary([run[name] for run in runs]) for name in runs[0]},
+            "speedup_vs_previous": summary([run[f"previous_{before}"] / run[f"ours_{auto}"] for run in runs]),
+            "speedup_same_precision": {dtype: summary([run[f"previous_{dtype}"] / run[f"ours_{dtype}"] for run in runs])
+                                       for dtype in DTYPES},
             "ours_vs_full_forward": {dtype: summary([run[f"ours_{dtype}"] / run[f"full_{dtype}"] for run in runs])
-                                     for dtype in ("float32", "bfloat16")},
-            "speedup_vs_previous": summary([run["previous_float32"] / run[f"ours_{auto}"] for run in runs]),
-            "speedup_vs_previous_same_precision_float32": summary([run["previous_float32"] / run["ours_float32"] for run in runs]),
+                                     for dtype in DTYPES},
             "bf16_vs_float32_ours": summary([run["ours_float32"] / run["ours_bfloat16"] for run in runs]),
+            "float32_agreement": agreement,
             "fidelity": check,
         })
         # Written after every site, so a run stopped part-way keeps the sites it finished.
         write_json_atomic(Path(args.out), {
-            "command": " ".join([sys.executable, *sys.argv]), "machine": machine(), "model": config.model.name,
+            "command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine(), "model": config.model.name,
             "windows": args.windows, "batch_windows": batch, "context_length": config.experiment.context_length,
             "repeats": args.repeats, "sites": results,
             "note": "seconds per SAE per CE window; ratios within each repetition (median, min, max over repetitions); "
-                    "speedup_vs_previous = previous float32 path / ours in the precision auto chooses here",
+                    "speedup_vs_previous = previous path in the precision e7a5009's gate chose / ours in the precision "
+                    "the gate chooses now; speedup_same_precision = previous / ours in one precision",
         })
     print(json.dumps({r["site"]: {"speedup": round(r["speedup_vs_previous"]["median"], 2), "auto": r["auto_precision"]}
                       for r in results}))

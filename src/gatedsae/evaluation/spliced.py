@@ -25,8 +25,8 @@ remainder of the model and can be finished, and saved, on its own.
 
 Precision (`core.precision`): what every SAE of a grid shares is computed once and in float32 always:
 the prefix (so an SAE reads exactly the float32 activation) and the zero-ablation, whose CE moves far
-more in bf16 than the clean or spliced CE (an LM with a site zeroed is off its training distribution:
-0.028 nat on SmolLM2's residual stream against 0.0004 for the clean CE). The clean remainder and each
+more in bf16 than the clean or spliced CE (an LM with a site zeroed is off its training distribution;
+measured per site in results/benchmarks/eval.json). The clean remainder and each
 SAE's spliced remainder run in the evaluation's precision, the same for both, so that delta LM loss
 compares two forwards of the same arithmetic; the evaluation's gate checks those two.
 """
