@@ -17,10 +17,16 @@ Adam, activity bookkeeping) on batches loaded beforehand. Ours on the support (t
 dense (never) and sae-lens (scripts/bench_saelens_peer.py, its own initialisation: its dense step costs
 the same whatever the code) run interleaved --repeats times; the report gives medians and (min, max).
 
+Each of our runs is timed twice per round, with the encoder's product in float32 and in bf16
+(precision.train; saes/encoder_product.py), all four (sparse/dense × float32/bf16) interleaved with the
+peer. The crossover and the L0 sweep below are float32 runs.
+
 Also measured: FLOPs executed per step (torch's FlopCounterMode; the sparse kernels counted as
-2 · nnz · d each), the time of the dense encoder matmul alone (same shape, same layout) as a share of a
-step on the support, tokens/s on the support across L0, and the crossover density (L0 / width) above
-which dense steps are faster: the evidence for train.sparse_max_density. Writes
+2 · nnz · d each), the time of the dense encoder matmul alone (same shape, same layout; in bf16 with the
+casts of its operands) as a share of a step on the support in the same precision, a profile of a Gated
+step on the support at widths d and 4 × d in each precision, tokens/s on the support across L0, and the
+crossover density (L0 / width) above which dense steps are faster: the evidence for
+train.sparse_max_density. Writes
 results/benchmarks/train.json.
 """
 
@@ -43,16 +49,18 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gatedsae.activations.store import ActivationStore
 from gatedsae.core.atomic import write_json_atomic
-from gatedsae.core.precision import machine
+from gatedsae.core.precision import choose, machine
 from gatedsae.plan.architectures import BASELINE, PROPOSED
 from gatedsae.plan.config import REPO_ROOT, SAEGroupConfig, SweepConfig, load_config
 from gatedsae.plan.layout import MANIFEST
 from gatedsae.saes.base import BatchedSAE
+from gatedsae.saes.encoder_product import bf16_product
 from gatedsae.training.sparse_step import dense_step_, sparse_step_
 from gatedsae.training.trainer import GridTrainer, TrainingBatches
 
 aten = torch.ops.aten
 L1 = 0.1  # the default sweep's middle λ; the code's sparsity is set directly (see set_code_density)
+PRECISIONS = ("float32", "bfloat16")  # precision.train: the encoder's product (saes/encoder_product.py)
 
 
 # --- the state every run starts from ---------------------------------------------------------------
@@ -108,11 +116,17 @@ def step_flops(trainer: GridTrainer, x: torch.Tensor, sparse: bool = False) -> i
     return counter.get_total_flops()
 
 
-def timed_training(config, store, batches: list[torch.Tensor], l0: float, sparse: str) -> dict:
+def with_precision(config, precision: str):
+    """`config` with precision.train = `precision` (float32 | bfloat16: the encoder's product)."""
+    return replace(config, precision=replace(config.precision, train=precision))
+
+
+def timed_training(config, store, batches: list[torch.Tensor], l0: float, sparse: str,
+                   precision: str = "float32") -> dict:
     """Time len(batches) − 1 trainer steps after one untimed step, from the prepared state, at lr 0: Adam
     computes its whole update as always (then scaled by 0), so a step costs what it costs in training
     while the code stays at the prepared L0 (a fresh Adam's first sign-like steps would shift it)."""
-    config = replace(config, train=replace(config.train, sparse=sparse))
+    config = replace(with_precision(config, precision), train=replace(config.train, sparse=sparse))
     with tempfile.TemporaryDirectory() as out:
         trainer = prepared_trainer(config, store, Path(out), batches[0], l0)
         trainer.base_lrs = [0.0] * len(trainer.modules)
@@ -132,16 +146,18 @@ def timed_training(config, store, batches: list[torch.Tensor], l0: float, sparse
             "l0_last_step": statistics.mean(l0s), "sparse_steps": trainer.sparse_steps}
 
 
-def encoder_matmul_seconds(trainer: GridTrainer, x: torch.Tensor, repeats: int = 5) -> float:
+def encoder_matmul_seconds(trainer: GridTrainer, x: torch.Tensor, precision: str = "float32",
+                           repeats: int = 5) -> float:
     """The dense encoder matmul of one step of every group (same shapes and memory layout), fastest of
-    `repeats`."""
+    `repeats`; in bfloat16 as a step computes it, the casts of its operands included."""
     best = float("inf")
-    operands = [((x - m.b_dec[:, None, :]).detach(), (m.W_gate if hasattr(m, "W_gate") else m.W_enc).detach())
-                for m in trainer.modules]
+    operands = [((x - m.b_dec[:, None, :]).expand(m.n, -1, -1).detach(),
+                 (m.W_gate if hasattr(m, "W_gate") else m.W_enc).detach()) for m in trainer.modules]
+    product = bf16_product if precision == "bfloat16" else torch.bmm
     for _ in range(repeats):
         started = time.perf_counter()
         for centred, weight in operands:
-            torch.bmm(centred, weight)
+            product(centred, weight)
         best = min(best, time.perf_counter() - started)
     return best
 
@@ -150,12 +166,12 @@ SUPPORT_OPS = {"aten::nonzero", "aten::gt", "aten::le", "aten::sort", "aten::bin
                "aten::div", "aten::index_select", "aten::index_add_", "aten::sparse_csr_tensor", "aten::zeros"}
 
 
-def step_breakdown(config, store, batches: list[torch.Tensor], l0: float) -> dict:
+def step_breakdown(config, store, batches: list[torch.Tensor], l0: float, precision: str = "float32") -> dict:
     """Where the trainer's steps on the support spend their time: torch.profiler over len(batches) − 1
     steps, each top-level op's CPU time (children included) put in one category, in ms per step."""
     from torch.profiler import ProfilerActivity, profile
 
-    config = replace(config, train=replace(config.train, sparse="always"))
+    config = replace(with_precision(config, precision), train=replace(config.train, sparse="always"))
     with tempfile.TemporaryDirectory() as out:
         trainer = prepared_trainer(config, store, Path(out), batches[0], l0)
         trainer.base_lrs = [0.0] * len(trainer.modules)
@@ -165,13 +181,15 @@ def step_breakdown(config, store, batches: list[torch.Tensor], l0: float) -> dic
             for x in batches[1:]:
                 trainer._train_step(x)
             seconds = time.perf_counter() - started
-    batch, categories = len(batches[0]), {}
+    batch, categories, ops = len(batches[0]), {}, {}
     for event in prof.events():
         if event.cpu_parent is not None:
             continue
         shapes = event.input_shapes or [[]]
         if event.name == "aten::bmm" and len(shapes[0]) == 3 and shapes[0][1] == batch:
             category = "encoder matmul"
+        elif event.name == "aten::to" and len(shapes[0]) == 3:  # only the encoder's operands are cast in 3-D
+            category = "encoder matmul: bf16 casts of its operands"
         elif event.name.startswith("Optimizer.step"):
             category = "Adam (fused, every parameter)"
         elif event.name in ("aten::embedding_bag", "aten::sparse_sampled_addmm"):
@@ -181,12 +199,14 @@ def step_breakdown(config, store, batches: list[torch.Tensor], l0: float) -> dic
         else:
             category = "other ops (decoder projection, elementwise, bookkeeping)"
         categories[category] = categories.get(category, 0.0) + event.cpu_time_total / 1e3
+        ops[event.name] = ops.get(event.name, 0.0) + event.cpu_time_total / 1e3
     steps = len(batches) - 1
     per_step = {name: ms / steps for name, ms in sorted(categories.items(), key=lambda item: -item[1])}
     wall = seconds * 1e3 / steps
-    return {"step_ms_profiled": wall, "ms_per_step": per_step,
-            "python_and_unattributed_ms": wall - sum(per_step.values()),
-            "shares": {name: ms / wall for name, ms in per_step.items()}}
+    return {"precision": precision, "width": trainer.modules[0].width, "step_ms_profiled": wall,
+            "ms_per_step": per_step, "python_and_unattributed_ms": wall - sum(per_step.values()),
+            "shares": {name: ms / wall for name, ms in per_step.items()},
+            "top_ops_ms_per_step": {name: ms / steps for name, ms in sorted(ops.items(), key=lambda i: -i[1])[:12]}}
 
 
 def peer_run(args, store_dir: Path, config, width: int, tokens: int) -> dict:
@@ -292,7 +312,8 @@ def main() -> None:
 
     # Every row is kept (no outlier exclusion) so that sae-lens, which reads the store as it is, sees
     # exactly the same batches and scale. The default experiment's batch (1024).
-    config = load_config(["experiment=default", "train.max_norm_ratio=null", *overrides])
+    # precision.train float32 unless a run names bf16 (the crossover and the L0 sweep are float32 runs).
+    config = with_precision(load_config(["experiment=default", "train.max_norm_ratio=null", *overrides]), "float32")
     layer = config.experiment.layers[0]
     store_dir = config.paths.activations_dir(config.model.name, config.corpus.name, args.site, layer)
     scratch = tempfile.TemporaryDirectory()
@@ -315,19 +336,24 @@ def main() -> None:
         "paper_regime": {PROPOSED: (one(PROPOSED, 4.0, [L1]), True), BASELINE: (one(BASELINE, 6.0, [L1]), False),
                          "gated_group_of_6": (one(PROPOSED, 4.0, [0.02, 0.035, 0.06, 0.1, 0.18, 0.3]), False)},
     }
-    runs = {(c, k, path): [] for c, kinds in cases.items() for k in kinds for path in ("sparse", "dense", "peer")}
-    matmul = {(c, k): [] for c, kinds in cases.items() for k in kinds}
+    runs = {(c, k, path, p): [] for c, kinds in cases.items() for k in kinds for path in ("sparse", "dense")
+            for p in PRECISIONS}
+    peers = {(c, k): [] for c, kinds in cases.items() for k in kinds}
+    matmul = {(c, k, p): [] for c, kinds in cases.items() for k in kinds for p in PRECISIONS}
     for repeat in range(args.repeats):  # interleaved: every trainer once per round
         for case, kinds in cases.items():
             for kind, (case_config, with_peer) in kinds.items():
-                for path, mode in (("sparse", "always"), ("dense", "never")):
-                    runs[(case, kind, path)].append(timed_training(case_config, store, batches, args.l0, mode))
+                paths = (("sparse", "always"), ("dense", "never"))
+                for (path, mode), precision in itertools.product(paths, PRECISIONS):
+                    runs[(case, kind, path, precision)].append(
+                        timed_training(case_config, store, batches, args.l0, mode, precision))
                 with tempfile.TemporaryDirectory() as tmp:
                     trainer = prepared_trainer(case_config, store, Path(tmp), batches[0], args.l0)
-                    matmul[(case, kind)].append(encoder_matmul_seconds(trainer, batches[0]))
+                    for precision in PRECISIONS:
+                        matmul[(case, kind, precision)].append(encoder_matmul_seconds(trainer, batches[0], precision))
                 if with_peer and args.peer_python:
                     width = case_config.sweep.groups[0].width(d)
-                    runs[(case, kind, "peer")].append(peer_run(args, store_dir, config, width, args.steps * batch))
+                    peers[(case, kind)].append(peer_run(args, store_dir, config, width, args.steps * batch))
         print(f"round {repeat + 1} of {args.repeats} done", file=sys.stderr, flush=True)
 
     results = {}
@@ -337,47 +363,48 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 trainer = prepared_trainer(case_config, store, Path(tmp), batches[0], args.l0)
                 flops = {path: step_flops(trainer, batches[0], sparse=path == "sparse") for path in ("sparse", "dense")}
-            sparse, dense = runs[(case, kind, "sparse")], runs[(case, kind, "dense")]
             group = case_config.sweep.groups[0]
-            entry = {
-                "arch": group.arch, "width": group.width(d), "saes": len(group.values), "l1": group.l1,
-                "l0_prepared": args.l0, "l0_last_step": statistics.mean(r["l0_last_step"] for r in sparse),
-                "sae_tokens_per_s": {"sparse": summary([r["sae_tokens_per_s"] for r in sparse]),
-                                     "dense": summary([r["sae_tokens_per_s"] for r in dense])},
-                "sae_tokens_per_cpu_s": {"sparse": summary([r["sae_tokens_per_cpu_s"] for r in sparse]),
-                                         "dense": summary([r["sae_tokens_per_cpu_s"] for r in dense])},
-                "step_seconds": {"sparse": summary([r["step_seconds"] for r in sparse]),
-                                 "dense": summary([r["step_seconds"] for r in dense])},
-                "sparse_over_dense": summary([s["sae_tokens_per_s"] / t["sae_tokens_per_s"]
-                                              for s, t in zip(sparse, dense)]),
-                "flops_per_step": flops,
-                "achieved_gflops": {p: flops[p] / statistics.median(r["step_seconds"] for r in runs[(case, kind, p)])
-                                    / 1e9 for p in ("sparse", "dense")},
-                "encoder_matmul_seconds": summary(matmul[(case, kind)]),
-                "encoder_matmul_share_of_sparse_step": summary(
-                    [mm / r["step_seconds"] for mm, r in zip(matmul[(case, kind)], sparse)]),
-                "encoder_matmul_gflops": (2 * len(group.values) * batch * d * group.width(d)
-                                          / min(matmul[(case, kind)]) / 1e9),
-            }
-            peers = runs[(case, kind, "peer")]
-            if peers:
-                entry["sae_lens_tokens_per_s"] = summary([p["tokens_per_s"] for p in peers])
+            entry = {"arch": group.arch, "width": group.width(d), "saes": len(group.values), "l1": group.l1,
+                     "l0_prepared": args.l0, "flops_per_step_float32": flops}
+            for precision in PRECISIONS:
+                sparse, dense = runs[(case, kind, "sparse", precision)], runs[(case, kind, "dense", precision)]
+                seconds = matmul[(case, kind, precision)]
+                entry[precision] = {
+                    "l0_last_step": statistics.mean(r["l0_last_step"] for r in sparse),
+                    **{figure: {"sparse": summary([r[figure] for r in sparse]),
+                                "dense": summary([r[figure] for r in dense])}
+                       for figure in ("sae_tokens_per_s", "sae_tokens_per_cpu_s", "step_seconds")},
+                    "sparse_over_dense": summary([s["sae_tokens_per_s"] / t["sae_tokens_per_s"]
+                                                  for s, t in zip(sparse, dense)]),
+                    "encoder_matmul_seconds": summary(seconds),
+                    "encoder_matmul_share_of_sparse_step": summary(
+                        [mm / r["step_seconds"] for mm, r in zip(seconds, sparse)]),
+                    "encoder_matmul_gflops": 2 * len(group.values) * batch * d * group.width(d) / min(seconds) / 1e9,
+                }
+            entry["bf16_over_fp32"] = {
+                path: summary([b["sae_tokens_per_s"] / f["sae_tokens_per_s"] for b, f in
+                               zip(runs[(case, kind, path, "bfloat16")], runs[(case, kind, path, "float32")])])
+                for path in ("sparse", "dense")}
+            if peers[(case, kind)]:
+                peer = peers[(case, kind)]
+                entry["sae_lens_tokens_per_s"] = summary([q["tokens_per_s"] for q in peer])
                 entry["ratio_vs_sae_lens"] = {
-                    p: summary([r["sae_tokens_per_s"] / q["tokens_per_s"]
-                                for r, q in zip(runs[(case, kind, p)], peers)])
-                    for p in ("sparse", "dense")}
+                    f"{path}_{precision}": summary([r["sae_tokens_per_s"] / q["tokens_per_s"]
+                                                    for r, q in zip(runs[(case, kind, path, precision)], peer)])
+                    for path in ("sparse", "dense") for precision in PRECISIONS}
                 entry["ratio_vs_sae_lens_cpu_time"] = {
-                    p: summary([r["sae_tokens_per_cpu_s"] / q["tokens_per_cpu_s"]
-                                for r, q in zip(runs[(case, kind, p)], peers)])
-                    for p in ("sparse", "dense")}
-                entry["sae_lens"] = {k: v for k, v in peers[-1].items() if k not in ("tokens_per_s", "seconds")}
+                    f"{path}_{precision}": summary([r["sae_tokens_per_cpu_s"] / q["tokens_per_cpu_s"]
+                                                    for r, q in zip(runs[(case, kind, path, precision)], peer)])
+                    for path in ("sparse", "dense") for precision in PRECISIONS}
+                entry["sae_lens"] = {k: v for k, v in peer[-1].items() if k not in ("tokens_per_s", "seconds")}
             results[case][kind] = entry
 
     widths = {"gated_w1d": d, "baseline_w1.5d": int(1.5 * d), "gated_w4d": 4 * d, "baseline_w6d": 6 * d}
     densities = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5]
     cross = crossover(config, store, batches[1], {f"{k.split('_w')[0]}_w{w}": w for k, w in widths.items()}, densities)
     crossings = [v["crossover_density"] for v in cross.values() if v["crossover_density"] is not None]
-    breakdown = step_breakdown(cases["paper_regime"][PROPOSED][0], store, batches, args.l0)
+    breakdown = {f"{case}_{precision}": step_breakdown(cases[case][PROPOSED][0], store, batches, args.l0, precision)
+                 for case in ("today", "paper_regime") for precision in PRECISIONS}
     l0_sweep = {}
     for l0 in (10, 20, 50, 100, 200):
         case_config = cases["paper_regime"][PROPOSED][0]
@@ -387,7 +414,7 @@ def main() -> None:
         "benchmark": "SAE training: steps on the support vs dense steps vs sae-lens",
         "command": "python scripts/bench_train.py " + " ".join(
             "<sae-lens venv>/bin/python" if arg == args.peer_python else arg for arg in sys.argv[1:]),
-        "machine": machine(),
+        "machine": machine(), "precision_train_auto": choose("train", "auto").provenance(),
         "load_average_before_after": [load_before, os.getloadavg()],
         "noise": ("the machine is shared (2 cores, other jobs running): compare the ratios measured within "
                   "one round, and see each figure's (min, max) over the interleaved rounds; *_per_cpu_s figures "
@@ -401,7 +428,7 @@ def main() -> None:
         "results": results,
         "sparse_l0_sweep_paper_regime_gated": {
             l0: {"tokens_per_s": r["tokens_per_s"], "l0_last_step": r["l0_last_step"]} for l0, r in l0_sweep.items()},
-        "step_breakdown_paper_regime_gated_sparse": breakdown,
+        "step_breakdown_gated_sparse": breakdown,
         "sparse_crossover": cross,
         "sparse_crossover_min": min(crossings) if crossings else None,
         "train_sparse_max_density": config.train.sparse_max_density,

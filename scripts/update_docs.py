@@ -21,8 +21,9 @@ from gatedsae.plan.scheduling import markdown_table, resources_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_tables import GENERATORS as BENCHMARK_GENERATORS  # noqa: E402
+from train_benchmark_tables import GENERATORS as TRAIN_BENCHMARK_GENERATORS  # noqa: E402
 
-DOCS = ("docs/paper-scale.md", "docs/reliability.md", "docs/benchmarks.md")
+DOCS = ("docs/paper-scale.md", "docs/reliability.md", "docs/benchmarks.md", "docs/benchmarks-training.md")
 BLOCK = re.compile(r"(<!-- generated: (?P<key>[^>]+?) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.DOTALL)
 # The paper runs as the runbook submits them: 80 GiB GPUs, SLURM's GPU type h100.
 PAPER_OVERRIDES = ["resources.device_memory_gib=80", "resources.gpu_model=h100"]
@@ -60,6 +61,7 @@ GENERATORS = {
     "requests paper_pythia_2.8b": lambda: resources_table(_paper("paper_pythia_2.8b")),
     "requests paper_gemma_7b": lambda: resources_table(_paper("paper_gemma_7b")),
     **BENCHMARK_GENERATORS,
+    **TRAIN_BENCHMARK_GENERATORS,
 }
 
 

@@ -1,0 +1,113 @@
+"""The tables of docs/benchmarks-training.md, rendered from results/benchmarks/train.json (scripts/bench_train.py)
+and train_precision.json (scripts/check_train_precision.py) by scripts/update_docs.py."""
+
+from __future__ import annotations
+
+from benchmark_tables import _read, _spread, machine_line
+
+PRECISIONS = ("float32", "bfloat16")
+NAMES = {"gated": "Gated", "baseline": "baseline", "gated_group_of_6": "six Gated λ in one group"}
+
+
+def _kinds(data: dict):
+    for case, kinds in data["results"].items():
+        for kind, entry in kinds.items():
+            yield case, NAMES.get(kind, kind), entry
+
+
+def train_speed_table() -> str:
+    data = _read("train.json")
+    lines = [machine_line("train.json"), "",
+             f"{data['data'].split(':')[0]} activations, d = {data['d']}, batch {data['batch_size']:,}, "
+             f"{data['steps_per_run']} timed steps per run, {data['rounds']} interleaved rounds: medians (min–max) "
+             "over the rounds; tokens/s per SAE.", "",
+             "| SAE (width) | encoder product | ours, steps on the support | ours, dense | sae-lens (float32) "
+             "| **ours on the support / sae-lens** | encoder matmul's share of a step on the support |",
+             "|---|---|---|---|---|---|---|"]
+    for case, name, entry in _kinds(data):
+        for precision in PRECISIONS:
+            figures = entry[precision]
+            speed = figures["sae_tokens_per_s"]
+            peer = entry.get("sae_lens_tokens_per_s")
+            ratio = entry.get("ratio_vs_sae_lens", {}).get(f"sparse_{precision}")
+            peer_text = f"{peer['median']:,.0f}" if peer else "—"
+            ratio_text = f"**{_spread(ratio)}**" if ratio else "—"
+            lines.append(f"| {name}, {entry['width']:,} ({case.replace('_', ' ')}) | {precision} "
+                         f"| {speed['sparse']['median']:,.0f} | {speed['dense']['median']:,.0f} "
+                         f"| {peer_text} | {ratio_text} "
+                         f"| {100 * figures['encoder_matmul_share_of_sparse_step']['median']:.0f}% |")
+    lines += ["", "| SAE (width) | bf16 / float32, steps on the support | bf16 / float32, dense steps |",
+              "|---|---|---|"]
+    for case, name, entry in _kinds(data):
+        lines.append(f"| {name}, {entry['width']:,} | {_spread(entry['bf16_over_fp32']['sparse'])}× "
+                     f"| {_spread(entry['bf16_over_fp32']['dense'])}× |")
+    return "\n".join(lines)
+
+
+def train_profile_table() -> str:
+    data = _read("train.json")
+    target = data["targets"]["encoder_matmul_share"]
+    profiles = data["step_breakdown_gated_sparse"]
+    categories = list(dict.fromkeys(name for p in profiles.values() for name in p["ms_per_step"]))
+    lines = ["| Gated width | encoder product | step (ms, profiled) | "
+             + " | ".join(categories) + " | Python and unattributed |",
+             "|---|---|---|" + "---|" * (len(categories) + 1)]
+    for profile in profiles.values():
+        shares = [f"{100 * profile['shares'][name]:.0f}%" if name in profile["shares"] else "—"
+                  for name in categories]
+        rest = profile["python_and_unattributed_ms"] / profile["step_ms_profiled"]
+        lines.append(f"| {profile['width']:,} | {profile['precision']} | {profile['step_ms_profiled']:.1f} | "
+                     + " | ".join(shares) + f" | {100 * rest:.0f}% |")
+    shares = {(entry["width"], precision): entry[precision]["encoder_matmul_share_of_sparse_step"]["median"]
+              for _, name, entry in _kinds(data) if name == "Gated" for precision in PRECISIONS}
+    met = [f"{width:,} {precision}" for (width, precision), share in shares.items() if share >= target]
+    missed = [f"{width:,} {precision} ({100 * share:.0f}%)" for (width, precision), share in shares.items()
+              if share < target]
+    lines += ["", f"Target: the encoder matmul ≥ {100 * target:.0f}% of a Gated step on the support (timed alone, "
+              "against the timed step): " + (f"**met** at {', '.join(met)}" if met else "")
+              + ("; " if met and missed else "") + (f"**not met** at {', '.join(missed)}" if missed else "") + "."]
+    return "\n".join(lines)
+
+
+def train_precision_table() -> str:
+    data = _read("train_precision.json")
+    worst = data["worst"]
+    lines = [machine_line("train_precision.json"), "",
+             f"{data['model']} {data['site']} layer {data['layer']}, {data['steps']} steps of {data['batch_size']:,}, "
+             f"seeds {', '.join(map(str, data['seeds']))}; held-out FVU and L0 on {data['heldout_tokens']:,} "
+             "tokens.", "",
+             "| SAE | FVU float32 | FVU bf16 | \\|ΔFVU\\| / FVU | L0 float32 | L0 bf16 | \\|ΔL0\\| / L0 |",
+             "|---|---|---|---|---|---|---|"]
+    for name, sae in data["saes"].items():
+        lines.append(f"| {name} | {sae['fvu_float32']:.4f} | {sae['fvu_bfloat16']:.4f} | {100 * sae['fvu_rel']:.2f}% "
+                     f"| {sae['l0_float32']:.1f} | {sae['l0_bfloat16']:.1f} | {100 * sae['l0_rel']:.2f}% |")
+    lines += ["", f"Worst: FVU {100 * worst['fvu_rel']['value']:.2f}% "
+              f"(tolerance {100 * worst['fvu_rel']['tolerance']:g}%), "
+              f"L0 {100 * worst['l0_rel']['value']:.2f}% (tolerance {100 * worst['l0_rel']['tolerance']:g}%): "
+              f"**{'passed' if data['passed'] else 'failed'}**."]
+    return "\n".join(lines)
+
+
+def train_crossover_table() -> str:
+    data = _read("train.json")
+    lines = ["| SAE (width) | densities measured (L0 / width) | dense steps faster above |", "|---|---|---|"]
+    for name, entry in data["sparse_crossover"].items():
+        arch, width = name.split("_w")
+        points = entry["points"]
+        cross = entry["crossover_density"]
+        above = "not within them" if cross is None else f"{cross:.2f}"
+        lines.append(f"| {NAMES.get(arch, arch)}, {int(width):,} "
+                     f"| {points[0]['density']:.2f}–{points[-1]['density']:.2f} | {above} |")
+    sweep = data["sparse_l0_sweep_paper_regime_gated"]
+    lines += ["", f"`train.sparse_max_density` = {data['train_sparse_max_density']:g} (float32 runs). Tokens/s on the "
+              "support across L0, Gated 4 × d, float32: " + ", ".join(
+                  f"{run['tokens_per_s']:,.0f} at L0 {run['l0_last_step']:.0f}" for run in sweep.values()) + "."]
+    return "\n".join(lines)
+
+
+GENERATORS = {
+    "benchmarks train crossover": train_crossover_table,
+    "benchmarks train speed": train_speed_table,
+    "benchmarks train profile": train_profile_table,
+    "benchmarks train precision": train_precision_table,
+}
