@@ -36,6 +36,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -413,7 +414,8 @@ def main() -> None:
     report = {
         "benchmark": "SAE training: steps on the support vs dense steps vs sae-lens",
         "command": "python scripts/bench_train.py " + " ".join(
-            "<sae-lens venv>/bin/python" if arg == args.peer_python else arg for arg in sys.argv[1:]),
+            "<python with sae-lens>" if arg == args.peer_python
+            else re.sub(r"^paths\.data=.*", "paths.data=<data folder>", arg) for arg in sys.argv[1:]),
         "machine": machine(), "precision_train_auto": choose("train", "auto").provenance(),
         "load_average_before_after": [load_before, os.getloadavg()],
         "noise": ("the machine is shared (2 cores, other jobs running): compare the ratios measured within "

@@ -13,6 +13,7 @@ with the machine (its CPU flags and torch's kernel level) and the command. Exits
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from dataclasses import replace
@@ -54,7 +55,8 @@ def main() -> None:
                                          ActivationStore(directory, "heldout"), args.heldout_tokens)
     result = {
         "check": "bf16 training (the encoder's product) against float32 training: held-out FVU and L0 per SAE",
-        "command": "python scripts/check_train_precision.py " + " ".join(sys.argv[1:]),
+        "command": "python scripts/check_train_precision.py " + " ".join(
+            re.sub(r"^paths\.data=.*", "paths.data=<data folder>", arg) for arg in sys.argv[1:]),
         "machine": machine(), "auto_resolves_to": choose("train", "auto").dtype,
         "model": config.model.name, "site": args.site, "layer": layer, "steps": args.steps,
         "batch_size": config.train.batch_size, "seeds": config.train.seed_values,

@@ -9,6 +9,19 @@ PRECISIONS = ("float32", "bfloat16")
 NAMES = {"gated": "Gated", "baseline": "baseline", "gated_group_of_6": "six Gated λ in one group"}
 
 
+PREDATES = ("This file predates the float32 / bf16 runs of `scripts/bench_train.py` and has not been measured "
+            "again: it holds no bf16 training figure.")
+
+
+def _predates(data: dict) -> bool:
+    return "step_breakdown_gated_sparse" not in data
+
+
+def _head(*columns: str) -> list[str]:
+    """A Markdown table's header row and separator."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def _kinds(data: dict):
     for case, kinds in data["results"].items():
         for kind, entry in kinds.items():
@@ -17,13 +30,15 @@ def _kinds(data: dict):
 
 def train_speed_table() -> str:
     data = _read("train.json")
-    lines = [machine_line("train.json"), "",
-             f"{data['data'].split(':')[0]} activations, d = {data['d']}, batch {data['batch_size']:,}, "
+    if _predates(data):
+        return machine_line("train.json") + "\n\n" + PREDATES
+    intro = (f"{data['data'].split(':')[0]} activations, d = {data['d']}, batch {data['batch_size']:,}, "
              f"{data['steps_per_run']} timed steps per run, {data['rounds']} interleaved rounds: medians (min–max) "
-             "over the rounds; tokens/s per SAE.", "",
-             "| SAE (width) | encoder product | ours, steps on the support | ours, dense | sae-lens (float32) "
-             "| **ours on the support / sae-lens** | encoder matmul's share of a step on the support |",
-             "|---|---|---|---|---|---|---|"]
+             "over the rounds; tokens/s per SAE.")
+    lines = [machine_line("train.json"), "", intro, "",
+             *_head("SAE (width)", "encoder product", "ours, steps on the support", "ours, dense", "sae-lens (float32)",
+                    "**ours on the support / sae-lens**", "encoder matmul alone (GFLOP/s)",
+                    "its share of a step on the support")]
     for case, name, entry in _kinds(data):
         for precision in PRECISIONS:
             figures = entry[precision]
@@ -34,24 +49,22 @@ def train_speed_table() -> str:
             ratio_text = f"**{_spread(ratio)}**" if ratio else "—"
             lines.append(f"| {name}, {entry['width']:,} ({case.replace('_', ' ')}) | {precision} "
                          f"| {speed['sparse']['median']:,.0f} | {speed['dense']['median']:,.0f} "
-                         f"| {peer_text} | {ratio_text} "
+                         f"| {peer_text} | {ratio_text} | {figures['encoder_matmul_gflops']:.0f} "
                          f"| {100 * figures['encoder_matmul_share_of_sparse_step']['median']:.0f}% |")
-    lines += ["", "| SAE (width) | bf16 / float32, steps on the support | bf16 / float32, dense steps |",
-              "|---|---|---|"]
-    for case, name, entry in _kinds(data):
-        lines.append(f"| {name}, {entry['width']:,} | {_spread(entry['bf16_over_fp32']['sparse'])}× "
-                     f"| {_spread(entry['bf16_over_fp32']['dense'])}× |")
+    lines += ["", *_head("SAE (width)", "bf16 / float32, steps on the support", "bf16 / float32, dense steps")]
+    lines += [f"| {name}, {entry['width']:,} | {_spread(entry['bf16_over_fp32']['sparse'])}× "
+              f"| {_spread(entry['bf16_over_fp32']['dense'])}× |" for _, name, entry in _kinds(data)]
     return "\n".join(lines)
 
 
 def train_profile_table() -> str:
     data = _read("train.json")
+    if _predates(data):
+        return PREDATES
     target = data["targets"]["encoder_matmul_share"]
     profiles = data["step_breakdown_gated_sparse"]
     categories = list(dict.fromkeys(name for p in profiles.values() for name in p["ms_per_step"]))
-    lines = ["| Gated width | encoder product | step (ms, profiled) | "
-             + " | ".join(categories) + " | Python and unattributed |",
-             "|---|---|---|" + "---|" * (len(categories) + 1)]
+    lines = _head("Gated width", "encoder product", "step (ms, profiled)", *categories, "Python and unattributed")
     for profile in profiles.values():
         shares = [f"{100 * profile['shares'][name]:.0f}%" if name in profile["shares"] else "—"
                   for name in categories]
@@ -76,8 +89,7 @@ def train_precision_table() -> str:
              f"{data['model']} {data['site']} layer {data['layer']}, {data['steps']} steps of {data['batch_size']:,}, "
              f"seeds {', '.join(map(str, data['seeds']))}; held-out FVU and L0 on {data['heldout_tokens']:,} "
              "tokens.", "",
-             "| SAE | FVU float32 | FVU bf16 | \\|ΔFVU\\| / FVU | L0 float32 | L0 bf16 | \\|ΔL0\\| / L0 |",
-             "|---|---|---|---|---|---|---|"]
+             *_head("SAE", "FVU float32", "FVU bf16", "\\|ΔFVU\\| / FVU", "L0 float32", "L0 bf16", "\\|ΔL0\\| / L0")]
     for name, sae in data["saes"].items():
         lines.append(f"| {name} | {sae['fvu_float32']:.4f} | {sae['fvu_bfloat16']:.4f} | {100 * sae['fvu_rel']:.2f}% "
                      f"| {sae['l0_float32']:.1f} | {sae['l0_bfloat16']:.1f} | {100 * sae['l0_rel']:.2f}% |")
@@ -90,7 +102,7 @@ def train_precision_table() -> str:
 
 def train_crossover_table() -> str:
     data = _read("train.json")
-    lines = ["| SAE (width) | densities measured (L0 / width) | dense steps faster above |", "|---|---|---|"]
+    lines = _head("SAE (width)", "densities measured (L0 / width)", "dense steps faster above")
     for name, entry in data["sparse_crossover"].items():
         arch, width = name.split("_w")
         points = entry["points"]
