@@ -156,7 +156,7 @@ def convergence(measured: dict) -> list[str]:
     lines = ["| site | steps | SAE | " + " | ".join(f"{m} change" for m in metrics)
              + " | converged | lr, last part | validation L0 | validation loss recovered |",
              "|---|---|---|" + "---|" * (len(metrics) + 4)]
-    smallest = []
+    smallest, settings = [], []
     for key, site in measured["sites"].items():
         for budget in site["budgets"]:
             for name, sae in budget["saes"].items():
@@ -170,10 +170,14 @@ def convergence(measured: dict) -> list[str]:
         met = site["smallest_budget_meeting_rule"]
         probed = ", ".join(str(b["steps"]) for b in site["budgets"])
         smallest.append(f"{key}: {met} steps" if met else f"{key}: none of {probed} steps")
+        changed = [o for o in site.get("overrides", []) if o != "experiment=default"]
+        settings += [f"{key}: `{' '.join(changed)}`"] if changed else []
     lines += ["", f"Rule: each of {', '.join(metrics)} changes by less than {100 * rule['max_relative_change']:.0f}% "
                   f"over the last {100 * rule['last_fraction']:.0f}% of training (one seed per SAE, batches of "
                   f"{measured['train']['batch_size']}). Smallest budget at which every probed SAE meets it: "
                   f"{'; '.join(smallest)}. The default trains {default_steps} steps."]
+    if settings:
+        lines += ["", "Settings other than the default's: " + "; ".join(settings) + "."]
     return lines
 
 
