@@ -11,7 +11,8 @@ import subprocess
 import pytest
 
 from gatedsae.plan.config import REPO_ROOT, load_config
-from gatedsae.plan.forecast import MachineCalibration, calibrate, compute_seconds_by_stage, replicate_seconds
+from gatedsae.plan.forecast import (MachineCalibration, calibrate, compute_seconds_by_stage, replicate_seconds,
+                                    with_speedups)
 
 PLAN = json.loads((REPO_ROOT / "results" / "benchmarks" / "replicate_plan.json").read_text())
 CALIBRATION = MachineCalibration(**PLAN["calibration"])
@@ -49,5 +50,17 @@ def test_the_committed_plan_is_the_one_the_current_configuration_gives():
     for candidate in PLAN["candidates"]:
         config = load_config(["experiment=default", *candidate["overrides"]])
         predicted = replicate_seconds(config, CALIBRATION, seeds=candidate["seeds"])
+        if "speedups_applied" in candidate:  # the benchmarks' ratios, as the script read them
+            predicted = with_speedups(predicted, candidate["speedups_applied"])
         assert predicted["total"] == pytest.approx(candidate["seconds"]["total"], abs=1.0), candidate["name"]
         assert candidate["fits"] == (predicted["total"] <= PLAN["budget_seconds"])
+
+
+def test_the_speedups_applied_are_the_benchmarks_ratios():
+    """The forecast at today's speed divides by what eval.json and train.json measured, not by a number
+    typed in: edit a benchmark without rerunning the plan and this fails."""
+    measured = runpy.run_path(str(REPO_ROOT / "scripts" / "plan_replicate.py"))["measured_speedups"]()
+    sped = [c for c in PLAN["candidates"] if "speedups_applied" in c]
+    ratios = {kind: measured[kind] for kind in ("evaluate", "train")}
+    assert sped and all({k: c["speedups_applied"][k] for k in ratios} == pytest.approx(ratios) for c in sped)
+    assert all(ratio > 1 for ratio in ratios.values())

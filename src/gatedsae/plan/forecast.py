@@ -89,3 +89,11 @@ def replicate_seconds(config: Config, calibration: MachineCalibration, seeds: Op
     parts |= {"setup": calibration.setup_seconds, "data": calibration.data_seconds,
               "chapters": calibration.chapter_overhead_seconds * max(len(config.experiment.chapters), 1)}
     return parts | {"total": sum(parts.values())}
+
+
+def with_speedups(parts: dict[str, float], speedups: dict) -> dict[str, float]:
+    """`parts` (replicate_seconds) with evaluation and training divided by the speed-ups measured since the
+    calibrating run (component benchmarks: a prediction, until a cold run times it)."""
+    faster = {kind: seconds / speedups[kind] if kind in ("evaluate", "train") else seconds
+              for kind, seconds in parts.items() if kind != "total"}
+    return faster | {"total": sum(faster.values())}
