@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from gatedsae.core.atomic import write_json_atomic
+from gatedsae.plan.architectures import PROPOSED
 from gatedsae.plan.config import REPO_ROOT, load_config
 from gatedsae.plan.forecast import calibrate, replicate_seconds, with_speedups
 
@@ -55,7 +56,7 @@ def measured_speedups() -> dict:
     evaluation path they compare against already postdates the calibrating run."""
     bench = REPO_ROOT / "results" / "benchmarks"
     evaluation = json.loads((bench / "eval.json").read_text())
-    training = json.loads((bench / "train.json").read_text())["results"]["paper_regime"]["gated"]["ratio_vs_sae_lens"]
+    training = json.loads((bench / "train.json").read_text())["results"]["paper_regime"][PROPOSED]["ratio_vs_sae_lens"]
     return {"evaluate": min(site["speedup_vs_previous"]["median"] for site in evaluation["sites"]),
             "train": training["sparse_bfloat16"]["median"] / training["sparse_float32"]["median"],
             "sources": ["results/benchmarks/eval.json", "results/benchmarks/train.json"]}

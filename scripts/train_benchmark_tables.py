@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from benchmark_tables import _read, _spread, machine_line
 
+from gatedsae.plan.architectures import PROPOSED, label
+
 PRECISIONS = ("float32", "bfloat16")
-NAMES = {"gated": "Gated", "baseline": "baseline", "gated_group_of_6": "six Gated λ in one group"}
+NAMES = {PROPOSED: label(PROPOSED), f"{PROPOSED}_group_of_6": "six Gated λ in one group"}
 
 
 PREDATES = ("This file predates the float32 / bf16 runs of `scripts/bench_train.py` and has not been measured "

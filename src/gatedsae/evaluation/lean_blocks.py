@@ -94,7 +94,7 @@ class LeanBlocks:
                 "split": (heads * d_head, kv_heads * d_head, kv_heads * d_head),
                 "heads": heads, "kv_heads": kv_heads, "d_head": d_head, "scale": 1.0 / float(attn.attn_scale),
                 "o": attn.W_O.detach().reshape(-1, attn.W_O.shape[-1]).T.contiguous(), "b_o": nonzero(attn.b_O.detach()),
-                "attn": attn, "ln1": block.ln1, "ln2": block.ln2, "act": mlp.act_fn, "gated": gated,
+                "attn": attn, "ln1": block.ln1, "ln2": block.ln2, "act": mlp.act_fn, "gated_mlp": gated,
                 "mlp_in": mlp_in.contiguous(),
                 "b_in": nonzero(mlp.b_in.detach()), "mlp_out": mlp.W_out.detach().T.contiguous(),
                 "b_out": nonzero(mlp.b_out.detach())}
@@ -141,12 +141,12 @@ class LeanBlocks:
 
     def mlp(self, layer: dict, resid_mid: torch.Tensor) -> torch.Tensor:
         pre = F.linear(self._norm(layer["ln2"], resid_mid), layer["mlp_in"])
-        if layer["gated"]:
+        if layer["gated_mlp"]:
             gate, linear = pre.chunk(2, dim=-1)
             hidden = layer["act"](gate) * linear
         else:
             hidden = layer["act"](pre if layer["b_in"] is None else pre + layer["b_in"])
-        if layer["gated"] and layer["b_in"] is not None:
+        if layer["gated_mlp"] and layer["b_in"] is not None:
             hidden = hidden + layer["b_in"]
         return F.linear(hidden, layer["mlp_out"], layer["b_out"])
 
