@@ -236,6 +236,14 @@ def quick_start(record: dict) -> list[str]:
             "Its first lines on the console:", "", "```", *shown, "```"]
 
 
+def _machine(facts: dict) -> str:
+    """'Intel(R) Xeon(R) Processor, 2 cores, no GPU' from a benchmark's machine record."""
+    if "cores" not in facts:  # records before core/precision.machine(): one line already
+        return facts["cpu"]
+    accelerator = facts["device_name"] if facts.get("device", "cpu") != "cpu" else "no GPU"
+    return f"{facts['cpu']}, {facts['cores']} cores, {accelerator}"
+
+
 def run_time(record: dict) -> list[str]:
     """The default replication's cold run (results/benchmarks/replicate.json)."""
     first, *rest = record["chapters"]
@@ -244,7 +252,7 @@ def run_time(record: dict) -> list[str]:
     headline = record["targets"]["headline_chapter_with_install_seconds"]
     code = record.get("code_version", "").split(" ")[0]
     return [f"Run time of the default as configured at {code or 'an earlier commit'}, measured as one cold run "
-            f"from a fresh clone ({record['machine']['cpu']}): "
+            f"from a fresh clone ({_machine(record['machine'])}): "
             f"**{_minutes(record['wall_seconds'])}** for `make replicate` as a whole, of which "
             f"**{_minutes(headline)}** for the {first['name']} chapter with the install "
             f"({_minutes(record['setup_seconds'])}, pip's wheel cache warm), then {later}. Its verdict: "
