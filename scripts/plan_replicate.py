@@ -24,9 +24,11 @@ from gatedsae.plan.architectures import PROPOSED
 from gatedsae.plan.config import REPO_ROOT, load_config
 from gatedsae.plan.forecast import calibrate, replicate_seconds, with_speedups
 
-MEASURED_COMMIT = "7ff5b3f0c593f4db1b6032973183bfd9525652bc"  # conf/ as the measured run used it (same sizes)
+# conf/ as the measured run used it, for a record that does not name its commit (the first one)
+FIRST_MEASURED_COMMIT = "7ff5b3f0c593f4db1b6032973183bfd9525652bc"
 # settings removed from conf/ since that commit, per config group (file conf/<group>/default.yaml)
 REMOVED_SINCE = {"precision": ["gate.encoder_rel_error"]}
+SPEEDUP_SOURCES = ("results/benchmarks/eval.json", "results/benchmarks/train.json")
 BUDGET_SECONDS = 7200  # `make replicate` cold on 2 CPU cores, install included
 # (name, overrides on experiment=default, training seeds): what the default could be
 LONGER = ["train.tokens=1638400", "cache.train_tokens=1700000"]  # 1,600 steps of 1,024, under one pass
@@ -48,6 +50,19 @@ CANDIDATES = [
 ]
 
 
+def git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True)
+
+
+def measured_commit(measured: dict) -> str:
+    return measured.get("code_commit", FIRST_MEASURED_COMMIT)
+
+
+def unchanged_since(commit: str, *paths: str) -> bool:
+    """Whether `paths` are at `commit` as they are now (committed)."""
+    return git("diff", "--quiet", commit, "HEAD", "--", *paths).returncode == 0
+
+
 def measured_speedups() -> dict:
     """How much faster evaluation and training run now than in the calibrating run, from the component
     benchmarks measured since (each a ratio within one run): evaluation per SAE per window, each path in
@@ -59,7 +74,7 @@ def measured_speedups() -> dict:
     training = json.loads((bench / "train.json").read_text())["results"]["paper_regime"][PROPOSED]["ratio_vs_sae_lens"]
     return {"evaluate": min(site["speedup_vs_previous"]["median"] for site in evaluation["sites"]),
             "train": training["sparse_bfloat16"]["median"] / training["sparse_float32"]["median"],
-            "sources": ["results/benchmarks/eval.json", "results/benchmarks/train.json"]}
+            "sources": list(SPEEDUP_SOURCES)}
 
 
 def candidate(name: str, overrides: list[str], seeds: int, parts: dict, speedups: dict | None = None) -> dict:
@@ -70,7 +85,7 @@ def candidate(name: str, overrides: list[str], seeds: int, parts: dict, speedups
             "fits": parts["total"] <= BUDGET_SECONDS} | ({"speedups_applied": speedups} if speedups else {})
 
 
-def measured_config(commit: str):
+def measured_config(commit: str, chapters: list[str]):
     """The configuration the benchmark measured: experiment=default composed from conf/ at `commit`."""
     archive = subprocess.run(["git", "archive", commit, "conf"], cwd=REPO_ROOT, check=True, capture_output=True).stdout
     scratch = Path(tempfile.mkdtemp())
@@ -86,8 +101,9 @@ def measured_config(commit: str):
                 node = node.get(parent, {})
             node.pop(leaf, None)
         path.write_text(yaml.safe_dump(data))
-    # sections added since that commit are at their defaults, switched off where they add work
-    return load_config(["experiment=default", "++groundtruth.enabled=false"], conf_dir=scratch / "conf")
+    # sections added since that commit are at their defaults, switched off where they add work the run did not do
+    extra = [] if "groundtruth" in chapters else ["++groundtruth.enabled=false"]
+    return load_config(["experiment=default", *extra], conf_dir=scratch / "conf")
 
 
 def main() -> None:
@@ -95,23 +111,28 @@ def main() -> None:
     parser.add_argument("--out", default="results/benchmarks/replicate_plan.json")
     args = parser.parse_args()
     measured = json.loads((REPO_ROOT / "results" / "benchmarks" / "replicate.json").read_text())
-    old = measured_config(MEASURED_COMMIT)
+    commit = measured_commit(measured)
+    old = measured_config(commit, [chapter["name"] for chapter in measured["chapters"]])
     calibration = calibrate(measured, old)
-    check = replicate_seconds(old, calibration, seeds=1)
-    candidates, speedups = [], measured_speedups()
+    check = replicate_seconds(old, calibration)
+    # the component benchmarks' speed-ups only where the measured run predates them
+    speedups = None if unchanged_since(commit, *SPEEDUP_SOURCES) else measured_speedups()
+    candidates = []
     for name, overrides, seeds in CANDIDATES:
         parts = replicate_seconds(load_config(["experiment=default", *overrides]), calibration, seeds=seeds)
         candidates.append(candidate(name, overrides, seeds, parts))
-        if not overrides and seeds > 1:  # the default as configured, at the speed measured since calibration
+        if speedups and not overrides and seeds > 1:  # the default as configured, at the speed measured since
             candidates.append(candidate(f"{name}, at the evaluation ({speedups['evaluate']:.2f}x) and training "
                                         f"({speedups['train']:.2f}x) speed-ups benchmarked since", overrides, seeds,
                                         parts, speedups))
     write_json_atomic(args.out, {
         "what": "predicted wall time of a cold `make replicate` (install included) on the benchmark's machine",
         "command": "python scripts/plan_replicate.py",
-        "calibrated_on": {"benchmark": "results/benchmarks/replicate.json", "conf_commit": MEASURED_COMMIT,
+        "calibrated_on": {"benchmark": "results/benchmarks/replicate.json", "conf_commit": commit,
                           "measured_seconds": measured["wall_seconds"],
-                          "predicted_seconds_of_the_measured_configuration": round(check["total"], 1)},
+                          "predicted_seconds_of_the_measured_configuration": round(check["total"], 1),
+                          # the default as configured now is the very configuration that was timed
+                          "conf_unchanged_since": unchanged_since(commit, "conf")},
         "calibration": calibration.to_dict(), "budget_seconds": BUDGET_SECONDS, "candidates": candidates,
         "assumptions": "stage time proportional to its estimated FLOPs (training at the measured mix of dense and "
                        "sparse steps; evaluation in float32 as measured); each chapter adds the measured mean "

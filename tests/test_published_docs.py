@@ -90,6 +90,9 @@ def test_the_forecast_reads_the_default_as_configured_with_its_most_seeds():
     assert "(3 training seeds per SAE) is predicted at **197 min**" in line and "over the 120 min budget" in line
     (fits,) = forecast({**plan, "candidates": plan["candidates"][:1]})
     assert "**83 min**" in fits and "within the 120 min budget" in fits
+    # once the configuration as it is now has been timed, the block quotes the timing, not a prediction
+    (timed,) = forecast({**plan, "calibrated_on": {"measured_seconds": 7500.0, "conf_unchanged_since": True}})
+    assert "is the run timed above: **125 min**, over the 120 min budget" in timed and "predicted" not in timed
 
 
 @pytest.mark.parametrize("local, slurm, says", [(400.0, 800.0, "Overhead per submitted job: 20.0 s"),

@@ -4,7 +4,7 @@ calibrated by one measured cold run (results/benchmarks/replicate.json), for the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from gatedsae.plan.config import Config
@@ -28,10 +28,13 @@ class MachineCalibration:
     setup_seconds: float
     data_seconds: float
     chapter_overhead_seconds: float
+    # measured stages the estimates do not size (the ground-truth benchmark, the interpretability measures):
+    # their seconds as measured, added as they are
+    fixed_seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"ratios": self.ratios, "setup_seconds": self.setup_seconds, "data_seconds": self.data_seconds,
-                "chapter_overhead_seconds": self.chapter_overhead_seconds}
+                "chapter_overhead_seconds": self.chapter_overhead_seconds, "fixed_seconds": self.fixed_seconds}
 
 
 def training_seeds(config: Config) -> int:
@@ -76,18 +79,22 @@ def calibrate(measured: dict, config: Config) -> MachineCalibration:
     ratios = {kind: sum(stages.get(name, 0.0) for name in MEASURED_STAGES[kind]) / estimated[kind]
               for kind in estimated if estimated[kind] > 0}
     data = sum(stages.get(name, 0.0) for name in MEASURED_STAGES["data"])
+    sized = {name for names in MEASURED_STAGES.values() for name in names}
     return MachineCalibration(ratios, float(measured.get("setup_seconds", 0.0)), data,
-                              sum(overheads) / len(overheads))
+                              sum(overheads) / len(overheads),
+                              {name: seconds for name, seconds in sorted(stages.items()) if name not in sized})
 
 
 def replicate_seconds(config: Config, calibration: MachineCalibration, seeds: Optional[int] = None) -> dict[str, float]:
     """Predicted wall seconds of a cold `make replicate` of `config` (with `seeds` training seeds, else the
     configuration's) on the calibrated machine, by part (`total` their sum): each computing stage's
-    estimate times its measured ratio, plus the install, the data preparation and each chapter's overhead."""
+    estimate times its measured ratio, plus the install, the data preparation, each chapter's overhead and
+    the stages the estimates do not size, as measured."""
     parts = {kind: seconds * calibration.ratios.get(kind, 1.0)
              for kind, seconds in compute_seconds_by_stage(config, seeds).items()}
     parts |= {"setup": calibration.setup_seconds, "data": calibration.data_seconds,
-              "chapters": calibration.chapter_overhead_seconds * max(len(config.experiment.chapters), 1)}
+              "chapters": calibration.chapter_overhead_seconds * max(len(config.experiment.chapters), 1),
+              "unsized": sum(calibration.fixed_seconds.values())}
     return parts | {"total": sum(parts.values())}
 
 

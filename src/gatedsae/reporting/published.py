@@ -120,6 +120,8 @@ def coverage(measured: dict) -> list[str]:
 def replicate_plan(plan: dict) -> list[str]:
     """Predicted cold `make replicate` times of candidate sizes (scripts/plan_replicate.py)."""
     parts = ["cache", "train", "rescale_shift", "evaluate", "chapters"]
+    unsized = plan["calibration"].get("fixed_seconds") or {}
+    parts += ["unsized"] if unsized else []  # stages the estimates do not size, as measured
     lines = ["| candidate | seeds | " + " | ".join(parts) + " | total | fits |", "|---|---|" + "---|" * (len(parts) + 2)]
     for candidate in plan["candidates"]:
         seconds = candidate["seconds"]
@@ -129,7 +131,9 @@ def replicate_plan(plan: dict) -> list[str]:
     measured = plan["calibrated_on"]
     lines += ["", f"Minutes, install ({plan['calibration']['setup_seconds'] / 60:.0f}) and data preparation "
                   f"({plan['calibration']['data_seconds'] / 60:.0f}) included in the total; budget "
-                  f"{plan['budget_seconds'] / 60:.0f} min. Calibrated on the measured cold run "
+                  f"{plan['budget_seconds'] / 60:.0f} min."
+                  + (f" Unsized: {', '.join(unsized)}, as measured." if unsized else "")
+                  + " Calibrated on the measured cold run "
                   f"({measured['measured_seconds'] / 60:.1f} min; its configuration predicted at "
                   f"{measured['predicted_seconds_of_the_measured_configuration'] / 60:.1f} min)."]
     return lines
@@ -140,6 +144,12 @@ def forecast(plan: dict) -> list[str]:
     as_calibrated = [c for c in plan["candidates"] if not c["overrides"] and "speedups_applied" not in c]
     current = max(as_calibrated, key=lambda c: c["seeds"])
     total, budget = current["seconds"]["total"], plan["budget_seconds"]
+    measured = plan.get("calibrated_on", {})
+    if measured.get("conf_unchanged_since"):  # the configuration that was timed is the default as it is now
+        timed = measured["measured_seconds"]
+        return [f"The default as configured now ({current['seeds']} training seeds per SAE) is the run timed above: "
+                f"**{_minutes(timed)}**, {'within' if timed <= budget else 'over'} the {_minutes(budget)} budget "
+                f"(`python scripts/plan_replicate.py`, calibrated on it, sizes the alternatives)."]
     lines = [f"The default as configured now ({current['seeds']} training seeds per SAE) is predicted at "
              f"**{_minutes(total)}** by `python scripts/plan_replicate.py`, "
              f"{'within' if total <= budget else 'over'} the {_minutes(budget)} budget; it has not been timed yet."]
