@@ -20,7 +20,7 @@ def test_every_generated_block_agrees_with_the_published_run(path):
 
 def test_the_readme_quotes_the_reference_verdict():
     blocks = {(m["source"], m["kind"]) for m in BLOCK.finditer((REPO_ROOT / "README.md").read_text())}
-    assert ("reference/default/verdict.json", "claims") in blocks
+    assert blocks & {("reference/default/verdict.json", "claims"), ("reference/default/verdict.json", "claims-brief")}
     assert ("reference/default/verdict.json", "summary") in blocks
 
 
@@ -34,6 +34,9 @@ def test_an_edited_number_is_caught_and_fractions_are_shown_in_points(tmp_path):
     (tmp_path / "reference" / "verdict.json").write_text(json.dumps(verdict))
     block = render_block(tmp_path / "reference" / "verdict.json", "claims")
     assert "+4.18 pp [+3.93, +4.49]" in block and "0.23 pp (3 seeds)" in block  # a fraction, ×100 in points
+    brief = render_block(tmp_path / "reference" / "verdict.json", "claims-brief")  # the README's: same numbers
+    assert "| (c) rescale-and-shift beats the baseline | Residual stream, L15 | +4.18 pp [+3.93, +4.49] | REPRODUCED |" in brief
+    assert "seed SD" not in brief and "seed SD" in block
     head = "<!-- generated from reference/verdict.json (claims) by `python -m gatedsae render-docs`: do not edit -->\n"
     text = head + block + "<!-- end of generated block -->\n"
     assert render_text(text, tmp_path) == text

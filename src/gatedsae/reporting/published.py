@@ -37,11 +37,16 @@ def _site(claim: Claim) -> str:
     return "—" if claim.layer is None else f"{short_label(claim.site)}, L{claim.layer}"
 
 
-def _claims_table(claims: list[Claim]) -> list[str]:
-    lines = ["| claim | site | read at | measured [95% CI] | seed SD | verdict |", "|---|---|---|---|---|---|"]
+def _claims_table(claims: list[Claim], brief: bool = False) -> list[str]:
+    """One row per claim; `brief` (the README's) leaves out where each is read and the seeds' spread."""
+    head = ["claim", "site", *([] if brief else ["read at"]), "measured [95% CI]", *([] if brief else ["seed SD"]),
+            "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in claims:
         verdict = c.status + (f" ({c.outcome.lower()})" if c.outcome and c.outcome != c.status else "")
-        lines.append(f"| {c.claim} | {_site(c)} | {c.read_at or '—'} | {c.measured()} | {c.spread()} | {verdict} |")
+        cells = [c.claim, _site(c), *([] if brief else [c.read_at or "—"]), c.measured(),
+                 *([] if brief else [c.spread()]), verdict]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -62,6 +67,10 @@ def summary(verdict: dict) -> list[str]:
 
 def claims(verdict: dict) -> list[str]:
     return _claims_table(load_claims(verdict["claims"]))
+
+
+def claims_brief(verdict: dict) -> list[str]:
+    return _claims_table(load_claims(verdict["claims"]), brief=True)
 
 
 def beyond(verdict: dict) -> list[str]:
@@ -271,6 +280,7 @@ def run_time(record: dict) -> list[str]:
 
 RENDERERS: dict[str, tuple[str, Callable]] = {  # kind: (the file it reads, how)
     "summary": ("verdict.json", summary), "claims": ("verdict.json", claims), "beyond": ("verdict.json", beyond),
+    "claims-brief": ("verdict.json", claims_brief),
     "comparisons": ("comparisons.csv", comparisons), "headline": ("headline.csv", headline),
     "coverage": ("interval_coverage.json", coverage), "cluster": ("cluster.json", cluster),
     "replicate_plan": ("replicate_plan.json", replicate_plan), "forecast": ("replicate_plan.json", forecast),
