@@ -78,7 +78,7 @@ def test_the_quick_start_and_run_time_come_from_their_benchmarks():
                               {"name": "ablations", "description": "Fig. 8", "wall_seconds": 934.6}]}
     (line,) = run_time(replicate)
     assert "**73 min** for `make replicate`" in line and "**46 min** for the headline chapter" in line
-    assert "16 min for ablations (Fig. 8)" in line
+    assert "then ablations 16 min." in line
     assert "at an earlier commit" in line and "at abc1234," in run_time({**replicate, "code_version": "abc1234 (x)"})[0]
 
 

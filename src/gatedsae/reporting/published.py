@@ -266,8 +266,7 @@ def _machine(facts: dict) -> str:
 def run_time(record: dict) -> list[str]:
     """The default replication's cold run (results/benchmarks/replicate.json)."""
     first, *rest = record["chapters"]
-    later = " and ".join(f"{_minutes(chapter['wall_seconds'])} for {chapter['name']} ({chapter['description']})"
-                      for chapter in rest)
+    later = ", ".join(f"{chapter['name']} {_minutes(chapter['wall_seconds'])}" for chapter in rest)
     headline = record["targets"]["headline_chapter_with_install_seconds"]
     code = record.get("code_version", "").split(" ")[0]
     return [f"Run time of the default as configured at {code or 'an earlier commit'}, measured as one cold run "
