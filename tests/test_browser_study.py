@@ -422,3 +422,23 @@ def test_the_neuronpedia_export_holds_the_browsers_data(evaluated, browsed, tmp_
         first = feature_view(index, int(activations[0]["index"]))["examples"][0]
         assert activations[0]["values"] == first["activations"] and activations[0]["maxValueTokenIndex"] == first["focus"]
         assert activations[0]["tokens"] == first["tokens"] and len({a["id"] for a in activations}) == len(activations)
+
+
+def test_the_browser_pages_each_saes_first_training_seed_unless_asked_for_every_seed(tmp_path, monkeypatch):
+    """The extra training seeds' SAEs differ from the first only by seed: paging them too (every_seed) was
+    most of a replication's last chapter, so by default only the first seed of each gets a page."""
+    import gatedsae.plan.grid as grid
+    from gatedsae.plan.config import load_config
+    from gatedsae.reporting.browse import browsed_checkpoints
+
+    entries = {"sweep": [{"arch": "gated", "path": "g"}, {"arch": "gated", "path": "g1", "seed": 1},
+                         {"arch": "baseline", "path": "b"}, {"arch": "baseline", "path": "b2", "seed": 2},
+                         {"arch": "topk", "path": "t"}],
+               grid.ALL_TOKENS_VARIANT: [{"arch": "gated", "path": "every-token"}]}
+    monkeypatch.setattr(grid, "grid_indexes", lambda config, site, layer: {v: Path(v) for v in entries})
+    monkeypatch.setattr(grid, "read_trained_grid", lambda index, variant: entries[variant])
+    config = load_config(["experiment=smoke"])
+    assert config.browser.every_seed is False
+    archs = ["gated", "baseline"]
+    assert browsed_checkpoints(config, "resid_post", 1, archs) == [Path("g"), Path("b")]
+    assert browsed_checkpoints(config, "resid_post", 1, archs, every_seed=True) == [Path(p) for p in ("g", "g1", "b", "b2")]

@@ -18,15 +18,18 @@ INDEX_FILE = "index.html"
 INDEX_SUFFIX = ".features.json"  # every feature of an SAE, compact (reporting/feature_index.py)
 
 
-def browsed_checkpoints(config: Config, site: str, layer: int, archs: list[str]) -> list[Path]:
+def browsed_checkpoints(config: Config, site: str, layer: int, archs: list[str], every_seed: bool = False) -> list[Path]:
     """The checkpoints of (site, layer)'s grids whose architecture is in `archs`, in grid order (not the
-    every-token run's: its SAEs repeat the sweep's names)."""
+    every-token run's: its SAEs repeat the sweep's names), each SAE's first training seed only unless
+    `every_seed` (the others differ from it by seed alone, and paging them was most of a replication's
+    last chapter)."""
     from gatedsae.plan.grid import ALL_TOKENS_VARIANT, grid_indexes, read_trained_grid
 
     found = []
     for variant, index in grid_indexes(config, site, layer).items():
         if variant != ALL_TOKENS_VARIANT:
-            found += [Path(e["path"]) for e in read_trained_grid(index, variant) if e["arch"] in archs]
+            found += [Path(e["path"]) for e in read_trained_grid(index, variant)
+                      if e["arch"] in archs and (every_seed or "seed" not in e)]
     if not found:
         raise FileNotFoundError(f"no SAE of architecture {archs} in the grids of {site} layer {layer}; "
                                 "check browser.archs")
@@ -47,7 +50,7 @@ def browse(config: Config, loaded=None) -> Path:
     from gatedsae.reporting.feature_html import index_page, sae_page
 
     site, layer, browser = config.browser.site, config.browser_layer, config.browser
-    checkpoints = browsed_checkpoints(config, site, layer, browser.archs)
+    checkpoints = browsed_checkpoints(config, site, layer, browser.archs, browser.every_seed)
     store, text, loaded = load_context(config, site, layer, loaded)
     out = browser_dir(config)
     pages = []

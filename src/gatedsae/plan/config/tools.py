@@ -21,6 +21,7 @@ class BrowserConfig:
     site: str = "resid_post"   # the site whose SAEs are browsed: resid_post | mlp_out | attn_z
     layer: Optional[int] = None  # None: the experiment's first layer
     archs: list[str] = field(default_factory=lambda: [PROPOSED, BASELINE])  # the SAEs browsed (architectures)
+    every_seed: bool = False  # also the extra training seeds' SAEs (train.seeds), which differ only by seed
     features: int = 32        # features sampled per SAE (among those that fire on the held-out rows)
     top_examples: int = 10    # top-activating contexts per feature (one per window)
     quantile_bins: int = 4    # the feature's non-zero activations split at their quantiles ...
