@@ -145,10 +145,8 @@ def main() -> int:
                     "auto_wall_met": runs["auto"]["wall_seconds"] <= TARGET_AUTO_SECONDS},
         "verdicts": agreement(runs["auto"]["verdict"], runs["float32"]["verdict"]),
     })
-    print(f"wrote {args.out}: float32 / auto = {ratio:.2f}")
-    if args.keep:
-        print(f"clones kept under {scratch}")
-    else:
+    print(f"wrote {args.out}: float32 / auto = {ratio:.2f}" + (f"; clones kept under {scratch}" if args.keep else ""))
+    if not args.keep:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
