@@ -410,3 +410,28 @@ def test_figures_draw_each_configuration_at_the_mean_of_its_seeds():
     assert len(means) == len(frame) and "seed" not in means and "loss_recovered_ci_low" not in means
     assert np.allclose(means["l0"], frame["l0"] * 2) and np.allclose(means["loss_recovered"], frame["loss_recovered"])
     assert means["sae"].tolist() == frame["sae"].tolist() and means["pareto"].tolist() == frame["pareto"].tolist()
+
+
+def test_sites_at_different_layers_get_one_panel_each_not_an_empty_grid():
+    """The default reads the attention output at layer 1 and the other sites at 15: three panels in a row,
+    each titled with its layer, not a 2 × 3 grid with three empty panels; a full grid stays a grid."""
+    import matplotlib.pyplot as plt
+
+    from gatedsae.reporting.figures.style import label_grid, site_grid
+
+    mixed = pd.DataFrame({"site": ["resid_post", "mlp_out", "attn_z"], "layer": [15, 15, 1]})
+    fig, cells = site_grid(mixed)
+    assert list(cells) == [("resid_post", 15), ("mlp_out", 15), ("attn_z", 1)] and len(fig.axes) == 3
+    assert [ax.get_title() for ax in cells.values()] == ["Residual stream, layer 15", "MLP output, layer 15",
+                                                         "Attention output, layer 1"]
+    label_grid(cells, "loss_recovered")
+    assert all(ax.get_xlabel() for ax in cells.values())  # one row: every panel is the bottom row
+    assert cells[("resid_post", 15)].get_ylabel() and not cells[("attn_z", 1)].get_ylabel()
+    plt.close(fig)
+    full = pd.DataFrame({"site": ["resid_post", "mlp_out"] * 2, "layer": [3, 3, 5, 5]})
+    fig, cells = site_grid(full)
+    assert len(fig.axes) == 4 and cells[("mlp_out", 3)].get_subplotspec().rowspan.start == 0
+    label_grid(cells, "loss_recovered")
+    assert not cells[("resid_post", 3)].get_xlabel() and cells[("resid_post", 5)].get_xlabel()
+    assert not cells[("mlp_out", 5)].get_ylabel()
+    plt.close(fig)

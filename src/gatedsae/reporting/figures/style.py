@@ -138,14 +138,21 @@ def cells_of(frame: pd.DataFrame) -> tuple[list[str], list[int]]:
 
 def site_grid(frame: pd.DataFrame, sharey: bool = False, panel_height: float = 2.0):
     """A full-width figure with one column per site and one row per layer in `frame`; panels titled by
-    site (and layer, when there are several). Returns (figure, {(site, layer): axes})."""
+    site (and layer, when there are several). When the sites sit at different layers (the default's
+    attention output at layer 1, the rest at 15), one row with a panel per (site, layer) that has data
+    instead of a grid of mostly empty panels. Returns (figure, {(site, layer): axes})."""
     sites, layers = cells_of(frame)
-    width = FULL_WIDTH if len(sites) > 1 else SINGLE_COLUMN
-    fig, axes = plt.subplots(len(layers), len(sites), figsize=(width, panel_height * len(layers) + 0.35),
+    present = set(zip(frame["site"], frame["layer"].astype(int)))
+    grid = [[(site, layer) for site in sites] for layer in layers]
+    if not all(pair in present for row in grid for pair in row):
+        grid = [[pair for pair in (cell for row in zip(*grid) for cell in row) if pair in present]]
+    columns = max(len(row) for row in grid)
+    width = FULL_WIDTH if columns > 1 else SINGLE_COLUMN
+    fig, axes = plt.subplots(len(grid), columns, figsize=(width, panel_height * len(grid) + 0.35),
                              squeeze=False, sharey=sharey)
     cells = {}
-    for row, layer in enumerate(layers):
-        for col, site in enumerate(sites):
+    for row, pairs in enumerate(grid):
+        for col, (site, layer) in enumerate(pairs):
             ax = axes[row][col]
             ax.set_title(panel_title(site, layer, len(layers) > 1))
             cells[(site, layer)] = ax
@@ -166,10 +173,9 @@ def label(ax, y: str, first_column: bool = True, bottom_row: bool = True) -> Non
 
 def label_grid(cells: dict, y: str) -> None:
     """Axis labels on the outer panels only: x on the bottom row, y on the first column."""
-    sites = list(dict.fromkeys(site for site, _ in cells))
-    layers = sorted({layer for _, layer in cells})
-    for (site, layer), ax in cells.items():
-        label(ax, y, first_column=site == sites[0], bottom_row=layer == layers[-1])
+    for ax in cells.values():
+        spec = ax.get_subplotspec()
+        label(ax, y, first_column=spec.is_first_col(), bottom_row=spec.is_last_row())
 
 
 def shared_legend(fig, axes=None, ncol: int | None = None) -> None:
