@@ -134,16 +134,14 @@ def main() -> None:
                           # the default as configured now is the very configuration that was timed
                           "conf_unchanged_since": unchanged_since(commit, "conf")},
         "calibration": calibration.to_dict(), "budget_seconds": BUDGET_SECONDS, "candidates": candidates,
-        "assumptions": "stage time proportional to its estimated FLOPs (training at the measured mix of dense and "
-                       "sparse steps; evaluation in float32 as measured); each chapter adds the measured mean "
-                       "overhead (a chapter whose work the estimates do not size, the ground-truth benchmark, "
-                       "counts as that overhead only); seeds multiply training and the per-SAE part of evaluation. "
-                       "The chapters' overhead is an upper bound: it was measured when every chapter made the tables, "
-                       "figures, verdict and report and fingerprinted the evaluation code once per SAE; now only the "
-                       "last chapter reports and the fingerprint is parsed once per job (results/benchmarks/overhead.json "
-                       "measures the cut on the smoke experiment), and no cold default run has timed it yet. "
+        "assumptions": "stage time proportional to its estimated FLOPs, at the ratio the calibrating cold run measured "
+                       "for each stage kind (in the precision that run chose on its machine); each chapter adds that "
+                       "run's mean overhead (jobs without a timed stage: reporting, the feature browser); the stages "
+                       "the estimates do not size (ground truth, interpretability measures) count as that run measured "
+                       "them, whatever the candidate; seeds multiply training and the per-SAE part of evaluation. "
                        "A candidate with speedups_applied divides its evaluation and training by the component "
-                       "benchmarks' ratios measured since (measured_speedups): a prediction, not a timed run",
+                       "benchmarks' ratios measured since the calibrating run (measured_speedups). Every candidate "
+                       "but the timed configuration is a prediction, not a timed run",
     })
     print(f"wrote {args.out} (the measured configuration: {check['total'] / 60:.1f} min predicted, "
           f"{measured['wall_seconds'] / 60:.1f} min measured)")
