@@ -125,6 +125,49 @@ def test_resampling_reinitialises_only_dead_features(smoke_cache, tmp_path):
     assert len(trainer.resampled) == len(trainer.specs)
 
 
+def test_resampling_gives_each_dead_feature_its_own_input_while_the_batch_has_rows(smoke_cache, tmp_path):
+    # one massive row takes nearly all the ∝ loss² mass: drawn with replacement, every dead feature would
+    # get its direction (and fire together); without replacement only one does
+    trainer = _trainer(smoke_cache, tmp_path)
+    trainer.run(progress=False, stop_after=4)
+    dead = 6
+    for idle in trainer.idle_steps:
+        idle[:, :dead] = trainer.train.resample_window_steps
+    x = next(iter(trainer.store.batches(32, seed=5))) * trainer.scale
+    x[7] *= 1000.0
+    trainer._resample_dead(x)
+    for module in trainer.modules:
+        rows = module.W_dec[:, :dead].detach()  # [n, dead, d]
+        for i in range(module.n):
+            cosine = rows[i] @ rows[i].T
+            assert (cosine.triu(1) < 0.9999).all(), "two dead features were given the same input"
+    from gatedsae.saes.base import _draw_rows
+    generator = torch.Generator().manual_seed(0)
+    picks = _draw_rows(torch.tensor([0.0, 0.5, 0.3, 0.2]), 5, generator)
+    assert len(picks) == 5 and set(picks[:3].tolist()) == {1, 2, 3} and 0 not in picks.tolist()
+
+
+def test_gradient_clipping_is_per_sae_and_only_above_the_limit(smoke_cache, tmp_path):
+    from gatedsae.training.trainer import clip_grad_norm_per_sae_
+
+    module = _trainer(smoke_cache, tmp_path).modules[0]
+    for param in module.trainable_parameters():
+        param.grad = torch.ones_like(param)
+    module.trainable_parameters()[0].grad[0] *= 100.0  # SAE 0's gradient far larger than SAE 1's
+    before = [p.grad.clone() for p in module.trainable_parameters()]
+    norms = clip_grad_norm_per_sae_(module, max_norm=float(norms_of(before)[1]) * 1.5)
+    assert torch.allclose(norms, norms_of(before))
+    after = norms_of([p.grad for p in module.trainable_parameters()])
+    torch.testing.assert_close(after[0], norms[1] * 1.5)  # clipped to the limit
+    for old, new in zip(before, module.trainable_parameters()):
+        assert torch.equal(new.grad[1], old[1])  # under the limit: untouched
+        torch.testing.assert_close(new.grad[0], old[0] * (after[0] / norms[0]))  # one factor for all of SAE 0
+
+
+def norms_of(grads):
+    return sum(g.pow(2).flatten(1).sum(1) for g in grads).sqrt()
+
+
 def test_decoder_rows_stay_unit_norm_and_loss_falls(smoke_cache, tmp_path):
     trainer = _trainer(smoke_cache, tmp_path)
     x = next(iter(trainer.store.batches(256, seed=123))) * trainer.scale

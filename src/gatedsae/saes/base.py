@@ -233,8 +233,11 @@ class BatchedSAE(nn.Module, ABC):
     def resample_(self, dead: Tensor, x: Tensor, errors: Tensor, seeds: Sequence[int]) -> Tensor:
         """Re-initialise the features in `dead` [n, width] towards inputs drawn with probability ∝ the
         square of their reconstruction loss, i.e. ∝ ||x − x̂||⁴ (`errors` [n, B] holds ||x − x̂||²): Bricken
-        et al.'s rule, which the paper's App. D follows. The inputs are drawn from the current batch (Bricken
-        et al. draw from 819,200 inputs; with a batch of 1,024 a feature may share its input with another).
+        et al.'s rule, which the paper's App. D follows. The inputs are drawn from the current batch without
+        replacement while the batch has rows left (Bricken et al. draw from 819,200 inputs, so two features
+        rarely share one): ∝ ||x − x̂||⁴ puts nearly all the mass on a massive activation when one is in the
+        batch, and drawn with replacement it would give hundreds of dead features the same direction, which
+        then fire together on every input that leans that way (the every-token run diverged so).
         Decoder row = the centred input's direction,
         encoder column = that direction × 0.2 × the mean norm of alive encoder columns, biases and r_mag
         zero. `seeds[i]` drives SAE i's draws, so no SAE's resampling depends on the others'. Returns the
@@ -252,7 +255,7 @@ class BatchedSAE(nn.Module, ABC):
             if len(index) == 0 or not torch.isfinite(weights).all() or weights.sum() <= 0:
                 continue
             generator = torch.Generator().manual_seed(int(seeds[i]))
-            picks = torch.multinomial(weights / weights.sum(), len(index), replacement=True, generator=generator)
+            picks = _draw_rows(weights / weights.sum(), len(index), generator)
             centred = x[picks.to(x.device)] - self.b_dec[i]
             directions = centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-12)
             self.W_dec[i, index] = directions
@@ -292,6 +295,17 @@ class BatchedSAE(nn.Module, ABC):
 
     def extra_repr(self) -> str:
         return f"arch={self.arch}, n={self.n}, d={self.d}, width={self.width}"
+
+
+def _draw_rows(probabilities: Tensor, count: int, generator: torch.Generator) -> Tensor:
+    """`count` row indices drawn ∝ `probabilities`: without replacement while rows of nonzero probability
+    remain, the rest (more dead features than such rows) with replacement."""
+    distinct = min(count, int((probabilities > 0).sum()))
+    picks = torch.multinomial(probabilities, distinct, replacement=False, generator=generator)
+    if distinct == count:
+        return picks
+    rest = torch.multinomial(probabilities, count - distinct, replacement=True, generator=generator)
+    return torch.cat([picks, rest])
 
 
 def make_sae(

@@ -100,6 +100,17 @@ class TrainingBatches:
         self._epoch.load_state_dict(state["shuffle"])
 
 
+def clip_grad_norm_per_sae_(module: BatchedSAE, max_norm: float) -> torch.Tensor:
+    """Scale each SAE's gradient (its slices of every trainable parameter, together) down to norm at most
+    `max_norm`; the SAEs of a batched grid are clipped independently. Returns the norms before [n]."""
+    grads = [p.grad for p in module.trainable_parameters() if p.grad is not None]
+    norms = sum(g.float().pow(2).flatten(1).sum(1) for g in grads).sqrt()
+    scale = (max_norm / norms.clamp_min(1e-12)).clamp(max=1.0)
+    for grad in grads:
+        grad.mul_(scale.view(-1, *[1] * (grad.dim() - 1)).to(grad.dtype))
+    return norms
+
+
 def lr_factor(step: int, train: TrainConfig, resample_steps: list[int]) -> float:
     """Linear warm-up, then after each resample a drop to `resample_lr_factor` and a cosine back to 1."""
     factor = min(1.0, (step + 1) / max(1, train.lr_warmup_steps))
@@ -295,6 +306,8 @@ class GridTrainer:
                 raise NonFiniteLossError(f"loss of SAE {spec.name} became {total[bad].item()} at step {self.step}; "
                                          f"{kept}. Lower its lr or check the activations.")
             module.remove_parallel_decoder_grad_()
+            if self.train.max_grad_norm is not None:
+                clip_grad_norm_per_sae_(module, self.train.max_grad_norm)
             optimizer.step()
             module.constrain_()
             fired = outcome.fired.cpu()

@@ -72,6 +72,10 @@ class TrainConfig:
     # of tokens) would never trigger in runs of ~400k; 20,480 is ~5% of a default run, resample_window_steps
     # at batch 1,024, and a latent that silent fires at a rate < 5e-5 (an average one: ~k/width, ~1e-2).
     dead_after_tokens: int = DEAD_AFTER_TOKENS
+    # Each SAE's gradient (all its parameters together) clipped to this norm before Adam's step (None: never).
+    # Adam with β1 = 0 turns one gradient far above those its second moment has seen into a step of up to
+    # ~30 × lr: one massive activation in a batch of the every-token run can so kill most gates at once.
+    max_grad_norm: Optional[float] = None
     resample_lr_factor: float = 0.1  # lr drop after a resample, recovered along a cosine ...
     resample_recovery_steps: int = 20  # ... over this many steps
     buffer_rows: int = 262_144
@@ -114,6 +118,8 @@ class TrainConfig:
                  "must be positive, or null for the whole training split")
         require(self.max_norm_ratio is None or self.max_norm_ratio > 1, "train.max_norm_ratio",
                  "must be above 1 (a multiple of the median norm), or null to keep every row")
+        require(self.max_grad_norm is None or self.max_grad_norm > 0, "train.max_grad_norm",
+                 "must be positive, or null for no clipping")
         choice(self.sparse, "train.sparse", ("auto", "always", "never"))
         choice(self.tracker, "train.tracker", ("none", "wandb", "dvclive"))
         if self.tracker != "none":
