@@ -76,3 +76,24 @@ def test_an_every_token_run_without_gated_and_baseline_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="sweep.all_tokens"):
         smoke_config(tmp_path, "sweep.all_tokens=true", "sweep.all_tokens_sites=[resid_post]",
                      "sweep.rescale_shift=false", "sweep.groups=[{arch: gated, l1: [0.1]}]")
+
+
+def test_the_every_token_run_trains_its_own_grid_where_one_is_given(tmp_path):
+    from gatedsae.plan.estimates import _saes_per_grid
+    from gatedsae.plan.grid import all_tokens_config
+
+    own = "sweep.all_tokens_groups=[{arch: gated, l1: [0.01, 0.02, 0.04]}, {arch: baseline, l1: [0.001, 0.002]}]"
+    plain = smoke_config(tmp_path, *EVERY_TOKEN)
+    config = smoke_config(tmp_path, *EVERY_TOKEN, own)
+    groups = all_tokens_config(config).sweep.groups_at(SITE)
+    assert [(g.arch, g.l1) for g in groups] == [(PROPOSED, [0.01, 0.02, 0.04]), (BASELINE, [0.001, 0.002])]
+    assert all_tokens_config(config).train.max_norm_ratio is None
+    assert all_tokens_config(config).train.max_grad_norm is None
+    clipped = smoke_config(tmp_path, *EVERY_TOKEN, own, "sweep.all_tokens_max_grad_norm=0.5")
+    assert all_tokens_config(clipped).train.max_grad_norm == 0.5 and clipped.train.max_grad_norm is None
+    assert config.sweep.groups == plain.sweep.groups  # the sweep itself is untouched
+    assert _saes_per_grid(config, SITE) == _saes_per_grid(plain, SITE) + (5 - 4) * config.train.seeds
+    with pytest.raises(ConfigError, match=r"sweep.all_tokens_groups.0.arch"):
+        smoke_config(tmp_path, *EVERY_TOKEN, "sweep.all_tokens_groups=[{arch: gated_untied, l1: [0.1]}]")
+    with pytest.raises(ConfigError, match="sweep.all_tokens"):  # its grid needs both
+        smoke_config(tmp_path, *EVERY_TOKEN, "sweep.all_tokens_groups=[{arch: gated, l1: [0.1]}]")

@@ -113,14 +113,18 @@ def grid_indexes(config: Config, site: str, layer: int) -> dict[str, Path]:
 
 
 def all_tokens_config(config: Config) -> Config:
-    """The paper's treatment of massive activations as a training run of its own: the sweep's Gated and
-    baseline groups (those `in_variants`) trained with every non-BOS row (`train.max_norm_ratio` null),
-    so their checkpoints record no threshold and are evaluated on every non-BOS token too."""
+    """The paper's treatment of massive activations as a training run of its own: its grid
+    (`sweep.all_tokens_groups`, or the sweep's Gated and baseline groups that are `in_variants`) trained
+    with every non-BOS row (`train.max_norm_ratio` null) and its own gradient clip where one is set, so
+    their checkpoints record no threshold and are evaluated on every non-BOS token too."""
     from dataclasses import replace
 
-    groups = [group for group in config.sweep.groups if group.arch in (PROPOSED, BASELINE) and group.in_variants]
-    return replace(config, sweep=replace(config.sweep, groups=groups, rescale_shift=False),
-                   train=replace(config.train, max_norm_ratio=None))
+    sweep = config.sweep
+    groups = sweep.all_tokens_groups or [group for group in sweep.groups
+                                         if group.arch in (PROPOSED, BASELINE) and group.in_variants]
+    return replace(config, sweep=replace(sweep, groups=groups, all_tokens_groups=[], rescale_shift=False),
+                   train=replace(config.train, max_norm_ratio=None,
+                                 max_grad_norm=sweep.all_tokens_max_grad_norm or config.train.max_grad_norm))
 
 
 def write_grid_index(out_dir: Path, site: str, layer: int, sweep: str, specs: list[SAESpec], root: Path) -> Path:

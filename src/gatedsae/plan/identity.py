@@ -37,11 +37,13 @@ if TYPE_CHECKING:
 NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "corpus": {"test_fraction": None},
     "cache": {"mode": "store", "stream_keep_shards": 2},
-    "sweep": {"all_tokens": False, "all_tokens_sites": []},
+    "sweep": {"all_tokens": False, "all_tokens_sites": [], "all_tokens_groups": [],
+              "all_tokens_max_grad_norm": None},
     "experiment": {"site_layers": {}},
     "evaluate": {"validation_ce_windows": None},
     "train": {"statistics_tokens": None, "sparse": "auto",
-              "sparse_max_density": SPARSE_MAX_DENSITY, "dead_after_tokens": DEAD_AFTER_TOKENS, "seeds": 1},
+              "sparse_max_density": SPARSE_MAX_DENSITY, "dead_after_tokens": DEAD_AFTER_TOKENS, "seeds": 1,
+              "max_grad_norm": None},
 }
 
 # Settings that choose which SAEs a grid holds, not how any one of them is trained: in the train job's

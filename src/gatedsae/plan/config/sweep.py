@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Optional
 
 from gatedsae.plan.architectures import (ARCHITECTURES, BASELINE, KNOBS, LEGACY_KNOB, PROPOSED, knob_of,
                                          rescale_shift_base)
@@ -118,6 +119,12 @@ class SweepConfig:
     # again on every non-BOS row (train.max_norm_ratio null), metrics rows of variant `all_tokens`
     all_tokens: bool = False
     all_tokens_sites: list[str] = field(default_factory=list)  # ... at these sites ([]: every site)
+    # ... with a grid of its own ([]: the sweep's Gated and baseline groups that are `in_variants`). Its λ
+    # differ: trained on every row, the scale E||x||² = 1 includes the massive rows and shrinks the others,
+    # so a λ weighs far more there
+    all_tokens_groups: list[SAEGroupConfig] = field(default_factory=list)
+    # ... and its gradient clip (train.max_grad_norm for that run only; None: train.max_grad_norm's)
+    all_tokens_max_grad_norm: Optional[float] = None
 
     def validate(self) -> None:
         require_safe_name(self.name, "sweep.name")
@@ -126,6 +133,11 @@ class SweepConfig:
                 "sweep.rescale_shift", f"needs a {rescale_shift_base()} group to rescale and shift")
         for index, group in enumerate(self.groups):
             group.validate(f"sweep.groups.{index}")
+        require(self.all_tokens_max_grad_norm is None or self.all_tokens_max_grad_norm > 0,
+                "sweep.all_tokens_max_grad_norm", "must be positive, or null for train.max_grad_norm's")
+        for index, group in enumerate(self.all_tokens_groups):
+            group.validate(f"sweep.all_tokens_groups.{index}")
+            choice(group.arch, f"sweep.all_tokens_groups.{index}.arch", [PROPOSED, BASELINE])
         for key in ("rescale_shift_sites", "all_tokens_sites"):
             for site in getattr(self, key):
                 choice(site, f"sweep.{key}", SITES)
@@ -140,13 +152,20 @@ class SweepConfig:
 
     def all_tokens_at(self, site: str) -> bool:
         """Whether the every-token variant is trained at `site` (it needs Gated and baseline groups there)."""
-        archs = {group.arch for group in self.variant_groups_at(site)}
+        archs = {group.arch for group in self.all_tokens_groups_at(site)}
         return (self.all_tokens and (not self.all_tokens_sites or site in self.all_tokens_sites)
                 and {PROPOSED, BASELINE} <= archs)
 
     def groups_at(self, site: str) -> list[SAEGroupConfig]:
         """The groups trained at `site` (ablation groups may be limited to some sites)."""
         return [group for group in self.groups if group.trained_at(site)]
+
+    def all_tokens_groups_at(self, site: str) -> list[SAEGroupConfig]:
+        """The groups the every-token run trains at `site`: its own grid, or the sweep's Gated and baseline
+        groups that are `in_variants`."""
+        if self.all_tokens_groups:
+            return [group for group in self.all_tokens_groups if group.trained_at(site)]
+        return [group for group in self.variant_groups_at(site) if group.arch in (PROPOSED, BASELINE)]
 
     def variant_groups_at(self, site: str) -> list[SAEGroupConfig]:
         """The groups at `site` that rescale-and-shift and the every-token run repeat (`in_variants`)."""
