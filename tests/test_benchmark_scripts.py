@@ -1,6 +1,7 @@
 """The scripts that record whole cold runs (the runs themselves are benchmarks, not tests): bench_speed.py's
 claim-by-claim comparison of two verdicts and its count of what `auto` resolved to; record_replicate.py's
-reading of a finished run and of /usr/bin/time's report."""
+reading of a finished run and of /usr/bin/time's report; grid_readings.py's validation-only summary of a
+grid."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 SCRIPT = runpy.run_path("scripts/bench_speed.py", run_name="bench_speed")
 RECORD = runpy.run_path("scripts/record_replicate.py", run_name="record_replicate")
+READINGS = runpy.run_path("scripts/grid_readings.py", run_name="grid_readings")
 
 
 def _claim(id_: str, value, low, high, status="REPRODUCED") -> dict:
@@ -84,3 +86,21 @@ def test_a_failed_run_is_not_recorded(tmp_path):
     (tmp_path / "bad.txt").write_text("nothing")
     with pytest.raises(SystemExit, match="no wall clock"):
         RECORD["time_report"](tmp_path / "bad.txt")
+
+
+def test_grid_readings_average_seeds_per_point_and_never_read_the_test_split(tmp_path):
+    header = "site,layer,split,variant,arch,width,l1,seed,l0,loss_recovered,fvu,gamma\n"
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text(header + "resid_post,15,validation,sweep,gated,2304,0.02,0,100,0.98,0.1,1.0\n"
+                       "resid_post,15,validation,sweep,gated,2304,0.02,1,200,0.96,0.3,1.0\n"
+                       "resid_post,15,test,sweep,gated,2304,0.02,0,900,0.10,0.9,0.5\n"
+                       "resid_post,15,validation,all_tokens,gated,2304,0.02,0,5,0.5,0.5,0.5\n")
+    row = tmp_path / "row.json"  # an evaluate-checkpoint row: its place is in its checkpoint's folders
+    row.write_text(json.dumps({"checkpoint": "/d/checkpoints/m/c/resid_post/layer15/pilot/all_tokens/gated_x",
+                               "split": "validation", "arch": "gated", "width": 2304, "l1": 0.002, "seed": 0,
+                               "l0": 300, "loss_recovered": 0.99, "fvu": 0.05, "gamma": 1.01}))
+    rows = READINGS["_rows"]([metrics], [row], ["all_tokens"])
+    points = READINGS["readings"](rows)
+    assert [(p["variant"], p["l1"], p["seeds"]) for p in points] == [("all_tokens", 0.002, 1), ("sweep", 0.02, 2)]
+    sweep = points[1]
+    assert (sweep["l0"], sweep["loss_recovered"], sweep["layer"]) == (150, 0.97, 15)

@@ -59,6 +59,10 @@ def test_paper_experiments_use_the_papers_layers_and_contexts():
         ("verdict.rescale_shift_gap_below=2", "verdict.rescale_shift_gap_below"),
         ("verdict.convergence.window=0.5", "verdict.convergence.window"),
         ("verdict.split=../test", "verdict.split"),
+        ("sweep.groups=[{arch:gated,l1:[0.1],sites:[resid_post]},{arch:baseline,l1:[0.1],sites:[resid_post]}]",
+         "no group of SAEs is trained at mlp_out"),
+        ("train.max_grad_norm=0", "train.max_grad_norm"),
+        ("sweep.all_tokens_max_grad_norm=-1", "sweep.all_tokens_max_grad_norm"),
     ],
 )
 def test_bad_config_names_the_key(override, named):

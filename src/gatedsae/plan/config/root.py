@@ -81,6 +81,9 @@ class Config:
         missing = [site for site in self.experiment.sites if not self.verdict.levels_at(site)]
         require(not missing, "verdict.levels", f"no pre-registered loss-recovered level for {', '.join(missing)}: "
                 "add one per site of experiment.sites (conf/verdict/default.yaml states the rule)")
+        bare = [site for site in self.experiment.sites if not self.sweep.groups_at(site)]
+        require(not bare, "sweep.groups", f"no group of SAEs is trained at {', '.join(bare)}: list it in a group's "
+                "`sites` (or leave a group's `sites` empty for every site), or drop it from experiment.sites")
         for site in self.experiment.sites:
             for index, group in enumerate(self.sweep.groups):
                 if group.trained_at(site):
