@@ -69,3 +69,24 @@ def test_the_speedups_applied_are_the_benchmarks_ratios():
     ratios = {kind: measured[kind] for kind in ("evaluate", "train")}
     assert sped and all({k: c["speedups_applied"][k] for k in ratios} == pytest.approx(ratios) for c in sped)
     assert all(ratio > 1 for ratio in ratios.values())
+
+
+def test_conf_counts_as_unchanged_when_only_comments_or_blank_lines_changed(tmp_path):
+    import subprocess
+
+    script = runpy.run_path(str(REPO_ROOT / "scripts" / "plan_replicate.py"))
+    script["git"].__globals__["REPO_ROOT"] = tmp_path
+
+    def commit(text: str) -> str:
+        (tmp_path / "conf").mkdir(exist_ok=True)
+        (tmp_path / "conf" / "sweep.yaml").write_text(text)
+        for args in (["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t", "commit", "-qm", "c"]):
+            subprocess.run(["git", *args], cwd=tmp_path, check=True)
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    timed = commit("# why\nl1: [0.1]  # note\n")
+    commit("# why, reworded\n\nl1: [0.1]  # note\n")
+    assert script["unchanged_since"](timed, "conf")
+    commit("# why, reworded\n\nl1: [0.2]  # note\n")
+    assert not script["unchanged_since"](timed, "conf")
