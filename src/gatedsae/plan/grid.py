@@ -12,7 +12,6 @@ from typing import Optional
 
 from gatedsae.core.errors import IntegrityError
 from gatedsae.core.sealed import read_json, write_sealed_json
-from gatedsae.plan.architectures import BASELINE, PROPOSED
 from gatedsae.plan.config import Config
 from gatedsae.plan.identity import config_hash
 
@@ -120,9 +119,8 @@ def all_tokens_config(config: Config) -> Config:
     from dataclasses import replace
 
     sweep = config.sweep
-    groups = sweep.all_tokens_groups or [group for group in sweep.groups
-                                         if group.arch in (PROPOSED, BASELINE) and group.in_variants]
-    return replace(config, sweep=replace(sweep, groups=groups, all_tokens_groups=[], rescale_shift=False),
+    return replace(config, sweep=replace(sweep, groups=sweep.all_tokens_grid(), all_tokens_groups=[],
+                                         rescale_shift=False),
                    train=replace(config.train, max_norm_ratio=None,
                                  max_grad_norm=sweep.all_tokens_max_grad_norm or config.train.max_grad_norm))
 

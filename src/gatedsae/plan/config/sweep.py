@@ -160,12 +160,14 @@ class SweepConfig:
         """The groups trained at `site` (ablation groups may be limited to some sites)."""
         return [group for group in self.groups if group.trained_at(site)]
 
+    def all_tokens_grid(self) -> list[SAEGroupConfig]:
+        """The groups the every-token run trains: its own grid, or the sweep's Gated and baseline groups
+        that are `in_variants`."""
+        return self.all_tokens_groups or [group for group in self.groups
+                                          if group.arch in (PROPOSED, BASELINE) and group.in_variants]
+
     def all_tokens_groups_at(self, site: str) -> list[SAEGroupConfig]:
-        """The groups the every-token run trains at `site`: its own grid, or the sweep's Gated and baseline
-        groups that are `in_variants`."""
-        if self.all_tokens_groups:
-            return [group for group in self.all_tokens_groups if group.trained_at(site)]
-        return [group for group in self.variant_groups_at(site) if group.arch in (PROPOSED, BASELINE)]
+        return [group for group in self.all_tokens_grid() if group.trained_at(site)]
 
     def variant_groups_at(self, site: str) -> list[SAEGroupConfig]:
         """The groups at `site` that rescale-and-shift and the every-token run repeat (`in_variants`)."""
