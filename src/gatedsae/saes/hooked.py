@@ -4,7 +4,7 @@ SAEs were trained on (for an embedded model: the packaged GGUF, dequantized; not
     from sae_lens import SAE
     from gatedsae.saes.hooked import load_hooked_sae_transformer
 
-    sae = SAE.load_from_disk("data/checkpoints/smollm2-135m/offline_prose/resid_post/layer15/default/gated_w2304_l1_0.07")
+    sae = SAE.load_from_disk("data/checkpoints/smollm2-135m/offline_prose/resid_post/layer15/default/gated_w2304_l1_0.05")
     model, tokenizer = load_hooked_sae_transformer(sae.cfg.metadata.model_name)
     model.add_sae(sae, exclude_special_tokens=[tokenizer.bos_token_id])   # BOS stays clean, as in training
 
