@@ -91,11 +91,22 @@ def code_fingerprint(modules: Mapping[str, Optional[Sequence[str]]], package: Pa
     return digest.hexdigest()[:16]
 
 
+# Written by the run itself (`dvc repro` records each stage's hashes there as it finishes), so a change
+# to it says nothing about the code that ran
+RUN_RECORDS = ("dvc.lock",)
+
+
 def code_version(checkout: Path = CHECKOUT) -> str:
-    """`git describe` of the checkout (the commit, `-dirty` with uncommitted changes), for provenance."""
+    """The checkout's commit for provenance, `-dirty` when tracked files differ from it (the run's own
+    records excepted)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=checkout, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+
     try:
-        result = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=checkout,
-                                capture_output=True, text=True, timeout=10)
-        return result.stdout.strip() or "unknown"
+        commit = git("describe", "--always")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                      *(f":(exclude){path}" for path in RUN_RECORDS))
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+    return f"{commit}-dirty" if changed else commit or "unknown"
