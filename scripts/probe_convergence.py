@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 from gatedsae.core.atomic import write_json_atomic
+from gatedsae.plan.architectures import knob_of, knob_value
 from gatedsae.plan.config import SAEGroupConfig, load_config
 from gatedsae.plan.layout import VALIDATION
 from gatedsae.reporting.convergence import assess
@@ -43,14 +44,17 @@ CURVE_POINTS = 17  # the curve kept in the JSON per SAE: L0 and reconstruction a
 
 
 def chosen_groups(config, site: str, spec: str | None) -> list[SAEGroupConfig]:
-    """`arch:width_ratio:l1,...` as one group per SAE, or the sweep's own groups at `site` (its grid)."""
+    """`arch:width_ratio:value,...` as one group per SAE (value: the architecture's sparsity knob, λ for the
+    L1 architectures), or the sweep's own groups at `site` (its grid)."""
     if not spec:
         return [replace(g, sites=[site]) for g in config.sweep.groups_at(site)]
     lr = {g.arch: g.lr for g in config.sweep.groups}
     groups = []
     for item in spec.split(","):
-        arch, ratio, l1 = item.split(":")
-        groups.append(SAEGroupConfig(arch, float(ratio), lr.get(arch, 1e-3), [float(l1)], sites=[site]))
+        arch, ratio, value = item.split(":")
+        knob = knob_of(arch)
+        groups.append(SAEGroupConfig(arch, float(ratio), lr.get(arch, 1e-3), sites=[site],
+                                     **{knob: [int(value) if knob == "k" else float(value)]}))
     return groups
 
 
@@ -103,7 +107,8 @@ def assessed(curves: pd.DataFrame, rule) -> dict:
     saes = {}
     for name, curve in curves.groupby("sae", sort=True):
         row = verdicts.loc[name]
-        saes[name] = {"arch": curve["arch"].iloc[0], "l1": float(curve["l1"].iloc[0]),
+        arch = curve["arch"].iloc[0]
+        saes[name] = {"arch": arch, knob_of(arch): float(knob_value(arch, curve.iloc[0])),
                       "converged": None if pd.isna(row["converged"]) else bool(row["converged"]),
                       **{f"{m}_change": round(float(row[f"{m}_change"]), 4) for m in rule.metrics},
                       "note": row["note"], "curve": curve_summary(curve, rule.last_fraction)}
@@ -128,7 +133,8 @@ def main() -> None:
     parser.add_argument("--site", required=True)
     parser.add_argument("--layer", type=int, required=True)
     parser.add_argument("--budgets", required=True, help="comma-separated training steps, e.g. 400,800,1600")
-    parser.add_argument("--saes", default=None, help="arch:width_ratio:l1,... (default: the sweep's grid at --site)")
+    parser.add_argument("--saes", default=None, help="arch:width_ratio:value,... (value: the architecture's sparsity knob; "
+                        "default: the sweep's grid at --site)")
     parser.add_argument("--ce-windows", type=int, default=0, help="validation windows for loss recovered (0: none)")
     parser.add_argument("--from-curves", default=None, help="read an earlier run's curves.csv (e.g. "
                         "reference/default/curves.csv) instead of training; --budgets is ignored")
@@ -154,7 +160,7 @@ def main() -> None:
     previous = sites.get(key, {}).get("budgets", [])  # budgets measured before, kept unless measured again
     entry = sites[key] = {"command": " ".join(["python", *sys.argv]), "overrides": overrides,
                           "groups": None if args.from_curves else
-                          [{"arch": g.arch, "width_ratio": g.width_ratio, "lr": g.lr, "l1": g.l1} for g in groups],
+                          [{"arch": g.arch, "width_ratio": g.width_ratio, "lr": g.lr, g.knob: getattr(g, g.knob)} for g in groups],
                           "validation_ce_windows": args.ce_windows, "budgets": previous}
     budgets = [None] if args.from_curves else [int(s) for s in args.budgets.split(",")]
     for steps in budgets:
