@@ -20,6 +20,8 @@ from gatedsae.plan.identity import (
     NEUTRAL_DEFAULTS,
     OUTSIDE_IDENTITY,
     PLACEMENT_ONLY,
+    STORE_CHOICE,
+    STORE_JOBS,
     STUDY_ANALYSIS_ONLY,
     evaluation_identity,
     job_params,
@@ -101,6 +103,8 @@ def expected(key: str) -> set[str]:
         return set()
     if name in GRID_ONLY.get(section, ()):  # which SAEs a grid holds: its jobs, never one SAE's key
         return {identity for identity in expected(section) if identity.startswith("job ")}
+    if section == "experiment" and name in STORE_CHOICE:  # which stores: the store jobs' outputs, not params
+        return expected(section) - {f"job {job}" for job in STORE_JOBS}
     return {identity for identity, patterns in READS.items()
             if _reads(patterns, key) and not (identity == "job study" and key.startswith("study.") and
                                                key.removeprefix("study.") in STUDY_ANALYSIS_ONLY)}
@@ -167,3 +171,14 @@ def test_stream_mode_training_depends_on_what_makes_the_activations():
 def test_the_numbers_jobs_carry_the_code_that_computes_them():
     for job in ("evaluate", "aggregate", "verdict"):
         assert json.loads(job_params(BASE, job))["code"] == "code"
+
+
+def test_experiments_sharing_a_store_share_its_jobs():
+    """Successors reads the default's activation store: its tokenize and cache jobs are the default's (their
+    params agree), so running it after the default reruns neither; the context length still tells them apart."""
+    default, successors = load_config(["experiment=default"]), load_config(["experiment=successors"])
+    assert default.experiment.sites != successors.experiment.sites
+    for job in ("tokenize", "cache"):
+        assert job_params(default, job) == job_params(successors, job)
+    longer = load_config(["experiment=successors", "experiment.context_length=256"])
+    assert job_params(longer, "tokenize") != job_params(default, "tokenize")

@@ -177,6 +177,11 @@ def evaluation_identity(config: Config, checkpoint_id: str, massive_norm_thresho
 # carry (CODE). A job reads its other inputs as files, so their changes reach it through them; a
 # stream-mode train job runs the LM itself, so it depends on what makes the activations as well.
 STORE_SECTIONS = ("model", "corpus", "cache", "experiment", "seed")
+# Which stores an experiment has (its sites and layers) is named by the store jobs' outputs, never by what
+# one store holds: left out of their params, so experiments sharing a store (successors on the default's)
+# do not rerun its tokenize and cache jobs.
+STORE_JOBS = ("tokenize", "cache", "train_streamed")
+STORE_CHOICE = ("sites", "layers", "site_layers")
 JOBS: dict[str, tuple[tuple[str, ...], Optional[str]]] = {
     "prepare_model": (("model",), None),
     "fetch_corpus": (("corpus",), None),
@@ -209,16 +214,17 @@ def job_params(config: Config, job: str) -> str:
         return json.dumps({"study": study, "page": json.loads(section_params(config, "browser", "evaluate"))},
                           sort_keys=True)
     sections, code = JOBS[job]
-    return section_params(config, *sections, code=code)
+    return section_params(config, *sections, code=code, not_identity=STORE_CHOICE if job in STORE_JOBS else ())
 
 
-def section_params(config: Config, *sections: str, code: Optional[str] = None) -> str:
+def section_params(config: Config, *sections: str, code: Optional[str] = None,
+                   not_identity: Sequence[str] = ()) -> str:
     """Config sections as one canonical JSON string, without what never identifies a result (placement,
-    neutral defaults, EXPERIMENT_NOT_IDENTITY). `code` names the code whose fingerprint is part of it
+    neutral defaults, EXPERIMENT_NOT_IDENTITY and the experiment's keys in `not_identity`). `code` names the code whose fingerprint is part of it
     (metrics | aggregate | verdict), so that a fix to what computes the stage's numbers reruns it;
     Snakemake's own `code` trigger only sees the rule's shell command, not the package it calls."""
     resolved = asdict(config)
-    for key in EXPERIMENT_NOT_IDENTITY:
+    for key in (*EXPERIMENT_NOT_IDENTITY, *not_identity):
         resolved["experiment"].pop(key)
     found = {section: comparable(section, resolved[section]) if isinstance(resolved[section], dict)
              else resolved[section] for section in sections}
