@@ -42,6 +42,10 @@ def test_an_edited_number_is_caught_and_fractions_are_shown_in_points(tmp_path):
     assert render_text(text, tmp_path) == text
     edited = text.replace("+4.18 pp", "+0.04 pp")
     assert render_text(edited, tmp_path) != edited
+    undecided = {**verdict["claims"][0], "status": "INCONCLUSIVE", "note": "undefined on 10% of resamples"}
+    (tmp_path / "reference" / "verdict.json").write_text(json.dumps({**verdict, "claims": [undecided]}))
+    assert "| INCONCLUSIVE: undefined on 10% of resamples |" in render_block(tmp_path / "reference" / "verdict.json", "claims")
+    assert "undefined" not in render_block(tmp_path / "reference" / "verdict.json", "claims-brief")
     with pytest.raises(ValueError, match="unknown generated block kind"):
         render_block(tmp_path / "reference" / "verdict.json", "numbers")
 
@@ -50,10 +54,11 @@ def test_the_summary_says_where_and_on_what_the_claims_were_read():
     from gatedsae.reporting.published import summary
 
     verdict = {"summary": {"REPRODUCED": 2, "NOT TESTED": 1}, "split": "test",
-               "protocol": {"levels": {"resid_post": [0.97825, 0.9875]}}, "notes": {"sites": [{"seeds": [0, 1, 2]}]}}
+               "protocol": {"levels": {"resid_post": [0.97825, 0.9875], "mlp_out": [0.8752]}},
+               "notes": {"sites": [{"site": "resid_post", "seeds": [0, 1, 2]}]}}
     (line,) = summary(verdict)
     assert line.startswith("3 claims: 2 REPRODUCED, 1 NOT TESTED. Read on the held-out split `test`, with 3 training seeds")
-    assert "(Residual stream 97.825%, 98.75%)" in line
+    assert "(Residual stream 97.825%, 98.75%)" in line  # the levels of the sites the run read, not every site's
     (older,) = summary({"summary": {"REPRODUCED": 12, "INCONCLUSIVE": 3}})
     assert "predates the pre-registered protocol" in older
 
@@ -80,6 +85,18 @@ def test_the_quick_start_and_run_time_come_from_their_benchmarks():
     assert "**73 min** for `make replicate`" in line and "**46 min** for the headline chapter" in line
     assert "then ablations 16 min." in line
     assert "at an earlier commit" in line and "at abc1234," in run_time({**replicate, "code_version": "abc1234 (x)"})[0]
+
+
+def test_an_experiments_own_run_time_sums_its_stages_over_chapters():
+    from gatedsae.reporting.published import experiment_run_time
+
+    record = {"experiment": "successors", "machine": {"cpus": 2}, "wall_seconds": 4020.0,
+              "chapters": [{"name": "a", "wall_seconds": 3000.0, "stages": {"train_grid": 2400.0, "evaluate": 500.0,
+                                                                          "tokenize": 11.0}},
+                           {"name": "b", "wall_seconds": 1020.0, "stages": {"evaluate": 400.0, "verdict": 20.0}}]}
+    (line,) = experiment_run_time(record)
+    assert line == ("Run time of `python -m gatedsae replicate experiment=successors`: **67 min** on 2 CPU cores "
+                    "(train_grid 40 min, evaluate 15 min; stages under a minute left out).")
 
 
 def test_the_forecast_reads_the_default_as_configured_with_its_most_seeds():

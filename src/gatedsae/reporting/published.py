@@ -23,7 +23,10 @@ import pandas as pd
 from gatedsae.core.atomic import write_text_atomic
 from gatedsae.plan.config import REPO_ROOT
 from gatedsae.plan.sites import short_label
-from gatedsae.reporting.claims import STATUSES, Claim, format_interval, load_claims
+from gatedsae.reporting.claims import (BETTER, EQUIVALENT, NOT_REPRODUCED, REPRODUCED, STATUSES, WORSE, Claim,
+                                       format_interval, load_claims)
+
+DECIDED = (REPRODUCED, NOT_REPRODUCED, BETTER, WORSE, EQUIVALENT)  # a note says why the others are not
 
 BLOCK = re.compile(r"(?P<head><!-- generated from (?P<source>\S+) \((?P<kind>[\w-]+)\) by `python -m gatedsae "
                    r"render-docs`: do not edit -->\n)(?P<body>.*?)(?P<tail><!-- end of generated block -->)", re.DOTALL)
@@ -38,12 +41,15 @@ def _site(claim: Claim) -> str:
 
 
 def _claims_table(claims: list[Claim], brief: bool = False) -> list[str]:
-    """One row per claim; `brief` (the README's) leaves out where each is read and the seeds' spread."""
+    """One row per claim; `brief` (the README's) leaves out where each is read, the seeds' spread and why
+    an undecided claim is undecided."""
     head = ["claim", "site", *([] if brief else ["read at"]), "measured [95% CI]", *([] if brief else ["seed SD"]),
             "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in claims:
         verdict = c.status + (f" ({c.outcome.lower()})" if c.outcome and c.outcome != c.status else "")
+        if not brief and c.note and c.status not in DECIDED:  # why it is not decided
+            verdict += f": {c.note}"
         cells = [c.claim, _site(c), *([] if brief else [c.read_at or "—"]), c.measured(),
                  *([] if brief else [c.spread()]), verdict]
         lines.append("| " + " | ".join(cells) + " |")
@@ -57,8 +63,9 @@ def summary(verdict: dict) -> list[str]:
         return [f"{total} claims: {counts}. This verdict predates the pre-registered protocol (docs/verdict.md): "
                 "its statistics are averaged over the band of loss recovered both "
                 "frontiers happen to cover, and its intervals cover held-out windows only (one training seed)."]
+    read = {site["site"] for site in verdict["notes"]["sites"] if "site" in site}  # the sites this run has
     levels = "; ".join(f"{short_label(site)} {', '.join(f'{100 * v:g}%' for v in values)}"
-                       for site, values in verdict["protocol"]["levels"].items())
+                       for site, values in verdict["protocol"]["levels"].items() if not read or site in read)
     seeds = sorted({len(site["seeds"]) for site in verdict["notes"]["sites"]})
     return [f"{total} claims: {counts}. Read on the held-out split `{verdict['split']}`, with "
             f"{' or '.join(map(str, seeds))} training seed{'s' if seeds != [1] else ''} per SAE, at the pre-registered "
@@ -277,6 +284,21 @@ def run_time(record: dict) -> list[str]:
             f"{record['verdict']}."]
 
 
+def experiment_run_time(record: dict) -> list[str]:
+    """An experiment's own run (`python -m gatedsae replicate`: results/<experiment>/replicate.json, published
+    with it): its wall time and where it went, stage by stage."""
+    stages: dict[str, float] = {}
+    for chapter in record["chapters"]:
+        for stage, seconds in chapter.get("stages", {}).items():
+            stages[stage] = stages.get(stage, 0.0) + seconds
+    spent = ", ".join(f"{stage} {_minutes(seconds)}" for stage, seconds in sorted(stages.items(), key=lambda s: -s[1])
+                      if seconds >= 60)
+    cpus = record["machine"].get("cpus")
+    return [f"Run time of `python -m gatedsae replicate experiment={record['experiment']}`: "
+            f"**{_minutes(record['wall_seconds'])}**" + (f" on {cpus} CPU cores" if cpus else "")
+            + (f" ({spent}; stages under a minute left out)" if spent else "") + "."]
+
+
 RENDERERS: dict[str, tuple[str, Callable]] = {  # kind: (the file it reads, how)
     "summary": ("verdict.json", summary), "claims": ("verdict.json", claims), "beyond": ("verdict.json", beyond),
     "claims-brief": ("verdict.json", claims_brief),
@@ -285,6 +307,7 @@ RENDERERS: dict[str, tuple[str, Callable]] = {  # kind: (the file it reads, how)
     "replicate_plan": ("replicate_plan.json", replicate_plan), "forecast": ("replicate_plan.json", forecast),
     "convergence": ("convergence.json", convergence),
     "quickstart": ("quickstart.json", quick_start), "runtime": ("replicate.json", run_time),
+    "experiment-runtime": ("replicate.json", experiment_run_time),
 }
 
 
