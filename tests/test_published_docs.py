@@ -148,3 +148,18 @@ def test_the_convergence_block_gives_each_probed_sae_and_the_smallest_budget_mee
     assert "| resid_post/layer15 | 800 | gated | 1.0% | 3.0% | yes | 0.001 | 41.3 | 98.12% |" in lines
     assert "resid_post/layer15: 800 steps; attn_z/layer1: none of 400 steps" in lines[-1]
     assert f"The default trains {load_config(['experiment=default']).train.tokens // 1024} steps" in lines[-1]
+
+
+def test_the_published_runs_trained_the_saes_they_share_to_the_same_weights():
+    """docs/successors.md says so: the baseline and Gated configurations the successors run shares with the
+    default (same training key, another experiment's batched grid) came out with the same weights, and the
+    two runs read the same numbers for them."""
+    import pandas as pd
+
+    default, successors = (pd.read_csv(REPO_ROOT / "reference" / name / "metrics.csv") for name in ("default", "successors"))
+    shared = default.merge(successors, on=["site", "layer", "variant", "sae", "seed", "split"],
+                           suffixes=("_default", "_successors"))
+    assert len(shared) >= 8 and set(shared["arch_default"]) == {"baseline", "gated"}
+    assert (shared["checkpoint_id_default"] == shared["checkpoint_id_successors"]).all()
+    for column in ("l0", "loss_recovered", "gamma", "fvu"):
+        assert (shared[f"{column}_default"] == shared[f"{column}_successors"]).all(), column
