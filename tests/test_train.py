@@ -372,6 +372,36 @@ def test_adding_one_l1_trains_only_the_new_sae(smoke_cache, smoke_trained, tmp_p
         torch.testing.assert_close(incremental[name], expected[name], rtol=1e-5, atol=1e-6)
 
 
+def test_another_sweep_adopts_the_saes_already_trained_with_the_same_key(smoke_trained, tmp_path, capsys):
+    """An experiment sharing the activation store (another sweep's folder at the same site and layer)
+    copies the SAEs the first already trained, curves included, and trains only the others."""
+    from gatedsae.saes.checkpoints import WEIGHTS_FILE
+    from gatedsae.training.curve_log import CURVES_FILE, read_rows
+
+    first = copy_data(smoke_trained, tmp_path / "shared", TRAINED)
+    source = first.paths.checkpoints_dir("tiny", "tiny", SITE, LAYER, "smoke")
+    trained = {e["sae"]: e for e in read_grid_index(source / GRID_INDEX)}
+    other = smoke_config(tmp_path / "shared", "sweep.name=other", "sweep.groups.1.l1=[0.01,0.03,0.1]")
+    capsys.readouterr()
+    index = train_grid(other, SITE, LAYER, progress=False)
+    out = capsys.readouterr().out
+    entries = {e["sae"]: e for e in read_grid_index(index)}
+    adopted = [name for name in entries if name in trained]
+    new = sorted(set(entries) - set(trained))
+    assert adopted and len(new) == other.train.seeds
+    assert f"{len(adopted)} of {len(entries)} SAEs already trained; training {len(new)}" in out
+    assert all(f"{name}: adopted from smoke (same training key)" in out for name in adopted)
+    for name in adopted:
+        assert Path(entries[name]["path"]).parent == index.parent  # a copy in its own folder, not a link to smoke's
+        assert Path(entries[name]["path"], WEIGHTS_FILE).read_bytes() == Path(trained[name]["path"], WEIGHTS_FILE).read_bytes()
+    curves = {row["sae"]: [] for row in read_rows(index.parent / CURVES_FILE)}
+    for row in read_rows(index.parent / CURVES_FILE):
+        curves[row["sae"]].append(row)
+    for name in adopted:
+        assert curves[name] == [row for row in read_rows(source / CURVES_FILE) if row["sae"] == name]
+    assert set(curves) == set(entries)  # the new SAEs' curves beside the adopted ones'
+
+
 @pytest.mark.parametrize("units", ["paper_per_dim", "paper_per_dim_energy"])
 def test_paper_l1_units_give_the_papers_loss_up_to_a_constant(units):
     """Our loss on scaled activations with the converted λ is the paper's loss times a constant, so

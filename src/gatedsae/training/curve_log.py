@@ -43,6 +43,13 @@ def read_rows(path: Path) -> list[dict]:
     return complete
 
 
+def copy_curve(source: Path, target: Path, sae: str) -> None:
+    """`sae`'s rows of the curves file `source` into `target`, in place of any it held for that SAE (an SAE
+    adopted from another grid brings its curve with it)."""
+    kept = [row for row in read_rows(target) if row["sae"] != sae]
+    _write_rows(target, kept + [row for row in read_rows(source) if row["sae"] == sae])
+
+
 def _write_rows(path: Path, rows: Iterable[dict]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as handle:

@@ -1,7 +1,9 @@
 """The training stages: train a site's grid (or a layer's sites in lockstep) from its activations and
 export every SAE as a checkpoint; Fig. 9's rescale-and-shift on the frozen baselines. An SAE trained in
 a grid is the SAE trained alone (same seed, same batches), so a grid only trains the SAEs that have no
-finished checkpoint for the same settings: adding one λ to a sweep trains one SAE."""
+finished checkpoint for the same settings: adding one λ to a sweep trains one SAE, and an SAE another
+grid at the same site and layer already trained (another experiment sharing the activation store) is
+copied from there."""
 
 from __future__ import annotations
 
@@ -34,9 +36,9 @@ from gatedsae.training.trainer import GridTrainer, train_lockstep
 WRAPPED = architecture(RescaleShiftSAE.arch).wraps  # Fig. 9 rescales and shifts trained baselines
 
 
-def _finished(directory: Path, key: str) -> bool:
+def _finished(directory: Path, key: str, quiet: bool = False) -> bool:
     """Whether `directory` holds this SAE trained with these settings, intact: a corrupt or incomplete
-    checkpoint counts as not finished, so it is retrained (saying why)."""
+    checkpoint counts as not finished, so it is retrained (saying why, unless `quiet`)."""
     from gatedsae.saes.checkpoints import RECORD_FILE, CheckpointError, verify_checkpoint
 
     record = directory / RECORD_FILE
@@ -45,11 +47,34 @@ def _finished(directory: Path, key: str) -> bool:
             return False
         verify_checkpoint(directory)
     except (OSError, ValueError, CheckpointError) as error:
-        if directory.exists():
+        if directory.exists() and not quiet:
             print(f"retraining {directory.name}: {getattr(error, 'problem', None) or f'{record} is unreadable'}",
                   flush=True)
         return False
     return True
+
+
+def _adopted(directory: Path, key: str, layer_dir: Path) -> bool:
+    """Copy into `directory` the same SAE finished in another grid under `layer_dir` (this site and
+    layer's checkpoints: another sweep's folder, or a variant's), with its training curve; whether there
+    was one. The training key holds everything the weights depend on, so training it again would give
+    the same bits."""
+    import shutil
+
+    from gatedsae.training.curve_log import CURVES_FILE, copy_curve
+
+    for found in sorted([*layer_dir.glob(f"*/{directory.name}"), *layer_dir.glob(f"*/*/{directory.name}")]):
+        if found == directory or not _finished(found, key, quiet=True):
+            continue
+        staging = directory.with_name(directory.name + ".adopting")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(found, staging)
+        shutil.rmtree(directory, ignore_errors=True)
+        staging.rename(directory)  # whole or not at all: a kill leaves no half-copied checkpoint
+        copy_curve(found.parent / CURVES_FILE, directory.parent / CURVES_FILE, directory.name)
+        print(f"{directory.name}: adopted from {found.parent.relative_to(layer_dir)} (same training key)", flush=True)
+        return True
+    return False
 
 
 def _device_share(config: Config, site: str, sites: list[str]) -> float:
@@ -92,8 +117,10 @@ def train_layer(config: Config, layer: int, sites: Optional[list[str]] = None, p
         share = _device_share(config, site, sites)
         specs[site] = grid_specs(config, config.model.site_width(site), site)
         keys[site] = {spec.name: training_key(config, site, spec) for spec in specs[site]}
-        missing = [spec for spec in specs[site] if not _finished(grid_dir(config, site, layer, variant) / spec.name,
-                                                                 keys[site][spec.name])]
+        here = grid_dir(config, site, layer, variant)
+        missing = [spec for spec in specs[site] if not _finished(here / spec.name, keys[site][spec.name])]
+        others = grid_dir(config, site, layer).parent  # every sweep's grids at this site and layer
+        missing = [spec for spec in missing if not _adopted(here / spec.name, keys[site][spec.name], others)]
         passes[site] = plan_passes(missing, train_pass_memory(config, site), share)
         for chunk in passes[site]:  # before any compute: every pass must fit (a single SAE may not)
             check_memory(train_estimate(config, site, chunk), config.train_device(site),
