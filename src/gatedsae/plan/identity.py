@@ -220,8 +220,9 @@ def job_params(config: Config, job: str) -> str:
 def section_params(config: Config, *sections: str, code: Optional[str] = None,
                    not_identity: Sequence[str] = ()) -> str:
     """Config sections as one canonical JSON string, without what never identifies a result (placement,
-    neutral defaults, EXPERIMENT_NOT_IDENTITY and the experiment's keys in `not_identity`). `code` names the code whose fingerprint is part of it
-    (metrics | aggregate | verdict), so that a fix to what computes the stage's numbers reruns it;
+    neutral defaults, EXPERIMENT_NOT_IDENTITY and the experiment's keys in `not_identity`). `code` names
+    the code whose fingerprint is part of it (metrics | aggregate | verdict), so that a fix to what
+    computes the stage's numbers reruns it;
     Snakemake's own `code` trigger only sees the rule's shell command, not the package it calls."""
     resolved = asdict(config)
     for key in (*EXPERIMENT_NOT_IDENTITY, *not_identity):
