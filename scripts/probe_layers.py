@@ -8,15 +8,18 @@ choice is fixed without looking at what the verdict is judged on. Writes its rea
 
 Needs the experiment's model and token windows (`python -m gatedsae prepare-model ...` and `tokenize`).
 Layers are measured in the rule's order (nearest the experiment's first layer first) and the probe stops
-at the first that meets it; `--all` measures every layer for the record.
+at the first that meets it; `--all` measures every layer for the record. `--sites` probes some of the
+rule's sites again and keeps the others' readings (taken under the same rule).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,6 +29,7 @@ from gatedsae.data.corpus import load_windows
 from gatedsae.data.models import load_model
 from gatedsae.evaluation.spliced import next_token_losses, window_means
 from gatedsae.plan.config import load_config
+from gatedsae.plan.layout import TEST
 from gatedsae.plan.site_layers import ZeroAblation, choose_layer, predicted_half_width, probe_order, windows_needed
 from gatedsae.plan.sites import hook_name
 
@@ -78,6 +82,8 @@ def recorded_command(arguments: list[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--all", action="store_true", help="measure every layer, not only up to the rule's choice")
+    parser.add_argument("--sites", help="comma-separated: probe only these of the rule's sites and keep the "
+                        "other sites' readings of --out (which must share the rule, model and probe windows)")
     parser.add_argument("--batch", type=int, default=8, help="windows per forward")
     parser.add_argument("--out", default="results/calibration/site_layers.json")
     args, overrides = parser.parse_known_args()
@@ -85,16 +91,26 @@ def main() -> None:
     rule = config.verdict.layer_rule
     if not rule.sites:
         sys.exit("verdict.layer_rule.sites is empty: no site to place")
+    probed = args.sites.split(",") if args.sites else list(rule.sites)
+    if not set(probed) <= set(rule.sites):
+        sys.exit(f"--sites {args.sites}: the rule's sites are {rule.sites} (verdict.layer_rule.sites)")
+    header = {
+        "what": "conf/verdict layer_rule applied to the model (gatedsae/plan/site_layers.py)",
+        "model": config.model.name, "corpus": config.corpus.name, "anchor_layer": config.experiment.layers[0],
+        "probe_split": "train", "probe_windows": rule.probe_windows,
+        "context_length": config.experiment.context_length, "confidence": config.intervals.level,
+        "rule": {"sites": rule.sites, "max_half_width": rule.max_half_width, "noise_floor": rule.noise_floor},
+    }
+    readings = kept_readings(Path(args.out), header, [site for site in rule.sites if site not in probed])
     if config.evaluate.threads > 0:
         torch.set_num_threads(config.evaluate.threads)
-    started = time.time()
     model = load_model(config.model, config.paths, "cpu").model
     windows = load_windows(config.paths.tokens_dir(config.model.name, config.corpus.name), "train")
     passes = clean_pass(model, windows[: rule.probe_windows], args.batch)
-    anchor, planned, confidence = config.experiment.layers[0], config.evaluate.ce_windows, config.intervals.level
-    readings = {}
-    for site in rule.sites:
-        level = min(config.verdict.levels_at(site))
+    anchor, confidence = config.experiment.layers[0], config.intervals.level
+    for site in probed:
+        started = time.time()
+        level, planned = min(config.verdict.levels_at(site)), config.evaluate.windows_of(TEST, site)
         width = lambda m: predicted_half_width(m, level, planned, rule.noise_floor, confidence)  # noqa: E731
         measured: list[ZeroAblation] = []
         for layer in probe_order(config.model.n_layers, anchor):
@@ -113,19 +129,30 @@ def main() -> None:
                         "windows_needed": windows_needed(m, level, rule.max_half_width, rule.noise_floor,
                                                          confidence)}
                        for m in sorted(measured, key=lambda m: m.layer)],
+            "command": recorded_command(sys.argv[1:]), "seconds": round(time.time() - started, 1),
+            "machine": {"platform": platform.platform(), "python": platform.python_version()},
         }
         print(f"{site}: layer {layer} ({'meets' if met else 'does NOT meet'} the rule)", flush=True)
-    write_json_atomic(args.out, {
-        "what": "conf/verdict layer_rule applied to the model (gatedsae/plan/site_layers.py)",
-        "command": recorded_command(sys.argv[1:]),
-        "model": config.model.name, "corpus": config.corpus.name, "anchor_layer": anchor,
-        "probe_split": "train", "probe_windows": sum(len(clean) for _, clean, _ in passes),
-        "context_length": config.experiment.context_length, "confidence": confidence,
-        "rule": {"sites": rule.sites, "max_half_width": rule.max_half_width, "noise_floor": rule.noise_floor},
-        "sites": readings, "seconds": round(time.time() - started, 1),
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
-    })
+    write_json_atomic(args.out, {**header, "sites": {site: readings[site] for site in rule.sites}})
     print(f"wrote {args.out}")
+
+
+def kept_readings(path: Path, header: dict, sites: list[str]) -> dict:
+    """The earlier readings of `sites` in `path`, which must have been taken under the same header (rule,
+    model, anchor, probe windows): a site probed under another rule is probed again, never mixed in."""
+    if not sites:
+        return {}
+    earlier = json.loads(path.read_text()) if path.exists() else {}
+    differs = [key for key, value in header.items() if key != "rule" and earlier.get(key) != value]
+    rule = earlier.get("rule", {})
+    if any(rule.get(key) != header["rule"][key] for key in ("max_half_width", "noise_floor")):
+        differs.append("rule")
+    missing = [site for site in sites if site not in earlier.get("sites", {})]
+    if differs or missing:
+        sys.exit(f"{path}: cannot keep the readings of {', '.join(sites)} "
+                 f"({'no reading of ' + ', '.join(missing) if missing else 'taken with other ' + ', '.join(differs)}): "
+                 "probe every site (leave out --sites)")
+    return {site: earlier["sites"][site] for site in sites}
 
 
 if __name__ == "__main__":

@@ -453,3 +453,27 @@ def test_the_validation_split_may_be_read_on_fewer_ce_windows(smoke_cache):
     np.testing.assert_array_equal(split_windows(same, "test")[0], test)
     site = "resid_post"
     assert evaluate_estimate(coarse, site).flops == pytest.approx(evaluate_estimate(same, site).flops * (2 + 4) / (4 + 4))
+
+
+def test_a_site_may_have_its_own_test_windows(smoke_cache):
+    """evaluate.site_ce_windows: that site's test split reads its own number of windows (the first ones of
+    the same split), every other site keeps ce_windows, and the evaluation identity at another site is the
+    one it had without the override (adding a site's windows re-evaluates only that site's SAEs)."""
+    from gatedsae.plan.config import ConfigError
+    from gatedsae.plan.identity import evaluation_identity
+
+    base = replace(smoke_cache, evaluate=replace(smoke_cache.evaluate, ce_windows=2, validation_ce_windows=None))
+    own = replace(base, evaluate=replace(base.evaluate, site_ce_windows={"mlp_out": 4}))
+    assert len(split_windows(own, "test", "mlp_out")[0]) == 4
+    np.testing.assert_array_equal(split_windows(own, "test", "mlp_out")[0][:2], split_windows(own, "test", "resid_post")[0])
+    assert len(split_windows(own, "validation", "mlp_out")[0]) == 4  # validation_ce_windows null: as the test split
+    coarse = replace(own, evaluate=replace(own.evaluate, validation_ce_windows=1))
+    assert len(split_windows(coarse, "validation", "mlp_out")[0]) == 1 and len(split_windows(coarse, "test", "mlp_out")[0]) == 4
+    same = evaluation_identity(base, "resid_post", "w", None, "store", metrics_code="c")
+    assert evaluation_identity(own, "resid_post", "w", None, "store", metrics_code="c") == same
+    assert evaluation_identity(own, "mlp_out", "w", None, "store", metrics_code="c") != \
+        evaluation_identity(base, "mlp_out", "w", None, "store", metrics_code="c")
+    with pytest.raises(ConfigError, match="site_ce_windows"):
+        replace(base.evaluate, site_ce_windows={"mlp_out": 0}).validate()
+    with pytest.raises(ConfigError, match="site_ce_windows"):
+        replace(base.evaluate, site_ce_windows={"mlp": 8}).validate()

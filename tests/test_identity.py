@@ -53,7 +53,7 @@ def identities(config: Config) -> dict[str, str]:
     found = {"store": store, "training_key": training_key(config, SITE, grid_specs(config, d, SITE)[0]),
              "training_state": training_state_identity(config.sweep.groups_at(SITE), config.train, store, d,
                                                        precision=training_precision(config).dtype),
-             "evaluation": evaluation_identity(config, "weights", 1.0, store, metrics_code="code")}
+             "evaluation": evaluation_identity(config, SITE, "weights", 1.0, store, metrics_code="code")}
     return found | {f"job {job}": job_params(config, job) for job in JOBS if job != "train_streamed"}
 
 

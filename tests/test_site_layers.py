@@ -63,11 +63,24 @@ def test_the_probe_records_the_rule_applied_to_a_model(smoke_tokens, tmp_path, m
                             attention["planned_windows"], attention["max_half_width"], attention["noise_floor"])
     assert (attention["layer"], attention["meets_rule"]) == expected
 
+    # --sites probes one site again (here with its own test windows) and keeps the others' readings ...
+    base = ["probe_layers.py", "--out", str(out), "--sites", "mlp_out", "experiment=smoke",
+            f"paths.data={smoke_tokens.paths.root}", "verdict.layer_rule.probe_windows=8"]
+    monkeypatch.setattr(sys, "argv", [*base, "evaluate.site_ce_windows={mlp_out: 32}"])
+    runpy.run_path("scripts/probe_layers.py", run_name="__main__")
+    again = json.loads(out.read_text())
+    assert again["sites"]["attn_z"] == attention and again["sites"]["mlp_out"]["planned_windows"] == 32
+    assert "--sites mlp_out" in again["sites"]["mlp_out"]["command"]
+    # ... only when they were taken under the same rule
+    monkeypatch.setattr(sys, "argv", [*base, "verdict.layer_rule.noise_floor=0.05"])
+    with pytest.raises(SystemExit, match="taken with other rule"):
+        runpy.run_path("scripts/probe_layers.py", run_name="__main__")
+
 
 def test_the_committed_reading_follows_the_rule_in_conf():
     """results/calibration/site_layers.json holds the probe of the default experiment's model: its layer is
     the one conf/verdict's rule picks from its measurements at the planned number of windows (a change to
-    the rule or to evaluate.ce_windows needs the probe re-run: `python scripts/probe_layers.py --all`)."""
+    the rule or to a site's test windows needs the probe re-run: `python scripts/probe_layers.py --all`)."""
     from gatedsae.plan.config import REPO_ROOT, load_config
 
     reading = json.loads((REPO_ROOT / "results" / "calibration" / "site_layers.json").read_text())
@@ -79,7 +92,7 @@ def test_the_committed_reading_follows_the_rule_in_conf():
     for site in rule.sites:
         found = reading["sites"][site]
         assert config.experiment.layers_at(site) == [found["layer"]], "the default reads the site where the rule says"
-        assert found["planned_windows"] == config.evaluate.ce_windows
+        assert found["planned_windows"] == config.evaluate.windows_of("test", site)
         assert found["level"] == min(config.verdict.levels_at(site))
         measured = [ZeroAblation(row["layer"], row["zero_ablation_cost"], row["sd"], row["windows"])
                     for row in found["layers"]]

@@ -138,21 +138,21 @@ def heldout_splits(config: Config) -> list[Optional[str]]:
     return list(HELDOUT_SPLITS) if heldout_parts(tokens_dir) is not None else [None]
 
 
-def split_windows(config: Config, split: Optional[str]) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """The CE windows of a held-out split (its first evaluate.ce_windows, or validation_ce_windows), and
-    which held-out windows of the store belong to it (None: every window, the held-out set not being split)."""
+def split_windows(config: Config, split: Optional[str], site: Optional[str] = None) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """The CE windows of a held-out split at `site` (its first evaluate.windows_of(split, site)), and which
+    held-out windows of the store belong to it (None: every window, the held-out set not being split)."""
     from gatedsae.data.corpus import heldout_parts, load_windows
 
     tokens_dir = config.paths.tokens_dir(config.model.name, config.corpus.name)
     windows = load_windows(tokens_dir, "heldout")
     if split is None:
-        return np.asarray(windows[: config.evaluate.ce_windows]), None
+        return np.asarray(windows[: config.evaluate.windows_of(None, site)]), None
     parts = heldout_parts(tokens_dir)
     if parts is None:
         raise FileNotFoundError(f"the held-out windows in {tokens_dir} are not split into {HELDOUT_SPLITS}: run the "
                                 "tokenize stage with corpus.test_fraction set")
     mine = parts == HELDOUT_SPLITS.index(split)
-    return np.asarray(windows[np.flatnonzero(mine)[: config.evaluate.windows_of(split)]]), mine
+    return np.asarray(windows[np.flatnonzero(mine)[: config.evaluate.windows_of(split, site)]]), mine
 
 
 def evaluate_each(config: Config, site: str, layer: int, saes: list[CheckpointSAE], loaded=None,
@@ -166,7 +166,7 @@ def evaluate_each(config: Config, site: str, layer: int, saes: list[CheckpointSA
     if evaluate.threads > 0:
         torch.set_num_threads(evaluate.threads)
     started = time.time()
-    windows, store_windows = split_windows(config, split)
+    windows, store_windows = split_windows(config, split, site)
     store = ActivationStore(config.paths.activations_dir(config.model.name, config.corpus.name, site, layer), "heldout")
     stored = reconstruction_metrics(saes, store, evaluate.heldout_tokens, evaluate.batch_rows, evaluate.device,
                                     store_windows)
@@ -227,7 +227,7 @@ def evaluate_grid(config: Config, site: str, layer: int, progress: bool = True, 
     for variant, index in grid_indexes(config, site, layer).items():
         for entry in read_trained_grid(index, variant):
             sae = CheckpointSAE.load(entry["path"], config.evaluate.device)
-            identity = evaluation_identity(config, sae.checkpoint_id, sae.massive_norm_threshold,
+            identity = evaluation_identity(config, site, sae.checkpoint_id, sae.massive_norm_threshold,
                                            store.manifest.config_hash, metrics_code_version())
             entries += [(split, variant, sae, out_dir / (split or "") / variant / f"{entry['sae']}.json", identity)
                         for split in splits]

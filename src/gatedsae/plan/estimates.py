@@ -204,7 +204,7 @@ def evaluate_estimate(config: Config, site: str) -> Estimate:
     d = m.site_width(site)
     n_saes = _saes_per_grid(config, site)
     widest = max(g.width(d) for g in config.sweep.groups_at(site))
-    tokens = evaluate.ce_windows * config.experiment.context_length  # the largest split's (memory)
+    tokens = evaluate.windows_of(None, site) * config.experiment.context_length  # the largest split's (memory)
     logits = evaluate.batch_windows * config.experiment.context_length * m.d_vocab * 4 * 2
     # Every window's clean prefix is kept while the SAEs are evaluated one by one: the residual stream
     # at the splice point, and the site's activation where it is not the residual stream itself.
@@ -215,7 +215,7 @@ def evaluate_estimate(config: Config, site: str) -> Estimate:
     # the remainder runs once per SAE and twice for the zero-ablation (with and without massive positions)
     per_token = 2 * model_parameters(config) + (n_saes + 2) * (2 * remainder + 4 * d * widest)
     # every held-out split (validation, test) has its own CE windows, evaluated one after the other
-    windows = sum(evaluate.windows_of(split) for split in heldout_split_names(config))
+    windows = sum(evaluate.windows_of(split, site) for split in heldout_split_names(config))
     flops = windows * config.experiment.context_length * per_token
     return Estimate(f"evaluate[{site}]", memory, flops, breakdown={"prefixes": prefixes})
 
@@ -241,7 +241,7 @@ def aggregate_estimate(config: Config) -> Estimate:
     window counts [B, W + S] and every SAE's replicates of four metrics [B, K] (every seed a row), kept
     for every grid; the readings add a Python loop over the B resamples (and the seed draws)."""
     resamples = config.intervals.resamples
-    ce_windows = config.evaluate.ce_windows
+    ce_windows = max(config.evaluate.windows_of(None, site) for site in config.experiment.sites)
     store_windows = math.ceil(config.cache.heldout_tokens / (config.experiment.context_length - 1))
     grids = [_saes_per_grid(config, site) for site, _ in config.experiment.site_layer_pairs()]
     per_grid = 8 * resamples * (ce_windows + store_windows + 3 * max(grids))  # counts, and ce() intermediates

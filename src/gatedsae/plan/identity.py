@@ -40,7 +40,7 @@ NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "sweep": {"all_tokens": False, "all_tokens_sites": [], "all_tokens_groups": [],
               "all_tokens_max_grad_norm": None},
     "experiment": {"site_layers": {}},
-    "evaluate": {"validation_ce_windows": None},
+    "evaluate": {"validation_ce_windows": None, "site_ce_windows": {}},
     "train": {"statistics_tokens": None, "sparse": "auto",
               "sparse_max_density": SPARSE_MAX_DENSITY, "dead_after_tokens": DEAD_AFTER_TOKENS, "seeds": 1,
               "max_grad_norm": None},
@@ -160,13 +160,13 @@ def training_state_identity(groups: Sequence[SAEGroupConfig], train: TrainConfig
                         "store": store, "d": d, "extra": extra, **_precision_entry(precision)})
 
 
-def evaluation_identity(config: Config, checkpoint_id: str, massive_norm_threshold: Optional[float],
+def evaluation_identity(config: Config, site: str, checkpoint_id: str, massive_norm_threshold: Optional[float],
                         store: str, metrics_code: Optional[str] = None) -> str:
-    """What a saved evaluation must share to be reused: the weights and their massive-activation
-    threshold, the evaluation settings, the store's identity, the LM and context, and the code that
-    computes the metrics (`metrics_code`, by default its fingerprint now)."""
+    """What a saved evaluation at `site` must share to be reused: the weights and their massive-activation
+    threshold, the evaluation settings as they apply at the site, the store's identity, the LM and
+    context, and the code that computes the metrics (`metrics_code`, by default its fingerprint now)."""
     return config_hash({"checkpoint": checkpoint_id, "massive_norm_threshold": massive_norm_threshold,
-                        "evaluate": comparable("evaluate", asdict(config.evaluate)), "store": store,
+                        "evaluate": comparable("evaluate", config.evaluate.at_site(site)), "store": store,
                         "context_length": config.experiment.context_length, "model": asdict(config.model),
                         "metrics_code": metrics_code or code_fingerprint(METRICS_CODE)})
 

@@ -3,11 +3,12 @@ compute stages."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from gatedsae.plan.config.checks import DTYPES, choice, device, finite, require
 from gatedsae.plan.layout import VALIDATION
+from gatedsae.plan.sites import SITES
 
 
 @dataclass
@@ -159,19 +160,36 @@ class EvaluateConfig:
     # the validation split's own number of CE windows (None: ce_windows): the verdict reads the test split
     # only, so validation, read by development (figures, tables, browser), may be measured more coarsely
     validation_ce_windows: Optional[int] = None
+    # a site's own ce_windows (validation_ce_windows, when set, still applies to the validation split):
+    # where the site's zero-ablation costs little, its loss recovered needs more windows to be decided
+    # (conf/verdict's layer_rule plans with these), e.g. {mlp_out: 128}
+    site_ce_windows: dict[str, int] = field(default_factory=dict)
     batch_windows: int = 8                # windows per LM batch (prefix computed once per batch)
     device: str = "cpu"
     threads: int = 0
 
-    def windows_of(self, split: Optional[str]) -> int:
-        """The CE windows a held-out split is evaluated on (None: an unsplit held-out set)."""
-        return self.validation_ce_windows if split == VALIDATION and self.validation_ce_windows else self.ce_windows
+    def windows_of(self, split: Optional[str], site: Optional[str] = None) -> int:
+        """The CE windows a held-out split is evaluated on at `site` (split None: an unsplit held-out set;
+        site None: the sites without windows of their own)."""
+        if split == VALIDATION and self.validation_ce_windows:
+            return self.validation_ce_windows
+        return self.site_ce_windows.get(site, self.ce_windows) if site is not None else self.ce_windows
+
+    def at_site(self, site: str) -> dict:
+        """These settings as they apply at `site` (what one evaluation there depends on): ce_windows
+        resolved to the site's own, site_ce_windows left out, so another site's windows rerun nothing here."""
+        settings = {key: value for key, value in asdict(self).items() if key != "site_ce_windows"}
+        return {**settings, "ce_windows": self.windows_of(None, site)}
 
     def validate(self) -> None:
         for key in ("batch_rows", "ce_windows", "batch_windows"):
             require(getattr(self, key) > 0, f"evaluate.{key}", "must be a positive integer")
         require(self.validation_ce_windows is None or self.validation_ce_windows > 0, "evaluate.validation_ce_windows",
                 "must be a positive integer, or null for evaluate.ce_windows")
+        for site, windows in self.site_ce_windows.items():
+            choice(site, "evaluate.site_ce_windows", SITES)
+            require(isinstance(windows, int) and windows > 0, f"evaluate.site_ce_windows.{site}",
+                    "must be a positive integer")
         require(self.threads >= 0, "evaluate.threads", "must be 0 (torch's default) or a positive integer")
         device(self.device, "evaluate.device")
         require(self.heldout_tokens is None or self.heldout_tokens > 0, "evaluate.heldout_tokens",
