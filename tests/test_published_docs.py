@@ -163,3 +163,24 @@ def test_the_published_runs_trained_the_saes_they_share_to_the_same_weights():
     assert (shared["checkpoint_id_default"] == shared["checkpoint_id_successors"]).all()
     for column in ("l0", "loss_recovered", "gamma", "fvu"):
         assert (shared[f"{column}_default"] == shared[f"{column}_successors"]).all(), column
+
+
+def test_the_site_layers_block_bolds_each_sites_rule_layer_and_gives_its_windows(tmp_path):
+    """A 'site-layers' block: one row per probed layer, each site's rule layer in bold, and per site the
+    layer, the level and the test windows the rule planned with (a site's own windows where it has them)."""
+    def row(layer, cost, width):
+        return {"layer": layer, "zero_ablation_cost": cost, "sd": 0.1, "windows": 16, "predicted_half_width": width}
+
+    reading = {"anchor_layer": 2, "probe_windows": 16, "probe_split": "train",
+               "rule": {"sites": ["attn_z", "mlp_out"], "max_half_width": 0.01, "noise_floor": 0.02},
+               "sites": {"attn_z": {"layer": 1, "meets_rule": True, "level": 0.9095, "planned_windows": 64,
+                                    "layers": [row(0, 2.0, 0.008), row(1, 3.5, 0.006)]},
+                         "mlp_out": {"layer": 0, "meets_rule": False, "level": 0.87165, "planned_windows": 128,
+                                     "layers": [row(0, 0.7, 0.012)]}}}
+    source = tmp_path / "site_layers.json"
+    source.write_text(json.dumps(reading))
+    text = render_block(source, "site-layers")
+    assert "| 1 | **3.500 (0.100)** | **0.60 pt** | — | — |" in text
+    assert "| 0 | 2.000 (0.100) | 0.80 pt | **0.700 (0.100)** | **1.20 pt** |" in text
+    assert "Attention output: layer 1 (meets the rule), read at 90.95% with 64 test windows" in text
+    assert "MLP output: layer 0 (does not meet the rule), read at 87.165% with 128 test windows" in text

@@ -214,6 +214,33 @@ def convergence(measured: dict) -> list[str]:
     return lines
 
 
+def site_layers(reading: dict) -> list[str]:
+    """The verdict's layer rule applied to the model (scripts/probe_layers.py): each layer's zero-ablation
+    cost and predicted half-width per site, the rule's layer in bold."""
+    sites = reading["sites"]
+    head = ["layer", *(f"{short_label(site)}: {part}" for site in sites
+                       for part in ("zero-ablation cost (SD), nat", "predicted half-width"))]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = {site: {row["layer"]: row for row in found["layers"]} for site, found in sites.items()}
+    for layer in sorted(set().union(*rows.values())):
+        cells = [str(layer)]
+        for site, found in sites.items():
+            row = rows[site].get(layer)
+            chosen = "**" if layer == found["layer"] else ""
+            cells += ([f"{chosen}{row['zero_ablation_cost']:.3f} ({row['sd']:.3f}){chosen}",
+                       f"{chosen}{100 * row['predicted_half_width']:.2f} pt{chosen}"] if row else ["—", "—"])
+        lines.append("| " + " | ".join(cells) + " |")
+    rule = reading["rule"]
+    lines += ["", f"Rule: the layer nearest layer {reading['anchor_layer']} (deeper on a tie) whose predicted 95% "
+                  f"half-width of loss recovered is at most {100 * rule['max_half_width']:g} point, noise floor "
+                  f"{rule['noise_floor']:g} nat; probed on {reading['probe_windows']} {reading['probe_split']}-split "
+                  "windows. " + " ".join(
+                      f"{short_label(site)}: layer {found['layer']} ({'meets' if found['meets_rule'] else 'does not meet'} "
+                      f"the rule), read at {100 * found['level']:g}% with {found['planned_windows']} test windows."
+                      for site, found in sites.items())]
+    return lines
+
+
 def cluster(measured: dict) -> list[str]:
     """The smoke experiment locally and through the local SLURM cluster (tests/test_cluster.py)."""
     wall, wait = measured["wall_s"], measured["queue_wait_s"]
@@ -305,7 +332,7 @@ RENDERERS: dict[str, tuple[str, Callable]] = {  # kind: (the file it reads, how)
     "comparisons": ("comparisons.csv", comparisons), "headline": ("headline.csv", headline),
     "coverage": ("interval_coverage.json", coverage), "cluster": ("cluster.json", cluster),
     "replicate_plan": ("replicate_plan.json", replicate_plan), "forecast": ("replicate_plan.json", forecast),
-    "convergence": ("convergence.json", convergence),
+    "convergence": ("convergence.json", convergence), "site-layers": ("site_layers.json", site_layers),
     "quickstart": ("quickstart.json", quick_start), "runtime": ("replicate.json", run_time),
     "experiment-runtime": ("replicate.json", experiment_run_time),
 }
