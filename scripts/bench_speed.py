@@ -1,10 +1,12 @@
 """Benchmark: what the machine's precision buys a whole replication, cold, end to end.
 
-    python scripts/bench_speed.py [--settings "train.seeds=1"] [--experiment default] [--keep]
+    python scripts/bench_speed.py [--settings "train.seeds=1"] [--experiment default] [--chapter headline] [--keep]
 
 Clones the repository twice (HEAD), one after the other, and in each runs what `make replicate` runs, timed:
 the environment install (scripts/setup.sh) and then every chapter of the experiment
-(`python -m gatedsae replicate experiment=E SETTINGS ...`; not through `dvc repro`, which takes no overrides).
+(`python -m gatedsae replicate experiment=E SETTINGS ...`; not through `dvc repro`, which takes no overrides),
+or, with --chapter, the chapters up to that one (the headline chapter alone holds every stage whose precision
+the machine chooses: the cache, the training and the spliced evaluation).
 The first run leaves the precision to the machine (conf/precision: `auto`), the second forces float32 at
 every stage. Both wall times, their ratio (float32 / auto), the machine (CPU capability and flags) and what
 each stage resolved to are recorded; then the two verdicts are compared claim by claim: a statistic agrees
@@ -74,12 +76,13 @@ def resolved_precisions(data: Path) -> dict[str, dict[str, int]]:
     return counts
 
 
-def cold_run(into: Path, experiment: str, overrides: list[str]) -> dict:
+def cold_run(into: Path, experiment: str, overrides: list[str], chapter: str | None) -> dict:
     """A fresh clone, its install, its replication; the seconds of each and the run's own records."""
     subprocess.run(["git", "clone", "--quiet", str(REPO_ROOT), str(into)], check=True)
     setup = timed(["bash", "scripts/setup.sh"], into, into / "setup.log")
     env = {**os.environ, "GATEDSAE_SETUP_SECONDS": str(round(setup))}
-    command = [str(into / ".venv" / "bin" / "python"), "-m", "gatedsae", "replicate", f"experiment={experiment}", *overrides]
+    command = [str(into / ".venv" / "bin" / "python"), "-m", "gatedsae", "replicate", f"experiment={experiment}", *overrides,
+                                                          *([f"--chapter={chapter}"] if chapter else [])]
     replicate = timed(command, into, into / "replicate.log", env)
     results = into / "results" / experiment
     return {"setup_seconds": round(setup, 1), "replicate_seconds": round(replicate, 1),
@@ -117,6 +120,8 @@ def main() -> int:
     parser.add_argument("--settings", default="train.seeds=1",
                         help="overrides both runs share (default: one training seed, the default's size when the "
                              "speed target was set)")
+    parser.add_argument("--chapter", default=None,
+                        help="time the chapters up to this one only (default: every chapter)")
     parser.add_argument("--keep", action="store_true", help="keep the clones (their paths are printed)")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
@@ -128,14 +133,15 @@ def main() -> int:
     runs = {}
     for name, overrides in (("auto", settings), ("float32", settings + FLOAT32)):
         print(f"cold run {name}: {shlex.join(overrides)}", flush=True)
-        runs[name] = cold_run(scratch / name, args.experiment, overrides)
+        runs[name] = cold_run(scratch / name, args.experiment, overrides, args.chapter)
         print(f"  {runs[name]['wall_seconds']:.0f} s", flush=True)
     ratio = runs["float32"]["wall_seconds"] / runs["auto"]["wall_seconds"]
     write_json_atomic(args.out, {
         "benchmark": "the replication cold from a fresh clone, twice in a row on the same machine: precision chosen "
                      "by the machine (auto), then float32 everywhere",
-        "command": f"python scripts/bench_speed.py --experiment {args.experiment} --settings {shlex.quote(args.settings)}",
-        "code_version": commit, "experiment": args.experiment, "settings": settings,
+        "command": f"python scripts/bench_speed.py --experiment {args.experiment} --settings {shlex.quote(args.settings)}"
+                   + (f" --chapter {args.chapter}" if args.chapter else ""),
+        "code_version": commit, "experiment": args.experiment, "chapter": args.chapter, "settings": settings,
         "machine": {**machine(), "load_average_before": [round(x, 2) for x in load_before],
                     "load_average_after": [round(x, 2) for x in os.getloadavg()]},
         "runs": {name: {k: v for k, v in run.items() if k != "verdict"} for name, run in runs.items()},
