@@ -58,6 +58,7 @@ def test_paper_experiments_use_the_papers_layers_and_contexts():
         ("verdict.matched_l0={residual:[100]}", "verdict.matched_l0"),
         ("verdict.rescale_shift_gap_below=2", "verdict.rescale_shift_gap_below"),
         ("verdict.convergence.window=0.5", "verdict.convergence.window"),
+        ("verdict.layer_rule.reach_margin=0.7", "verdict.layer_rule.reach_margin"),
         ("verdict.split=../test", "verdict.split"),
         ("sweep.groups=[{arch:gated,l1:[0.1],sites:[resid_post]},{arch:baseline,l1:[0.1],sites:[resid_post]}]",
          "no group of SAEs is trained at mlp_out"),

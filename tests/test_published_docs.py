@@ -184,3 +184,12 @@ def test_the_site_layers_block_bolds_each_sites_rule_layer_and_gives_its_windows
     assert "| 0 | 2.000 (0.100) | 0.80 pt | **0.700 (0.100)** | **1.20 pt** |" in text
     assert "Attention output: layer 1 (meets the rule), read at 90.95% with 64 test windows" in text
     assert "MLP output: layer 0 (does not meet the rule), read at 87.165% with 128 test windows" in text
+    # with a reach margin the probe measured mean-ablation too: a column for the site that has it
+    reading["rule"]["reach_margin"] = 0.02
+    for row, recovered in zip(reading["sites"]["attn_z"]["layers"], (0.95, 0.80)):
+        row |= {"mean_ablation_cost": (1 - recovered) * row["zero_ablation_cost"], "mean_ablation_recovered": recovered}
+    source.write_text(json.dumps(reading))
+    text = render_block(source, "site-layers")
+    assert "| 1 | **3.500 (0.100)** | **0.60 pt** | **80.0%** | — | — |" in text
+    assert "| 0 | 2.000 (0.100) | 0.80 pt | 95.0% | **0.700 (0.100)** | **1.20 pt** |" in text
+    assert "at least 2 points less than the site's lowest level" in text

@@ -12,17 +12,18 @@ from pathlib import Path
 import pytest
 
 from gatedsae.plan.config import load_config
-from gatedsae.plan.site_layers import ZeroAblation, choose_layer, predicted_half_width, probe_order, windows_needed
+from gatedsae.plan.site_layers import (LayerAblations, choose_layer, predicted_half_width, probe_order, reaches,
+                                       windows_needed)
 
 
 def test_predicted_half_width_by_hand():
-    measured = ZeroAblation(layer=3, cost=0.1, sd=0.05, windows=64)
+    measured = LayerAblations(layer=3, cost=0.1, sd=0.05, windows=64)
     # z(97.5%) · √(ε² + 2 (1 − 0.9)² · 0.05²) / (√100 · 0.1)
     by_hand = 1.959964 * math.sqrt(0.02**2 + 2 * (0.1 * 0.05) ** 2) / (10 * 0.1)
     assert predicted_half_width(measured, 0.9, 100, noise_floor=0.02) == pytest.approx(by_hand)
     # without a floor, only the part that scales with the error: a zero-ablation twice as costly (same
     # relative spread) predicts the same; with it, half the half-width
-    doubled = ZeroAblation(3, 0.2, 0.1, 64)
+    doubled = LayerAblations(3, 0.2, 0.1, 64)
     assert predicted_half_width(doubled, 0.9, 100, 0.0) == pytest.approx(predicted_half_width(measured, 0.9, 100, 0.0))
     with_floor = predicted_half_width(measured, 0.9, 100, 1.0)
     assert predicted_half_width(doubled, 0.9, 100, 1.0) == pytest.approx(with_floor / 2, rel=1e-3)
@@ -31,20 +32,38 @@ def test_predicted_half_width_by_hand():
     assert predicted_half_width(measured, 0.9, 400, 0.02) == pytest.approx(halved)
     needed = windows_needed(measured, 0.9, 0.005, 0.02)
     assert predicted_half_width(measured, 0.9, needed, 0.02) == pytest.approx(0.005)
-    assert predicted_half_width(ZeroAblation(3, 0.0, 0.05, 64), 0.9, 100, 0.02) == math.inf
+    assert predicted_half_width(LayerAblations(3, 0.0, 0.05, 64), 0.9, 100, 0.02) == math.inf
 
 
 def test_the_rule_takes_the_nearest_layer_that_meets_it_deeper_on_a_tie():
     assert probe_order(6, 3) == [3, 4, 2, 5, 1, 0]
     weak, strong = dict(cost=0.05, sd=0.1, windows=64), dict(cost=1.0, sd=0.1, windows=64)
-    measured = [ZeroAblation(3, **weak), ZeroAblation(4, **weak), ZeroAblation(2, **strong), ZeroAblation(0, **strong)]
+    measured = [LayerAblations(3, **weak), LayerAblations(4, **weak), LayerAblations(2, **strong), LayerAblations(0, **strong)]
     rule = dict(level=0.9, windows=64, max_half_width=0.01, noise_floor=0.02)
     assert choose_layer(measured, anchor=3, **rule) == (2, True)
-    measured.append(ZeroAblation(4, **strong))  # as near as 2 and deeper: it wins
+    measured.append(LayerAblations(4, **strong))  # as near as 2 and deeper: it wins
     assert choose_layer(measured[1:], anchor=3, **rule) == (4, True)
     # none meets it: the layer with the smallest predicted half-width, said so
-    assert choose_layer([ZeroAblation(3, **weak), ZeroAblation(1, cost=0.1, sd=0.1, windows=64)], 3,
+    assert choose_layer([LayerAblations(3, **weak), LayerAblations(1, cost=0.1, sd=0.1, windows=64)], 3,
                         **(rule | {"max_half_width": 1e-6})) == (1, False)
+
+
+def test_with_a_reach_margin_the_rule_skips_a_layer_whose_frontier_cannot_reach_the_level():
+    # mean-ablation recovers 1 − 0.09 / 1.0 = 91%: at a 90.95% level no SAE frontier gets below the level
+    floor_at_level = LayerAblations(3, cost=1.0, sd=0.1, windows=64, mean_cost=0.09)
+    below = LayerAblations(5, cost=1.0, sd=0.1, windows=64, mean_cost=0.5)  # recovers 50%
+    assert floor_at_level.mean_ablation_recovered == pytest.approx(0.91)
+    assert reaches(floor_at_level, 0.9095, None) and not reaches(floor_at_level, 0.9095, 0.02)
+    assert reaches(below, 0.9095, 0.02) and not reaches(below, 0.51, 0.02)
+    rule = dict(level=0.9095, windows=64, max_half_width=0.01, noise_floor=0.02)
+    assert choose_layer([floor_at_level, below], anchor=3, **rule) == (3, True)  # no margin: the nearest
+    assert choose_layer([floor_at_level, below], anchor=3, **rule, reach_margin=0.02) == (5, True)
+    # no layer reaches it: the smallest predicted half-width, and the rule is not met
+    noisy = LayerAblations(4, cost=0.5, sd=0.1, windows=64, mean_cost=0.01)
+    assert choose_layer([floor_at_level, noisy], anchor=4, **rule, reach_margin=0.02) == (3, False)
+    # a reach_margin needs the mean-ablation measured
+    with pytest.raises(ValueError, match="mean-ablation"):
+        reaches(LayerAblations(3, 1.0, 0.1, 64), 0.9, 0.02)
 
 
 def test_the_probe_records_the_rule_applied_to_a_model(smoke_tokens, tmp_path, monkeypatch, one_thread):
@@ -56,7 +75,7 @@ def test_the_probe_records_the_rule_applied_to_a_model(smoke_tokens, tmp_path, m
     attention = reading["sites"]["attn_z"]
     assert reading["probe_split"] == "train" and reading["probe_windows"] == 8
     assert [row["layer"] for row in attention["layers"]] == list(range(smoke_tokens.model.n_layers))  # --all
-    measured = [ZeroAblation(row["layer"], row["zero_ablation_cost"], row["sd"], row["windows"])
+    measured = [LayerAblations(row["layer"], row["zero_ablation_cost"], row["sd"], row["windows"])
                 for row in attention["layers"]]
     assert all(m.windows == 8 and m.sd >= 0 for m in measured)
     expected = choose_layer(measured, smoke_tokens.experiment.layers[0], attention["level"],
@@ -87,18 +106,19 @@ def test_the_committed_reading_follows_the_rule_in_conf():
     config = load_config(["experiment=default"])
     rule = config.verdict.layer_rule
     assert reading["rule"] == {"sites": rule.sites, "max_half_width": rule.max_half_width,
-                               "noise_floor": rule.noise_floor}
+                               "noise_floor": rule.noise_floor,
+                               **({"reach_margin": rule.reach_margin} if rule.reach_margin is not None else {})}
     assert reading["probe_split"] == "train" and reading["anchor_layer"] == config.experiment.layers[0]
     for site in rule.sites:
         found = reading["sites"][site]
         assert config.experiment.layers_at(site) == [found["layer"]], "the default reads the site where the rule says"
         assert found["planned_windows"] == config.evaluate.windows_of("test", site)
         assert found["level"] == min(config.verdict.levels_at(site))
-        measured = [ZeroAblation(row["layer"], row["zero_ablation_cost"], row["sd"], row["windows"])
-                    for row in found["layers"]]
+        measured = [LayerAblations(row["layer"], row["zero_ablation_cost"], row["sd"], row["windows"],
+                                   row.get("mean_ablation_cost")) for row in found["layers"]]
         assert (found["layer"], found["meets_rule"]) == choose_layer(
             measured, reading["anchor_layer"], found["level"], found["planned_windows"], rule.max_half_width,
-            rule.noise_floor, reading["confidence"])
+            rule.noise_floor, reading["confidence"], rule.reach_margin)
 
 
 SITE_LAYERS = "experiment.site_layers={attn_z: [0]}"
@@ -142,3 +162,46 @@ def test_a_site_at_its_own_layer_is_cached_trained_and_evaluated_there(smoke_tok
     rows = json.loads(evaluate_grid(config, "attn_z", 0, progress=False, loaded=tiny_model).read_text())["rows"]
     assert rows and {row["layer"] for row in rows} == {0} and {row["site"] for row in rows} == {"attn_z"}
     assert all(json.loads((Path(row["checkpoint"]) / "training.json").read_text())["layer"] == 0 for row in rows)
+
+
+def test_the_probe_measures_mean_ablation_when_the_rule_has_a_reach_margin(smoke_tokens, tiny_model, tmp_path,
+                                                                           monkeypatch, one_thread):
+    import numpy as np
+    import torch
+
+    from gatedsae.data.corpus import load_windows
+    from gatedsae.plan.sites import hook_name
+
+    probe = runpy.run_path("scripts/probe_layers.py", run_name="probe")
+    model = tiny_model.model
+    windows = load_windows(smoke_tokens.paths.tokens_dir(smoke_tokens.model.name, smoke_tokens.corpus.name), "train")[:8]
+    passes = probe["clean_pass"](model, windows, 4)
+    for site in ("attn_z", "mlp_out"):  # the mean over every position but BOS, from a partial forward
+        _, cache = model.run_with_cache(torch.from_numpy(np.asarray(windows, dtype=np.int64)))
+        activations = cache[hook_name(site, 1)][:, 1:]
+        expected = activations.reshape(-1, *activations.shape[2:]).double().mean(0).float()
+        assert torch.allclose(probe["site_mean"](model, passes, site, 1), expected, atol=1e-5)
+    # one layer measured both ways
+    measured = probe["measure_layer"](model, passes, "mlp_out", 1, with_mean=True)
+    assert measured.mean_cost is not None and measured.windows == 8
+
+    out = tmp_path / "site_layers.json"
+    monkeypatch.setattr(sys, "argv", ["probe_layers.py", "--all", "--out", str(out), "--sites", "attn_z",
+                                      "experiment=smoke", f"paths.data={smoke_tokens.paths.root}",
+                                      "verdict.layer_rule.probe_windows=8", "verdict.layer_rule.sites=[attn_z]",
+                                      "verdict.layer_rule.reach_margin=0.0"])
+    runpy.run_path("scripts/probe_layers.py", run_name="__main__")
+    reading = json.loads(out.read_text())
+    assert reading["rule"]["reach_margin"] == 0.0
+    attention = reading["sites"]["attn_z"]
+    rows = attention["layers"]
+    for row in rows:
+        cost = row["zero_ablation_cost"]  # a random model's zero-ablation may even help: no loss to recover
+        assert row["mean_ablation_recovered"] == (pytest.approx(1 - row["mean_ablation_cost"] / cost) if cost > 0
+                                                  else -math.inf)
+        assert row["reaches_level"] == (row["mean_ablation_recovered"] <= attention["level"])
+    measured = [LayerAblations(row["layer"], row["zero_ablation_cost"], row["sd"], row["windows"],
+                               row["mean_ablation_cost"]) for row in rows]
+    assert (attention["layer"], attention["meets_rule"]) == choose_layer(
+        measured, reading["anchor_layer"], attention["level"], attention["planned_windows"],
+        attention["max_half_width"], attention["noise_floor"], reach_margin=0.0)

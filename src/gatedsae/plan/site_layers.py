@@ -14,6 +14,12 @@ at layer 15, show 0.009–0.034 nat at loss recovered ≈ 100%). With the part t
 The chosen layer is the one nearest the experiment's first layer (deeper on a tie), so the sites stay as
 close as the paper's (one layer for all three), whose predicted half-width is at most `max_half_width`;
 when none is, the one with the smallest.
+
+With a `reach_margin`, the layer must also let a frontier reach the level from below: an SAE with no
+active latent outputs a constant, and the best constant is about the site's mean, so no frontier's
+sparse end recovers much less than mean-ablation does. The rule asks that mean-ablation's loss recovered,
+1 − (mean-ablation's CE cost)/Δ, lie at least `reach_margin` below the site's lowest level; otherwise
+the sparsest SAEs sit at the level and the frontier misses it on a share of the resamples.
 """
 
 from __future__ import annotations
@@ -21,19 +27,36 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Optional
 
 
 @dataclass(frozen=True)
-class ZeroAblation:
-    """What the probe measured at one layer: the mean and per-window SD of the zero-ablation's CE cost."""
+class LayerAblations:
+    """What the probe measured at one layer: the mean and per-window SD of the zero-ablation's CE cost,
+    and the mean-ablation's mean CE cost where the rule asks for it."""
 
     layer: int
     cost: float     # Δ: mean over windows of (CE zero-ablated − CE clean), nats per prediction
     sd: float       # σ: SD over windows of that per-window difference
     windows: int    # how many windows measured it
+    mean_cost: Optional[float] = None  # mean over windows of (CE mean-ablated − CE clean); None: not measured
+
+    @property
+    def mean_ablation_recovered(self) -> float:
+        """Loss recovered by the site's mean activation: the floor of any SAE frontier at this layer."""
+        if self.mean_cost is None:
+            raise ValueError(f"layer {self.layer}: the probe did not measure mean-ablation (run it with the "
+                             "rule's reach_margin set)")
+        return 1 - self.mean_cost / self.cost if self.cost > 0 else -math.inf
 
 
-def predicted_half_width(measured: ZeroAblation, level: float, windows: float, noise_floor: float,
+def reaches(measured: LayerAblations, level: float, reach_margin: Optional[float]) -> bool:
+    """Whether a frontier at this layer can reach `level` from below: mean-ablation recovers at least
+    `reach_margin` less than `level` (always, when the rule sets no margin)."""
+    return reach_margin is None or measured.mean_ablation_recovered <= level - reach_margin
+
+
+def predicted_half_width(measured: LayerAblations, level: float, windows: float, noise_floor: float,
                          confidence: float = 0.95) -> float:
     """The rule's predicted half-width of loss recovered at `level` with `windows` evaluation windows."""
     if measured.cost <= 0:
@@ -43,7 +66,7 @@ def predicted_half_width(measured: ZeroAblation, level: float, windows: float, n
     return z * spread / (math.sqrt(windows) * measured.cost)
 
 
-def windows_needed(measured: ZeroAblation, level: float, max_half_width: float, noise_floor: float,
+def windows_needed(measured: LayerAblations, level: float, max_half_width: float, noise_floor: float,
                    confidence: float = 0.95) -> float:
     """Evaluation windows at which the predicted half-width reaches `max_half_width`."""
     return predicted_half_width(measured, level, 1, noise_floor, confidence) ** 2 / max_half_width**2
@@ -54,15 +77,17 @@ def probe_order(n_layers: int, anchor: int) -> list[int]:
     return sorted(range(n_layers), key=lambda layer: (abs(layer - anchor), -layer))
 
 
-def choose_layer(measured: list[ZeroAblation], anchor: int, level: float, windows: int, max_half_width: float,
-                 noise_floor: float, confidence: float = 0.95) -> tuple[int, bool]:
-    """(the rule's layer, whether it meets `max_half_width`) among the measured layers: the first in
-    `probe_order` that meets it, else the one with the smallest predicted half-width."""
+def choose_layer(measured: list[LayerAblations], anchor: int, level: float, windows: int, max_half_width: float,
+                 noise_floor: float, confidence: float = 0.95, reach_margin: Optional[float] = None) -> tuple[int, bool]:
+    """(the rule's layer, whether it meets the rule) among the measured layers: the first in `probe_order`
+    whose predicted half-width is at most `max_half_width` and from which a frontier reaches `level`; else,
+    among the layers that reach it (all, if none does), the one with the smallest predicted half-width."""
     if not measured:
         raise ValueError("no layer was measured")
     ranked = sorted(measured, key=lambda m: (abs(m.layer - anchor), -m.layer))
     width = lambda m: predicted_half_width(m, level, windows, noise_floor, confidence)  # noqa: E731
-    for candidate in ranked:
+    reachable = [m for m in ranked if reaches(m, level, reach_margin)]
+    for candidate in reachable:
         if width(candidate) <= max_half_width:
             return candidate.layer, True
-    return min(ranked, key=width).layer, False
+    return min(reachable or ranked, key=width).layer, False

@@ -216,24 +216,35 @@ def convergence(measured: dict) -> list[str]:
 
 def site_layers(reading: dict) -> list[str]:
     """The verdict's layer rule applied to the model (scripts/probe_layers.py): each layer's zero-ablation
-    cost and predicted half-width per site, the rule's layer in bold."""
+    cost and predicted half-width per site (and mean-ablation's loss recovered where the rule asks for it),
+    the rule's layer in bold."""
     sites = reading["sites"]
-    head = ["layer", *(f"{short_label(site)}: {part}" for site in sites
-                       for part in ("zero-ablation cost (SD), nat", "predicted half-width"))]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     rows = {site: {row["layer"]: row for row in found["layers"]} for site, found in sites.items()}
+    with_mean = {site: any("mean_ablation_recovered" in row for row in rows[site].values()) for site in sites}
+    head = ["layer", *(f"{short_label(site)}: {part}" for site in sites
+                       for part in ("zero-ablation cost (SD), nat", "predicted half-width",
+                                    *(["mean-ablation recovers"] if with_mean[site] else [])))]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for layer in sorted(set().union(*rows.values())):
         cells = [str(layer)]
         for site, found in sites.items():
             row = rows[site].get(layer)
             chosen = "**" if layer == found["layer"] else ""
-            cells += ([f"{chosen}{row['zero_ablation_cost']:.3f} ({row['sd']:.3f}){chosen}",
-                       f"{chosen}{100 * row['predicted_half_width']:.2f} pt{chosen}"] if row else ["—", "—"])
+            width = 3 if with_mean[site] else 2
+            if row is None:
+                cells += ["—"] * width
+                continue
+            cells += [f"{chosen}{row['zero_ablation_cost']:.3f} ({row['sd']:.3f}){chosen}",
+                      f"{chosen}{100 * row['predicted_half_width']:.2f} pt{chosen}"]
+            if with_mean[site]:
+                cells.append(f"{chosen}{100 * row['mean_ablation_recovered']:.1f}%{chosen}")
         lines.append("| " + " | ".join(cells) + " |")
     rule = reading["rule"]
+    reach = (f", and where mean-ablation recovers at least {100 * rule['reach_margin']:g} points less than the "
+             "site's lowest level" if rule.get("reach_margin") is not None else "")
     lines += ["", f"Rule: the layer nearest layer {reading['anchor_layer']} (deeper on a tie) whose predicted 95% "
                   f"half-width of loss recovered is at most {100 * rule['max_half_width']:g} point, noise floor "
-                  f"{rule['noise_floor']:g} nat; probed on {reading['probe_windows']} {reading['probe_split']}-split "
+                  f"{rule['noise_floor']:g} nat{reach}; probed on {reading['probe_windows']} {reading['probe_split']}-split "
                   "windows. " + " ".join(
                       f"{short_label(site)}: layer {found['layer']} ({'meets' if found['meets_rule'] else 'does not meet'} "
                       f"the rule), read at {100 * found['level']:g}% with {found['planned_windows']} test windows."

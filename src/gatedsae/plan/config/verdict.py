@@ -70,12 +70,14 @@ class LayerRuleConfig:
     any SAE is trained (plan/site_layers.py states the rule, scripts/probe_layers.py applies it to the
     model): the layer nearest the experiment's first layer (deeper on a tie) whose predicted 95%
     half-width of loss recovered, at the site's lowest level and the planned number of evaluation windows,
-    is at most `max_half_width`."""
+    is at most `max_half_width` and, with a `reach_margin`, where mean-ablation recovers at least that much
+    less than the level (so the sparse end of a frontier lies below it)."""
 
     sites: list[str] = field(default_factory=list)  # the sites the rule places ([]: none)
     max_half_width: float = 0.01  # of loss recovered (a fraction): one point
     noise_floor: float = 0.02     # nats: per-window SD of an SAE's excess CE that does not shrink with its error
     probe_windows: int = 16       # training-split windows the probe measures (never held-out text)
+    reach_margin: Optional[float] = None  # of loss recovered; None: no condition on mean-ablation
 
     def validate(self) -> None:
         for site in self.sites:
@@ -86,6 +88,8 @@ class LayerRuleConfig:
                 f"got {self.noise_floor}; a per-window SD in nats, ≥ 0 (e.g. 0.02)")
         require(self.probe_windows >= 8, "verdict.layer_rule.probe_windows",
                 f"got {self.probe_windows}; measure at least 8 windows")
+        require(self.reach_margin is None or 0 <= self.reach_margin < 0.5, "verdict.layer_rule.reach_margin",
+                f"got {self.reach_margin}; a margin of loss recovered in [0, 0.5), e.g. 0.02, or null for none")
 
 
 @dataclass
