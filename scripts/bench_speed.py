@@ -52,14 +52,18 @@ def timed(command: list[str], cwd: Path, log: Path, env: dict | None = None) -> 
     return time.perf_counter() - started
 
 
+STAGES, DTYPES = {"cache", "train", "evaluate"}, {"float32", "bfloat16"}
+
+
 def resolved_precisions(data: Path) -> dict[str, dict[str, int]]:
     """Per stage, how many of the run's records (store manifests, checkpoints, evaluations) computed in each
-    dtype: what `auto` resolved to on this machine."""
+    dtype: what `auto` resolved to on this machine. Only precision records count (a tokenizer's vocabulary
+    also has the keys "stage" and "dtype")."""
     counts: dict[str, dict[str, int]] = {}
 
     def visit(node) -> None:
         if isinstance(node, dict):
-            if {"stage", "dtype"} <= node.keys():
+            if node.get("stage") in STAGES and node.get("dtype") in DTYPES:
                 stage = counts.setdefault(node["stage"], {})
                 stage[node["dtype"]] = stage.get(node["dtype"], 0) + 1
             for value in node.values():

@@ -19,11 +19,11 @@ def _spread(summary: dict, digits: int = 2) -> str:
     return f"{summary['median']:.{digits}f} ({summary['min']:.{digits}f}–{summary['max']:.{digits}f})"
 
 
-def machine_line(name: str) -> str:
-    """One line: the machine the file records."""
+def machine_line(name: str, load_key: str = "load_average") -> str:
+    """One line: the machine the file records (its load average as `load_key` holds it)."""
     data = _read(name)
     m = data["machine"]
-    load = ", ".join(f"{value:.1f}" for value in m.get("load_average", data.get("load_average", [])))
+    load = ", ".join(f"{value:.1f}" for value in m.get(load_key, data.get(load_key, [])))
     native = {True: "yes", False: "no"}.get(m.get("native_bf16"), "not recorded")
     return (f"`results/benchmarks/{name}`, measured on: {m.get('cpu')} ({m.get('cores')} cores, torch "
             f"{m.get('torch')} running its {m.get('torch_cpu_capability')} kernels, CPU flags "
@@ -129,7 +129,72 @@ def cache_table() -> str:
     return "\n".join(lines)
 
 
+TIMED_STAGES = ("cache", "train", "train_all_tokens", "evaluate")  # the stages whose precision the machine chooses
+PRECISION_STAGES = ("cache", "train", "evaluate")  # as the records name them
+
+
+def _stage_seconds(run: dict) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for chapter in run["chapters"]:
+        for stage, seconds in chapter["stages"].items():
+            totals[stage] = totals.get(stage, 0.0) + seconds
+    return totals
+
+
+def _resolved(run: dict) -> str:
+    return "; ".join(f"{stage} " + ", ".join(f"{dtype} ×{count}" for dtype, count in sorted(dtypes.items()))
+                     for stage, dtypes in sorted(run["precision"].items()) if stage in PRECISION_STAGES) or "not recorded"
+
+
+def speed_table() -> str:
+    if not (BENCHMARKS / "speed.json").exists():
+        return ("`results/benchmarks/speed.json` (the replication timed cold twice, automatic precision against "
+                "float32) has not been written yet: `python scripts/bench_speed.py` runs it, and needs the machine "
+                "to itself for both cold runs.")
+    data = _read("speed.json")
+    runs, targets, verdicts = data["runs"], data["targets"], data["verdicts"]
+    stages = {name: _stage_seconds(run) for name, run in runs.items()}
+    recorded = data["machine"]
+    scope = f"the chapters through `{data['chapter']}`" if data.get("chapter") else "every chapter"
+    lines = [machine_line("speed.json", "load_average_before").replace("load average", "load average before"), "",
+             f"Two cold runs of experiment `{data['experiment']}` ({scope}, settings "
+             f"`{' '.join(data['settings']) or 'none'}`), one after the other at code version {data['code_version']}: "
+             "each a fresh clone, its install (`scripts/setup.sh`) and `python -m gatedsae replicate`; the first "
+             "leaves the precision to the machine, the second forces float32 at every stage. The last column counts "
+             "the run's precision records (store manifests, checkpoints, evaluations) by the dtype they computed in; "
+             "under auto a stage keeps float32 where its fidelity gate failed, and each record says why. The whole "
+             "run also counts the reporting jobs and the workflow's own time, which no stage column holds. "
+             "Load average after: "
+             + ", ".join(f"{x:.1f}" for x in recorded.get("load_average_after", [])) + ".", "",
+             "| run | install (min) | " + " | ".join(f"{stage} (min)" for stage in TIMED_STAGES)
+             + " | other stages (min) | whole run (min) | records computed in |",
+             "|---|---|" + "---|" * len(TIMED_STAGES) + "---|---|---|"]
+    for name, run in runs.items():
+        stages[name]["other"] = sum(v for k, v in stages[name].items() if k not in TIMED_STAGES)
+        lines.append(f"| {name} | {run['setup_seconds'] / 60:.1f} | "
+                     + " | ".join(f"{stages[name].get(stage, 0.0) / 60:.1f}" for stage in (*TIMED_STAGES, "other"))
+                     + f" | {run['wall_seconds'] / 60:.1f} | {_resolved(run)} |")
+    lines.append("| float32 / auto | | " + " | ".join(
+        f"{stages['float32'].get(stage, 0.0) / stages['auto'][stage]:.2f}×" if stages["auto"].get(stage) else "–"
+        for stage in (*TIMED_STAGES, "other")) + f" | **{data['ratio_float32_over_auto']:.2f}×** | |")
+    lines += ["", f"Target float32 / auto ≥ {targets['ratio']:g}×: **{'met' if targets['ratio_met'] else 'not met'}**. "
+              f"Target automatic run ≤ {targets['auto_wall_seconds'] / 60:.0f} min: "
+              f"**{'met' if targets['auto_wall_met'] else 'not met'}** ({runs['auto']['wall_seconds'] / 60:.1f} min).",
+              "", f"The two verdicts: {verdicts['within_interval']} of {verdicts['compared']} statistics with an "
+              "interval differ by less than the automatic run's 95% half-width; "
+              f"{verdicts['same_status']} of {verdicts['of']} claims end with the same status."]
+    differing = [row for row in verdicts["claims"] if row["auto_half_width"] is not None and not row["within_interval"]]
+    if differing:
+        lines[-1] += " Outside the half-width: " + "; ".join(
+            f"`{row['id']}` {row['auto']:.3f} → {row['float32']:.3f} (half-width {row['auto_half_width']:.3f})"
+            for row in differing) + "."
+    if data.get("precision_recount"):
+        lines += ["", f"Precision counts: {data['precision_recount']}."]
+    return "\n".join(lines)
+
+
 GENERATORS = {
+    "benchmarks speed": speed_table,
     "benchmarks eval speed": eval_speed_table,
     "benchmarks eval fidelity": eval_fidelity_table,
     "benchmarks cache": cache_table,

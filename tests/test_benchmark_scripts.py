@@ -1,7 +1,8 @@
 """The scripts that record whole cold runs (the runs themselves are benchmarks, not tests): bench_speed.py's
-claim-by-claim comparison of two verdicts and its count of what `auto` resolved to; record_replicate.py's
-reading of a finished run and of /usr/bin/time's report; grid_readings.py's validation-only summary of a
-grid."""
+claim-by-claim comparison of two verdicts, its count of what `auto` resolved to and the docs table of its file;
+record_replicate.py's
+reading of a finished run and of /usr/bin/time's report; grid_readings.py's validation-only
+summary of a grid."""
 
 from __future__ import annotations
 
@@ -42,7 +43,47 @@ def test_resolved_precisions_are_counted_per_stage_from_every_record(tmp_path):
     (tmp_path / "a" / "sae.json").write_text(json.dumps({"x": [{"precision": {"stage": "train", "dtype": "bfloat16"}}]}))
     (tmp_path / "b.json").write_text(json.dumps({"precision": {"stage": "train", "dtype": "bfloat16"}}))
     (tmp_path / "broken.json").write_text("{")
+    # a tokenizer's vocabulary has tokens "stage" and "dtype": ids, not a precision record
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"model": {"vocab": {"stage": 14680, "dtype": 16659}}}))
     assert SCRIPT["resolved_precisions"](tmp_path) == {"cache": {"float32": 1}, "train": {"bfloat16": 2}}
+
+
+def test_the_speed_table_gives_each_stage_both_runs_their_ratio_and_the_verdicts_agreement(tmp_path, monkeypatch):
+    import sys
+
+    sys.path.insert(0, "scripts")
+    import benchmark_tables
+
+    def run(wall: float, train: float, dtype: str) -> dict:
+        chapter = {"name": "headline", "stages": {"cache": 600.0, "train": train, "evaluate": 300.0, "browse": 60.0}}
+        return {"setup_seconds": 180.0, "replicate_seconds": wall - 180.0, "wall_seconds": wall, "chapters": [chapter],
+                "precision": {"cache": {"float32": 3}, "train": {dtype: 10}}}
+
+    claims = [{"id": "a", "auto": 0.5, "float32": 0.52, "difference": 0.02, "auto_half_width": 0.05,
+               "within_interval": True, "status_auto": "REPRODUCED", "status_float32": "REPRODUCED", "same_status": True},
+              {"id": "b", "auto": 1.0, "float32": 1.1, "difference": 0.1, "auto_half_width": 0.01,
+               "within_interval": False, "status_auto": "REPRODUCED", "status_float32": "INCONCLUSIVE",
+               "same_status": False}]
+    speed = {"command": "python scripts/bench_speed.py --chapter headline", "code_version": "abc1234",
+             "experiment": "default", "chapter": "headline", "settings": ["train.seeds=1"],
+             "machine": {"cpu": "CPU", "cores": 2, "threads": 2, "load_average": [2.0, 2.0, 2.0],
+                         "load_average_before": [0.5, 0.4, 0.3], "load_average_after": [2.0, 1.9, 1.8]},
+             "runs": {"auto": run(2400.0, 900.0, "bfloat16"), "float32": run(3000.0, 1500.0, "float32")},
+             "ratio_float32_over_auto": 1.25,
+             "targets": {"ratio": 1.8, "ratio_met": False, "auto_wall_seconds": 2400, "auto_wall_met": True},
+             "verdicts": {"claims": claims, "compared": 2, "within_interval": 1, "same_status": 1, "of": 2}}
+    (tmp_path / "speed.json").write_text(json.dumps(speed))
+    monkeypatch.setattr(benchmark_tables, "BENCHMARKS", tmp_path)
+    text = benchmark_tables.speed_table()
+    assert "load average before 0.5, 0.4, 0.3" in text and "Load average after: 2.0, 1.9, 1.8." in text
+    assert "the chapters through `headline`, settings `train.seeds=1`" in text
+    assert "| auto | 3.0 | 10.0 | 15.0 | 0.0 | 5.0 | 1.0 | 40.0 | cache float32 ×3; train bfloat16 ×10 |" in text
+    assert "| float32 / auto | | 1.00× | 1.67× | – | 1.00× | 1.00× | **1.25×** | |" in text
+    assert "≥ 1.8×: **not met**" in text and "≤ 40 min: **met** (40.0 min)" in text
+    assert "1 of 2 statistics" in text and "1 of 2 claims end with the same status" in text
+    assert "`b` 1.000 → 1.100 (half-width 0.010)" in text and "`a`" not in text
+    monkeypatch.setattr(benchmark_tables, "BENCHMARKS", tmp_path / "none")
+    assert "has not been written yet" in benchmark_tables.speed_table()
 
 
 TIME_REPORT = """\tCommand being timed: "make replicate"
