@@ -85,8 +85,8 @@ def cold_run(into: Path, experiment: str, overrides: list[str], chapter: str | N
     subprocess.run(["git", "clone", "--quiet", str(REPO_ROOT), str(into)], check=True)
     setup = timed(["bash", "scripts/setup.sh"], into, into / "setup.log")
     env = {**os.environ, "GATEDSAE_SETUP_SECONDS": str(round(setup))}
-    command = [str(into / ".venv" / "bin" / "python"), "-m", "gatedsae", "replicate", f"experiment={experiment}", *overrides,
-                                                          *([f"--chapter={chapter}"] if chapter else [])]
+    command = [str(into / ".venv" / "bin" / "python"), "-m", "gatedsae", "replicate", f"experiment={experiment}",
+               *overrides, *([f"--chapter={chapter}"] if chapter else [])]
     replicate = timed(command, into, into / "replicate.log", env)
     results = into / "results" / experiment
     return {"setup_seconds": round(setup, 1), "replicate_seconds": round(replicate, 1),

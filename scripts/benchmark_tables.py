@@ -19,7 +19,7 @@ def _spread(summary: dict, digits: int = 2) -> str:
     return f"{summary['median']:.{digits}f} ({summary['min']:.{digits}f}–{summary['max']:.{digits}f})"
 
 
-def machine_line(name: str, load_key: str = "load_average") -> str:
+def machine_line(name: str, load_key: str = "load_average", load_label: str = "load average") -> str:
     """One line: the machine the file records (its load average as `load_key` holds it)."""
     data = _read(name)
     m = data["machine"]
@@ -28,7 +28,7 @@ def machine_line(name: str, load_key: str = "load_average") -> str:
     return (f"`results/benchmarks/{name}`, measured on: {m.get('cpu')} ({m.get('cores')} cores, torch "
             f"{m.get('torch')} running its {m.get('torch_cpu_capability')} kernels, CPU flags "
             f"{', '.join(m.get('cpu_features', [])) or 'none recorded'}; native bf16: {native}), "
-            f"{m.get('threads')} threads, load average {load or 'not recorded'}; command "
+            f"{m.get('threads')} threads, {load_label} {load or 'not recorded'}; command "
             f"`{data['command'].split('/')[-1] if 'command' in data else '?'}`.")
 
 
@@ -130,7 +130,6 @@ def cache_table() -> str:
 
 
 TIMED_STAGES = ("cache", "train", "train_all_tokens", "evaluate")  # the stages whose precision the machine chooses
-PRECISION_STAGES = ("cache", "train", "evaluate")  # as the records name them
 
 
 def _stage_seconds(run: dict) -> dict[str, float]:
@@ -143,7 +142,7 @@ def _stage_seconds(run: dict) -> dict[str, float]:
 
 def _resolved(run: dict) -> str:
     return "; ".join(f"{stage} " + ", ".join(f"{dtype} ×{count}" for dtype, count in sorted(dtypes.items()))
-                     for stage, dtypes in sorted(run["precision"].items()) if stage in PRECISION_STAGES) or "not recorded"
+                     for stage, dtypes in sorted(run["precision"].items())) or "not recorded"
 
 
 def speed_table() -> str:
@@ -156,7 +155,7 @@ def speed_table() -> str:
     stages = {name: _stage_seconds(run) for name, run in runs.items()}
     recorded = data["machine"]
     scope = f"the chapters through `{data['chapter']}`" if data.get("chapter") else "every chapter"
-    lines = [machine_line("speed.json", "load_average_before").replace("load average", "load average before"), "",
+    lines = [machine_line("speed.json", "load_average_before", "load average before"), "",
              f"Two cold runs of experiment `{data['experiment']}` ({scope}, settings "
              f"`{' '.join(data['settings']) or 'none'}`), one after the other at code version {data['code_version']}: "
              "each a fresh clone, its install (`scripts/setup.sh`) and `python -m gatedsae replicate`; the first "
