@@ -169,7 +169,8 @@ def test_the_site_layers_block_bolds_each_sites_rule_layer_and_gives_its_windows
     """A 'site-layers' block: one row per probed layer, each site's rule layer in bold, and per site the
     layer, the level and the test windows the rule planned with (a site's own windows where it has them)."""
     def row(layer, cost, width):
-        return {"layer": layer, "zero_ablation_cost": cost, "sd": 0.1, "windows": 16, "predicted_half_width": width}
+        return {"layer": layer, "zero_ablation_cost": cost, "sd": 0.1, "windows": 16, "predicted_half_width": width,
+                "windows_needed": 128 * (width / 0.01) ** 2}
 
     reading = {"anchor_layer": 2, "probe_windows": 16, "probe_split": "train",
                "rule": {"sites": ["attn_z", "mlp_out"], "max_half_width": 0.01, "noise_floor": 0.02},
@@ -183,7 +184,9 @@ def test_the_site_layers_block_bolds_each_sites_rule_layer_and_gives_its_windows
     assert "| 1 | **3.500 (0.100)** | **0.60 pt** | — | — |" in text
     assert "| 0 | 2.000 (0.100) | 0.80 pt | **0.700 (0.100)** | **1.20 pt** |" in text
     assert "Attention output: layer 1 (meets the rule), read at 90.95% with 64 test windows" in text
-    assert "MLP output: layer 0 (does not meet the rule), read at 87.165% with 128 test windows" in text
+    # a layer that misses the rule says how many windows it would need (128 × (1.2 / 1)² ≈ 184)
+    assert ("MLP output: layer 0 (does not meet the rule), read at 87.165% with 128 test windows; it would meet "
+            "the half-width at about 184 windows.") in text
     # with a reach margin the probe measured mean-ablation too: a column for the site that has it
     reading["rule"]["reach_margin"] = 0.02
     for row, recovered in zip(reading["sites"]["attn_z"]["layers"], (0.95, 0.80)):

@@ -245,11 +245,16 @@ def site_layers(reading: dict) -> list[str]:
     lines += ["", f"Rule: the layer nearest layer {reading['anchor_layer']} (deeper on a tie) whose predicted 95% "
                   f"half-width of loss recovered is at most {100 * rule['max_half_width']:g} point, noise floor "
                   f"{rule['noise_floor']:g} nat{reach}; probed on {reading['probe_windows']} {reading['probe_split']}-split "
-                  "windows. " + " ".join(
-                      f"{short_label(site)}: layer {found['layer']} ({'meets' if found['meets_rule'] else 'does not meet'} "
-                      f"the rule), read at {100 * found['level']:g}% with {found['planned_windows']} test windows."
-                      for site, found in sites.items())]
+                  "windows. " + " ".join(_site_layer_sentence(site, found, rows[site]) for site, found in sites.items())]
     return lines
+
+
+def _site_layer_sentence(site: str, found: dict, rows: dict) -> str:
+    """Where a site is read; for a layer that does not meet the rule, the windows it would need."""
+    needed = "" if found["meets_rule"] else (
+        f"; it would meet the half-width at about {rows[found['layer']]['windows_needed']:.0f} windows")
+    return (f"{short_label(site)}: layer {found['layer']} ({'meets' if found['meets_rule'] else 'does not meet'} "
+            f"the rule), read at {100 * found['level']:g}% with {found['planned_windows']} test windows{needed}.")
 
 
 def cluster(measured: dict) -> list[str]:

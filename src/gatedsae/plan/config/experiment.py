@@ -41,7 +41,7 @@ class ExperimentConfig:
     chapters: list[ChapterConfig] = field(default_factory=list)  # [] : the experiment is one chapter
     chapter: str = ""        # run only up to this chapter ("": the whole experiment)
     # site → its layers, in place of `layers` for that site: e.g. the attention output at the layer
-    # conf/verdict's layer_rule chose (results/calibration/site_layers.json), {attn_z: [1]}
+    # conf/verdict's layer_rule chose (results/calibration/site_layers.json), {attn_z: [3]}
     site_layers: dict[str, list[int]] = field(default_factory=dict)
 
     @property

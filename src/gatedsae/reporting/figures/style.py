@@ -139,7 +139,7 @@ def cells_of(frame: pd.DataFrame) -> tuple[list[str], list[int]]:
 def site_grid(frame: pd.DataFrame, sharey: bool = False, panel_height: float = 2.0):
     """A full-width figure with one column per site and one row per layer in `frame`; panels titled by
     site (and layer, when there are several). When the sites sit at different layers (the default's
-    attention output at layer 1, the rest at 15), one row with a panel per (site, layer) that has data
+    attention output at layer 3, the MLP output at 28, the residual stream at 15), one row with a panel per (site, layer) that has data
     instead of a grid of mostly empty panels. Returns (figure, {(site, layer): axes})."""
     sites, layers = cells_of(frame)
     present = set(zip(frame["site"], frame["layer"].astype(int)))
