@@ -1,5 +1,6 @@
-"""The tables of docs/benchmarks-training.md, rendered from results/benchmarks/train.json (scripts/bench_train.py)
-and train_precision.json (scripts/check_train_precision.py) by scripts/update_docs.py."""
+"""The tables of docs/benchmarks-training.md, rendered from results/benchmarks/train.json (scripts/bench_train.py),
+train_crossover.json (scripts/bench_crossover.py) and train_precision.json (scripts/check_train_precision.py) by
+scripts/update_docs.py."""
 
 from __future__ import annotations
 
@@ -119,8 +120,44 @@ def train_crossover_table() -> str:
     return "\n".join(lines)
 
 
+def crossover_by_precision_table() -> str:
+    """Per default width, the density above which dense steps win, in each precision the trainer runs in."""
+    data = _read("train_crossover.json")
+    precisions = list(data["crossover"])
+    lines = _head("SAE (width)", *(f"dense steps faster above ({precision} encoder)" for precision in precisions),
+                  *(f"dense / support step time at density 0.2 ({precision})" for precision in precisions))
+    for name in data["crossover"][precisions[0]]:
+        arch, width = name.split("_w")
+        entries = [data["crossover"][precision][name] for precision in precisions]
+        cells = ["not within them" if e["crossover_density"] is None else f"{e['crossover_density']:.3f}" for e in entries]
+        at_02 = [min(e["points"], key=lambda point: abs(point["density"] - 0.2)) for e in entries]
+        cells += [f"{point['dense_s'] / point['sparse_s']:.2f}" for point in at_02]
+        lines.append(f"| {NAMES.get(arch, arch)}, {int(width):,} | " + " | ".join(cells) + " |")
+    lowest = ", ".join(f"{precision} {value:.3f}" for precision, value in data["crossover_min"].items())
+    lines += ["", f"Lowest crossover: {lowest}; `train.sparse_max_density` configured when measured: "
+              f"{data['train_sparse_max_density']:g}. {machine_line('train_crossover.json')}"]
+    if "training" in data:
+        lines += ["", _training_check(data["training"])]
+    return "\n".join(lines)
+
+
+def _training_check(training: dict) -> str:
+    """One sentence per group: its first steps' wall time at each threshold, in one run each."""
+    parts = []
+    for name, entry in training["groups"].items():
+        arch, width = name.split("_w")
+        runs = "; ".join(f"{run['seconds']:.0f} s at {run['threshold']:g} ({run['sparse_steps']} steps on the "
+                         f"support, density {run['mean_density_last_step']:.3f} at the last)" for run in entry["runs"])
+        first, last = entry["runs"][0]["threshold"], entry["runs"][-1]["threshold"]
+        parts.append(f"{NAMES.get(arch, arch)} {int(width):,} wide, {entry['saes']} SAEs: {runs}; time at {first:g} / "
+                     f"time at {last:g}: {entry['seconds_ratio_first_over_last']:.2f}")
+    return (f"In training ({training['precision']} encoder), the first {training['steps']} steps of each group from a "
+            "fresh start, one run per threshold: " + ". ".join(parts) + ".")
+
+
 GENERATORS = {
     "benchmarks train crossover": train_crossover_table,
+    "benchmarks train crossover by precision": crossover_by_precision_table,
     "benchmarks train speed": train_speed_table,
     "benchmarks train profile": train_profile_table,
     "benchmarks train precision": train_precision_table,

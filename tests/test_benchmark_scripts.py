@@ -145,3 +145,39 @@ def test_grid_readings_average_seeds_per_point_and_never_read_the_test_split(tmp
     assert [(p["variant"], p["l1"], p["seeds"]) for p in points] == [("all_tokens", 0.002, 1), ("sweep", 0.02, 2)]
     sweep = points[1]
     assert (sweep["l0"], sweep["loss_recovered"], sweep["layer"]) == (150, 0.97, 15)
+
+
+def test_the_crossover_table_gives_each_width_in_each_precision(tmp_path, monkeypatch):
+    import sys
+
+    sys.path.insert(0, "scripts")
+    import benchmark_tables
+    import train_benchmark_tables
+
+    def width(cross, at_02_dense, at_02_sparse):
+        return {"crossover_density": cross, "points": [
+            {"density": 0.05, "sparse_s": 0.1, "dense_s": 0.3, "speedup": 3.0},
+            {"density": 0.199, "sparse_s": at_02_sparse, "dense_s": at_02_dense, "speedup": at_02_sparse / at_02_dense}]}
+
+    data = {"command": "python scripts/bench_crossover.py", "train_sparse_max_density": 0.1,
+            "machine": {"cpu": "CPU", "cores": 2, "threads": 2, "load_average": [0.5, 0.5, 0.5]},
+            "crossover": {"float32": {"gated_w2304": width(0.13, 0.3, 0.5), "baseline_w3456": width(None, 0.2, 0.1)},
+                          "bfloat16": {"gated_w2304": width(0.12, 0.25, 0.5), "baseline_w3456": width(0.101, 0.3, 0.6)}},
+            "crossover_min": {"float32": 0.13, "bfloat16": 0.101}}
+    (tmp_path / "train_crossover.json").write_text(json.dumps(data))
+    monkeypatch.setattr(benchmark_tables, "BENCHMARKS", tmp_path)
+    text = train_benchmark_tables.crossover_by_precision_table()
+    assert "| Gated, 2,304 | 0.130 | 0.120 | 0.60 | 0.50 |" in text
+    assert "| baseline, 3,456 | not within them | 0.101 | 2.00 | 0.50 |" in text
+    assert "Lowest crossover: float32 0.130, bfloat16 0.101" in text and "`results/benchmarks/train_crossover.json`" in text
+    assert "In training" not in text
+    data["training"] = {"steps": 150, "thresholds": [0.2, 0.1], "precision": "bfloat16", "groups": {"gated_w2304": {
+        "saes": 12, "seconds_ratio_first_over_last": 1.25, "runs": [
+            {"threshold": 0.2, "seconds": 250.0, "sparse_steps": 140, "mean_density_last_step": 0.05},
+            {"threshold": 0.1, "seconds": 200.0, "sparse_steps": 120, "mean_density_last_step": 0.05}]}}}
+    (tmp_path / "train_crossover.json").write_text(json.dumps(data))
+    text = train_benchmark_tables.crossover_by_precision_table()
+    assert ("the first 150 steps of each group from a fresh start, one run per threshold: Gated 2,304 wide, 12 SAEs: "
+            "250 s at 0.2 (140 steps on the support, density 0.050 at the last); 200 s at 0.1 (120 steps on the "
+            "support, density 0.050 at the last); time at 0.2 / time at 0.1: 1.25.") in text
+
