@@ -38,9 +38,14 @@ from gatedsae.training.trainer import GridTrainer, TrainingBatches
 DENSITIES = [0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3]
 
 
+def group_name(group, d: int) -> str:
+    """'<arch>_w<width>': how the file names a group of the sweep."""
+    return f"{group.arch}_w{int(group.width_ratio * d)}"
+
+
 def default_widths(config, d: int) -> dict[str, int]:
-    """'<arch>_w<width>' of every group of the default sweep (each width once per architecture)."""
-    return {f"{group.arch}_w{int(group.width_ratio * d)}": int(group.width_ratio * d)
+    """The width of every Gated and baseline group of the default sweep, by `group_name`."""
+    return {group_name(group, d): int(group.width_ratio * d)
             for group in config.sweep.groups if group.arch in (PROPOSED, BASELINE)}
 
 
@@ -87,8 +92,9 @@ def main() -> None:
         measured[precision] = crossover(with_precision(config, precision), store, x, widths, DENSITIES)
     thresholds = [float(value) for value in args.thresholds.split(",")]
     training = {}
-    for group in [g for g in default.sweep.groups if "resid_post" in (g.sites or ["resid_post"])][:2]:
-        name = f"{group.arch}_w{int(group.width_ratio * store.d)}"
+    residual_groups = [g for g in default.sweep.groups if not g.sites or "resid_post" in g.sites]
+    for group in residual_groups[:2]:  # the Gated group and its compute-matched baseline
+        name = group_name(group, store.d)
         print(f"training {name} at thresholds {thresholds}", flush=True)
         runs = [trained_steps(default, store, group, args.steps, threshold) for threshold in thresholds]
         training[name] = {"saes": len(group.l1) * default.train.seeds, "runs": runs,

@@ -133,7 +133,8 @@ def crossover_by_precision_table() -> str:
         at_02 = [min(e["points"], key=lambda point: abs(point["density"] - 0.2)) for e in entries]
         cells += [f"{point['dense_s'] / point['sparse_s']:.2f}" for point in at_02]
         lines.append(f"| {NAMES.get(arch, arch)}, {int(width):,} | " + " | ".join(cells) + " |")
-    lowest = ", ".join(f"{precision} {value:.3f}" for precision, value in data["crossover_min"].items())
+    lowest = ", ".join(f"{precision} " + ("none within the densities" if value is None else f"{value:.3f}")
+                       for precision, value in data["crossover_min"].items())
     lines += ["", f"Lowest crossover: {lowest}; `train.sparse_max_density` configured when measured: "
               f"{data['train_sparse_max_density']:g}. {machine_line('train_crossover.json')}"]
     if "training" in data:
