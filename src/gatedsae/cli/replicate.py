@@ -7,7 +7,8 @@ SAEs it adds, and the last chapter's outputs are those of the whole experiment. 
 last stops after evaluation (`experiment.through=evaluate`): the tables, figures, verdict and report are
 made once, by the last chapter, from every SAE. The timings go to
 `results/<experiment>/replicate.json` (a pipeline output, versioned by DVC with the results); `make
-replicate` prints the verdict after it.
+replicate` prints the verdict after it. A run killed mid-way resumes when run again, and its timings then
+add up the work of every invocation (cli/replicate_journal.py).
 
     python -m gatedsae replicate experiment=default            # every chapter
     python -m gatedsae replicate experiment=default --chapter=headline   # up to that chapter
@@ -21,11 +22,12 @@ import platform
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
+from gatedsae.cli.replicate_journal import JOURNAL_FILE, Journal
 from gatedsae.core.atomic import write_json_atomic
+from gatedsae.core.codehash import code_version
 from gatedsae.core.errors import PipelineError
 from gatedsae.plan.chapters import chapter_names, chapters_to_run
 from gatedsae.plan.config import Config, ConfigError
@@ -57,11 +59,13 @@ def overrides_of_chapter(overrides: list[str], name: str, last: bool, through: s
     return kept + ([f"experiment.chapter={name}"] if name else []) + (["experiment.through=evaluate"] if stop_early else [])
 
 
-def stage_seconds(benchmarks: Path, since: float) -> dict[str, float]:
-    """Seconds per rule of the jobs that finished after `since`, from Snakemake's benchmark files."""
+def stage_seconds(benchmarks: Path, since: float, until: Optional[float] = None) -> dict[str, float]:
+    """Seconds per rule of the jobs that finished after `since` (and by `until`), from Snakemake's
+    benchmark files."""
     seconds: dict[str, float] = {}
     for path in sorted(benchmarks.rglob("*.tsv")) if benchmarks.exists() else []:
-        if path.stat().st_mtime < since:
+        finished = path.stat().st_mtime
+        if finished <= since or (until is not None and finished > until):
             continue
         rule = path.relative_to(benchmarks).parts[0]
         with open(path) as handle:
@@ -85,6 +89,12 @@ def replicate(config: Config, overrides: list[str], chapter: Optional[str] = Non
               f"{', '.join(run)} so that they stay in the published results (only what changed reruns)", flush=True)
     overrides = [o for o in overrides if not o.startswith(("experiment=", "experiment.chapter="))]
     benchmarks = Path("benchmarks") / experiment.name
+    journal = Journal.resume_or_start(Path("logs") / experiment.name / JOURNAL_FILE,
+                                      {"experiment": experiment.name, "overrides": overrides, "chapter": chapter},
+                                      code_version(), _setup_seconds())
+    if journal.resumed:
+        print(f"resuming the run an earlier invocation left unfinished ({len(journal.invocations) - 1} before this "
+              "one): finished jobs are kept, and the timings add up every invocation's work", flush=True)
     timings = {"experiment": experiment.name, "overrides": overrides, "chapter": chapter, "chapters_run": run,
                "command": " ".join(shlex.quote(a) for a in [sys.executable, "-m", "gatedsae", "replicate",
                                                              f"experiment={experiment.name}", *overrides,
@@ -92,14 +102,14 @@ def replicate(config: Config, overrides: list[str], chapter: Optional[str] = Non
                "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                            "python": platform.python_version()},
                "setup_seconds": _setup_seconds(), "chapters": []}
-    started = time.time()
+    descriptions = {c.name: c.description for c in experiment.chapters}
     for number, name in enumerate(run, 1):
-        described = next((c.description for c in experiment.chapters if c.name == name), "")
+        described = descriptions.get(name, "")
         title = f"chapter {number} of {len(run)}: {name}" if name else f"experiment {experiment.name}"
         print(f"\n=== {title}" + (f" ({described})" if described else ""), flush=True)
         chapter_overrides = overrides_of_chapter(overrides, name, last=number == len(run),
                                                  through=experiment.through)
-        chapter_started = time.time()
+        journal.chapter_started(name or experiment.name)
         logs = Path("logs") / experiment.name / name
         result = subprocess.run(snakemake_command(experiment.name, chapter_overrides,
                                                   progress_log=logs / SNAKEMAKE_LOG))
@@ -107,14 +117,18 @@ def replicate(config: Config, overrides: list[str], chapter: Optional[str] = Non
             raise PipelineError(f"chapter {name or experiment.name} failed (Snakemake exit code {result.returncode}); "
                                f"its logs are under {logs}/ ({SNAKEMAKE_LOG}: all Snakemake said). Fix the cause and "
                                "run the same command again: finished work is kept.")
-        timings["chapters"].append({"name": name or experiment.name, "description": described,
-                                    "wall_seconds": round(time.time() - chapter_started, 1),
-                                    "stages": stage_seconds(benchmarks, chapter_started)})
-    timings["wall_seconds"] = round(time.time() - started, 1)
+        journal.chapter_ended()
+    timings["chapters"] = journal.chapters(benchmarks, stage_seconds, descriptions)
+    timings["wall_seconds"] = round(sum(c["wall_seconds"] for c in timings["chapters"]), 1)
+    if journal.resumed:  # each invocation's install and chapters, the killed ones up to their last finished job
+        timings["invocations"] = journal.summary(benchmarks)
+        setups = [i["setup_seconds"] for i in timings["invocations"] if i["setup_seconds"] is not None]
+        timings["setup_seconds"] = round(sum(setups), 1) if setups else None
     if timings["setup_seconds"] is not None:
         timings["wall_seconds_with_setup"] = round(timings["wall_seconds"] + timings["setup_seconds"], 1)
     out = experiment.results / TIMINGS_FILE
     write_json_atomic(out, timings)
+    journal.finish()
     _print_summary(timings, experiment.results)
     return out
 

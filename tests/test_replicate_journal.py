@@ -1,0 +1,110 @@
+"""A `make replicate` run killed mid-way and resumed reports the work of every invocation
+(cli/replicate_journal.py): each chapter's wall time and stage seconds summed over invocations, the killed
+chapter counted up to its last finished job, the journal gone once the run ends."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from gatedsae.cli import replicate, replicate_journal
+from gatedsae.plan.config import load_config
+
+
+class Clock:
+    def __init__(self, now: float):
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+
+def _job(rule: str, name: str, seconds: float, finished: float) -> None:
+    """A Snakemake benchmark file of a job that took `seconds` and finished at `finished`."""
+    path = Path("benchmarks") / "smoke" / rule / f"{name}.tsv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"s\th:m:s\n{seconds}\t0:00:00\n")
+    os.utime(path, (finished, finished))
+
+
+def _runner(clock: Clock, script: list):
+    """A stand-in for Snakemake: each chapter's run takes the next step of `script`: jobs to finish, seconds
+    to advance, and whether the invocation is killed at its end."""
+    def run(command):
+        jobs, advance, killed = script.pop(0)
+        start = clock.now
+        for rule, name, seconds, offset in jobs:
+            _job(rule, name, seconds, start + offset)
+        clock.now = start + advance
+        if killed:
+            raise KeyboardInterrupt  # the session ends, the machine goes away
+        return SimpleNamespace(returncode=0)
+    return run
+
+
+@pytest.fixture
+def run_in(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    clock = Clock(1_000_000.0)
+    monkeypatch.setattr(replicate_journal, "time", clock)
+    monkeypatch.setattr(replicate, "code_version", lambda: "abc1234")
+    config = load_config(["experiment=smoke"])
+    config = replace(config, experiment=replace(config.experiment, results_dir=str(tmp_path / "results")))
+
+    def invoke(script: list, chapter=None):
+        monkeypatch.setattr(replicate, "subprocess", SimpleNamespace(run=_runner(clock, script)))
+        return replicate.replicate(config, [], chapter)
+    return clock, invoke, config
+
+
+def test_a_killed_run_resumed_reports_every_invocations_work(run_in):
+    clock, invoke, config = run_in
+    # First invocation: the headline chapter finishes a 100 s job, then is killed 50 s into the next one
+    # (lost work, rerun later: not counted).
+    with pytest.raises(KeyboardInterrupt):
+        invoke([([("train", "a", 100.0, 100.0)], 150.0, True)])
+    journal = Path("logs") / "smoke" / replicate_journal.JOURNAL_FILE
+    assert journal.exists()
+    clock.now += 3600  # the next session
+    resumed_at = clock.now
+    # Second invocation: the headline's remaining job (the lost one, redone), then the other chapters.
+    remaining = [([("train", "b", 60.0, 60.0), ("evaluate", "a", 20.0, 80.0)], 80.0, False),
+                 ([("rescale_shift", "a", 5.0, 5.0)], 5.0, False), ([], 1.0, False), ([], 2.0, False)]
+    out = invoke(remaining)
+    timings = json.loads(out.read_text())
+    headline = timings["chapters"][0]
+    assert headline["name"] == "headline"
+    assert headline["wall_seconds"] == 100.0 + 80.0  # killed at 150 s, counted to its last finished job
+    assert headline["stages"] == {"train": 160.0, "evaluate": 20.0}
+    assert [c["wall_seconds"] for c in timings["chapters"][1:]] == [5.0, 1.0, 2.0]
+    assert timings["wall_seconds"] == 188.0
+    first, second = timings["invocations"]
+    assert first["interrupted_in"] == "headline" and first["wall_seconds"] == 100.0
+    assert second["interrupted_in"] is None and second["wall_seconds"] == 88.0
+    assert second["started"] == replicate_journal.time_text(resumed_at)
+    assert not journal.exists(), "a finished run leaves no journal"
+
+
+def test_a_run_in_one_piece_has_no_invocations_list(run_in):
+    clock, invoke, _ = run_in
+    timings = json.loads(invoke([([("train", "a", 10.0, 10.0)], 10.0, False)] + [([], 1.0, False)] * 3)
+                         .read_text())
+    assert "invocations" not in timings
+    assert [c["wall_seconds"] for c in timings["chapters"]] == [10.0, 1.0, 1.0, 1.0]
+    assert timings["chapters"][0]["stages"] == {"train": 10.0}
+
+
+def test_another_runs_leftover_journal_is_not_continued(run_in):
+    clock, invoke, _ = run_in
+    with pytest.raises(KeyboardInterrupt):
+        invoke([([("train", "a", 100.0, 100.0)], 150.0, True)], chapter="headline")
+    clock.now += 3600
+    # a run of every chapter is not the killed run of the headline alone: its timings start afresh
+    timings = json.loads(invoke([([], 3.0, False)] + [([], 1.0, False)] * 3).read_text())
+    assert "invocations" not in timings
+    assert timings["chapters"][0]["wall_seconds"] == 3.0 and timings["chapters"][0]["stages"] == {}
