@@ -94,16 +94,14 @@ TIME_REPORT = """\tCommand being timed: "make replicate"
 """
 
 
-def test_a_cold_run_is_recorded_from_its_own_files_and_times_report(tmp_path, monkeypatch):
+def _record(tmp_path, monkeypatch, run: dict, summary: dict) -> dict:
+    """record_replicate.py on a clone (a git checkout) holding the run's replicate.json and a verdict with
+    `summary`, and /usr/bin/time's TIME_REPORT: the record it writes."""
     clone = tmp_path / "clone"
     results = clone / "results" / "default"
     results.mkdir(parents=True)
-    chapters = [{"name": "headline", "description": "h", "wall_seconds": 3000.0, "stages": {"train": 1000.0}},
-                {"name": "groundtruth", "description": "g", "wall_seconds": 200.0, "stages": {}}]
-    (results / "replicate.json").write_text(json.dumps({"setup_seconds": 120.0, "chapters": chapters,
-                                                        "wall_seconds": 3200.0}))
-    (results / "verdict.json").write_text(json.dumps({"summary": {"REPRODUCED": 10, "NOT REPRODUCED": 2,
-                                                                  "INCONCLUSIVE": 0}}))
+    (results / "replicate.json").write_text(json.dumps(run))
+    (results / "verdict.json").write_text(json.dumps({"summary": summary}))
     subprocess.run(["git", "init", "-q", str(clone)], check=True)
     subprocess.run(["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
                     "--allow-empty", "-m", "x"], check=True)
@@ -112,7 +110,14 @@ def test_a_cold_run_is_recorded_from_its_own_files_and_times_report(tmp_path, mo
     monkeypatch.setattr("sys.argv", ["record_replicate.py", "--clone", str(clone), "--time", str(tmp_path / "time.txt"),
                                      "--how-measured", "alone", "--out", str(out)])
     assert RECORD["main"]() == 0
-    record = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_a_cold_run_is_recorded_from_its_own_files_and_times_report(tmp_path, monkeypatch):
+    chapters = [{"name": "headline", "description": "h", "wall_seconds": 3000.0, "stages": {"train": 1000.0}},
+                {"name": "groundtruth", "description": "g", "wall_seconds": 200.0, "stages": {}}]
+    record = _record(tmp_path, monkeypatch, {"setup_seconds": 120.0, "chapters": chapters, "wall_seconds": 3200.0},
+                     {"REPRODUCED": 10, "NOT REPRODUCED": 2, "INCONCLUSIVE": 0})
     assert record["wall_seconds"] == 2 * 3600 + 3 * 60 + 4.5 and record["max_rss_gib"] == 3.0
     assert record["chapters"] == chapters and record["setup_seconds"] == 120.0
     assert record["targets"]["headline_chapter_with_install_seconds"] == 3120.0
@@ -124,27 +129,14 @@ def test_a_cold_run_is_recorded_from_its_own_files_and_times_report(tmp_path, mo
 def test_a_resumed_run_is_recorded_from_its_journal_not_the_last_invocations_clock(tmp_path, monkeypatch):
     """A run killed and resumed: /usr/bin/time saw only the resumed part; the record's whole time is the sum
     the run kept over its invocations (replicate.json's wall_seconds_with_setup), with the invocations."""
-    clone = tmp_path / "clone"
-    results = clone / "results" / "default"
-    results.mkdir(parents=True)
     invocations = [{"started": "2026-12-06T12:46:11+00:00", "code_version": "a", "setup_seconds": 200.0,
                     "wall_seconds": 8000.0, "interrupted_in": "ablations"},
                    {"started": "2026-12-07T09:00:00+00:00", "code_version": "a", "setup_seconds": 5.0,
                     "wall_seconds": 1200.0, "interrupted_in": None}]
     chapters = [{"name": "headline", "description": "h", "wall_seconds": 9200.0, "stages": {"train": 5000.0}}]
-    (results / "replicate.json").write_text(json.dumps({"setup_seconds": 205.0, "chapters": chapters,
-                                                        "wall_seconds": 9200.0, "wall_seconds_with_setup": 9405.0,
-                                                        "invocations": invocations}))
-    (results / "verdict.json").write_text(json.dumps({"summary": {"REPRODUCED": 1}}))
-    subprocess.run(["git", "init", "-q", str(clone)], check=True)
-    subprocess.run(["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
-                    "--allow-empty", "-m", "x"], check=True)
-    (tmp_path / "time.txt").write_text(TIME_REPORT)
-    out = tmp_path / "replicate.json"
-    monkeypatch.setattr("sys.argv", ["record_replicate.py", "--clone", str(clone), "--time", str(tmp_path / "time.txt"),
-                                     "--how-measured", "resumed", "--out", str(out)])
-    assert RECORD["main"]() == 0
-    record = json.loads(out.read_text())
+    record = _record(tmp_path, monkeypatch, {"setup_seconds": 205.0, "chapters": chapters, "wall_seconds": 9200.0,
+                                             "wall_seconds_with_setup": 9405.0, "invocations": invocations},
+                     {"REPRODUCED": 1})
     assert record["wall_seconds"] == 9405.0 and record["targets"]["whole_with_install_seconds"] == 9405.0
     assert record["invocations"] == invocations
     assert record["last_invocation_wall_seconds"] == 2 * 3600 + 3 * 60 + 4.5
