@@ -91,3 +91,32 @@ def test_the_predictor_learns_each_stage_from_its_finished_jobs():
         4.0 + 0.25 * predictor.compute_seconds("train", "mlp_out"))
     assert predictor.seconds("train", "mlp_out") < before
     assert predictor.seconds("all") == 0
+
+
+def test_a_cpu_stage_starts_from_the_last_timed_runs_ratio_until_its_own_jobs_finish(tmp_path):
+    from dataclasses import replace
+
+    from gatedsae.plan.eta import measured_ratios
+
+    config = load_config(["experiment=default", "experiment.chapter=headline"])
+    predictor = Predictor(config, prior={"train": 0.5, "evaluate": 0.25})
+    startup = predictor.startup
+    assert predictor.seconds("train", "mlp_out") == pytest.approx(startup + 0.5 * predictor.compute_seconds("train", "mlp_out"))
+    predictor.observe("cache", None, startup + 0.1 * predictor.compute_seconds("cache"))
+    assert predictor.seconds("evaluate", "attn_z") == pytest.approx(   # not the cache's ratio: its own prior
+        startup + 0.25 * predictor.compute_seconds("evaluate", "attn_z"))
+    predictor.observe("train", "resid_post", startup + 0.75 * predictor.compute_seconds("train", "resid_post"))
+    assert predictor.seconds("train", "mlp_out") == pytest.approx(   # its own finished job replaces the prior
+        startup + 0.75 * predictor.compute_seconds("train", "mlp_out"))
+    gpu = replace(config, train=replace(config.train, device="cuda"), resources=replace(config.resources,
+                                                                                         sustained_tflops=0.01))
+    on_gpu = Predictor(gpu, prior={"train": 0.5})  # a CPU run's ratio says nothing of a GPU's
+    assert on_gpu.compute_seconds("train", "mlp_out") > 1
+    assert on_gpu.seconds("train", "mlp_out") == pytest.approx(Predictor(gpu).seconds("train", "mlp_out"))
+
+    # the committed calibration prices every computing stage; a missing or foreign file prices none
+    assert set(measured_ratios()) == {"cache", "train", "train-all-tokens", "rescale-shift", "evaluate"}
+    assert all(ratio > 0 for ratio in measured_ratios().values())
+    assert measured_ratios(tmp_path / "missing.json") == {}
+    (tmp_path / "other.json").write_text('{"calibration": null}')
+    assert measured_ratios(tmp_path / "other.json") == {}

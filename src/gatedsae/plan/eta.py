@@ -3,24 +3,42 @@ configured sustained throughput, plus a start-up cost per job), calibrated on th
 
 The raw estimates size cluster jobs and may be off by a constant factor on a given machine (on the
 2-core reference machine: cache and training 3-4× pessimistic, evaluation about right), so each stage's
-ratio of measured to estimated compute is learned from its first finished job and applied to the rest;
-a stage with none finished yet uses the ratio of all finished jobs. Start-up (Python, torch, the config)
-is learned from the jobs with almost no compute.
+ratio of measured to estimated compute is learned from its first finished job and applied to the rest.
+Before that, a stage computed on the CPU starts from the ratio the last timed cold `make replicate`
+measured for it (the calibration in results/benchmarks/replicate_plan.json), else from the ratio of all
+finished jobs. Start-up (Python, torch, the config) is learned from the jobs with almost no compute.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Optional
 
 from gatedsae.plan import estimates
-from gatedsae.plan.config import Config
+from gatedsae.plan.config import REPO_ROOT, Config
 
 STARTUP_SECONDS = 10.0   # a stage's start-up before anything is measured (Python, torch, conf/)
 LIGHT_SECONDS = 1.0      # jobs estimated below this much compute measure the start-up
 
 TARGET_RULES = {"all"}  # rules that run nothing
+MACHINE_CALIBRATION = REPO_ROOT / "results" / "benchmarks" / "replicate_plan.json"
+# the calibration's stage kinds (plan/forecast.py) → the stages they price
+KIND_STAGES = {"cache": ("cache",), "train": ("train", "train-all-tokens"), "rescale_shift": ("rescale-shift",),
+               "evaluate": ("evaluate",)}
+
+
+def measured_ratios(path: Path = MACHINE_CALIBRATION) -> dict[str, float]:
+    """Per stage, the measured over the estimated compute seconds of the last cold `make replicate` timed on
+    a CPU (replicate_plan.json's calibration); empty where there is none."""
+    try:
+        ratios = json.loads(path.read_text())["calibration"]["ratios"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {stage: float(ratio) for kind, ratio in ratios.items() for stage in KIND_STAGES.get(kind, ())
+            if isinstance(ratio, (int, float)) and ratio > 0}
 
 
 def stage_of(rule: str) -> str:
@@ -44,9 +62,11 @@ def _estimators(config: Config) -> dict[str, Callable[[Optional[str]], estimates
 class Predictor:
     """Seconds per job, from the estimates, learning from finished jobs as they come: a stage's own
     finished jobs first (their mean where the estimate sees no compute, their ratio of measured to
-    estimated compute otherwise), else all finished jobs."""
+    estimated compute otherwise), then `prior` (measured_ratios) for a stage computed on the CPU, else
+    all finished jobs."""
 
     config: Config
+    prior: dict[str, float] = field(default_factory=dict)  # stage → measured / estimated, from an earlier run
     _measured: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # stage → (compute, seconds)
 
     def compute_seconds(self, rule: str, site: Optional[str] = None) -> float:
@@ -56,10 +76,12 @@ class Predictor:
         if estimator is None or rule in TARGET_RULES:
             return 0.0
         sites = [site] if site else self._sites(stage)
-        device = {"cache": self.config.cache.device, "evaluate": self.config.evaluate.device}.get(
-            stage, self.config.train.device)
         tflops = self.config.resources.sustained_tflops
-        return statistics.fmean(estimator(s).hours(device, tflops) * 3600 for s in sites)
+        return statistics.fmean(estimator(s).hours(self._device(stage), tflops) * 3600 for s in sites)
+
+    def _device(self, stage: str) -> str:
+        return {"cache": self.config.cache.device, "evaluate": self.config.evaluate.device}.get(
+            stage, self.config.train.device)
 
     def _sites(self, stage: str) -> list[str]:
         sites = self.config.experiment.sites
@@ -83,8 +105,11 @@ class Predictor:
         if compute < LIGHT_SECONDS:
             light = [seconds for c, seconds in own if c < LIGHT_SECONDS]
             return statistics.fmean(light) if light else self.startup
-        heavy = [pair for pair in own if pair[0] >= LIGHT_SECONDS] or [
-            pair for pairs in self._measured.values() for pair in pairs if pair[0] >= LIGHT_SECONDS]
+        heavy = [pair for pair in own if pair[0] >= LIGHT_SECONDS]
+        stage = stage_of(rule)
+        if not heavy and stage in self.prior and self._device(stage) == "cpu":
+            return self.startup + self.prior[stage] * compute
+        heavy = heavy or [pair for pairs in self._measured.values() for pair in pairs if pair[0] >= LIGHT_SECONDS]
         estimated = sum(c for c, _ in heavy)
         ratio = sum(max(s - self.startup, 0.0) for _, s in heavy) / estimated if estimated else 1.0
         return self.startup + ratio * compute
