@@ -108,3 +108,14 @@ def test_another_runs_leftover_journal_is_not_continued(run_in):
     timings = json.loads(invoke([([], 3.0, False)] + [([], 1.0, False)] * 3).read_text())
     assert "invocations" not in timings
     assert timings["chapters"][0]["wall_seconds"] == 3.0 and timings["chapters"][0]["stages"] == {}
+
+
+def test_a_journal_left_under_another_configuration_is_not_continued(run_in, monkeypatch):
+    """conf/ changed since the killed invocation (its jobs rerun): its work is no part of this run's."""
+    clock, invoke, _ = run_in
+    with pytest.raises(KeyboardInterrupt):
+        invoke([([("train", "a", 100.0, 100.0)], 150.0, True)])
+    clock.now += 3600
+    monkeypatch.setattr(replicate, "config_hash", lambda config: "another configuration")
+    timings = json.loads(invoke([([], 3.0, False)] + [([], 1.0, False)] * 3).read_text())
+    assert "invocations" not in timings and timings["chapters"][0]["stages"] == {}

@@ -31,6 +31,7 @@ from gatedsae.core.codehash import code_version
 from gatedsae.core.errors import PipelineError
 from gatedsae.plan.chapters import chapter_names, chapters_to_run
 from gatedsae.plan.config import Config, ConfigError
+from gatedsae.plan.identity import config_hash
 
 TIMINGS_FILE = "replicate.json"
 SNAKEMAKE_LOG = "snakemake.log"  # all Snakemake says during a chapter, beside its jobs' logs
@@ -90,7 +91,8 @@ def replicate(config: Config, overrides: list[str], chapter: Optional[str] = Non
     overrides = [o for o in overrides if not o.startswith(("experiment=", "experiment.chapter="))]
     benchmarks = Path("benchmarks") / experiment.name
     journal = Journal.resume_or_start(Path("logs") / experiment.name / JOURNAL_FILE,
-                                      {"experiment": experiment.name, "overrides": overrides, "chapter": chapter},
+                                      {"experiment": experiment.name, "overrides": overrides, "chapter": chapter,
+                                       "config": config_hash(config)},
                                       code_version(), _setup_seconds())
     if journal.resumed:
         print(f"resuming the run an earlier invocation left unfinished ({len(journal.invocations) - 1} before this "

@@ -4,7 +4,7 @@ A run interrupted mid-way (a killed session, a full disk, a reboot) resumes wher
 reruns only unfinished jobs. Its timings must cover the work of every attempt, or the resumed attempt would
 report a chapter as taking seconds because an earlier attempt did it. The journal notes when each chapter
 of each attempt (an *invocation*) started and ended, written atomically as it goes. A later invocation of
-the same run (same experiment, overrides and chapter) continues it; at the end each chapter's wall time
+the same run (same experiment, overrides, chapter and resolved configuration) continues it; at the end each chapter's wall time
 and stage seconds are the sums over invocations. A chapter that an invocation did not end (it was killed)
 counts up to the last job it finished, read from Snakemake's benchmark files, so the work it lost is not
 counted. A run that ends removes its journal.
@@ -45,7 +45,7 @@ class Invocation:
 @dataclass
 class Journal:
     path: Path
-    run: dict  # what makes two invocations the same run: experiment, overrides, chapter
+    run: dict  # what makes two invocations the same run: experiment, overrides, chapter, the config's hash
     invocations: list[Invocation] = field(default_factory=list)
 
     @classmethod
