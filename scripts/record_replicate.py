@@ -79,7 +79,7 @@ def main() -> int:
         "how_measured": args.how_measured,
         "wall_seconds": wall,
         "wall_seconds_note": ("make replicate as a whole (install, every chapter), summed over its invocations: it was "
-                              "killed and resumed (`invocations`); work a killed invocation lost is not counted"
+                              "killed and resumed (`invocations`); a killed chapter counts up to its last write to its logs"
                               if resumed else
                               "make replicate as a whole (install, every chapter, the verdict printed), from /usr/bin/time"),
         "max_rss_gib": timed["max_rss_gib"],

@@ -1,6 +1,6 @@
 """A `make replicate` run killed mid-way and resumed reports the work of every invocation
 (cli/replicate_journal.py): each chapter's wall time and stage seconds summed over invocations, the killed
-chapter counted up to its last finished job, the journal gone once the run ends."""
+chapter's wall time counted up to its last write to its logs, the journal gone once the run ends."""
 
 from __future__ import annotations
 
@@ -34,13 +34,18 @@ def _job(rule: str, name: str, seconds: float, finished: float) -> None:
 
 def _runner(clock: Clock, script: list):
     """A stand-in for Snakemake: each chapter's run takes the next step of `script`: jobs to finish, seconds
-    to advance, and whether the invocation is killed at its end."""
+    to advance (a running job writes its log until then), and whether the invocation is killed at its end."""
     def run(command):
         jobs, advance, killed = script.pop(0)
         start = clock.now
         for rule, name, seconds, offset in jobs:
             _job(rule, name, seconds, start + offset)
         clock.now = start + advance
+        chapter = command[-1].split("experiment.chapter=")[1].split()[0]
+        log = Path("logs") / "smoke" / chapter / "train" / "job.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("step 10/40\n")
+        os.utime(log, (clock.now - 1, clock.now - 1))  # its last progress line, a second before the end
         if killed:
             raise KeyboardInterrupt  # the session ends, the machine goes away
         return SimpleNamespace(returncode=0)
@@ -64,27 +69,27 @@ def run_in(tmp_path, monkeypatch):
 
 def test_a_killed_run_resumed_reports_every_invocations_work(run_in):
     clock, invoke, config = run_in
-    # First invocation: the headline chapter finishes a 100 s job, then is killed 50 s into the next one
-    # (lost work, rerun later: not counted).
+    # First invocation: the headline chapter finishes a 100 s job, then is killed 50 s into the next one,
+    # whose log shows it alive until 149 s (its saved state is resumed from: its time counts).
     with pytest.raises(KeyboardInterrupt):
         invoke([([("train", "a", 100.0, 100.0)], 150.0, True)])
     journal = Path("logs") / "smoke" / replicate_journal.JOURNAL_FILE
     assert journal.exists()
     clock.now += 3600  # the next session
     resumed_at = clock.now
-    # Second invocation: the headline's remaining job (the lost one, redone), then the other chapters.
+    # Second invocation: the headline's remaining job (resumed), then the other chapters.
     remaining = [([("train", "b", 60.0, 60.0), ("evaluate", "a", 20.0, 80.0)], 80.0, False),
                  ([("rescale_shift", "a", 5.0, 5.0)], 5.0, False), ([], 1.0, False), ([], 2.0, False)]
     out = invoke(remaining)
     timings = json.loads(out.read_text())
     headline = timings["chapters"][0]
     assert headline["name"] == "headline"
-    assert headline["wall_seconds"] == 100.0 + 80.0  # killed at 150 s, counted to its last finished job
-    assert headline["stages"] == {"train": 160.0, "evaluate": 20.0}
+    assert headline["wall_seconds"] == 149.0 + 80.0  # killed at 150 s, counted to its log's last write
+    assert headline["stages"] == {"train": 160.0, "evaluate": 20.0}  # finished jobs only
     assert [c["wall_seconds"] for c in timings["chapters"][1:]] == [5.0, 1.0, 2.0]
-    assert timings["wall_seconds"] == 188.0
+    assert timings["wall_seconds"] == 237.0
     first, second = timings["invocations"]
-    assert first["interrupted_in"] == "headline" and first["wall_seconds"] == 100.0
+    assert first["interrupted_in"] == "headline" and first["wall_seconds"] == 149.0
     assert second["interrupted_in"] is None and second["wall_seconds"] == 88.0
     assert second["started"] == replicate_journal.time_text(resumed_at)
     assert not journal.exists(), "a finished run leaves no journal"

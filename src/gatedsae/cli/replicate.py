@@ -93,7 +93,7 @@ def replicate(config: Config, overrides: list[str], chapter: Optional[str] = Non
     journal = Journal.resume_or_start(Path("logs") / experiment.name / JOURNAL_FILE,
                                       {"experiment": experiment.name, "overrides": overrides, "chapter": chapter,
                                        "config": config_hash(config)},
-                                      code_version(), _setup_seconds())
+                                      code_version(), _setup_seconds(), benchmarks)
     if journal.resumed:
         print(f"resuming the run an earlier invocation left unfinished ({len(journal.invocations) - 1} before this "
               "one): finished jobs are kept, and the timings add up every invocation's work", flush=True)
@@ -111,8 +111,8 @@ def replicate(config: Config, overrides: list[str], chapter: Optional[str] = Non
         print(f"\n=== {title}" + (f" ({described})" if described else ""), flush=True)
         chapter_overrides = overrides_of_chapter(overrides, name, last=number == len(run),
                                                  through=experiment.through)
-        journal.chapter_started(name or experiment.name)
         logs = Path("logs") / experiment.name / name
+        journal.chapter_started(name or experiment.name, logs)
         result = subprocess.run(snakemake_command(experiment.name, chapter_overrides,
                                                   progress_log=logs / SNAKEMAKE_LOG))
         if result.returncode != 0:
@@ -122,8 +122,8 @@ def replicate(config: Config, overrides: list[str], chapter: Optional[str] = Non
         journal.chapter_ended()
     timings["chapters"] = journal.chapters(benchmarks, stage_seconds, descriptions)
     timings["wall_seconds"] = round(sum(c["wall_seconds"] for c in timings["chapters"]), 1)
-    if journal.resumed:  # each invocation's install and chapters, the killed ones up to their last finished job
-        timings["invocations"] = journal.summary(benchmarks)
+    if journal.resumed:  # each invocation's install and chapters, the killed ones up to their last sign of life
+        timings["invocations"] = journal.summary()
         setups = [i["setup_seconds"] for i in timings["invocations"] if i["setup_seconds"] is not None]
         timings["setup_seconds"] = round(sum(setups), 1) if setups else None
     if timings["setup_seconds"] is not None:

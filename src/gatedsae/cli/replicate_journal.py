@@ -4,10 +4,14 @@ A run interrupted mid-way (a killed session, a full disk, a reboot) resumes wher
 reruns only unfinished jobs. Its timings must cover the work of every attempt, or the resumed attempt would
 report a chapter as taking seconds because an earlier attempt did it. The journal notes when each chapter
 of each attempt (an *invocation*) started and ended, written atomically as it goes. A later invocation of
-the same run (same experiment, overrides, chapter and resolved configuration) continues it; at the end each chapter's wall time
-and stage seconds are the sums over invocations. A chapter that an invocation did not end (it was killed)
-counts up to the last job it finished, read from Snakemake's benchmark files, so the work it lost is not
-counted. A run that ends removes its journal.
+the same run (same experiment, overrides, chapter and resolved configuration) continues it; at the end each
+chapter's wall time and stage seconds are the sums over invocations. A run that ends removes its journal.
+
+A chapter that an invocation did not end (it was killed) is closed when the next invocation starts, at its
+last sign of life: the last write to its logs (a running job's progress goes there) or to Snakemake's
+benchmark files, read before the resumed jobs rewrite them. Its wall time so includes the killed job's
+part, which the stages resume from (training state, cached shards, evaluated SAEs) rather than redo; its
+stage seconds count the jobs that finished.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ StageSeconds = Callable[[Path, float, Optional[float]], dict[str, float]]
 class ChapterSpan:
     name: str
     started: float
-    ended: Optional[float] = None  # None: the invocation was killed during the chapter
+    ended: Optional[float] = None  # None while it runs (or was killed and not yet closed)
+    logs: Optional[str] = None     # the chapter's log folder: where a killed chapter's last sign of life is
+    killed: bool = False
 
 
 @dataclass
@@ -49,17 +55,24 @@ class Journal:
     invocations: list[Invocation] = field(default_factory=list)
 
     @classmethod
-    def resume_or_start(cls, path: Path, run: dict, code_version: str, setup_seconds: Optional[float]) -> "Journal":
-        """The journal of the run `run`, continued where an earlier invocation left one for the same run,
-        else a new one (a different run's leftover journal is replaced)."""
+    def resume_or_start(cls, path: Path, run: dict, code_version: str, setup_seconds: Optional[float],
+                        benchmarks: Path) -> "Journal":
+        """The journal of the run `run`, continued where an earlier invocation left one for the same run
+        (its killed chapter closed at its last sign of life), else a new one (a different run's leftover
+        journal is replaced)."""
         journal = cls(path, run)
+        now = time.time()
         if path.exists():
             recorded = json.loads(path.read_text())
             if recorded.get("run") == run:
                 journal.invocations = [Invocation(i["started"], i["code_version"], i.get("setup_seconds"),
                                                   [ChapterSpan(**c) for c in i["chapters"]])
                                        for i in recorded["invocations"]]
-        journal.invocations.append(Invocation(time.time(), code_version, setup_seconds))
+        for span in (span for invocation in journal.invocations for span in invocation.chapters):
+            if span.ended is None:
+                folders = [benchmarks] + ([Path(span.logs)] if span.logs else [])
+                span.ended, span.killed = last_write(folders, span.started, now), True
+        journal.invocations.append(Invocation(now, code_version, setup_seconds))
         journal._save()
         return journal
 
@@ -67,8 +80,8 @@ class Journal:
     def resumed(self) -> bool:
         return len(self.invocations) > 1
 
-    def chapter_started(self, name: str) -> None:
-        self.invocations[-1].chapters.append(ChapterSpan(name, time.time()))
+    def chapter_started(self, name: str, logs: Optional[Path] = None) -> None:
+        self.invocations[-1].chapters.append(ChapterSpan(name, time.time(), logs=str(logs) if logs else None))
         self._save()
 
     def chapter_ended(self) -> None:
@@ -78,41 +91,28 @@ class Journal:
     def chapters(self, benchmarks: Path, stage_seconds: StageSeconds, descriptions: dict[str, str]) -> list[dict]:
         """Per chapter, in the order first run: wall seconds and stage seconds summed over the invocations."""
         merged: dict[str, dict] = {}
-        for span, until in self._spans(benchmarks):
+        for span in self._spans():
             chapter = merged.setdefault(span.name, {"name": span.name, "description": descriptions.get(span.name, ""),
                                                     "wall_seconds": 0.0, "stages": {}})
-            chapter["wall_seconds"] = round(chapter["wall_seconds"] + until - span.started, 1)
-            for rule, seconds in stage_seconds(benchmarks, span.started, until).items():
+            chapter["wall_seconds"] = round(chapter["wall_seconds"] + span.ended - span.started, 1)
+            for rule, seconds in stage_seconds(benchmarks, span.started, span.ended).items():
                 chapter["stages"][rule] = round(chapter["stages"].get(rule, 0.0) + seconds, 1)
         return list(merged.values())
 
-    def summary(self, benchmarks: Path) -> list[dict]:
-        """Each invocation: when it started, its code, how long it computed, and the chapter it was killed in."""
-        ends: dict[int, float] = {}
-        for span, until in self._spans(benchmarks):
-            ends[id(span)] = until
-        rows = []
-        for invocation in self.invocations:
-            last = max((ends[id(span)] for span in invocation.chapters), default=invocation.started)
-            killed = next((span.name for span in invocation.chapters if span.ended is None), None)
-            rows.append({"started": time_text(invocation.started),
-                         "code_version": invocation.code_version, "setup_seconds": invocation.setup_seconds,
-                         "wall_seconds": round(last - invocation.started, 1), "interrupted_in": killed})
-        return rows
+    def summary(self) -> list[dict]:
+        """Each invocation: when it started, its code, how long it ran, and the chapter it was killed in."""
+        return [{"started": time_text(invocation.started), "code_version": invocation.code_version,
+                 "setup_seconds": invocation.setup_seconds,
+                 "wall_seconds": round(max((span.ended for span in invocation.chapters), default=invocation.started)
+                                       - invocation.started, 1),
+                 "interrupted_in": next((span.name for span in invocation.chapters if span.killed), None)}
+                for invocation in self.invocations]
 
     def finish(self) -> None:
         self.path.unlink(missing_ok=True)
 
-    def _spans(self, benchmarks: Path) -> list[tuple[ChapterSpan, float]]:
-        """Every chapter span with the time it counts up to: its end, or for a killed one the last job it
-        finished before the next invocation began."""
-        spans = []
-        for number, invocation in enumerate(self.invocations):
-            limit = self.invocations[number + 1].started if number + 1 < len(self.invocations) else time.time()
-            for span in invocation.chapters:
-                spans.append((span, span.ended if span.ended is not None
-                              else _last_job_finished(benchmarks, span.started, limit)))
-        return spans
+    def _spans(self) -> list[ChapterSpan]:
+        return [span for invocation in self.invocations for span in invocation.chapters if span.ended is not None]
 
     def _save(self) -> None:
         write_json_atomic(self.path, {"run": self.run, "invocations": [asdict(i) for i in self.invocations]})
@@ -122,7 +122,8 @@ def time_text(seconds: float) -> str:
     return _dt.datetime.fromtimestamp(seconds, _dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _last_job_finished(benchmarks: Path, since: float, until: float) -> float:
-    """When the last job that finished after `since` and before `until` finished (`since` if none did)."""
-    times = [path.stat().st_mtime for path in benchmarks.rglob("*.tsv")] if benchmarks.exists() else []
+def last_write(folders: list[Path], since: float, until: float) -> float:
+    """The last write to a file under `folders` after `since` and before `until` (`since` if none)."""
+    times = [path.stat().st_mtime for folder in folders if folder.exists() for path in folder.rglob("*")
+             if path.is_file()]
     return max((t for t in times if since < t < until), default=since)
