@@ -59,6 +59,12 @@ def test_the_summary_says_where_and_on_what_the_claims_were_read():
     (line,) = summary(verdict)
     assert line.startswith("3 claims: 2 REPRODUCED, 1 NOT TESTED. Read on the held-out split `test`, with 3 training seeds")
     assert "(Residual stream 97.825%, 98.75%)" in line  # the levels of the sites the run read, not every site's
+    assert "Sites:" not in line  # a verdict without its sites' layers and windows
+    verdict["notes"]["sites"][0] |= {"layer": 15, "ce_windows": 64.0}
+    verdict["notes"]["sites"].append({"site": "attn_z", "layer": 3, "ce_windows": 768.0, "seeds": [0, 1, 2]})
+    (line,) = summary(verdict)
+    assert line.endswith("Sites: Residual stream at layer 15, 64 test windows; Attention output at layer 3, "
+                         "768 test windows.")
     (older,) = summary({"summary": {"REPRODUCED": 12, "INCONCLUSIVE": 3}})
     assert "predates the pre-registered protocol" in older
 
