@@ -67,7 +67,7 @@ def main() -> int:
     setup = run.get("setup_seconds") or 0.0
     headline = run["chapters"][0]["wall_seconds"] + setup
     # A run killed and resumed: /usr/bin/time saw only the last invocation, so the whole run's time is the
-    # sum the run's journal kept of every invocation (the install, each chapter up to its last finished job)
+    # sum the run's journal kept of every invocation (the install, each chapter up to its last sign of life)
     resumed = "invocations" in run
     wall = run["wall_seconds_with_setup"] if resumed else timed["wall_seconds"]
     write_json_atomic(args.out, {

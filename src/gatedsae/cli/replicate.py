@@ -90,10 +90,11 @@ def replicate(config: Config, overrides: list[str], chapter: Optional[str] = Non
               f"{', '.join(run)} so that they stay in the published results (only what changed reruns)", flush=True)
     overrides = [o for o in overrides if not o.startswith(("experiment=", "experiment.chapter="))]
     benchmarks = Path("benchmarks") / experiment.name
+    setup_seconds = _setup_seconds()
     journal = Journal.resume_or_start(Path("logs") / experiment.name / JOURNAL_FILE,
                                       {"experiment": experiment.name, "overrides": overrides, "chapter": chapter,
                                        "config": config_hash(config)},
-                                      code_version(), _setup_seconds(), benchmarks)
+                                      code_version(), setup_seconds, benchmarks)
     if journal.resumed:
         print(f"resuming the run an earlier invocation left unfinished ({len(journal.invocations) - 1} before this "
               "one): finished jobs are kept, and the timings add up every invocation's work", flush=True)
@@ -103,7 +104,7 @@ def replicate(config: Config, overrides: list[str], chapter: Optional[str] = Non
                                                              *([f"--chapter={chapter}"] if chapter else [])]),
                "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                            "python": platform.python_version()},
-               "setup_seconds": _setup_seconds(), "chapters": []}
+               "setup_seconds": setup_seconds, "chapters": []}
     descriptions = {c.name: c.description for c in experiment.chapters}
     for number, name in enumerate(run, 1):
         described = descriptions.get(name, "")

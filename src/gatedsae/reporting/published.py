@@ -67,7 +67,7 @@ def summary(verdict: dict) -> list[str]:
     levels = "; ".join(f"{short_label(site)} {', '.join(f'{100 * v:g}%' for v in values)}"
                        for site, values in verdict["protocol"]["levels"].items() if not read or site in read)
     seeds = sorted({len(site["seeds"]) for site in verdict["notes"]["sites"]})
-    where = "; ".join(f"{short_label(site['site'])} at layer {site['layer']}, {site['ce_windows']:g} test windows"
+    where = "; ".join(f"{short_label(site['site'])} at layer {site['layer']}, {site['ce_windows']:g} {verdict['split']} windows"
                       for site in verdict["notes"]["sites"] if "layer" in site and "ce_windows" in site)
     return [f"{total} claims: {counts}. Read on the held-out split `{verdict['split']}`, with "
             f"{' or '.join(map(str, seeds))} training seed{'s' if seeds != [1] else ''} per SAE, at the pre-registered "
