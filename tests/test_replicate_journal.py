@@ -124,3 +124,15 @@ def test_a_journal_left_under_another_configuration_is_not_continued(run_in, mon
     monkeypatch.setattr(replicate, "config_hash", lambda config: "another configuration")
     timings = json.loads(invoke([([], 3.0, False)] + [([], 1.0, False)] * 3).read_text())
     assert "invocations" not in timings and timings["chapters"][0]["stages"] == {}
+
+
+def test_a_chapter_keeps_its_stage_seconds_when_a_later_chapter_reruns_the_same_job(run_in):
+    """The next chapter's parameters differ, so Snakemake reruns the headline's jobs there (seconds each, the
+    work is resumed) and rewrites their benchmark files: the headline's own seconds must survive that."""
+    clock, invoke, _ = run_in
+    script = [([("train", "a", 100.0, 100.0), ("evaluate", "a", 30.0, 130.0)], 130.0, False),
+              ([("train", "a", 2.0, 2.0), ("rescale_shift", "a", 5.0, 7.0)], 7.0, False),
+              ([("train", "a", 2.0, 2.0)], 2.0, False), ([], 1.0, False)]
+    timings = json.loads(invoke(script).read_text())
+    assert [c["stages"] for c in timings["chapters"]] == [
+        {"train": 100.0, "evaluate": 30.0}, {"train": 2.0, "rescale_shift": 5.0}, {"train": 2.0}, {}]

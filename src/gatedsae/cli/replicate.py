@@ -16,7 +16,6 @@ add up the work of every invocation (cli/replicate_journal.py).
 
 from __future__ import annotations
 
-import csv
 import os
 import platform
 import shlex
@@ -58,22 +57,6 @@ def overrides_of_chapter(overrides: list[str], name: str, last: bool, through: s
     stop_early = not last and through == "report"
     kept = [o for o in overrides if not (stop_early and o.startswith("experiment.through="))]
     return kept + ([f"experiment.chapter={name}"] if name else []) + (["experiment.through=evaluate"] if stop_early else [])
-
-
-def stage_seconds(benchmarks: Path, since: float, until: Optional[float] = None) -> dict[str, float]:
-    """Seconds per rule of the jobs that finished after `since` (and by `until`), from Snakemake's
-    benchmark files."""
-    seconds: dict[str, float] = {}
-    for path in sorted(benchmarks.rglob("*.tsv")) if benchmarks.exists() else []:
-        finished = path.stat().st_mtime
-        if finished <= since or (until is not None and finished > until):
-            continue
-        rule = path.relative_to(benchmarks).parts[0]
-        with open(path) as handle:
-            rows = list(csv.DictReader(handle, delimiter="\t"))
-        if rows:
-            seconds[rule] = round(seconds.get(rule, 0.0) + float(rows[-1]["s"]), 1)
-    return seconds
 
 
 def replicate(config: Config, overrides: list[str], chapter: Optional[str] = None) -> Path:
@@ -121,7 +104,7 @@ def replicate(config: Config, overrides: list[str], chapter: Optional[str] = Non
                                f"its logs are under {logs}/ ({SNAKEMAKE_LOG}: all Snakemake said). Fix the cause and "
                                "run the same command again: finished work is kept.")
         journal.chapter_ended()
-    timings["chapters"] = journal.chapters(benchmarks, stage_seconds, descriptions)
+    timings["chapters"] = journal.chapters(descriptions)
     timings["wall_seconds"] = round(sum(c["wall_seconds"] for c in timings["chapters"]), 1)
     if journal.resumed:  # each invocation's install and chapters, the killed ones up to their last sign of life
         timings["invocations"] = journal.summary()

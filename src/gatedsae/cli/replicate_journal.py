@@ -12,23 +12,25 @@ last sign of life: the last write to its logs (a running job's progress goes the
 benchmark files, read before the resumed jobs rewrite them. Its wall time so includes the killed job's
 part, which the stages resume from (training state, cached shards, evaluated SAEs) rather than redo; its
 stage seconds count the jobs that finished.
+
+A chapter's stage seconds are read from the benchmark files as soon as it closes, never at the end of the
+run: a later chapter (or invocation) reruns the same rules where their parameters differ, in seconds, and
+each rerun rewrites its benchmark file.
 """
 
 from __future__ import annotations
 
+import csv
 import datetime as _dt
 import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from gatedsae.core.atomic import write_json_atomic
 
 JOURNAL_FILE = "replicate_journal.json"
-
-# stage_seconds(benchmarks, since, until) → seconds per rule of the jobs that finished in (since, until]
-StageSeconds = Callable[[Path, float, Optional[float]], dict[str, float]]
 
 
 @dataclass
@@ -38,6 +40,7 @@ class ChapterSpan:
     ended: Optional[float] = None  # None while it runs (or was killed and not yet closed)
     logs: Optional[str] = None     # the chapter's log folder: where a killed chapter's last sign of life is
     killed: bool = False
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per rule of its finished jobs
 
 
 @dataclass
@@ -52,6 +55,7 @@ class Invocation:
 class Journal:
     path: Path
     run: dict  # what makes two invocations the same run: experiment, overrides, chapter, the config's hash
+    benchmarks: Path  # Snakemake's benchmark files: each job's seconds
     invocations: list[Invocation] = field(default_factory=list)
 
     @classmethod
@@ -60,7 +64,7 @@ class Journal:
         """The journal of the run `run`, continued where an earlier invocation left one for the same run
         (its killed chapter closed at its last sign of life), else a new one (a different run's leftover
         journal is replaced)."""
-        journal = cls(path, run)
+        journal = cls(path, run, benchmarks)
         now = time.time()
         if path.exists():
             recorded = json.loads(path.read_text())
@@ -72,6 +76,7 @@ class Journal:
             if span.ended is None:
                 folders = [benchmarks] + ([Path(span.logs)] if span.logs else [])
                 span.ended, span.killed = last_write(folders, span.started, now), True
+                span.stages = stage_seconds(benchmarks, span.started, span.ended)
         journal.invocations.append(Invocation(now, code_version, setup_seconds))
         journal._save()
         return journal
@@ -85,17 +90,19 @@ class Journal:
         self._save()
 
     def chapter_ended(self) -> None:
-        self.invocations[-1].chapters[-1].ended = time.time()
+        span = self.invocations[-1].chapters[-1]
+        span.ended = time.time()
+        span.stages = stage_seconds(self.benchmarks, span.started, span.ended)
         self._save()
 
-    def chapters(self, benchmarks: Path, stage_seconds: StageSeconds, descriptions: dict[str, str]) -> list[dict]:
+    def chapters(self, descriptions: dict[str, str]) -> list[dict]:
         """Per chapter, in the order first run: wall seconds and stage seconds summed over the invocations."""
         merged: dict[str, dict] = {}
         for span in self._spans():
             chapter = merged.setdefault(span.name, {"name": span.name, "description": descriptions.get(span.name, ""),
                                                     "wall_seconds": 0.0, "stages": {}})
             chapter["wall_seconds"] = round(chapter["wall_seconds"] + span.ended - span.started, 1)
-            for rule, seconds in stage_seconds(benchmarks, span.started, span.ended).items():
+            for rule, seconds in span.stages.items():
                 chapter["stages"][rule] = round(chapter["stages"].get(rule, 0.0) + seconds, 1)
         return list(merged.values())
 
@@ -120,6 +127,21 @@ class Journal:
 
 def time_text(seconds: float) -> str:
     return _dt.datetime.fromtimestamp(seconds, _dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def stage_seconds(benchmarks: Path, since: float, until: float) -> dict[str, float]:
+    """Seconds per rule of the jobs that finished in (since, until], from Snakemake's benchmark files
+    (benchmarks/<experiment>/<rule>/...tsv, one per job; its last row is the job's latest run)."""
+    seconds: dict[str, float] = {}
+    for path in sorted(benchmarks.rglob("*.tsv")) if benchmarks.exists() else []:
+        if not since < path.stat().st_mtime <= until:
+            continue
+        with open(path) as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t"))
+        if rows:
+            rule = path.relative_to(benchmarks).parts[0]
+            seconds[rule] = round(seconds.get(rule, 0.0) + float(rows[-1]["s"]), 1)
+    return seconds
 
 
 def last_write(folders: list[Path], since: float, until: float) -> float:
