@@ -120,3 +120,17 @@ def test_a_cpu_stage_starts_from_the_last_timed_runs_ratio_until_its_own_jobs_fi
     assert measured_ratios(tmp_path / "missing.json") == {}
     (tmp_path / "other.json").write_text('{"calibration": null}')
     assert measured_ratios(tmp_path / "other.json") == {}
+
+
+def test_a_job_that_finds_its_work_done_does_not_teach_the_predictor():
+    """The next chapter reruns a finished training job (its parameters differ); it resumes from complete
+    outputs and ends in seconds. The remaining jobs of its stage keep their price."""
+    predictor = Predictor(load_config(["experiment=default", "experiment.chapter=headline"]), prior={"train": 0.5})
+    predictor.observe("aggregate", None, 4.0)
+    before = predictor.seconds("train", "mlp_out")
+    predictor.observe("train", "resid_post", 3.0)   # the rerun of a finished job
+    assert predictor.seconds("train", "mlp_out") == pytest.approx(before)
+    assert predictor.startup == pytest.approx(4.0)
+    predictor.observe("train", "resid_post", 4.0 + 0.75 * predictor.compute_seconds("train", "resid_post"))
+    assert predictor.seconds("train", "mlp_out") == pytest.approx(
+        4.0 + 0.75 * predictor.compute_seconds("train", "mlp_out"))

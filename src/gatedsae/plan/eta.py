@@ -6,7 +6,8 @@ The raw estimates size cluster jobs and may be off by a constant factor on a giv
 ratio of measured to estimated compute is learned from its first finished job and applied to the rest.
 Before that, a stage computed on the CPU starts from the ratio the last timed cold `make replicate`
 measured for it (the calibration in results/benchmarks/replicate_plan.json), else from the ratio of all
-finished jobs. Start-up (Python, torch, the config) is learned from the jobs with almost no compute.
+finished jobs. Start-up (Python, torch, the config) is learned from the jobs with almost no compute. A
+job that finds its work already done (a rerun that resumes from complete outputs) teaches nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from gatedsae.plan.config import REPO_ROOT, Config
 
 STARTUP_SECONDS = 10.0   # a stage's start-up before anything is measured (Python, torch, conf/)
 LIGHT_SECONDS = 1.0      # jobs estimated below this much compute measure the start-up
+# A job whose outputs were already complete (Snakemake reruns it when the next chapter's parameters differ,
+# and the stage resumes from its finished SAEs) ends in seconds: one that ends within this fraction of its
+# estimated compute, and within a few start-ups, found its work done and prices nothing.
+DONE_FRACTION = 0.05
+DONE_STARTUPS = 3.0
 
 TARGET_RULES = {"all"}  # rules that run nothing
 MACHINE_CALIBRATION = REPO_ROOT / "results" / "benchmarks" / "replicate_plan.json"
@@ -115,5 +121,9 @@ class Predictor:
         return self.startup + ratio * compute
 
     def observe(self, rule: str, site: Optional[str], actual: float) -> None:
-        if rule not in TARGET_RULES:
-            self._measured.setdefault(stage_of(rule), []).append((self.compute_seconds(rule, site), actual))
+        if rule in TARGET_RULES:
+            return
+        compute = self.compute_seconds(rule, site)
+        if compute >= LIGHT_SECONDS and actual <= min(DONE_FRACTION * compute, DONE_STARTUPS * self.startup):
+            return  # its outputs were complete: neither its stage's ratio nor the start-up
+        self._measured.setdefault(stage_of(rule), []).append((compute, actual))
