@@ -63,6 +63,8 @@ def test_paper_experiments_use_the_papers_layers_and_contexts():
         ("sweep.groups=[{arch:gated,l1:[0.1],sites:[resid_post]},{arch:baseline,l1:[0.1],sites:[resid_post]}]",
          "no group of SAEs is trained at mlp_out"),
         ("train.max_grad_norm=0", "train.max_grad_norm"),
+        ("train.site_tokens={attention:100000}", "train.site_tokens"),
+        ("train.site_tokens={attn_z:10}", "train.site_tokens.attn_z"),
         ("sweep.all_tokens_max_grad_norm=-1", "sweep.all_tokens_max_grad_norm"),
     ],
 )

@@ -18,6 +18,7 @@ from gatedsae.plan.identity import (
     GRID_ONLY,
     JOBS,
     NEUTRAL_DEFAULTS,
+    NOT_READ_BY,
     OUTSIDE_IDENTITY,
     PLACEMENT_ONLY,
     STORE_CHOICE,
@@ -107,7 +108,8 @@ def expected(key: str) -> set[str]:
         return expected(section) - {f"job {job}" for job in STORE_JOBS}
     return {identity for identity, patterns in READS.items()
             if _reads(patterns, key) and not (identity == "job study" and key.startswith("study.") and
-                                               key.removeprefix("study.") in STUDY_ANALYSIS_ONLY)}
+                                               key.removeprefix("study.") in STUDY_ANALYSIS_ONLY)
+            and not (identity.startswith("job ") and name in NOT_READ_BY.get(identity[4:], {}).get(section, ()))}
 
 
 BASE = load_config(["experiment=smoke", "study.enabled=true"])
@@ -182,3 +184,21 @@ def test_experiments_sharing_a_store_share_its_jobs():
         assert job_params(default, job) == job_params(successors, job)
     longer = load_config(["experiment=successors", "experiment.context_length=256"])
     assert job_params(longer, "tokenize") != job_params(default, "tokenize")
+
+
+def test_a_sites_own_budget_changes_only_that_sites_training_keys():
+    """train.site_tokens: an attention-output budget retrains the attention output's SAEs only; the
+    residual stream's keep their keys, and a site's own budget keys its SAEs as train.tokens at that value
+    would (the same SAE, however its budget was written)."""
+    config = load_config(["experiment=smoke", "experiment.sites=[resid_post,attn_z]"])
+    longer = load_config(["experiment=smoke", "experiment.sites=[resid_post,attn_z]", "train.site_tokens={attn_z: 40960}"])
+    spelled = load_config(["experiment=smoke", "experiment.sites=[resid_post,attn_z]", "train.tokens=40960"])
+
+    def key(c, site):
+        return training_key(c, site, grid_specs(c, c.model.site_width(site), site)[0])
+
+    assert key(longer, "resid_post") == key(config, "resid_post")
+    assert key(longer, "attn_z") != key(config, "attn_z")
+    assert key(longer, "attn_z") == key(spelled, "attn_z")
+    assert longer.train.at_site("attn_z").steps == 40960 // config.train.batch_size
+    assert longer.train.at_site("resid_post").tokens == longer.train.tokens  # no budget of its own there

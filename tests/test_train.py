@@ -182,6 +182,19 @@ def test_decoder_rows_stay_unit_norm_and_loss_falls(smoke_cache, tmp_path):
         assert (a < b).all()
 
 
+def test_a_site_trains_for_its_own_budget(smoke_cache, tmp_path):
+    """train.site_tokens: the trainer at a site with a budget of its own trains that many steps (its
+    resamples placed within them); at a site without one, train.tokens applies."""
+    batch = smoke_cache.train.batch_size
+    own = _trainer(smoke_cache, tmp_path / "own", site_tokens={SITE: 5 * batch})
+    other = _trainer(smoke_cache, tmp_path / "other", site_tokens={"attn_z": 5 * batch})
+    assert own.steps == 5 and own.train.site_tokens == {}
+    assert other.steps == smoke_cache.train.steps != 5
+    assert own.resample_steps == sorted({int(f * 5) for f in smoke_cache.train.resample_at})
+    own.run(progress=False)
+    assert own.step == 5
+
+
 def test_lr_schedule_warms_up_and_recovers_after_resampling():
     train = load_config(["experiment=smoke"]).train
     factors = [lr_factor(step, train, [10]) for step in range(20)]

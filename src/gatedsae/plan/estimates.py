@@ -156,7 +156,7 @@ def train_estimate(config: Config, site: str, specs: list | None = None) -> Esti
     """A train job's SAEs `specs` (by default the whole grid at `site`: every knob value, every seed)."""
     from gatedsae.plan.grid import grid_specs
 
-    d, train = config.model.site_width(site), config.train
+    d, train = config.model.site_width(site), config.train.at_site(site)
     specs = grid_specs(config, d, site) if specs is None else specs
     parameters = sum(_sae_parameters(s.arch, s.width, d) for s in specs)
     # parameters, gradients and Adam's two moments in fp32
@@ -172,7 +172,7 @@ def train_estimate(config: Config, site: str, specs: list | None = None) -> Esti
 
 
 def rescale_shift_estimate(config: Config, site: str) -> Estimate:
-    d, train = config.model.site_width(site), config.train
+    d, train = config.model.site_width(site), config.train.at_site(site)
     widths = [g.width(d) for g in config.sweep.variant_groups_at(site) if g.arch == rescale_shift_base()
               for _ in g.values for _ in range(train.seeds)]
     memory = lambda chunk: rescale_shift_memory(config, d, chunk)  # noqa: E731
@@ -184,7 +184,7 @@ def rescale_shift_estimate(config: Config, site: str) -> Estimate:
     flops = sum(architecture(only("rescale_shift")).train_flops_per_dw * d * w for w in widths) * train.tokens
     job = f"rescale_shift[{site}]" + (f" in {len(passes)} passes" if len(passes) > 1 else "")
     if streamed:
-        flops += stream_forward_flops(config, len(passes))
+        flops += stream_forward_flops(config, len(passes), [site])
     own_lm_device = streamed and config.train_device(site) != config.cache.device
     return Estimate(job, max(memory(chunk) for chunk in passes) + lm, flops,
                     disk_bytes=sum(2 * d * w * 4 * 2 for w in widths), devices=2 if own_lm_device else 1)
@@ -339,11 +339,13 @@ def stream_model_memory(config: Config) -> float:
             + _forward_activation_bytes(config, config.cache.batch_sequences) + kept)
 
 
-def stream_forward_flops(config: Config, passes: int) -> float:
-    """LM FLOPs of streamed training to the deepest layer: every pass over the data, plus the leading
-    shards read once for the activation statistics."""
+def stream_forward_flops(config: Config, passes: int, sites: list[str] | None = None) -> float:
+    """LM FLOPs of streamed training to the deepest layer: every pass over the data (as long as the
+    longest budget of `sites`, by default the experiment's), plus the leading shards read once for the
+    activation statistics."""
     statistics = config.train.statistics_tokens or config.cache.train_tokens
-    tokens = passes * config.train.tokens + statistics
+    budget = max(config.train.at_site(site).tokens for site in (sites or config.experiment.sites))
+    tokens = passes * budget + statistics
     return 2 * model_parameters(config, max(config.experiment.all_layers) + 1) * tokens
 
 

@@ -57,7 +57,7 @@ def seed_config(config: Config, seed: int) -> Config:
     model = ModelConfig(name=SYNTHETIC, source="random", n_layers=1, d_model=d, n_heads=1, d_head=d, d_mlp=d,
                         d_vocab=1, n_ctx=2, seed=seed)
     train = replace(config.train, **asdict(truth.train), seed=seed, seeds=1, max_norm_ratio=None,
-                    statistics_tokens=None, site_devices=[])
+                    statistics_tokens=None, site_devices=[], site_tokens={})
     experiment = replace(config.experiment, layers=[0], site_layers={}, sites=["resid_post"], chapters=[], chapter="",
                          context_length=2)
     return replace(config, model=model, corpus=CorpusConfig(name=SYNTHETIC, kind="hub", hub_dataset=SYNTHETIC),

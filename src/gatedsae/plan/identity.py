@@ -41,7 +41,7 @@ NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
               "all_tokens_max_grad_norm": None},
     "experiment": {"site_layers": {}},
     "evaluate": {"validation_ce_windows": None, "site_ce_windows": {}},
-    "train": {"statistics_tokens": None, "sparse": "auto",
+    "train": {"statistics_tokens": None, "sparse": "auto", "site_tokens": {},
               "sparse_max_density": SPARSE_MAX_DENSITY, "dead_after_tokens": DEAD_AFTER_TOKENS, "seeds": 1,
               "max_grad_norm": None},
 }
@@ -129,7 +129,7 @@ def training_key(config: Config, site: str, spec: SAESpec, extra: str = "") -> s
     before seeds existed keep their keys."""
     seed = {} if spec.seed is None else {"seed": spec.seed}
     return config_hash({"spec": [spec.arch, spec.width, spec.value, spec.lr, spec.l1_units],
-                        "train": _per_sae("train", asdict(config.train)),
+                        "train": _per_sae("train", asdict(config.train.at_site(site))),
                         "store": store_identity(config), "d": config.model.site_width(site),
                         "extra": extra, **seed, **_precision_entry(training_precision(config, site).dtype)})
 
@@ -202,6 +202,9 @@ JOBS: dict[str, tuple[tuple[str, ...], Optional[str]]] = {
 }
 # The study's settings that only its analysis reads (never the rating page).
 STUDY_ANALYSIS_ONLY = ("ratings", "bootstrap", "confidence")
+# Settings of a job's sections that the job never reads: the ground truth trains on its own synthetic data
+# with its own budget (groundtruth.train), never a site's.
+NOT_READ_BY: dict[str, dict[str, tuple[str, ...]]] = {"groundtruth": {"train": ("site_tokens",)}}
 
 
 def job_params(config: Config, job: str) -> str:
@@ -214,11 +217,12 @@ def job_params(config: Config, job: str) -> str:
         return json.dumps({"study": study, "page": json.loads(section_params(config, "browser", "evaluate"))},
                           sort_keys=True)
     sections, code = JOBS[job]
-    return section_params(config, *sections, code=code, not_identity=STORE_CHOICE if job in STORE_JOBS else ())
+    return section_params(config, *sections, code=code, not_identity=STORE_CHOICE if job in STORE_JOBS else (),
+                          not_read=NOT_READ_BY.get(job, {}))
 
 
 def section_params(config: Config, *sections: str, code: Optional[str] = None,
-                   not_identity: Sequence[str] = ()) -> str:
+                   not_identity: Sequence[str] = (), not_read: Optional[dict[str, tuple[str, ...]]] = None) -> str:
     """Config sections as one canonical JSON string, without what never identifies a result (placement,
     neutral defaults, EXPERIMENT_NOT_IDENTITY and the experiment's keys in `not_identity`). `code` names
     the code whose fingerprint is part of it (metrics | aggregate | verdict), so that a fix to what
@@ -229,6 +233,9 @@ def section_params(config: Config, *sections: str, code: Optional[str] = None,
         resolved["experiment"].pop(key)
     found = {section: comparable(section, resolved[section]) if isinstance(resolved[section], dict)
              else resolved[section] for section in sections}
+    for section, keys in (not_read or {}).items():
+        for key in keys:
+            found[section].pop(key, None)
     if code is not None:
         found["code"] = code_fingerprint(CODE[code])
     return json.dumps(found, sort_keys=True)

@@ -53,7 +53,9 @@ def markdown_table(config: Config) -> str:
     tflops = config.resources.sustained_tflops or SUSTAINED_FLOPS['cuda' if device.startswith('cuda') else 'cpu'] / 1e12
     memory = f"{config.resources.device_memory_gib:g} GiB" if config.resources.device_memory_gib else "unbounded"
     lines = [f"**{config.experiment.name}** ({config.model.name}; layers {config.experiment.layers}; "
-             f"{config.train.tokens:,} training tokens per SAE; device-hours at {tflops:g} TFLOP/s sustained; "
+             f"{config.train.tokens:,} training tokens per SAE"
+             + "".join(f", {site} {tokens:,}" for site, tokens in config.train.site_tokens.items())
+             + f"; device-hours at {tflops:g} TFLOP/s sustained; "
              f"device memory {memory})", "",
              "| job | count | peak memory (GiB) | disk (GiB, all jobs) | device-hours (all jobs) |", "|---|---|---|---|---|"]
     total_hours = total_disk = 0.0

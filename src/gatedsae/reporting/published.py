@@ -186,7 +186,9 @@ def convergence(measured: dict) -> list[str]:
     from gatedsae.plan.config import load_config
 
     train = load_config(["experiment=default"]).train
-    rule, default_steps = measured["rule"], train.tokens // train.batch_size
+    rule = measured["rule"]
+    own = ", ".join(f"{short_label(site)} {train.at_site(site).steps:,}" for site in train.site_tokens)
+    default_steps = f"{train.steps:,}" + (f" ({own})" if own else "")
     metrics = rule["metrics"]
     lines = ["| site | steps | SAE | " + " | ".join(f"{m} change" for m in metrics)
              + " | converged | lr, last part | validation L0 | validation loss recovered |",

@@ -236,7 +236,7 @@ def export_checkpoints(trainer: GridTrainer, site: str, layer: int, out_dir: Pat
             "rows_per_epoch": trainer.data_statistics["rows"],
             "resampled": [r for r in trainer.resampled if r["sae"] == spec.name],
             "alive_fraction": float(trainer.fired_ever[spec.group][spec.index].float().mean()),
-            "train_config": asdict(config.train), "code_version": version,
+            "train_config": asdict(config.train.at_site(site)), "code_version": version,
             "precision": trainer.precision.provenance(),  # its dtype is in training_key when bfloat16
             "activation_store": store.provenance(),
         }

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -130,6 +131,7 @@ class GridTrainer:
     def __init__(self, config: Config, store: ShardedActivations, out_dir: Path,
                  grid: Optional[tuple[list[BatchedSAE], list[SAESpec], list[float]]] = None, identity_extra: str = "",
                  specs: Optional[list[SAESpec]] = None):
+        config = replace(config, train=config.train.at_site(store.site))  # the site's own budget (train.site_tokens)
         self.config, self.train, self.store, self.out_dir = config, config.train, store, Path(out_dir)
         self.device = torch.device(self.train.device)
         self.data_statistics = store.statistics(self.train.max_norm_ratio, self.train.statistics_tokens)
@@ -365,7 +367,7 @@ def train_lockstep(trainers: list[GridTrainer], progress: bool = True, stop_afte
     trainers of a layer's sites then read the same streamed shards at about the same time."""
     for trainer in trainers:
         trainer.start()
-    first = trainers[0]
+    first = max(trainers, key=lambda t: t.steps)  # sites may train for different budgets (train.site_tokens)
     bar = progress_bar("train grid", "step", total=first.steps, initial=first.step, enabled=progress)
     started, start_step, rounds = time.time(), first.step, 0
     try:

@@ -3,7 +3,7 @@ compute stages."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
 from gatedsae.plan.config.checks import DTYPES, choice, device, finite, require
@@ -60,6 +60,10 @@ class TrainConfig:
     """Training as in the paper's App. D (Adam β1 = 0, warm-up, resampling), sized for the machine."""
 
     tokens: int = 500_000          # training tokens per SAE (epochs over the store as needed)
+    # A site's own `tokens`, where its SAEs need another budget to meet conf/verdict's convergence rule
+    # (results/calibration/convergence.json), e.g. {attn_z: 3276800}; each site's SAEs train (and are keyed)
+    # with their site's budget only, so another site's entry retrains nothing here
+    site_tokens: dict[str, int] = field(default_factory=dict)
     batch_size: int = 4096
     adam_beta1: float = 0.0
     adam_beta2: float = 0.999
@@ -104,6 +108,10 @@ class TrainConfig:
         for key in ("tokens", "batch_size", "checkpoint_every_steps", "buffer_rows", "seeds"):
             require(getattr(self, key) > 0, f"train.{key}", "must be a positive integer")
         require(self.log_every_steps >= 0, "train.log_every_steps", "must be 0 (no training curves) or positive")
+        for site, tokens in self.site_tokens.items():
+            choice(site, "train.site_tokens", SITES)
+            require(isinstance(tokens, int) and tokens >= self.batch_size, f"train.site_tokens.{site}",
+                    f"got {tokens}; must be a whole number of tokens, at least train.batch_size ({self.batch_size})")
         require(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "train.adam_beta1",
                  "Adam betas must lie in [0, 1)")
         choice(self.normalize, "train.normalize", ("mean_sq_norm", "none"))
@@ -141,6 +149,13 @@ class TrainConfig:
     @property
     def steps(self) -> int:
         return max(1, self.tokens // self.batch_size)
+
+    def at_site(self, site: Optional[str]) -> TrainConfig:
+        """These settings as they apply at `site`: `tokens` resolved to the site's own, `site_tokens` emptied
+        (so identities read only the budget the site trains with). Site None: the settings unchanged."""
+        if site is None or not self.site_tokens:
+            return self
+        return replace(self, tokens=self.site_tokens.get(site, self.tokens), site_tokens={})
 
     @property
     def seed_values(self) -> list[int]:
