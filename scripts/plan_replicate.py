@@ -39,9 +39,9 @@ RESID_ONLY = ["experiment.sites=[resid_post]", "sweep.all_tokens=false"]
 CANDIDATES = [
     ("the default as configured, 1 seed", [], 1),
     ("the default as configured, 3 seeds", [], 3),
-    ("3 seeds, the attention output at 400 steps like the other sites", ["train.site_tokens={}"], 3),
+    ("3 seeds, the attention output at 400 steps like the other sites", ["~train.site_tokens"], 3),
     ("3 seeds, the MLP output at 3,200 steps too", ["train.site_tokens={attn_z:3276800,mlp_out:3276800}"], 3),
-    ("3 seeds, every site at 3,200 steps", ["train.tokens=3276800", "train.site_tokens={}"], 3),
+    ("3 seeds, every site at 3,200 steps", ["train.tokens=3276800", "~train.site_tokens"], 3),
     ("3 seeds, 1,600 steps where not 3,200, one pass over a larger cache", LONGER, 3),
     ("3 seeds, 800 steps where not 3,200 (2 passes over the cache)", ["train.tokens=819200"], 3),
     ("3 seeds, 1,600 steps where not 3,200 (4 passes over the cache)", ["train.tokens=1638400"], 3),

@@ -65,6 +65,13 @@ def test_the_summary_says_where_and_on_what_the_claims_were_read():
     (line,) = summary(verdict)
     assert line.endswith("Sites: Residual stream at layer 15, 64 test windows; Attention output at layer 3, "
                          "768 test windows.")
+    verdict["saes"] = [{"site": "attn_z", "last_step": 3200, "converged": True},
+                       {"site": "resid_post", "last_step": 400, "converged": False},
+                       {"site": "resid_post", "last_step": 400, "converged": True},
+                       {"site": "attn_z", "last_step": 3200, "converged": None}]  # not assessed: not converged
+    (line,) = summary(verdict)
+    assert line.endswith("768 test windows. SAEs meeting the convergence rule: Residual stream 1 of 2 (400 steps); "
+                         "Attention output 1 of 2 (3,200 steps).")  # in the order of the sites read
     (older,) = summary({"summary": {"REPRODUCED": 12, "INCONCLUSIVE": 3}})
     assert "predates the pre-registered protocol" in older
 

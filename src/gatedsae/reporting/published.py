@@ -71,7 +71,23 @@ def summary(verdict: dict) -> list[str]:
                       for site in verdict["notes"]["sites"] if "layer" in site and "ce_windows" in site)
     return [f"{total} claims: {counts}. Read on the held-out split `{verdict['split']}`, with "
             f"{' or '.join(map(str, seeds))} training seed{'s' if seeds != [1] else ''} per SAE, at the pre-registered "
-            f"loss-recovered levels ({levels})." + (f" Sites: {where}." if where else "")]
+            f"loss-recovered levels ({levels})." + (f" Sites: {where}." if where else "") + _converged(verdict)]
+
+
+def _converged(verdict: dict) -> str:
+    """How many SAEs of each site meet verdict.convergence, and the training steps they had."""
+    by_site: dict[str, list[dict]] = {}
+    for sae in verdict.get("saes", []):
+        by_site.setdefault(sae["site"], []).append(sae)
+    if not by_site:
+        return ""
+    order = [site["site"] for site in verdict.get("notes", {}).get("sites", []) if "site" in site]
+    parts = []
+    for site, saes in sorted(by_site.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)):
+        steps = "/".join(f"{s:,}" for s in sorted({sae["last_step"] for sae in saes if sae.get("last_step")}))
+        met = sum(bool(sae["converged"]) for sae in saes)
+        parts.append(f"{short_label(site)} {met} of {len(saes)}" + (f" ({steps} steps)" if steps else ""))
+    return f" SAEs meeting the convergence rule: {'; '.join(parts)}."
 
 
 def claims(verdict: dict) -> list[str]:
