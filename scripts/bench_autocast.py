@@ -53,7 +53,7 @@ def main() -> None:
     l1 = [float(v) for v in args.l1.split(",")]
     groups = [replace(g, l1=l1, sites=[]) for g in config.sweep.groups if g.arch in (PROPOSED, BASELINE)]
     config = replace(config, sweep=replace(config.sweep, groups=groups),
-                     train=replace(config.train, tokens=args.steps * config.train.batch_size))
+                     train=config.train.every_site(args.steps * config.train.batch_size))
     layer = config.experiment.layers[0]
     directory = config.paths.activations_dir(config.model.name, config.corpus.name, args.site, layer)
     runs = {}

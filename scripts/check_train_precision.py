@@ -47,7 +47,7 @@ def main() -> None:
     groups = [next(g for g in at_site if g.arch == arch) for arch in (PROPOSED, BASELINE)]
     groups = [replace(g, l1=_middle(g.l1), sites=[args.site]) for g in groups]
     config = replace(config, sweep=replace(config.sweep, groups=groups),
-                     train=replace(config.train, tokens=args.steps * config.train.batch_size))
+                     train=config.train.every_site(args.steps * config.train.batch_size))
     layer = config.experiment.layers[0]
     directory = config.paths.activations_dir(config.model.name, config.corpus.name, args.site, layer)
     started = time.time()

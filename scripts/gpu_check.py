@@ -82,7 +82,7 @@ def check_model(name: str, device: str, data: Path, source_data: Path, train_ste
     cached_tokens = len(store) + len(heldout)
 
     out_dir = config.paths.checkpoints_dir(config.model.name, config.corpus.name, site, layer, config.sweep.name)
-    config = replace(config, train=replace(config.train, tokens=train_steps * config.train.batch_size,
+    config = replace(config, train=replace(config.train.every_site(train_steps * config.train.batch_size),
                                            checkpoint_every_steps=10**9))
     trainer = GridTrainer(config, store, out_dir)
     x = next(iter(store.batches(config.train.batch_size, seed=0, buffer_rows=config.train.buffer_rows)))

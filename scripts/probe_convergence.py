@@ -70,14 +70,25 @@ def curve_summary(curve: pd.DataFrame, last_fraction: float) -> dict:
             "lr_last_part": [float(lr.min()), float(lr.max())]}
 
 
-def probe_budget(base, site: str, layer: int, groups, steps: int, ce_windows: int) -> dict:
+def training_rows_reading(config, site: str, layer: int, saes, rows: int) -> list[dict]:
+    """L0 and FVU of `saes` on the first `rows` rows of the training split (rows every budget trained on,
+    longer budgets several times): beside the validation split's, the gap that repeated passes would open."""
+    from gatedsae.activations.store import ActivationStore
+    from gatedsae.evaluation.reconstruction import reconstruction_metrics
+
+    store = ActivationStore(config.paths.activations_dir(config.model.name, config.corpus.name, site, layer), "train")
+    found = reconstruction_metrics(saes, store, rows, config.evaluate.batch_rows, config.evaluate.device)
+    return [{"l0": round(float(r.metrics["l0"]), 5), "fvu": round(float(r.metrics["fvu"]), 5)} for r in found]
+
+
+def probe_budget(base, site: str, layer: int, groups, steps: int, ce_windows: int, training_rows: int = 0) -> dict:
     from gatedsae.evaluation.evaluate import CheckpointSAE, evaluate_saes
     from gatedsae.plan.grid import read_grid_index
     from gatedsae.training.stages import train_grid
 
     sweep = replace(base.sweep, name=f"probe_{site}_l{layer}_{steps}", groups=groups, rescale_shift=False,
                     all_tokens=False)
-    config = replace(base, sweep=sweep, train=replace(base.train, tokens=steps * base.train.batch_size, seeds=1))
+    config = replace(base, sweep=sweep, train=replace(base.train.every_site(steps * base.train.batch_size), seeds=1))
     started = time.time()
     index = train_grid(config, site, layer, progress=False)
     trained = time.time() - started
@@ -93,6 +104,10 @@ def probe_budget(base, site: str, layer: int, groups, steps: int, ce_windows: in
             saes[row["sae"]]["validation"] = {k: round(float(row[k]), 5) for k in
                                               ("l0", "fvu", "loss_recovered", "ce_clean", "ce_zero", "ce_sae")}
         evaluated = round(time.time() - started_eval, 1)
+    if training_rows:
+        loaded = [CheckpointSAE.load(e["path"]) for e in entries]
+        for entry, reading in zip(entries, training_rows_reading(config, site, layer, loaded, training_rows)):
+            saes[entry["sae"]]["training_rows"] = {**reading, "rows": training_rows}
     return {"steps": steps, "tokens": steps * base.train.batch_size, "train_seconds": round(trained, 1),
             "evaluate_seconds": evaluated, "all_converged": all(s["converged"] for s in saes.values()),
             "saes": saes}
@@ -136,6 +151,8 @@ def main() -> None:
     parser.add_argument("--saes", default=None, help="arch:width_ratio:value,... (value: the architecture's sparsity knob; "
                         "default: the sweep's grid at --site)")
     parser.add_argument("--ce-windows", type=int, default=0, help="validation windows for loss recovered (0: none)")
+    parser.add_argument("--training-rows", type=int, default=0, help="also read L0 and FVU on this many rows of the "
+                        "training split, to compare with the validation split's (0: not read)")
     parser.add_argument("--from-curves", default=None, help="read an earlier run's curves.csv (e.g. "
                         "reference/default/curves.csv) instead of training; --budgets is ignored")
     parser.add_argument("--out", default="results/calibration/convergence.json")
@@ -165,7 +182,8 @@ def main() -> None:
     budgets = [None] if args.from_curves else [int(s) for s in args.budgets.split(",")]
     for steps in budgets:
         measured = (recorded_run(Path(args.from_curves), args.site, args.layer, base.verdict.convergence)
-                    if args.from_curves else probe_budget(base, args.site, args.layer, groups, steps, args.ce_windows))
+                    if args.from_curves else probe_budget(base, args.site, args.layer, groups, steps, args.ce_windows,
+                                                        args.training_rows))
         steps = measured["steps"]
         entry["budgets"] = sorted([b for b in entry["budgets"] if b["steps"] != steps] + [measured],
                                   key=lambda b: b["steps"])
@@ -176,7 +194,8 @@ def main() -> None:
             extra = sae.get("validation", {})
             print(f"{steps:5d} steps {name:40s} converged={sae['converged']!s:5s} "
                   + " ".join(f"{m} {100 * sae[f'{m}_change']:.1f}%" for m in base.verdict.convergence.metrics)
-                  + (f"  val L0 {extra['l0']:.1f} LR {extra['loss_recovered']:.4f}" if extra else ""), flush=True)
+                  + (f"  val L0 {extra['l0']:.1f} LR {extra['loss_recovered']:.4f} FVU {extra['fvu']:.4f}" if extra else "")
+                  + (f"  training rows FVU {sae['training_rows']['fvu']:.4f}" if "training_rows" in sae else ""), flush=True)
     print(f"wrote {out}")
 
 

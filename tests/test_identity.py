@@ -202,3 +202,4 @@ def test_a_sites_own_budget_changes_only_that_sites_training_keys():
     assert key(longer, "attn_z") == key(spelled, "attn_z")
     assert longer.train.at_site("attn_z").steps == 40960 // config.train.batch_size
     assert longer.train.at_site("resid_post").tokens == longer.train.tokens  # no budget of its own there
+    assert longer.train.every_site(8192).at_site("attn_z").tokens == 8192  # how probes set one budget for all

@@ -150,6 +150,10 @@ class TrainConfig:
     def steps(self) -> int:
         return max(1, self.tokens // self.batch_size)
 
+    def every_site(self, tokens: int) -> TrainConfig:
+        """These settings with every site trained for `tokens` (the sites' own budgets dropped)."""
+        return replace(self, tokens=tokens, site_tokens={})
+
     def at_site(self, site: Optional[str]) -> TrainConfig:
         """These settings as they apply at `site`: `tokens` resolved to the site's own, `site_tokens` emptied
         (so identities read only the budget the site trains with). Site None: the settings unchanged."""
