@@ -9,6 +9,7 @@ import json
 import pytest
 
 from gatedsae.plan.config import REPO_ROOT, load_config
+from gatedsae.plan.sites import short_label
 from gatedsae.reporting.published import BLOCK, documents, render_block, render_text
 
 
@@ -160,7 +161,9 @@ def test_the_convergence_block_gives_each_probed_sae_and_the_smallest_budget_mee
     assert "| resid_post/layer15 | 400 | gated | 2.0% | 12.0% | no | 0.001 | — | — |" in lines
     assert "| resid_post/layer15 | 800 | gated | 1.0% | 3.0% | yes | 0.001 | 41.3 | 98.12% |" in lines
     assert "resid_post/layer15: 800 steps; attn_z/layer1: none of 400 steps" in lines[-1]
-    assert f"The default trains {load_config(['experiment=default']).train.tokens // 1024} steps" in lines[-1]
+    train = load_config(["experiment=default"]).train
+    own = "".join(f" ({short_label(site)} {tokens // 1024:,})" for site, tokens in train.site_tokens.items())
+    assert f"The default trains {train.tokens // 1024} steps{own}." in lines[-1]
 
 
 def test_the_published_runs_trained_the_saes_they_share_to_the_same_weights():

@@ -204,7 +204,7 @@ def convergence(measured: dict) -> list[str]:
     train = load_config(["experiment=default"]).train
     rule = measured["rule"]
     own = ", ".join(f"{short_label(site)} {train.at_site(site).steps:,}" for site in train.site_tokens)
-    default_steps = f"{train.steps:,}" + (f" ({own})" if own else "")
+    default_steps = f"{train.steps:,} steps" + (f" ({own})" if own else "")
     metrics = rule["metrics"]
     lines = ["| site | steps | SAE | " + " | ".join(f"{m} change" for m in metrics)
              + " | converged | lr, last part | validation L0 | validation loss recovered |",
@@ -228,7 +228,7 @@ def convergence(measured: dict) -> list[str]:
     lines += ["", f"Rule: each of {', '.join(metrics)} changes by less than {100 * rule['max_relative_change']:.0f}% "
                   f"over the last {100 * rule['last_fraction']:.0f}% of training (one seed per SAE, batches of "
                   f"{measured['train']['batch_size']}). Smallest budget at which every probed SAE meets it: "
-                  f"{'; '.join(smallest)}. The default trains {default_steps} steps."]
+                  f"{'; '.join(smallest)}. The default trains {default_steps}."]
     if settings:
         lines += ["", "Settings other than the default's: " + "; ".join(settings) + "."]
     return lines
