@@ -93,6 +93,7 @@ def probe_budget(base, site: str, layer: int, groups, steps: int, ce_windows: in
     index = train_grid(config, site, layer, progress=False)
     trained = time.time() - started
     entries = read_grid_index(index)
+    trained_now = any(Path(e["path"]).stat().st_mtime >= started for e in entries)  # else every one was kept
     curves = pd.DataFrame(read_rows(index.parent / CURVES_FILE)).assign(site=site, layer=layer, variant="main")
     saes = assessed(curves[curves["sae"].isin([e["sae"] for e in entries])], base.verdict.convergence)
     evaluated = None
@@ -108,7 +109,8 @@ def probe_budget(base, site: str, layer: int, groups, steps: int, ce_windows: in
         loaded = [CheckpointSAE.load(e["path"]) for e in entries]
         for entry, reading in zip(entries, training_rows_reading(config, site, layer, loaded, training_rows)):
             saes[entry["sae"]]["training_rows"] = {**reading, "rows": training_rows}
-    return {"steps": steps, "tokens": steps * base.train.batch_size, "train_seconds": round(trained, 1),
+    return {"steps": steps, "tokens": steps * base.train.batch_size,
+            "train_seconds": round(trained, 1) if trained_now else None,
             "evaluate_seconds": evaluated, "all_converged": all(s["converged"] for s in saes.values()),
             "saes": saes}
 
@@ -185,6 +187,9 @@ def main() -> None:
                     if args.from_curves else probe_budget(base, args.site, args.layer, groups, steps, args.ce_windows,
                                                         args.training_rows))
         steps = measured["steps"]
+        earlier = next((b for b in entry["budgets"] if b["steps"] == steps), {})
+        if measured["train_seconds"] is None:  # its checkpoints were kept: the time they took when trained
+            measured["train_seconds"] = earlier.get("train_seconds")
         entry["budgets"] = sorted([b for b in entry["budgets"] if b["steps"] != steps] + [measured],
                                   key=lambda b: b["steps"])
         met = [b["steps"] for b in entry["budgets"] if b["all_converged"]]

@@ -154,12 +154,12 @@ def test_the_convergence_block_gives_each_probed_sae_and_the_smallest_budget_mee
                     "resid_post/layer15": {"smallest_budget_meeting_rule": 800, "budgets": [
                         {"steps": 400, "saes": {"gated": sae(0.02, 0.12)}},
                         {"steps": 800, "saes": {"gated": {**sae(0.01, 0.03), "validation": {
-                            "l0": 41.26, "loss_recovered": 0.98123}}}}]},
+                            "l0": 41.26, "loss_recovered": 0.98123, "fvu": 0.21}, "training_rows": {"fvu": 0.2}}}}]},
                     "attn_z/layer1": {"smallest_budget_meeting_rule": None, "budgets": [
                         {"steps": 400, "saes": {"baseline": sae(0.2, 0.1)}}]}}}
     lines = convergence(measured)
-    assert "| resid_post/layer15 | 400 | gated | 2.0% | 12.0% | no | 0.001 | — | — |" in lines
-    assert "| resid_post/layer15 | 800 | gated | 1.0% | 3.0% | yes | 0.001 | 41.3 | 98.12% |" in lines
+    assert "| resid_post/layer15 | 400 | gated | 2.0% | 12.0% | no | 0.001 | — | — | — |" in lines
+    assert "| resid_post/layer15 | 800 | gated | 1.0% | 3.0% | yes | 0.001 | 41.3 | 98.12% | 0.210, 0.200 (+5.0%) |" in lines
     assert "resid_post/layer15: 800 steps; attn_z/layer1: none of 400 steps" in lines[-1]
     train = load_config(["experiment=default"]).train
     own = "".join(f" ({short_label(site)} {tokens // 1024:,})" for site, tokens in train.site_tokens.items())

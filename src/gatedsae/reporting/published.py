@@ -195,6 +195,13 @@ def forecast(plan: dict) -> list[str]:
     return lines
 
 
+def _fvu_gap(validation: dict | None, training: dict | None) -> str:
+    """FVU on the validation split and on rows the SAE trained on (as often as its budget repeated them)."""
+    if not validation or not training:
+        return " — |"
+    return f" {validation['fvu']:.3f}, {training['fvu']:.3f} ({100 * (validation['fvu'] / training['fvu'] - 1):+.1f}%) |"
+
+
 def convergence(measured: dict) -> list[str]:
     """Each probed SAE's curves against verdict.convergence at each training budget
     (scripts/probe_convergence.py), and the smallest budget at which every one of a site's meets it,
@@ -207,8 +214,8 @@ def convergence(measured: dict) -> list[str]:
     default_steps = f"{train.steps:,} steps" + (f" ({own})" if own else "")
     metrics = rule["metrics"]
     lines = ["| site | steps | SAE | " + " | ".join(f"{m} change" for m in metrics)
-             + " | converged | lr, last part | validation L0 | validation loss recovered |",
-             "|---|---|---|" + "---|" * (len(metrics) + 4)]
+             + " | converged | lr, last part | validation L0 | validation loss recovered | FVU: validation, training rows |",
+             "|---|---|---|" + "---|" * (len(metrics) + 5)]
     smallest, settings = [], []
     for key, site in measured["sites"].items():
         for budget in site["budgets"]:
@@ -219,7 +226,8 @@ def convergence(measured: dict) -> list[str]:
                 lr = f"{low:g}" if low == high else f"{low:g}–{high:g}"
                 lines.append(f"| {key} | {budget['steps']} | {name} | " + " | ".join(cells)
                              + f" | {'yes' if sae['converged'] else 'no'} | {lr} | "
-                             + (f"{held['l0']:.1f} | {100 * held['loss_recovered']:.2f}% |" if held else "— | — |"))
+                             + (f"{held['l0']:.1f} | {100 * held['loss_recovered']:.2f}% |" if held else "— | — |")
+                             + _fvu_gap(held, sae.get("training_rows")))
         met = site["smallest_budget_meeting_rule"]
         probed = ", ".join(str(b["steps"]) for b in site["budgets"])
         smallest.append(f"{key}: {met} steps" if met else f"{key}: none of {probed} steps")
