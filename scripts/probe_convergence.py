@@ -43,6 +43,11 @@ from gatedsae.training.curve_log import CURVES_FILE, read_rows
 CURVE_POINTS = 17  # the curve kept in the JSON per SAE: L0 and reconstruction at this many logged steps
 
 
+def _portable(argument: str) -> str:
+    """An argument as recorded: where this machine keeps its data is no setting of the probe."""
+    return "paths.data=<data folder>" if argument.startswith("paths.data=") else argument
+
+
 def chosen_groups(config, site: str, spec: str | None) -> list[SAEGroupConfig]:
     """`arch:width_ratio:value,...` as one group per SAE (value: the architecture's sparsity knob, λ for the
     L1 architectures), or the sweep's own groups at `site` (its grid)."""
@@ -157,6 +162,8 @@ def main() -> None:
                         "training split, to compare with the validation split's (0: not read)")
     parser.add_argument("--from-curves", default=None, help="read an earlier run's curves.csv (e.g. "
                         "reference/default/curves.csv) instead of training; --budgets is ignored")
+    parser.add_argument("--label", default=None, help="tells this probe apart from earlier ones of the same site and "
+                        "layer under other settings (e.g. another store): its key becomes '<site>/layer<L> (<label>)'")
     parser.add_argument("--out", default="results/calibration/convergence.json")
     args, overrides = parser.parse_known_args()
 
@@ -164,7 +171,8 @@ def main() -> None:
     groups = chosen_groups(base, args.site, args.saes)
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.exists() else {}
-    key = f"{args.site}/layer{args.layer}" + (f" ({args.from_curves})" if args.from_curves else "")
+    label = args.from_curves or args.label
+    key = f"{args.site}/layer{args.layer}" + (f" ({label})" if label else "")
     result.update({
         "what": "training budget against conf/verdict's convergence rule (scripts/probe_convergence.py)",
         "model": base.model.name, "corpus": base.corpus.name,
@@ -177,7 +185,8 @@ def main() -> None:
     })
     sites = result.setdefault("sites", {})
     previous = sites.get(key, {}).get("budgets", [])  # budgets measured before, kept unless measured again
-    entry = sites[key] = {"command": " ".join(["python", *sys.argv]), "overrides": overrides,
+    entry = sites[key] = {"command": " ".join(["python", *map(_portable, sys.argv)]),
+                          "overrides": [_portable(o) for o in overrides],
                           "groups": None if args.from_curves else
                           [{"arch": g.arch, "width_ratio": g.width_ratio, "lr": g.lr, g.knob: getattr(g, g.knob)} for g in groups],
                           "validation_ce_windows": args.ce_windows, "budgets": previous}
