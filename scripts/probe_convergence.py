@@ -89,6 +89,7 @@ def training_rows_reading(config, site: str, layer: int, saes, rows: int) -> lis
 def probe_budget(base, site: str, layer: int, groups, steps: int, ce_windows: int, training_rows: int = 0) -> dict:
     from gatedsae.evaluation.evaluate import CheckpointSAE, evaluate_saes
     from gatedsae.plan.grid import read_grid_index
+    from gatedsae.saes.checkpoints import RECORD_FILE
     from gatedsae.training.stages import train_grid
 
     sweep = replace(base.sweep, name=f"probe_{site}_l{layer}_{steps}", groups=groups, rescale_shift=False,
@@ -98,20 +99,21 @@ def probe_budget(base, site: str, layer: int, groups, steps: int, ce_windows: in
     index = train_grid(config, site, layer, progress=False)
     trained = time.time() - started
     entries = read_grid_index(index)
-    trained_now = any(Path(e["path"]).stat().st_mtime >= started for e in entries)  # else every one was kept
+    # written by this run, else kept or adopted (a copy keeps its record's time)
+    trained_now = any((Path(e["path"]) / RECORD_FILE).stat().st_mtime >= started for e in entries)
+    loaded = [CheckpointSAE.load(e["path"]) for e in entries] if ce_windows or training_rows else []
     curves = pd.DataFrame(read_rows(index.parent / CURVES_FILE)).assign(site=site, layer=layer, variant="main")
     saes = assessed(curves[curves["sae"].isin([e["sae"] for e in entries])], base.verdict.convergence)
     evaluated = None
     if ce_windows:
         started_eval = time.time()
         check = replace(config, evaluate=replace(config.evaluate, ce_windows=ce_windows))
-        rows = evaluate_saes(check, site, layer, [CheckpointSAE.load(e["path"]) for e in entries], split=VALIDATION)
+        rows = evaluate_saes(check, site, layer, loaded, split=VALIDATION)
         for row in rows:
             saes[row["sae"]]["validation"] = {k: round(float(row[k]), 5) for k in
                                               ("l0", "fvu", "loss_recovered", "ce_clean", "ce_zero", "ce_sae")}
         evaluated = round(time.time() - started_eval, 1)
     if training_rows:
-        loaded = [CheckpointSAE.load(e["path"]) for e in entries]
         for entry, reading in zip(entries, training_rows_reading(config, site, layer, loaded, training_rows)):
             saes[entry["sae"]]["training_rows"] = {**reading, "rows": training_rows}
     return {"steps": steps, "tokens": steps * base.train.batch_size,
