@@ -139,7 +139,8 @@ def main() -> None:
                           "conf_unchanged_since": unchanged_since(commit, "conf")},
         "calibration": calibration.to_dict(), "budget_seconds": BUDGET_SECONDS, "candidates": candidates,
         "assumptions": "stage time proportional to its estimated FLOPs, at the ratio the calibrating cold run measured "
-                       "for each stage kind (in the precision that run chose on its machine); each chapter adds that "
+                       "for each stage kind, and for each site where it timed the sites apart (in the precision that "
+                       "run chose on its machine); each chapter adds that "
                        "run's mean overhead (jobs without a timed stage: reporting, the feature browser); the stages "
                        "the estimates do not size (ground truth, interpretability measures) count as that run measured "
                        "them, whatever the candidate; seeds multiply training and the per-SAE part of evaluation. "

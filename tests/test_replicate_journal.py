@@ -136,3 +136,19 @@ def test_a_chapter_keeps_its_stage_seconds_when_a_later_chapter_reruns_the_same_
     timings = json.loads(invoke(script).read_text())
     assert [c["stages"] for c in timings["chapters"]] == [
         {"train": 100.0, "evaluate": 30.0}, {"train": 2.0, "rescale_shift": 5.0}, {"train": 2.0}, {}]
+
+
+def test_a_sites_jobs_are_timed_per_site_as_well(run_in):
+    """The forecast calibrates each site on its own (its SAEs' sparsity sets their cost): a chapter records
+    the seconds of each per-site rule per site too, summed over the site's layers and over invocations."""
+    clock, invoke, _ = run_in
+    with pytest.raises(KeyboardInterrupt):
+        invoke([([("cache", "m/c", 5.0, 5.0), ("train", "m/c/resid_post/layer1/default", 100.0, 105.0),
+                  ("train", "m/c/attn_z/layer1/default", 20.0, 125.0)], 130.0, True)])
+    clock.now += 3600
+    headline = [([("train", "m/c/attn_z/layer2/default", 7.0, 7.0),
+                  ("evaluate", "m/c/attn_z/layer1/default", 3.0, 10.0)], 10.0, False)]
+    timings = json.loads(invoke(headline + [([], 1.0, False)] * 3).read_text())
+    chapter = timings["chapters"][0]
+    assert chapter["stages"] == {"cache": 5.0, "train": 127.0, "evaluate": 3.0}
+    assert chapter["site_stages"] == {"train": {"resid_post": 100.0, "attn_z": 27.0}, "evaluate": {"attn_z": 3.0}}

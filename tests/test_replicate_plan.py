@@ -90,3 +90,29 @@ def test_conf_counts_as_unchanged_when_only_comments_or_blank_lines_changed(tmp_
     assert script["unchanged_since"](timed, "conf")
     commit("# why, reworded\n\nl1: [0.2]  # note\n")
     assert not script["unchanged_since"](timed, "conf")
+
+
+def test_a_site_timed_on_its_own_is_calibrated_on_its_own():
+    """A cold run that timed training per site gives each timed site its own ratio (a sparse step's cost
+    follows the SAEs' L0, which the FLOP estimates do not see) and the kind's other jobs the ratio of what is
+    left; the measured run is still reproduced, and a longer budget at one site scales that site's time only."""
+    from gatedsae.plan.forecast import compute_seconds_by_site
+
+    config = load_config(["experiment=default", "~train.site_tokens"])
+    estimated = compute_seconds_by_site(config)
+    stages = {kind: 0.5 * sum(sites.values()) for kind, sites in estimated.items()}
+    stages["train"] = 0.4 * estimated["train"]["resid_post"] + 0.1 * estimated["train"]["attn_z"] + 0.3 * sum(
+        seconds for site, seconds in estimated["train"].items() if site not in ("resid_post", "attn_z"))
+    measured = {"setup_seconds": 60.0, "chapters": [
+        {"wall_seconds": sum(stages.values()) + 100.0, "stages": stages,
+         "site_stages": {"train": {"resid_post": 0.4 * estimated["train"]["resid_post"],
+                                   "attn_z": 0.1 * estimated["train"]["attn_z"]}}}]}
+    calibration = calibrate(measured, config)
+    assert calibration.site_ratios["train"] == pytest.approx({"resid_post": 0.4, "attn_z": 0.1})
+    assert calibration.ratios["train"] == pytest.approx(0.3) and calibration.ratios["evaluate"] == pytest.approx(0.5)
+    chapters = 100.0 * len(config.experiment.chapters)  # the measured chapter's overhead, in each chapter
+    assert replicate_seconds(config, calibration)["total"] == pytest.approx(sum(stages.values()) + 60.0 + chapters)
+    longer = load_config(["experiment=default", "train.site_tokens={attn_z: 3276800}"])
+    added = replicate_seconds(longer, calibration)["train"] - replicate_seconds(config, calibration)["train"]
+    grown = compute_seconds_by_site(longer)["train"]["attn_z"] - estimated["train"]["attn_z"]
+    assert grown > 0 and added == pytest.approx(0.1 * grown)

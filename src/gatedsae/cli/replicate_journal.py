@@ -41,6 +41,8 @@ class ChapterSpan:
     logs: Optional[str] = None     # the chapter's log folder: where a killed chapter's last sign of life is
     killed: bool = False
     stages: dict[str, float] = field(default_factory=dict)  # seconds per rule of its finished jobs
+    # the same, per site for the rules that run per site (the forecast calibrates each site on its own)
+    site_stages: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -76,7 +78,7 @@ class Journal:
             if span.ended is None:
                 folders = [benchmarks] + ([Path(span.logs)] if span.logs else [])
                 span.ended, span.killed = last_write(folders, span.started, now), True
-                span.stages = stage_seconds(benchmarks, span.started, span.ended)
+                span.stages, span.site_stages = stage_seconds(benchmarks, span.started, span.ended)
         journal.invocations.append(Invocation(now, code_version, setup_seconds))
         journal._save()
         return journal
@@ -92,7 +94,7 @@ class Journal:
     def chapter_ended(self) -> None:
         span = self.invocations[-1].chapters[-1]
         span.ended = time.time()
-        span.stages = stage_seconds(self.benchmarks, span.started, span.ended)
+        span.stages, span.site_stages = stage_seconds(self.benchmarks, span.started, span.ended)
         self._save()
 
     def chapters(self, descriptions: dict[str, str]) -> list[dict]:
@@ -100,10 +102,11 @@ class Journal:
         merged: dict[str, dict] = {}
         for span in self._spans():
             chapter = merged.setdefault(span.name, {"name": span.name, "description": descriptions.get(span.name, ""),
-                                                    "wall_seconds": 0.0, "stages": {}})
+                                                    "wall_seconds": 0.0, "stages": {}, "site_stages": {}})
             chapter["wall_seconds"] = round(chapter["wall_seconds"] + span.ended - span.started, 1)
-            for rule, seconds in span.stages.items():
-                chapter["stages"][rule] = round(chapter["stages"].get(rule, 0.0) + seconds, 1)
+            _add(chapter["stages"], span.stages)
+            for rule, sites in span.site_stages.items():
+                _add(chapter["site_stages"].setdefault(rule, {}), sites)
         return list(merged.values())
 
     def summary(self) -> list[dict]:
@@ -129,19 +132,29 @@ def time_text(seconds: float) -> str:
     return _dt.datetime.fromtimestamp(seconds, _dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def stage_seconds(benchmarks: Path, since: float, until: float) -> dict[str, float]:
-    """Seconds per rule of the jobs that finished in (since, until], from Snakemake's benchmark files
-    (benchmarks/<experiment>/<rule>/...tsv, one per job; its last row is the job's latest run)."""
+def _add(totals: dict[str, float], seconds: dict[str, float]) -> None:
+    for key, value in seconds.items():
+        totals[key] = round(totals.get(key, 0.0) + value, 1)
+
+
+def stage_seconds(benchmarks: Path, since: float, until: float) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Seconds per rule of the jobs that finished in (since, until], and per rule and site for the rules
+    that run per site, from Snakemake's benchmark files (benchmarks/<experiment>/<rule>/...tsv, one per job,
+    .../<model>/<corpus>/<site>/layer<L>/<sweep>.tsv for a site's; its last row is the job's latest run)."""
     seconds: dict[str, float] = {}
+    by_site: dict[str, dict[str, float]] = {}
     for path in sorted(benchmarks.rglob("*.tsv")) if benchmarks.exists() else []:
         if not since < path.stat().st_mtime <= until:
             continue
         with open(path) as handle:
             rows = list(csv.DictReader(handle, delimiter="\t"))
         if rows:
-            rule = path.relative_to(benchmarks).parts[0]
-            seconds[rule] = round(seconds.get(rule, 0.0) + float(rows[-1]["s"]), 1)
-    return seconds
+            parts = path.relative_to(benchmarks).parts
+            job = {parts[0]: float(rows[-1]["s"])}
+            _add(seconds, job)
+            if len(parts) == 6 and parts[4].startswith("layer"):
+                _add(by_site.setdefault(parts[0], {}), {parts[3]: job[parts[0]]})
+    return seconds, by_site
 
 
 def last_write(folders: list[Path], since: float, until: float) -> float:
