@@ -107,11 +107,13 @@ def probe_budget(base, site: str, layer: int, groups, steps: int, ce_windows: in
     evaluated = None
     if ce_windows:
         started_eval = time.time()
-        check = replace(config, evaluate=replace(config.evaluate, ce_windows=ce_windows))
-        rows = evaluate_saes(check, site, layer, loaded, split=VALIDATION)
+        # the validation split's own window count (evaluate.validation_ce_windows) would otherwise win
+        windows = replace(config.evaluate, ce_windows=ce_windows, validation_ce_windows=ce_windows)
+        rows = evaluate_saes(replace(config, evaluate=windows), site, layer, loaded, split=VALIDATION)
         for row in rows:
-            saes[row["sae"]]["validation"] = {k: round(float(row[k]), 5) for k in
-                                              ("l0", "fvu", "loss_recovered", "ce_clean", "ce_zero", "ce_sae")}
+            saes[row["sae"]]["validation"] = {**{k: round(float(row[k]), 5) for k in
+                                                 ("l0", "fvu", "loss_recovered", "ce_clean", "ce_zero", "ce_sae")},
+                                              "ce_windows": int(row["ce_windows"])}  # as read
         evaluated = round(time.time() - started_eval, 1)
     if training_rows:
         for entry, reading in zip(entries, training_rows_reading(config, site, layer, loaded, training_rows)):

@@ -25,7 +25,8 @@ def _probe(monkeypatch, *argv: str) -> None:
 def test_each_budget_is_judged_by_the_verdicts_rule(smoke_cache, tmp_path, monkeypatch, one_thread):
     config = copy_data(smoke_cache, tmp_path / "data", ("text", "tokens", "activations"))
     out = tmp_path / "convergence.json"
-    overrides = ["experiment=smoke", f"paths.data={config.paths.root}", "verdict.convergence.max_relative_change=0.3"]
+    overrides = ["experiment=smoke", f"paths.data={config.paths.root}", "verdict.convergence.max_relative_change=0.3",
+                 "evaluate.validation_ce_windows=1"]  # --ce-windows wins over the experiment's validation windows
     _probe(monkeypatch, "--site", "resid_post", "--layer", "1", "--budgets", "16,48", "--ce-windows", "2",
            "--saes", "gated:2:0.01,baseline:3:0.01", "--out", str(out), *overrides)
     measured = json.loads(out.read_text())
@@ -42,6 +43,7 @@ def test_each_budget_is_judged_by_the_verdicts_rule(smoke_cache, tmp_path, monke
             assert sae["converged"] == bool(expected.loc[name, "converged"])
             assert sae["reconstruction_change"] == pytest.approx(expected.loc[name, "reconstruction_change"], abs=1e-4)
             assert 0 < sae["validation"]["l0"] and sae["validation"]["ce_clean"] > 0
+            assert sae["validation"]["ce_windows"] == 2
         assert budget["all_converged"] == all(s["converged"] for s in budget["saes"].values())
     met = [b["steps"] for b in site["budgets"] if b["all_converged"]]
     assert site["smallest_budget_meeting_rule"] == (min(met) if met else None)
