@@ -102,10 +102,12 @@ def calibrate(measured: dict, config: Config) -> MachineCalibration:
         timed = {site: seconds for site, seconds in by_site.get(kind, {}).items() if estimated.get(site, 0.0) > 0}
         if timed:
             site_ratios[kind] = {site: seconds / estimated[site] for site, seconds in timed.items()}
+        total = sum(stages.get(name, 0.0) for name in MEASURED_STAGES[kind])
         rest = sum(seconds for site, seconds in estimated.items() if site not in timed)
         if rest > 0:  # the kind's other sites and its jobs without a site, at the ratio of what is left
-            total = sum(stages.get(name, 0.0) for name in MEASURED_STAGES[kind])
             ratios[kind] = (total - sum(timed.values())) / rest
+        elif timed:  # every site timed: a site the run did not have gets the kind's ratio as a whole
+            ratios[kind] = total / sum(estimated.values())
     data = sum(stages.get(name, 0.0) for name in MEASURED_STAGES["data"])
     sized = {name for names in MEASURED_STAGES.values() for name in names}
     return MachineCalibration(ratios, float(measured.get("setup_seconds", 0.0)), data,
