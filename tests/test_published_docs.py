@@ -151,7 +151,7 @@ def test_the_convergence_block_gives_each_probed_sae_and_the_smallest_budget_mee
 
     measured = {"rule": {"metrics": ["l0", "reconstruction"], "max_relative_change": 0.05, "last_fraction": 0.25},
                 "train": {"batch_size": 1024}, "sites": {
-                    "resid_post/layer15": {"smallest_budget_meeting_rule": 800, "budgets": [
+                    "resid_post/layer15": {"smallest_budget_meeting_rule": 800, "validation_ce_windows": 32, "budgets": [
                         {"steps": 400, "saes": {"gated": sae(0.02, 0.12)}},
                         {"steps": 800, "saes": {"gated": {**sae(0.01, 0.03), "validation": {
                             "l0": 41.26, "loss_recovered": 0.98123, "fvu": 0.21}, "training_rows": {"fvu": 0.2}}}}]},
@@ -160,10 +160,12 @@ def test_the_convergence_block_gives_each_probed_sae_and_the_smallest_budget_mee
     lines = convergence(measured)
     assert "| resid_post/layer15 | 400 | gated | 2.0% | 12.0% | no | 0.001 | — | — | — |" in lines
     assert "| resid_post/layer15 | 800 | gated | 1.0% | 3.0% | yes | 0.001 | 41.3 | 98.12% | 0.210, 0.200 (+5.0%) |" in lines
-    assert "resid_post/layer15: 800 steps; attn_z/layer1: none of 400 steps" in lines[-1]
+    rule_line = next(line for line in lines if line.startswith("Rule:"))
+    assert "resid_post/layer15: 800 steps; attn_z/layer1: none of 400 steps" in rule_line
     train = load_config(["experiment=default"]).train
     own = "".join(f" ({short_label(site)} {tokens // 1024:,})" for site, tokens in train.site_tokens.items())
-    assert f"The default trains {train.tokens // 1024} steps{own}." in lines[-1]
+    assert f"The default trains {train.tokens // 1024} steps{own}." in rule_line
+    assert lines[-1] == "Validation windows behind the loss recovered: resid_post/layer15: 32."
 
 
 def test_the_published_runs_trained_the_saes_they_share_to_the_same_weights():

@@ -216,8 +216,10 @@ def convergence(measured: dict) -> list[str]:
     lines = ["| site | steps | SAE | " + " | ".join(f"{m} change" for m in metrics)
              + " | converged | lr, last part | validation L0 | validation loss recovered | FVU: validation, training rows |",
              "|---|---|---|" + "---|" * (len(metrics) + 5)]
-    smallest, settings = [], []
+    smallest, settings, windows = [], [], []
     for key, site in measured["sites"].items():
+        if site.get("validation_ce_windows"):  # as read (a record corrected for the probe bug says 16)
+            windows.append(f"{key}: {site['validation_ce_windows']}")
         for budget in site["budgets"]:
             for name, sae in budget["saes"].items():
                 held = sae.get("validation")
@@ -237,6 +239,8 @@ def convergence(measured: dict) -> list[str]:
                   f"over the last {100 * rule['last_fraction']:.0f}% of training (one seed per SAE, batches of "
                   f"{measured['train']['batch_size']}). Smallest budget at which every probed SAE meets it: "
                   f"{'; '.join(smallest)}. The default trains {default_steps}."]
+    if windows:
+        lines += ["", "Validation windows behind the loss recovered: " + "; ".join(windows) + "."]
     if settings:
         lines += ["", "Settings other than the default's: " + "; ".join(settings) + "."]
     return lines
