@@ -192,7 +192,51 @@ def speed_table() -> str:
     return "\n".join(lines)
 
 
+PART_NAMES = {"full_forward": "a plain full forward and its CE", "spliced": "the per-SAE spliced path at"}
+
+
+def _part_label(leg: str, part: str, saes: dict) -> str:
+    """'Gated, 2,304 wide, 12 SAEs: steps on the support' or 'the per-SAE spliced path at resid_post, layer 15'."""
+    if leg == "train":
+        group, path = part.rsplit("_", 1)
+        arch, width = group.rsplit("_w", 1)
+        return (f"{arch}, {int(width):,} wide, {saes.get(f'{group}_saes', '?')} SAEs: "
+                f"{'steps on the support' if path == 'support' else 'dense steps'}")
+    if part.startswith("spliced_"):
+        site, layer = part[len("spliced_"):].rsplit("_layer", 1)
+        return f"{PART_NAMES['spliced']} {site}, layer {layer}"
+    return PART_NAMES.get(part, part)
+
+
+def allocator_table() -> str:
+    data = _read("allocator.json")
+    default, retained = (str(mib) for mib in data["settings"])
+    lines = [machine_line("allocator.json", "load_average_before", "load average before"), "",
+             f"{data['rounds']} rounds, each leg a fresh process; training: {data['steps']} timed steps per group and "
+             f"path (seconds per step of the whole group), evaluation: {data['windows']} held-out windows (seconds per "
+             "SAE per window), float32. Medians; the speedup is the median (min–max) of the ratios inside each round.", "",
+             f"| stage, part | seconds, glibc's defaults | seconds, {retained} MiB kept | **speedup** "
+             "| minor page faults: defaults → kept | kernel CPU seconds: defaults → kept |",
+             "|---|---|---|---|---|---|"]
+    for leg, result in data["results"].items():
+        for part, figures in result["parts"].items():
+            seconds = {k: v["median"] for k, v in figures["seconds"].items()}
+            faults = {k: v["median"] for k, v in figures["minor_faults"].items()}
+            kernel = {k: v["median"] for k, v in figures["kernel_seconds"].items()}
+            lines.append(f"| {leg}: {_part_label(leg, part, result.get('saes', {}))} | {seconds[default]:.3f} "
+                         f"| {seconds[retained]:.3f} | **{_spread(figures['speedup'])}×** "
+                         f"| {faults[default]:,.0f} → {faults[retained]:,.0f} "
+                         f"| {kernel[default]:.3f} → {kernel[retained]:.3f} |")
+    lines += [""] + [
+        f"{leg}: peak resident memory {result['max_rss_gib'][default]['median']:.2f} GiB with glibc's defaults, "
+        f"{result['max_rss_gib'][retained]['median']:.2f} GiB with {retained} MiB kept; what the two settings computed: "
+        f"{'the same bits' if result['identical'] else '**different bits**'} "
+        f"({result['allocator'][retained]['reason']})." for leg, result in data["results"].items()]
+    return "\n".join(lines)
+
+
 GENERATORS = {
+    "benchmarks allocator": allocator_table,
     "benchmarks speed": speed_table,
     "benchmarks eval speed": eval_speed_table,
     "benchmarks eval fidelity": eval_fidelity_table,

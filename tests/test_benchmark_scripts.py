@@ -203,3 +203,37 @@ def test_the_crossover_table_gives_each_width_in_each_precision(tmp_path, monkey
             "250 s at 0.2 (140 steps on the support, density 0.050 at the last); 200 s at 0.1 (120 steps on the "
             "support, density 0.050 at the last); time at 0.2 / time at 0.1: 1.25.") in text
 
+
+
+def test_the_allocator_table_gives_each_part_both_settings_and_flags_different_bits(tmp_path, monkeypatch):
+    import sys
+
+    sys.path.insert(0, "scripts")
+    import benchmark_tables
+
+    def spread(value):
+        return {"median": value, "min": value, "max": value, "each": [value]}
+
+    def part(default_s, kept_s, default_faults, kept_faults):
+        return {"seconds": {"0": spread(default_s), "1024": spread(kept_s)},
+                "kernel_seconds": {"0": spread(0.5), "1024": spread(0.0)},
+                "minor_faults": {"0": spread(default_faults), "1024": spread(kept_faults)},
+                "speedup": spread(default_s / kept_s)}
+
+    reason = {"0": {"reason": "defaults"}, "1024": {"reason": "glibc mmap and trim thresholds set to 1024 MiB"}}
+    data = {"command": "python scripts/bench_allocator.py", "rounds": 3, "steps": 4, "windows": 8, "settings": [0, 1024],
+            "machine": {"cpu": "CPU", "cores": 2, "threads": 2}, "load_average_before": [0.5, 0.5, 0.5],
+            "results": {
+                "train": {"parts": {"gated_w2304_dense": part(2.0, 1.25, 500000, 0)}, "saes": {"gated_w2304_saes": 12},
+                          "max_rss_gib": {"0": spread(2.5), "1024": spread(3.0)}, "identical": True, "allocator": reason},
+                "evaluate": {"parts": {"spliced_attn_z_layer3": part(0.14, 0.125, 12000, 0)},
+                             "max_rss_gib": {"0": spread(1.9), "1024": spread(2.1)}, "identical": False,
+                             "allocator": reason}}}
+    (tmp_path / "allocator.json").write_text(json.dumps(data))
+    monkeypatch.setattr(benchmark_tables, "BENCHMARKS", tmp_path)
+    text = benchmark_tables.allocator_table()
+    assert ("| train: gated, 2,304 wide, 12 SAEs: dense steps | 2.000 | 1.250 | **1.60 (1.60–1.60)×** "
+            "| 500,000 → 0 | 0.500 → 0.000 |") in text
+    assert "| evaluate: the per-SAE spliced path at attn_z, layer 3 | 0.140 | 0.125 | **1.12 (1.12–1.12)×**" in text
+    assert "train: peak resident memory 2.50 GiB with glibc's defaults, 3.00 GiB with 1024 MiB kept" in text
+    assert "computed: the same bits" in text and "computed: **different bits**" in text

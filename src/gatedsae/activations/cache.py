@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from gatedsae.activations.store import FORMAT_VERSION, SplitRecord, StoreManifest, StoreWriter
+from gatedsae.core.allocator import retain_freed_memory
 from gatedsae.core.precision import Precision, choose, gated
 from gatedsae.core.progress import progress_bar
 from gatedsae.core.sealed import read_json
@@ -47,6 +48,7 @@ def cache_activations(config: Config, loaded=None) -> list[Path]:
 
     if config.cache.threads > 0:
         torch.set_num_threads(config.cache.threads)
+    retain_freed_memory(config.resources.retain_freed_mib)
     tokens_manifest, windows, plan = token_windows(config)
     context = config.experiment.context_length
     from gatedsae.plan.estimates import cache_estimate

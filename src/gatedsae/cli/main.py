@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from gatedsae.cli.confighelp import ALL_SECTIONS
+from gatedsae.core.allocator import retain_freed_memory
 from gatedsae.core.errors import debug_requested, guarded
 from gatedsae.plan.config import Config, ConfigError, load_config
 from gatedsae.plan.health import RECORDED_STAGES, record_outputs
@@ -417,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         from gatedsae.plan import preflight
 
         config = load_config(overrides)
+        retain_freed_memory(config.resources.retain_freed_mib)  # before the stage's first large tensor
         if name in ("train", "rescale-shift", "train-all-tokens", "evaluate"):
             _check_target(name, config, options)
         streamed = name == "train" and config.cache.mode == "stream"  # the LM runs on cache.device too

@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 
 from gatedsae.activations.store import ShardedActivations
+from gatedsae.core.allocator import retain_freed_memory
 from gatedsae.core.atomic import atomic_path
 from gatedsae.core.errors import PipelineError
 from gatedsae.core.progress import progress_bar
@@ -244,6 +245,7 @@ class GridTrainer:
         """Resume from the saved state if there is one (else initialise), and position the data."""
         if self.train.threads > 0:
             torch.set_num_threads(self.train.threads)
+        retain_freed_memory(self.config.resources.retain_freed_mib)
         print(f"train {self.store.site} with the encoder product in {self.precision.dtype}: {self.precision.reason}",
               flush=True)
         if not self.try_resume():

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from gatedsae.core.allocator import MAX_MIB
 from gatedsae.plan.config.checks import choice, distinct, finite, require, require_safe_name
 from gatedsae.plan.sites import SITES
 
@@ -103,6 +104,8 @@ class ResourcesConfig:
     light_job_mem_mb: int = 4000  # memory asked for jobs that only read and write files (no estimate of their own)
     job_cpus: int = 8             # CPUs each job that caches, trains or evaluates asks a cluster for
     gpu_model: Optional[str] = None  # the scheduler's GPU type for GPU jobs (SLURM --gpus=<model>:<n>)
+    # Freed memory a stage's process keeps for reuse (MiB; 0: glibc's defaults): core/allocator.py
+    retain_freed_mib: int = 1024
 
     def validate(self) -> None:
         for key in ("device_memory_gib", "sustained_tflops"):
@@ -112,6 +115,8 @@ class ResourcesConfig:
         require(self.max_job_hours > 0, "resources.max_job_hours", "must be positive (device-hours)")
         require(self.light_job_mem_mb > 0, "resources.light_job_mem_mb", "must be a positive number of MB")
         require(self.job_cpus >= 1, "resources.job_cpus", "must be a positive integer")
+        require(isinstance(self.retain_freed_mib, int) and 0 <= self.retain_freed_mib <= MAX_MIB,
+                "resources.retain_freed_mib", f"must be a whole number of MiB from 0 (glibc's defaults) to {MAX_MIB}")
         require(self.gpu_model is None or re.fullmatch(r"[A-Za-z0-9_.]+", str(self.gpu_model)) is not None,
                 "resources.gpu_model", "must be a GPU type name (letters, digits, '_' or '.'), e.g. h100, or null")
 
