@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from gatedsae.activations.store import ActivationStore
-from gatedsae.core.allocator import retain_freed_memory
 from gatedsae.core.errors import IntegrityError
 from gatedsae.core.sealed import REEVALUATE, read_json, write_sealed_json
 from gatedsae.core.codehash import METRICS_CODE, code_fingerprint
@@ -166,7 +165,6 @@ def evaluate_each(config: Config, site: str, layer: int, saes: list[CheckpointSA
     evaluate = config.evaluate
     if evaluate.threads > 0:
         torch.set_num_threads(evaluate.threads)
-    retain_freed_memory(config.resources.retain_freed_mib)
     started = time.time()
     windows, store_windows = split_windows(config, split, site)
     store = ActivationStore(config.paths.activations_dir(config.model.name, config.corpus.name, site, layer), "heldout")
