@@ -16,8 +16,11 @@ compute the same bits.
   support (`train.sparse=always`) and dense steps (`never`); then three steps of real training from a
   fresh initialisation (lr as configured) whose parameters are hashed.
 - `evaluate`: the spliced evaluation's per-SAE path (encode and decode a random Gated SAE of the sweep's
-  width, the LM from the site on, the CE) and a plain full forward with its CE, in float32, on
-  `--windows` held-out windows at each of the default's sites; the token losses are hashed. Needs the
+  width, the LM from the site on, the CE), the per-SAE path before `evaluation/lean_blocks.py` (commit
+  e7a5009: `SplicedLM(..., lean=False)`, as `bench_eval.py` times it) and a plain full forward with its
+  CE, in float32, on `--windows` held-out windows at each of the default's sites; the token losses of
+  ours are hashed. `previous_then_over_ours_now`: the previous path with glibc's defaults (how it ran)
+  over ours with the memory kept (how it runs now), per round. Needs the
   prepared model and the tokenized corpus (`make dry-run` lists the commands; the benchmark says which
   is missing).
 
@@ -128,13 +131,16 @@ def evaluate_leg(config, windows: int) -> dict:
             layer = config.experiment.layers_at(site)[0]
             d = config.model.site_width(site)
             sae = RandomGated(d, next(g for g in config.sweep.groups if g.arch == PROPOSED).width(d))
-            spliced = SplicedLM(model, site, layer, lean=True)
-            prefixes = [spliced.prefix(tokens) for tokens in batches]
-            spliced.token_losses(prefixes[0], sae.reconstruct(prefixes[0].activation))  # lays the matrices out
-            before = usage_now()
-            for prefix in prefixes:
-                losses.append(spliced.token_losses(prefix, sae.reconstruct(prefix.activation)))
-            out[f"spliced_{site}_layer{layer}"] = per_unit(before, usage_now(), windows)
+            for lean, name in ((True, "spliced"), (False, "previous")):
+                spliced = SplicedLM(model, site, layer, lean=lean)
+                prefixes = [spliced.prefix(tokens) for tokens in batches]
+                spliced.token_losses(prefixes[0], sae.reconstruct(prefixes[0].activation))  # lays the matrices out
+                before = usage_now()
+                for prefix in prefixes:
+                    result = spliced.token_losses(prefix, sae.reconstruct(prefix.activation))
+                    if lean:
+                        losses.append(result)
+                out[f"{name}_{site}_layer{layer}"] = per_unit(before, usage_now(), windows)
     return {"per_window": out, "sha256": digest(losses)}
 
 
@@ -211,6 +217,12 @@ def main() -> None:
         }
         if leg == "train":
             results[leg]["saes"] = runs[(leg, retained)][0]["saes"]
+        else:  # the per-SAE path before lean_blocks (e7a5009) with glibc's defaults, against ours as it runs now
+            results[leg]["previous_then_over_ours_now"] = {
+                part[len("spliced_"):]: summary([a[key][f"previous_{part[len('spliced_'):]}"]["seconds"]
+                                                 / b[key][part]["seconds"]
+                                                 for a, b in zip(runs[(leg, default)], runs[(leg, retained)])])
+                for part in parts if part.startswith("spliced_")}
     out = Path(args.out) if args.out else REPO_ROOT / "results" / "benchmarks" / "allocator.json"
     write_json_atomic(out, {
         "benchmark": "resources.retain_freed_mib: glibc's default thresholds (0) against the default (1024 MiB)",

@@ -192,7 +192,8 @@ def speed_table() -> str:
     return "\n".join(lines)
 
 
-PART_NAMES = {"full_forward": "a plain full forward and its CE", "spliced": "the per-SAE spliced path at"}
+PART_NAMES = {"full_forward": "a plain full forward and its CE", "spliced": "the per-SAE spliced path at",
+              "previous": "the per-SAE path before lean blocks (e7a5009) at"}
 
 
 def _part_label(leg: str, part: str, saes: dict) -> str:
@@ -202,9 +203,10 @@ def _part_label(leg: str, part: str, saes: dict) -> str:
         arch, width = group.rsplit("_w", 1)
         return (f"{arch}, {int(width):,} wide, {saes.get(f'{group}_saes', '?')} SAEs: "
                 f"{'steps on the support' if path == 'support' else 'dense steps'}")
-    if part.startswith("spliced_"):
-        site, layer = part[len("spliced_"):].rsplit("_layer", 1)
-        return f"{PART_NAMES['spliced']} {site}, layer {layer}"
+    for prefix in ("spliced", "previous"):
+        if part.startswith(f"{prefix}_"):
+            site, layer = part[len(prefix) + 1:].rsplit("_layer", 1)
+            return f"{PART_NAMES[prefix]} {site}, layer {layer}"
     return PART_NAMES.get(part, part)
 
 
@@ -232,6 +234,15 @@ def allocator_table() -> str:
         f"{result['max_rss_gib'][retained]['median']:.2f} GiB with {retained} MiB kept; what the two settings computed: "
         f"{'the same bits' if result['identical'] else '**different bits**'} "
         f"({result['allocator'][retained]['reason']})." for leg, result in data["results"].items()]
+    then_over_now = data["results"].get("evaluate", {}).get("previous_then_over_ours_now")
+    if then_over_now:
+        met = [site for site, ratio in then_over_now.items() if ratio["median"] >= TARGET_SPEEDUP]
+        lines += ["", "The per-SAE evaluation in float32 against the path before lean blocks as it ran (glibc's "
+                  "defaults), ours as it runs now (memory kept), each pair in one round: " + "; ".join(
+                      f"{site.replace('_layer', ', layer ')} {_spread(ratio)}×" for site, ratio in then_over_now.items())
+                  + f". Target ≥ {TARGET_SPEEDUP:g}× (median): " + (f"**met** at {', '.join(met)}" if met else "**not met**")
+                  + (f"; **not met** at {', '.join(s for s in then_over_now if s not in met)}"
+                     if met and len(met) < len(then_over_now) else "") + "."]
     return "\n".join(lines)
 
 

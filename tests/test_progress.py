@@ -134,3 +134,41 @@ def test_a_job_that_finds_its_work_done_does_not_teach_the_predictor():
     predictor.observe("train", "resid_post", 4.0 + 0.75 * predictor.compute_seconds("train", "resid_post"))
     assert predictor.seconds("train", "mlp_out") == pytest.approx(
         4.0 + 0.75 * predictor.compute_seconds("train", "mlp_out"))
+
+
+def test_a_resumed_training_job_is_priced_at_the_saes_it_still_has_to_train(tmp_path):
+    import json
+
+    from gatedsae.plan.estimates import train_estimate
+    from gatedsae.plan.eta import untrained_share
+    from gatedsae.plan.grid import grid_dir, grid_specs
+    from gatedsae.plan.identity import training_key
+    from gatedsae.plan.layout import TRAINING_RECORD
+
+    config = load_config(["experiment=smoke", f"paths.data={tmp_path}"])
+    site = config.experiment.sites[0]
+    layer = config.experiment.layers_at(site)[0]
+    specs = grid_specs(config, config.model.site_width(site), site)
+
+    def trained(spec, key=None, folder=None):
+        directory = (folder or grid_dir(config, site, layer)) / spec.name
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / TRAINING_RECORD).write_text(json.dumps({"training_key": key or training_key(config, site, spec)}))
+
+    fresh = Predictor(config)
+    whole = fresh.compute_seconds("train", site)
+    assert untrained_share(config, "train", site) == 1.0
+    trained(specs[0])
+    trained(specs[1], key="another run's settings")  # a different training key is retrained: not counted
+    trained(specs[2], folder=grid_dir(config, site, layer).parent / "other_sweep")  # copied from another grid
+    done = [specs[0], specs[2]]
+    expected = 1 - train_estimate(config, site, done).flops / train_estimate(config, site, specs).flops
+    assert untrained_share(config, "train", site) == pytest.approx(expected) and expected < 1
+    resumed = Predictor(config)
+    assert resumed.compute_seconds("train", site) == pytest.approx(expected * whole)
+    assert fresh.compute_seconds("train", site) == pytest.approx(whole), "priced as the folders stood at first"
+    for spec in specs:
+        trained(spec)
+    finished = Predictor(config)
+    assert finished.compute_seconds("train", site) == 0.0 and finished.seconds("train", site) == finished.startup
+    assert untrained_share(config, "evaluate", site) == 1.0

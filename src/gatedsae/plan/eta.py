@@ -8,6 +8,10 @@ Before that, a stage computed on the CPU starts from the ratio the last timed co
 measured for it (the calibration in results/benchmarks/replicate_plan.json), else from the ratio of all
 finished jobs. Start-up (Python, torch, the config) is learned from the jobs with almost no compute. A
 job that finds its work already done (a rerun that resumes from complete outputs) teaches nothing.
+
+A training job trains only the SAEs without a finished checkpoint for their training key (a resumed
+run, or a grid with a λ added), so it is priced at their share of the grid's estimated compute, read
+from the checkpoint folders when the job is first priced.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from typing import Callable, Optional
 
 from gatedsae.plan import estimates
 from gatedsae.plan.config import REPO_ROOT, Config
+from gatedsae.plan.grid import ALL_TOKENS_DIR, MAIN_VARIANT, all_tokens_config, grid_dir, grid_specs
+from gatedsae.plan.identity import training_key
+from gatedsae.plan.layout import TRAINING_RECORD
 
 STARTUP_SECONDS = 10.0   # a stage's start-up before anything is measured (Python, torch, conf/)
 LIGHT_SECONDS = 1.0      # jobs estimated below this much compute measure the start-up
@@ -45,6 +52,45 @@ def measured_ratios(path: Path = MACHINE_CALIBRATION) -> dict[str, float]:
         return {}
     return {stage: float(ratio) for kind, ratio in ratios.items() for stage in KIND_STAGES.get(kind, ())
             if isinstance(ratio, (int, float)) and ratio > 0}
+
+
+def _trained(config: Config, site: str, layer: int, variant: str, spec) -> bool:
+    """Whether an SAE's checkpoint with its training key exists in its grid, or in another grid at the
+    same site and layer that the stage would copy it from (its record only; the stage verifies files).
+    The key is computed only where a record exists (it resolves the training precision on the device)."""
+    here = grid_dir(config, site, layer, variant) / spec.name
+    others = grid_dir(config, site, layer).parent
+    records = [record for record in [here / TRAINING_RECORD, *others.glob(f"*/{spec.name}/{TRAINING_RECORD}"),
+                                     *others.glob(f"*/*/{spec.name}/{TRAINING_RECORD}")] if record.is_file()]
+    if not records:
+        return False
+    key = training_key(config, site, spec)
+    for record in records:
+        try:
+            if json.loads(record.read_text()).get("training_key") == key:
+                return True
+        except (OSError, ValueError, AttributeError):
+            continue
+    return False
+
+
+def untrained_share(config: Config, stage: str, site: str) -> float:
+    """The share of a training job's estimated compute still to do at `site`: its SAEs without a finished
+    checkpoint, weighted by their estimated compute (1 for other stages, and for a layer's job in stream
+    mode, which is priced whole)."""
+    variants = {"train": (config, MAIN_VARIANT), "train-all-tokens": (all_tokens_config(config), ALL_TOKENS_DIR)}
+    if stage not in variants or config.cache.mode == "stream":
+        return 1.0
+    grid_config, variant = variants[stage]
+    specs = grid_specs(grid_config, grid_config.model.site_width(site), site)
+    whole = estimates.train_estimate(grid_config, site, specs).flops
+    if not specs or whole <= 0:
+        return 1.0
+    layers = grid_config.experiment.layers_at(site)
+    left = sum(estimates.train_estimate(grid_config, site, [spec]).flops
+               for layer in layers for spec in specs
+               if not _trained(grid_config, site, layer, variant, spec))
+    return left / (whole * len(layers))
 
 
 def stage_of(rule: str) -> str:
@@ -74,16 +120,25 @@ class Predictor:
     config: Config
     prior: dict[str, float] = field(default_factory=dict)  # stage → measured / estimated, from an earlier run
     _measured: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # stage → (compute, seconds)
+    _untrained: dict[tuple[str, str], float] = field(default_factory=dict)  # (stage, site) → share, when first priced
 
     def compute_seconds(self, rule: str, site: Optional[str] = None) -> float:
-        """The estimate's compute time for one job of `rule` (at `site`, else the mean over the sites)."""
+        """The estimate's compute time for one job of `rule` (at `site`, else the mean over the sites), for
+        the SAEs it will train (`untrained_share`, as the folders stood when the job was first priced: by
+        the time it is observed its SAEs are trained)."""
         stage = stage_of(rule)
         estimator = _estimators(self.config).get(stage)
         if estimator is None or rule in TARGET_RULES:
             return 0.0
         sites = [site] if site else self._sites(stage)
         tflops = self.config.resources.sustained_tflops
-        return statistics.fmean(estimator(s).hours(self._device(stage), tflops) * 3600 for s in sites)
+        return statistics.fmean(estimator(s).hours(self._device(stage), tflops) * 3600 * self._share(stage, s)
+                                for s in sites)
+
+    def _share(self, stage: str, site: str) -> float:
+        if (stage, site) not in self._untrained:
+            self._untrained[(stage, site)] = untrained_share(self.config, stage, site)
+        return self._untrained[(stage, site)]
 
     def _device(self, stage: str) -> str:
         return {"cache": self.config.cache.device, "evaluate": self.config.evaluate.device}.get(
