@@ -172,3 +172,25 @@ def test_a_resumed_training_job_is_priced_at_the_saes_it_still_has_to_train(tmp_
     finished = Predictor(config)
     assert finished.compute_seconds("train", site) == 0.0 and finished.seconds("train", site) == finished.startup
     assert untrained_share(config, "evaluate", site) == 1.0
+
+
+def test_a_site_timed_apart_in_the_last_run_is_priced_at_its_own_ratio(tmp_path):
+    import json
+
+    from gatedsae.plan.eta import measured_site_ratios
+
+    config = load_config(["experiment=default", "experiment.chapter=headline"])
+    predictor = Predictor(config, prior={"train": 0.5}, site_prior={"train": {"attn_z": 0.1}})
+    startup = predictor.startup
+    assert predictor.seconds("train", "attn_z") == pytest.approx(startup + 0.1 * predictor.compute_seconds("train", "attn_z"))
+    assert predictor.seconds("train", "mlp_out") == pytest.approx(startup + 0.5 * predictor.compute_seconds("train", "mlp_out"))
+    predictor.observe("train", "resid_post", startup + 0.75 * predictor.compute_seconds("train", "resid_post"))
+    assert predictor.seconds("train", "attn_z") == pytest.approx(   # the stage's own finished job wins
+        startup + 0.75 * predictor.compute_seconds("train", "attn_z"))
+
+    calibration = tmp_path / "plan.json"
+    calibration.write_text(json.dumps({"calibration": {"ratios": {"train": 0.4},
+                                                       "site_ratios": {"train": {"attn_z": 0.2, "mlp_out": -1}}}}))
+    assert measured_site_ratios(calibration) == {"train": {"attn_z": 0.2}, "train-all-tokens": {"attn_z": 0.2}}
+    calibration.write_text(json.dumps({"calibration": {"ratios": {"train": 0.4}}}))  # a run without site_stages
+    assert measured_site_ratios(calibration) == {} and measured_site_ratios(tmp_path / "missing.json") == {}

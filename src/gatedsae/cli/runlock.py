@@ -224,11 +224,12 @@ def main(argv: Optional[list[str]] = None) -> int:
 def _with_progress(command: list[str], log: Path, fd: int) -> int:
     from gatedsae.cli.progress import Progress, experiment_of, run_snakemake
     from gatedsae.plan.config import ConfigError, load_config
-    from gatedsae.plan.eta import Predictor, measured_ratios
+    from gatedsae.plan.eta import Predictor, measured_ratios, measured_site_ratios
 
     experiment, overrides = experiment_of(command)
     try:
-        predictor = Predictor(load_config([f"experiment={experiment}", *overrides]), prior=measured_ratios())
+        predictor = Predictor(load_config([f"experiment={experiment}", *overrides]), prior=measured_ratios(),
+                              site_prior=measured_site_ratios())
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2

@@ -5,8 +5,8 @@ The raw estimates size cluster jobs and may be off by a constant factor on a giv
 2-core reference machine: cache and training 3-4× pessimistic, evaluation about right), so each stage's
 ratio of measured to estimated compute is learned from its first finished job and applied to the rest.
 Before that, a stage computed on the CPU starts from the ratio the last timed cold `make replicate`
-measured for it (the calibration in results/benchmarks/replicate_plan.json), else from the ratio of all
-finished jobs. Start-up (Python, torch, the config) is learned from the jobs with almost no compute. A
+measured for it (the calibration in results/benchmarks/replicate_plan.json; per site where that run timed
+each site's jobs apart), else from the ratio of all finished jobs. Start-up (Python, torch, the config) is learned from the jobs with almost no compute. A
 job that finds its work already done (a rerun that resumes from complete outputs) teaches nothing.
 
 A training job trains only the SAEs without a finished checkpoint for their training key (a resumed
@@ -52,6 +52,18 @@ def measured_ratios(path: Path = MACHINE_CALIBRATION) -> dict[str, float]:
         return {}
     return {stage: float(ratio) for kind, ratio in ratios.items() for stage in KIND_STAGES.get(kind, ())
             if isinstance(ratio, (int, float)) and ratio > 0}
+
+
+def measured_site_ratios(path: Path = MACHINE_CALIBRATION) -> dict[str, dict[str, float]]:
+    """Per stage and site, the same ratio where that run timed each site's jobs apart (its journal's
+    `site_stages`): sites differ (the attention output's narrow, sparse SAEs cost less per estimated
+    FLOP than the residual stream's); empty where the run did not."""
+    try:
+        by_kind = json.loads(path.read_text())["calibration"].get("site_ratios") or {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+    return {stage: {site: float(ratio) for site, ratio in sites.items() if isinstance(ratio, (int, float)) and ratio > 0}
+            for kind, sites in by_kind.items() if isinstance(sites, dict) for stage in KIND_STAGES.get(kind, ())}
 
 
 def _trained(config: Config, site: str, layer: int, variant: str, spec) -> bool:
@@ -114,11 +126,13 @@ def _estimators(config: Config) -> dict[str, Callable[[Optional[str]], estimates
 class Predictor:
     """Seconds per job, from the estimates, learning from finished jobs as they come: a stage's own
     finished jobs first (their mean where the estimate sees no compute, their ratio of measured to
-    estimated compute otherwise), then `prior` (measured_ratios) for a stage computed on the CPU, else
+    estimated compute otherwise), then `site_prior` (measured_site_ratios) or `prior` (measured_ratios)
+    for a stage computed on the CPU, else
     all finished jobs."""
 
     config: Config
     prior: dict[str, float] = field(default_factory=dict)  # stage → measured / estimated, from an earlier run
+    site_prior: dict[str, dict[str, float]] = field(default_factory=dict)  # stage → site → the same, per site
     _measured: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # stage → (compute, seconds)
     _untrained: dict[tuple[str, str], float] = field(default_factory=dict)  # (stage, site) → share, when first priced
 
@@ -168,8 +182,10 @@ class Predictor:
             return statistics.fmean(light) if light else self.startup
         heavy = [pair for pair in own if pair[0] >= LIGHT_SECONDS]
         stage = stage_of(rule)
-        if not heavy and stage in self.prior and self._device(stage) == "cpu":
-            return self.startup + self.prior[stage] * compute
+        prior = self.site_prior.get(stage, {}).get(site) if site else None
+        prior = self.prior.get(stage) if prior is None else prior
+        if not heavy and prior is not None and self._device(stage) == "cpu":
+            return self.startup + prior * compute
         heavy = heavy or [pair for pairs in self._measured.values() for pair in pairs if pair[0] >= LIGHT_SECONDS]
         estimated = sum(c for c, _ in heavy)
         ratio = sum(max(s - self.startup, 0.0) for _, s in heavy) / estimated if estimated else 1.0
