@@ -2,9 +2,9 @@
 does not fault its large tensors into memory again.
 
 glibc serves an allocation above its mmap threshold with a fresh mapping and unmaps it on free; the
-threshold adapts to freed sizes but never above 32 MiB. A training step of the default grid allocates
-tensors of [SAEs, batch, width] (38 MiB for four SAEs of 2,304 on batches of 1,024), and the LM's
-logits are larger, so every step maps them anew and touches every 4 KiB page for the first time: one
+threshold adapts to freed sizes but never above 32 MiB. A training step allocates tensors of [SAEs,
+batch, width] (36 MiB for four SAEs 2,304 wide on a batch of 1,024; the default's groups hold twelve),
+and the evaluation's logits are larger, so every step maps them anew and touches every 4 KiB page for the first time: one
 minor page fault each, hundreds of thousands per step, paid in kernel time. Raising the mmap threshold
 and the trim threshold (the free memory at the top of the heap that malloc keeps rather than returning)
 serves them from the heap instead, where freed memory is reused. Results cannot change: the same
