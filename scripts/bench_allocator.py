@@ -80,7 +80,7 @@ def train_leg(config, steps: int, l0: float) -> dict:
     for group in config.sweep.groups:
         if group.arch in (PROPOSED, BASELINE) and (not group.sites or "resid_post" in group.sites):
             groups.setdefault(group.arch, group)
-    out, hashes = {}, {}
+    per_step, saes, hashes = {}, {}, {}
     for arch, group in groups.items():
         sweep = replace(config, sweep=SweepConfig(arch, [group]))
         scale = GridTrainer(sweep, store, scratch / f"scale_{arch}")
@@ -93,7 +93,7 @@ def train_leg(config, steps: int, l0: float) -> dict:
             before = usage_now()
             for x in batches[1:]:
                 trainer._train_step(x)
-            out[f"{arch}_w{group.width(d)}_{'support' if mode == 'always' else 'dense'}"] = per_unit(
+            per_step[f"{arch}_w{group.width(d)}_{'support' if mode == 'always' else 'dense'}"] = per_unit(
                 before, usage_now(), steps)
         trainer = GridTrainer(replace(sweep, train=replace(sweep.train, log_every_steps=0)), store, scratch / f"{arch}_real")
         trainer.save_state = lambda: None
@@ -101,9 +101,8 @@ def train_leg(config, steps: int, l0: float) -> dict:
         for _ in range(3):
             trainer.advance()
         hashes[arch] = digest(p for module in trainer.modules for p in module.parameters())
-        out[f"{arch}_w{group.width(d)}_saes"] = len(trainer.specs)
-    return {"per_step": {k: v for k, v in out.items() if isinstance(v, dict)},
-            "saes": {k: v for k, v in out.items() if not isinstance(v, dict)}, "sha256": hashes}
+        saes[f"{arch}_w{group.width(d)}_saes"] = len(trainer.specs)
+    return {"per_step": per_step, "saes": saes, "sha256": hashes}
 
 
 def evaluate_leg(config, windows: int) -> dict:

@@ -6,8 +6,9 @@ The raw estimates size cluster jobs and may be off by a constant factor on a giv
 ratio of measured to estimated compute is learned from its first finished job and applied to the rest.
 Before that, a stage computed on the CPU starts from the ratio the last timed cold `make replicate`
 measured for it (the calibration in results/benchmarks/replicate_plan.json; per site where that run timed
-each site's jobs apart), else from the ratio of all finished jobs. Start-up (Python, torch, the config) is learned from the jobs with almost no compute. A
-job that finds its work already done (a rerun that resumes from complete outputs) teaches nothing.
+each site's jobs apart), else from the ratio of all finished jobs. Start-up (Python, torch, the config)
+is learned from the jobs with almost no compute. A job that finds its work already done (a rerun that
+resumes from complete outputs) teaches nothing.
 
 A training job trains only the SAEs without a finished checkpoint for their training key (a resumed
 run, or a grid with a λ added), so it is priced at their share of the grid's estimated compute, read
@@ -24,7 +25,8 @@ from typing import Callable, Optional
 
 from gatedsae.plan import estimates
 from gatedsae.plan.config import REPO_ROOT, Config
-from gatedsae.plan.grid import ALL_TOKENS_DIR, MAIN_VARIANT, all_tokens_config, grid_dir, grid_specs
+from gatedsae.plan.grid import (ALL_TOKENS_DIR, MAIN_VARIANT, all_tokens_config, grid_dir, grid_specs,
+                                same_sae_elsewhere)
 from gatedsae.plan.identity import training_key
 from gatedsae.plan.layout import TRAINING_RECORD
 
@@ -71,9 +73,8 @@ def _trained(config: Config, site: str, layer: int, variant: str, spec) -> bool:
     same site and layer that the stage would copy it from (its record only; the stage verifies files).
     The key is computed only where a record exists (it resolves the training precision on the device)."""
     here = grid_dir(config, site, layer, variant) / spec.name
-    others = grid_dir(config, site, layer).parent
-    records = [record for record in [here / TRAINING_RECORD, *others.glob(f"*/{spec.name}/{TRAINING_RECORD}"),
-                                     *others.glob(f"*/*/{spec.name}/{TRAINING_RECORD}")] if record.is_file()]
+    folders = [here, *same_sae_elsewhere(spec.name, grid_dir(config, site, layer).parent)]
+    records = [folder / TRAINING_RECORD for folder in folders if (folder / TRAINING_RECORD).is_file()]
     if not records:
         return False
     key = training_key(config, site, spec)
@@ -95,14 +96,14 @@ def untrained_share(config: Config, stage: str, site: str) -> float:
         return 1.0
     grid_config, variant = variants[stage]
     specs = grid_specs(grid_config, grid_config.model.site_width(site), site)
-    whole = estimates.train_estimate(grid_config, site, specs).flops
-    if not specs or whole <= 0:
-        return 1.0
+    flops = {spec.name: estimates.train_estimate(grid_config, site, [spec]).flops for spec in specs}
     layers = grid_config.experiment.layers_at(site)
-    left = sum(estimates.train_estimate(grid_config, site, [spec]).flops
-               for layer in layers for spec in specs
+    whole = sum(flops.values()) * len(layers)
+    if whole <= 0:
+        return 1.0
+    left = sum(flops[spec.name] for layer in layers for spec in specs
                if not _trained(grid_config, site, layer, variant, spec))
-    return left / (whole * len(layers))
+    return left / whole
 
 
 def stage_of(rule: str) -> str:
@@ -127,8 +128,7 @@ class Predictor:
     """Seconds per job, from the estimates, learning from finished jobs as they come: a stage's own
     finished jobs first (their mean where the estimate sees no compute, their ratio of measured to
     estimated compute otherwise), then `site_prior` (measured_site_ratios) or `prior` (measured_ratios)
-    for a stage computed on the CPU, else
-    all finished jobs."""
+    for a stage computed on the CPU, else all finished jobs."""
 
     config: Config
     prior: dict[str, float] = field(default_factory=dict)  # stage → measured / estimated, from an earlier run

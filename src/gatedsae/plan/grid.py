@@ -99,6 +99,12 @@ def grid_dir(config: Config, site: str, layer: int, variant: str = MAIN_VARIANT)
     return root if variant == MAIN_VARIANT else root / VARIANT_DIRS[variant]
 
 
+def same_sae_elsewhere(name: str, layer_dir: Path) -> list[Path]:
+    """Every folder under `layer_dir` (a site and layer's checkpoints: each sweep's grid and its variants)
+    holding an SAE named `name`: where a grid finds an SAE another grid already trained."""
+    return sorted([*layer_dir.glob(f"*/{name}"), *layer_dir.glob(f"*/*/{name}")])
+
+
 def trained_variants(config: Config, site: str) -> list[str]:
     """The grids trained at `site`: the sweep, its rescale-and-shift and its every-token variant where
     configured."""

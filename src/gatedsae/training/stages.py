@@ -28,6 +28,7 @@ from gatedsae.plan.grid import (
     grid_specs,
     read_grid_index,
     sae_seed,
+    same_sae_elsewhere,
     write_grid_index,
 )
 from gatedsae.saes.rescale_shift import RescaleShiftSAE
@@ -63,7 +64,7 @@ def _adopted(directory: Path, key: str, layer_dir: Path) -> bool:
 
     from gatedsae.training.curve_log import CURVES_FILE, copy_curve
 
-    for found in sorted([*layer_dir.glob(f"*/{directory.name}"), *layer_dir.glob(f"*/*/{directory.name}")]):
+    for found in same_sae_elsewhere(directory.name, layer_dir):
         if found == directory or not _finished(found, key, quiet=True):
             continue
         staging = directory.with_name(directory.name + ".adopting")
