@@ -15,6 +15,8 @@ records each budget's lr over the last quarter to show it.
         --saes gated:4:0.03,baseline:6:0.008,baseline:4:0.008 experiment=default
     python scripts/probe_convergence.py --site attn_z --layer 3 --budgets 400 --ce-windows 64 \\
         --out results/calibration/attn_z_layer3_grid.json experiment=default   # the sweep's grid there
+    python scripts/probe_convergence.py --site resid_post --layer 15 --budgets 400 --lr 0.002 \
+        --saes gated:4:0.05 --ce-windows 64 experiment=default   # another learning rate, in its own folders
 
 Each budget trains into its own sweep folder (probe_<site>_l<layer>_<steps>) under the data root, so a
 killed run resumes; the JSON is rewritten after every budget.
@@ -48,17 +50,18 @@ def _portable(argument: str) -> str:
     return "paths.data=<data folder>" if argument.startswith("paths.data=") else argument
 
 
-def chosen_groups(config, site: str, spec: str | None) -> list[SAEGroupConfig]:
+def chosen_groups(config, site: str, spec: str | None, lr: float | None = None) -> list[SAEGroupConfig]:
     """`arch:width_ratio:value,...` as one group per SAE (value: the architecture's sparsity knob, λ for the
-    L1 architectures), or the sweep's own groups at `site` (its grid)."""
+    L1 architectures), or the sweep's own groups at `site` (its grid); each at learning rate `lr` if given,
+    else its group's in the sweep."""
     if not spec:
-        return [replace(g, sites=[site]) for g in config.sweep.groups_at(site)]
-    lr = {g.arch: g.lr for g in config.sweep.groups}
+        return [replace(g, sites=[site], lr=lr or g.lr) for g in config.sweep.groups_at(site)]
+    rates = {g.arch: g.lr for g in config.sweep.groups}
     groups = []
     for item in spec.split(","):
         arch, ratio, value = item.split(":")
         knob = knob_of(arch)
-        groups.append(SAEGroupConfig(arch, float(ratio), lr.get(arch, 1e-3), sites=[site],
+        groups.append(SAEGroupConfig(arch, float(ratio), lr or rates.get(arch, 1e-3), sites=[site],
                                      **{knob: [int(value) if knob == "k" else float(value)]}))
     return groups
 
@@ -86,13 +89,15 @@ def training_rows_reading(config, site: str, layer: int, saes, rows: int) -> lis
     return [{"l0": round(float(r.metrics["l0"]), 5), "fvu": round(float(r.metrics["fvu"]), 5)} for r in found]
 
 
-def probe_budget(base, site: str, layer: int, groups, steps: int, ce_windows: int, training_rows: int = 0) -> dict:
+def probe_budget(base, site: str, layer: int, groups, steps: int, ce_windows: int, training_rows: int = 0,
+                 folder_tag: str = "") -> dict:
     from gatedsae.evaluation.evaluate import CheckpointSAE, evaluate_saes
     from gatedsae.plan.grid import read_grid_index
     from gatedsae.saes.checkpoints import RECORD_FILE
     from gatedsae.training.stages import train_grid
 
-    sweep = replace(base.sweep, name=f"probe_{site}_l{layer}_{steps}", groups=groups, rescale_shift=False,
+    # `folder_tag` keeps probes that differ in a setting of their own (a learning rate) in their own folders
+    sweep = replace(base.sweep, name=f"probe_{site}_l{layer}_{steps}{folder_tag}", groups=groups, rescale_shift=False,
                     all_tokens=False)
     config = replace(base, sweep=sweep, train=replace(base.train.every_site(steps * base.train.batch_size), seeds=1))
     started = time.time()
@@ -166,16 +171,22 @@ def main() -> None:
                         "training split, to compare with the validation split's (0: not read)")
     parser.add_argument("--from-curves", default=None, help="read an earlier run's curves.csv (e.g. "
                         "reference/default/curves.csv) instead of training; --budgets is ignored")
+    parser.add_argument("--lr", type=float, default=None, help="train every probed SAE at this learning rate "
+                        "(default: its group's in the sweep); the probe gets its own folders and, without --label, "
+                        "the label 'lr <value>'")
     parser.add_argument("--label", default=None, help="tells this probe apart from earlier ones of the same site and "
                         "layer under other settings (e.g. another store): its key becomes '<site>/layer<L> (<label>)'")
     parser.add_argument("--out", default="results/calibration/convergence.json")
     args, overrides = parser.parse_known_args()
 
     base = load_config(overrides)
-    groups = chosen_groups(base, args.site, args.saes)
+    if args.lr is not None and not args.lr > 0:
+        raise SystemExit(f"--lr must be a positive learning rate, not {args.lr}")
+    groups = chosen_groups(base, args.site, args.saes, args.lr)
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.exists() else {}
-    label = args.from_curves or args.label
+    label = args.from_curves or args.label or (f"lr {args.lr:g}" if args.lr else None)
+    folder_tag = f"_lr{args.lr:g}" if args.lr else ""
     key = f"{args.site}/layer{args.layer}" + (f" ({label})" if label else "")
     result.update({
         "what": "training budget against conf/verdict's convergence rule (scripts/probe_convergence.py)",
@@ -198,7 +209,7 @@ def main() -> None:
     for steps in budgets:
         measured = (recorded_run(Path(args.from_curves), args.site, args.layer, base.verdict.convergence)
                     if args.from_curves else probe_budget(base, args.site, args.layer, groups, steps, args.ce_windows,
-                                                        args.training_rows))
+                                                        args.training_rows, folder_tag))
         steps = measured["steps"]
         earlier = next((b for b in entry["budgets"] if b["steps"] == steps), {})
         if measured["train_seconds"] is None:  # its checkpoints were kept: the time they took when trained

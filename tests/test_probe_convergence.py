@@ -60,3 +60,26 @@ def test_each_budget_is_judged_by_the_verdicts_rule(smoke_cache, tmp_path, monke
     assert read["steps"] == 48 and {n: s["converged"] for n, s in read["saes"].items()} == {
         n: s["converged"] for n, s in trained["saes"].items()}
     assert again["resid_post/layer1"] == site  # the other entries are kept
+
+
+def test_a_learning_rate_probe_trains_at_that_rate_in_folders_of_its_own(smoke_cache, tmp_path, monkeypatch, one_thread):
+    config = copy_data(smoke_cache, tmp_path / "data", ("text", "tokens", "activations"))
+    out = tmp_path / "convergence.json"
+    overrides = ["experiment=smoke", f"paths.data={config.paths.root}"]
+    for lr in ("0.001", "0.004"):
+        _probe(monkeypatch, "--site", "resid_post", "--layer", "1", "--budgets", "24", "--lr", lr,
+               "--saes", "gated:2:0.01,baseline:3:0.01", "--out", str(out), *overrides)
+    sites = json.loads(out.read_text())["sites"]
+    for lr in (0.001, 0.004):
+        entry = sites[f"resid_post/layer1 (lr {lr:g})"]
+        assert {group["lr"] for group in entry["groups"]} == {lr}
+        folder = config.paths.checkpoints_dir("tiny", "tiny", "resid_post", 1, f"probe_resid_post_l1_24_lr{lr:g}")
+        curves = pd.read_csv(folder / CURVES_FILE)
+        assert int(curves["step"].max()) == 24
+        assert pd.to_numeric(curves["lr"]).max() == pytest.approx(lr)  # after the warm-up, the rate asked for
+        (budget,) = entry["budgets"]
+        assert all(sae["curve"]["lr_last_part"][1] == pytest.approx(lr) for sae in budget["saes"].values())
+
+    with pytest.raises(SystemExit, match="positive learning rate"):
+        _probe(monkeypatch, "--site", "resid_post", "--layer", "1", "--budgets", "24", "--lr", "0",
+               "--out", str(out), *overrides)
