@@ -204,7 +204,8 @@ def main() -> None:
                           "overrides": [_portable(o) for o in overrides],
                           "groups": None if args.from_curves else
                           [{"arch": g.arch, "width_ratio": g.width_ratio, "lr": g.lr, g.knob: getattr(g, g.knob)} for g in groups],
-                          "validation_ce_windows": args.ce_windows, "budgets": previous}
+                          "validation_ce_windows": args.ce_windows, "budgets": previous,
+                          **({"lr": args.lr} if args.lr else {})}  # docs/verdict.md gives these a table of their own
     budgets = [None] if args.from_curves else [int(s) for s in args.budgets.split(",")]
     for steps in budgets:
         measured = (recorded_run(Path(args.from_curves), args.site, args.layer, base.verdict.convergence)

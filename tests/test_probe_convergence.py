@@ -72,7 +72,7 @@ def test_a_learning_rate_probe_trains_at_that_rate_in_folders_of_its_own(smoke_c
     sites = json.loads(out.read_text())["sites"]
     for lr in (0.001, 0.004):
         entry = sites[f"resid_post/layer1 (lr {lr:g})"]
-        assert {group["lr"] for group in entry["groups"]} == {lr}
+        assert {group["lr"] for group in entry["groups"]} == {lr} and entry["lr"] == lr
         folder = config.paths.checkpoints_dir("tiny", "tiny", "resid_post", 1, f"probe_resid_post_l1_24_lr{lr:g}")
         curves = pd.read_csv(folder / CURVES_FILE)
         assert int(curves["step"].max()) == 24

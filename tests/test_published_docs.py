@@ -168,6 +168,32 @@ def test_the_convergence_block_gives_each_probed_sae_and_the_smallest_budget_mee
     assert lines[-1] == "Validation windows behind the loss recovered: resid_post/layer15: 32."
 
 
+def test_learning_rate_probes_get_their_own_table_and_stay_out_of_the_budget_table():
+    from gatedsae.reporting.published import convergence, learning_rates
+
+    def sae(l0, reconstruction, lr, validation=None):
+        return {"l0_change": l0, "reconstruction_change": reconstruction, "converged": max(l0, reconstruction) < 0.05,
+                "curve": {"lr_last_part": [lr, lr]}, **({"validation": validation} if validation else {})}
+
+    measured = {"rule": {"metrics": ["l0", "reconstruction"], "max_relative_change": 0.05, "last_fraction": 0.25},
+                "train": {"batch_size": 1024}, "sites": {
+                    "mlp_out/layer28": {"smallest_budget_meeting_rule": None, "budgets": [
+                        {"steps": 800, "saes": {"gated": sae(0.02, 0.12, 0.001)}}]},
+                    "resid_post/layer15 (clip, lr 0.004)": {
+                        "lr": 0.004, "overrides": ["experiment=default", "train.max_grad_norm=1.0"], "validation_ce_windows": 64,
+                        "smallest_budget_meeting_rule": None, "budgets": [{"steps": 400, "saes": {
+                            "gated": sae(0.891, 5.75, 0.004, {"l0": 31.6, "loss_recovered": 0.54271, "fvu": 0.91724})}}]},
+                    "mlp_out/layer28 (lr 0.002)": {"lr": 0.002, "smallest_budget_meeting_rule": None, "budgets": [
+                        {"steps": 400, "saes": {"baseline": sae(0.01, 0.02, 0.002)}}]}}}
+    table = learning_rates(measured)
+    assert table[2:] == ["| resid_post/layer15 | 0.004 | 1.0 | 400 | gated | 89.1% | 575.0% | no | 31.6 | 54.27% | 0.917 |",
+                         "| mlp_out/layer28 | 0.002 | none | 400 | baseline | 1.0% | 2.0% | yes | — | — | — |",
+                         "", "Validation windows behind the readings: resid_post/layer15: 64."]
+    budgets = convergence(measured)
+    assert not any("lr 0.00" in line for line in budgets)
+    assert "| mlp_out/layer28 | 800 | gated | 2.0% | 12.0% | no | 0.001 | — | — | — |" in budgets
+
+
 def test_the_published_runs_trained_the_saes_they_share_to_the_same_weights():
     """docs/successors.md says so: the baseline and Gated configurations the successors run shares with the
     default (same training key, another experiment's batched grid) came out with the same weights, and the

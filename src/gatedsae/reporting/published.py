@@ -202,6 +202,37 @@ def _fvu_gap(validation: dict | None, training: dict | None) -> str:
     return f" {validation['fvu']:.3f}, {training['fvu']:.3f} ({100 * (validation['fvu'] / training['fvu'] - 1):+.1f}%) |"
 
 
+def _rule_cells(sae: dict, metrics: list[str]) -> str:
+    """Each metric's change over the rule's last part of training, and whether the SAE meets the rule."""
+    return " | ".join(f"{100 * sae[f'{m}_change']:.1f}%" for m in metrics) + f" | {'yes' if sae['converged'] else 'no'}"
+
+
+def learning_rates(measured: dict) -> list[str]:
+    """The probes at a learning rate of their own (`probe_convergence.py --lr`), each SAE against the
+    convergence rule with its validation readings; FVU above 1 is a reconstruction worse than the mean."""
+    metrics = measured["rule"]["metrics"]
+    lines = ["| site | learning rate | gradient clip | steps | SAE | " + " | ".join(f"{m} change" for m in metrics)
+             + " | converged | validation L0 | validation loss recovered | validation FVU |",
+             "|---|---|---|---|---|" + "---|" * (len(metrics) + 4)]
+    windows = {}
+    for key, site in measured["sites"].items():
+        if "lr" not in site:
+            continue
+        windows.setdefault(key.split(" ")[0], set()).add(site.get("validation_ce_windows"))
+        clip = next((o.split("=", 1)[1] for o in site.get("overrides", []) if o.startswith("train.max_grad_norm=")),
+                    "none")
+        for budget in site["budgets"]:
+            for name, sae in budget["saes"].items():
+                held = sae.get("validation")
+                lines.append(f"| {key.split(' ')[0]} | {site['lr']:g} | {clip} | {budget['steps']} | {name} | "
+                             + _rule_cells(sae, metrics) + " | "
+                             + (f"{held['l0']:.1f} | {100 * held['loss_recovered']:.2f}% | {held['fvu']:.3f} |"
+                                if held else "— | — | — |"))
+    read = "; ".join(f"{site}: {', '.join(str(n) for n in sorted(counts) if n)}" for site, counts in windows.items()
+                     if any(counts))
+    return lines + (["", f"Validation windows behind the readings: {read}."] if read else [])
+
+
 def convergence(measured: dict) -> list[str]:
     """Each probed SAE's curves against verdict.convergence at each training budget
     (scripts/probe_convergence.py), and the smallest budget at which every one of a site's meets it,
@@ -218,16 +249,16 @@ def convergence(measured: dict) -> list[str]:
              "|---|---|---|" + "---|" * (len(metrics) + 5)]
     smallest, settings, windows = [], [], []
     for key, site in measured["sites"].items():
+        if "lr" in site:  # a probe of another learning rate: its own table (learning_rates)
+            continue
         if site.get("validation_ce_windows"):  # as read (a record corrected for the probe bug says 16)
             windows.append(f"{key}: {site['validation_ce_windows']}")
         for budget in site["budgets"]:
             for name, sae in budget["saes"].items():
                 held = sae.get("validation")
-                cells = [f"{100 * sae[f'{m}_change']:.1f}%" for m in metrics]
                 low, high = sae["curve"]["lr_last_part"]
                 lr = f"{low:g}" if low == high else f"{low:g}–{high:g}"
-                lines.append(f"| {key} | {budget['steps']} | {name} | " + " | ".join(cells)
-                             + f" | {'yes' if sae['converged'] else 'no'} | {lr} | "
+                lines.append(f"| {key} | {budget['steps']} | {name} | {_rule_cells(sae, metrics)} | {lr} | "
                              + (f"{held['l0']:.1f} | {100 * held['loss_recovered']:.2f}% |" if held else "— | — |")
                              + _fvu_gap(held, sae.get("training_rows")))
         met = site["smallest_budget_meeting_rule"]
@@ -380,7 +411,8 @@ RENDERERS: dict[str, tuple[str, Callable]] = {  # kind: (the file it reads, how)
     "comparisons": ("comparisons.csv", comparisons), "headline": ("headline.csv", headline),
     "coverage": ("interval_coverage.json", coverage), "cluster": ("cluster.json", cluster),
     "replicate_plan": ("replicate_plan.json", replicate_plan), "forecast": ("replicate_plan.json", forecast),
-    "convergence": ("convergence.json", convergence), "site-layers": ("site_layers.json", site_layers),
+    "convergence": ("convergence.json", convergence), "learning-rates": ("convergence.json", learning_rates),
+    "site-layers": ("site_layers.json", site_layers),
     "quickstart": ("quickstart.json", quick_start), "runtime": ("replicate.json", run_time),
     "experiment-runtime": ("replicate.json", experiment_run_time),
 }
