@@ -15,11 +15,11 @@ records each budget's lr over the last quarter to show it.
         --saes gated:4:0.03,baseline:6:0.008,baseline:4:0.008 experiment=default
     python scripts/probe_convergence.py --site attn_z --layer 3 --budgets 400 --ce-windows 64 \\
         --out results/calibration/attn_z_layer3_grid.json experiment=default   # the sweep's grid there
-    python scripts/probe_convergence.py --site resid_post --layer 15 --budgets 400 --lr 0.002 \
+    python scripts/probe_convergence.py --site resid_post --layer 15 --budgets 400 --lr 0.002 \\
         --saes gated:4:0.05 --ce-windows 64 experiment=default   # another learning rate, in its own folders
 
-Each budget trains into its own sweep folder (probe_<site>_l<layer>_<steps>) under the data root, so a
-killed run resumes; the JSON is rewritten after every budget.
+Each budget trains into its own sweep folder (probe_<site>_l<layer>_<steps>, with `_lr<value>` after it
+under --lr) under the data root, so a killed run resumes; the JSON is rewritten after every budget.
 """
 
 from __future__ import annotations
