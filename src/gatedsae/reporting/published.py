@@ -218,13 +218,14 @@ def learning_rates(measured: dict) -> list[str]:
     for key, site in measured["sites"].items():
         if "lr" not in site:
             continue
-        windows.setdefault(key.split(" ")[0], set()).add(site.get("validation_ce_windows"))
+        where = key.split(" ")[0]  # the key without its label: '<site>/layer<L>'
+        windows.setdefault(where, set()).add(site.get("validation_ce_windows"))
         clip = next((o.split("=", 1)[1] for o in site.get("overrides", []) if o.startswith("train.max_grad_norm=")),
                     "none")
         for budget in site["budgets"]:
             for name, sae in budget["saes"].items():
                 held = sae.get("validation")
-                lines.append(f"| {key.split(' ')[0]} | {site['lr']:g} | {clip} | {budget['steps']} | {name} | "
+                lines.append(f"| {where} | {site['lr']:g} | {clip} | {budget['steps']} | {name} | "
                              + _rule_cells(sae, metrics) + " | "
                              + (f"{held['l0']:.1f} | {100 * held['loss_recovered']:.2f}% | {held['fvu']:.3f} |"
                                 if held else "— | — | — |"))
