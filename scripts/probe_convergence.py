@@ -18,8 +18,14 @@ records each budget's lr over the last quarter to show it.
     python scripts/probe_convergence.py --site resid_post --layer 15 --budgets 400 --lr 0.002 \\
         --saes gated:4:0.05 --ce-windows 64 experiment=default   # another learning rate, in its own folders
 
-Each budget trains into its own sweep folder (probe_<site>_l<layer>_<steps>, with `_lr<value>` after it
-under --lr) under the data root, so a killed run resumes; the JSON is rewritten after every budget.
+    python scripts/probe_convergence.py --site resid_post --layer 15 --budgets 400 --seeds 2 --lr 0.001 \\
+        --saes gated:4:0.03,gated:4:0.09 --ce-windows 64 --label "seeds 2, gradient clip 1.0" \\
+        train.max_grad_norm=1.0 experiment=default   # a setting against the seeds' spread
+
+Each budget trains into its own sweep folder under the data root (probe_<site>_l<layer>_<steps>, then
+`_lr<value>` under --lr, `_seeds<n>` under --seeds n > 1, `_clip<value>` under train.max_grad_norm), so a
+killed run resumes; the JSON is rewritten after every budget. SAEs of one architecture and width in
+--saes train as one group.
 """
 
 from __future__ import annotations
@@ -57,13 +63,12 @@ def chosen_groups(config, site: str, spec: str | None, lr: float | None = None) 
     if not spec:
         return [replace(g, sites=[site], lr=lr or g.lr) for g in config.sweep.groups_at(site)]
     rates = {g.arch: g.lr for g in config.sweep.groups}
-    groups = []
+    values: dict[tuple[str, float], list] = {}  # SAEs of one architecture and width train as one group
     for item in spec.split(","):
         arch, ratio, value = item.split(":")
-        knob = knob_of(arch)
-        groups.append(SAEGroupConfig(arch, float(ratio), lr or rates.get(arch, 1e-3), sites=[site],
-                                     **{knob: [int(value) if knob == "k" else float(value)]}))
-    return groups
+        values.setdefault((arch, float(ratio)), []).append(int(value) if knob_of(arch) == "k" else float(value))
+    return [SAEGroupConfig(arch, ratio, lr or rates.get(arch, 1e-3), sites=[site], **{knob_of(arch): knobs})
+            for (arch, ratio), knobs in values.items()]
 
 
 def curve_summary(curve: pd.DataFrame, last_fraction: float) -> dict:
@@ -90,16 +95,16 @@ def training_rows_reading(config, site: str, layer: int, saes, rows: int) -> lis
 
 
 def probe_budget(base, site: str, layer: int, groups, steps: int, ce_windows: int, training_rows: int = 0,
-                 folder_tag: str = "") -> dict:
+                 folder_tag: str = "", seeds: int = 1) -> dict:
     from gatedsae.evaluation.evaluate import CheckpointSAE, evaluate_saes
     from gatedsae.plan.grid import read_grid_index
     from gatedsae.saes.checkpoints import RECORD_FILE
     from gatedsae.training.stages import train_grid
 
-    # `folder_tag` keeps probes that differ in a setting of their own (a learning rate) in their own folders
+    # `folder_tag` keeps probes that differ in a setting of their own (a learning rate, seeds) in their own folders
     sweep = replace(base.sweep, name=f"probe_{site}_l{layer}_{steps}{folder_tag}", groups=groups, rescale_shift=False,
                     all_tokens=False)
-    config = replace(base, sweep=sweep, train=replace(base.train.every_site(steps * base.train.batch_size), seeds=1))
+    config = replace(base, sweep=sweep, train=replace(base.train.every_site(steps * base.train.batch_size), seeds=seeds))
     started = time.time()
     index = train_grid(config, site, layer, progress=False)
     trained = time.time() - started
@@ -174,6 +179,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="train every probed SAE at this learning rate "
                         "(default: its group's in the sweep); the probe gets its own folders and, without --label, "
                         "the label 'lr <value>'")
+    parser.add_argument("--seeds", type=int, default=1, help="train every probed SAE with this many seeds (as the "
+                        "sweep's train.seeds), to tell a setting's effect from the seeds' spread; more than one gets "
+                        "folders of its own")
     parser.add_argument("--label", default=None, help="tells this probe apart from earlier ones of the same site and "
                         "layer under other settings (e.g. another store): its key becomes '<site>/layer<L> (<label>)'")
     parser.add_argument("--out", default="results/calibration/convergence.json")
@@ -182,11 +190,15 @@ def main() -> None:
     base = load_config(overrides)
     if args.lr is not None and not args.lr > 0:
         raise SystemExit(f"--lr must be a positive learning rate, not {args.lr}")
+    if args.seeds < 1:
+        raise SystemExit(f"--seeds must be at least 1, not {args.seeds}")
     groups = chosen_groups(base, args.site, args.saes, args.lr)
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.exists() else {}
     label = args.from_curves or args.label or (f"lr {args.lr:g}" if args.lr else None)
-    folder_tag = f"_lr{args.lr:g}" if args.lr else ""
+    clip = base.train.max_grad_norm  # a clipped probe keeps the unclipped one's checkpoints
+    folder_tag = ((f"_lr{args.lr:g}" if args.lr else "") + (f"_seeds{args.seeds}" if args.seeds > 1 else "")
+                  + (f"_clip{clip:g}" if clip else ""))
     key = f"{args.site}/layer{args.layer}" + (f" ({label})" if label else "")
     result.update({
         "what": "training budget against conf/verdict's convergence rule (scripts/probe_convergence.py)",
@@ -195,7 +207,7 @@ def main() -> None:
         "train": {"batch_size": base.train.batch_size, "lr_warmup_steps": base.train.lr_warmup_steps,
                   "lr_schedule": "constant after warm-up; dips after the resamples",
                   "resample_at": base.train.resample_at, "resample_recovery_steps": base.train.resample_recovery_steps,
-                  "cache_train_tokens": base.cache.train_tokens, "seed": base.train.seed, "seeds": 1},
+                  "cache_train_tokens": base.cache.train_tokens, "seed": base.train.seed},
         "machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
     })
     sites = result.setdefault("sites", {})
@@ -205,12 +217,13 @@ def main() -> None:
                           "groups": None if args.from_curves else
                           [{"arch": g.arch, "width_ratio": g.width_ratio, "lr": g.lr, g.knob: getattr(g, g.knob)} for g in groups],
                           "validation_ce_windows": args.ce_windows, "budgets": previous,
-                          **({"lr": args.lr} if args.lr else {})}  # docs/verdict.md gives these a table of their own
+                          **({"lr": args.lr} if args.lr else {}),  # docs/verdict.md gives these a table of their own
+                          **({"seeds": args.seeds} if args.seeds > 1 else {})}  # ... and these another
     budgets = [None] if args.from_curves else [int(s) for s in args.budgets.split(",")]
     for steps in budgets:
         measured = (recorded_run(Path(args.from_curves), args.site, args.layer, base.verdict.convergence)
                     if args.from_curves else probe_budget(base, args.site, args.layer, groups, steps, args.ce_windows,
-                                                        args.training_rows, folder_tag))
+                                                        args.training_rows, folder_tag, args.seeds))
         steps = measured["steps"]
         earlier = next((b for b in entry["budgets"] if b["steps"] == steps), {})
         if measured["train_seconds"] is None:  # its checkpoints were kept: the time they took when trained

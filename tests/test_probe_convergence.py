@@ -83,3 +83,27 @@ def test_a_learning_rate_probe_trains_at_that_rate_in_folders_of_its_own(smoke_c
     with pytest.raises(SystemExit, match="positive learning rate"):
         _probe(monkeypatch, "--site", "resid_post", "--layer", "1", "--budgets", "24", "--lr", "0",
                "--out", str(out), *overrides)
+
+
+def test_a_seeds_probe_trains_each_sae_per_seed_in_one_group_and_a_clipped_one_in_folders_of_its_own(
+        smoke_cache, tmp_path, monkeypatch, one_thread):
+    config = copy_data(smoke_cache, tmp_path / "data", ("text", "tokens", "activations"))
+    out = tmp_path / "convergence.json"
+    for clip in ([], ["train.max_grad_norm=1.0"]):
+        _probe(monkeypatch, "--site", "resid_post", "--layer", "1", "--budgets", "24", "--seeds", "2",
+               "--saes", "gated:2:0.01,gated:2:0.05", "--label", f"seeds{clip}", "--out", str(out),
+               "experiment=smoke", f"paths.data={config.paths.root}", *clip)
+    sites = json.loads(out.read_text())["sites"]
+    for clip, tag in (([], ""), (["train.max_grad_norm=1.0"], "_clip1")):
+        entry = sites[f"resid_post/layer1 (seeds{clip})"]
+        (group,) = entry["groups"]  # one group: both λ, each with both seeds
+        assert entry["seeds"] == 2 and (group["arch"], group["width_ratio"], group["l1"]) == ("gated", 2.0, [0.01, 0.05])
+        (budget,) = entry["budgets"]
+        # the first seed's SAE is the one-seed probe's (no suffix), the others carry theirs
+        assert sorted(budget["saes"]) == [f"gated_w64_l1_{v}{s}" for v in (0.01, 0.05) for s in ("", "_seed1")]
+        folder = config.paths.checkpoints_dir("tiny", "tiny", "resid_post", 1, f"probe_resid_post_l1_24_seeds2{tag}")
+        assert set(pd.read_csv(folder / CURVES_FILE)["sae"]) == set(budget["saes"])
+
+    with pytest.raises(SystemExit, match="at least 1"):
+        _probe(monkeypatch, "--site", "resid_post", "--layer", "1", "--budgets", "8", "--seeds", "0",
+               "--out", str(out), "experiment=smoke", f"paths.data={config.paths.root}")

@@ -143,7 +143,7 @@ def test_the_cluster_block_quotes_slurms_overhead_only_when_the_record_resolves_
 
 
 def test_the_convergence_block_gives_each_probed_sae_and_the_smallest_budget_meeting_the_rule(tmp_path):
-    from gatedsae.reporting.published import convergence
+    from gatedsae.reporting.probe_tables import convergence
 
     def sae(l0, reconstruction):
         return {"l0_change": l0, "reconstruction_change": reconstruction, "converged": max(l0, reconstruction) < 0.05,
@@ -169,7 +169,7 @@ def test_the_convergence_block_gives_each_probed_sae_and_the_smallest_budget_mee
 
 
 def test_learning_rate_probes_get_their_own_table_and_stay_out_of_the_budget_table():
-    from gatedsae.reporting.published import convergence, learning_rates
+    from gatedsae.reporting.probe_tables import convergence, learning_rates
 
     def sae(l0, reconstruction, lr, validation=None):
         return {"l0_change": l0, "reconstruction_change": reconstruction, "converged": max(l0, reconstruction) < 0.05,
@@ -192,6 +192,32 @@ def test_learning_rate_probes_get_their_own_table_and_stay_out_of_the_budget_tab
     budgets = convergence(measured)
     assert not any("lr 0.00" in line for line in budgets)
     assert "| mlp_out/layer28 | 800 | gated | 2.0% | 12.0% | no | 0.001 | — | — | — |" in budgets
+
+
+def test_seed_probes_pair_each_clipped_seed_with_the_same_seed_unclipped_and_stay_out_of_the_other_tables():
+    from gatedsae.reporting.probe_tables import convergence, learning_rates, seed_probes
+
+    def sae(l0, fvu, converged=False):
+        return {"l0_change": 0.1, "reconstruction_change": 0.1, "converged": converged, "curve": {"lr_last_part": [1e-3] * 2},
+                "validation": {"l0": l0, "loss_recovered": 1 - fvu / 10, "fvu": fvu}}
+
+    def probe(overrides, saes):
+        return {"lr": 0.001, "seeds": 2, "overrides": ["experiment=default", *overrides], "validation_ce_windows": 64,
+                "smallest_budget_meeting_rule": None, "budgets": [{"steps": 400, "saes": saes}]}
+
+    measured = {"rule": {"metrics": ["l0", "reconstruction"], "max_relative_change": 0.05, "last_fraction": 0.25},
+                "train": {"batch_size": 1024}, "sites": {
+                    "resid_post/layer15 (seeds 2)": probe([], {
+                        "gated_w2304_l1_0.03": sae(300.0, 0.14), "gated_w2304_l1_0.03_seed1": sae(310.0, 0.12)}),
+                    "resid_post/layer15 (seeds 2, clip)": probe(["train.max_grad_norm=1.0"], {
+                        "gated_w2304_l1_0.03_seed1": sae(296.0, 0.1, True), "gated_w2304_l1_0.03": sae(290.0, 0.11)})}}
+    assert seed_probes(measured)[2:] == [
+        "| resid_post/layer15 | 400 | gated_w2304_l1_0.03 | none | 0 of 2 | 305.0 (300.0–310.0) | 98.70% (98.60%–98.80%) "
+        "| 0.130 (0.120–0.140) | — |",
+        "| resid_post/layer15 | 400 | gated_w2304_l1_0.03 | 1.0 | 1 of 2 | 293.0 (290.0–296.0) | 98.95% (98.90%–99.00%) "
+        "| 0.105 (0.100–0.110) | -0.030, -0.020 |",
+        "", "Each cell: the mean over seeds (the range). Validation windows behind the readings: 64."]
+    assert not any("gated_w2304" in line for line in learning_rates(measured) + convergence(measured))
 
 
 def test_the_published_runs_trained_the_saes_they_share_to_the_same_weights():

@@ -23,6 +23,7 @@ import pandas as pd
 from gatedsae.core.atomic import write_text_atomic
 from gatedsae.plan.config import REPO_ROOT
 from gatedsae.plan.sites import short_label
+from gatedsae.reporting.probe_tables import convergence, learning_rates, seed_probes
 from gatedsae.reporting.claims import (BETTER, EQUIVALENT, NOT_REPRODUCED, REPRODUCED, STATUSES, WORSE, Claim,
                                        format_interval, load_claims)
 
@@ -195,89 +196,6 @@ def forecast(plan: dict) -> list[str]:
     return lines
 
 
-def _fvu_gap(validation: dict | None, training: dict | None) -> str:
-    """FVU on the validation split and on rows the SAE trained on (as often as its budget repeated them)."""
-    if not validation or not training:
-        return " — |"
-    return f" {validation['fvu']:.3f}, {training['fvu']:.3f} ({100 * (validation['fvu'] / training['fvu'] - 1):+.1f}%) |"
-
-
-def _rule_cells(sae: dict, metrics: list[str]) -> str:
-    """Each metric's change over the rule's last part of training, and whether the SAE meets the rule."""
-    return " | ".join(f"{100 * sae[f'{m}_change']:.1f}%" for m in metrics) + f" | {'yes' if sae['converged'] else 'no'}"
-
-
-def learning_rates(measured: dict) -> list[str]:
-    """The probes at a learning rate of their own (`probe_convergence.py --lr`), each SAE against the
-    convergence rule with its validation readings; FVU above 1 is a reconstruction worse than the mean."""
-    metrics = measured["rule"]["metrics"]
-    lines = ["| site | learning rate | gradient clip | steps | SAE | " + " | ".join(f"{m} change" for m in metrics)
-             + " | converged | validation L0 | validation loss recovered | validation FVU |",
-             "|---|---|---|---|---|" + "---|" * (len(metrics) + 4)]
-    windows = {}
-    for key, site in measured["sites"].items():
-        if "lr" not in site:
-            continue
-        where = key.split(" ")[0]  # the key without its label: '<site>/layer<L>'
-        windows.setdefault(where, set()).add(site.get("validation_ce_windows"))
-        clip = next((o.split("=", 1)[1] for o in site.get("overrides", []) if o.startswith("train.max_grad_norm=")),
-                    "none")
-        for budget in site["budgets"]:
-            for name, sae in budget["saes"].items():
-                held = sae.get("validation")
-                lines.append(f"| {where} | {site['lr']:g} | {clip} | {budget['steps']} | {name} | "
-                             + _rule_cells(sae, metrics) + " | "
-                             + (f"{held['l0']:.1f} | {100 * held['loss_recovered']:.2f}% | {held['fvu']:.3f} |"
-                                if held else "— | — | — |"))
-    read = "; ".join(f"{site}: {', '.join(str(n) for n in sorted(counts) if n)}" for site, counts in windows.items()
-                     if any(counts))
-    return lines + (["", f"Validation windows behind the readings: {read}."] if read else [])
-
-
-def convergence(measured: dict) -> list[str]:
-    """Each probed SAE's curves against verdict.convergence at each training budget
-    (scripts/probe_convergence.py), and the smallest budget at which every one of a site's meets it,
-    beside the default's budget as conf/ sets it now."""
-    from gatedsae.plan.config import load_config
-
-    train = load_config(["experiment=default"]).train
-    rule = measured["rule"]
-    own = ", ".join(f"{short_label(site)} {train.at_site(site).steps:,}" for site in train.site_tokens)
-    default_steps = f"{train.steps:,} steps" + (f" ({own})" if own else "")
-    metrics = rule["metrics"]
-    lines = ["| site | steps | SAE | " + " | ".join(f"{m} change" for m in metrics)
-             + " | converged | lr, last part | validation L0 | validation loss recovered | FVU: validation, training rows |",
-             "|---|---|---|" + "---|" * (len(metrics) + 5)]
-    smallest, settings, windows = [], [], []
-    for key, site in measured["sites"].items():
-        if "lr" in site:  # a probe of another learning rate: its own table (learning_rates)
-            continue
-        if site.get("validation_ce_windows"):  # as read (a record corrected for the probe bug says 16)
-            windows.append(f"{key}: {site['validation_ce_windows']}")
-        for budget in site["budgets"]:
-            for name, sae in budget["saes"].items():
-                held = sae.get("validation")
-                low, high = sae["curve"]["lr_last_part"]
-                lr = f"{low:g}" if low == high else f"{low:g}–{high:g}"
-                lines.append(f"| {key} | {budget['steps']} | {name} | {_rule_cells(sae, metrics)} | {lr} | "
-                             + (f"{held['l0']:.1f} | {100 * held['loss_recovered']:.2f}% |" if held else "— | — |")
-                             + _fvu_gap(held, sae.get("training_rows")))
-        met = site["smallest_budget_meeting_rule"]
-        probed = ", ".join(str(b["steps"]) for b in site["budgets"])
-        smallest.append(f"{key}: {met} steps" if met else f"{key}: none of {probed} steps")
-        changed = [o for o in site.get("overrides", []) if o != "experiment=default"]
-        settings += [f"{key}: `{' '.join(changed)}`"] if changed else []
-    lines += ["", f"Rule: each of {', '.join(metrics)} changes by less than {100 * rule['max_relative_change']:.0f}% "
-                  f"over the last {100 * rule['last_fraction']:.0f}% of training (one seed per SAE, batches of "
-                  f"{measured['train']['batch_size']}). Smallest budget at which every probed SAE meets it: "
-                  f"{'; '.join(smallest)}. The default trains {default_steps}."]
-    if windows:
-        lines += ["", "Validation windows behind the loss recovered: " + "; ".join(windows) + "."]
-    if settings:
-        lines += ["", "Settings other than the default's: " + "; ".join(settings) + "."]
-    return lines
-
-
 def site_layers(reading: dict) -> list[str]:
     """The verdict's layer rule applied to the model (scripts/probe_layers.py): each layer's zero-ablation
     cost and predicted half-width per site (and mean-ablation's loss recovered where the rule asks for it),
@@ -413,6 +331,7 @@ RENDERERS: dict[str, tuple[str, Callable]] = {  # kind: (the file it reads, how)
     "coverage": ("interval_coverage.json", coverage), "cluster": ("cluster.json", cluster),
     "replicate_plan": ("replicate_plan.json", replicate_plan), "forecast": ("replicate_plan.json", forecast),
     "convergence": ("convergence.json", convergence), "learning-rates": ("convergence.json", learning_rates),
+    "seed-probes": ("convergence.json", seed_probes),
     "site-layers": ("site_layers.json", site_layers),
     "quickstart": ("quickstart.json", quick_start), "runtime": ("replicate.json", run_time),
     "experiment-runtime": ("replicate.json", experiment_run_time),
