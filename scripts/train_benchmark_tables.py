@@ -156,7 +156,33 @@ def _training_check(training: dict) -> str:
             "fresh start, one run per threshold: " + ". ".join(parts) + ".")
 
 
+def train_step_table() -> str:
+    """scripts/bench_step.py: a change to the training step against the commit before it, in one run."""
+    data = _read("step.json")
+    group, same = data["group"], data["same_training"]
+    rounds = len(data["speedup_cpu_time"]["each"])
+    lines = [machine_line("step.json"), "",
+             f"One {label(group['arch'])} group of {group['saes']} SAEs ({group['width_ratio']:g} × d wide, λ "
+             f"{group['l1'].replace(',', ', ')}, {group['seeds']} seeds each), L0 ≈ {group['l0']:g} per row, "
+             f"{group['precision']}, {group['steps']} timed steps per run, {rounds} interleaved rounds: medians "
+             "(min–max) over the rounds.", "",
+             *_head("code", "ms per step, CPU time", "ms per step, wall time")]
+    for side in ("before", "after"):
+        cpu, wall = (data[side][key] for key in ("cpu_seconds_per_step", "seconds_per_step"))
+        lines.append(f"| {side}: {data['code'][side]} | {_ms(cpu)} | {_ms(wall)} |")
+    bits = ("the two train to the same bits" if same["identical_bits"] else "the two do not train to the same bits: "
+            f"the largest relative difference in any parameter after {group['steps']} steps from a fresh start is "
+            f"{same['largest_relative_difference']:.1e}")
+    return "\n".join(lines + ["", f"Before / after, CPU time per step, per round: **{_spread(data['speedup_cpu_time'])}×**; "
+                                  f"{bits}."])
+
+
+def _ms(summary: dict) -> str:
+    return f"{1000 * summary['median']:.0f} ({1000 * summary['min']:.0f}–{1000 * summary['max']:.0f})"
+
+
 GENERATORS = {
+    "benchmarks train step": train_step_table,
     "benchmarks train crossover": train_crossover_table,
     "benchmarks train crossover by precision": crossover_by_precision_table,
     "benchmarks train speed": train_speed_table,

@@ -237,3 +237,47 @@ def test_the_allocator_table_gives_each_part_both_settings_and_flags_different_b
     assert "| evaluate: the per-SAE spliced path at attn_z, layer 3 | 0.140 | 0.125 | **1.12 (1.12–1.12)×**" in text
     assert "train: peak resident memory 2.50 GiB with glibc's defaults, 3.00 GiB with 1024 MiB kept" in text
     assert "computed: the same bits" in text and "computed: **different bits**" in text
+
+
+def test_the_step_table_gives_both_sides_their_ratio_and_whether_they_train_to_the_same_bits(tmp_path, monkeypatch):
+    import sys
+
+    sys.path.insert(0, "scripts")
+    import benchmark_tables
+    import train_benchmark_tables
+
+    def spread(*values):
+        return {"median": sorted(values)[len(values) // 2], "min": min(values), "max": max(values), "each": list(values)}
+
+    data = {"command": "python scripts/bench_step.py --before abc1234", "machine": {"cpu": "CPU", "cores": 2, "threads": 2},
+            "code": {"before": "abc1234", "after": "working tree on def5678"},
+            "group": {"arch": "gated", "width_ratio": 4.0, "l1": "0.02,0.09", "seeds": 3, "saes": 6, "l0": 50.0,
+                      "precision": "float32", "steps": 5},
+            "before": {"cpu_seconds_per_step": spread(0.9, 1.0, 1.1), "seconds_per_step": spread(0.5, 0.5, 0.6)},
+            "after": {"cpu_seconds_per_step": spread(0.8, 0.85, 0.9), "seconds_per_step": spread(0.4, 0.45, 0.5)},
+            "speedup_cpu_time": spread(1.1, 1.2, 1.25),
+            "same_training": {"identical_bits": False, "largest_relative_difference": 2.5e-7}}
+    (tmp_path / "step.json").write_text(json.dumps(data))
+    monkeypatch.setattr(benchmark_tables, "BENCHMARKS", tmp_path)
+    text = train_benchmark_tables.train_step_table()
+    assert "One Gated group of 6 SAEs (4 × d wide, λ 0.02, 0.09, 3 seeds each), L0 ≈ 50 per row" in text
+    assert "3 interleaved rounds" in text
+    assert "| before: abc1234 | 1000 (900–1100) | 500 (500–600) |" in text
+    assert "| after: working tree on def5678 | 850 (800–900) | 450 (400–500) |" in text
+    assert "**1.20 (1.10–1.25)×**" in text and "largest relative difference in any parameter after 5 steps" in text
+    data["same_training"] = {"identical_bits": True, "largest_relative_difference": 0.0}
+    (tmp_path / "step.json").write_text(json.dumps(data))
+    assert "the two train to the same bits." in train_benchmark_tables.train_step_table()
+
+
+def test_bench_step_compares_two_sides_parameters_bit_for_bit_and_by_relative_difference(tmp_path):
+    import torch
+
+    compare = runpy.run_path("scripts/bench_step.py", run_name="bench_step")["compare"]
+    params = [torch.ones(2, 3), torch.full((4,), 2.0)]
+    torch.save(params, tmp_path / "a.pt")
+    torch.save(params, tmp_path / "b.pt")
+    assert compare(tmp_path / "a.pt", tmp_path / "b.pt") == {"identical_bits": True, "largest_relative_difference": 0.0}
+    torch.save([params[0], params[1] + torch.tensor([0.0, 0.0, 0.0, 1e-3])], tmp_path / "b.pt")
+    found = compare(tmp_path / "a.pt", tmp_path / "b.pt")
+    assert not found["identical_bits"] and found["largest_relative_difference"] == pytest.approx(1e-3 / 2.001, rel=1e-4)

@@ -178,10 +178,13 @@ class BatchedSAE(nn.Module, ABC):
         the step moves rows along the unit sphere rather than changing their norm."""
         if not self.decoder_trainable or self.W_dec.grad is None:
             return
-        W, grad = self.W_dec, self.W_dec.grad
-        # Row dot products and an in-place update: no [n, width, d] temporaries.
-        parallel = torch.einsum("nmd,nmd->nm", grad, W) / torch.einsum("nmd,nmd->nm", W, W)
-        grad.addcmul_(parallel.unsqueeze(-1), W, value=-1)
+        # One SAE at a time, through one [width, d] buffer: its row products stay in cache where an
+        # [n, width, d] temporary would not, and a dot per row as a batched 1×1 matmul (einsum's route)
+        # costs about 4× as much on CPU.
+        product = torch.empty_like(self.W_dec[0])
+        for W, grad in zip(self.W_dec, self.W_dec.grad):
+            parallel = torch.mul(grad, W, out=product).sum(-1) / torch.mul(W, W, out=product).sum(-1)
+            grad.addcmul_(parallel.unsqueeze(-1), W, value=-1)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
