@@ -266,3 +266,37 @@ def test_the_site_layers_block_bolds_each_sites_rule_layer_and_gives_its_windows
     assert "| 1 | **3.500 (0.100)** | **0.60 pt** | **80.0%** | — | — |" in text
     assert "| 0 | 2.000 (0.100) | 0.80 pt | 95.0% | **0.700 (0.100)** | **1.20 pt** |" in text
     assert "at least 2 points less than the site's lowest level" in text
+
+
+def test_docs_verdict_reads_the_clip_probes_as_the_file_holds_them():
+    """docs/verdict.md (and conf/experiment/default.yaml's comment) say, of the probes with two seeds per
+    SAE: at each site every seed reconstructs better clipped than the same seed unclipped (twelve pairs at
+    the residual stream, 28 in all), the baselines' FVU falls by more than the Gated SAEs' at the same rank
+    of λ, and every λ recovers more loss on average, but the attention output's sparsest Gated SAE."""
+    import re
+    from statistics import mean
+
+    measured = json.loads((REPO_ROOT / "results" / "calibration" / "convergence.json").read_text())
+    pairs = {}
+    for site in ("resid_post", "mlp_out", "attn_z"):
+        probes = {("clip" if any(o.startswith("train.max_grad_norm=") for o in entry["overrides"]) else "none"):
+                  entry["budgets"][0]["saes"] for key, entry in measured["sites"].items()
+                  if key.startswith(site) and entry.get("seeds") == 2}
+        assert set(probes) == {"none", "clip"}, site
+        fvu_drop = {}
+        for name, clipped in probes["clip"].items():
+            unclipped = probes["none"][name]
+            assert clipped["validation"]["fvu"] < unclipped["validation"]["fvu"], name
+            fvu_drop.setdefault(re.sub(r"_seed\d+$", "", name), []).append(
+                unclipped["validation"]["fvu"] - clipped["validation"]["fvu"])
+        pairs[site] = len(probes["clip"])
+        sparsest_gated = max((spec for spec in fvu_drop if spec.startswith("gated_")),
+                             key=lambda spec: float(spec.rsplit("_", 1)[1]))
+        for spec in fvu_drop:
+            recovered = {c: mean(s["validation"]["loss_recovered"] for n, s in probes[c].items()
+                                 if re.sub(r"_seed\d+$", "", n) == spec) for c in probes}
+            assert (recovered["clip"] > recovered["none"]) != (site == "attn_z" and spec == sparsest_gated), spec
+        by_arch = {arch: [mean(fvu_drop[s]) for s in sorted(fvu_drop, key=lambda s: float(s.rsplit("_", 1)[1]))
+                          if s.startswith(arch + "_")] for arch in ("gated", "baseline")}
+        assert all(b > g for g, b in zip(by_arch["gated"], by_arch["baseline"])), (site, by_arch)
+    assert pairs["resid_post"] == 12 and sum(pairs.values()) == 28
