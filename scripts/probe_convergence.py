@@ -19,8 +19,8 @@ records each budget's lr over the last quarter to show it.
         --saes gated:4:0.05 --ce-windows 64 experiment=default   # another learning rate, in its own folders
 
     python scripts/probe_convergence.py --site resid_post --layer 15 --budgets 400 --seeds 2 --lr 0.001 \\
-        --saes gated:4:0.03,gated:4:0.09 --ce-windows 64 --label "seeds 2, gradient clip 1.0" \\
-        train.max_grad_norm=1.0 experiment=default   # a setting against the seeds' spread
+        --saes gated:4:0.03,gated:4:0.09 --ce-windows 64 --label "seeds 2, no gradient clip" \\
+        train.max_grad_norm=null experiment=default   # a setting against the seeds' spread
 
 Each budget trains into its own sweep folder under the data root (probe_<site>_l<layer>_<steps>, then
 `_lr<value>` under --lr, `_seeds<n>` under --seeds n > 1, `_clip<value>` under train.max_grad_norm), so a
@@ -196,7 +196,7 @@ def main() -> None:
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.exists() else {}
     label = args.from_curves or args.label or (f"lr {args.lr:g}" if args.lr else None)
-    clip = base.train.max_grad_norm  # a clipped probe keeps the unclipped one's checkpoints
+    clip = base.train.max_grad_norm  # clipped and unclipped probes keep checkpoints of their own
     folder_tag = ((f"_lr{args.lr:g}" if args.lr else "") + (f"_seeds{args.seeds}" if args.seeds > 1 else "")
                   + (f"_clip{clip:g}" if clip else ""))
     key = f"{args.site}/layer{args.layer}" + (f" ({label})" if label else "")
@@ -216,7 +216,7 @@ def main() -> None:
                           "overrides": [_portable(o) for o in overrides],
                           "groups": None if args.from_curves else
                           [{"arch": g.arch, "width_ratio": g.width_ratio, "lr": g.lr, g.knob: getattr(g, g.knob)} for g in groups],
-                          "validation_ce_windows": args.ce_windows, "budgets": previous,
+                          "validation_ce_windows": args.ce_windows, "max_grad_norm": clip, "budgets": previous,
                           **({"lr": args.lr} if args.lr else {}),  # docs/verdict.md gives these a table of their own
                           **({"seeds": args.seeds} if args.seeds > 1 else {})}  # ... and these another
     budgets = [None] if args.from_curves else [int(s) for s in args.budgets.split(",")]

@@ -98,6 +98,7 @@ def test_a_seeds_probe_trains_each_sae_per_seed_in_one_group_and_a_clipped_one_i
         entry = sites[f"resid_post/layer1 (seeds{clip})"]
         (group,) = entry["groups"]  # one group: both λ, each with both seeds
         assert entry["seeds"] == 2 and (group["arch"], group["width_ratio"], group["l1"]) == ("gated", 2.0, [0.01, 0.05])
+        assert entry["max_grad_norm"] == (1.0 if clip else None)  # recorded, whatever the experiment's default
         (budget,) = entry["budgets"]
         # the first seed's SAE is the one-seed probe's (no suffix), the others carry theirs
         assert sorted(budget["saes"]) == [f"gated_w64_l1_{v}{s}" for v in (0.01, 0.05) for s in ("", "_seed1")]

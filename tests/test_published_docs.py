@@ -218,6 +218,10 @@ def test_seed_probes_pair_each_clipped_seed_with_the_same_seed_unclipped_and_sta
         "| 0.105 (0.100–0.110) | -0.030, -0.020 |",
         "", "Each cell: the mean over seeds (the range). Validation windows behind the readings: 64."]
     assert not any("gated_w2304" in line for line in learning_rates(measured) + convergence(measured))
+    # a probe records its clip: a clipped default needs no override, an unclipped probe of it one of null
+    measured["sites"]["resid_post/layer15 (seeds 2)"].update(max_grad_norm=None, overrides=["train.max_grad_norm=null"])
+    measured["sites"]["resid_post/layer15 (seeds 2, clip)"].update(max_grad_norm=1.0, overrides=["experiment=default"])
+    assert [line.split(" | ")[3] for line in seed_probes(measured)[2:4]] == ["none", "1.0"]
 
 
 def test_the_published_runs_trained_the_saes_they_share_to_the_same_weights():

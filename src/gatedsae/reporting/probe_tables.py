@@ -25,6 +25,14 @@ def _rule_cells(sae: dict, metrics: list[str]) -> str:
     return " | ".join(f"{100 * sae[f'{m}_change']:.1f}%" for m in metrics) + f" | {'yes' if sae['converged'] else 'no'}"
 
 
+def _clip(site: dict) -> str:
+    """The probe's gradient clip ('none' without one): as it recorded it, or, in entries written before
+    probes recorded it (when the default did not clip), from the overrides it ran with."""
+    if "max_grad_norm" in site:
+        return "none" if site["max_grad_norm"] is None else str(float(site["max_grad_norm"]))
+    return next((o.split("=", 1)[1] for o in site.get("overrides", []) if o.startswith("train.max_grad_norm=")), "none")
+
+
 def learning_rates(measured: dict) -> list[str]:
     """The probes at a learning rate of their own (`probe_convergence.py --lr`), each SAE against the
     convergence rule with its validation readings; FVU above 1 is a reconstruction worse than the mean."""
@@ -38,12 +46,10 @@ def learning_rates(measured: dict) -> list[str]:
             continue
         where = key.split(" ")[0]  # the key without its label: '<site>/layer<L>'
         windows.setdefault(where, set()).add(site.get("validation_ce_windows"))
-        clip = next((o.split("=", 1)[1] for o in site.get("overrides", []) if o.startswith("train.max_grad_norm=")),
-                    "none")
         for budget in site["budgets"]:
             for name, sae in budget["saes"].items():
                 held = sae.get("validation")
-                lines.append(f"| {where} | {site['lr']:g} | {clip} | {budget['steps']} | {name} | "
+                lines.append(f"| {where} | {site['lr']:g} | {_clip(site)} | {budget['steps']} | {name} | "
                              + _rule_cells(sae, metrics) + " | "
                              + (f"{held['l0']:.1f} | {100 * held['loss_recovered']:.2f}% | {held['fvu']:.3f} |"
                                 if held else "— | — | — |"))
@@ -94,11 +100,6 @@ def convergence(measured: dict) -> list[str]:
     if settings:
         lines += ["", "Settings other than the default's: " + "; ".join(settings) + "."]
     return lines
-
-
-def _clip(site: dict) -> str:
-    """The probe's gradient clip, from the overrides it ran with ('none' without one)."""
-    return next((o.split("=", 1)[1] for o in site.get("overrides", []) if o.startswith("train.max_grad_norm=")), "none")
 
 
 def _spread(values: list[float], form: str) -> str:
