@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from gatedsae.plan.architectures import PROPOSED
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OUT = REPO_ROOT / "results" / "benchmarks" / "step.json"
 
@@ -115,7 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", default="HEAD~1", help="the earlier commit")
     parser.add_argument("--after", default=None, help="a later commit (default: this checkout's working tree)")
-    parser.add_argument("--arch", default="gated")
+    parser.add_argument("--arch", default=PROPOSED)
     parser.add_argument("--width-ratio", type=float, default=4.0)
     parser.add_argument("--l1", default="0.02,0.03,0.05,0.09", help="the group's λ values")
     parser.add_argument("--seeds", type=int, default=3)
