@@ -4,16 +4,17 @@
     python scripts/bench_step.py --before 141d47a --arch baseline --width-ratio 6 --l0 150
 
 Each side runs in a process of its own with that side's src/ first on the path (the earlier commit's
-taken from git into a temporary folder; `--after`'s default is this checkout's working tree), the sides
+from a clone at it, as scripts/bench_refactor.py makes them; `--after`'s default is this checkout's
+working tree), the sides
 alternating --repeats times so that both meet the same load. Each run builds one batched group of the
 default's grid shape (its λ values, --width-ratio × d wide, 4 × 3 SAEs as the default's 3 seeds of 4 λ)
 on synthetic activations, opens its gates to --l0 per row (scripts/bench_train.py's prepared state),
 takes one untimed step and times --steps trainer steps (GridTrainer._train_step) at lr 0, so the support
 stays where it was put. Reported: each side's seconds per step (wall and process CPU time; the CPU time
 is the fairer figure on a shared machine), their ratio per round, and whether the two sides train to the
-same bits: each also trains the group from its fresh initialisation for --steps steps at the group's lr,
-(GridTrainer.start, then .advance), and the two parameter sets are compared (identical, or their largest relative difference).
-Writes results/benchmarks/step.json.
+same bits: each also trains the group from its fresh initialisation for --steps steps at the group's lr
+(GridTrainer.start, then .advance), and the two parameter sets are compared (identical, or their largest
+relative difference). Writes results/benchmarks/step.json.
 """
 
 from __future__ import annotations
@@ -78,14 +79,6 @@ def child(args) -> None:
                       "l0": round(l0, 1), "gatedsae": str(Path(gatedsae.__file__).parents[1])}))
 
 
-def checkout(commit: str, into: Path) -> Path:
-    """`commit`'s src/ and conf/ in `into` (from git, no worktree left behind)."""
-    into.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", commit, "src", "conf"], check=True, capture_output=True)
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
-    return into / "src"
-
-
 def run_side(src: Path, args, params: Path) -> dict:
     command = [sys.executable, __file__, "--child", "--params", str(params), "--arch", args.arch,
                "--width-ratio", str(args.width_ratio), "--l1", args.l1, "--seeds", str(args.seeds),
@@ -132,16 +125,13 @@ def main() -> None:
     if args.child:
         return child(args)
 
+    from bench_refactor import clone_at, commit_of
     from gatedsae.core.atomic import write_json_atomic
     from gatedsae.core.precision import machine
 
-    def commit_of(ref: str) -> str:
-        return subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", ref], check=True,
-                              capture_output=True, text=True).stdout.strip()
-
-    scratch = Path(tempfile.mkdtemp())
-    sides = {"before": checkout(args.before, (scratch / "before").resolve())}
-    sides["after"] = checkout(args.after, (scratch / "after").resolve()) if args.after else REPO_ROOT / "src"
+    scratch = Path(tempfile.mkdtemp()).resolve()
+    sides = {"before": clone_at(args.before, scratch / "before") / "src"}
+    sides["after"] = clone_at(args.after, scratch / "after") / "src" if args.after else REPO_ROOT / "src"
     runs = {side: [] for side in sides}
     started = os.getloadavg()
     for _ in range(args.repeats):
@@ -151,7 +141,7 @@ def main() -> None:
     ratio = [b["cpu_seconds_per_step"] / a["cpu_seconds_per_step"] for b, a in zip(runs["before"], runs["after"])]
     result = {
         "benchmark": "one training step of a sweep group: this code against an earlier commit's (scripts/bench_step.py)",
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix().split(REPO_ROOT.as_posix() + "/")[-1], *sys.argv[1:]]),
+        "command": "python scripts/bench_step.py " + " ".join(sys.argv[1:]),
         "machine": machine(), "load_average_before_after": load,
         "code": {"before": commit_of(args.before),
                  "after": commit_of(args.after) if args.after else f"working tree on {commit_of('HEAD')}"},

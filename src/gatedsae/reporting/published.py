@@ -23,9 +23,9 @@ import pandas as pd
 from gatedsae.core.atomic import write_text_atomic
 from gatedsae.plan.config import REPO_ROOT
 from gatedsae.plan.sites import short_label
-from gatedsae.reporting.probe_tables import convergence, learning_rates, seed_probes
 from gatedsae.reporting.claims import (BETTER, EQUIVALENT, NOT_REPRODUCED, REPRODUCED, STATUSES, WORSE, Claim,
                                        format_interval, load_claims)
+from gatedsae.reporting.probe_tables import convergence, learning_rates, seed_probes
 
 DECIDED = (REPRODUCED, NOT_REPRODUCED, BETTER, WORSE, EQUIVALENT)  # a note says why the others are not
 
