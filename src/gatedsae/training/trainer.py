@@ -106,11 +106,22 @@ def clip_grad_norm_per_sae_(module: BatchedSAE, max_norm: float) -> torch.Tensor
     """Scale each SAE's gradient (its slices of every trainable parameter, together) down to norm at most
     `max_norm`; the SAEs of a batched grid are clipped independently. Returns the norms before [n]."""
     grads = [p.grad for p in module.trainable_parameters() if p.grad is not None]
-    norms = sum(g.float().pow(2).flatten(1).sum(1) for g in grads).sqrt()
+    norms = sum(squared_norm_per_sae(g) for g in grads).sqrt()
     scale = (max_norm / norms.clamp_min(1e-12)).clamp(max=1.0)
-    for grad in grads:
-        grad.mul_(scale.view(-1, *[1] * (grad.dim() - 1)).to(grad.dtype))
+    for sae in (scale < 1.0).nonzero().flatten().tolist():  # the others would be multiplied by exactly 1
+        for grad in grads:
+            grad[sae].mul_(scale[sae].to(grad.dtype))
     return norms
+
+
+def squared_norm_per_sae(grad: torch.Tensor) -> torch.Tensor:
+    """[n] float32: each SAE's sum of squares over its slice of `grad` [n, ...], read in memory order.
+    A feature-major gradient (the gate's, stored transposed) would otherwise be copied to row-major first,
+    which costs more than the dot products themselves."""
+    if not grad.is_contiguous() and grad.dim() >= 3 and grad.transpose(-1, -2).is_contiguous():
+        grad = grad.transpose(-1, -2)
+    rows = grad.reshape(len(grad), -1).float()
+    return torch.stack([torch.dot(row, row) for row in rows])
 
 
 def lr_factor(step: int, train: TrainConfig, resample_steps: list[int]) -> float:
