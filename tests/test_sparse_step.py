@@ -98,7 +98,7 @@ def test_sparse_step_in_float32_and_with_every_gate_closed(arch):
 def _train(sae, step, batches: int, resample_at: int) -> torch.optim.Optimizer:
     """The trainer's step (decoder-gradient projection, Adam β1 = 0, renormalised decoder rows), with
     one dead-feature resampling (and its Adam-state reset) on the way."""
-    from gatedsae.training.trainer import _reset_adam_state
+    from gatedsae.training.optimizer import reset_adam_state
 
     optimizer = torch.optim.Adam(sae.trainable_parameters(), lr=3e-2, betas=(0.0, 0.999))
     for i in range(batches):
@@ -114,7 +114,7 @@ def _train(sae, step, batches: int, resample_at: int) -> torch.optim.Optimizer:
             with torch.no_grad():
                 errors = ((x - sae(x).x_hat) ** 2).sum(-1)
             sae.resample_(dead, x, errors, seeds=[7, 8, 9])
-            _reset_adam_state(optimizer, sae, dead)
+            reset_adam_state(optimizer, sae, dead)
     return optimizer
 
 

@@ -148,7 +148,7 @@ def test_resampling_gives_each_dead_feature_its_own_input_while_the_batch_has_ro
 
 
 def test_gradient_clipping_is_per_sae_and_only_above_the_limit(smoke_cache, tmp_path):
-    from gatedsae.training.trainer import clip_grad_norm_per_sae_
+    from gatedsae.training.optimizer import clip_grad_norm_per_sae_
 
     module = _trainer(smoke_cache, tmp_path).modules[0]
     for param in module.trainable_parameters():
@@ -162,18 +162,6 @@ def test_gradient_clipping_is_per_sae_and_only_above_the_limit(smoke_cache, tmp_
     for old, new in zip(before, module.trainable_parameters()):
         assert torch.equal(new.grad[1], old[1])  # under the limit: untouched
         torch.testing.assert_close(new.grad[0], old[0] * (after[0] / norms[0]))  # one factor for all of SAE 0
-
-
-def test_squared_norm_per_sae_reads_any_layout_to_float32_accuracy():
-    from gatedsae.training.trainer import squared_norm_per_sae
-
-    generator = torch.Generator().manual_seed(0)
-    row_major = torch.randn(4, 6, 9, generator=generator)
-    layouts = {"row-major": row_major, "feature-major": row_major.transpose(-1, -2).contiguous().transpose(-1, -2),
-               "strided": torch.randn(4, 6, 18, generator=generator)[..., ::2], "vector": row_major[:, 0]}
-    for name, grad in layouts.items():
-        exact = grad.double().pow(2).flatten(1).sum(1)
-        torch.testing.assert_close(squared_norm_per_sae(grad).double(), exact, rtol=1e-6, atol=0, msg=name)
 
 
 def norms_of(grads):

@@ -32,6 +32,7 @@ from gatedsae.plan.identity import training_precision, training_state_identity
 from gatedsae.plan.grid import SAESpec, grid_specs, regrouped, sae_seed
 from gatedsae.saes.base import BatchedSAE, make_sae
 from gatedsae.training.curve_log import CurveLog
+from gatedsae.training.optimizer import adam_step, clip_grad_norm_per_sae_, make_adam, reset_adam_state
 from gatedsae.training.sparse_step import dense_step_, sparse_step_
 
 STATE_FILE = "training_state.pt"
@@ -102,28 +103,6 @@ class TrainingBatches:
         self._epoch.load_state_dict(state["shuffle"])
 
 
-def clip_grad_norm_per_sae_(module: BatchedSAE, max_norm: float) -> torch.Tensor:
-    """Scale each SAE's gradient (its slices of every trainable parameter, together) down to norm at most
-    `max_norm`; the SAEs of a batched grid are clipped independently. Returns the norms before [n]."""
-    grads = [p.grad for p in module.trainable_parameters() if p.grad is not None]
-    norms = sum(squared_norm_per_sae(g) for g in grads).sqrt()
-    scale = (max_norm / norms.clamp_min(1e-12)).clamp(max=1.0)
-    for sae in (scale < 1.0).nonzero().flatten().tolist():  # the others would be multiplied by exactly 1
-        for grad in grads:
-            grad[sae].mul_(scale[sae].to(grad.dtype))
-    return norms
-
-
-def squared_norm_per_sae(grad: torch.Tensor) -> torch.Tensor:
-    """[n] float32: each SAE's sum of squares over its slice of `grad` [n, ...], read in memory order.
-    A feature-major gradient (the gate's, stored transposed) would otherwise be copied to row-major first,
-    which costs more than the dot products themselves."""
-    if not grad.is_contiguous() and grad.dim() >= 3 and grad.transpose(-1, -2).is_contiguous():
-        grad = grad.transpose(-1, -2)
-    rows = grad.reshape(len(grad), -1).float()
-    return torch.stack([torch.dot(row, row) for row in rows])
-
-
 def lr_factor(step: int, train: TrainConfig, resample_steps: list[int]) -> float:
     """Linear warm-up, then after each resample a drop to `resample_lr_factor` and a cosine back to 1."""
     factor = min(1.0, (step + 1) / max(1, train.lr_warmup_steps))
@@ -162,15 +141,8 @@ class GridTrainer:
         self.precision = training_precision(config)
         for module in self.modules:
             module.encoder_bf16 = self.precision.bf16
-        # Adam's fused kernel: the same update (every parameter's moments decay every step) in one pass
-        # over the parameters instead of one per operation: for a 2304-wide SAE on this project's 2-core
-        # CPU, 1 ms per step against 8 (foreach) and 10 (for-loop, the CPU default).
-        fused = self.device.type in ("cpu", "cuda")
-        self.optimizers = [
-            torch.optim.Adam(m.trainable_parameters(), lr=lr, betas=(self.train.adam_beta1, self.train.adam_beta2),
-                             fused=fused or None)
-            for m, lr in zip(self.modules, self.base_lrs)
-        ]
+        betas = (self.train.adam_beta1, self.train.adam_beta2)
+        self.optimizers = [make_adam(m, lr, betas, self.device) for m, lr in zip(self.modules, self.base_lrs)]
         self.steps = self.train.steps
         self.resample_steps = sorted({int(f * self.steps) for f in self.train.resample_at})
         self.step = 0
@@ -323,7 +295,7 @@ class GridTrainer:
             module.remove_parallel_decoder_grad_()
             if self.train.max_grad_norm is not None:
                 clip_grad_norm_per_sae_(module, self.train.max_grad_norm)
-            optimizer.step()
+            adam_step(optimizer)
             module.constrain_()
             fired = outcome.fired.cpu()
             self.idle_steps[g] = torch.where(fired, 0, self.idle_steps[g] + 1)
@@ -362,7 +334,7 @@ class GridTrainer:
             errors = ((x.unsqueeze(0) - terms.x_hat) ** 2).sum(-1)  # [n, B]
             seeds = [seed * 7919 + self.step for seed in module.seeds]  # per SAE and per resampling
             counts = module.resample_(dead.to(x.device), x, errors, seeds)
-            _reset_adam_state(optimizer, module, dead.to(x.device))
+            reset_adam_state(optimizer, module, dead.to(x.device))
             self.idle_steps[g][dead] = 0
             for spec in (s for s in self.specs if s.group == g):
                 self.resampled.append({"step": self.step, "sae": spec.name, "features": int(counts[spec.index])})
@@ -397,17 +369,3 @@ def train_lockstep(trainers: list[GridTrainer], progress: bool = True, stop_afte
             trainer.curves.close()
     if bar is not None:
         bar.close()
-
-
-def _reset_adam_state(optimizer: torch.optim.Optimizer, module: BatchedSAE, dead: torch.Tensor) -> None:
-    """Zero Adam's moments for the resampled features (rows/columns of every feature-indexed tensor)."""
-    for param in module.trainable_parameters():
-        state = optimizer.state.get(param)
-        if not state:
-            continue
-        mask = module.feature_mask_for(param, dead)
-        if mask is None:
-            continue
-        for key in ("exp_avg", "exp_avg_sq"):
-            state[key][mask] = 0
-
