@@ -19,8 +19,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from gatedsae.core.atomic import write_json_atomic
+from gatedsae.plan.architectures import KNOBS, knob_of, knob_value
 
-KEY = ("site", "layer", "variant", "arch", "width", "l1")
+KEY = ("site", "layer", "variant", "arch", "width")  # and the architecture's own sparsity knob (λ, λ_L0, k)
 READINGS = ("l0", "loss_recovered", "fvu", "gamma")
 
 
@@ -41,18 +42,25 @@ def _placed(row: dict) -> dict:
     return {"site": parts[at - 1], "layer": int(parts[at][5:]), "variant": variant, **row}
 
 
+def _setting(row: dict) -> tuple[str, str]:
+    """The row's sparsity setting: its architecture's knob (λ, λ_L0 or k) and its value (an empty CSV cell
+    counts as missing, so a row written before the knob had its own column still reads)."""
+    return knob_of(row["arch"]), str(knob_value(row["arch"], {k: v for k, v in row.items() if v != ""}))
+
+
 def readings(rows: list[dict]) -> list[dict]:
-    """Mean readings per grid point, sorted by site, variant, architecture, width and λ."""
+    """Mean readings per grid point, sorted by site, variant, architecture, width and sparsity setting."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
-        groups[tuple(str(row[k]) for k in KEY)].append(row)
+        groups[(*(str(row[k]) for k in KEY), *_setting(row))].append(row)
     out = []
-    for key, members in groups.items():
+    for (*key, knob, value), members in groups.items():
         entry = dict(zip(KEY, key))
-        entry.update(layer=int(entry["layer"]), width=int(entry["width"]), l1=float(entry["l1"]), seeds=len(members))
+        entry.update(layer=int(entry["layer"]), width=int(entry["width"]), seeds=len(members))
+        entry[knob] = float(value) if KNOBS[knob].penalty else int(float(value))  # k counts features
         entry.update({name: round(statistics.fmean(float(m[name]) for m in members), 4) for name in READINGS})
         out.append(entry)
-    return sorted(out, key=lambda e: (e["site"], e["variant"], e["arch"], e["width"], e["l1"]))
+    return sorted(out, key=lambda e: (e["site"], e["variant"], e["arch"], e["width"], e[knob_of(e["arch"])]))
 
 
 def main() -> None:

@@ -152,19 +152,21 @@ def test_a_failed_run_is_not_recorded(tmp_path):
 
 
 def test_grid_readings_average_seeds_per_point_and_never_read_the_test_split(tmp_path):
-    header = "site,layer,split,variant,arch,width,l1,seed,l0,loss_recovered,fvu,gamma\n"
+    header = "site,layer,split,variant,arch,width,l1,k,seed,l0,loss_recovered,fvu,gamma\n"
     metrics = tmp_path / "metrics.csv"
-    metrics.write_text(header + "resid_post,15,validation,sweep,gated,2304,0.02,0,100,0.98,0.1,1.0\n"
-                       "resid_post,15,validation,sweep,gated,2304,0.02,1,200,0.96,0.3,1.0\n"
-                       "resid_post,15,test,sweep,gated,2304,0.02,0,900,0.10,0.9,0.5\n"
-                       "resid_post,15,validation,all_tokens,gated,2304,0.02,0,5,0.5,0.5,0.5\n")
+    metrics.write_text(header + "resid_post,15,validation,sweep,gated,2304,0.02,,0,100,0.98,0.1,1.0\n"
+                       "resid_post,15,validation,sweep,gated,2304,0.02,,1,200,0.96,0.3,1.0\n"
+                       "resid_post,15,test,sweep,gated,2304,0.02,,0,900,0.10,0.9,0.5\n"
+                       "resid_post,15,validation,all_tokens,gated,2304,0.02,,0,5,0.5,0.5,0.5\n"
+                       "resid_post,15,validation,sweep,topk,2304,,48,0,48,0.97,0.2,1.0\n")  # a knob of its own
     row = tmp_path / "row.json"  # an evaluate-checkpoint row: its place is in its checkpoint's folders
     row.write_text(json.dumps({"checkpoint": "/d/checkpoints/m/c/resid_post/layer15/pilot/all_tokens/gated_x",
                                "split": "validation", "arch": "gated", "width": 2304, "l1": 0.002, "seed": 0,
                                "l0": 300, "loss_recovered": 0.99, "fvu": 0.05, "gamma": 1.01}))
     rows = READINGS["_rows"]([metrics], [row], ["all_tokens"])
     points = READINGS["readings"](rows)
-    assert [(p["variant"], p["l1"], p["seeds"]) for p in points] == [("all_tokens", 0.002, 1), ("sweep", 0.02, 2)]
+    assert [(p["variant"], p["arch"], p.get("l1", p.get("k")), p["seeds"]) for p in points] == [
+        ("all_tokens", "gated", 0.002, 1), ("sweep", "gated", 0.02, 2), ("sweep", "topk", 48, 1)]
     sweep = points[1]
     assert (sweep["l0"], sweep["loss_recovered"], sweep["layer"]) == (150, 0.97, 15)
 
