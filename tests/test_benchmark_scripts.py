@@ -283,3 +283,60 @@ def test_bench_step_compares_two_sides_parameters_bit_for_bit_and_by_relative_di
     torch.save([params[0], params[1] + torch.tensor([0.0, 0.0, 0.0, 1e-3])], tmp_path / "b.pt")
     found = compare(tmp_path / "a.pt", tmp_path / "b.pt")
     assert not found["identical_bits"] and found["largest_relative_difference"] == pytest.approx(1e-3 / 2.001, rel=1e-4)
+
+
+DRIFT = runpy.run_path("scripts/retrain_drift.py", run_name="retrain_drift")
+
+
+def _probe(readings: dict) -> dict:
+    return {"sites": {"resid_post/layer15": {"command": "probe", "budgets": [
+        {"steps": 400, "saes": {name: {"validation": {"ce_windows": 16, "ce_clean": 3.8, **values}}
+                                for name, values in readings.items()}}]}}}
+
+
+def test_retrain_drift_pairs_each_sae_with_its_published_seed_and_scales_by_the_seeds_spread(tmp_path):
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "training.json").write_text(json.dumps({"code_version": "abc1234"}))
+    header = "split,variant,arch,sae,l0,loss_recovered,fvu,ce_windows,ce_clean,checkpoint\n"
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text(header + f"validation,sweep,gated,g,100,0.98,0.2,16,3.8,{tmp_path / 'g'}\n"
+                       "validation,sweep,gated,g_seed1,102,0.97,0.2,16,3.8\n"
+                       "validation,sweep,gated,g_seed2,104,0.99,0.2,16,3.8\n"
+                       "test,sweep,gated,g,900,0.10,0.9,64,3.9\n"              # the test split is never read
+                       "validation,sweep,gated,h,50,0.95,0.3,16,3.8\n"
+                       "validation,sweep,gated,h_seed1,50,0.95,0.3,16,3.8\n")
+    published = DRIFT["published_rows"](metrics)
+    probes = {"same": DRIFT["probe_readings"](_probe({"g": {"l0": 100.0, "loss_recovered": 0.98, "fvu": 0.2}})),
+              "moved": DRIFT["probe_readings"](_probe({"g": {"l0": 106.0, "loss_recovered": 0.98, "fvu": 0.2},
+                                                       "h": {"l0": 51.0, "loss_recovered": 0.95, "fvu": 0.3}}))}
+    rows = {row["sae"]: row for row in DRIFT["drift"](published, probes)}
+    g = rows["g"]
+    assert g["seeds"] == 3 and g["published"]["l0"] == 100.0 and g["seed_sd"]["l0"] == pytest.approx(2.0)
+    assert g["published_code_version"] == "abc1234" and rows["h"]["published_code_version"] is None  # no checkpoint
+    assert g["retrained"]["same"]["identical"] and not g["retrained"]["moved"]["identical"]
+    assert g["retrained"]["moved"]["in_seed_sds"]["l0"] == pytest.approx(3.0)
+    assert rows["h"]["retrained"]["moved"]["in_seed_sds"]["l0"] is None  # its seeds agree: no spread to scale by
+    assert "same" not in rows["h"]["retrained"]
+    other_windows = {"g": {"ce_windows": 64, "ce_clean": 3.8, "l0": 1.0, "loss_recovered": 1.0, "fvu": 1.0}}
+    with pytest.raises(SystemExit, match="--ce-windows 16"):
+        DRIFT["drift"](published, {"other windows": other_windows})
+
+
+def test_the_retrain_drift_table_counts_identical_saes_and_those_beyond_a_seed_sd():
+    from gatedsae.reporting.probe_tables import retrain_drift
+
+    def again(l0_sds, identical=False):
+        return {"identical": identical, "difference": {"l0": 1.0, "loss_recovered": 0.001, "fvu": 0.0},
+                "in_seed_sds": {"l0": l0_sds, "loss_recovered": 0.5, "fvu": 0.0}}
+
+    measured = {"probes": {"a": [], "b": []}, "saes": [
+        {"sae": "g", "seeds": 3, "published_code_version": None, "published": {"l0": 10.0, "loss_recovered": 0.9, "fvu": 0.1},
+         "seed_sd": {"l0": 1.0, "loss_recovered": 0.002, "fvu": 0.01},
+         "retrained": {"a": again(0.0, identical=True), "b": again(2.5)}},
+        {"sae": "h", "seeds": 3, "published_code_version": "abc1234", "published": {"l0": 20.0, "loss_recovered": 0.8, "fvu": 0.2},
+         "seed_sd": {"l0": 1.0, "loss_recovered": 0.002, "fvu": 0.01}, "retrained": {"b": again(0.5)}}]}
+    lines = retrain_drift(measured)
+    assert lines[2].startswith("| g | — | 10.0, 90.00% | 1.0, 0.20 pt (3 seeds) | identical | +1.0 (2.5 SD), +0.10 pt (0.5 SD) |")
+    assert lines[3].startswith("| h | abc1234 |") and lines[3].endswith(" — | +1.0 (0.5 SD), +0.10 pt (0.5 SD) |")
+    assert lines[-1] == ("a: 1 of 1 SAEs identical, 0 more than one seed SD away in L0 or loss recovered; "
+                         "b: 0 of 2 SAEs identical, 1 more than one seed SD away in L0 or loss recovered.")

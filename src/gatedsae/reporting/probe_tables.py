@@ -139,3 +139,39 @@ def seed_probes(measured: dict) -> list[str]:
     read = ", ".join(str(n) for n in sorted(w for w in windows if w))
     return lines + (["", f"Each cell: the mean over seeds (the range). Validation windows behind the readings: {read}."]
                     if read else [])
+
+
+def retrain_drift(measured: dict) -> list[str]:
+    """SAEs trained again against a published run's (results/calibration/retrain_drift.json, written by
+    scripts/retrain_drift.py): per SAE and probe, the difference from the published seed-0 readings on the
+    same validation windows, also in units of the published seeds' standard deviation."""
+    labels = list(measured["probes"])
+    lines = ["| SAE | trained by | published: L0, loss recovered | seed SD: L0, loss recovered | "
+             + " | ".join(f"{label}: ΔL0, Δ loss recovered" for label in labels) + " |",
+             "|---|---|---|---|" + "---|" * len(labels)]
+
+    def cell(entry: dict, label: str) -> str:
+        again = entry["retrained"].get(label)
+        if again is None:
+            return " — |"
+        if again["identical"]:
+            return " identical |"
+        sds = again["in_seed_sds"]
+        return (f" {again['difference']['l0']:+.1f} ({sds['l0']:.1f} SD), "
+                f"{100 * again['difference']['loss_recovered']:+.2f} pt ({sds['loss_recovered']:.1f} SD) |")
+
+    for entry in measured["saes"]:
+        published, sd = entry["published"], entry["seed_sd"]
+        lines.append(f"| {entry['sae']} | {entry.get('published_code_version') or '—'} | "
+                     f"{published['l0']:.1f}, {100 * published['loss_recovered']:.2f}% | "
+                     f"{sd['l0']:.1f}, {100 * sd['loss_recovered']:.2f} pt ({entry['seeds']} seeds) |"
+                     + "".join(cell(entry, label) for label in labels))
+    summary = []
+    for label in labels:
+        rows = [entry["retrained"][label] for entry in measured["saes"] if label in entry["retrained"]]
+        same = sum(row["identical"] for row in rows)
+        beyond = sum(not row["identical"] and max(row["in_seed_sds"]["l0"], row["in_seed_sds"]["loss_recovered"]) > 1
+                     for row in rows)
+        summary.append(f"{label}: {same} of {len(rows)} SAEs identical, {beyond} more than one seed SD away in L0 "
+                       "or loss recovered")
+    return lines + ["", "; ".join(summary) + "."]

@@ -1,9 +1,9 @@
 """The training stages: train a site's grid (or a layer's sites in lockstep) from its activations and
 export every SAE as a checkpoint; Fig. 9's rescale-and-shift on the frozen baselines. An SAE trained in
-a grid is the SAE trained alone (same seed, same batches), so a grid only trains the SAEs that have no
-finished checkpoint for the same settings: adding one λ to a sweep trains one SAE, and an SAE another
-grid at the same site and layer already trained (another experiment sharing the activation store) is
-copied from there."""
+a grid is the SAE trained alone (same seed, same batches, same code), so a grid only trains the SAEs
+that have no finished checkpoint for the same settings: adding one λ to a sweep trains one SAE, and an
+SAE another grid at the same site and layer already trained (another experiment sharing the activation
+store) is copied from there."""
 
 from __future__ import annotations
 
