@@ -17,13 +17,13 @@ import argparse
 import csv
 import json
 import statistics
-import subprocess
 from pathlib import Path
 
 from gatedsae.core.atomic import write_json_atomic
+from gatedsae.core.codehash import code_version
+from gatedsae.reporting.probe_tables import SEED_SUFFIX
 
 READINGS = ("l0", "loss_recovered", "fvu")
-SEED_SUFFIX = "_seed"
 
 
 def published_rows(metrics: Path) -> dict[str, dict]:
@@ -68,7 +68,7 @@ def drift(published: dict[str, dict], probes: dict[str, dict[str, dict]]) -> lis
     for name in names:
         if name not in published:
             raise SystemExit(f"{name}: no validation row of that SAE in the published metrics")
-        seeds = [row for sae, row in published.items() if sae == name or sae.startswith(name + SEED_SUFFIX)]
+        seeds = [row for sae, row in published.items() if SEED_SUFFIX.sub("", sae) == name]
         entry = {"sae": name, "arch": published[name]["arch"], "seeds": len(seeds),
                  "published_code_version": _code_version(published[name]),
                  "published": {k: float(published[name][k]) for k in READINGS},
@@ -107,11 +107,10 @@ def main() -> None:
         loaded = json.loads(Path(path).read_text())
         probes[label] = probe_readings(loaded)
         commands[label] = [site["command"] for site in loaded["sites"].values()]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     write_json_atomic(args.out, {
         "what": "SAEs trained again against the published run's, on the same validation windows, beside the "
                 "spread of its training seeds",
-        "published": str(args.metrics), "written_at_commit": commit, "note": args.note,
+        "published": str(args.metrics), "written_at_commit": code_version(), "note": args.note,
         "command": "python scripts/retrain_drift.py " + " ".join(
             [f"--metrics {args.metrics}"] + [f"--probe '{label}=<probe JSON>'" for label in probes]
             + [f"--out {args.out}"]),
