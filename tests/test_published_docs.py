@@ -99,6 +99,23 @@ def test_the_quick_start_and_run_time_come_from_their_benchmarks():
     assert "**73 min** for `make replicate`" in line and "**46 min** for the headline chapter" in line
     assert "then ablations 16 min." in line
     assert "at an earlier commit" in line and "at abc1234," in run_time({**replicate, "code_version": "abc1234 (x)"})[0]
+    assert "resumed" not in line  # timed in one piece
+
+
+def test_a_resumed_cold_runs_time_says_so_and_names_the_kinds_of_cpu_it_ran_on():
+    from gatedsae.reporting.published import run_time
+
+    amx = {"cpu": "Xeon", "cores": 2, "cpu_features": ["amx_bf16", "avx512_bf16", "avx512f"]}
+    plain = {"cpu": "Xeon", "cores": 2, "cpu_features": ["avx512f"]}
+    replicate = {"machine": {"cpu": "Xeon"}, "wall_seconds": 4397.0, "setup_seconds": 104.0, "verdict": "15 claims",
+                 "targets": {"headline_chapter_with_install_seconds": 2758.2},
+                 "chapters": [{"name": "headline", "description": "", "wall_seconds": 2654.2}],
+                 "invocations": [{"machine": plain}, {"machine": plain}]}
+    (line,) = run_time(replicate)
+    assert "from a fresh clone (Xeon), killed and resumed: its 2 invocations' times summed: **73 min**" in line
+    (mixed,) = run_time({**replicate, "invocations": [{"machine": None}, {"machine": plain}, {"machine": amx}]})
+    assert ("its 3 invocations' times summed (on CPUs of different kinds: Xeon with amx_bf16, avx512_bf16, "
+            "avx512f; Xeon with avx512f; 1 not recorded): ") in mixed
 
 
 def test_an_experiments_own_run_time_sums_its_stages_over_chapters():

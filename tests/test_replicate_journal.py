@@ -92,6 +92,8 @@ def test_a_killed_run_resumed_reports_every_invocations_work(run_in):
     assert first["interrupted_in"] == "headline" and first["wall_seconds"] == 149.0
     assert second["interrupted_in"] is None and second["wall_seconds"] == 88.0
     assert second["started"] == replicate_journal.time_text(resumed_at)
+    assert first["machine"] == second["machine"] == replicate_journal.cpu_summary()  # each part's CPU
+    assert timings["machine"]["cpu_features"] == replicate_journal.cpu_summary()["cpu_features"]
     assert not journal.exists(), "a finished run leaves no journal"
 
 
@@ -152,3 +154,20 @@ def test_a_sites_jobs_are_timed_per_site_as_well(run_in):
     chapter = timings["chapters"][0]
     assert chapter["stages"] == {"cache": 5.0, "train": 127.0, "evaluate": 3.0}
     assert chapter["site_stages"] == {"train": {"resid_post": 100.0, "attn_z": 27.0}, "evaluate": {"attn_z": 3.0}}
+
+
+def test_a_journal_written_before_machines_were_recorded_is_continued(run_in):
+    """An invocation killed by an older version (no `machine` in its journal) is resumed, not restarted."""
+    clock, invoke, _ = run_in
+    with pytest.raises(KeyboardInterrupt):
+        invoke([([("train", "a", 100.0, 100.0)], 150.0, True)])
+    journal = Path("logs") / "smoke" / replicate_journal.JOURNAL_FILE
+    recorded = json.loads(journal.read_text())
+    for invocation in recorded["invocations"]:
+        del invocation["machine"]
+    journal.write_text(json.dumps(recorded))
+    clock.now += 3600
+    timings = json.loads(invoke([([("train", "b", 60.0, 60.0)], 60.0, False)] + [([], 1.0, False)] * 3).read_text())
+    first, second = timings["invocations"]
+    assert first["machine"] is None and second["machine"]["cores"] == os.cpu_count()
+    assert timings["chapters"][0]["stages"] == {"train": 160.0}

@@ -27,6 +27,7 @@ from typing import Optional
 from gatedsae.cli.replicate_journal import JOURNAL_FILE, Journal
 from gatedsae.core.atomic import write_json_atomic
 from gatedsae.core.codehash import code_version
+from gatedsae.core.precision import cpu_summary
 from gatedsae.core.errors import PipelineError
 from gatedsae.plan.chapters import chapter_names, chapters_to_run
 from gatedsae.plan.config import Config, ConfigError
@@ -86,7 +87,7 @@ def replicate(config: Config, overrides: list[str], chapter: Optional[str] = Non
                                                              f"experiment={experiment.name}", *overrides,
                                                              *([f"--chapter={chapter}"] if chapter else [])]),
                "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                           "python": platform.python_version()},
+                           "python": platform.python_version(), **cpu_summary()},
                "setup_seconds": setup_seconds, "chapters": []}
     descriptions = {c.name: c.description for c in experiment.chapters}
     for number, name in enumerate(run, 1):

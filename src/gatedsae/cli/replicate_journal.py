@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Optional
 
 from gatedsae.core.atomic import write_json_atomic
+from gatedsae.core.precision import cpu_summary
 
 JOURNAL_FILE = "replicate_journal.json"
 
@@ -51,6 +52,9 @@ class Invocation:
     code_version: str
     setup_seconds: Optional[float] = None
     chapters: list[ChapterSpan] = field(default_factory=list)
+    # the CPU it ran on (core/precision.cpu_summary): a run resumed on another kind of machine is timed
+    # partly there, and its auto precision may differ ({} in journals written before it was recorded)
+    machine: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -72,14 +76,14 @@ class Journal:
             recorded = json.loads(path.read_text())
             if recorded.get("run") == run:
                 journal.invocations = [Invocation(i["started"], i["code_version"], i.get("setup_seconds"),
-                                                  [ChapterSpan(**c) for c in i["chapters"]])
+                                                  [ChapterSpan(**c) for c in i["chapters"]], i.get("machine", {}))
                                        for i in recorded["invocations"]]
         for span in (span for invocation in journal.invocations for span in invocation.chapters):
             if span.ended is None:
                 folders = [benchmarks] + ([Path(span.logs)] if span.logs else [])
                 span.ended, span.killed = last_write(folders, span.started, now), True
                 span.stages, span.site_stages = stage_seconds(benchmarks, span.started, span.ended)
-        journal.invocations.append(Invocation(now, code_version, setup_seconds))
+        journal.invocations.append(Invocation(now, code_version, setup_seconds, machine=cpu_summary()))
         journal._save()
         return journal
 
@@ -110,9 +114,10 @@ class Journal:
         return list(merged.values())
 
     def summary(self) -> list[dict]:
-        """Each invocation: when it started, its code, how long it ran, and the chapter it was killed in."""
+        """Each invocation: when it started, its code and machine, how long it ran, and the chapter it was
+        killed in."""
         return [{"started": time_text(invocation.started), "code_version": invocation.code_version,
-                 "setup_seconds": invocation.setup_seconds,
+                 "machine": invocation.machine or None, "setup_seconds": invocation.setup_seconds,
                  "wall_seconds": round(max((span.ended for span in invocation.chapters), default=invocation.started)
                                        - invocation.started, 1),
                  "interrupted_in": next((span.name for span in invocation.chapters if span.killed), None)}

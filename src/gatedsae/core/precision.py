@@ -53,6 +53,14 @@ def _cpuinfo() -> tuple[str, set[str]]:
     return model or platform.processor(), flags
 
 
+def cpu_summary() -> dict[str, Any]:
+    """The CPU in a few fields, without importing torch: what tells two machines' speeds apart (a run
+    resumed on another kind of machine records each part's)."""
+    name, flags = _cpuinfo()
+    return {"cpu": name, "cores": os.cpu_count(),
+            "cpu_features": [flag for flag in sorted(REPORTED_CPU_FLAGS) if flag in flags]}
+
+
 @dataclass(frozen=True)
 class Device:
     """What one device reports about its bf16 support."""

@@ -295,6 +295,21 @@ def _machine(facts: dict) -> str:
     return f"{facts['cpu']}, {facts['cores']} cores, {accelerator}"
 
 
+def _invocations(record: dict) -> str:
+    """How a run killed and resumed was timed, and on which CPUs where its invocations recorded them."""
+    invocations = record.get("invocations")
+    if not invocations:
+        return ""
+    cpus = {(m["cpu"], ", ".join(m["cpu_features"])) for m in (i.get("machine") for i in invocations) if m}
+    unrecorded = sum(not i.get("machine") for i in invocations)
+    where = ""
+    if len(cpus) > 1:
+        where = (" (on CPUs of different kinds: " + "; ".join(f"{cpu} with {features or 'none of the flags'}"
+                                                              for cpu, features in sorted(cpus))
+                 + (f"; {unrecorded} not recorded" if unrecorded else "") + ")")
+    return f", killed and resumed: its {len(invocations)} invocations' times summed{where}"
+
+
 def run_time(record: dict) -> list[str]:
     """The default replication's cold run (results/benchmarks/replicate.json)."""
     first, *rest = record["chapters"]
@@ -302,7 +317,7 @@ def run_time(record: dict) -> list[str]:
     headline = record["targets"]["headline_chapter_with_install_seconds"]
     code = record.get("code_version", "").split(" ")[0]
     return [f"Run time of the default as configured at {code or 'an earlier commit'}, measured as one cold run "
-            f"from a fresh clone ({_machine(record['machine'])}): "
+            f"from a fresh clone ({_machine(record['machine'])}){_invocations(record)}: "
             f"**{_minutes(record['wall_seconds'])}** for `make replicate` as a whole, of which "
             f"**{_minutes(headline)}** for the {first['name']} chapter with the install "
             f"({_minutes(record['setup_seconds'])}, pip's wheel cache warm), then {later}. Its verdict: "
