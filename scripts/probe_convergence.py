@@ -48,6 +48,7 @@ from gatedsae.plan.layout import VALIDATION
 from gatedsae.reporting.convergence import assess
 from gatedsae.training.curve_log import CURVES_FILE, read_rows
 
+VALIDATION_READINGS = ("l0", "fvu", "loss_recovered", "gamma", "ce_clean", "ce_zero", "ce_sae")
 CURVE_POINTS = 17  # the curve kept in the JSON per SAE: L0 and reconstruction at this many logged steps
 
 
@@ -122,7 +123,7 @@ def probe_budget(base, site: str, layer: int, groups, steps: int, ce_windows: in
         rows = evaluate_saes(replace(config, evaluate=windows), site, layer, loaded, split=VALIDATION)
         for row in rows:
             saes[row["sae"]]["validation"] = {**{k: round(float(row[k]), 5) for k in
-                                                 ("l0", "fvu", "loss_recovered", "ce_clean", "ce_zero", "ce_sae")},
+                                                 VALIDATION_READINGS)},
                                               "ce_windows": int(row["ce_windows"])}  # as read
         evaluated = round(time.time() - started_eval, 1)
     if training_rows:
