@@ -122,8 +122,7 @@ def probe_budget(base, site: str, layer: int, groups, steps: int, ce_windows: in
         windows = replace(config.evaluate, ce_windows=ce_windows, validation_ce_windows=ce_windows)
         rows = evaluate_saes(replace(config, evaluate=windows), site, layer, loaded, split=VALIDATION)
         for row in rows:
-            saes[row["sae"]]["validation"] = {**{k: round(float(row[k]), 5) for k in
-                                                 VALIDATION_READINGS)},
+            saes[row["sae"]]["validation"] = {**{k: round(float(row[k]), 5) for k in VALIDATION_READINGS},
                                               "ce_windows": int(row["ce_windows"])}  # as read
         evaluated = round(time.time() - started_eval, 1)
     if training_rows:
