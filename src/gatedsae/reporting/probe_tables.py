@@ -175,3 +175,27 @@ def retrain_drift(measured: dict) -> list[str]:
         summary.append(f"{label}: {same} of {len(rows)} SAEs identical, {beyond} more than one seed SD away in L0 "
                        "or loss recovered")
     return lines + ["", "; ".join(summary) + "."]
+
+
+def budget_effect(measured: dict) -> list[str]:
+    """Whether longer training moves the headline (results/calibration/budget_effect.json, written by
+    scripts/budget_effect.py): the L0 ratio at the levels per seed and budget, each width's outcome."""
+    def ratio(value) -> str:
+        return "not reached" if value is None else f"{value:.3f}"
+
+    lines = ["| baseline width | steps | L0 ratio, each seed | mean | Gated γ, each seed |", "|---|---|---|---|---|"]
+    outcomes = []
+    for comparison in measured["comparisons"]:
+        for row in comparison["budgets"]:
+            seeds = row["per_seed"].values()
+            lines.append(f"| {comparison['baseline_width']} | {row['steps']} | "
+                         + ", ".join(ratio(s["ratio"]) for s in seeds) + f" | {ratio(row['mean_ratio'])} | "
+                         + ", ".join(ratio(s["gamma_gated"]) for s in seeds) + " |")
+        shortest, longest = comparison["compared"]
+        moved = "" if comparison["difference"] is None else f", {comparison['difference']:+.3f}"
+        outcomes.append(f"the baseline {comparison['baseline_width']} wide: **{comparison['outcome']}** "
+                        f"({shortest} → {longest} steps{moved}; the published seed SD of `{comparison['claim']}` "
+                        f"{comparison['published_seed_sd']:.4f})")
+    levels = ", ".join(f"{100 * level:g}%" for level in measured["levels"])
+    return lines + ["", f"Read at {levels} loss recovered, on {measured['validation_ce_windows']} validation windows, "
+                        f"{measured['seeds']} seeds. Outcome: " + "; ".join(outcomes) + "."]
