@@ -27,8 +27,8 @@ from typing import Optional
 from gatedsae.cli.replicate_journal import JOURNAL_FILE, Journal
 from gatedsae.core.atomic import write_json_atomic
 from gatedsae.core.codehash import code_version
-from gatedsae.core.precision import cpu_summary
 from gatedsae.core.errors import PipelineError
+from gatedsae.core.precision import cpu_summary
 from gatedsae.plan.chapters import chapter_names, chapters_to_run
 from gatedsae.plan.config import Config, ConfigError
 from gatedsae.plan.identity import config_hash

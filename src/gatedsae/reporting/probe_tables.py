@@ -1,7 +1,9 @@
 """The calibration probes' tables in docs/verdict.md, rendered from results/calibration/convergence.json
 (scripts/probe_convergence.py) by `python -m gatedsae render-docs` (gatedsae.reporting.published): the
-training budget against the convergence rule, the probes at other learning rates, and the probes that
-train each SAE with several seeds to tell a setting's effect from the seeds' spread."""
+training budget against the convergence rule, the probes at other learning rates, the probes that
+train each SAE with several seeds to tell a setting's effect from the seeds' spread, SAEs trained again
+against the published ones (results/calibration/retrain_drift.json), and the headline ratio against
+the training budget (results/calibration/budget_effect.json)."""
 
 from __future__ import annotations
 
