@@ -120,10 +120,9 @@ def budget_effect(probe: dict, key: str | None, verdict: dict, levels_of) -> dic
     comparisons = []
     for width in widths:
         claim = claims[width]
-        rows = [{"steps": steps, "per_seed": {str(s): r for s, r in readings.get(width, {}).items()},
-                 "mean_ratio": _mean([r["ratio"] for r in readings.get(width, {}).values()])}
-                for steps, readings in per_budget.items()]
         ratios = {steps: [r["ratio"] for r in readings.get(width, {}).values()] for steps, readings in per_budget.items()}
+        rows = [{"steps": steps, "per_seed": {str(s): r for s, r in readings.get(width, {}).items()},
+                 "mean_ratio": _mean(ratios[steps])} for steps, readings in per_budget.items()]
         said, difference = outcome(ratios[shortest], ratios[longest], claim["seed_sd"])
         comparisons.append({"baseline_width": width, "claim": claim["id"], "published": claim["value"],
                             "published_seed_sd": claim["seed_sd"], "budgets": rows,
