@@ -130,6 +130,7 @@ def probe_budget(base, site: str, layer: int, groups, steps: int, ce_windows: in
             saes[entry["sae"]]["training_rows"] = {**reading, "rows": training_rows}
     return {"steps": steps, "tokens": steps * base.train.batch_size,
             "train_seconds": round(trained, 1) if trained_now else None,
+            "trained_now": sum((Path(e["path"]) / RECORD_FILE).stat().st_mtime >= started for e in entries),
             "evaluate_seconds": evaluated, "all_converged": all(s["converged"] for s in saes.values()),
             "saes": saes}
 
@@ -162,6 +163,22 @@ def recorded_run(path: Path, site: str, layer: int, rule) -> dict:
     steps = int(curves["step"].max())
     return {"steps": steps, "tokens": int(curves["tokens"].max()), "train_seconds": None, "evaluate_seconds": None,
             "all_converged": all(s["converged"] for s in saes.values()), "saes": saes}
+
+
+def training_time(earlier: dict, measured: dict) -> float | None:
+    """A budget's training time when a rerun kept some of its checkpoints: the earlier runs' time, plus this
+    run's when it trained the SAEs the grid lacked (`train_runs` lists each run's SAEs and seconds)."""
+    runs = list(earlier.get("train_runs") or ([{"saes": len(earlier["saes"]), "seconds": earlier["train_seconds"]}]
+                                              if earlier.get("train_seconds") is not None else []))
+    trained_now = measured.pop("trained_now", 0)
+    if measured["train_seconds"] is not None:
+        kept = len(measured["saes"]) - trained_now
+        runs = (runs if kept else []) + [{"saes": trained_now, "seconds": measured["train_seconds"]}]
+    if not runs:
+        return None
+    if len(runs) > 1:
+        measured["train_runs"] = runs
+    return round(sum(run["seconds"] for run in runs), 1)
 
 
 def main() -> None:
@@ -226,8 +243,7 @@ def main() -> None:
                                                         args.training_rows, folder_tag, args.seeds))
         steps = measured["steps"]
         earlier = next((b for b in entry["budgets"] if b["steps"] == steps), {})
-        if measured["train_seconds"] is None:  # its checkpoints were kept: the time they took when trained
-            measured["train_seconds"] = earlier.get("train_seconds")
+        measured["train_seconds"] = training_time(earlier, measured)
         entry["budgets"] = sorted([b for b in entry["budgets"] if b["steps"] != steps] + [measured],
                                   key=lambda b: b["steps"])
         met = [b["steps"] for b in entry["budgets"] if b["all_converged"]]

@@ -61,6 +61,18 @@ def test_each_budget_is_judged_by_the_verdicts_rule(smoke_cache, tmp_path, monke
         n: s["converged"] for n, s in trained["saes"].items()}
     assert again["resid_post/layer1"] == site  # the other entries are kept
 
+    # one λ more: the grid trains only that SAE, its time adds to the budget's, the others read the same
+    _probe(monkeypatch, "--site", "resid_post", "--layer", "1", "--budgets", "16", "--ce-windows", "2",
+           "--saes", "gated:2:0.01,baseline:3:0.01,baseline:3:0.02", "--out", str(out), *overrides)
+    (grown, _) = json.loads(out.read_text())["sites"]["resid_post/layer1"]["budgets"]
+    first = site["budgets"][0]
+    assert [run["saes"] for run in grown["train_runs"]] == [2, 1]
+    assert grown["train_runs"][0]["seconds"] == first["train_seconds"]
+    assert grown["train_seconds"] == pytest.approx(sum(run["seconds"] for run in grown["train_runs"]), abs=0.1)
+    assert set(grown["saes"]) == set(first["saes"]) | {"baseline_w96_l1_0.02"}
+    for name, sae in first["saes"].items():
+        assert grown["saes"][name]["validation"] == sae["validation"]
+
 
 def test_a_learning_rate_probe_trains_at_that_rate_in_folders_of_its_own(smoke_cache, tmp_path, monkeypatch, one_thread):
     config = copy_data(smoke_cache, tmp_path / "data", ("text", "tokens", "activations"))
