@@ -34,19 +34,31 @@ def _rows(path):
         return list(csv.DictReader(handle))
 
 
-def test_every_sae_is_logged_every_n_steps_with_its_losses_and_lr(smoke_cache, tmp_path):
+def test_every_sae_is_logged_every_n_steps_with_its_losses_averaged_since_the_last_row_and_lr(smoke_cache, tmp_path):
     trainer = _trainer(smoke_cache, tmp_path)
     every, steps = smoke_cache.train.log_every_steps, trainer.steps
     assert every == 4 and steps % every == 0
+    each_step = []  # every step's own losses, as the step computed them
+    step_once = trainer._train_step
+
+    def stepped(x):
+        step_once(x)
+        each_step.append({name: dict(losses) for name, losses in trainer.last_losses.items()})
+
+    trainer._train_step = stepped
     trainer.run(progress=False)
     rows = _rows(tmp_path / CURVES_FILE)
     assert list(rows[0]) == list(FIELDS)
     for spec in trainer.specs:
         mine = [row for row in rows if row["sae"] == spec.name]
         assert [int(row["step"]) for row in mine] == list(range(every, steps + 1, every))
-        last = mine[-1]
-        for term, value in trainer.last_losses[spec.name].items():
-            assert float(last[term]) == pytest.approx(value, rel=1e-5, abs=1e-7), term
+        for row in mine:  # the mean over the steps since the previous row, not the last batch's value
+            interval = each_step[int(row["step"]) - every:int(row["step"])]
+            for term in ("total", "reconstruction", "sparsity", "auxiliary", "l0"):
+                mean = sum(s[spec.name][term] for s in interval) / every
+                assert float(row[term]) == pytest.approx(mean, rel=1e-5, abs=1e-7), term
+        last_batch = trainer.last_losses[spec.name]["reconstruction"]
+        assert float(mine[-1]["reconstruction"]) != pytest.approx(last_batch, rel=1e-7)  # the batches differ
         for row in mine:
             step = int(row["step"])
             expected_lr = spec.lr * lr_factor(step - 1, trainer.train, trainer.resample_steps)
@@ -56,7 +68,9 @@ def test_every_sae_is_logged_every_n_steps_with_its_losses_and_lr(smoke_cache, t
     assert warm[0] < warm[-1] or trainer.train.lr_warmup_steps < every  # the schedule shows
 
 
-def test_a_resumed_run_appends_without_duplicates(smoke_cache, tmp_path):
+@pytest.mark.parametrize("every", [4, 3])  # 3: the state is saved in the middle of an interval
+def test_a_resumed_run_appends_without_duplicates(smoke_cache, tmp_path, every):
+    smoke_cache = replace(smoke_cache, train=replace(smoke_cache.train, log_every_steps=every))
     reference = _trainer(smoke_cache, tmp_path / "reference")
     reference.run(progress=False)
     killed = _trainer(smoke_cache, tmp_path / "resumed")

@@ -1,6 +1,11 @@
 """Training curves: one row per SAE every `train.log_every_steps` steps (loss terms, L0, dead fraction,
 lr), appended to `curves.csv` beside the grid's checkpoints and kept consistent with the saved state, so
-a resumed run continues its curves."""
+a resumed run continues its curves.
+
+A row's loss terms and L0 are their means over the steps since the previous row (`IntervalMeans`), not
+the last batch's: one batch of a thousand activations reads the reconstruction loss of a dense SAE to
+about ±10%, which would drown a convergence rule of a few percent (conf/verdict `convergence`); the mean
+of every step costs nothing, since each step computes them anyway. Dead fraction and lr are the step's."""
 
 from __future__ import annotations
 
@@ -58,6 +63,33 @@ def _write_rows(path: Path, rows: Iterable[dict]) -> None:
             writer.writerows(rows)
 
 
+class IntervalMeans:
+    """Each SAE's loss terms and L0 summed over the steps since the last logged row; part of the trainer's
+    saved state, so a resumed run logs the same means as one never stopped."""
+
+    def __init__(self, state: Optional[dict] = None):
+        state = state or {}
+        self.steps: int = state.get("steps", 0)
+        self.sums: dict[str, dict[str, float]] = {name: dict(terms) for name, terms in state.get("sums", {}).items()}
+
+    def add(self, sae: str, values: dict[str, float]) -> None:
+        sums = self.sums.setdefault(sae, dict.fromkeys(values, 0.0))
+        for name, value in values.items():
+            sums[name] += value
+
+    def step_done(self) -> None:
+        self.steps += 1
+
+    def mean(self, sae: str) -> dict[str, float]:
+        return {name: total / max(self.steps, 1) for name, total in self.sums[sae].items()}
+
+    def reset(self) -> None:
+        self.steps, self.sums = 0, {}
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "sums": {name: dict(terms) for name, terms in self.sums.items()}}
+
+
 class CurveLog:
     """The curves of one trainer's SAEs, in its output folder (and in `tracker`, when one is set)."""
 
@@ -74,13 +106,14 @@ class CurveLog:
         return self.every > 0 and (step % self.every == 0 or step == last)
 
     def record(self, trainer: "GridTrainer") -> None:
-        """Append one row per SAE for the step the trainer has just taken (before any resampling)."""
+        """Append one row per SAE for the step the trainer has just taken (before any resampling): its
+        losses averaged over the steps since the last row, which then start a new interval."""
         if not self.due(trainer.step, trainer.steps):
             return
         window = trainer.train.resample_window_steps
         rows = []
         for spec in trainer.specs:
-            losses = trainer.last_losses[spec.name]
+            losses = trainer.since_last_row.mean(spec.name)
             idle = trainer.idle_steps[spec.group][spec.index]
             rows.append({"sae": spec.name, "arch": spec.arch, **spec.knob_fields, "step": trainer.step,
                          "tokens": trainer.step * trainer.train.batch_size,
@@ -93,6 +126,7 @@ class CurveLog:
             if new:
                 writer.writeheader()
             writer.writerows(rows)
+        trainer.since_last_row.reset()
         if self.tracker is not None:
             self.tracker.log(trainer.step, rows)
 

@@ -31,7 +31,7 @@ from gatedsae.plan.config import Config, TrainConfig
 from gatedsae.plan.identity import training_precision, training_state_identity
 from gatedsae.plan.grid import SAESpec, grid_specs, regrouped, sae_seed
 from gatedsae.saes.base import BatchedSAE, make_sae
-from gatedsae.training.curve_log import CurveLog
+from gatedsae.training.curve_log import CurveLog, IntervalMeans
 from gatedsae.training.optimizer import adam_step, clip_grad_norm_per_sae_, make_adam, reset_adam_state
 from gatedsae.training.sparse_step import dense_step_, sparse_step_
 
@@ -150,6 +150,7 @@ class GridTrainer:
         self.idle_steps = [torch.zeros(m.n, m.width, dtype=torch.long) for m in self.modules]
         self.fired_ever = [torch.zeros(m.n, m.width, dtype=torch.bool) for m in self.modules]
         self.last_losses: dict[str, dict[str, float]] = {}
+        self.since_last_row = IntervalMeans()  # what the next row of the curves averages
         self.sparse_steps = [0] * len(self.modules)  # steps each group took on the support (this session)
         self.resampled: list[dict] = []
         self._batches: Optional[TrainingBatches] = None
@@ -180,6 +181,7 @@ class GridTrainer:
             "idle_steps": self.idle_steps,
             "fired_ever": self.fired_ever,
             "last_losses": self.last_losses,
+            "since_last_row": self.since_last_row.state_dict(),
             "resampled": self.resampled,
             "identity": self.identity(),
             # Where the data stands, when reading it again would mean recomputing it (stream mode).
@@ -215,6 +217,7 @@ class GridTrainer:
             optimizer.load_state_dict(saved)
         self.step, self.idle_steps, self.fired_ever = state["step"], state["idle_steps"], state["fired_ever"]
         self.last_losses, self.resampled = state["last_losses"], state["resampled"]
+        self.since_last_row = IntervalMeans(state.get("since_last_row"))  # a state from before: a fresh interval
         self._data_state = state.get("data")
         return True
 
@@ -305,6 +308,8 @@ class GridTrainer:
                     name: float(getattr(outcome, name)[spec.index])
                     for name in ("total", "reconstruction", "sparsity", "auxiliary", "l0")
                 }
+                self.since_last_row.add(spec.name, self.last_losses[spec.name])
+        self.since_last_row.step_done()
 
     def _sparse_now(self, g: int, module: BatchedSAE) -> bool:
         """Whether group g steps on the support (sparse_step.py) rather than densely: `train.sparse`, and
