@@ -11,6 +11,9 @@ wrote down before the probe ran (Convergence: "Does longer training move the hea
     python scripts/budget_effect.py --probe results/calibration/headline_training_length.json \\
         --verdict reference/default/verdict.json --out results/calibration/budget_effect.json experiment=default
 
+Beside the ratios, each budget's SAEs against the convergence rule: how many meet it, how many are still
+moving beyond the noise of their logged curve, how many that noise cannot tell (reporting/convergence.py).
+
 Each seed's frontiers are read as the verdict reads them (`evaluation/frontiers.at_levels`), Gated against
 each baseline width the probe trained; the published claim for a width is the one whose id names it
 (`.../baseline_w<width>`), the compute-matched width's claim the one that names none.
@@ -31,6 +34,7 @@ from gatedsae.core.codehash import code_version
 from gatedsae.evaluation.frontiers import Sweep, at_levels
 from gatedsae.plan.architectures import BASELINE, PROPOSED
 from gatedsae.plan.config import load_config
+from gatedsae.reporting.convergence import still_moving
 from gatedsae.reporting.probe_tables import SEED_SUFFIX
 
 WIDTH = re.compile(r"_w(\d+)_")
@@ -102,6 +106,22 @@ def outcome(short: list[float | None], long: list[float | None], seed_sd: float)
     return f"undecided at {min(len(short), len(long))} seeds", difference
 
 
+def convergence_at(budget: dict, rule: dict) -> dict:
+    """How many of a budget's SAEs meet the convergence rule; of the others, how many are still moving
+    (a metric's change above the rule's fraction by more than twice its noise) and how many the logged
+    rows cannot tell (within that noise; an SAE recorded without noise counts here)."""
+    threshold = rule["max_relative_change"]
+    meets, moving, unclear = [], [], []
+    for name, sae in sorted(budget["saes"].items()):
+        if sae["converged"]:
+            meets.append(name)
+            continue
+        moved = [still_moving(sae[f"{m}_change"], sae.get(f"{m}_noise"), threshold) for m in rule["metrics"]]
+        (moving if any(moved) else unclear).append(name)
+    return {"steps": budget["steps"], "saes": len(budget["saes"]), "meet_rule": len(meets),
+            "still_moving": len(moving), "within_noise": len(unclear), "within_noise_saes": unclear}
+
+
 def budget_effect(probe: dict, key: str | None, verdict: dict, levels_of) -> dict:
     keys = [key] if key else list(probe["sites"])
     if len(keys) != 1:
@@ -111,6 +131,7 @@ def budget_effect(probe: dict, key: str | None, verdict: dict, levels_of) -> dic
     site, layer = where.split("/layer")
     levels = levels_of(site)
     budgets = sorted(entry["budgets"], key=lambda b: b["steps"])
+    rule = probe.get("rule")
     if len(budgets) < 2:
         raise SystemExit(f"{keys[0]}: one budget only ({budgets[0]['steps']} steps): nothing to compare")
     per_budget = {b["steps"]: readings_per_seed(b, levels) for b in budgets}
@@ -128,6 +149,7 @@ def budget_effect(probe: dict, key: str | None, verdict: dict, levels_of) -> dic
                             "published_seed_sd": claim["seed_sd"], "budgets": rows,
                             "compared": [shortest, longest], "difference": difference, "outcome": said})
     return {"site": site, "layer": int(layer), "levels": levels, "probe_key": keys[0],
+            "convergence": [convergence_at(b, rule) for b in budgets] if rule else None,
             "validation_ce_windows": entry.get("validation_ce_windows"), "seeds": entry.get("seeds", 1),
             "max_grad_norm": entry.get("max_grad_norm"), "probe_command": entry["command"], "comparisons": comparisons}
 

@@ -148,6 +148,8 @@ def assessed(curves: pd.DataFrame, rule) -> dict:
         saes[name] = {"arch": arch, knob_of(arch): float(knob_value(arch, curve.iloc[0])),
                       "converged": None if pd.isna(row["converged"]) else bool(row["converged"]),
                       **{f"{m}_change": round(float(row[f"{m}_change"]), 4) for m in rule.metrics},
+                      **{f"{m}_noise": None if pd.isna(row[f"{m}_noise"]) else round(float(row[f"{m}_noise"]), 4)
+                         for m in rule.metrics},
                       "note": row["note"], "curve": curve_summary(curve, rule.last_fraction)}
     return saes
 

@@ -126,3 +126,23 @@ def test_the_docs_table_gives_each_seed_and_each_widths_outcome():
     assert lines[-1] == ("Read at 97%, 98% loss recovered, on 64 validation windows, 2 seeds. Outcome: the baseline "
                          "96 wide: **moves** (400 → 3200 steps, -0.090; the published seed SD of "
                          "`l0_ratio/resid_post/layer15` 0.0300).")
+
+
+def test_each_budgets_saes_are_counted_against_the_convergence_rule_beside_their_noise():
+    rule = {"max_relative_change": 0.05, "metrics": ["l0", "reconstruction"]}
+    saes = {"meets": {"converged": True, "l0_change": 0.01, "l0_noise": 0.01, "reconstruction_change": 0.02,
+                      "reconstruction_noise": 0.01},
+            "moving": {"converged": False, "l0_change": 0.15, "l0_noise": 0.01, "reconstruction_change": 0.2,
+                       "reconstruction_noise": 0.1},
+            "noisy": {"converged": False, "l0_change": 0.02, "l0_noise": 0.01, "reconstruction_change": 0.2,
+                      "reconstruction_noise": 0.1},
+            "unrecorded": {"converged": False, "l0_change": 0.15, "reconstruction_change": 0.2}}
+    assert SCRIPT["convergence_at"]({"steps": 400, "saes": saes}, rule) == {
+        "steps": 400, "saes": 4, "meet_rule": 1, "still_moving": 1, "within_noise": 2,
+        "within_noise_saes": ["noisy", "unrecorded"]}
+    probe = _probe({96: {0: 0.5, 1: 0.4}}, {96: {0: 0.3, 1: 0.2}})
+    for budget in probe["sites"]["resid_post/layer15 (grid)"]["budgets"]:
+        for sae in budget["saes"].values():
+            sae.update(converged=False, l0_change=0.2, l0_noise=0.01, reconstruction_change=0.0, reconstruction_noise=0.01)
+    result = SCRIPT["budget_effect"](probe | {"rule": rule}, None, VERDICT, lambda site: LEVELS)
+    assert [(c["steps"], c["still_moving"]) for c in result["convergence"]] == [(400, 12), (3200, 12)]

@@ -203,6 +203,28 @@ def test_convergence_from_training_curves():
     assert convergence.describe(convergence.behind(convergence.assess(None, rule), rows)) == "not assessed (no training curves)"
 
 
+def test_each_change_carries_its_noise_and_a_change_is_still_moving_only_beyond_twice_it():
+    import numpy as np
+
+    rule = ConvergenceConfig()
+    steps, sd, mean = 2000, 0.01, 0.1  # flat reconstruction, independent noise of known SD on each logged row
+    noise = np.random.default_rng(0).normal(0, sd, steps)
+    rows = [{"model": "m", "site": "resid_post", "layer": 3, "variant": "sweep", "sae": "noisy", "step": step,
+             "l0": 50.0, "reconstruction": mean + noise[step - 1]} for step in range(1, steps + 1)]
+    status = convergence.assess(pd.DataFrame(rows + curve("falling", 50)), rule).set_index("sae")
+    # each end averages 201 rows: the difference of two means has SD sd · √(2 / 201), relative to the mean
+    expected = sd * np.sqrt(2 / 201) / mean
+    assert status.loc["noisy", "reconstruction_noise"] == pytest.approx(expected, rel=0.15)
+    assert status.loc["noisy", "l0_noise"] == 0  # a constant curve
+    # a smooth trend moves little between rows, so its noise is nearly 0 and its 19% is still moving
+    assert status.loc["falling", "l0_noise"] < 0.01
+    assert convergence.still_moving(status.loc["falling", "l0_change"], status.loc["falling", "l0_noise"], 0.05)
+    assert convergence.still_moving(0.06, 0.02, 0.05) is None  # within twice its noise of the threshold
+    assert convergence.still_moving(0.10, 0.02, 0.05) is True and convergence.still_moving(0.0, 0.02, 0.05) is False
+    assert convergence.still_moving(0.10, None, 0.05) is None
+    assert pd.isna(convergence.assess(pd.DataFrame(curve("short", 50, steps=2)), rule).loc[0, "l0_noise"])
+
+
 def _synthetic_experiment(tmp_path, split: bool = False):
     """Metrics rows of three sites (3 seeds), an ablation and rescale-and-shift, with samples."""
     from test_intervals import GATED_HALF, synthetic_rows

@@ -1,6 +1,12 @@
 """Whether each SAE had converged when its training stopped, from its training curve (curves.csv) and
 the rule in conf/verdict (`ConvergenceConfig`): each watched metric changes by less than a stated
-fraction over the last part of training, each end of that part the mean of the logged steps near it."""
+fraction over the last part of training, each end of that part the mean of the logged steps near it.
+
+Beside each change, its noise: the standard error the two means' scatter gives it, the logged rows'
+noise estimated from their successive differences over the last part (SD / √2: a trend that moves
+little from one row to the next adds almost nothing). A change that exceeds the rule's fraction by
+more than twice its noise is a curve still moving; one within it is a curve the logged rows cannot
+tell from converged. The rule itself reads the change only."""
 
 from __future__ import annotations
 
@@ -18,7 +24,8 @@ def assess(curves: Optional[pd.DataFrame], rule: ConvergenceConfig) -> pd.DataFr
     """One row per SAE with a curve: each metric's relative change over the last `rule.last_fraction` of
     training (`<metric>_change`), `converged` (True / False; None when the curve is too short to tell)
     and a note."""
-    columns = [*KEY, "last_step", *(f"{m}_change" for m in rule.metrics), "converged", "note"]
+    columns = [*KEY, "last_step", *(f"{m}_{what}" for m in rule.metrics for what in ("change", "noise")),
+               "converged", "note"]
     if curves is None or curves.empty:
         return pd.DataFrame(columns=columns)
     records = []
@@ -33,6 +40,7 @@ def assess(curves: Optional[pd.DataFrame], rule: ConvergenceConfig) -> pd.DataFr
         for metric in rule.metrics:
             change = _relative_change(start, end, metric)
             record[f"{metric}_change"] = change
+            record[f"{metric}_noise"] = _change_noise(curve[curve["step"] >= start_at - width], start, end, metric)
             if change is None:
                 unknown.append(metric)
             elif change >= rule.max_relative_change:
@@ -52,6 +60,31 @@ def _relative_change(start: pd.DataFrame, end: pd.DataFrame, metric: str) -> Opt
     if not (math.isfinite(before) and math.isfinite(after)) or before == 0:
         return None
     return abs(after - before) / abs(before)
+
+
+def _change_noise(last_part: pd.DataFrame, start: pd.DataFrame, end: pd.DataFrame, metric: str) -> Optional[float]:
+    """The standard error of `_relative_change` from the rows' scatter over the rule's last part."""
+    if metric not in last_part or len(start) < 2 or len(end) < 2:
+        return None
+    values = pd.to_numeric(last_part[metric])
+    before = pd.to_numeric(start[metric]).mean()
+    if not math.isfinite(before) or before == 0:
+        return None
+    row_noise = values.diff().dropna().std() / math.sqrt(2)
+    noise = row_noise * math.sqrt(1 / len(start) + 1 / len(end)) / abs(before)
+    return float(noise) if math.isfinite(noise) else None
+
+
+def still_moving(change: Optional[float], noise: Optional[float], threshold: float) -> Optional[bool]:
+    """True: the change exceeds `threshold` by more than twice its noise; False: it is below the threshold
+    by more than that; None: within twice its noise of it, or unknown."""
+    if change is None or noise is None:
+        return None
+    if change > threshold + 2 * noise:
+        return True
+    if change < threshold - 2 * noise:
+        return False
+    return None
 
 
 def behind(status: pd.DataFrame, rows: pd.DataFrame) -> dict:

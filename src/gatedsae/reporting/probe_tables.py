@@ -199,5 +199,11 @@ def budget_effect(measured: dict) -> list[str]:
                         f"({shortest} → {longest} steps{moved}; the published seed SD of `{comparison['claim']}` "
                         f"{comparison['published_seed_sd']:.4f})")
     levels = ", ".join(f"{100 * level:g}%" for level in measured["levels"])
-    return lines + ["", f"Read at {levels} loss recovered, on {measured['validation_ce_windows']} validation windows, "
-                        f"{measured['seeds']} seeds. Outcome: " + "; ".join(outcomes) + "."]
+    lines += ["", f"Read at {levels} loss recovered, on {measured['validation_ce_windows']} validation windows, "
+                  f"{measured['seeds']} seeds. Outcome: " + "; ".join(outcomes) + "."]
+    if measured.get("convergence"):
+        counts = "; ".join(f"{c['steps']} steps: {c['meet_rule']} of {c['saes']} meet it, {c['still_moving']} are "
+                           f"still moving beyond the noise of their curves, {c['within_noise']} within it"
+                           for c in measured["convergence"])
+        lines += ["", f"The probe's SAEs against the convergence rule: {counts}."]
+    return lines
