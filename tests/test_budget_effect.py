@@ -124,8 +124,14 @@ def test_the_docs_table_gives_each_seed_and_each_widths_outcome():
     assert lines[2] == "| 96 | 400 | 0.500, 0.490 | 0.495 | 1.000, 1.000 |"
     assert lines[3] == "| 96 | 3200 | 0.400, 0.410 | 0.405 | 1.000, 1.000 |"
     assert lines[-1] == ("Read at 97%, 98% loss recovered, on 64 validation windows, 2 seeds. Outcome: the baseline "
-                         "96 wide: **moves** (400 → 3200 steps, -0.090; the published seed SD of "
-                         "`l0_ratio/resid_post/layer15` 0.0300).")
+                         "96 wide: **moves** (400 → 3200 steps, -0.090: lower at the longer budget; the published "
+                         "seed SD of `l0_ratio/resid_post/layer15` 0.0300).")
+    result["convergence"] = [{"steps": 400, "saes": 12, "meet_rule": 0, "still_moving": 9, "within_noise": 3},
+                             {"steps": 3200, "saes": 12, "meet_rule": 5, "still_moving": 4, "within_noise": 3}]
+    lines = budget_effect({**result, "validation_ce_windows": 64, "seeds": 2})
+    assert lines[-1] == ("The probe's SAEs against the convergence rule: 400 steps: 0 of 12 meet it, 9 are still moving "
+                         "beyond the noise of their curves, 3 within it; 3200 steps: 5 of 12 meet it, 4 are still "
+                         "moving beyond the noise of their curves, 3 within it.")
 
 
 def test_each_budgets_saes_are_counted_against_the_convergence_rule_beside_their_noise():

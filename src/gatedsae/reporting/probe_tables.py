@@ -194,7 +194,9 @@ def budget_effect(measured: dict) -> list[str]:
                          + ", ".join(ratio(s["ratio"]) for s in seeds) + f" | {ratio(row['mean_ratio'])} | "
                          + ", ".join(ratio(s["gamma_gated"]) for s in seeds) + " |")
         shortest, longest = comparison["compared"]
-        moved = "" if comparison["difference"] is None else f", {comparison['difference']:+.3f}"
+        difference = comparison["difference"]
+        moved = "" if difference is None else (f", {difference:+.3f}: "
+                                               + ("lower" if difference < 0 else "higher") + " at the longer budget")
         outcomes.append(f"the baseline {comparison['baseline_width']} wide: **{comparison['outcome']}** "
                         f"({shortest} → {longest} steps{moved}; the published seed SD of `{comparison['claim']}` "
                         f"{comparison['published_seed_sd']:.4f})")
