@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import statistics
 from pathlib import Path
 
@@ -173,8 +174,9 @@ def main() -> None:
                 "validation split, judged by the rule docs/verdict.md fixed before the probe ran",
         "rule": "moves: each longest-budget seed on the same side of each shortest-budget seed and the means "
                 "more than 2 published seed SDs apart; does not move: less than 1 SD apart; else undecided",
-        "command": f"python scripts/budget_effect.py --probe {args.probe} --verdict {args.verdict} --out {args.out} "
-                   + " ".join(overrides),
+        "command": f"python scripts/budget_effect.py --probe {args.probe} "
+                   + (f"--key {shlex.quote(args.key)} " if args.key else "")
+                   + f"--verdict {args.verdict} --out {args.out} " + " ".join(overrides),
         "written_at_commit": code_version(), **result})
     for comparison in result["comparisons"]:
         means = ", ".join(f"{row['steps']} steps {row['mean_ratio']}" for row in comparison["budgets"])

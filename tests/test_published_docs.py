@@ -49,6 +49,11 @@ def test_an_edited_number_is_caught_and_fractions_are_shown_in_points(tmp_path):
     assert "undefined" not in render_block(tmp_path / "reference" / "verdict.json", "claims-brief")
     with pytest.raises(ValueError, match="unknown generated block kind"):
         render_block(tmp_path / "reference" / "verdict.json", "numbers")
+    (tmp_path / "verdict_other.json").write_text(json.dumps({**verdict, "claims": [undecided]}))
+    assert render_block(tmp_path / "verdict_other.json", "claims") == render_block(tmp_path / "reference" / "verdict.json", "claims")
+    for wrong in ("comparisons.json", "verdictx.json", "verdict_other.csv"):  # another kind's file, or no separator
+        with pytest.raises(ValueError, match="block reads a verdict.json"):
+            render_block(tmp_path / wrong, "claims")
 
 
 def test_the_summary_says_where_and_on_what_the_claims_were_read():

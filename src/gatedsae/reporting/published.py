@@ -359,8 +359,9 @@ def render_block(source: Path, kind: str) -> str:
     if kind not in RENDERERS:
         raise ValueError(f"unknown generated block kind {kind!r}; use one of {', '.join(RENDERERS)}")
     expected, renderer = RENDERERS[kind]
-    if source.name != expected:
-        raise ValueError(f"a '{kind}' block reads a {expected}, not {source}")
+    stem, suffix = expected.rsplit(".", 1)
+    if not (source.name == expected or (source.name.startswith(stem + "_") and source.name.endswith("." + suffix))):
+        raise ValueError(f"a '{kind}' block reads a {expected} (or a {stem}_<which>.{suffix}), not {source}")
     data = json.loads(source.read_text()) if source.suffix == ".json" else pd.read_csv(source)
     return "\n".join(renderer(data)) + "\n"
 
