@@ -87,18 +87,28 @@ def still_moving(change: Optional[float], noise: Optional[float], threshold: flo
     return None
 
 
-def behind(status: pd.DataFrame, rows: pd.DataFrame) -> dict:
+def behind(status: pd.DataFrame, rows: pd.DataFrame, rule: Optional[ConvergenceConfig] = None) -> dict:
     """The convergence of the SAEs in `rows` (metrics rows): how many are, are not, cannot be told; the
-    names of those not converged."""
+    names of those not converged and, given the rule, how many of them are still moving beyond the noise
+    of their curves (`still_moving`)."""
     if rows.empty:
         return {"saes": 0, "converged": 0, "not_converged": [], "unknown": 0}
     keyed = rows[KEY].merge(status, on=KEY, how="left") if not status.empty else rows[KEY].assign(converged=None)
     converged = keyed["converged"]
     known = converged.notna()
     not_converged = keyed[known & (converged == False)]  # noqa: E712 (a column of True / False / None)
-    return {"saes": int(len(keyed)), "converged": int((known & (converged == True)).sum()),  # noqa: E712
-            "not_converged": [f"{r.variant}/{r.sae}" for r in not_converged.itertuples()],
-            "unknown": int((~known).sum())}
+    summary = {"saes": int(len(keyed)), "converged": int((known & (converged == True)).sum()),  # noqa: E712
+               "not_converged": [f"{r.variant}/{r.sae}" for r in not_converged.itertuples()],
+               "unknown": int((~known).sum())}
+    if rule is not None and not not_converged.empty:
+        summary["still_moving"] = int(sum(any(still_moving(_number(row.get(f"{m}_change")), _number(row.get(f"{m}_noise")),
+                                                           rule.max_relative_change) for m in rule.metrics)
+                                          for _, row in not_converged.iterrows()))
+    return summary
+
+
+def _number(value) -> Optional[float]:
+    return None if value is None or pd.isna(value) else float(value)
 
 
 def describe(summary: dict) -> str:
@@ -110,7 +120,9 @@ def describe(summary: dict) -> str:
     text = f"{summary['converged']} of {summary['saes']} converged"
     if summary["not_converged"]:
         shown = ", ".join(summary["not_converged"][:3]) + (" …" if len(summary["not_converged"]) > 3 else "")
-        text += f" (not: {shown})"
+        moving = summary.get("still_moving")
+        text += f" (not: {shown}" + ("" if moving is None else f"; {moving} of them still moving beyond the noise "
+                                                                  "of their curves") + ")"
     if summary["unknown"]:
         text += f", {summary['unknown']} not assessed"
     return text

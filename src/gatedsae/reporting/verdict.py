@@ -135,7 +135,7 @@ def write_verdict(config: Config, measured: Path) -> tuple[Path, Path]:
     status = convergence.assess(pd.read_csv(curves_file) if curves_file.exists() else None, config.verdict.convergence)
     for claim in found + beyond:
         if claim.layer is not None:
-            claim.convergence = convergence.behind(status, behind(claim, rows))
+            claim.convergence = convergence.behind(status, behind(claim, rows), config.verdict.convergence)
     reference = with_reference(found + beyond, config.verdict.reference(config.experiment.name))
     note = notes(rows, config, split)
     counts = {s: sum(c.status == s for c in found) for s in STATUSES}
