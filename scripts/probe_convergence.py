@@ -111,7 +111,7 @@ def probe_budget(base, site: str, layer: int, groups, steps: int, ce_windows: in
     trained = time.time() - started
     entries = read_grid_index(index)
     # written by this run, else kept or adopted (a copy keeps its record's time)
-    trained_now = any((Path(e["path"]) / RECORD_FILE).stat().st_mtime >= started for e in entries)
+    trained_now = sum((Path(e["path"]) / RECORD_FILE).stat().st_mtime >= started for e in entries)
     loaded = [CheckpointSAE.load(e["path"]) for e in entries] if ce_windows or training_rows else []
     curves = pd.DataFrame(read_rows(index.parent / CURVES_FILE)).assign(site=site, layer=layer, variant="main")
     saes = assessed(curves[curves["sae"].isin([e["sae"] for e in entries])], base.verdict.convergence)
@@ -130,7 +130,7 @@ def probe_budget(base, site: str, layer: int, groups, steps: int, ce_windows: in
             saes[entry["sae"]]["training_rows"] = {**reading, "rows": training_rows}
     return {"steps": steps, "tokens": steps * base.train.batch_size,
             "train_seconds": round(trained, 1) if trained_now else None,
-            "trained_now": sum((Path(e["path"]) / RECORD_FILE).stat().st_mtime >= started for e in entries),
+            "trained_now": trained_now,  # how many SAEs: `training_time` adds their time to the kept ones'
             "evaluate_seconds": evaluated, "all_converged": all(s["converged"] for s in saes.values()),
             "saes": saes}
 

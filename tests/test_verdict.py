@@ -239,6 +239,8 @@ def test_each_change_carries_its_noise_and_a_change_is_still_moving_only_beyond_
     assert summary["still_moving"] == 1 and summary["converged"] == 1 and len(summary["not_converged"]) == 2
     assert convergence.describe(summary).endswith("; 1 of them still moving beyond the noise of their curves)")
     assert "still_moving" not in convergence.behind(status, claim_rows)  # no rule given: as before
+    legacy = status.drop(columns=["l0_noise", "reconstruction_noise"])  # a run's status read without noise
+    assert "still_moving" not in convergence.behind(legacy, claim_rows, rule)
 
 
 def _synthetic_experiment(tmp_path, split: bool = False):

@@ -100,7 +100,7 @@ def behind(status: pd.DataFrame, rows: pd.DataFrame, rule: Optional[ConvergenceC
     summary = {"saes": int(len(keyed)), "converged": int((known & (converged == True)).sum()),  # noqa: E712
                "not_converged": [f"{r.variant}/{r.sae}" for r in not_converged.itertuples()],
                "unknown": int((~known).sum())}
-    if rule is not None and not not_converged.empty:
+    if rule is not None and not not_converged.empty and all(f"{m}_noise" in keyed for m in rule.metrics):
         summary["still_moving"] = int(sum(any(still_moving(_number(row.get(f"{m}_change")), _number(row.get(f"{m}_noise")),
                                                            rule.max_relative_change) for m in rule.metrics)
                                           for _, row in not_converged.iterrows()))
