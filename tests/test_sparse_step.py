@@ -151,3 +151,15 @@ def test_the_registry_says_sparse_steps_exactly_where_the_class_has_a_gate_on_it
     except TypeError:
         has_gate = False
     assert has_gate == ARCHITECTURES[arch].sparse_steps
+
+
+@pytest.mark.parametrize("shape", [(3, 64, 40), (2, 7, 9), (1, 1, 8)])  # 8-byte words, and a size that is not
+@pytest.mark.parametrize("density", [0.0, 0.02, 0.5, 1.0])
+def test_open_positions_are_the_masks_nonzero_entries_in_order(shape, density):
+    from gatedsae.training.sparse_step import open_positions
+
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(len(shape) + int(100 * density))) < density
+    assert torch.equal(open_positions(mask), mask.reshape(-1).nonzero().squeeze(1))
+    view = torch.zeros(2 * mask.numel() + 3, dtype=torch.bool)[3:3 + mask.numel()].view(shape)  # offset storage
+    view |= mask
+    assert torch.equal(open_positions(view), mask.reshape(-1).nonzero().squeeze(1))

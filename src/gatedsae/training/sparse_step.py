@@ -93,7 +93,7 @@ class _Support:
     @classmethod
     def of(cls, open_gate: Tensor) -> _Support:
         n, batch, width = open_gate.shape
-        flat = open_gate.reshape(-1).nonzero().squeeze(1)
+        flat = open_positions(open_gate)
         row = flat.div(width, rounding_mode="floor")
         sae = row.div(batch, rounding_mode="floor")
         col = flat - row * width + sae * width
@@ -135,6 +135,19 @@ class _Support:
 
     def per_sae(self, values: Tensor, n: int) -> Tensor:
         return values.new_zeros(n).index_add_(0, self.sae, values)
+
+
+def open_positions(mask: Tensor) -> Tensor:
+    """The flat indices of a bool tensor's True entries, ascending: `mask.reshape(-1).nonzero()`, found
+    eight entries at a time. A gate is open for a few percent of (row, feature) pairs, so most 8-byte
+    words of the mask are zero; scanning its words, then the bytes of the words that are not, reads the
+    mask about twice as fast as scanning every byte (the scan is the support's largest cost)."""
+    flat = mask.reshape(-1)
+    if flat.numel() % 8 or not flat.is_contiguous() or flat.storage_offset() % 8:
+        return flat.nonzero().squeeze(1)
+    words = flat.view(torch.int64).nonzero().squeeze(1)
+    lanes = flat.view(-1, 8).index_select(0, words).nonzero()      # (word, byte) of each True entry, in order
+    return words.index_select(0, lanes[:, 0]).mul_(8).add_(lanes[:, 1])
 
 
 def _exclusive_cumsum(counts: Tensor, end: bool = False) -> Tensor:
