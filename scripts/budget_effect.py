@@ -35,7 +35,7 @@ from gatedsae.core.codehash import code_version
 from gatedsae.evaluation.frontiers import Sweep, at_levels
 from gatedsae.plan.architectures import BASELINE, PROPOSED
 from gatedsae.plan.config import load_config
-from gatedsae.reporting.convergence import still_moving
+from gatedsae.reporting.convergence import moving_beyond_noise
 from gatedsae.reporting.probe_tables import SEED_SUFFIX
 
 WIDTH = re.compile(r"_w(\d+)_")
@@ -117,8 +117,7 @@ def convergence_at(budget: dict, rule: dict) -> dict:
         if sae["converged"]:
             meets.append(name)
             continue
-        moved = [still_moving(sae[f"{m}_change"], sae.get(f"{m}_noise"), threshold) for m in rule["metrics"]]
-        (moving if any(moved) else unclear).append(name)
+        (moving if moving_beyond_noise(sae, rule["metrics"], threshold) else unclear).append(name)
     return {"steps": budget["steps"], "saes": len(budget["saes"]), "meet_rule": len(meets),
             "still_moving": len(moving), "within_noise": len(unclear), "within_noise_saes": unclear}
 

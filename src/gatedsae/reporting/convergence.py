@@ -11,7 +11,7 @@ tell from converged. The rule itself reads the change only."""
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Mapping, Optional, Sequence
 
 import pandas as pd
 
@@ -101,10 +101,15 @@ def behind(status: pd.DataFrame, rows: pd.DataFrame, rule: Optional[ConvergenceC
                "not_converged": [f"{r.variant}/{r.sae}" for r in not_converged.itertuples()],
                "unknown": int((~known).sum())}
     if rule is not None and not not_converged.empty and all(f"{m}_noise" in keyed for m in rule.metrics):
-        summary["still_moving"] = int(sum(any(still_moving(_number(row.get(f"{m}_change")), _number(row.get(f"{m}_noise")),
-                                                           rule.max_relative_change) for m in rule.metrics)
+        summary["still_moving"] = int(sum(moving_beyond_noise(row, rule.metrics, rule.max_relative_change)
                                           for _, row in not_converged.iterrows()))
     return summary
+
+
+def moving_beyond_noise(sae: Mapping, metrics: Sequence[str], threshold: float) -> bool:
+    """Whether some metric of an SAE's `<metric>_change` / `<metric>_noise` (a row of `assess`, or a probe's
+    record of it) is still moving: above `threshold` by more than twice its noise."""
+    return any(still_moving(_number(sae.get(f"{m}_change")), _number(sae.get(f"{m}_noise")), threshold) for m in metrics)
 
 
 def _number(value) -> Optional[float]:
