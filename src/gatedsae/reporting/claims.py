@@ -55,6 +55,20 @@ class Rule:
         values = [f"{scale * v:g}{unit}" for v in self.bounds]
         return {"below": f"< {values[0]}", "above": f"> {values[0]}"}.get(self.kind, f"within [{', '.join(values)}]")
 
+    @classmethod
+    def parse(cls, text: str, scale: float = 1.0, unit: str = "") -> "Rule":
+        """The rule a `describe(scale, unit)` wrote (a verdict.json's `threshold`)."""
+        def value(part: str) -> float:
+            part = part.strip()
+            return float(part[: -len(unit)] if unit and part.endswith(unit) else part) / scale
+
+        text = text.strip()
+        if text.startswith(("<", ">")):
+            return cls("below" if text[0] == "<" else "above", (value(text[1:]),))
+        if text.startswith("within [") and text.endswith("]"):
+            return cls("within", tuple(value(part) for part in text[len("within ["):-1].split(",")))
+        raise ValueError(f"{text!r} is not a claim's threshold ('< x', '> x' or 'within [a, b]')")
+
 
 def outcome(low: Optional[float], high: Optional[float], margin: float) -> str:
     """A difference judged two-sided with an equivalence margin, on its interval: EQUIVALENT inside

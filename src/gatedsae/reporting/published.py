@@ -25,6 +25,7 @@ from gatedsae.plan.config import REPO_ROOT
 from gatedsae.plan.sites import short_label
 from gatedsae.reporting.claims import (BETTER, EQUIVALENT, NOT_REPRODUCED, REPRODUCED, STATUSES, WORSE, Claim,
                                        format_interval, load_claims)
+from gatedsae.reporting.decidability import to_decide_table
 from gatedsae.reporting.probe_tables import budget_effect, convergence, learning_rates, retrain_drift, seed_probes
 
 DECIDED = (REPRODUCED, NOT_REPRODUCED, BETTER, WORSE, EQUIVALENT)  # a note says why the others are not
@@ -349,6 +350,7 @@ RENDERERS: dict[str, tuple[str, Callable]] = {  # kind: (the file it reads, how)
     "seed-probes": ("convergence.json", seed_probes),
     "retrain-drift": ("retrain_drift.json", retrain_drift),
     "budget-effect": ("budget_effect.json", budget_effect),
+    "to-decide": ("to_decide.json", to_decide_table),
     "site-layers": ("site_layers.json", site_layers),
     "quickstart": ("quickstart.json", quick_start), "runtime": ("replicate.json", run_time),
     "experiment-runtime": ("replicate.json", experiment_run_time),
