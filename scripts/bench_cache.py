@@ -123,7 +123,8 @@ def main() -> None:
     base.cache.train_tokens = windows_total * positions
     base.cache.heldout_tokens = 1
     windows = load_windows(base.paths.tokens_dir(base.model.name, base.corpus.name), "train")[:windows_total]
-    stop_at = max(base.experiment.layers) + 1
+    sites = list(base.activation_dirs())  # (site, layer): each site at its own layers
+    stop_at = max(layer for _, layer in sites) + 1
     heldout_windows = per_shard
 
     # Caching vs bare forward in the same precision, paired (see the docstring); float32 and automatic
@@ -161,6 +162,7 @@ def main() -> None:
         "model": base.model.name,
         "sites": base.experiment.sites,
         "layers": base.experiment.layers,
+        "site_layers": [[site, layer] for site, layer in sites],
         "storage_dtype": base.cache.dtype,
         "batch_sequences": batch,
         "context_length": base.experiment.context_length,

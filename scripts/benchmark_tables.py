@@ -97,6 +97,17 @@ def eval_fidelity_table() -> str:
     return "\n".join(lines)
 
 
+def _cached_to(data: dict) -> int:
+    """The number of layers a cache benchmark's forward ran through."""
+    return max(layer for _, layer in data["site_layers"]) + 1 if "site_layers" in data else max(data["layers"]) + 1
+
+
+def _cached_sites(data: dict) -> str:
+    if "site_layers" in data:
+        return ", ".join(f"{site} (layer {layer})" for site, layer in data["site_layers"])
+    return ", ".join(data["sites"])
+
+
 def cache_table() -> str:
     data = _read("cache.json")
     if "auto" not in data:  # written before the precision runs existed
@@ -104,7 +115,7 @@ def cache_table() -> str:
                 "`scripts/bench_cache.py` and has not been measured again: it holds no bf16 caching figure, and "
                 "its float32 figures are those of the machine above.")
     lines = [machine_line("cache.json"), "",
-             f"SmolLM2 to layer {max(data['layers']) + 1}, sites {', '.join(data['sites'])}, batch "
+             f"SmolLM2 to layer {_cached_to(data)}, sites {_cached_sites(data)}, batch "
              f"{data['batch_sequences']} × {data['context_length']}, {data['float32']['tokens']:,} tokens per run, "
              f"{data['repeats']} repetitions (float32 and automatic runs one after the other in each).", "",
              "| precision | bare forward (tokens/s) | caching (tokens/s) | caching overhead (target ≤ 10%) |",

@@ -22,17 +22,8 @@ from pathlib import Path
 from gatedsae.activations.store import ActivationStore
 from gatedsae.core.atomic import write_json_atomic
 from gatedsae.core.precision import choose, machine
-from gatedsae.plan.architectures import BASELINE, PROPOSED
 from gatedsae.plan.config import REPO_ROOT, load_config
-from gatedsae.training.precision_check import compare_training_precisions
-
-
-def _middle(values: list[float]) -> list[float]:
-    """The two middle values (or all of them when there are at most two)."""
-    if len(values) <= 2:
-        return list(values)
-    start = (len(values) - 1) // 2
-    return list(values[start:start + 2])
+from gatedsae.training.precision_check import check_groups, compare_training_precisions
 
 
 def main() -> None:
@@ -43,9 +34,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO_ROOT / "results" / "benchmarks" / "train_precision.json"))
     args, overrides = parser.parse_known_args()
     config = load_config(overrides)
-    at_site = config.sweep.groups_at(args.site)
-    groups = [next(g for g in at_site if g.arch == arch) for arch in (PROPOSED, BASELINE)]
-    groups = [replace(g, l1=_middle(g.l1), sites=[args.site]) for g in groups]
+    groups = check_groups(config, args.site)
     config = replace(config, sweep=replace(config.sweep, groups=groups),
                      train=config.train.every_site(args.steps * config.train.batch_size))
     layer = config.experiment.layers[0]

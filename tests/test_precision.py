@@ -224,3 +224,52 @@ def test_training_in_bf16_reaches_the_fvu_and_l0_of_float32_training(smoke_cache
     for sae in report["saes"].values():
         assert sae["fvu_rel"] <= tolerances.fvu_rel and sae["l0_rel"] <= tolerances.l0_rel
     assert any(sae["fvu_float32"] != sae["fvu_bfloat16"] for sae in report["saes"].values()), "bf16 must change the run"
+
+
+def test_activation_difference_separates_a_few_large_rows_from_a_spread_difference():
+    """The pooled difference weighs rows by their norm, the row quantiles do not; rows above the outlier
+    ratio × the median norm count only in `rel_error_all_rows`."""
+    import torch
+
+    from gatedsae.activations.cache import activation_difference
+
+    reference = torch.ones(100, 4)                       # every row of norm 2 ...
+    reference[0] *= 30                                   # ... but one, large, under the outlier ratio of 50
+    reference[1] *= 1000                                 # and a massive one, over it
+    other = reference.clone()
+    other[0] *= 1.01                                     # a 1% difference in the large row only
+    other[1] *= 1.5
+    measured = activation_difference(reference, other, outlier_norm_ratio=50.0)
+    kept = torch.cat([reference[:1], reference[2:]])
+    assert measured["rel_error"] == pytest.approx(0.01 * 60 / float(kept.norm()), rel=1e-5)
+    assert measured["rel_error"] > 0.005                 # the one large row dominates the pooled figure
+    assert measured["row_rel_error_p50"] == 0 and measured["row_rel_error_max"] == pytest.approx(0.01, rel=1e-4)
+    assert measured["rel_error_all_rows"] > 0.4          # the massive row's 50% counts only here
+    assert activation_difference(reference, reference, 50.0)["rel_error"] == 0
+
+
+def test_training_on_a_bf16_cache_reaches_the_fvu_and_l0_of_a_float32_cache(smoke_cache, tiny_model, tmp_path):
+    """The smoke grid trained on the float32 cache and on a cache from a bf16 forward of the same windows,
+    both read on the float32 cache's held-out rows: every SAE's FVU and L0 within precision.cache_check's
+    tolerances (conf/precision/), and the bf16 cache really differs."""
+    from dataclasses import replace
+
+    from conftest import copy_token_data
+
+    from gatedsae.activations.cache import activation_difference, cache_activations
+    from gatedsae.activations.store import ActivationStore
+    from gatedsae.training.precision_check import compare_cache_precisions
+
+    bf16_config = copy_token_data(smoke_cache, tmp_path / "bf16")
+    cache_activations(replace(bf16_config, precision=replace(bf16_config.precision, cache="bfloat16")), loaded=tiny_model)
+    key = ("resid_post", 1)
+    trains = {"float32": ActivationStore(smoke_cache.activation_dirs()[key], "train"),
+              "bfloat16": ActivationStore(bf16_config.activation_dirs()[key], "train")}
+    apart = activation_difference(trains["float32"].shard(0), trains["bfloat16"].shard(0), 50.0)
+    assert 0 < apart["rel_error"] < 0.05, apart
+    report = compare_cache_precisions(smoke_cache, trains, ActivationStore(smoke_cache.activation_dirs()[key], "heldout"),
+                                      heldout_tokens=200)
+    tolerances = smoke_cache.precision.cache_check
+    assert report["worst"]["fvu_rel"]["tolerance"] == tolerances.fvu_rel
+    assert report["passed"], report["worst"]
+    assert any(sae["fvu_float32"] != sae["fvu_bfloat16"] for sae in report["saes"].values()), "the caches must differ"

@@ -154,13 +154,29 @@ def cache_precision(config: Config, model, heldout: np.ndarray, keys: list[tuple
     def measure() -> dict[str, float]:
         fp32 = activations(choose("cache", "float32", config.cache.device))
         bf16 = activations(choose("cache", "bfloat16", config.cache.device))
-        errors = {}
-        for (site, layer), reference in fp32.items():
-            norms = reference.norm(dim=-1)
-            trained = norms <= config.cache.outlier_norm_ratio * norms.median()
-            difference = bf16[(site, layer)] - reference
-            errors[f"{site}_layer{layer}_rel_error"] = float(difference[trained].norm() / reference[trained].norm())
-            errors[f"{site}_layer{layer}_rel_error_all_rows"] = float(difference.norm() / reference.norm())
-        return errors
+        return {f"{site}_layer{layer}_{name}": value for (site, layer), reference in fp32.items()
+                for name, value in activation_difference(reference, bf16[(site, layer)],
+                                                         config.cache.outlier_norm_ratio).items()}
 
     return gated(chosen, measure, {f"{site}_layer{layer}_rel_error": gate.activation_rel_error for site, layer in keys})
+
+
+def activation_difference(reference: torch.Tensor, other: torch.Tensor, outlier_norm_ratio: float) -> dict[str, float]:
+    """How far `other`'s rows lie from `reference`'s ([rows, d] each, the same rows): the relative RMS
+    difference ||other − reference|| / ||reference|| over the rows SAEs train on (norm at most
+    `outlier_norm_ratio` × the median; `rel_error`) and over all rows (`rel_error_all_rows`), and quantiles
+    of each row's own relative difference (`row_rel_error_p50`, `_p99`, `_max`). The pooled figures weigh
+    rows by their norm, and a bf16 forward's difference can sit mostly in a few rows of large norm: the row
+    quantiles tell that apart from a difference spread over every row."""
+    reference, other = reference.float(), other.float()
+    norms = reference.norm(dim=-1)
+    trained = norms <= outlier_norm_ratio * norms.median()
+    difference = other - reference
+    per_row = (difference.norm(dim=-1) / norms.clamp_min(torch.finfo(torch.float32).tiny))[trained]
+    quantiles = torch.quantile(per_row.double(), torch.tensor([0.5, 0.99], dtype=torch.float64)) if len(per_row) \
+        else torch.zeros(2, dtype=torch.float64)
+    return {"rel_error": float(difference[trained].norm() / reference[trained].norm()),
+            "rel_error_all_rows": float(difference.norm() / reference.norm()),
+            "row_rel_error_p50": float(quantiles[0]), "row_rel_error_p99": float(quantiles[1]),
+            "row_rel_error_max": float(per_row.max()) if len(per_row) else 0.0}
+

@@ -24,16 +24,19 @@ class FidelityGateConfig:
 
 
 @dataclass
-class TrainPrecisionCheckConfig:
-    """How close bf16 training (precision.train) must come to float32 training of the same SAEs (same
-    seeds, same batches): relative changes of each SAE's held-out FVU and L0 (training/precision_check.py;
-    checked on the tiny model by the tests and on the embedded model by scripts/check_train_precision.py)."""
+class EndToEndCheckConfig:
+    """How close the SAEs that a stage's bf16 yields must come to the SAEs of its float32 (same SAEs, seeds
+    and batches): relative changes of each SAE's held-out FVU and L0 (training/precision_check.py). Two
+    such checks: `train_check`, bf16 training against float32 training on the same activations, and
+    `cache_check`, training on a bf16 cache against training on a float32 one; each checked on the tiny
+    model by the tests and on the embedded model by a script (scripts/check_train_precision.py,
+    scripts/check_cache_precision.py)."""
 
     fvu_rel: float = 0.02  # |FVU_bf16 / FVU_fp32 − 1|
     l0_rel: float = 0.05   # |L0_bf16 / L0_fp32 − 1|
 
-    def validate(self) -> None:
-        _positive(self, "precision.train_check", ("fvu_rel", "l0_rel"))
+    def validate(self, key: str) -> None:
+        _positive(self, key, ("fvu_rel", "l0_rel"))
 
 
 def _positive(section, prefix: str, keys: tuple[str, ...]) -> None:
@@ -53,10 +56,12 @@ class PrecisionConfig:
     train: str = "auto"     # the SAE encoder's product (master weights, Adam state and the rest stay float32)
     evaluate: str = "auto"  # the spliced evaluation's clean and per-SAE remainders (prefix, zero-ablation: float32)
     gate: FidelityGateConfig = field(default_factory=FidelityGateConfig)
-    train_check: TrainPrecisionCheckConfig = field(default_factory=TrainPrecisionCheckConfig)
+    train_check: EndToEndCheckConfig = field(default_factory=EndToEndCheckConfig)
+    cache_check: EndToEndCheckConfig = field(default_factory=EndToEndCheckConfig)
 
     def validate(self) -> None:
         for stage in ("cache", "train", "evaluate"):
             choice(getattr(self, stage), f"precision.{stage}", SETTINGS)
         self.gate.validate()
-        self.train_check.validate()
+        self.train_check.validate("precision.train_check")
+        self.cache_check.validate("precision.cache_check")

@@ -1,0 +1,111 @@
+"""Check: do SAEs trained on a bf16 LM forward's cache reach the SAEs trained on a float32 one?
+
+    python scripts/check_cache_precision.py [--train-shards 4] [--steps 400] [hydra overrides...]
+
+Caches the experiment's sites twice from the same token windows (`--train-shards` training shards and the
+held-out shard), with precision.cache=float32 and =bfloat16, into a scratch data folder. Then, at every
+site, trains the sweep's first Gated and first baseline group (the two middle λ of each, every training
+seed of the configuration) on each cache, same seeds and batches, and reads every SAE's FVU and L0 on the
+float32 cache's held-out rows (training/precision_check.py): each pair must agree within
+precision.cache_check's tolerances (conf/precision/). Beside it, how far the two caches' rows lie apart
+(what the cache's start-up gate measures, activations/cache.py). Writes results/benchmarks/cache_precision.json
+with the machine (its CPU flags and torch's kernel level) and the command. Exits 1 when a tolerance fails.
+A forced bfloat16 runs anywhere; where bf16 is not native it is slow and says nothing about auto there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from gatedsae.activations.cache import activation_difference, cache_activations
+from gatedsae.activations.store import ActivationStore
+from gatedsae.core.atomic import write_json_atomic
+from gatedsae.core.precision import choose, machine
+from gatedsae.data.models import load_model
+from gatedsae.plan.config import REPO_ROOT, Config, load_config
+from gatedsae.training.precision_check import PRECISIONS, check_groups, compare_cache_precisions
+
+
+def cache_in(config: Config, precision: str, scratch: Path, loaded) -> tuple[Config, float]:
+    """The experiment's sites cached with precision.cache = `precision` into `scratch` (the token windows
+    linked from the configured data folder); the configuration that reads them and the seconds it took."""
+    tokens = config.paths.tokens_dir(config.model.name, config.corpus.name)
+    linked = scratch / tokens.relative_to(config.paths.root)
+    linked.parent.mkdir(parents=True)
+    linked.symlink_to(tokens.resolve())
+    local = replace(config, paths=replace(config.paths, data=str(scratch)),
+                    precision=replace(config.precision, cache=precision))
+    started = time.perf_counter()
+    cache_activations(local, loaded=loaded)
+    return local, time.perf_counter() - started
+
+
+def stores_apart(reference: ActivationStore, other: ActivationStore, outlier_norm_ratio: float) -> dict[str, float]:
+    """`activation_difference` over every training row of the two caches."""
+    return activation_difference(torch.cat([reference.rows(i) for i in range(reference.n_shards)]),
+                                 torch.cat([other.rows(i) for i in range(other.n_shards)]), outlier_norm_ratio)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-shards", type=int, default=4, help="training shards cached each way")
+    parser.add_argument("--steps", type=int, default=400, help="training steps of every SAE (several passes "
+                        "over the cached rows where they hold fewer than steps × train.batch_size)")
+    parser.add_argument("--heldout-tokens", type=int, default=16384)
+    parser.add_argument("--out", default=str(REPO_ROOT / "results" / "benchmarks" / "cache_precision.json"))
+    args, overrides = parser.parse_known_args()
+    config = load_config(overrides)
+    positions = config.experiment.context_length - 1
+    config.cache.train_tokens = args.train_shards * config.cache.shard_sequences * positions
+    config.cache.heldout_tokens = args.heldout_tokens
+    started = time.time()
+    loaded = load_model(config.model, config.paths, device=config.cache.device)
+    sites, seconds = {}, {}
+    with tempfile.TemporaryDirectory() as scratch:
+        caches = {}
+        for precision in PRECISIONS:
+            caches[precision], seconds[precision] = cache_in(config, precision, Path(scratch) / precision, loaded)
+            print(f"cached in {precision}: {seconds[precision]:.0f} s", flush=True)
+        for (site, layer), directory in caches["float32"].activation_dirs().items():
+            trains = {p: ActivationStore(caches[p].activation_dirs()[(site, layer)], "train") for p in PRECISIONS}
+            groups = check_groups(config, site)
+            site_config = replace(config, sweep=replace(config.sweep, groups=groups),
+                                  train=config.train.every_site(args.steps * config.train.batch_size))
+            report = compare_cache_precisions(site_config, trains, ActivationStore(directory, "heldout"),
+                                              args.heldout_tokens)
+            sites[f"{site}_layer{layer}"] = {
+                "site": site, "layer": layer,
+                "activations": stores_apart(trains["float32"], trains["bfloat16"], config.cache.outlier_norm_ratio),
+                "groups": [{"arch": g.arch, "width": g.width(config.model.site_width(site)), "l1": g.l1}
+                           for g in groups],
+                **report}
+            print(f"{site} layer {layer}: worst |ΔFVU|/FVU {report['worst']['fvu_rel']['value']:.4f}, "
+                  f"worst |ΔL0|/L0 {report['worst']['l0_rel']['value']:.4f}", flush=True)
+    passed = all(entry["passed"] for entry in sites.values())
+    result = {
+        "check": "SAEs trained on a bf16 LM forward's cache against SAEs trained on a float32 one: "
+                 "held-out FVU and L0 per SAE, read on the float32 cache's held-out rows",
+        "command": "python scripts/check_cache_precision.py " + " ".join(
+            re.sub(r"^paths\.data=.*", "paths.data=<data folder>", arg) for arg in sys.argv[1:]),
+        "machine": machine(), "auto_resolves_to_before_its_gate": choose("cache", "auto").dtype,
+        "model": config.model.name, "train_rows": config.cache.train_tokens, "steps": args.steps,
+        "batch_size": config.train.batch_size, "seeds": config.train.seed_values,
+        "heldout_tokens": args.heldout_tokens, "cache_seconds": seconds,
+        "tolerances": {"fvu_rel": config.precision.cache_check.fvu_rel, "l0_rel": config.precision.cache_check.l0_rel},
+        "passed": passed, "seconds": round(time.time() - started, 1), "sites": sites,
+    }
+    write_json_atomic(Path(args.out), result)
+    print(f"SAEs on a bf16 cache against a float32 one: {'passed' if passed else 'FAILED'}; wrote {args.out}")
+    sys.exit(0 if passed else 1)
+
+
+if __name__ == "__main__":
+    main()
