@@ -8,7 +8,8 @@ site, trains the sweep's first Gated and first baseline group (the two middle λ
 seed of the configuration) on each cache, same seeds and batches, and reads every SAE's FVU and L0 on the
 float32 cache's held-out rows (training/precision_check.py): each pair must agree within
 precision.cache_check's tolerances (conf/precision/). Beside it, how far the two caches' rows lie apart
-(what the cache's start-up gate measures, activations/cache.py). Writes results/benchmarks/cache_precision.json
+(what the cache's start-up gate measures, activations/cache.py), and on a few held-out windows what
+recomputing the first positions in float32 (precision.cache_float32_positions) removes of it. Writes results/benchmarks/cache_precision.json
 with the machine (its CPU flags and torch's kernel level) and the command. Exits 1 when a tolerance fails.
 A forced bfloat16 runs anywhere; where bf16 is not native it is slow and says nothing about auto there.
 """
@@ -23,12 +24,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from gatedsae.activations.cache import activation_difference, cache_activations
+from gatedsae.activations.cache import _forward, activation_difference, cache_activations, token_windows
 from gatedsae.activations.store import ActivationStore
 from gatedsae.core.atomic import write_json_atomic
 from gatedsae.core.precision import choose, machine
+from gatedsae.data.lm_precision import matmul_weights
 from gatedsae.data.models import load_model
 from gatedsae.plan.config import REPO_ROOT, Config, load_config
 from gatedsae.training.precision_check import PRECISIONS, check_groups, compare_cache_precisions
@@ -54,6 +57,37 @@ def stores_apart(reference: ActivationStore, other: ActivationStore, outlier_nor
                                  torch.cat([other.rows(i) for i in range(other.n_shards)]), outlier_norm_ratio)
 
 
+def first_positions(config: Config, loaded, windows: int = 16) -> dict[str, dict[str, float]]:
+    """What recomputing the first `precision.cache_float32_positions` positions in float32 does, on the
+    first held-out windows: per site, the share of the bf16 forward's squared difference (over the rows
+    SAEs train on) that those positions hold, and `activation_difference` without and with the recompute."""
+    keys = list(config.activation_dirs())
+    stop_at, k = max(layer for _, layer in keys) + 1, config.precision.cache_float32_positions
+    _, split_windows, _ = token_windows(config)
+    tokens = torch.from_numpy(np.asarray(split_windows["heldout"][:windows], dtype=np.int64))
+
+    def forward(setting: str, positions: int = 0) -> dict:
+        precision = choose("cache", setting, config.cache.device)
+        with matmul_weights(loaded.model, precision):
+            return dict(_forward(loaded.model, tokens, keys, stop_at, precision, positions))
+
+    fp32, bf16, recomputed = forward("float32"), forward("bfloat16"), forward("bfloat16", k)
+    positions = torch.arange(len(next(iter(fp32.values())))) % (tokens.shape[1] - 1) + 1
+    report = {}
+    for (site, layer), reference in fp32.items():
+        norms = reference.norm(dim=-1)
+        trained = norms <= config.cache.outlier_norm_ratio * norms.median()
+        squared = ((bf16[(site, layer)] - reference) ** 2).sum(-1)[trained]
+        report[f"{site}_layer{layer}"] = {
+            "windows": windows, "float32_positions": k,
+            "share_of_squared_difference_in_those_positions": float(squared[positions[trained] <= k].sum() / squared.sum()),
+            "share_of_rows": float((positions[trained] <= k).float().mean()),
+            "bf16": activation_difference(reference, bf16[(site, layer)], config.cache.outlier_norm_ratio),
+            "bf16_those_positions_float32": activation_difference(reference, recomputed[(site, layer)],
+                                                                  config.cache.outlier_norm_ratio)}
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-shards", type=int, default=4, help="training shards cached each way")
@@ -68,6 +102,7 @@ def main() -> None:
     config.cache.heldout_tokens = args.heldout_tokens
     started = time.time()
     loaded = load_model(config.model, config.paths, device=config.cache.device)
+    recompute = first_positions(config, loaded)
     sites, seconds = {}, {}
     with tempfile.TemporaryDirectory() as scratch:
         caches = {}
@@ -100,6 +135,7 @@ def main() -> None:
         "batch_size": config.train.batch_size, "seeds": config.train.seed_values,
         "heldout_tokens": args.heldout_tokens, "cache_seconds": seconds,
         "tolerances": {"fvu_rel": config.precision.cache_check.fvu_rel, "l0_rel": config.precision.cache_check.l0_rel},
+        "cache_float32_positions": config.precision.cache_float32_positions, "first_positions": recompute,
         "passed": passed, "seconds": round(time.time() - started, 1), "sites": sites,
     }
     write_json_atomic(Path(args.out), result)

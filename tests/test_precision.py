@@ -273,3 +273,33 @@ def test_training_on_a_bf16_cache_reaches_the_fvu_and_l0_of_a_float32_cache(smok
     assert report["worst"]["fvu_rel"]["tolerance"] == tolerances.fvu_rel
     assert report["passed"], report["worst"]
     assert any(sae["fvu_float32"] != sae["fvu_bfloat16"] for sae in report["saes"].values()), "the caches must differ"
+
+
+def test_a_bf16_cache_computes_its_first_positions_again_in_float32(tiny_model, smoke_tokens):
+    """Under bf16 the first `float32_positions` positions after BOS are the float32 forward's (a causal
+    prefix does not depend on what follows), every later position the bf16 forward's; the float32
+    matrices are back in place for that prefix and bf16 again after it."""
+    import numpy as np
+    import torch
+
+    from gatedsae.activations.cache import _forward
+    from gatedsae.core.precision import choose
+    from gatedsae.data.lm_precision import matmul_parameters, matmul_weights
+
+    model = tiny_model.model
+    keys = [("resid_post", 1), ("attn_z", 1)]
+    tokens = torch.from_numpy(np.random.default_rng(0).integers(1, 100, (3, 12), dtype=np.int64))
+    float32, bfloat16 = choose("cache", "float32"), choose("cache", "bfloat16")
+
+    def forward(precision, positions=0):
+        with matmul_weights(model, precision):
+            rows = dict(_forward(model, tokens, keys, 2, precision, positions))
+            assert all(p.dtype == precision.torch_dtype for _, p in matmul_parameters(model))
+        return {key: value.reshape(3, 11, -1) for key, value in rows.items()}
+
+    exact, rounded, mixed = forward(float32), forward(bfloat16), forward(bfloat16, 4)
+    for key in keys:
+        torch.testing.assert_close(mixed[key][:, :4], exact[key][:, :4], rtol=1e-5, atol=1e-6)
+        assert torch.equal(mixed[key][:, 4:], rounded[key][:, 4:])
+        assert not torch.allclose(rounded[key][:, :4], exact[key][:, :4], rtol=1e-5, atol=1e-6), "bf16 must differ"
+    assert all(p.dtype == torch.float32 for _, p in matmul_parameters(model))

@@ -16,7 +16,7 @@ from gatedsae.core.allocator import retain_freed_memory
 from gatedsae.core.precision import Precision, choose, gated
 from gatedsae.core.progress import progress_bar
 from gatedsae.core.sealed import read_json
-from gatedsae.data.lm_precision import matmul_weights
+from gatedsae.data.lm_precision import float32_matrices, matmul_weights
 from gatedsae.data.corpus import MANIFEST as TOKENS_MANIFEST
 from gatedsae.data.corpus import load_windows
 from gatedsae.plan.cache import plan_windows, windows_to_store
@@ -112,27 +112,43 @@ def shard_activations(model, windows: np.ndarray, shard: int, config: Config, ke
     with matmul_weights(model, precision) if precision is not None else contextlib.nullcontext():
         for start in range(shard * per_shard, (shard + 1) * per_shard, batch):
             tokens = torch.from_numpy(np.asarray(windows[start : start + batch], dtype=np.int64))
-            for key, activation in _forward(model, tokens.to(config.cache.device), keys, stop_at, precision):
+            for key, activation in _forward(model, tokens.to(config.cache.device), keys, stop_at, precision,
+                                            config.precision.cache_float32_positions):
                 collected[key].append(activation)
     return {key: torch.cat(parts) for key, parts in collected.items()}
 
 
 @torch.inference_mode()
-def _forward(model, tokens: torch.Tensor, keys, stop_at: int,
-             precision: Optional[Precision] = None) -> Iterator[tuple[tuple[str, int], torch.Tensor]]:
+def _forward(model, tokens: torch.Tensor, keys, stop_at: int, precision: Optional[Precision] = None,
+             float32_positions: int = 0) -> Iterator[tuple[tuple[str, int], torch.Tensor]]:
     """One forward to `stop_at`, feeding every requested hook; yields [batch·(ctx−1), d] float32 per key,
-    BOS dropped."""
+    BOS dropped. Under bf16, the first `float32_positions` positions after BOS are then computed again in
+    float32, by a forward of that prefix alone, and replace the bf16 ones: attention is causal, so a
+    prefix's activations do not depend on what follows it, and those few rows, of large norm, hold most
+    of what a bf16 forward changes (conf/precision/)."""
+    names = {hook_name(site, layer) for site, layer in keys}
+    captured = _hooked(model, tokens, names, stop_at, precision)
+    if precision is not None and precision.bf16 and float32_positions > 0:
+        end = min(float32_positions + 1, tokens.shape[1])
+        with float32_matrices(model):
+            exact = _hooked(model, tokens[:, :end], names, stop_at, None)
+        captured = {name: torch.cat([exact[name].float(), captured[name][:, end:].float()], dim=1) for name in names}
+    for site, layer in keys:
+        activation = flatten(site, captured[hook_name(site, layer)])[:, 1:]
+        yield (site, layer), activation.reshape(-1, activation.shape[-1]).float().cpu()
+
+
+def _hooked(model, tokens: torch.Tensor, names: set[str], stop_at: int,
+            precision: Optional[Precision]) -> dict[str, torch.Tensor]:
+    """The activations at the hooks `names` of one forward of `tokens` to `stop_at`, in `precision`."""
     captured: dict[str, torch.Tensor] = {}
 
     def keep(activation: torch.Tensor, hook) -> None:
         captured[hook.name] = activation
 
-    names = {hook_name(site, layer) for site, layer in keys}
     with contextlib.nullcontext() if precision is None else precision.autocast():
         model.run_with_hooks(tokens, stop_at_layer=stop_at, fwd_hooks=[(name, keep) for name in names])
-    for site, layer in keys:
-        activation = flatten(site, captured[hook_name(site, layer)])[:, 1:]
-        yield (site, layer), activation.reshape(-1, activation.shape[-1]).float().cpu()
+    return captured
 
 
 def cache_precision(config: Config, model, heldout: np.ndarray, keys: list[tuple[str, int]]) -> Precision:
@@ -149,7 +165,7 @@ def cache_precision(config: Config, model, heldout: np.ndarray, keys: list[tuple
     def activations(precision: Precision) -> dict[tuple[str, int], torch.Tensor]:
         tokens = torch.from_numpy(np.asarray(heldout[: gate.windows], dtype=np.int64)).to(config.cache.device)
         with matmul_weights(model, precision):
-            return dict(_forward(model, tokens, keys, stop_at, precision))
+            return dict(_forward(model, tokens, keys, stop_at, precision, config.precision.cache_float32_positions))
 
     def measure() -> dict[str, float]:
         fp32 = activations(choose("cache", "float32", config.cache.device))

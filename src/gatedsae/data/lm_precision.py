@@ -24,10 +24,14 @@ def matmul_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parame
             if parameter.dim() >= 2 and not name.startswith(LOOKUP_PARAMETERS)]
 
 
+# Where a bf16 block keeps the float32 matrices it replaced (for `float32_matrices`).
+_FLOAT32_MATRICES = "_gatedsae_float32_matrices"
+
+
 @contextlib.contextmanager
 def matmul_weights(model: torch.nn.Module, precision) -> Iterator[None]:
     """The model's matmul matrices in bf16 inside this block when `precision` is bf16 (forwards must then
-    run under `precision.autocast()`); float32 again on exit."""
+    run under `precision.autocast()`); float32 again on exit. Inside an outer bf16 block it does nothing."""
     kept: dict[str, torch.Tensor] = {}
     try:
         if precision.bf16:
@@ -35,11 +39,33 @@ def matmul_weights(model: torch.nn.Module, precision) -> Iterator[None]:
                 if parameter.dtype == torch.float32:
                     kept[name] = parameter.data
                     parameter.data = parameter.data.to(torch.bfloat16)
+        if kept:
+            setattr(model, _FLOAT32_MATRICES, kept)
         yield
     finally:
         for name, parameter in matmul_parameters(model):
             if name in kept:
                 parameter.data = kept[name]
+        if kept:
+            delattr(model, _FLOAT32_MATRICES)
+
+
+@contextlib.contextmanager
+def float32_matrices(model: torch.nn.Module) -> Iterator[None]:
+    """Inside a bf16 `matmul_weights` block, the float32 matrices back in place (a float32 forward of a
+    few positions, run outside autocast); the bf16 ones again on exit. Elsewhere it does nothing."""
+    kept: dict[str, torch.Tensor] = getattr(model, _FLOAT32_MATRICES, {})
+    swapped: dict[str, torch.Tensor] = {}
+    try:
+        for name, parameter in matmul_parameters(model):
+            if name in kept:
+                swapped[name] = parameter.data
+                parameter.data = kept[name]
+        yield
+    finally:
+        for name, parameter in matmul_parameters(model):
+            if name in swapped:
+                parameter.data = swapped[name]
 
 
 @contextlib.contextmanager

@@ -55,6 +55,7 @@ class PrecisionConfig:
     cache: str = "auto"     # the LM forward that caches activations
     train: str = "auto"     # the SAE encoder's product (master weights, Adam state and the rest stay float32)
     evaluate: str = "auto"  # the spliced evaluation's clean and per-SAE remainders (prefix, zero-ablation: float32)
+    cache_float32_positions: int = 8  # under a bf16 cache, the first positions after BOS computed again in float32
     gate: FidelityGateConfig = field(default_factory=FidelityGateConfig)
     train_check: EndToEndCheckConfig = field(default_factory=EndToEndCheckConfig)
     cache_check: EndToEndCheckConfig = field(default_factory=EndToEndCheckConfig)
@@ -62,6 +63,8 @@ class PrecisionConfig:
     def validate(self) -> None:
         for stage in ("cache", "train", "evaluate"):
             choice(getattr(self, stage), f"precision.{stage}", SETTINGS)
+        require(isinstance(self.cache_float32_positions, int) and self.cache_float32_positions >= 0,
+                "precision.cache_float32_positions", "must be a non-negative integer")
         self.gate.validate()
         self.train_check.validate("precision.train_check")
         self.cache_check.validate("precision.cache_check")
