@@ -140,6 +140,40 @@ def cache_table() -> str:
     return "\n".join(lines)
 
 
+CACHE_CHECKS = ("cache_precision_without_recompute.json", "cache_precision.json")  # before and after the recompute
+
+
+def cache_precision_table() -> str:
+    """The cache's end-to-end precision check (scripts/check_cache_precision.py): one row per site and run."""
+    runs = [(name, _read(name)) for name in CACHE_CHECKS if (BENCHMARKS / name).exists()]
+    latest = runs[-1][1]
+    tolerances = latest["tolerances"]
+    lines = [machine_line(name) for name, _ in runs] + [
+        "", f"SmolLM2 at the default's sites; each way, {latest['train_rows']:,} cached training rows, "
+        f"{latest['steps']} steps of {latest['batch_size']:,} rows per SAE (seeds {latest['seeds']}), read on "
+        f"{latest['heldout_tokens']:,} held-out rows of the float32 cache. Tolerances (`precision.cache_check`): "
+        f"|ΔFVU|/FVU ≤ {tolerances['fvu_rel']}, |ΔL0|/L0 ≤ {tolerances['l0_rel']}.", "",
+        "| site, layer | first positions in float32 | activations' relative error | rows' relative error, median / 99th percentile / max "
+        "| worst \|ΔFVU\|/FVU | worst \|ΔL0\|/L0 | SAEs |", "|---|---|---|---|---|---|---|"]
+    for _, data in runs:
+        positions = data.get("cache_float32_positions", 0)
+        for name, site in data["sites"].items():
+            a, worst = site["activations"], site["worst"]
+            lines.append(f"| {site['site']}, {site['layer']} | {positions or 'none'} | {a['rel_error']:.4f} "
+                         f"| {a['row_rel_error_p50']:.4f} / {a['row_rel_error_p99']:.4f} / {a['row_rel_error_max']:.3f} "
+                         f"| {worst['fvu_rel']['value']:.4f} | {worst['l0_rel']['value']:.4f} "
+                         f"| {'within' if site['passed'] else '**beyond**'} |")
+    shares = latest.get("first_positions")
+    if shares:
+        first = next(iter(shares.values()))
+        lines += ["", f"On the first {first['windows']} held-out windows, a plain bf16 forward's squared difference from "
+                  f"float32 over the rows SAEs train on, the part in positions 1–{first['float32_positions']} "
+                  "(share of the rows in brackets): " + "; ".join(
+                      f"{name} {entry['share_of_squared_difference_in_those_positions']:.0%} "
+                      f"({entry['share_of_rows']:.1%})" for name, entry in shares.items()) + "."]
+    return "\n".join(lines)
+
+
 TIMED_STAGES = ("cache", "train", "train_all_tokens", "evaluate")  # the stages whose precision the machine chooses
 
 
@@ -263,4 +297,5 @@ GENERATORS = {
     "benchmarks eval speed": eval_speed_table,
     "benchmarks eval fidelity": eval_fidelity_table,
     "benchmarks cache": cache_table,
+    "benchmarks cache precision": cache_precision_table,
 }

@@ -30,7 +30,8 @@ from gatedsae.plan.config.groundtruth import (
 )
 from gatedsae.plan.config.interp import AbsorptionConfig, InterpConfig, ProbingConfig
 from gatedsae.plan.config.model import ModelConfig, PackageConfig
-from gatedsae.plan.config.precision import EndToEndCheckConfig, FidelityGateConfig, PrecisionConfig
+from gatedsae.plan.config.precision import (CachePrecisionCheckConfig, FidelityGateConfig, PrecisionConfig,
+                                            TrainPrecisionCheckConfig)
 from gatedsae.plan.config.root import CONF_DIR, REPO_ROOT, Config, compose, dataclass_from, load_config, to_dict
 from gatedsae.plan.config.stages import SPARSE_MAX_DENSITY, CacheConfig, EvaluateConfig, TrainConfig
 from gatedsae.plan.config.sweep import L1_UNITS, SAEGroupConfig, SweepConfig
@@ -41,10 +42,11 @@ from gatedsae.plan.config.verdict import (ConvergenceConfig, IntervalsConfig, La
 __all__ = [
     "CONF_DIR", "DTYPES", "L1_UNITS", "REPO_ROOT", "SAFE_NAME", "SPARSE_MAX_DENSITY", "STAGES",
     "BrowserConfig", "CacheConfig", "ChapterConfig", "Config", "ConfigError", "ConvergenceConfig", "CorpusConfig",
-    "EndToEndCheckConfig", "EvaluateConfig",
+    "CachePrecisionCheckConfig", "EvaluateConfig",
     "ExperimentConfig", "FidelityGateConfig", "GeneratorConfig", "GroundTruthConfig", "GroundTruthTrainConfig",
     "GroundTruthVerdictConfig", "AbsorptionConfig", "InterpConfig", "ProbingConfig", "IntervalsConfig", "LayerRuleConfig", "ModelConfig", "PackageConfig",
     "PaperMatchedL0", "PathsConfig", "PrecisionConfig",
     "ResourcesConfig", "SAEGroupConfig", "SourceConfig", "StudyConfig", "SweepConfig", "TrainConfig",
+    "TrainPrecisionCheckConfig",
     "VerdictConfig", "compose", "dataclass_from", "load_config", "require_safe_name", "to_dict",
 ]

@@ -24,19 +24,33 @@ class FidelityGateConfig:
 
 
 @dataclass
-class EndToEndCheckConfig:
-    """How close the SAEs that a stage's bf16 yields must come to the SAEs of its float32 (same SAEs, seeds
-    and batches): relative changes of each SAE's held-out FVU and L0 (training/precision_check.py). Two
-    such checks: `train_check`, bf16 training against float32 training on the same activations, and
-    `cache_check`, training on a bf16 cache against training on a float32 one; each checked on the tiny
-    model by the tests and on the embedded model by a script (scripts/check_train_precision.py,
-    scripts/check_cache_precision.py)."""
+class TrainPrecisionCheckConfig:
+    """How close bf16 training (precision.train) must come to float32 training of the same SAEs (same
+    seeds, same batches): relative changes of each SAE's held-out FVU and L0 (training/precision_check.py;
+    checked on the tiny model by the tests and on the embedded model by scripts/check_train_precision.py)."""
 
     fvu_rel: float = 0.02  # |FVU_bf16 / FVU_fp32 − 1|
     l0_rel: float = 0.05   # |L0_bf16 / L0_fp32 − 1|
 
-    def validate(self, key: str) -> None:
-        _positive(self, key, ("fvu_rel", "l0_rel"))
+    def validate(self) -> None:
+        _positive(self, "precision.train_check", ("fvu_rel", "l0_rel"))
+
+
+@dataclass
+class CachePrecisionCheckConfig:
+    """How close SAEs trained on a bf16 forward's cache must come to the same SAEs (same seeds, same
+    batches) trained on a float32 forward's cache, measured against what a training seed alone changes
+    (training/precision_check.py; checked on the tiny model by the tests and on the embedded model by
+    scripts/check_cache_precision.py). One training run can move far on a tiny perturbation of its data
+    (a feature that dies in one run and not in the other), so a fixed tolerance per SAE would judge that
+    chance, not the cache: the check compares typical changes instead."""
+
+    # Over the check's SAEs at every site: the median of |FVU_bf16 cache / FVU_fp32 cache − 1| at most
+    # this × the median of |FVU_seed b / FVU_seed a − 1| (both on the float32 cache); the same for L0.
+    seed_ratio: float = 1.0
+
+    def validate(self) -> None:
+        _positive(self, "precision.cache_check", ("seed_ratio",))
 
 
 def _positive(section, prefix: str, keys: tuple[str, ...]) -> None:
@@ -57,8 +71,8 @@ class PrecisionConfig:
     evaluate: str = "auto"  # the spliced evaluation's clean and per-SAE remainders (prefix, zero-ablation: float32)
     cache_float32_positions: int = 8  # under a bf16 cache, the first positions after BOS computed again in float32
     gate: FidelityGateConfig = field(default_factory=FidelityGateConfig)
-    train_check: EndToEndCheckConfig = field(default_factory=EndToEndCheckConfig)
-    cache_check: EndToEndCheckConfig = field(default_factory=EndToEndCheckConfig)
+    train_check: TrainPrecisionCheckConfig = field(default_factory=TrainPrecisionCheckConfig)
+    cache_check: CachePrecisionCheckConfig = field(default_factory=CachePrecisionCheckConfig)
 
     def validate(self) -> None:
         for stage in ("cache", "train", "evaluate"):
@@ -66,5 +80,5 @@ class PrecisionConfig:
         require(isinstance(self.cache_float32_positions, int) and self.cache_float32_positions >= 0,
                 "precision.cache_float32_positions", "must be a non-negative integer")
         self.gate.validate()
-        self.train_check.validate("precision.train_check")
-        self.cache_check.validate("precision.cache_check")
+        self.train_check.validate()
+        self.cache_check.validate()
