@@ -319,3 +319,19 @@ def test_a_bf16_cache_computes_its_first_positions_again_in_float32(tiny_model, 
         assert torch.equal(mixed[key][:, 4:], rounded[key][:, 4:])
         assert not torch.allclose(rounded[key][:, :4], exact[key][:, :4], rtol=1e-5, atol=1e-6), "bf16 must differ"
     assert all(p.dtype == torch.float32 for _, p in matmul_parameters(model))
+
+
+def test_the_cache_gate_sits_just_above_what_the_end_to_end_check_passed():
+    """precision.gate.activation_rel_error is set from the cache's end-to-end check (conf/precision/ says
+    why): the check on record passed, and the tolerance lies above the largest difference it trained on,
+    by less than a quarter."""
+    import json
+
+    from gatedsae.plan.config import REPO_ROOT, load_config
+
+    check = json.loads((REPO_ROOT / "results" / "benchmarks" / "cache_precision.json").read_text())
+    largest = max(site["activations"]["rel_error"] for site in check["sites"].values())
+    tolerance = load_config([]).precision.gate.activation_rel_error
+    assert check["passed"] and check["verdict"]["passed"]
+    assert check["cache_float32_positions"] == load_config([]).precision.cache_float32_positions
+    assert largest <= tolerance <= 1.25 * largest, (largest, tolerance)

@@ -69,7 +69,7 @@ OUTSIDE_IDENTITY: dict[str, str] = {
 # precision (conf/precision/): the cache's and the evaluation's precisions are provenance only (each passes a
 # fidelity gate that bounds its effect below the statistics' tolerances). Training's is different: a bf16
 # encoder product changes every step's rounding, and over hundreds of steps the weights drift apart far
-# beyond rounding (to the same FVU and L0 within precision.train_fidelity's tolerances, not to the same
+# beyond rounding (to the same FVU and L0 within precision.train_check's tolerances, not to the same
 # weights). So the *resolved* training precision, bfloat16, enters training keys and saved training states
 # (`training_precision`): a grid retrained on a machine that resolves `auto` otherwise retrains every SAE
 # rather than mixing precisions in one grid, and a state saved in one precision is never resumed in the
