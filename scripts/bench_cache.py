@@ -169,6 +169,7 @@ def main() -> None:
         "repeats": args.repeats,
         "caching_overhead": figures("auto")["caching_overhead"],
         "auto_precision": runs["auto"][-1]["precision"]["dtype"],
+        "cache_float32_positions": base.precision.cache_float32_positions,
         "auto_speedup": {"median": float(np.median(speedups)), "min": min(speedups), "max": max(speedups),
                          "each": speedups},
         "load_average": os.getloadavg(),

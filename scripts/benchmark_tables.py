@@ -131,6 +131,11 @@ def cache_table() -> str:
     ratio = (f"auto kept float32, so the two runs computed the same thing: their wall-time ratio, "
              f"{_spread(data['auto_speedup'])}, measures only the shared machine's noise" if both_float32 else
              f"**auto vs float32, whole cache run: {_spread(data['auto_speedup'])}×**")
+    positions = data.get("cache_float32_positions", 0)
+    if not both_float32 and positions:
+        ratio += (f". The automatic run's overhead over its bare bf16 forward includes recomputing the first "
+                  f"{positions} positions of every window in float32 (`precision.cache_float32_positions`) and the "
+                  "start-up gate, which the bare forward does not do")
     lines += ["", f"{ratio}. The gate "
               f"({'passed' if gate.get('passed') else 'failed'}; tolerance "
               f"{next((e['tolerance'] for e in gate.values() if isinstance(e, dict)), '?')}): relative error of the "

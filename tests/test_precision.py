@@ -133,6 +133,7 @@ def test_the_cache_keeps_bf16_only_if_its_activations_pass_the_gate(bf16_cpu, sm
         entry = record["gate"][f"{site}_layer{layer}_rel_error"]
         assert entry["tolerance"] == tolerance and entry["value"] > 0
         assert record["gate"]["passed"] == (dtype == "bfloat16")
+        assert record["float32_positions"] == (config.precision.cache_float32_positions if dtype == "bfloat16" else 0)
         reference = ActivationStore(fp32_config.activation_dirs()[(site, layer)], "train").shard(0)
         error = float((store.shard(0) - reference).norm() / reference.norm())
         if dtype == "float32":

@@ -82,8 +82,9 @@ def cache_activations(config: Config, loaded=None) -> list[Path]:
     keys = list(writers)
     precision = cache_precision(config, loaded.model, windows["heldout"], keys)
     print(f"cache in {precision.dtype}: {precision.reason}", flush=True)
-    for writer in writers.values():
-        writer.record_precision(precision.provenance())
+    recomputed = config.precision.cache_float32_positions if precision.bf16 else 0
+    for writer in writers.values():  # and how many first positions a bf16 forward left to float32
+        writer.record_precision({**precision.provenance(), "float32_positions": recomputed})
     per_shard = config.cache.shard_sequences
     with matmul_weights(loaded.model, precision):  # bf16 matrices once for every shard (under bf16)
         for split in SPLITS:
