@@ -55,7 +55,7 @@ def paired_cache_run(config, loaded, scratch: Path) -> dict:
     Returns wall and CPU seconds of the bare forwards, of the cache's forwards, and of the rest of the run."""
     import gatedsae.activations.cache as activations
 
-    cache_forward, pairs = activations._forward, []
+    cache_forward, pairs = activations.forward_at_sites, []
 
     def paired(model, tokens, keys, stop_at, precision=None, float32_positions=0):
         wall, cpu = time.perf_counter(), time.process_time()
@@ -70,19 +70,19 @@ def paired_cache_run(config, loaded, scratch: Path) -> dict:
     gate = activations.cache_precision
 
     def unpaired_gate(*args, **kwargs):  # the precision's fidelity gate counts in the run's rest, unpaired
-        activations._forward = cache_forward
+        activations.forward_at_sites = cache_forward
         try:
             return gate(*args, **kwargs)
         finally:
-            activations._forward = paired
+            activations.forward_at_sites = paired
 
-    activations._forward, activations.cache_precision = paired, unpaired_gate
+    activations.forward_at_sites, activations.cache_precision = paired, unpaired_gate
     try:
         wall, cpu = time.perf_counter(), time.process_time()
         cached_forward(config, loaded, scratch)
         total = (time.perf_counter() - wall, time.process_time() - cpu)
     finally:
-        activations._forward, activations.cache_precision = cache_forward, gate
+        activations.forward_at_sites, activations.cache_precision = cache_forward, gate
     manifest = next((scratch / "activations").rglob("manifest.json"))
     result = {"wall_seconds": total[0], "precision": json.loads(manifest.read_text())["precision"]}
     for clock, k in (("wall", 0), ("cpu", 1)):

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gatedsae.activations.cache import _forward, activation_difference, cache_activations, token_windows
+from gatedsae.activations.cache import activation_difference, cache_activations, forward_at_sites, token_windows
 from gatedsae.activations.store import ActivationStore
 from gatedsae.core.atomic import write_json_atomic
 from gatedsae.core.precision import choose, machine
@@ -70,7 +70,7 @@ def first_positions(config: Config, loaded, windows: int = 16) -> dict[str, dict
     def forward(setting: str, positions: int = 0) -> dict:
         precision = choose("cache", setting, config.cache.device)
         with matmul_weights(loaded.model, precision):
-            return dict(_forward(loaded.model, tokens, keys, stop_at, precision, positions))
+            return dict(forward_at_sites(loaded.model, tokens, keys, stop_at, precision, positions))
 
     fp32, bf16, recomputed = forward("float32"), forward("bfloat16"), forward("bfloat16", k)
     positions = torch.arange(len(next(iter(fp32.values())))) % (tokens.shape[1] - 1) + 1

@@ -299,7 +299,7 @@ def test_a_bf16_cache_computes_its_first_positions_again_in_float32(tiny_model, 
     import numpy as np
     import torch
 
-    from gatedsae.activations.cache import _forward
+    from gatedsae.activations.cache import forward_at_sites
     from gatedsae.core.precision import choose
     from gatedsae.data.lm_precision import matmul_parameters, matmul_weights
 
@@ -310,7 +310,7 @@ def test_a_bf16_cache_computes_its_first_positions_again_in_float32(tiny_model, 
 
     def forward(precision, positions=0):
         with matmul_weights(model, precision):
-            rows = dict(_forward(model, tokens, keys, 2, precision, positions))
+            rows = dict(forward_at_sites(model, tokens, keys, 2, precision, positions))
             assert all(p.dtype == precision.torch_dtype for _, p in matmul_parameters(model))
         return {key: value.reshape(3, 11, -1) for key, value in rows.items()}
 

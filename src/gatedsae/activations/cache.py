@@ -113,14 +113,14 @@ def shard_activations(model, windows: np.ndarray, shard: int, config: Config, ke
     with matmul_weights(model, precision) if precision is not None else contextlib.nullcontext():
         for start in range(shard * per_shard, (shard + 1) * per_shard, batch):
             tokens = torch.from_numpy(np.asarray(windows[start : start + batch], dtype=np.int64))
-            for key, activation in _forward(model, tokens.to(config.cache.device), keys, stop_at, precision,
+            for key, activation in forward_at_sites(model, tokens.to(config.cache.device), keys, stop_at, precision,
                                             config.precision.cache_float32_positions):
                 collected[key].append(activation)
     return {key: torch.cat(parts) for key, parts in collected.items()}
 
 
 @torch.inference_mode()
-def _forward(model, tokens: torch.Tensor, keys, stop_at: int, precision: Optional[Precision] = None,
+def forward_at_sites(model, tokens: torch.Tensor, keys, stop_at: int, precision: Optional[Precision] = None,
              float32_positions: int = 0) -> Iterator[tuple[tuple[str, int], torch.Tensor]]:
     """One forward to `stop_at`, feeding every requested hook; yields [batch·(ctx−1), d] float32 per key,
     BOS dropped. Under bf16, the first `float32_positions` positions after BOS are then computed again in
@@ -166,7 +166,7 @@ def cache_precision(config: Config, model, heldout: np.ndarray, keys: list[tuple
     def activations(precision: Precision) -> dict[tuple[str, int], torch.Tensor]:
         tokens = torch.from_numpy(np.asarray(heldout[: gate.windows], dtype=np.int64)).to(config.cache.device)
         with matmul_weights(model, precision):
-            return dict(_forward(model, tokens, keys, stop_at, precision, config.precision.cache_float32_positions))
+            return dict(forward_at_sites(model, tokens, keys, stop_at, precision, config.precision.cache_float32_positions))
 
     def measure() -> dict[str, float]:
         fp32 = activations(choose("cache", "float32", config.cache.device))
