@@ -57,12 +57,12 @@ def paired_cache_run(config, loaded, scratch: Path) -> dict:
 
     cache_forward, pairs = activations.forward_at_sites, []
 
-    def paired(model, tokens, keys, stop_at, precision=None, float32_positions=0):
+    def paired(model, tokens, keys, stop_at, precision=None, float32_positions=0, prefix=None):
         wall, cpu = time.perf_counter(), time.process_time()
         with torch.inference_mode(), contextlib.nullcontext() if precision is None else precision.autocast():
             model(tokens, stop_at_layer=stop_at)  # the cache holds the matrices in bf16 under bf16
         middle = time.perf_counter(), time.process_time()
-        outputs = list(cache_forward(model, tokens, keys, stop_at, precision, float32_positions))
+        outputs = list(cache_forward(model, tokens, keys, stop_at, precision, float32_positions, prefix))
         pairs.append({"bare": (middle[0] - wall, middle[1] - cpu),
                       "cached": (time.perf_counter() - middle[0], time.process_time() - middle[1])})
         return iter(outputs)

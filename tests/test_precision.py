@@ -336,3 +336,30 @@ def test_the_cache_gate_sits_just_above_what_the_end_to_end_check_passed():
     assert check["passed"] and check["verdict"]["passed"]
     assert check["cache_float32_positions"] == load_config([]).precision.cache_float32_positions
     assert largest <= tolerance <= 1.25 * largest, (largest, tolerance)
+
+
+def test_a_shard_takes_its_float32_prefix_from_one_forward_and_matches_the_per_batch_one(tiny_model, smoke_tokens):
+    """shard_activations computes the float32 prefix of every window of a shard in one forward; the rows
+    are those of forwarding each batch with its own prefix (to float32 rounding of the batch shapes)."""
+    from dataclasses import replace
+
+    import torch
+
+    from gatedsae.activations.cache import forward_at_sites, shard_activations, token_windows
+    from gatedsae.core.precision import choose
+    from gatedsae.data.lm_precision import matmul_weights
+
+    config = replace(smoke_tokens, cache=replace(smoke_tokens.cache, batch_sequences=2))
+    _, windows, _ = token_windows(config)
+    keys = [("resid_post", 1), ("attn_z", 1)]
+    bf16 = choose("cache", "bfloat16")
+    shard = shard_activations(tiny_model.model, windows["train"], 0, config, keys, bf16)
+    per_batch = {key: [] for key in keys}
+    tokens = torch.from_numpy(windows["train"][: config.cache.shard_sequences].astype("int64"))
+    with matmul_weights(tiny_model.model, bf16):
+        for start in range(0, len(tokens), 2):
+            for key, rows in forward_at_sites(tiny_model.model, tokens[start : start + 2], keys, 2, bf16,
+                                              config.precision.cache_float32_positions):
+                per_batch[key].append(rows)
+    for key in keys:
+        torch.testing.assert_close(shard[key], torch.cat(per_batch[key]), rtol=1e-5, atol=1e-5)

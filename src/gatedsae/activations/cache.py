@@ -108,35 +108,52 @@ def shard_activations(model, windows: np.ndarray, shard: int, config: Config, ke
     BOS dropped, on the CPU, the forward in `precision` (None: float32). The cache and the stream both call
     this, batch by batch in window order, so a streamed shard is the stored one."""
     per_shard, batch = config.cache.shard_sequences, config.cache.batch_sequences
+    positions = config.precision.cache_float32_positions
     stop_at = max(layer for _, layer in keys) + 1
+    shard_tokens = torch.from_numpy(np.asarray(windows[shard * per_shard : (shard + 1) * per_shard], dtype=np.int64))
+    shard_tokens = shard_tokens.to(config.cache.device)
     collected: dict[tuple[str, int], list[torch.Tensor]] = {key: [] for key in keys}
     with matmul_weights(model, precision) if precision is not None else contextlib.nullcontext():
-        for start in range(shard * per_shard, (shard + 1) * per_shard, batch):
-            tokens = torch.from_numpy(np.asarray(windows[start : start + batch], dtype=np.int64))
-            for key, activation in forward_at_sites(model, tokens.to(config.cache.device), keys, stop_at, precision,
-                                            config.precision.cache_float32_positions):
+        # Under bf16, the float32 prefix of every window of the shard in one forward: a forward of a few
+        # positions per batch would cost mostly a forward's fixed overhead.
+        exact = float32_prefix(model, shard_tokens, keys, stop_at, precision, positions)
+        for start in range(0, len(shard_tokens), batch):
+            prefix = None if exact is None else {name: rows[start : start + batch] for name, rows in exact.items()}
+            for key, activation in forward_at_sites(model, shard_tokens[start : start + batch], keys, stop_at,
+                                                    precision, positions, prefix):
                 collected[key].append(activation)
     return {key: torch.cat(parts) for key, parts in collected.items()}
 
 
 @torch.inference_mode()
 def forward_at_sites(model, tokens: torch.Tensor, keys, stop_at: int, precision: Optional[Precision] = None,
-             float32_positions: int = 0) -> Iterator[tuple[tuple[str, int], torch.Tensor]]:
+                     float32_positions: int = 0, prefix: Optional[dict[str, torch.Tensor]] = None,
+                     ) -> Iterator[tuple[tuple[str, int], torch.Tensor]]:
     """One forward to `stop_at`, feeding every requested hook; yields [batch·(ctx−1), d] float32 per key,
-    BOS dropped. Under bf16, the first `float32_positions` positions after BOS are then computed again in
-    float32, by a forward of that prefix alone, and replace the bf16 ones: attention is causal, so a
-    prefix's activations do not depend on what follows it, and those few rows, of large norm, hold most
-    of what a bf16 forward changes (conf/precision/)."""
+    BOS dropped. Under bf16, the first `float32_positions` positions after BOS are then taken from a float32
+    forward of that prefix alone (`float32_prefix`, or `prefix` when the caller computed it for these
+    windows): attention is causal, so a prefix's activations do not depend on what follows it, and those
+    few rows, of large norm, hold most of what a bf16 forward changes (conf/precision/)."""
     names = {hook_name(site, layer) for site, layer in keys}
     captured = _hooked(model, tokens, names, stop_at, precision)
-    if precision is not None and precision.bf16 and float32_positions > 0:
-        end = min(float32_positions + 1, tokens.shape[1])
-        with float32_matrices(model):
-            exact = _hooked(model, tokens[:, :end], names, stop_at, None)
+    exact = prefix if prefix is not None else float32_prefix(model, tokens, keys, stop_at, precision, float32_positions)
+    if exact is not None:
+        end = next(iter(exact.values())).shape[1]
         captured = {name: torch.cat([exact[name].float(), captured[name][:, end:].float()], dim=1) for name in names}
     for site, layer in keys:
         activation = flatten(site, captured[hook_name(site, layer)])[:, 1:]
         yield (site, layer), activation.reshape(-1, activation.shape[-1]).float().cpu()
+
+
+@torch.inference_mode()
+def float32_prefix(model, tokens: torch.Tensor, keys, stop_at: int, precision: Optional[Precision],
+                   positions: int) -> Optional[dict[str, torch.Tensor]]:
+    """Under bf16 with `positions` > 0: each hook's activations from a float32 forward of every window's BOS
+    and first `positions` positions (the float32 matrices swapped back in for it); None otherwise."""
+    if precision is None or not precision.bf16 or positions <= 0:
+        return None
+    with float32_matrices(model):
+        return _hooked(model, tokens[:, : positions + 1], {hook_name(site, layer) for site, layer in keys}, stop_at, None)
 
 
 def _hooked(model, tokens: torch.Tensor, names: set[str], stop_at: int,
