@@ -80,9 +80,12 @@ def resolved_precisions(data: Path) -> dict[str, dict[str, int]]:
     return counts
 
 
-def cold_run(into: Path, experiment: str, overrides: list[str], chapter: str | None) -> dict:
-    """A fresh clone, its install, its replication; the seconds of each and the run's own records."""
+def cold_run(into: Path, commit: str, experiment: str, overrides: list[str], chapter: str | None) -> dict:
+    """A fresh clone at `commit`, its install, its replication; the seconds of each and the run's own records.
+    Both runs check out the commit read at the start, so a commit made while the first run works does not
+    reach the second."""
     subprocess.run(["git", "clone", "--quiet", str(REPO_ROOT), str(into)], check=True)
+    subprocess.run(["git", "checkout", "--quiet", commit], cwd=into, check=True)
     setup = timed(["bash", "scripts/setup.sh"], into, into / "setup.log")
     env = {**os.environ, "GATEDSAE_SETUP_SECONDS": str(round(setup))}
     command = [str(into / ".venv" / "bin" / "python"), "-m", "gatedsae", "replicate", f"experiment={experiment}",
@@ -137,7 +140,7 @@ def main() -> int:
     runs = {}
     for name, overrides in (("auto", settings), ("float32", settings + FLOAT32)):
         print(f"cold run {name}: {shlex.join(overrides)}", flush=True)
-        runs[name] = cold_run(scratch / name, args.experiment, overrides, args.chapter)
+        runs[name] = cold_run(scratch / name, commit, args.experiment, overrides, args.chapter)
         print(f"  {runs[name]['wall_seconds']:.0f} s", flush=True)
     ratio = runs["float32"]["wall_seconds"] / runs["auto"]["wall_seconds"]
     write_json_atomic(args.out, {
