@@ -40,8 +40,9 @@ unlock: setup
 verify: setup
 	$(BIN)/python -m gatedsae verify experiment=$(EXPERIMENT)
 
+# The slowest tests are listed at the end, to keep the suite's time in view.
 test: setup
-	$(BIN)/python -m pytest -m "not cluster"
+	$(BIN)/python -m pytest -m "not cluster" --durations=20
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not integration and not slow and not cluster"
