@@ -90,11 +90,10 @@ def speedups_since(commit: str) -> dict | None:
 
 
 def measured_speedups() -> dict:
-    """How much faster evaluation and training run now than in the calibrating run, from the component
-    benchmarks measured since (each a ratio within one run): evaluation per SAE per window, each path in
-    the precision its gate picks, at the slowest site (results/benchmarks/eval.json); a Gated step on the
-    support at the default's width, bf16 encoder product against float32 (train.json). Conservative: the
-    evaluation path they compare against already postdates the calibrating run."""
+    """What the component benchmarks measure each change in SPEEDUP_CHANGES to save (each a ratio within
+    one run): evaluation per SAE per window, each path in the precision its gate picks, at the slowest
+    site (results/benchmarks/eval.json); a Gated step on the support at the default's width, bf16 encoder
+    product against float32 (train.json). `speedups_since` applies them to a run without the change."""
     bench = REPO_ROOT / "results" / "benchmarks"
     evaluation = json.loads((bench / "eval.json").read_text())
     training = json.loads((bench / "train.json").read_text())["results"]["paper_regime"][PROPOSED]["ratio_vs_sae_lens"]
