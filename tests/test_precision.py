@@ -108,6 +108,34 @@ def test_bf16_forward_is_autocast_with_the_matrices_cast_once(tiny_model):
         assert p.dtype == torch.float32 and torch.equal(p, before[name]), name
 
 
+def test_bf16_logits_have_their_largest_and_target_entries_in_float32(tiny_model, monkeypatch):
+    """Under bf16 the unembedding's output is rounded to bf16; the CE's largest logits and the target's are
+    recomputed in float32: with every logit recomputed the CE is float32's, and with the default few it is
+    closer to float32's than the CE of the bf16 logits alone."""
+    import torch
+    import torch.nn.functional as F
+
+    from gatedsae.data.lm_precision import matmul_weights
+    from gatedsae.evaluation.spliced import Unembedding, next_token_losses
+
+    model = tiny_model.model
+    generator = torch.Generator().manual_seed(0)
+    residual = 30 * torch.randn(4, 12, model.cfg.d_model, generator=generator)  # large logits, as an LM's
+    tokens = torch.randint(0, model.cfg.d_vocab, (4, 12), generator=generator)
+    unembedding = Unembedding(model)
+    with torch.no_grad():
+        fp32 = unembedding.token_losses(residual, tokens)
+        with matmul_weights(model, precision.choose("evaluate", "bfloat16")):
+            ours = unembedding.token_losses(residual, tokens)
+            bf16_logits = F.linear(model.ln_final(residual[:, 1:-1]).to(torch.bfloat16), unembedding.weight())
+            plain = next_token_losses(bf16_logits, tokens, predicting_only=True)
+            monkeypatch.setattr(Unembedding, "EXACT_LOGITS", model.cfg.d_vocab)
+            every = unembedding.token_losses(residual, tokens)
+    torch.testing.assert_close(every, fp32, rtol=0, atol=1e-4)
+    assert (ours - fp32).abs().mean() < 0.5 * (plain - fp32).abs().mean()
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
 @pytest.fixture
 def bf16_cpu(cpu_reporting):
     cpu_reporting({"avx2", "avx512f", "avx512_bf16"}, "AVX512")

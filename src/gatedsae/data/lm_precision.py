@@ -4,7 +4,9 @@ bfloat16 here is autocast (bf16 operands, float32 accumulation inside each matmu
 and the norms stay float32) with one difference that matters for speed: the matrices of the matmuls are
 cast to bf16 once, on entry, instead of by autocast at every call (on a 2-core CPU the per-call cast of
 the 49,152 × 576 unembedding costs about as much as the bf16 matmul it feeds). The numbers are
-autocast's: a weight is rounded to bf16 either way. On exit the float32 weights are back in place.
+autocast's: a weight is rounded to bf16 either way (the spliced evaluation's unembedding goes further and
+recomputes the logits the CE reads most in float32: `evaluation.spliced.Unembedding`). On exit the
+float32 weights are back in place.
 """
 
 from __future__ import annotations
@@ -73,3 +75,9 @@ def lm_forward_precision(model: torch.nn.Module, precision) -> Iterator[None]:
     """Run the model's forwards inside this block in `precision` (a `core.precision.Precision`)."""
     with matmul_weights(model, precision), precision.autocast():
         yield
+
+
+def float32_parameter(model: torch.nn.Module, name: str) -> torch.Tensor:
+    """A parameter's float32 values, inside a bf16 `matmul_weights` block (which keeps them aside) or not."""
+    kept: dict[str, torch.Tensor] = getattr(model, _FLOAT32_MATRICES, {})
+    return kept[name] if name in kept else model.get_parameter(name).data

@@ -170,13 +170,22 @@ class Unembedding:
     """The final norm and the unembedding of a hooked transformer, applied to a few windows at a time.
 
     The transposed unembedding matrix (what `F.linear` wants) is kept between calls and rebuilt only when
-    the model's matrix changes (its storage, an in-place edit, its dtype: a stage may switch precision)."""
+    the model's matrix changes (its storage, an in-place edit, its dtype: a stage may switch precision).
+
+    With the matrix in bf16 (`data.lm_precision.matmul_weights`) the product's output is bf16 too, and
+    that rounding is most of what bf16 moves in the CE: a confident prediction's largest logits reach
+    16–32, where a bf16 step is 0.06–0.12. The CE reads the target's logit and, through the log-sum-exp,
+    mainly the largest ones, so those (`EXACT_LOGITS` per prediction, and the target's) are computed again
+    in float32 from the float32 matrix and the float32 normed residual, a few hundred multiply-adds each
+    against the vocabulary's tens of thousands; the rest keep their bf16 values."""
 
     WINDOWS_PER_CHUNK = 2  # [2 × (T−2), vocabulary] logits at once: a few tens of MB for SmolLM2
+    EXACT_LOGITS = 8       # the largest bf16 logits per prediction recomputed in float32
 
     def __init__(self, model, drop_zero_bias: bool = False):
         self.model = model
         self._key, self._weight = None, None
+        self._exact_key, self._exact_weight = None, None
         # An all-zero bias (SmolLM2's) changes no logit but makes every call copy it into the output first.
         self.bias = nonzero(model.unembed.b_U.detach()) if drop_zero_bias else model.unembed.b_U
 
@@ -187,21 +196,54 @@ class Unembedding:
             self._key, self._weight = key, W_U.detach().T.contiguous()
         return self._weight
 
-    def logits(self, residual: torch.Tensor) -> torch.Tensor:
+    def exact_weight(self) -> torch.Tensor:
+        """The float32 transposed matrix [vocabulary, d], also inside a bf16 block."""
+        from gatedsae.data.lm_precision import float32_parameter
+
+        W_U = float32_parameter(self.model, "unembed.W_U")
+        key = (W_U.data_ptr(), W_U._version, tuple(W_U.shape))
+        if key != self._exact_key:
+            self._exact_key, self._exact_weight = key, W_U.detach().T.contiguous()
+        return self._exact_weight
+
+    def normed(self, residual: torch.Tensor) -> torch.Tensor:
         model = self.model
-        if model.cfg.normalization_type is not None:
-            residual = model.ln_final(residual)
-        logits = F.linear(residual, self.weight(), self.bias)
-        cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
+        return model.ln_final(residual) if model.cfg.normalization_type is not None else residual
+
+    def soft_cap(self, logits: torch.Tensor) -> torch.Tensor:
+        cap = getattr(self.model.cfg, "output_logits_soft_cap", -1.0) or -1.0
         return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+    def logits(self, residual: torch.Tensor) -> torch.Tensor:
+        return self.soft_cap(F.linear(self.normed(residual), self.weight(), self.bias))
 
     def token_losses(self, residual: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """CE of the predictions from positions 1..T-2 (of tokens 2..T-1), per token, in float32."""
+        bf16 = self.model.unembed.W_U.dtype == torch.bfloat16
         chunks = []
         for start in range(0, len(tokens), self.WINDOWS_PER_CHUNK):
             window = slice(start, start + self.WINDOWS_PER_CHUNK)
-            chunks.append(next_token_losses(self.logits(residual[window, 1:-1]), tokens[window], predicting_only=True))
+            if bf16:
+                chunks.append(self._bf16_losses(residual[window, 1:-1], tokens[window]))
+            else:
+                chunks.append(next_token_losses(self.logits(residual[window, 1:-1]), tokens[window], predicting_only=True))
         return torch.cat(chunks)
+
+    def _bf16_losses(self, residual: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """`next_token_losses` from bf16 logits whose largest and target entries are float32 (see the class)."""
+        with torch.autocast(residual.device.type, enabled=False):
+            normed = self.normed(residual.float()).reshape(-1, residual.shape[-1])
+            logits = F.linear(normed.to(torch.bfloat16), self.weight()).float()
+            targets = tokens[:, 2:].reshape(-1)
+            top = min(self.EXACT_LOGITS, logits.shape[-1])
+            columns = torch.cat([logits.topk(top, dim=-1, sorted=False).indices, targets[:, None]], 1)
+            rows = self.exact_weight().index_select(0, columns.reshape(-1)).view(*columns.shape, -1)
+            exact = torch.bmm(rows, normed[:, :, None]).squeeze(-1)
+            logits.scatter_(1, columns, exact)
+            if self.bias is not None:
+                logits += self.bias.float()
+            losses = F.cross_entropy(self.soft_cap(logits), targets, reduction="none")
+        return losses.view(tokens.shape[0], -1)
 
 
 def next_token_losses(logits: torch.Tensor, tokens: torch.Tensor, predicting_only: bool = False) -> torch.Tensor:
