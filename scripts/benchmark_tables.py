@@ -85,15 +85,21 @@ def eval_fidelity_table() -> str:
     data = _read("eval.json")
     if _eval_predates(data):
         return PREDATES_EVAL
-    lines = ["| site, layer | windows | stand-in FVU | \\|ΔCE\\| clean | \\|ΔCE\\| zero-ablated | \\|ΔCE\\| spliced | tolerance "
-             "| the evaluation's gate (clean and spliced, 8 windows) |", "|---|---|---|---|---|---|---|---|"]
+    plain = all("abs_difference_nats_bf16_logits" in site["fidelity"] for site in data["sites"])
+    lines = ["| site, layer | windows | stand-in FVU | \\|ΔCE\\| clean | \\|ΔCE\\| zero-ablated | \\|ΔCE\\| spliced "
+             + ("| \\|ΔCE\\| clean, zero-ablated, spliced with every logit bf16 " if plain else "")
+             + "| tolerance | the evaluation's gate (clean and spliced, 8 windows) |",
+             "|---|---|---|---|---|---|" + ("---|" if plain else "") + "---|---|"]
     for site in data["sites"]:
         f = site["fidelity"]
         d = f["abs_difference_nats"]
         gate = f["gate"]
         verdict = f"passed: {gate['dtype']}" if gate.get("gate", {}).get("passed") else f"failed: {gate['reason']}"
+        every = f["abs_difference_nats_bf16_logits"] if plain else {}
         lines.append(f"| {site['site']}, {site['layer']} | {f['windows']} | {f['stand_in_fvu']:.3f} | {d['clean']:.4f} | {d['zero']:.4f} "
-                     f"| {d['spliced']:.4f} | {f['tolerance_nats']} | {verdict} |")
+                     f"| {d['spliced']:.4f} "
+                     + (f"| {every['clean']:.4f}, {every['zero']:.4f}, {every['spliced']:.4f} " if plain else "")
+                     + f"| {f['tolerance_nats']} | {verdict} |")
     return "\n".join(lines)
 
 

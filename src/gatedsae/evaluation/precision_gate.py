@@ -22,16 +22,16 @@ REPLACEMENTS = {"clean": None, "zero": torch.zeros_like}  # "spliced": the SAE's
 
 @torch.no_grad()
 def ce_means(model, site: str, layer: int, windows: np.ndarray, sae, batch_windows: int, device: str,
-             precisions: dict[str, Precision], passes=GATED_CE) -> dict[str, dict[str, float]]:
+             precisions: dict[str, Precision], passes=GATED_CE, exact_logits: bool = True) -> dict[str, dict[str, float]]:
     """Mean CE per token of each pass in `passes` (clean, zero, spliced with `sae`) over `windows`, per
     precision in `precisions` ({name: Precision}), the remainder only in that precision: the prefixes
-    are float32 and computed once."""
+    are float32 and computed once (`exact_logits`: as `spliced.Unembedding`)."""
     exact = SplicedLM(model, site, layer)
     prefixes = [exact.prefix(torch.from_numpy(np.asarray(windows[start : start + batch_windows], dtype=np.int64)).to(device))
                 for start in range(0, len(windows), batch_windows)]
     means = {}
     for name, precision in precisions.items():
-        spliced = SplicedLM(model, site, layer, precision)
+        spliced = SplicedLM(model, site, layer, precision, exact_logits=exact_logits)
         per_pass: dict[str, list[np.ndarray]] = {part: [] for part in passes}
         with matmul_weights(model, precision) if precision.bf16 else contextlib.nullcontext():
             for prefix in prefixes:

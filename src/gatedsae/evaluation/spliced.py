@@ -65,12 +65,12 @@ class SplicedLM:
     precision's autocast (the caller casts the weights once: `data.lm_precision.matmul_weights`), while a
     replacement is computed by the caller outside it, in float32."""
 
-    def __init__(self, model, site: str, layer: int, precision=None, lean: bool = True):
+    def __init__(self, model, site: str, layer: int, precision=None, lean: bool = True, exact_logits: bool = True):
         self.model, self.site, self.layer = model, site, layer
         self.hook = hook_name(site, layer)
         self._start = layer + 1 if site == "resid_post" else layer
         self.precision = precision
-        self.unembedding = Unembedding(model, drop_zero_bias=lean)
+        self.unembedding = Unembedding(model, drop_zero_bias=lean, exact_logits=exact_logits)
         # The blocks after the splice without TransformerLens' overhead, where the model is one it knows
         # (`lean_blocks`); block L of mlp_out and attn_z then runs only from the site on.
         self.lean = LeanBlocks(model) if lean and supports(model) else None
@@ -177,13 +177,14 @@ class Unembedding:
     16–32, where a bf16 step is 0.06–0.12. The CE reads the target's logit and, through the log-sum-exp,
     mainly the largest ones, so those (`EXACT_LOGITS` per prediction, and the target's) are computed again
     in float32 from the float32 matrix and the float32 normed residual, a few hundred multiply-adds each
-    against the vocabulary's tens of thousands; the rest keep their bf16 values."""
+    against the vocabulary's tens of thousands; the rest keep their bf16 values (`exact_logits=False`:
+    every logit bf16, as before this, for the benchmark of the earlier path)."""
 
     WINDOWS_PER_CHUNK = 2  # [2 × (T−2), vocabulary] logits at once: a few tens of MB for SmolLM2
     EXACT_LOGITS = 8       # the largest bf16 logits per prediction recomputed in float32
 
-    def __init__(self, model, drop_zero_bias: bool = False):
-        self.model = model
+    def __init__(self, model, drop_zero_bias: bool = False, exact_logits: bool = True):
+        self.model, self.exact_logits = model, exact_logits
         self._key, self._weight = None, None
         self._exact_key, self._exact_weight = None, None
         # An all-zero bias (SmolLM2's) changes no logit but makes every call copy it into the output first.
@@ -219,7 +220,7 @@ class Unembedding:
 
     def token_losses(self, residual: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """CE of the predictions from positions 1..T-2 (of tokens 2..T-1), per token, in float32."""
-        bf16 = self.model.unembed.W_U.dtype == torch.bfloat16
+        bf16 = self.exact_logits and self.model.unembed.W_U.dtype == torch.bfloat16
         chunks = []
         for start in range(0, len(tokens), self.WINDOWS_PER_CHUNK):
             window = slice(start, start + self.WINDOWS_PER_CHUNK)
