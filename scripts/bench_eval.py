@@ -12,7 +12,9 @@ ratios inside one repetition mean anything):
   blocks after the splice, block L rerun at mlp_out and attn_z, the chunked unembedding, every logit
   bf16 under bf16), i.e. `SplicedLM(..., lean=False, exact_logits=False)`;
 - `ours`: the per-SAE path now (encode + decode, `LeanBlocks` from the site on, the chunked unembedding
-  and CE); and the float32 prefix, which runs once per batch for all SAEs and is not per-SAE time;
+  and CE; under bf16 the logits the CE reads most and the first predictions, `precision.
+  evaluate_float32_positions`, in float32); and the float32 prefix, which runs once per batch for all
+  SAEs and is not per-SAE time;
 
 each in float32 and in bf16. Ratios: `speedup_same_precision` = previous / ours in one precision;
 `speedup_vs_previous` = previous in the precision e7a5009's gate chose (float32 where bf16 moved the CE
@@ -100,7 +102,8 @@ DTYPES = ("float32", "bfloat16")
 
 
 @torch.inference_mode()
-def repetition(model, site: str, layer: int, batches: list[torch.Tensor], sae: RandomGated) -> dict[str, float]:
+def repetition(model, site: str, layer: int, batches: list[torch.Tensor], sae: RandomGated,
+               float32_positions: int) -> dict[str, float]:
     """Seconds per SAE per window of every path in both precisions, the paths one after the other on each
     batch. The matrices are laid out once per precision before timing, as a grid's evaluation does once."""
     seconds = {f"{path}_{dtype}": 0.0 for dtype in DTYPES for path in PATHS} | {"prefix_float32": 0.0}
@@ -111,8 +114,8 @@ def repetition(model, site: str, layer: int, batches: list[torch.Tensor], sae: R
         seconds["prefix_float32"] += (time.perf_counter() - started) / 2
     for dtype in DTYPES:
         precision = choose("evaluate", dtype)
-        paths = {name: SplicedLM(model, site, layer, precision, lean=name == "ours", exact_logits=name == "ours")
-                 for name in ("previous", "ours")}
+        paths = {"previous": SplicedLM(model, site, layer, precision, lean=False, exact_logits=False),
+                 "ours": SplicedLM(model, site, layer, precision, float32_positions=float32_positions)}
         with matmul_weights(model, precision):
             for name, spliced in paths.items():  # untimed: lays the matrices out for this precision
                 spliced.token_losses(prefixes[0][name == "ours"].select(torch.arange(len(batches[0])) < 1), None)
@@ -151,17 +154,18 @@ def fidelity(config, model, site: str, layer: int, windows: np.ndarray) -> dict:
         activations = torch.cat([spliced.prefix(tokens[s : s + 8]).activation.float() for s in range(0, len(tokens), 8)])
     stand_in = PCAStandIn(activations, model.cfg.d_model // 8, config.train.max_norm_ratio)
     batch = config.evaluate.batch_windows
-    def differences(exact_logits: bool) -> tuple[dict, dict[str, float]]:
+    def differences(ours: bool) -> tuple[dict, dict[str, float]]:
         means = ce_means(model, site, layer, windows, stand_in, batch, "cpu",
                          {dtype: choose("evaluate", dtype) for dtype in ("float32", "bfloat16")},
-                         passes=("clean", "zero", "spliced"), exact_logits=exact_logits)
+                         passes=("clean", "zero", "spliced"), exact_logits=ours,
+                         float32_positions=config.precision.evaluate_float32_positions if ours else 0)
         return means, {k: abs(means["bfloat16"][k] - means["float32"][k]) for k in means["float32"]}
 
-    means, ours = differences(exact_logits=True)
+    means, ours = differences(ours=True)
     gate = evaluation_precision(config, model, site, layer, windows, stand_in)
     return {"stand_in": f"rank-{model.cfg.d_model // 8} PCA of the site's activations", "stand_in_fvu": stand_in.fvu,
             "windows": len(windows), "ce_float32": means["float32"], "ce_bfloat16": means["bfloat16"],
-            "abs_difference_nats": ours, "abs_difference_nats_bf16_logits": differences(exact_logits=False)[1],
+            "abs_difference_nats": ours, "abs_difference_nats_bf16_logits": differences(ours=False)[1],
             "tolerance_nats": config.precision.gate.ce_nats, "gate": gate.provenance()}
 
 
@@ -202,7 +206,7 @@ def main() -> None:
         agreement = float32_agreement(model, site, layer, batches, sae)
         runs = []
         for index in range(args.repeats):
-            runs.append(repetition(model, site, layer, batches, sae))
+            runs.append(repetition(model, site, layer, batches, sae, config.precision.evaluate_float32_positions))
             print(site, index, json.dumps({k: round(v, 3) for k, v in runs[-1].items()}), file=sys.stderr, flush=True)
         results.append({
             "site": site, "layer": layer, "sae_width": gated.width(d), "auto_precision": auto,

@@ -87,7 +87,7 @@ def eval_fidelity_table() -> str:
         return PREDATES_EVAL
     plain = all("abs_difference_nats_bf16_logits" in site["fidelity"] for site in data["sites"])
     lines = ["| site, layer | windows | stand-in FVU | \\|ΔCE\\| clean | \\|ΔCE\\| zero-ablated | \\|ΔCE\\| spliced "
-             + ("| \\|ΔCE\\| clean, zero-ablated, spliced with every logit bf16 " if plain else "")
+             + ("| \\|ΔCE\\| clean, zero-ablated, spliced, the previous path's bf16 (every logit and position) " if plain else "")
              + "| tolerance | the evaluation's gate (clean and spliced, 8 windows) |",
              "|---|---|---|---|---|---|" + ("---|" if plain else "") + "---|---|"]
     for site in data["sites"]:

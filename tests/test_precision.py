@@ -136,6 +136,33 @@ def test_bf16_logits_have_their_largest_and_target_entries_in_float32(tiny_model
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
+@pytest.mark.parametrize("site", ["resid_post", "mlp_out", "attn_z"])
+def test_a_bf16_evaluation_computes_its_first_predictions_again_in_float32(tiny_model, site):
+    """With `float32_positions` = k the first k predictions' CE are float32's (a forward of those positions
+    alone, causal attention), the rest are the bf16 remainder's, untouched; with the site replaced too."""
+    import torch
+
+    from gatedsae.data.lm_precision import matmul_weights
+    from gatedsae.evaluation.spliced import SplicedLM
+
+    model, k = tiny_model.model, 3
+    tokens = torch.randint(1, model.cfg.d_vocab, (3, 12), generator=torch.Generator().manual_seed(1))
+    bf16 = precision.choose("evaluate", "bfloat16")
+    exact = SplicedLM(model, site, 1)
+    prefix = exact.prefix(tokens)
+    replacement = 0.9 * prefix.activation
+    with torch.no_grad():
+        fp32 = exact.token_losses(prefix, replacement)
+        with matmul_weights(model, bf16):
+            plain = SplicedLM(model, site, 1, bf16).token_losses(prefix, replacement)
+            head = SplicedLM(model, site, 1, bf16, float32_positions=k)
+            ours = head.token_losses(prefix, replacement)
+    torch.testing.assert_close(ours[:, :k], fp32[:, :k], rtol=0, atol=1e-5)
+    assert torch.equal(ours[:, k:], plain[:, k:])
+    assert not torch.equal(plain[:, :k], fp32[:, :k])  # bf16 did move them
+    assert head.exact.float32_positions == 0  # the float32 twin has nothing to redo
+
+
 @pytest.fixture
 def bf16_cpu(cpu_reporting):
     cpu_reporting({"avx2", "avx512f", "avx512_bf16"}, "AVX512")
@@ -189,7 +216,8 @@ def test_the_evaluation_keeps_bf16_only_if_its_ce_passes_the_gate(bf16_cpu, smok
         record = json.loads(path.read_text())["precision"]
         assert record["dtype"] == dtype and record["stage"] == "evaluate"
         assert set(record["gate"]) == {"passed", "ce_clean_nats", "ce_spliced_nats"}  # the zero-ablation: float32 always
-        assert record["passes"] == {"prefix": "float32", "zero_ablation": "float32", "clean": dtype, "spliced": dtype}
+        head = {"float32_positions": config.precision.evaluate_float32_positions} if dtype == "bfloat16" else {}
+        assert record["passes"] == {"prefix": "float32", "zero_ablation": "float32", "clean": dtype, "spliced": dtype} | head
         assert record["gate"]["passed"] == (dtype == "bfloat16")
     assert all(p.dtype == torch.float32 for p in tiny_model.model.parameters())  # the weights are back
 

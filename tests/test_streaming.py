@@ -44,6 +44,7 @@ def test_streamed_shards_are_the_stored_shards(smoke_tokens, tiny_model, tmp_pat
             (store.n_shards, len(store), store.d, store.identity)
         ours, theirs = stream.statistics(50.0), store.statistics(50.0)
         assert ours["rows"] == theirs["rows"] and torch.equal(ours["mean"], theirs["mean"])
+        assert stream.provenance()["precision"] == store.manifest.precision  # the forward's, as the cache records it
 
 
 def test_stream_mode_trains_the_same_saes_as_the_cache(smoke_cache, smoke_tokens, tmp_path):

@@ -79,8 +79,12 @@ class StreamedActivations(ShardedActivations):
         return self.source.shard((self.site, self.layer), index)
 
     def provenance(self) -> dict:
+        """As a store's: where the rows come from, and the forward's precision (as its manifest records it)."""
+        precision = self.source.precision
+        recomputed = self.source.config.precision.cache_float32_positions if precision.bf16 else 0
         return {"source": "streamed", "tokens": str(self.source.tokens_dir), "config_hash": self.identity,
-                "model": self.source.config.model.name}
+                "model": self.source.config.model.name,
+                "precision": {**precision.provenance(), "float32_positions": recomputed}}
 
 
 def streamed_splits(config: Config, keys: list[Key], loaded=None) -> dict[Key, StreamedActivations]:

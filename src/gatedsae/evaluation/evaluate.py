@@ -178,7 +178,9 @@ def evaluate_each(config: Config, site: str, layer: int, saes: list[CheckpointSA
     print(f"evaluate at {site} layer {layer} in {precision.dtype}: {precision.reason}", flush=True)
     # The prefixes and every zero-ablation in float32 first (what the SAEs share); then the LM's matrices
     # stay bf16 (under bf16) until the last SAE is done, or the generator is closed.
-    held_out = HeldOutWindows(SplicedLM(loaded.model, site, layer, precision), windows, evaluate.batch_windows,
+    spliced = SplicedLM(loaded.model, site, layer, precision,
+                        float32_positions=config.precision.evaluate_float32_positions)
+    held_out = HeldOutWindows(spliced, windows, evaluate.batch_windows,
                               evaluate.device, progress, thresholds=[sae.massive_norm_threshold for sae in saes])
     provenance = precision.provenance() | {"passes": held_out.passes()}
     with matmul_weights(loaded.model, precision):

@@ -53,10 +53,11 @@ class LeanBlocks:
     """Blocks `start`.. of a supported HookedTransformer, from a residual stream [B, T, d] to the residual
     stream after the last block, plus the two splices inside a block that the sites need."""
 
+    LAYOUTS_KEPT = 2  # a bf16 evaluation also runs a few positions with the float32 matrices: both stay laid out
+
     def __init__(self, model):
         self.model = model
-        self._key: Optional[tuple] = None
-        self._layers: list[dict] = []
+        self._layouts: dict[tuple, list[dict]] = {}
 
     # -- the matrices, laid out once --------------------------------------------------------------------
 
@@ -65,9 +66,11 @@ class LeanBlocks:
 
     def layers(self) -> list[dict]:
         key = self._parameters_key()
-        if key != self._key:
-            self._key, self._layers = key, [self._layout(block) for block in self.model.blocks]
-        return self._layers
+        if key not in self._layouts:
+            while len(self._layouts) >= self.LAYOUTS_KEPT:
+                self._layouts.pop(next(iter(self._layouts)))
+            self._layouts[key] = [self._layout(block) for block in self.model.blocks]
+        return self._layouts[key]
 
     @staticmethod
     def _layout(block) -> dict:

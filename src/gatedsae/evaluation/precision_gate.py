@@ -22,16 +22,17 @@ REPLACEMENTS = {"clean": None, "zero": torch.zeros_like}  # "spliced": the SAE's
 
 @torch.no_grad()
 def ce_means(model, site: str, layer: int, windows: np.ndarray, sae, batch_windows: int, device: str,
-             precisions: dict[str, Precision], passes=GATED_CE, exact_logits: bool = True) -> dict[str, dict[str, float]]:
+             precisions: dict[str, Precision], passes=GATED_CE, exact_logits: bool = True,
+             float32_positions: int = 0) -> dict[str, dict[str, float]]:
     """Mean CE per token of each pass in `passes` (clean, zero, spliced with `sae`) over `windows`, per
     precision in `precisions` ({name: Precision}), the remainder only in that precision: the prefixes
-    are float32 and computed once (`exact_logits`: as `spliced.Unembedding`)."""
+    are float32 and computed once (`exact_logits`, `float32_positions`: as `spliced.SplicedLM`)."""
     exact = SplicedLM(model, site, layer)
     prefixes = [exact.prefix(torch.from_numpy(np.asarray(windows[start : start + batch_windows], dtype=np.int64)).to(device))
                 for start in range(0, len(windows), batch_windows)]
     means = {}
     for name, precision in precisions.items():
-        spliced = SplicedLM(model, site, layer, precision, exact_logits=exact_logits)
+        spliced = SplicedLM(model, site, layer, precision, exact_logits=exact_logits, float32_positions=float32_positions)
         per_pass: dict[str, list[np.ndarray]] = {part: [] for part in passes}
         with matmul_weights(model, precision) if precision.bf16 else contextlib.nullcontext():
             for prefix in prefixes:
@@ -54,7 +55,8 @@ def evaluation_precision(config, model, site: str, layer: int, windows: np.ndarr
 
     def measure() -> dict[str, float]:
         means = ce_means(model, site, layer, windows[: gate.windows], sae, evaluate.batch_windows, evaluate.device,
-                         {dtype: choose("evaluate", dtype, evaluate.device) for dtype in ("float32", "bfloat16")})
+                         {dtype: choose("evaluate", dtype, evaluate.device) for dtype in ("float32", "bfloat16")},
+                         float32_positions=config.precision.evaluate_float32_positions)
         return {f"ce_{name}_nats": abs(means["bfloat16"][name] - means["float32"][name]) for name in GATED_CE}
 
     return gated(chosen, measure, {f"ce_{name}_nats": gate.ce_nats for name in GATED_CE})

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from gatedsae.core.progress import progress_bar
+from gatedsae.data.lm_precision import float32_matrices, float32_parameter, matmul_weights
 from gatedsae.evaluation.lean_blocks import LeanBlocks, nonzero, supports
 from gatedsae.plan.sites import flatten, hook_name, unflatten
 
@@ -65,8 +66,10 @@ class SplicedLM:
     precision's autocast (the caller casts the weights once: `data.lm_precision.matmul_weights`), while a
     replacement is computed by the caller outside it, in float32."""
 
-    def __init__(self, model, site: str, layer: int, precision=None, lean: bool = True, exact_logits: bool = True):
+    def __init__(self, model, site: str, layer: int, precision=None, lean: bool = True, exact_logits: bool = True,
+                 float32_positions: int = 0):
         self.model, self.site, self.layer = model, site, layer
+        self.float32_positions = float32_positions if precision is not None and precision.bf16 else 0
         self.hook = hook_name(site, layer)
         self._start = layer + 1 if site == "resid_post" else layer
         self.precision = precision
@@ -81,7 +84,7 @@ class SplicedLM:
         if self.precision is None or not self.precision.bf16:
             return self
         twin = SplicedLM.__new__(SplicedLM)
-        twin.__dict__.update(self.__dict__, precision=None)
+        twin.__dict__.update(self.__dict__, precision=None, float32_positions=0)
         return twin
 
     @property
@@ -120,7 +123,25 @@ class SplicedLM:
         """Per-token next-token CE [B, T-2] with the site replaced (None: clean) at every position but
         those `kept` clean ([B, T] mask; None: BOS only)."""
         with self.autocast():
-            return self._token_losses(prefix, replacement, kept)
+            losses = self._token_losses(prefix, replacement, kept)
+        return self._float32_head(losses, prefix, replacement, kept)
+
+    def _float32_head(self, losses: torch.Tensor, prefix: Prefix, replacement: torch.Tensor | None,
+                      kept: torch.Tensor | None) -> torch.Tensor:
+        """Under bf16, the CE of the predictions from positions 1..`float32_positions` computed again in
+        float32 (attention is causal: a forward of the first positions alone computes them exactly). Their
+        residual stream holds SmolLM2's massive activations, which bf16 rounds coarsely: at the attention
+        output of layer 3 these few predictions carried nearly all of bf16's mean CE difference (validation
+        windows; conf/precision)."""
+        positions = min(self.float32_positions, losses.shape[1])
+        if positions <= 0:
+            return losses
+        end = positions + 2  # BOS, the positions, and the token the last of them predicts
+        head = Prefix(prefix.tokens[:, :end], prefix.residual[:, :end], prefix.activation[:, :end])
+        with float32_matrices(self.model):
+            losses[:, :positions] = self._token_losses(head, None if replacement is None else replacement[:, :end],
+                                                       None if kept is None else kept[:, :end])
+        return losses
 
     def _token_losses(self, prefix: Prefix, replacement: torch.Tensor | None,
                       kept: torch.Tensor | None) -> torch.Tensor:
@@ -181,31 +202,34 @@ class Unembedding:
     every logit bf16, as before this, for the benchmark of the earlier path)."""
 
     WINDOWS_PER_CHUNK = 2  # [2 × (T−2), vocabulary] logits at once: a few tens of MB for SmolLM2
+    CONTEXT_LENGTH = 128   # the T those two windows are counted at
     EXACT_LOGITS = 8       # the largest bf16 logits per prediction recomputed in float32
+
+    KEPT = 2  # transposed matrices kept: a bf16 evaluation reads the bf16 one and the float32 one
 
     def __init__(self, model, drop_zero_bias: bool = False, exact_logits: bool = True):
         self.model, self.exact_logits = model, exact_logits
-        self._key, self._weight = None, None
-        self._exact_key, self._exact_weight = None, None
+        self._transposed: dict[tuple, torch.Tensor] = {}
         # An all-zero bias (SmolLM2's) changes no logit but makes every call copy it into the output first.
         self.bias = nonzero(model.unembed.b_U.detach()) if drop_zero_bias else model.unembed.b_U
 
+    def _transpose(self, W_U: torch.Tensor) -> torch.Tensor:
+        # Keyed by storage, not by tensor: a bf16 block keeps the float32 matrix aside as another tensor of
+        # the same storage. The pipeline never edits an LM's weights in place (it swaps them whole).
+        key = (W_U.data_ptr(), W_U.dtype, tuple(W_U.shape))
+        if key not in self._transposed:
+            while len(self._transposed) >= self.KEPT:
+                self._transposed.pop(next(iter(self._transposed)))
+            self._transposed[key] = W_U.detach().T.contiguous()
+        return self._transposed[key]
+
     def weight(self) -> torch.Tensor:
-        W_U = self.model.unembed.W_U
-        key = (W_U.data_ptr(), W_U._version, W_U.dtype, tuple(W_U.shape))  # _version: in-place edits
-        if key != self._key:
-            self._key, self._weight = key, W_U.detach().T.contiguous()
-        return self._weight
+        """The transposed matrix [vocabulary, d] in the model's current dtype."""
+        return self._transpose(self.model.unembed.W_U)
 
     def exact_weight(self) -> torch.Tensor:
         """The float32 transposed matrix [vocabulary, d], also inside a bf16 block."""
-        from gatedsae.data.lm_precision import float32_parameter
-
-        W_U = float32_parameter(self.model, "unembed.W_U")
-        key = (W_U.data_ptr(), W_U._version, tuple(W_U.shape))
-        if key != self._exact_key:
-            self._exact_key, self._exact_weight = key, W_U.detach().T.contiguous()
-        return self._exact_weight
+        return self._transpose(float32_parameter(self.model, "unembed.W_U"))
 
     def normed(self, residual: torch.Tensor) -> torch.Tensor:
         model = self.model
@@ -221,9 +245,12 @@ class Unembedding:
     def token_losses(self, residual: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """CE of the predictions from positions 1..T-2 (of tokens 2..T-1), per token, in float32."""
         bf16 = self.exact_logits and self.model.unembed.W_U.dtype == torch.bfloat16
+        # As many predictions per chunk as WINDOWS_PER_CHUNK full windows hold: each chunk reads the whole
+        # matrix, so a few short windows (the float32 head of a bf16 evaluation) go in one
+        per_chunk = max(1, self.WINDOWS_PER_CHUNK * (self.CONTEXT_LENGTH - 2) // max(1, tokens.shape[1] - 2))
         chunks = []
-        for start in range(0, len(tokens), self.WINDOWS_PER_CHUNK):
-            window = slice(start, start + self.WINDOWS_PER_CHUNK)
+        for start in range(0, len(tokens), per_chunk):
+            window = slice(start, start + per_chunk)
             if bf16:
                 chunks.append(self._bf16_losses(residual[window, 1:-1], tokens[window]))
             else:
@@ -289,8 +316,6 @@ class HeldOutWindows:
 
     def __init__(self, spliced: SplicedLM, windows: np.ndarray, batch_windows: int, device: str,
                  progress: bool = False, thresholds: Iterable[Optional[float]] = ()):
-        from gatedsae.data.lm_precision import matmul_weights
-
         self.spliced = spliced
         self.prefixes: list[Prefix] = []
         for start in progress_bar("clean prefixes", "batch", items=range(0, len(windows), batch_windows),
@@ -307,10 +332,11 @@ class HeldOutWindows:
     def __len__(self) -> int:
         return len(self.clean)
 
-    def passes(self) -> dict[str, str]:
+    def passes(self) -> dict[str, str | int]:
         """The precision of each pass (for the provenance of what is saved)."""
+        head = self.spliced.float32_positions
         return {"prefix": "float32", "zero_ablation": "float32", "clean": self.spliced.dtype,
-                "spliced": self.spliced.dtype}
+                "spliced": self.spliced.dtype} | ({"float32_positions": head} if head else {})
 
     @torch.no_grad()
     def losses(self, reconstruct: Callable[[torch.Tensor], torch.Tensor], threshold: Optional[float]) -> WindowLosses:

@@ -70,6 +70,7 @@ class PrecisionConfig:
     train: str = "auto"     # the SAE encoder's product (master weights, Adam state and the rest stay float32)
     evaluate: str = "auto"  # the spliced evaluation's clean and per-SAE remainders (prefix, zero-ablation: float32)
     cache_float32_positions: int = 8  # under a bf16 cache, the first positions after BOS computed again in float32
+    evaluate_float32_positions: int = 4  # under a bf16 evaluation, the CE of the first predictions again in float32
     gate: FidelityGateConfig = field(default_factory=FidelityGateConfig)
     train_check: TrainPrecisionCheckConfig = field(default_factory=TrainPrecisionCheckConfig)
     cache_check: CachePrecisionCheckConfig = field(default_factory=CachePrecisionCheckConfig)
@@ -77,8 +78,9 @@ class PrecisionConfig:
     def validate(self) -> None:
         for stage in ("cache", "train", "evaluate"):
             choice(getattr(self, stage), f"precision.{stage}", SETTINGS)
-        require(isinstance(self.cache_float32_positions, int) and self.cache_float32_positions >= 0,
-                "precision.cache_float32_positions", "must be a non-negative integer")
+        for name in ("cache_float32_positions", "evaluate_float32_positions"):
+            require(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
+                    f"precision.{name}", "must be a non-negative integer")
         self.gate.validate()
         self.train_check.validate()
         self.cache_check.validate()
