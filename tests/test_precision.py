@@ -137,13 +137,16 @@ def test_bf16_logits_have_their_largest_and_target_entries_in_float32(tiny_model
 
 
 @pytest.mark.parametrize("site", ["resid_post", "mlp_out", "attn_z"])
-def test_a_bf16_evaluation_computes_its_first_predictions_again_in_float32(tiny_model, site):
-    """With `float32_positions` = k the first k predictions' CE are float32's (a forward of those positions
-    alone, causal attention), the rest are the bf16 remainder's, untouched; with the site replaced too."""
+def test_a_bf16_evaluation_computes_its_first_predictions_again_in_float32(tiny_model, site, monkeypatch):
+    """With `float32_positions` = k the residual stream the first k predictions are made from is float32's (a
+    forward of those positions alone, causal attention): with every logit recomputed in float32 their CE
+    is float32's; the rest are the bf16 remainder's, untouched; with the site replaced too."""
     import torch
 
     from gatedsae.data.lm_precision import matmul_weights
-    from gatedsae.evaluation.spliced import SplicedLM
+    from gatedsae.evaluation.spliced import SplicedLM, Unembedding
+
+    monkeypatch.setattr(Unembedding, "EXACT_LOGITS", tiny_model.model.cfg.d_vocab)
 
     model, k = tiny_model.model, 3
     tokens = torch.randint(1, model.cfg.d_vocab, (3, 12), generator=torch.Generator().manual_seed(1))

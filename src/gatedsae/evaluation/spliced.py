@@ -123,43 +123,45 @@ class SplicedLM:
         """Per-token next-token CE [B, T-2] with the site replaced (None: clean) at every position but
         those `kept` clean ([B, T] mask; None: BOS only)."""
         with self.autocast():
-            losses = self._token_losses(prefix, replacement, kept)
-        return self._float32_head(losses, prefix, replacement, kept)
+            final = self._final(prefix, replacement, kept)
+        final = self._float32_head(final, prefix, replacement, kept)
+        with self.autocast():
+            return self.unembedding.token_losses(final, prefix.tokens)
 
-    def _float32_head(self, losses: torch.Tensor, prefix: Prefix, replacement: torch.Tensor | None,
+    def _float32_head(self, final: torch.Tensor, prefix: Prefix, replacement: torch.Tensor | None,
                       kept: torch.Tensor | None) -> torch.Tensor:
-        """Under bf16, the CE of the predictions from positions 1..`float32_positions` computed again in
-        float32 (attention is causal: a forward of the first positions alone computes them exactly). Their
-        residual stream holds SmolLM2's massive activations, which bf16 rounds coarsely: at the attention
-        output of layer 3 these few predictions carried nearly all of bf16's mean CE difference (validation
-        windows; conf/precision)."""
-        positions = min(self.float32_positions, losses.shape[1])
+        """Under bf16, the residual stream after the last block at positions 1..`float32_positions` computed
+        again in float32 (attention is causal: a forward of the first positions alone computes them
+        exactly); the unembedding then reads them as it reads the rest. Their residual stream holds
+        SmolLM2's massive activations, which bf16 rounds coarsely: at the attention output of layer 3 the
+        predictions made there carried nearly all of bf16's mean CE difference (validation windows;
+        conf/precision)."""
+        positions = min(self.float32_positions, final.shape[1] - 2)
         if positions <= 0:
-            return losses
-        end = positions + 2  # BOS, the positions, and the token the last of them predicts
+            return final
+        end = positions + 1  # BOS and the positions
         head = Prefix(prefix.tokens[:, :end], prefix.residual[:, :end], prefix.activation[:, :end])
         with float32_matrices(self.model):
-            losses[:, :positions] = self._token_losses(head, None if replacement is None else replacement[:, :end],
-                                                       None if kept is None else kept[:, :end])
-        return losses
+            exact = self._final(head, None if replacement is None else replacement[:, :end],
+                                None if kept is None else kept[:, :end])
+        # Not in place: at the last layer the remainder may hand back the prefix's own tensor.
+        return torch.cat([final[:, :1].float(), exact[:, 1:].float(), final[:, end:].float()], 1)
 
-    def _token_losses(self, prefix: Prefix, replacement: torch.Tensor | None,
-                      kept: torch.Tensor | None) -> torch.Tensor:
+    def _final(self, prefix: Prefix, replacement: torch.Tensor | None, kept: torch.Tensor | None) -> torch.Tensor:
+        """The residual stream after the last block, the site replaced (None: clean)."""
         if self.lean is not None:
-            return self.unembedding.token_losses(self._lean_remainder(prefix, replacement, kept), prefix.tokens)
+            return self._lean_remainder(prefix, replacement, kept)
         if replacement is None:
-            final = self._remainder(prefix, prefix.residual, hooks=[])
-        else:
-            kept = kept_positions(prefix.activation, None) if kept is None else kept
-            replacement = torch.where(kept[..., None], prefix.activation, replacement.to(prefix.activation.dtype))
-            if self.site == "resid_post":
-                final = self._remainder(prefix, replacement, hooks=[])
-            else:
-                def swap(activation, hook):
-                    return unflatten(self.site, replacement, activation)
+            return self._remainder(prefix, prefix.residual, hooks=[])
+        kept = kept_positions(prefix.activation, None) if kept is None else kept
+        replacement = torch.where(kept[..., None], prefix.activation, replacement.to(prefix.activation.dtype))
+        if self.site == "resid_post":
+            return self._remainder(prefix, replacement, hooks=[])
 
-                final = self._remainder(prefix, prefix.residual, hooks=[(self.hook, swap)])
-        return self.unembedding.token_losses(final, prefix.tokens)
+        def swap(activation, hook):
+            return unflatten(self.site, replacement, activation)
+
+        return self._remainder(prefix, prefix.residual, hooks=[(self.hook, swap)])
 
     def _lean_remainder(self, prefix: Prefix, replacement: torch.Tensor | None,
                         kept: torch.Tensor | None) -> torch.Tensor:
