@@ -28,7 +28,9 @@ the prefix (so an SAE reads exactly the float32 activation) and the zero-ablatio
 more in bf16 than the clean or spliced CE (an LM with a site zeroed is off its training distribution;
 measured per site in results/benchmarks/eval.json). The clean remainder and each
 SAE's spliced remainder run in the evaluation's precision, the same for both, so that delta LM loss
-compares two forwards of the same arithmetic; the evaluation's gate checks those two.
+compares two forwards of the same arithmetic; the evaluation's gate checks those two. Under bf16 two
+parts of them are float32 still, where bf16 moved the CE most: the logits the CE reads most
+(`Unembedding`) and the first positions' residual stream (`SplicedLM._float32_head`).
 """
 
 from __future__ import annotations
@@ -192,8 +194,8 @@ class SplicedLM:
 class Unembedding:
     """The final norm and the unembedding of a hooked transformer, applied to a few windows at a time.
 
-    The transposed unembedding matrix (what `F.linear` wants) is kept between calls and rebuilt only when
-    the model's matrix changes (its storage, an in-place edit, its dtype: a stage may switch precision).
+    The transposed unembedding matrix (what `F.linear` wants) is kept between calls, one per storage and
+    dtype (a stage may switch precision; a bf16 evaluation reads both).
 
     With the matrix in bf16 (`data.lm_precision.matmul_weights`) the product's output is bf16 too, and
     that rounding is most of what bf16 moves in the CE: a confident prediction's largest logits reach
@@ -203,8 +205,7 @@ class Unembedding:
     against the vocabulary's tens of thousands; the rest keep their bf16 values (`exact_logits=False`:
     every logit bf16, as before this, for the benchmark of the earlier path)."""
 
-    WINDOWS_PER_CHUNK = 2  # [2 × (T−2), vocabulary] logits at once: a few tens of MB for SmolLM2
-    CONTEXT_LENGTH = 128   # the T those two windows are counted at
+    PREDICTIONS_PER_CHUNK = 252  # [252, vocabulary] logits at once (two windows of 128): tens of MB for SmolLM2
     EXACT_LOGITS = 8       # the largest bf16 logits per prediction recomputed in float32
 
     KEPT = 2  # transposed matrices kept: a bf16 evaluation reads the bf16 one and the float32 one
@@ -247,9 +248,9 @@ class Unembedding:
     def token_losses(self, residual: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """CE of the predictions from positions 1..T-2 (of tokens 2..T-1), per token, in float32."""
         bf16 = self.exact_logits and self.model.unembed.W_U.dtype == torch.bfloat16
-        # As many predictions per chunk as WINDOWS_PER_CHUNK full windows hold: each chunk reads the whole
-        # matrix, so a few short windows (the float32 head of a bf16 evaluation) go in one
-        per_chunk = max(1, self.WINDOWS_PER_CHUNK * (self.CONTEXT_LENGTH - 2) // max(1, tokens.shape[1] - 2))
+        # Whole windows per chunk; each chunk reads the whole matrix, so many short windows (the float32
+        # head of a bf16 evaluation) share one
+        per_chunk = max(1, self.PREDICTIONS_PER_CHUNK // max(1, tokens.shape[1] - 2))
         chunks = []
         for start in range(0, len(tokens), per_chunk):
             window = slice(start, start + per_chunk)
