@@ -27,7 +27,8 @@ timed is a random Gated SAE of the sweep's width (the cost does not depend on th
 (bf16 against float32 on the same windows) needs a reconstruction that resembles an SAE's: a rank-d/8
 PCA of the site's activations (its FVU is recorded), with massive positions (norm above
 train.max_norm_ratio × the median) kept clean as the pipeline keeps them; the evaluation's own gate
-(`evaluation/precision_gate.py`) runs with it too. Writes results/benchmarks/eval.json.
+(`evaluation/precision_gate.py`) runs with it too. The process keeps freed memory as every pipeline stage
+does (`resources.retain_freed_mib`), for every path. Writes results/benchmarks/eval.json.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gatedsae.core.allocator import retain_freed_memory
 from gatedsae.core.atomic import write_json_atomic
 from gatedsae.core.precision import choose, machine
 from gatedsae.data.corpus import load_windows
@@ -187,6 +189,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO_ROOT / "results" / "benchmarks" / "eval.json"))
     args, overrides = parser.parse_known_args()
     config = load_config(overrides)
+    # The process as an evaluation stage runs it (every CLI stage keeps freed memory: core/allocator.py),
+    # for every path alike; results/benchmarks/allocator.json measures what that setting itself does.
+    allocator = retain_freed_memory(config.resources.retain_freed_mib)
     model = load_model(config.model, config.paths, "cpu").model
     heldout = load_windows(config.paths.tokens_dir(config.model.name, config.corpus.name), "heldout")
     sites = args.sites.split(",") if args.sites else list(config.experiment.sites)
@@ -225,7 +230,7 @@ def main() -> None:
         write_json_atomic(Path(args.out), {
             "command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine(), "model": config.model.name,
             "windows": args.windows, "batch_windows": batch, "context_length": config.experiment.context_length,
-            "repeats": args.repeats, "sites": results,
+            "repeats": args.repeats, "allocator": allocator.as_dict(), "sites": results,
             "note": "seconds per SAE per CE window; ratios within each repetition (median, min, max over repetitions); "
                     "speedup_vs_previous = previous path in the precision e7a5009's gate chose / ours in the precision "
                     "the gate chooses now; speedup_same_precision = previous / ours in one precision",

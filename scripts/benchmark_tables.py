@@ -47,7 +47,9 @@ def eval_speed_table() -> str:
     lines = [machine_line("eval.json"), "",
              f"Seconds per SAE per CE window ({data['windows']} windows of {data['context_length']} tokens in batches "
              f"of {data['batch_windows']}, {data['repeats']} repetitions: medians; ratios are median (min–max) of "
-             "the ratios taken inside each repetition).", "",
+             "the ratios taken inside each repetition)"
+             + (f"; every path in a process that keeps freed memory as a pipeline stage does ({data['allocator']['reason']})"
+                if data.get("allocator", {}).get("applied") else "") + ".", "",
              "| site, layer | full forward fp32 | full forward bf16 | previous fp32 | ours fp32 | previous bf16 "
              "| ours bf16 | previous / ours, fp32 | previous / ours, bf16 | ours / full, fp32 |",
              "|---|---|---|---|---|---|---|---|---|---|"]
