@@ -41,6 +41,9 @@ OUT = REPO_ROOT / "results" / "benchmarks" / "speed.json"
 FLOAT32 = ["precision.cache=float32", "precision.train=float32", "precision.evaluate=float32"]
 TARGET_RATIO = 1.8
 TARGET_AUTO_SECONDS = 40 * 60
+# The wall-time target holds at the default's size with one training seed; settings that do less work
+# still give a ratio, but say nothing about it
+WALL_TARGET_SETTINGS = ["train.seeds=1"]
 
 
 def timed(command: list[str], cwd: Path, log: Path, env: dict | None = None) -> float:
@@ -154,8 +157,9 @@ def main() -> int:
         "runs": {name: {k: v for k, v in run.items() if k != "verdict"} for name, run in runs.items()},
         "ratio_float32_over_auto": round(ratio, 3),
         "targets": {"ratio": TARGET_RATIO, "ratio_met": ratio >= TARGET_RATIO,
-                    "auto_wall_seconds": TARGET_AUTO_SECONDS,
-                    "auto_wall_met": runs["auto"]["wall_seconds"] <= TARGET_AUTO_SECONDS},
+                    "auto_wall_seconds": TARGET_AUTO_SECONDS, "auto_wall_settings": WALL_TARGET_SETTINGS,
+                    "auto_wall_met": runs["auto"]["wall_seconds"] <= TARGET_AUTO_SECONDS
+                    if settings == WALL_TARGET_SETTINGS else None},
         "verdicts": agreement(runs["auto"]["verdict"], runs["float32"]["verdict"]),
     })
     print(f"wrote {args.out}: float32 / auto = {ratio:.2f}" + (f"; clones kept under {scratch}" if args.keep else ""))
