@@ -82,6 +82,12 @@ def test_the_speed_table_gives_each_stage_both_runs_their_ratio_and_the_verdicts
     assert "≥ 1.8×: **not met**" in text and "≤ 40 min: **met** (40.0 min)" in text
     assert "1 of 2 statistics" in text and "1 of 2 claims end with the same status" in text
     assert "`b` 1.000 → 1.100 (half-width 0.010)" in text and "`a`" not in text
+    # Settings that do less work than the target's: the ratio still, the wall time not judged
+    speed["settings"] = ["train.seeds=1", "experiment.sites=[resid_post]"]
+    speed["targets"] |= {"auto_wall_met": None, "auto_wall_settings": ["train.seeds=1"]}
+    (tmp_path / "speed.json").write_text(json.dumps(speed))
+    text = benchmark_tables.speed_table()
+    assert "≤ 40 min: not judged at these settings (it is set at `train.seeds=1`" in text and "**met**" not in text
     monkeypatch.setattr(benchmark_tables, "BENCHMARKS", tmp_path / "none")
     assert "has not been written yet" in benchmark_tables.speed_table()
 
